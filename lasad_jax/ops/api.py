@@ -1,0 +1,225 @@
+"""Public entry points of the operator: argument checks, then dispatch on `impl`.
+
+Parallel forms take `q, k: [batch, T, heads, Dk]`, `v: [batch, T, heads, Dv]`; slots
+`0..num_prefix-1` are prefix memory and the `T - num_prefix` image tokens fill a grid of
+`width` columns in raster order (the last row may be partial). All forms compute in
+float32 and return q's dtype.
+
+`impl`:
+* `"reference"`: the quadratic masked form, `O(T^2)`; the spec in code.
+* `"chunked"`: row chunks and a `lax.scan` over per-column states, `O(T)`.
+* `"auto"`: `select_impl`'s choice for the platform and length.
+* `"pallas"`: not available yet (it arrives with the Pallas kernels); asking for it raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lasad_jax.ops import decode
+from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE, chunked_attention
+from lasad_jax.ops.reference import masked_attention
+from lasad_jax.ops.validation import check_choice, check_decay, check_int, check_qkv
+
+IMPLS = ("auto", "reference", "chunked", "pallas")
+
+# impl="auto": (platform, longest T for which the choice holds, impl), first match wins.
+# On CPU the chunked form is as fast as the reference already at T = 256 (a single chunk
+# *is* the masked quadratic form) and much faster beyond; see benchmarks/RESULTS.md.
+AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
+
+
+def select_impl(platform: str, num_tokens: int) -> str:
+    """The implementation `impl="auto"` runs for a platform ("cpu", "gpu", "tpu") and T."""
+    for plat, max_t, impl in AUTO_TABLE:
+        if plat in ("*", platform) and num_tokens <= max_t:
+            return impl
+    return "chunked"
+
+
+def _parallel(variant, q, k, v, *, width, log_row, log_col, num_prefix, impl, chunk_size):
+    t = q.shape[1]
+    if num_prefix > t:
+        raise ValueError(f"num_prefix must be <= T = {t} (q.shape[1]), got {num_prefix}")
+    check_choice("impl", impl, IMPLS)
+    if impl == "pallas":
+        raise ValueError(
+            "impl='pallas' is not available yet: the Pallas kernels have not landed. "
+            "Use impl='auto', 'chunked' or 'reference'."
+        )
+    if impl == "auto":
+        impl = select_impl(jax.default_backend(), t)
+    kw = dict(width=width, num_prefix=num_prefix, log_row=log_row, log_col=log_col)
+    if impl == "reference":
+        out = masked_attention(variant, q, k, v, **kw)
+    else:
+        out = chunked_attention(variant, q, k, v, chunk_size=chunk_size, **kw)
+    return out.astype(q.dtype)
+
+
+def _common(q, k, v, width, num_prefix, chunk_size):
+    b, t, h, dk, dv = check_qkv(q, k, v, token_axis=True)
+    width = check_int("width", width, minimum=1)
+    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    chunk_size = check_int(
+        "chunk_size", DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, minimum=1
+    )
+    return h, width, num_prefix, chunk_size
+
+
+def lasad_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    width: int,
+    row_decay: jax.Array,
+    col_decay: jax.Array,
+    num_prefix: int = 0,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """LASAD: image key `j` weighs `row_decay^(r_i - r_j) * col_decay^|c_i - c_j|` for query `i`.
+
+    `row_decay`, `col_decay`: `[heads]` in (0, 1]. `chunk_size` (tokens per chunk of the
+    chunked form, rounded down to whole rows) trades intra-chunk matmul work (grows with
+    it) against state traffic (shrinks with it); `None` uses the measured default.
+    """
+    h, width, num_prefix, chunk_size = _common(q, k, v, width, num_prefix, chunk_size)
+    log_row = check_decay("row_decay", row_decay, h)
+    log_col = check_decay("col_decay", col_decay, h)
+    return _parallel("lasad", q, k, v, width=width, log_row=log_row, log_col=log_col,
+                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+
+
+def lasad_row_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    width: int,
+    row_decay: jax.Array,
+    col_decay: jax.Array,
+    num_prefix: int = 0,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """LASAD-row: `row_decay^(r_i - r_j)` across rows (column ignored), `col_decay^(c_i - c_j)`
+    inside a row. Its decoding state is a few `Dk x Dv` matrices whatever the width."""
+    h, width, num_prefix, chunk_size = _common(q, k, v, width, num_prefix, chunk_size)
+    log_row = check_decay("row_decay", row_decay, h)
+    log_col = check_decay("col_decay", col_decay, h)
+    return _parallel("lasad_row", q, k, v, width=width, log_row=log_row, log_col=log_col,
+                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+
+
+def linear_1d_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    decay: jax.Array,
+    num_prefix: int = 0,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """1D decay in raster order (RetNet / Lightning style): `decay^(i - j)` between image
+    tokens, the baseline LASAD replaces. `decay`: `[heads]` in (0, 1]."""
+    h, _, num_prefix, chunk_size = _common(q, k, v, 1, num_prefix, chunk_size)
+    log_decay = check_decay("decay", decay, h)
+    return _parallel("linear_1d", q, k, v, width=1, log_row=log_decay, log_col=log_decay,
+                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+
+
+def linear_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    num_prefix: int = 0,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """Causal linear attention with no decay (every earlier slot weighs 1)."""
+    h, _, num_prefix, chunk_size = _common(q, k, v, 1, num_prefix, chunk_size)
+    zero = jnp.zeros((h,), jnp.float32)
+    return _parallel("linear", q, k, v, width=1, log_row=zero, log_col=zero,
+                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _check_step(state: Any, q, k, v) -> int:
+    b, _, h, dk, dv = check_qkv(q, k, v, token_axis=False)
+    want = tuple(state.prefix.shape)
+    if (b, h, dk, dv) != want:
+        raise ValueError(
+            f"q/k/v of shapes {tuple(q.shape)}/{tuple(k.shape)}/{tuple(v.shape)} do not match "
+            f"the state's [batch, heads, Dk, Dv] = {want}"
+        )
+    return h
+
+
+def _check_init(batch, heads, dk, dv, width=1):
+    for name, val in (("batch", batch), ("heads", heads), ("dk", dk), ("dv", dv), ("width", width)):
+        check_int(name, val, minimum=1)
+
+
+def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
+                      dtype: Any = jnp.float32) -> decode.LasadState:
+    """Empty LASAD decoding state, `(2 * width + 2) * Dk * Dv` numbers per batch and head."""
+    _check_init(batch, heads, dk, dv, width)
+    return decode.lasad_init(batch, heads, dk, dv, width, dtype)
+
+
+def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
+                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
+    """Consumes the next slot (`[batch, heads, D]` each); returns `(o, new_state)`."""
+    h = _check_step(state, q, k, v)
+    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    return decode.lasad_step(state, q, k, v, log_row=check_decay("row_decay", row_decay, h),
+                             log_col=check_decay("col_decay", col_decay, h), num_prefix=num_prefix)
+
+
+def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
+                          dtype: Any = jnp.float32) -> decode.LasadRowState:
+    _check_init(batch, heads, dk, dv, width)
+    return decode.lasad_row_init(batch, heads, dk, dv, width, dtype)
+
+
+def lasad_row_decode_step(state: decode.LasadRowState, q: jax.Array, k: jax.Array, v: jax.Array,
+                          *, row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
+    h = _check_step(state, q, k, v)
+    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    return decode.lasad_row_step(state, q, k, v, log_row=check_decay("row_decay", row_decay, h),
+                                 log_col=check_decay("col_decay", col_decay, h),
+                                 num_prefix=num_prefix)
+
+
+def linear_1d_decode_init(batch: int, heads: int, dk: int, dv: int,
+                          dtype: Any = jnp.float32) -> decode.LinearState:
+    _check_init(batch, heads, dk, dv)
+    return decode.linear_init(batch, heads, dk, dv, dtype)
+
+
+def linear_1d_decode_step(state: decode.LinearState, q: jax.Array, k: jax.Array, v: jax.Array,
+                          *, decay: jax.Array, num_prefix: int = 0):
+    h = _check_step(state, q, k, v)
+    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    return decode.linear_step(state, q, k, v, log_decay=check_decay("decay", decay, h),
+                              num_prefix=num_prefix)
+
+
+linear_decode_init = linear_1d_decode_init
+
+
+def linear_decode_step(state: decode.LinearState, q: jax.Array, k: jax.Array, v: jax.Array,
+                       *, num_prefix: int = 0):
+    h = _check_step(state, q, k, v)
+    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    return decode.linear_step(state, q, k, v, log_decay=jnp.zeros((h,), jnp.float32),
+                              num_prefix=num_prefix)

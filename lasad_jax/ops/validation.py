@@ -1,0 +1,74 @@
+"""Argument checks shared by the parallel and decoding forms.
+
+Every check raises `ValueError` naming the argument and what was expected, before any
+computation starts. Decay values are checked only when they are concrete: under
+`jax.jit` they are tracers, and a data-dependent check there would cost a device sync.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a Python int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float_array(name: str, x: Any, ndim: int, layout: str) -> jax.Array:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise ValueError(f"{name} must be an array of shape {layout}, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have rank {ndim} ({layout}), got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype (float32, bfloat16, ...), got {x.dtype}")
+    return x
+
+
+def check_qkv(q: Any, k: Any, v: Any, *, token_axis: bool) -> tuple[int, int, int, int, int]:
+    """Checks q/k/v ranks, dtypes and agreeing shapes; returns (B, T, H, Dk, Dv).
+
+    With `token_axis` the layout is `[batch, T, heads, D]` (parallel form), otherwise
+    `[batch, heads, D]` (one decoding step; T is reported as 1).
+    """
+    ndim, layout = (4, "[batch, T, heads, D]") if token_axis else (3, "[batch, heads, D]")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_float_array(name, x, ndim, layout)
+    lead = q.shape[:-1]
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:-1] != lead:
+        raise ValueError(
+            f"v must have shape {tuple(lead) + ('Dv',)} (q's leading dims), got {tuple(v.shape)}"
+        )
+    if token_axis:
+        b, t, h, dk = q.shape
+    else:
+        (b, h, dk), t = q.shape, 1
+    return b, t, h, dk, v.shape[-1]
+
+
+def check_decay(name: str, decay: Any, heads: int) -> jax.Array:
+    """Checks a `[heads]` decay in (0, 1]; returns its log in float32."""
+    decay = jnp.asarray(decay) if isinstance(decay, (list, tuple, np.ndarray)) else decay
+    check_float_array(name, decay, 1, "[heads]")
+    if decay.shape[0] != heads:
+        raise ValueError(f"{name} must have shape [heads] = ({heads},), got {tuple(decay.shape)}")
+    if not isinstance(decay, jax.core.Tracer):
+        values = np.asarray(decay, dtype=np.float32)
+        if not np.all((values > 0) & (values <= 1)):
+            raise ValueError(f"{name} values must lie in (0, 1], got {values.tolist()}")
+    return jnp.log(decay.astype(jnp.float32))
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
