@@ -1,9 +1,10 @@
-"""The chunked parallel form: linear in T, exact, built from matmuls and one `lax.scan`.
+"""The chunked parallel form: exact, linear in the number of rows, one `lax.scan`.
 
 The image tokens are cut into chunks of about `chunk_size` tokens. For the 2D variants a
 chunk is `R` whole grid rows (`R = chunk_size // width`, at least one), so that rows never
-straddle chunks. Inside a chunk the masked quadratic form runs as batched matmuls over all
-chunks at once. Between chunks a `jax.lax.scan` carries the decayed key-value states:
+straddle chunks. A `jax.lax.scan` walks the chunks. Each step runs the exact masked
+quadratic form inside its chunk (two matmuls) and reads the decayed key-value states that
+summarise every earlier chunk:
 
 * `lasad` keeps one `Dk x Dv` state per grid column, `A(c) = sum_{earlier rows} a^(r0-r) k v^T`.
   A query at row `r0 + dr`, column `c`, adds `a^dr q . H(c)` with `H = T_b A` the
@@ -12,13 +13,17 @@ chunks at once. Between chunks a `jax.lax.scan` carries the decayed key-value st
 * `lasad_row` ignores the column across rows, so its state is the column sum.
 * `linear_1d` and `linear` are ordinary chunked linear attention with one state.
 
-All three cases are one engine: a chunk is a `[G, S]` block of tokens (`S` = state
-columns), `tau[g, s]` is the token's decay clock inside the chunk (row offset for the 2D
-variants, token offset for the 1D ones), and the state decays by `a^chunk_tau` per chunk.
+All cases are one engine: a chunk is a `[G, S]` block of tokens (`S` = state columns),
+`tau[g, s]` is the token's decay clock inside the chunk (row offset for the 2D variants,
+token offset for the 1D ones), and the state decays by `a^chunk_tau` per chunk.
 
-Cost per token: about `2 C (Dk + Dv)` for the intra-chunk part, a few `Dk Dv` for the
-states, plus the smoothing (`w Dk Dv / R` as a Toeplitz matmul or `O(Dk Dv / R)` as two
-scans). Memory: the `C x C` scores per chunk and one state per chunk boundary.
+Cost per token and head, chunk of `C` tokens: `2 C (Dk + Dv)` for the intra-chunk part,
+about `4 Dk Dv` for the states and, for `lasad`, `2 w^2 Dk Dv / C` for the smoothing. For a
+fixed width that is constant, so time is linear in the number of rows. For square grids
+(`w = sqrt(T)`) the state terms grow with `w`; with `C = 1024` they stay below the
+intra-chunk work up to `w = 128` (T = 16384), see benchmarks/RESULTS.md. Each chunk is
+rematerialised in the backward pass, so memory is one carried state per chunk boundary
+(`w Dk Dv` per head for `lasad`) plus one chunk's `C x C` scores at a time.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import numpy as np
 from lasad_jax.ops.decay import decay_mask, smooth_columns
 from lasad_jax.ops.reference import masked_attention
 
-# Tokens per chunk when the caller does not choose (measured in benchmarks/op_scaling.py).
-DEFAULT_CHUNK_SIZE = 512
+# Tokens per chunk when the caller does not choose. 1024 keeps every sequence of a 256 px
+# or 384 px model (T <= 577) in one chunk, i.e. the plain masked form, and keeps the time
+# linear in T up to 16k-token square grids (benchmarks/RESULTS.md has the sweep).
+DEFAULT_CHUNK_SIZE = 1024
 
 
 class ChunkLayout(NamedTuple):
@@ -70,7 +77,6 @@ def chunked_attention(
     log_row: jax.Array,
     log_col: jax.Array,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    smoothing: str = "auto",
 ) -> jax.Array:
     """Same result as `reference.masked_attention`, in `O(T)`; returns float32."""
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
@@ -87,7 +93,7 @@ def chunked_attention(
     if num_image:
         qi, ki, vi = q[:, num_prefix:], k[:, num_prefix:], v[:, num_prefix:]
         o = _image_attention(
-            variant, qi, ki, vi, width, log_row, log_col, chunk_size, smoothing
+            variant, qi, ki, vi, width, log_row, log_col, chunk_size
         )
         if num_prefix:
             # Every image token sees every prefix slot with weight 1.
@@ -96,45 +102,58 @@ def chunked_attention(
     return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
 
 
-def _image_attention(variant, q, k, v, width, log_row, log_col, chunk_size, smoothing):
+def _image_attention(variant, q, k, v, width, log_row, log_col, chunk_size):
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
     lay = chunk_layout(variant, width, chunk_size, num_image)
-    c = lay.tokens
+    c, g, s = lay.tokens, lay.groups, lay.state_cols
     n = -(-num_image // c)
     pad = n * c - num_image
     if pad:
         # Padding sits after the last real token, so causality already hides it; zeros
         # keep it out of the states as well.
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+    # Chunk-major, head-major layout [n, B, H, C, D]: each einsum below is a batched matmul
+    # whose operands and result need no transpose of state-sized arrays.
+    qc, kc, vc = (x.reshape(b, n, c, h, -1).transpose(1, 0, 3, 2, 4) for x in (q, k, v))
+    # A chunk starts on a row boundary (2D variants), so one mask of relative positions
+    # serves every chunk.
+    mask = decay_mask(variant, c, 0, width, log_row, log_col)[None]  # [1, H, C, C]
 
-    # Intra-chunk: the exact masked form, batched over every chunk. A chunk starts on a
-    # row boundary (2D variants), so the mask of relative positions is the same for all.
-    mask = decay_mask(variant, c, 0, width, log_row, log_col)  # [H, C, C]
-    qc, kc, vc = (x.reshape(b, n, c, h, -1) for x in (q, k, v))
-    scores = jnp.einsum("bnthd,bnshd->bnhts", qc, kc) * mask[None, None]
-    out = jnp.einsum("bnhts,bnshe->bnthe", scores, vc)
+    def intra(qn, kn, vn):
+        scores = jnp.einsum("bhtd,bhsd->bhts", qn, kn) * mask
+        return jnp.einsum("bhts,bhse->bhte", scores, vn)
+
     if n == 1:
-        return out.reshape(b, c, h, dv)[:, :num_image]
+        out = intra(qc[0], kc[0], vc[0])[None]
+    else:
+        log_a = log_row if variant != "linear" else jnp.zeros_like(log_row)
+        tau = jnp.asarray(lay.tau.T, jnp.float32)[..., None]  # [S, G, 1]
+        la = log_a[:, None, None, None]  # [H, 1, 1, 1]
+        q_decay = jnp.exp(tau * la)  # a query's decay back to its chunk's start
+        k_decay = jnp.exp((lay.chunk_tau - tau) * la)  # a key's decay to its chunk's end
+        chunk_decay = jnp.exp(lay.chunk_tau * log_a)[:, None, None, None]
 
-    # Inter-chunk: decayed states carried by a scan over chunks.
-    g, s = lay.groups, lay.state_cols
-    qg, kg, vg = (x.reshape(b, n, g, s, h, -1) for x in (q, k, v))
-    log_a = log_row if variant != "linear" else jnp.zeros_like(log_row)
-    tau = jnp.asarray(lay.tau, jnp.float32)[None, None, :, :, None, None]
-    la = log_a[None, None, None, None, :, None]
-    # Each key's contribution, decayed to the end of its chunk, summed per state column.
-    k_end = kg * jnp.exp((lay.chunk_tau - tau) * la)
-    chunk_kv = jnp.einsum("bngshd,bngshe->nbshde", k_end, vg)  # [n, B, S, H, Dk, Dv]
-    chunk_decay = jnp.exp(lay.chunk_tau * log_a)[:, None, None]  # [H, 1, 1]
+        def body(state, x):
+            # state: [B, H, S, Dk, Dv], the keys of all earlier chunks decayed to this
+            # chunk's start, one state per column (lasad) or a single one.
+            qn, kn, vn = x  # [B, H, C, D]
+            out = intra(qn, kn, vn)
+            # Token blocks as [B, H, S, G, D]: the tokens of each state column together.
+            qg, kg, vg = (y.reshape(b, h, g, s, -1).swapaxes(2, 3) for y in (qn, kn, vn))
+            seen = state
+            if variant == "lasad":
+                seen = smooth_columns(state, log_col)
+            inter = jnp.einsum("bhsgd,bhsde->bhsge", qg * q_decay, seen)
+            out = out + inter.swapaxes(2, 3).reshape(b, h, c, dv)
+            chunk_kv = jnp.einsum("bhsgd,bhsge->bhsde", kg * k_decay, vg)
+            return chunk_decay * state + chunk_kv, out
 
-    def step(state, kv):
-        return chunk_decay * state + kv, state  # emit the state *before* this chunk
-
-    _, states = jax.lax.scan(step, jnp.zeros((b, s, h, dk, dv), jnp.float32), chunk_kv)
-    if variant == "lasad":
-        states = smooth_columns(states, log_col, col_axis=2, head_axis=3, method=smoothing)
-    q_start = qg * jnp.exp(tau * la)  # a query's decay back to its chunk's start
-    inter = jnp.einsum("bngshd,nbshde->bngshe", q_start, states)
-    out = out + inter.reshape(b, n, c, h, dv)
-    return out.reshape(b, n * c, h, dv)[:, :num_image]
+        # Rematerialise each chunk in the backward pass: only the carried states are kept
+        # per chunk instead of the C x C scores. It is also faster on CPU, where writing
+        # and re-reading the saved scores is memory-bound (T = 16384: 1.7 s with, 2.3 s
+        # without, forward+backward; benchmarks/RESULTS.md).
+        body = jax.checkpoint(body)
+        init = jnp.zeros((b, h, s, dk, dv), jnp.float32)
+        _, out = jax.lax.scan(body, init, (qc, kc, vc))
+    return out.transpose(1, 0, 3, 2, 4).reshape(b, n * c, h, dv)[:, :num_image]

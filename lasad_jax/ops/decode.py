@@ -126,7 +126,7 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int)
     def new_row(st: LasadState) -> LasadState:
         # `cols` holds A_{r-1} + KV(row r-1); decaying it by `a` gives A_r.
         cols = (a[:, :, None] * st.cols).astype(st.cols.dtype)
-        smoothed = smooth_columns(cols, log_col, col_axis=2, head_axis=1).astype(st.cols.dtype)
+        smoothed = smooth_columns(cols, log_col).astype(st.cols.dtype)
         return replace(st, cols=cols, smoothed=smoothed, row=jnp.zeros_like(st.row))
 
     def image_step(st: LasadState, kv):
