@@ -10,7 +10,7 @@ and causal softmax attention (`jax.nn.dot_product_attention`, XLA or cuDNN). Sha
 Memory is XLA's own figure for the compiled program (arguments + outputs + temporaries,
 from `Compiled.memory_analysis()`): the peak the program can reach, independent of
 allocator caching. Programs whose figure exceeds `--memory_budget_gb` are compiled but not
-run, and reported as such. Times are medians over `--repeats` runs after one warm-up.
+run, and reported as such. Times are medians over at least `--repeats` runs and one second, after two warm-ups.
 Prints a table and writes JSON (and the device and date) to `--out`.
 """
 
@@ -74,10 +74,13 @@ def compiled_bytes(compiled) -> int | None:
         return None
 
 
-def time_program(compiled, args, repeats: int) -> float:
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
+def time_program(compiled, args, repeats: int, min_seconds: float = 1.0) -> float:
+    """Median wall time; runs at least `repeats` times and at least `min_seconds` in all
+    (capped at 100 runs), because short programs on a shared CPU are noisy."""
+    for _ in range(2):  # warm-up
+        jax.block_until_ready(compiled(*args))
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 100):
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
@@ -120,6 +123,23 @@ def format_row(r: dict) -> str:
     return f"{r['op']:<22} {r['mode']:<8} {r['tokens']:>6} {ms} {mem}  {r['note']}"
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """One line per operator and T, forward and forward+backward side by side."""
+    by_key: dict[tuple, dict] = {}
+    for r in rows:
+        by_key.setdefault((r["op"], r["tokens"]), {})[r["mode"]] = r
+    lines = ["| op | T | fwd ms | fwd+bwd ms | fwd+bwd MiB |", "|---|---:|---:|---:|---:|"]
+    for (op, tokens), modes in by_key.items():
+        cells = []
+        for mode in ("fwd", "fwd_bwd"):
+            r = modes.get(mode)
+            cells.append("-" if r is None else f"{r['ms']:.1f}" if r["ms"] is not None else "does not fit")
+        mem = modes.get("fwd_bwd", {}).get("bytes")
+        cells.append("?" if mem is None else f"{mem / 2**20:,.0f}")
+        lines.append(f"| {op} | {tokens} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summary(rows: list[dict]) -> dict:
     """The issue's scaling checks, computed from the rows."""
     def ms(op, mode, t):
@@ -149,7 +169,7 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64, help="Dk = Dv")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--memory_budget_gb", type=float, default=12.0)
     p.add_argument("--out", default="benchmarks/results/op_scaling_cpu.json")
     args = p.parse_args(argv)
@@ -163,6 +183,7 @@ def main(argv=None):
     print(f"{'op':<22} {'mode':<8} {'T':>6} {'ms':>10} {'MiB':>10}")
     rows = run(args)
     result = dict(info=info, rows=rows, summary=summary(rows))
+    print(markdown_table(rows))
     print(json.dumps(result["summary"], indent=1))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

@@ -62,6 +62,8 @@ def _parallel(variant, q, k, v, *, width, log_row, log_col, num_prefix, impl, ch
 
 def _common(q, k, v, width, num_prefix, chunk_size):
     b, t, h, dk, dv = check_qkv(q, k, v, token_axis=True)
+    if t < 1:
+        raise ValueError(f"q, k, v must hold at least one slot (T = q.shape[1] >= 1), got T = {t}")
     width = check_int("width", width, minimum=1)
     num_prefix = check_int("num_prefix", num_prefix, minimum=0)
     chunk_size = check_int(

@@ -77,8 +77,13 @@ def chunked_attention(
     log_row: jax.Array,
     log_col: jax.Array,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    remat: bool = True,
 ) -> jax.Array:
-    """Same result as `reference.masked_attention`, in `O(T)`; returns float32."""
+    """Same result as `reference.masked_attention`, in `O(T)`; returns float32.
+
+    `remat=False` keeps every chunk's residuals for the backward pass instead of
+    recomputing them; it exists to measure that choice (benchmarks/chunk_design.py).
+    """
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     num_image = q.shape[1] - num_prefix
     outs = []
@@ -93,7 +98,7 @@ def chunked_attention(
     if num_image:
         qi, ki, vi = q[:, num_prefix:], k[:, num_prefix:], v[:, num_prefix:]
         o = _image_attention(
-            variant, qi, ki, vi, width, log_row, log_col, chunk_size
+            variant, qi, ki, vi, width, log_row, log_col, chunk_size, remat
         )
         if num_prefix:
             # Every image token sees every prefix slot with weight 1.
@@ -102,7 +107,7 @@ def chunked_attention(
     return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
 
 
-def _image_attention(variant, q, k, v, width, log_row, log_col, chunk_size):
+def _image_attention(variant, q, k, v, width, log_row, log_col, chunk_size, remat):
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
     lay = chunk_layout(variant, width, chunk_size, num_image)
@@ -151,9 +156,9 @@ def _image_attention(variant, q, k, v, width, log_row, log_col, chunk_size):
 
         # Rematerialise each chunk in the backward pass: only the carried states are kept
         # per chunk instead of the C x C scores. It is also faster on CPU, where writing
-        # and re-reading the saved scores is memory-bound (T = 16384: 1.7 s with, 2.3 s
-        # without, forward+backward; benchmarks/RESULTS.md).
-        body = jax.checkpoint(body)
+        # and re-reading the saved scores is memory-bound (benchmarks/RESULTS.md).
+        if remat:
+            body = jax.checkpoint(body)
         init = jnp.zeros((b, h, s, dk, dv), jnp.float32)
         _, out = jax.lax.scan(body, init, (qc, kc, vc))
     return out.transpose(1, 0, 3, 2, 4).reshape(b, n * c, h, dv)[:, :num_image]

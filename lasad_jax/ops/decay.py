@@ -75,8 +75,9 @@ def smooth_columns(states: jax.Array, log_col: jax.Array) -> jax.Array:
     One `w x w` Toeplitz matmul per head (`w` multiply-adds per state entry). Two
     first-order scans across the columns would need only a few per entry, but on the
     platforms we measured the matmul is the faster up to the widest grid we target (w = 128,
-    8 heads of 64 x 64 states, forward+backward on the 2-core CPU: 22 ms, against 79 ms for
-    a blocked semi-separable form and more for `lax.associative_scan`; benchmarks/RESULTS.md).
+    8 heads of 64 x 64 states, forward+backward on the 2-core CPU: 24 ms, against 49 ms for
+    a sequential `lax.scan` and 85 ms for `lax.associative_scan`; see
+    benchmarks/chunk_design.py and benchmarks/RESULTS.md).
     The Toeplitz matrix is broadcast to every batch dim of `states` so that the contraction
     is a plain batched matmul and XLA never transposes the (large) states.
     """

@@ -1,0 +1,126 @@
+"""Measures the design choices inside the chunked LASAD form (benchmarks/RESULTS.md).
+
+    python benchmarks/chunk_design.py            # ~2 min on a 2-core CPU
+
+1. Rematerialising each chunk in the backward pass (`jax.checkpoint` on the scan body)
+   against keeping every chunk's residuals, at T = 4096 and 16384.
+2. The column smoothing `H(c) = sum_c' b^|c-c'| A(c')` of a `[1, 8, w, 64, 64]` state:
+   the `w x w` Toeplitz matmul the library uses, against two scan-style forms that do
+   O(1) work per entry (`lax.associative_scan`, and a sequential `lax.scan` over columns),
+   defined here only for the comparison.
+
+Prints a table and writes JSON to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE, chunked_attention  # noqa: E402
+from lasad_jax.ops.decay import smooth_columns  # noqa: E402
+
+
+def bench(fn, *args, min_seconds=1.0, repeats=5) -> float:
+    fn = jax.jit(fn)
+    for _ in range(2):
+        jax.block_until_ready(fn(*args))
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 100):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def smooth_assoc(a, log_b):
+    """Two first-order recurrences across columns with `lax.associative_scan`."""
+    b = jnp.broadcast_to(jnp.exp(log_b)[:, None, None, None], a.shape[1:])[None]
+    b = jnp.broadcast_to(b, a.shape)
+
+    def combine(x, y):
+        return x[0] * y[0], y[0] * x[1] + y[1]
+
+    _, left = jax.lax.associative_scan(combine, (b, a), axis=2)
+    _, right = jax.lax.associative_scan(combine, (b, a), axis=2, reverse=True)
+    return left + right - a
+
+
+def smooth_sequential(a, log_b):
+    """The same recurrences as a sequential `lax.scan` over the columns."""
+    cols = jnp.moveaxis(a, 2, 0)
+    b = jnp.exp(log_b)[None, :, None, None]
+
+    def left(c, x):
+        c = b * c + x
+        return c, c
+
+    def right(c, x):
+        return b * (x + c), c
+
+    _, lo = jax.lax.scan(left, jnp.zeros_like(cols[0]), cols)
+    _, hi = jax.lax.scan(right, jnp.zeros_like(cols[0]), cols, reverse=True)
+    return jnp.moveaxis(lo + hi, 0, 2)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results/chunk_design_cpu.json")
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    rows = []
+
+    heads, dim = 8, 64
+    row = jnp.linspace(0.5, 0.99, heads)
+    col = jnp.linspace(0.6, 0.95, heads)
+    for tokens in (4096, 16384):
+        width = int(math.isqrt(tokens))
+        q, k, v = (jnp.asarray(rng.normal(size=(1, tokens, heads, dim)) / 8, jnp.float32)
+                   for _ in range(3))
+        for remat in (True, False):
+            def loss(q, k, v, row, col, remat=remat):
+                out = chunked_attention("lasad", q, k, v, width=width, num_prefix=0,
+                                        log_row=jnp.log(row), log_col=jnp.log(col),
+                                        chunk_size=DEFAULT_CHUNK_SIZE, remat=remat)
+                return out.sum()
+
+            ms = bench(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, v, row, col)
+            rows.append(dict(test="remat", tokens=tokens, remat=remat, fwd_bwd_ms=ms))
+            print(f"remat={remat!s:<5} T={tokens:<6} fwd+bwd {ms:9.1f} ms", flush=True)
+
+    for width in (32, 64, 128):
+        a = jnp.asarray(rng.normal(size=(1, heads, width, dim, dim)), jnp.float32)
+        log_b = jnp.log(col)
+        forms = {"toeplitz (library)": smooth_columns, "associative_scan": smooth_assoc,
+                 "sequential scan": smooth_sequential}
+        want = np.asarray(smooth_columns(a, log_b))
+        for name, fn in forms.items():
+            err = float(np.max(np.abs(np.asarray(jax.jit(fn)(a, log_b)) - want)) / np.max(np.abs(want)))
+            fwd = bench(fn, a, log_b)
+            grad = bench(jax.grad(lambda a, lb, fn=fn: (fn(a, lb) * a).sum(), argnums=(0, 1)), a, log_b)
+            rows.append(dict(test="smoothing", width=width, form=name, fwd_ms=fwd, fwd_bwd_ms=grad,
+                             rel_err_vs_toeplitz=err))
+            print(f"smoothing w={width:<4} {name:<20} fwd {fwd:8.2f} ms  fwd+bwd {grad:8.2f} ms"
+                  f"  rel.err {err:.1e}", flush=True)
+
+    info = dict(date=datetime.date.today().isoformat(), backend=jax.default_backend(),
+                cores=os.cpu_count(), jax=jax.__version__)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(dict(info=info, rows=rows), f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
