@@ -19,29 +19,21 @@ import datetime
 import json
 import math
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE, chunked_attention  # noqa: E402
 from lasad_jax.ops.decay import smooth_columns  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 
-def bench(fn, *args, min_seconds=1.0, repeats=5) -> float:
-    fn = jax.jit(fn)
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 100):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def jax_bench(fn, *args) -> float:
+    return median_ms(jax.jit(fn), *args)
 
 
 def smooth_assoc(a, log_b):
@@ -95,7 +87,7 @@ def main(argv=None):
                                         chunk_size=DEFAULT_CHUNK_SIZE, remat=remat)
                 return out.sum()
 
-            ms = bench(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, v, row, col)
+            ms = jax_bench(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, v, row, col)
             rows.append(dict(test="remat", tokens=tokens, remat=remat, fwd_bwd_ms=ms))
             print(f"remat={remat!s:<5} T={tokens:<6} fwd+bwd {ms:9.1f} ms", flush=True)
 
@@ -107,8 +99,8 @@ def main(argv=None):
         want = np.asarray(smooth_columns(a, log_b))
         for name, fn in forms.items():
             err = float(np.max(np.abs(np.asarray(jax.jit(fn)(a, log_b)) - want)) / np.max(np.abs(want)))
-            fwd = bench(fn, a, log_b)
-            grad = bench(jax.grad(lambda a, lb, fn=fn: (fn(a, lb) * a).sum(), argnums=(0, 1)), a, log_b)
+            fwd = jax_bench(fn, a, log_b)
+            grad = jax_bench(jax.grad(lambda a, lb, fn=fn: (fn(a, lb) * a).sum(), argnums=(0, 1)), a, log_b)
             rows.append(dict(test="smoothing", width=width, form=name, fwd_ms=fwd, fwd_bwd_ms=grad,
                              rel_err_vs_toeplitz=err))
             print(f"smoothing w={width:<4} {name:<20} fwd {fwd:8.2f} ms  fwd+bwd {grad:8.2f} ms"

@@ -22,9 +22,7 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 from typing import Callable
 
 import jax
@@ -32,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax import ops  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 
 def make_inputs(tokens: int, heads: int, dim: int, dtype):
@@ -74,19 +74,6 @@ def compiled_bytes(compiled) -> int | None:
         return None
 
 
-def time_program(compiled, args, repeats: int, min_seconds: float = 1.0) -> float:
-    """Median wall time; runs at least `repeats` times and at least `min_seconds` in all
-    (capped at 100 runs), because short programs on a shared CPU are noisy."""
-    for _ in range(2):  # warm-up
-        jax.block_until_ready(compiled(*args))
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 100):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run(args) -> list[dict]:
     dtype = jnp.dtype(args.dtype)
     rows = []
@@ -111,7 +98,8 @@ def run(args) -> list[dict]:
                 if nbytes is not None and nbytes > args.memory_budget_gb * 2**30:
                     row["note"] = f"not run: needs {nbytes / 2**30:.1f} GiB > budget"
                 else:
-                    row["ms"] = 1e3 * time_program(compiled, inputs, args.repeats)
+                    row["ms"] = median_ms(compiled, *inputs, repeats=args.repeats,
+                                          min_seconds=args.min_seconds)
                 rows.append(row)
                 print(format_row(row), flush=True)
     return rows
@@ -169,7 +157,8 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64, help="Dk = Dv")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="at least this many timed runs")
+    p.add_argument("--min_seconds", type=float, default=1.0, help="and at least this long")
     p.add_argument("--memory_budget_gb", type=float, default=12.0)
     p.add_argument("--out", default="benchmarks/results/op_scaling_cpu.json")
     args = p.parse_args(argv)

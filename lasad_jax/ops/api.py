@@ -40,10 +40,22 @@ def select_impl(platform: str, num_tokens: int) -> str:
     return "chunked"
 
 
-def _parallel(variant, q, k, v, *, width, log_row, log_col, num_prefix, impl, chunk_size):
-    t = q.shape[1]
+def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays) -> jax.Array:
+    """Checks every argument, then runs `impl`. `decays` maps each decay argument's public
+    name to its value, in (row, column) order; missing ones mean no decay."""
+    b, t, h, dk, dv = check_qkv(q, k, v, token_axis=True)
+    if t < 1:
+        raise ValueError(f"q, k, v must hold at least one slot (T = q.shape[1] >= 1), got T = {t}")
+    width = check_int("width", width, minimum=1)
+    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
     if num_prefix > t:
         raise ValueError(f"num_prefix must be <= T = {t} (q.shape[1]), got {num_prefix}")
+    chunk_size = check_int(
+        "chunk_size", DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, minimum=1
+    )
+    logs = [check_decay(name, value, h) for name, value in decays.items()]
+    no_decay = jnp.zeros((h,), jnp.float32)
+    log_row, log_col = (logs[0], logs[-1]) if logs else (no_decay, no_decay)
     check_choice("impl", impl, IMPLS)
     if impl == "pallas":
         raise ValueError(
@@ -58,18 +70,6 @@ def _parallel(variant, q, k, v, *, width, log_row, log_col, num_prefix, impl, ch
     else:
         out = chunked_attention(variant, q, k, v, chunk_size=chunk_size, **kw)
     return out.astype(q.dtype)
-
-
-def _common(q, k, v, width, num_prefix, chunk_size):
-    b, t, h, dk, dv = check_qkv(q, k, v, token_axis=True)
-    if t < 1:
-        raise ValueError(f"q, k, v must hold at least one slot (T = q.shape[1] >= 1), got T = {t}")
-    width = check_int("width", width, minimum=1)
-    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
-    chunk_size = check_int(
-        "chunk_size", DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, minimum=1
-    )
-    return h, width, num_prefix, chunk_size
 
 
 def lasad_attention(
@@ -90,11 +90,8 @@ def lasad_attention(
     chunked form, rounded down to whole rows) trades intra-chunk matmul work (grows with
     it) against state traffic (shrinks with it); `None` uses the measured default.
     """
-    h, width, num_prefix, chunk_size = _common(q, k, v, width, num_prefix, chunk_size)
-    log_row = check_decay("row_decay", row_decay, h)
-    log_col = check_decay("col_decay", col_decay, h)
-    return _parallel("lasad", q, k, v, width=width, log_row=log_row, log_col=log_col,
-                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+    return _parallel("lasad", q, k, v, width=width, num_prefix=num_prefix, impl=impl,
+                     chunk_size=chunk_size, row_decay=row_decay, col_decay=col_decay)
 
 
 def lasad_row_attention(
@@ -111,11 +108,8 @@ def lasad_row_attention(
 ) -> jax.Array:
     """LASAD-row: `row_decay^(r_i - r_j)` across rows (column ignored), `col_decay^(c_i - c_j)`
     inside a row. Its decoding state is a few `Dk x Dv` matrices whatever the width."""
-    h, width, num_prefix, chunk_size = _common(q, k, v, width, num_prefix, chunk_size)
-    log_row = check_decay("row_decay", row_decay, h)
-    log_col = check_decay("col_decay", col_decay, h)
-    return _parallel("lasad_row", q, k, v, width=width, log_row=log_row, log_col=log_col,
-                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+    return _parallel("lasad_row", q, k, v, width=width, num_prefix=num_prefix, impl=impl,
+                     chunk_size=chunk_size, row_decay=row_decay, col_decay=col_decay)
 
 
 def linear_1d_attention(
@@ -130,10 +124,8 @@ def linear_1d_attention(
 ) -> jax.Array:
     """1D decay in raster order (RetNet / Lightning style): `decay^(i - j)` between image
     tokens, the baseline LASAD replaces. `decay`: `[heads]` in (0, 1]."""
-    h, _, num_prefix, chunk_size = _common(q, k, v, 1, num_prefix, chunk_size)
-    log_decay = check_decay("decay", decay, h)
-    return _parallel("linear_1d", q, k, v, width=1, log_row=log_decay, log_col=log_decay,
-                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+    return _parallel("linear_1d", q, k, v, width=1, num_prefix=num_prefix, impl=impl,
+                     chunk_size=chunk_size, decay=decay)
 
 
 def linear_attention(
@@ -146,16 +138,15 @@ def linear_attention(
     chunk_size: int | None = None,
 ) -> jax.Array:
     """Causal linear attention with no decay (every earlier slot weighs 1)."""
-    h, _, num_prefix, chunk_size = _common(q, k, v, 1, num_prefix, chunk_size)
-    zero = jnp.zeros((h,), jnp.float32)
-    return _parallel("linear", q, k, v, width=1, log_row=zero, log_col=zero,
-                     num_prefix=num_prefix, impl=impl, chunk_size=chunk_size)
+    return _parallel("linear", q, k, v, width=1, num_prefix=num_prefix, impl=impl,
+                     chunk_size=chunk_size)
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
-def _check_step(state: Any, q, k, v) -> int:
+def _check_step(state: Any, q, k, v, num_prefix) -> tuple[int, int]:
+    """Checks one decoding slot against its state; returns (heads, num_prefix)."""
     b, _, h, dk, dv = check_qkv(q, k, v, token_axis=False)
     want = tuple(state.prefix.shape)
     if (b, h, dk, dv) != want:
@@ -163,40 +154,45 @@ def _check_step(state: Any, q, k, v) -> int:
             f"q/k/v of shapes {tuple(q.shape)}/{tuple(k.shape)}/{tuple(v.shape)} do not match "
             f"the state's [batch, heads, Dk, Dv] = {want}"
         )
-    return h
+    return h, check_int("num_prefix", num_prefix, minimum=0)
 
 
-def _check_init(batch, heads, dk, dv, width=1):
+def _check_init(batch, heads, dk, dv, dtype, width=1):
     for name, val in (("batch", batch), ("heads", heads), ("dk", dk), ("dv", dv), ("width", width)):
         check_int(name, val, minimum=1)
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (float32 recommended), got {dtype}")
 
 
 def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
                       dtype: Any = jnp.float32) -> decode.LasadState:
-    """Empty LASAD decoding state, `(2 * width + 2) * Dk * Dv` numbers per batch and head."""
-    _check_init(batch, heads, dk, dv, width)
+    """Empty LASAD decoding state for a grid of `width` columns: `(2 * width + 2) * Dk * Dv`
+    numbers per batch element and head. Keep `dtype` float32: the states are sums over
+    the whole image."""
+    _check_init(batch, heads, dk, dv, dtype, width)
     return decode.lasad_init(batch, heads, dk, dv, width, dtype)
 
 
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
                       row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
-    """Consumes the next slot (`[batch, heads, D]` each); returns `(o, new_state)`."""
-    h = _check_step(state, q, k, v)
-    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    """Consumes the next slot (`q, k: [batch, heads, Dk]`, `v: [batch, heads, Dv]`) and
+    returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype."""
+    h, num_prefix = _check_step(state, q, k, v, num_prefix)
     return decode.lasad_step(state, q, k, v, log_row=check_decay("row_decay", row_decay, h),
                              log_col=check_decay("col_decay", col_decay, h), num_prefix=num_prefix)
 
 
 def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
                           dtype: Any = jnp.float32) -> decode.LasadRowState:
-    _check_init(batch, heads, dk, dv, width)
+    """Empty `lasad_row` decoding state: `4 * Dk * Dv` numbers per batch element and head."""
+    _check_init(batch, heads, dk, dv, dtype, width)
     return decode.lasad_row_init(batch, heads, dk, dv, width, dtype)
 
 
 def lasad_row_decode_step(state: decode.LasadRowState, q: jax.Array, k: jax.Array, v: jax.Array,
                           *, row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
-    h = _check_step(state, q, k, v)
-    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    """As `lasad_decode_step`, for `lasad_row_attention`."""
+    h, num_prefix = _check_step(state, q, k, v, num_prefix)
     return decode.lasad_row_step(state, q, k, v, log_row=check_decay("row_decay", row_decay, h),
                                  log_col=check_decay("col_decay", col_decay, h),
                                  num_prefix=num_prefix)
@@ -204,14 +200,16 @@ def lasad_row_decode_step(state: decode.LasadRowState, q: jax.Array, k: jax.Arra
 
 def linear_1d_decode_init(batch: int, heads: int, dk: int, dv: int,
                           dtype: Any = jnp.float32) -> decode.LinearState:
-    _check_init(batch, heads, dk, dv)
+    """Empty decoding state for `linear_1d` and `linear`: `2 * Dk * Dv` numbers per batch
+    element and head."""
+    _check_init(batch, heads, dk, dv, dtype)
     return decode.linear_init(batch, heads, dk, dv, dtype)
 
 
 def linear_1d_decode_step(state: decode.LinearState, q: jax.Array, k: jax.Array, v: jax.Array,
                           *, decay: jax.Array, num_prefix: int = 0):
-    h = _check_step(state, q, k, v)
-    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    """As `lasad_decode_step`, for `linear_1d_attention`."""
+    h, num_prefix = _check_step(state, q, k, v, num_prefix)
     return decode.linear_step(state, q, k, v, log_decay=check_decay("decay", decay, h),
                               num_prefix=num_prefix)
 
@@ -221,7 +219,7 @@ linear_decode_init = linear_1d_decode_init
 
 def linear_decode_step(state: decode.LinearState, q: jax.Array, k: jax.Array, v: jax.Array,
                        *, num_prefix: int = 0):
-    h = _check_step(state, q, k, v)
-    num_prefix = check_int("num_prefix", num_prefix, minimum=0)
+    """As `lasad_decode_step`, for `linear_attention`."""
+    h, num_prefix = _check_step(state, q, k, v, num_prefix)
     return decode.linear_step(state, q, k, v, log_decay=jnp.zeros((h,), jnp.float32),
                               num_prefix=num_prefix)

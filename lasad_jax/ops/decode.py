@@ -75,20 +75,16 @@ class LinearState:
 replace = dataclasses.replace
 
 
-def _zeros(shape, dtype):
-    return jnp.zeros(shape, dtype)
-
-
 def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32) -> LasadState:
     mat = (batch, heads, dk, dv)
     grid = (batch, heads, width, dk, dv)
-    return LasadState(jnp.zeros((), jnp.int32), _zeros(mat, dtype), _zeros(grid, dtype),
-                      _zeros(grid, dtype), _zeros(mat, dtype))
+    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype), jnp.zeros(grid, dtype),
+                      jnp.zeros(grid, dtype), jnp.zeros(mat, dtype))
 
 
 def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=jnp.float32) -> LinearState:
     mat = (batch, heads, dk, dv)
-    return LinearState(jnp.zeros((), jnp.int32), _zeros(mat, dtype), _zeros(mat, dtype))
+    return LinearState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype), jnp.zeros(mat, dtype))
 
 
 def _outer(k: jax.Array, v: jax.Array) -> jax.Array:
@@ -143,7 +139,7 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int)
 
 def lasad_row_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32):
     mat = (batch, heads, dk, dv)
-    return LasadRowState(jnp.zeros((), jnp.int32), *(_zeros(mat, dtype) for _ in range(4)), width=width)
+    return LasadRowState(jnp.zeros((), jnp.int32), *(jnp.zeros(mat, dtype) for _ in range(4)), width=width)
 
 
 def lasad_row_step(state: LasadRowState, q, k, v, *, log_row, log_col, num_prefix: int):
