@@ -9,21 +9,26 @@ dtype.
 
 State per batch element and head (`D = Dk x Dv` matrices):
 
-| variant     | fields                                            | size           |
-|-------------|---------------------------------------------------|----------------|
-| `lasad`     | prefix, cols (w), smoothed (w), row               | `(2 w + 2) D`  |
-| `lasad_row` | prefix, above, row_sum, row                       | `4 D`          |
-| `linear_1d` | prefix, run                                       | `2 D`          |
-| `linear`    | prefix, run                                       | `2 D`          |
+| variant     | fields                                  | size           |
+|-------------|-----------------------------------------|----------------|
+| `lasad`     | prefix, grid (2 per column), row        | `(2 w + 2) D`  |
+| `lasad_row` | prefix, above, row_sum, row             | `4 D`          |
+| `linear_1d` | prefix, run                             | `2 D`          |
+| `linear`    | prefix, run                             | `2 D`          |
 
 The `prefix` state is kept apart from the decayed ones because prefix slots are never
-decayed (DESIGN.md §1).
+decayed (DESIGN.md §1). A step touches `O(D)` memory, except the `lasad` row start, which
+rewrites the whole grid once per row. Steps are branch-free except that row start:
+prefix slots simply add a zero key-value product to the image states. The row start is a
+`lax.cond` on the single `grid` array, updated in place before it is read; with several
+state arrays in the branch, or a read before the in-place update, XLA copies the whole
+grid at every step (an earlier version of this file did, and was 26x slower per token
+at w = 128 on CPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,14 +49,13 @@ def _state(*meta: str):
 
 @_state()
 class LasadState:
-    """`cols[c]` = earlier rows decayed to the current row, plus this row's keys so far;
-    `smoothed` = `T_b` applied to the earlier-rows part, frozen for the current row;
-    `row` = this row's keys decayed along the row."""
+    """`grid[:, :, c, 0]` = earlier rows decayed to the current row, plus this row's keys so
+    far (column c); `grid[:, :, c, 1]` = the cross-column smoothing `T_b` of the earlier-rows
+    part, frozen for the current row; `row` = this row's keys decayed along the row."""
 
     pos: jax.Array  # int32 scalar: slots consumed so far
     prefix: jax.Array  # [B, H, Dk, Dv]
-    cols: jax.Array  # [B, H, w, Dk, Dv]
-    smoothed: jax.Array  # [B, H, w, Dk, Dv]
+    grid: jax.Array  # [B, H, w, 2, Dk, Dv]
     row: jax.Array  # [B, H, Dk, Dv]
 
 
@@ -77,9 +81,8 @@ replace = dataclasses.replace
 
 def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32) -> LasadState:
     mat = (batch, heads, dk, dv)
-    grid = (batch, heads, width, dk, dv)
-    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype), jnp.zeros(grid, dtype),
-                      jnp.zeros(grid, dtype), jnp.zeros(mat, dtype))
+    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype),
+                      jnp.zeros((batch, heads, width, 2, dk, dv), dtype), jnp.zeros(mat, dtype))
 
 
 def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=jnp.float32) -> LinearState:
@@ -87,85 +90,68 @@ def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=jnp.float32) -> 
     return LinearState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype), jnp.zeros(mat, dtype))
 
 
-def _outer(k: jax.Array, v: jax.Array) -> jax.Array:
-    return jnp.einsum("bhd,bhe->bhde", k.astype(jnp.float32), v.astype(jnp.float32))
+def lasad_row_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32):
+    mat = (batch, heads, dk, dv)
+    zeros = [jnp.zeros(mat, dtype) for _ in range(4)]
+    return LasadRowState(jnp.zeros((), jnp.int32), *zeros, width=width)
+
+
+def _split(state, q, k, v, num_prefix: int):
+    """The slot's key-value product for the prefix state and for the image states (the
+    other one is zero), the new prefix state, and the image position (0 in the prefix)."""
+    kv = jnp.einsum("bhd,bhe->bhde", k.astype(jnp.float32), v.astype(jnp.float32))
+    in_prefix = state.pos < num_prefix
+    zero = jnp.zeros_like(kv)
+    prefix = state.prefix + jnp.where(in_prefix, kv, zero).astype(state.prefix.dtype)
+    return jnp.where(in_prefix, zero, kv), prefix, jnp.maximum(state.pos - num_prefix, 0)
 
 
 def _read(q: jax.Array, state: jax.Array) -> jax.Array:
     return jnp.einsum("bhd,bhde->bhe", q.astype(jnp.float32), state.astype(jnp.float32))
 
 
-def _with_prefix(state, q, k, v, num_prefix: int, image_step: Callable):
-    """Routes the slot to the prefix update or to `image_step` by the state's position."""
-    kv = _outer(k, v)
-
-    def prefix_step(st):
-        new_prefix = st.prefix + kv.astype(st.prefix.dtype)
-        return _read(q, new_prefix), replace(st, prefix=new_prefix, pos=st.pos + 1)
-
-    def image(st):
-        o, st = image_step(st, kv)
-        return o, replace(st, pos=st.pos + 1)
-
-    if num_prefix == 0:
-        o, new = image(state)
-    else:
-        o, new = jax.lax.cond(state.pos < num_prefix, prefix_step, image, state)
-    return o.astype(q.dtype), new
+def _decays(log_row, log_col):
+    return (jnp.exp(log_row)[None, :, None, None], jnp.exp(log_col)[None, :, None, None])
 
 
 def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int):
-    width = state.cols.shape[2]
-    a = jnp.exp(log_row)[None, :, None, None]
-    b = jnp.exp(log_col)[None, :, None, None]
+    a, b = _decays(log_row, log_col)
+    kv, prefix, p = _split(state, q, k, v, num_prefix)
+    col = p % state.grid.shape[2]
 
-    def new_row(st: LasadState) -> LasadState:
-        # `cols` holds A_{r-1} + KV(row r-1); decaying it by `a` gives A_r.
-        cols = (a[:, :, None] * st.cols).astype(st.cols.dtype)
-        smoothed = smooth_columns(cols, log_col).astype(st.cols.dtype)
-        return replace(st, cols=cols, smoothed=smoothed, row=jnp.zeros_like(st.row))
+    def new_row(grid):
+        # grid[..., 0] holds A_{r-1} + KV(row r-1); decaying it by `a` gives A_r.
+        cols = a[:, :, None] * grid[:, :, :, 0]
+        return jnp.stack([cols, smooth_columns(cols, log_col)], axis=3).astype(grid.dtype)
 
-    def image_step(st: LasadState, kv):
-        col = (st.pos - num_prefix) % width
-        st = jax.lax.cond(col == 0, new_row, lambda s: s, st)
-        row = (b * st.row + kv).astype(st.row.dtype)
-        above = jax.lax.dynamic_index_in_dim(st.smoothed, col, axis=2, keepdims=False)
-        o = _read(q, st.prefix + above + row)
-        cols = st.cols.at[:, :, col].add(kv.astype(st.cols.dtype))
-        return o, replace(st, row=row, cols=cols)
-
-    return _with_prefix(state, q, k, v, num_prefix, image_step)
-
-
-def lasad_row_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32):
-    mat = (batch, heads, dk, dv)
-    return LasadRowState(jnp.zeros((), jnp.int32), *(jnp.zeros(mat, dtype) for _ in range(4)), width=width)
+    # Prefix slots see col == 0 as well; the grid is still all zeros then, so the row
+    # start is a no-op for them.
+    grid = jax.lax.cond(col == 0, new_row, lambda g: g, state.grid)
+    grid = grid.at[:, :, col, 0].add(kv.astype(grid.dtype))
+    above = jax.lax.dynamic_index_in_dim(grid, col, axis=2, keepdims=False)[:, :, 1]
+    row = (jnp.where(col == 0, 0.0, b * state.row) + kv).astype(state.row.dtype)
+    o = _read(q, prefix + above + row)
+    return o.astype(q.dtype), replace(state, pos=state.pos + 1, prefix=prefix, grid=grid, row=row)
 
 
 def lasad_row_step(state: LasadRowState, q, k, v, *, log_row, log_col, num_prefix: int):
-    a = jnp.exp(log_row)[None, :, None, None]
-    b = jnp.exp(log_col)[None, :, None, None]
-
-    def new_row(st: LasadRowState) -> LasadRowState:
-        above = (a * (st.above + st.row_sum)).astype(st.above.dtype)
-        zero = jnp.zeros_like(st.row)
-        return replace(st, above=above, row_sum=zero, row=zero)
-
-    def image_step(st: LasadRowState, kv):
-        col = (st.pos - num_prefix) % st.width
-        st = jax.lax.cond(col == 0, new_row, lambda s: s, st)
-        row = (b * st.row + kv).astype(st.row.dtype)
-        o = _read(q, st.prefix + st.above + row)
-        return o, replace(st, row=row, row_sum=st.row_sum + kv.astype(st.row_sum.dtype))
-
-    return _with_prefix(state, q, k, v, num_prefix, image_step)
+    a, b = _decays(log_row, log_col)
+    kv, prefix, p = _split(state, q, k, v, num_prefix)
+    start = p % state.width == 0
+    # At a row start the finished row joins the rows above, decayed by one row.
+    above = jnp.where(start, a * (state.above + state.row_sum), state.above)
+    row_sum = jnp.where(start, 0.0, state.row_sum) + kv
+    row = jnp.where(start, 0.0, b * state.row) + kv
+    o = _read(q, prefix + above + row)
+    dt = state.row.dtype
+    new = replace(state, pos=state.pos + 1, prefix=prefix, above=above.astype(dt),
+                  row_sum=row_sum.astype(dt), row=row.astype(dt))
+    return o.astype(q.dtype), new
 
 
 def linear_step(state: LinearState, q, k, v, *, log_decay, num_prefix: int):
     lam = jnp.exp(log_decay)[None, :, None, None]
-
-    def image_step(st: LinearState, kv):
-        run = (lam * st.run + kv).astype(st.run.dtype)
-        return _read(q, st.prefix + run), replace(st, run=run)
-
-    return _with_prefix(state, q, k, v, num_prefix, image_step)
+    kv, prefix, _ = _split(state, q, k, v, num_prefix)
+    run = (lam * state.run + kv).astype(state.run.dtype)
+    o = _read(q, prefix + run)
+    return o.astype(q.dtype), replace(state, pos=state.pos + 1, prefix=prefix, run=run)

@@ -1,0 +1,95 @@
+"""Time per decoded token and state size of the recurrent decoding forms, by grid width.
+
+    python benchmarks/decode_step.py             # ~1 min on a 2-core CPU
+
+Each variant decodes one prefix slot and 8 grid rows, token by token, inside one jitted
+`lax.scan` (batch 4, 8 heads, Dk = Dv = 64, float32), and reports the mean time per token
+and the state's size per layer, next to the KV cache that softmax attention would hold at
+the end of the same sequence. Prints a table and writes JSON to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from lasad_jax import ops  # noqa: E402
+from timing import median_ms  # noqa: E402
+
+
+def decoder(variant: str, batch: int, heads: int, dim: int, width: int):
+    row, col = jnp.full((heads,), 0.9), jnp.full((heads,), 0.8)
+    if variant == "lasad":
+        init = ops.lasad_decode_init(batch, heads, dim, dim, width)
+        step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col, num_prefix=1)
+    elif variant == "lasad_row":
+        init = ops.lasad_row_decode_init(batch, heads, dim, dim, width)
+        step = lambda s, x: ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,
+                                                      num_prefix=1)
+    elif variant == "linear_1d":
+        init = ops.linear_1d_decode_init(batch, heads, dim, dim)
+        step = lambda s, x: ops.linear_1d_decode_step(s, *x, decay=col, num_prefix=1)
+    else:
+        init = ops.linear_decode_init(batch, heads, dim, dim)
+        step = lambda s, x: ops.linear_decode_step(s, *x, num_prefix=1)
+
+    @jax.jit
+    def run(q, k, v):
+        def body(s, x):
+            o, s = step(s, x)
+            return s, o
+
+        return jax.lax.scan(body, init, (q, k, v))[1]
+
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(init))
+    return run, state_bytes
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--min_seconds", type=float, default=1.0)
+    p.add_argument("--out", default="benchmarks/results/decode_step_cpu.json")
+    args = p.parse_args(argv)
+
+    rows = []
+    print(f"{'variant':<10} {'width':>5} {'us/token':>9} {'state MiB':>10} {'KV cache MiB':>13}")
+    for width in args.widths:
+        tokens = 1 + args.rows * width
+        rng = np.random.default_rng(0)
+        shape = (tokens, args.batch, args.heads, args.dim)
+        q, k, v = (jnp.asarray(rng.normal(size=shape) / 8, jnp.float32) for _ in range(3))
+        # softmax's cache for a full square image of this width (keys and values).
+        kv_cache = 2 * (1 + width * width) * args.batch * args.heads * args.dim * 4
+        for variant in ops.VARIANTS:
+            run, state_bytes = decoder(variant, args.batch, args.heads, args.dim, width)
+            us = 1e3 * median_ms(run, q, k, v, min_seconds=args.min_seconds) / tokens
+            rows.append(dict(variant=variant, width=width, us_per_token=us, state_bytes=state_bytes,
+                             kv_cache_bytes_square_image=kv_cache))
+            print(f"{variant:<10} {width:>5} {us:9.1f} {state_bytes / 2**20:10.2f} "
+                  f"{kv_cache / 2**20:13.2f}", flush=True)
+
+    info = dict(date=datetime.date.today().isoformat(), backend=jax.default_backend(),
+                cores=os.cpu_count(), jax=jax.__version__, batch=args.batch, heads=args.heads,
+                dim=args.dim, rows=args.rows)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(dict(info=info, rows=rows), f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
