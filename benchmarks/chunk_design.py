@@ -68,15 +68,21 @@ def smooth_sequential(a, log_b):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384],
+                   help="square-grid lengths for the rematerialisation comparison")
+    p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128],
+                   help="grid widths for the smoothing comparison")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64)
     p.add_argument("--out", default="benchmarks/results/chunk_design_cpu.json")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
 
-    heads, dim = 8, 64
+    heads, dim = args.heads, args.dim
     row = jnp.linspace(0.5, 0.99, heads)
     col = jnp.linspace(0.6, 0.95, heads)
-    for tokens in (4096, 16384):
+    for tokens in args.tokens:
         width = int(math.isqrt(tokens))
         q, k, v = (jnp.asarray(rng.normal(size=(1, tokens, heads, dim)) / 8, jnp.float32)
                    for _ in range(3))
@@ -91,7 +97,7 @@ def main(argv=None):
             rows.append(dict(test="remat", tokens=tokens, remat=remat, fwd_bwd_ms=ms))
             print(f"remat={remat!s:<5} T={tokens:<6} fwd+bwd {ms:9.1f} ms", flush=True)
 
-    for width in (32, 64, 128):
+    for width in args.widths:
         a = jnp.asarray(rng.normal(size=(1, heads, width, dim, dim)), jnp.float32)
         log_b = jnp.log(col)
         forms = {"toeplitz (library)": smooth_columns, "associative_scan": smooth_assoc,

@@ -24,3 +24,23 @@ def test_op_scaling_writes_table_and_json(tmp_path, capsys):
     assert all(r["ms"] > 0 and r["bytes"] > 0 for r in rows)
     assert result["info"]["backend"] == "cpu"
     assert "| lasad_chunked | 64 |" in capsys.readouterr().out
+
+
+def test_decode_step_and_chunk_design_run(tmp_path):
+    import chunk_design
+    import decode_step
+
+    out = tmp_path / "decode.json"
+    decode_step.main(["--widths", "2", "--rows", "2", "--batch", "1", "--heads", "2",
+                      "--dim", "4", "--min_seconds", "0", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"lasad", "lasad_row", "linear_1d", "linear"}
+    lasad = next(r for r in rows if r["variant"] == "lasad")
+    assert lasad["state_bytes"] == 4 * 2 * (2 * 2 + 2) * 4 * 4 + 4  # float32 grid + pos
+
+    out = tmp_path / "design.json"
+    chunk_design.main(["--tokens", "64", "--widths", "4", "--heads", "2", "--dim", "4",
+                       "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["test"] for r in rows} == {"remat", "smoothing"}
+    assert all(r["rel_err_vs_toeplitz"] < 1e-5 for r in rows if r["test"] == "smoothing")
