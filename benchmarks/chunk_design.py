@@ -15,8 +15,6 @@ Prints a table and writes JSON to `--out`.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
 import sys
@@ -29,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE, chunked_attention  # noqa: E402
 from lasad_jax.ops.decay import smooth_columns  # noqa: E402
-from timing import median_ms  # noqa: E402
+from common import median_ms, run_info, write_json  # noqa: E402
 
 
 def jax_bench(fn, *args) -> float:
@@ -112,12 +110,7 @@ def main(argv=None):
             print(f"smoothing w={width:<4} {name:<20} fwd {fwd:8.2f} ms  fwd+bwd {grad:8.2f} ms"
                   f"  rel.err {err:.1e}", flush=True)
 
-    info = dict(date=datetime.date.today().isoformat(), backend=jax.default_backend(),
-                cores=os.cpu_count(), jax=jax.__version__)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(dict(info=info, rows=rows), f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(args.out, dict(info=run_info(heads=heads, dim=dim), rows=rows))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ the end of the same sequence. Prints a table and writes JSON to `--out`.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 
@@ -23,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax import ops  # noqa: E402
-from timing import median_ms  # noqa: E402
+from common import median_ms, run_info, write_json  # noqa: E402
 
 
 def decoder(variant: str, batch: int, heads: int, dim: int, width: int):
@@ -82,13 +80,8 @@ def main(argv=None):
             print(f"{variant:<10} {width:>5} {us:9.1f} {state_bytes / 2**20:10.2f} "
                   f"{kv_cache / 2**20:13.2f}", flush=True)
 
-    info = dict(date=datetime.date.today().isoformat(), backend=jax.default_backend(),
-                cores=os.cpu_count(), jax=jax.__version__, batch=args.batch, heads=args.heads,
-                dim=args.dim, rows=args.rows)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(dict(info=info, rows=rows), f, indent=1)
-    print(f"wrote {args.out}")
+    info = run_info(batch=args.batch, heads=args.heads, dim=args.dim, rows=args.rows)
+    write_json(args.out, dict(info=info, rows=rows))
 
 
 if __name__ == "__main__":

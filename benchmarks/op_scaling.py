@@ -17,11 +17,9 @@ Prints a table and writes JSON (and the device and date) to `--out`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 from typing import Callable
 
@@ -32,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax import ops  # noqa: E402
-from timing import median_ms  # noqa: E402
+from common import median_ms, run_info, write_json  # noqa: E402
 
 
 def make_inputs(tokens: int, heads: int, dim: int, dtype):
@@ -163,21 +161,14 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results/op_scaling_cpu.json")
     args = p.parse_args(argv)
 
-    device = jax.devices()[0]
-    info = dict(date=datetime.date.today().isoformat(), backend=jax.default_backend(),
-                device=getattr(device, "device_kind", str(device)), cpu=platform.processor() or platform.machine(),
-                cores=os.cpu_count(), jax=jax.__version__, heads=args.heads, dim=args.dim,
-                dtype=args.dtype, batch=1)
+    info = run_info(heads=args.heads, dim=args.dim, dtype=args.dtype, batch=1)
     print(json.dumps(info))
     print(f"{'op':<22} {'mode':<8} {'T':>6} {'ms':>10} {'MiB':>10}")
     rows = run(args)
     result = dict(info=info, rows=rows, summary=summary(rows))
     print(markdown_table(rows))
     print(json.dumps(result["summary"], indent=1))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":
