@@ -44,3 +44,13 @@ def test_decode_step_and_chunk_design_run(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["test"] for r in rows} == {"remat", "smoothing"}
     assert all(r["rel_err_vs_toeplitz"] < 1e-5 for r in rows if r["test"] == "smoothing")
+
+
+def test_numerics_reports_bf16_rounding_only(tmp_path):
+    import numerics
+
+    out = tmp_path / "numerics.json"
+    numerics.main(["--tokens", "16", "--heads", "2", "--dim", "8", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4
+    assert all(0 < r["max_err_over_max_ref"] < 2.0**-7 for r in rows)
