@@ -52,6 +52,8 @@ def main(argv=None):
     print(f"{'variant':<10} {'T':>6} {'max err / max |ref|':>20} {'median rel err':>15}")
     for tokens in args.tokens:
         width = math.isqrt(tokens)
+        if width * width != tokens:
+            raise SystemExit(f"--tokens must be perfect squares (square grids), got {tokens}")
         shape = (2, 1 + tokens, args.heads, args.dim)
         q, k, v = (jnp.asarray(rng.normal(size=shape) / math.sqrt(args.dim), jnp.bfloat16)
                    for _ in range(3))

@@ -79,7 +79,8 @@ def chunked_attention(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     remat: bool = True,
 ) -> jax.Array:
-    """Same result as `reference.masked_attention`, in `O(T)`; returns float32.
+    """Same result as `reference.masked_attention`, in time linear in the number of rows;
+    returns float32.
 
     `remat=False` keeps every chunk's residuals for the backward pass instead of
     recomputing them; it exists to measure that choice (benchmarks/chunk_design.py).

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 VARIANTS = ("lasad", "lasad_row", "linear_1d", "linear")
 
 
-
 def decay_mask(
     variant: str,
     num_tokens: int,

@@ -22,8 +22,8 @@ rewrites the whole grid once per row. Steps are branch-free except that row star
 prefix slots simply add a zero key-value product to the image states. The row start is a
 `lax.cond` on the single `grid` array, updated in place before it is read; with several
 state arrays in the branch, or a read before the in-place update, XLA copies the whole
-grid at every step (an earlier version of this file did, and was 26x slower per token
-at w = 128 on CPU).
+grid at every step (an earlier version of this file did, and was 30x slower per token
+at w = 128 on CPU; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
