@@ -44,6 +44,9 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--out", default="benchmarks/results/numerics_bf16_cpu.json")
     args = p.parse_args(argv)
+    for tokens in args.tokens:
+        if math.isqrt(tokens) ** 2 != tokens:
+            raise SystemExit(f"--tokens must be perfect squares (square grids), got {tokens}")
     rng = np.random.default_rng(0)
     # Decays from sharp to none, per head.
     row = jnp.linspace(0.5, 1.0, args.heads)
@@ -52,8 +55,6 @@ def main(argv=None):
     print(f"{'variant':<10} {'T':>6} {'max err / max |ref|':>20} {'median rel err':>15}")
     for tokens in args.tokens:
         width = math.isqrt(tokens)
-        if width * width != tokens:
-            raise SystemExit(f"--tokens must be perfect squares (square grids), got {tokens}")
         shape = (2, 1 + tokens, args.heads, args.dim)
         q, k, v = (jnp.asarray(rng.normal(size=shape) / math.sqrt(args.dim), jnp.bfloat16)
                    for _ in range(3))
