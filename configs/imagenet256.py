@@ -1,0 +1,52 @@
+"""LASADGen-L on VQ-16 codes of ImageNet 256x256 (16x16 tokens), LlamaGen's GPT-L recipe.
+
+    python -m lasad_jax.main --config=configs/imagenet256.py --workdir=gs://BUCKET/lasad_l \
+        --config.data.codes_dir=/data/imagenet256_codes
+
+Recipe (LlamaGen, arXiv 2406.06525): AdamW betas (0.9, 0.95), weight decay 0.05 on >= 2-D
+parameters, learning rate 1e-4 per 256 images held constant, gradient clipping 1.0, bf16
+compute, 300 epochs of batch 256, class dropout 0.1, classifier-free guidance 2.0 at
+sampling. The trainer reads pre-extracted codes (`train_codes.npy`, `train_labels.npy`
+under `data.codes_dir`); it stops at once, naming the field, when they are missing.
+Decoding samples into images needs the VQ-16 tokenizer weights (`tokenizer.checkpoint`).
+"""
+
+from ml_collections import config_dict
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def get_config() -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+    config.seed = 0
+    config.batch_size = 256
+    # 300 epochs of the 1.28M training images, whatever number of augmented views
+    # (flips, ten crops) the codes directory holds per image.
+    config.num_epochs = 300
+    config.num_steps = -(-300 * IMAGENET_TRAIN_IMAGES // 256)
+
+    config.data = dict(name="codes", num_classes=1000, codes_dir="", val_fraction=0.0, seed=0)
+    config.tokenizer = dict(name="vq16", image_size=(256, 256), codebook_size=16384,
+                            checkpoint="", levels=0, channels=3)
+
+    config.model = dict(
+        preset="L", num_layers=None, num_heads=None, dim=None,
+        mixer="lasad", feature_map="silu", gate="sigmoid", gate_rank=64,
+        pos_encoding="rope2d", dtype="bfloat16", impl="auto", chunk_size=None,
+    )
+    config.optimizer = dict(
+        lr=1e-4,  # per 256 images
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip=1.0,
+        schedule="constant", warmup_steps=0, end_lr_fraction=1.0,
+    )
+    config.train = dict(
+        class_dropout=0.1, ema_decay=0.9999, log_every=100, eval_every=-1,
+        eval_batch_size=256, checkpoint_every=5000, keep_checkpoints=3,
+        stop_after=0, progress_every_secs=60.0, sample_at_end=False,
+    )
+    # ADM evaluation: 50 images for each of the 1,000 classes.
+    config.sample = dict(
+        name="samples", classes=(), per_class=50, batch_size=64, cfg_scale=2.0,
+        temperature=1.0, top_k=0, top_p=1.0, seed=0, use_ema=True, grid_scale=1,
+    )
+    return config

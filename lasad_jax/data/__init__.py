@@ -1,0 +1,26 @@
+"""Datasets as token sources: the embedded digits, extracted code files, and batching."""
+
+from __future__ import annotations
+
+from lasad_jax.data.codes import RANGE_CHECK_ROWS, code_paths, load_codes, write_codes
+from lasad_jax.data.digits import load_digits
+from lasad_jax.data.pipeline import (
+    VALID_NAMES,
+    TokenSource,
+    build_source,
+    eval_batches,
+    train_iterator,
+)
+
+__all__ = [
+    "RANGE_CHECK_ROWS",
+    "TokenSource",
+    "VALID_NAMES",
+    "build_source",
+    "code_paths",
+    "eval_batches",
+    "load_codes",
+    "load_digits",
+    "train_iterator",
+    "write_codes",
+]

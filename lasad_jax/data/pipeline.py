@@ -1,0 +1,170 @@
+"""From token arrays to batches: a grain source, a resumable train stream, eval passes.
+
+Every dataset, whether images tokenized on the fly (digits) or codes extracted offline
+(ImageNet), becomes the same `TokenSource`: token rows in raster order plus a label.
+The model, trainer and evaluator therefore never branch on the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from lasad_jax.data.codes import load_codes
+from lasad_jax.data.digits import load_digits
+from lasad_jax.tokenizers import Tokenizer
+
+VALID_NAMES = ("digits", "codes")
+
+Batch = dict[str, np.ndarray]
+
+
+class TokenSource:
+    """Random access over `(tokens, label)` pairs, as grain's `MapDataset.source` wants.
+
+    `tokens` may be a code grid `[N, h, w]` or already flat `[N, L]`, and may be a
+    read-only memmap: rows are read, flattened in raster order and cast to int32 only
+    when asked for, so a large dataset stays on disk.
+    """
+
+    def __init__(self, tokens: np.ndarray, labels: np.ndarray):
+        tokens_shape, labels_shape = getattr(tokens, "shape", None), getattr(labels, "shape", None)
+        if tokens_shape is None or len(tokens_shape) not in (2, 3):
+            raise ValueError(f"tokens must be an array [N, h, w] or [N, L], got {tokens_shape}")
+        if labels_shape is None or len(labels_shape) != 1:
+            raise ValueError(f"labels must be an array [N], got shape {labels_shape}")
+        if len(tokens) != len(labels):
+            raise ValueError(
+                f"tokens and labels must have the same N, got {len(tokens)} and {len(labels)}"
+            )
+        self.tokens = tokens
+        self.labels = labels
+        self.seq_len = int(np.prod(tokens.shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        # grain logs the source's repr; never let it print the arrays.
+        return f"TokenSource(num_examples={len(self)}, seq_len={self.seq_len})"
+
+    def __getitem__(self, index: int) -> Batch:
+        return {
+            "tokens": np.asarray(self.tokens[index], np.int32).reshape(self.seq_len),
+            "label": np.int32(self.labels[index]),
+        }
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """A contiguous slice as a batch; one read per slice, not one per row."""
+        tokens = np.asarray(self.tokens[start:stop], np.int32)
+        return {
+            "tokens": tokens.reshape(len(tokens), self.seq_len),
+            "label": np.asarray(self.labels[start:stop], np.int32),
+        }
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_nonempty(source: TokenSource) -> None:
+    if len(source) == 0:
+        raise ValueError("source holds no examples")
+
+
+def train_iterator(
+    source: TokenSource,
+    *,
+    batch_size: int,
+    seed: int,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
+    """An endless stream of shuffled batches `{"tokens": int32 [B, L], "label": int32 [B]}`.
+
+    Each epoch is a fresh seeded permutation and batches run across epoch boundaries, so
+    no example is dropped for good. The iterator's `get_state()` / `set_state()` record
+    the position in the stream: a checkpoint restored into a new iterator built with the
+    same arguments continues with exactly the batches the old one would have given.
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    _check_nonempty(source)
+    dataset = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .to_iter_dataset(read_options)
+    )
+    return iter(dataset)
+
+
+def eval_batches(source: TokenSource, *, batch_size: int) -> Iterator[Batch]:
+    """One ordered pass in batches of a fixed size, for jitted evaluation.
+
+    The last batch is padded with zero tokens and label 0 to `batch_size`, so every call
+    to the jitted step sees one shape. Each batch carries `mask` (float32 [B]: 1 for a
+    real example, 0 for padding); weighting by it counts each example exactly once.
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    _check_nonempty(source)
+    for start in range(0, len(source), batch_size):
+        batch = source.rows(start, start + batch_size)
+        real = len(batch["label"])
+        pad = batch_size - real
+        batch["tokens"] = np.pad(batch["tokens"], ((0, pad), (0, 0)))
+        batch["label"] = np.pad(batch["label"], (0, pad))
+        batch["mask"] = (np.arange(batch_size) < real).astype(np.float32)
+        yield batch
+
+
+def _field(config: Any, name: str) -> Any:
+    try:
+        return config[name]
+    except (KeyError, AttributeError, TypeError):
+        raise ValueError(f"config.data is missing the field {name!r}") from None
+
+
+def build_source(
+    data_config: Any, split: str, tokenizer: Tokenizer, *, num_classes: int
+) -> TokenSource:
+    """The `TokenSource` for `split` of the dataset named by `data_config.name`.
+
+    Image datasets are tokenized here with `tokenizer.encode`; code datasets are checked
+    against the tokenizer's grid and vocabulary, because codes written by a different
+    tokenizer would otherwise train silently on garbage.
+    """
+    name = _field(data_config, "name")
+    if name not in VALID_NAMES:
+        raise ValueError(f"config.data.name must be one of {', '.join(VALID_NAMES)}; got {name!r}")
+    num_classes = _positive_int("num_classes", num_classes)
+    if name == "digits":
+        val_fraction, seed = _field(data_config, "val_fraction"), _field(data_config, "seed")
+        images, labels = load_digits(split, val_fraction=val_fraction, seed=seed)
+        if tuple(tokenizer.image_shape) != images.shape[1:]:
+            raise ValueError(
+                f"the digits dataset has images of shape {images.shape[1:]}, but the tokenizer "
+                f"expects {tuple(tokenizer.image_shape)}; set config.tokenizer.image_size=(8, 8) "
+                "and channels=1"
+            )
+        if labels.max() >= num_classes:
+            raise ValueError(f"the digits dataset has 10 classes, but num_classes={num_classes}")
+        return TokenSource(tokenizer.encode(images), labels)
+    codes_dir = _field(data_config, "codes_dir")
+    if not codes_dir:
+        raise ValueError(
+            "config.data.codes_dir must point at a directory of extracted codes "
+            f"({{split}}_codes.npy and {{split}}_labels.npy), got {codes_dir!r}"
+        )
+    codes, labels = load_codes(
+        codes_dir,
+        split,
+        grid_shape=tuple(tokenizer.grid_shape),
+        vocab_size=tokenizer.vocab_size,
+        num_classes=num_classes,
+    )
+    return TokenSource(codes, labels)

@@ -1,0 +1,74 @@
+"""Command line: `python -m lasad_jax.main --config=CONFIG --workdir=DIR [--mode=...]`.
+
+Modes: `train` (the default; resumes from DIR's newest checkpoint) and `sample` (restore
+DIR's newest checkpoint, write `samples.png` and `samples.npz` into DIR). Any config
+field can be overridden: `--config.num_steps=100 --config.model.mixer=softmax`.
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+
+# TensorFlow is imported by clu only to write TensorBoard files: keep it quiet and off
+# any accelerator, which belongs to JAX.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+MODES = ("train", "sample")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    tf.config.set_visible_devices([], "GPU")
+
+
+class _QuietLibraries(pylogging.Filter):
+    """Drops INFO chatter of the checkpoint and data libraries (Orbax logs ~30 lines per
+    save); their warnings and errors still show."""
+
+    NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}", f"{os.sep}tensorflow{os.sep}")
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or not any(
+            part in record.pathname for part in self.NOISY)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    _hide_accelerators_from_tensorflow()
+    import jax
+
+    from lasad_jax.config_checks import check_config
+
+    config = FLAGS.config
+    check_config(config, FLAGS.mode)
+    logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
+                 FLAGS.mode, FLAGS.workdir)
+    if FLAGS.mode == "train":
+        from lasad_jax.training.loop import train_and_evaluate
+
+        train_and_evaluate(config, FLAGS.workdir)
+    else:
+        from lasad_jax.sampling.job import run_sampling
+
+        paths = run_sampling(config, FLAGS.workdir)
+        logging.info("wrote %s", ", ".join(paths.values()))
+
+
+if __name__ == "__main__":
+    app.run(main)

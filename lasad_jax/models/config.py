@@ -1,0 +1,124 @@
+"""Model hyper-parameters: one frozen dataclass, built from the `model` block of a config.
+
+The model never reads an ml_collections ConfigDict directly: `ModelConfig.from_config`
+checks every field once, with an error that names the field and its valid values, and
+the modules then take plain typed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+MIXERS = ("lasad", "lasad_row", "linear_1d", "linear", "softmax")
+FEATURE_MAPS = ("identity", "silu", "elu1", "relu")
+GATES = ("sigmoid", "silu", "none")
+POS_ENCODINGS = ("rope2d", "none")
+DTYPES = ("float32", "bfloat16")
+
+# name -> (layers, heads, dim). B..3B are LlamaGen's GPT presets (DESIGN.md §2); `tiny`
+# is ours, for CPU tests, the demo and benchmarks.
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (4, 4, 128),
+    "B": (12, 12, 768),
+    "L": (24, 16, 1024),
+    "XL": (36, 20, 1280),
+    "XXL": (48, 24, 1536),
+    "3B": (24, 32, 3200),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the parameter shapes and the forward computation.
+
+    `grid` is the (rows, columns) of the token grid; `num_prefix` is fixed at 1 (the
+    class slot). `gate_rank` > 0 makes the output gate a rank-`gate_rank` projection
+    (0: full `dim x dim`): a full gate would add `dim^2` parameters per layer (+6% on B)
+    and break the parameter match with LlamaGen, a rank-64 one adds about 1%.
+    """
+
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    grid: tuple[int, int] = (16, 16)
+    num_layers: int = 12
+    num_heads: int = 12
+    dim: int = 768
+    mixer: str = "lasad"
+    feature_map: str = "silu"
+    gate: str = "sigmoid"
+    gate_rank: int = 64
+    pos_encoding: str = "rope2d"
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    dtype: str = "float32"
+    impl: str = "auto"
+    chunk_size: int | None = None
+
+    num_prefix: int = dataclasses.field(default=1, init=False)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def mlp_hidden(self) -> int:
+        """SwiGLU width: 2/3 of 4*dim, rounded up to a multiple of 256 (LlamaGen)."""
+        hidden = int(2 * 4 * self.dim / 3)
+        return -(-hidden // 256) * 256
+
+    def __post_init__(self) -> None:
+        def choice(name: str, valid: tuple[str, ...]) -> None:
+            if getattr(self, name) not in valid:
+                raise ValueError(f"model.{name} must be one of {valid}, got {getattr(self, name)!r}")
+
+        for name in ("vocab_size", "num_classes", "num_layers", "num_heads", "dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be a positive int, got {value!r}")
+        if (len(self.grid) != 2 or any(not isinstance(g, int) or g < 1 for g in self.grid)):
+            raise ValueError(f"model.grid must be two positive ints (rows, cols), got {self.grid!r}")
+        choice("mixer", MIXERS)
+        choice("feature_map", FEATURE_MAPS)
+        choice("gate", GATES)
+        choice("pos_encoding", POS_ENCODINGS)
+        choice("dtype", DTYPES)
+        if self.dim % self.num_heads:
+            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.num_heads "
+                             f"({self.num_heads})")
+        uses_rope = self.mixer == "softmax" or self.pos_encoding == "rope2d"
+        if uses_rope and self.head_dim % 4:
+            raise ValueError(f"2D RoPE needs a head dim divisible by 4; dim/num_heads = "
+                             f"{self.head_dim}. Change model.dim or model.num_heads.")
+        if not isinstance(self.gate_rank, int) or self.gate_rank < 0:
+            raise ValueError(f"model.gate_rank must be an int >= 0 (0: full rank), got "
+                             f"{self.gate_rank!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, vocab_size: int, grid: tuple[int, int],
+                    num_classes: int) -> "ModelConfig":
+        """Builds from a `model` ConfigDict; a `preset` name fills layers, heads and dim
+        where those fields are None (a set field overrides the preset).
+
+        Vocabulary, grid and class count come from the tokenizer and the dataset, so a
+        config cannot disagree with the data it trains on.
+        """
+        fields = dict(cfg)
+        preset = fields.pop("preset", None)
+        if preset:
+            if preset not in PRESETS:
+                raise ValueError(f"model.preset must be one of {tuple(PRESETS)}, got {preset!r}")
+            for name, value in zip(("num_layers", "num_heads", "dim"), PRESETS[preset]):
+                if fields.get(name) is None:
+                    fields[name] = value
+        fields = {k: v for k, v in fields.items() if v is not None or k == "chunk_size"}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = set(fields) - known
+        if unknown:
+            raise ValueError(f"unknown model fields {sorted(unknown)}; valid: {sorted(known)}")
+        fields.update(vocab_size=vocab_size, grid=tuple(grid), num_classes=num_classes)
+        return cls(**fields)

@@ -1,0 +1,180 @@
+"""Token mixers: the linear-attention family (LASAD and its ablations) and softmax.
+
+Every mixer has the same two entry points, so the block and the sampler never branch
+on the mixer:
+
+* `__call__(x, slots)`: the parallel form over a whole sequence `x: [B, T, dim]`;
+* `init_cache(batch)` / `decode(cache, x, slot)`: one slot `x: [B, dim]` at a time,
+  carrying a fixed-size recurrent state (linear family) or a KV cache (softmax).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lasad_jax import ops
+from lasad_jax.models.config import ModelConfig
+from lasad_jax.models.layers import linear, rope_2d
+
+_FEATURE_MAPS = {
+    "identity": lambda x: x,
+    "silu": jax.nn.silu,
+    "elu1": lambda x: jax.nn.elu(x) + 1.0,
+    "relu": jax.nn.relu,
+}
+
+
+def initial_decays(heads: int, lo: float, hi: float) -> jax.Array:
+    """Per-head decays `1 - 2^-e` with `e` spread evenly over [lo, hi] (RetNet's recipe
+    of one fixed time scale per head, here learnable): short- and long-range heads."""
+    e = jnp.linspace(lo, hi, heads) if heads > 1 else jnp.array([(lo + hi) / 2])
+    return 1.0 - 2.0 ** (-e)
+
+
+def _logit(p: jax.Array) -> jax.Array:
+    return jnp.log(p) - jnp.log1p(-p)
+
+
+class LinearAttentionMixer(nnx.Module):
+    """Gated linear attention with the decay of `cfg.mixer` (lasad, lasad_row,
+    linear_1d or linear).
+
+    q and k go through a feature map (and 2D RoPE unless `pos_encoding="none"`); the
+    operator's output is an unnormalised sum, so each head is RMS-normalised before an
+    output gate computed from the block input. Decays are learnable per head, kept in
+    (0, 1) by a sigmoid: rows and columns start at `1 - 2^-[1..5]` (0.5 to 0.97 per grid
+    step), the 1D raster decay at `1 - 2^-[3..8]` because a raster step is a smaller
+    spatial step than a row.
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dtype = dtype
+        d, h = cfg.dim, cfg.num_heads
+        self.qkv = linear(d, 3 * d, dtype, rngs)
+        self.out = linear(d, d, dtype, rngs)
+        if cfg.gate != "none":
+            if cfg.gate_rank:
+                self.gate_down = linear(d, cfg.gate_rank, dtype, rngs)
+                self.gate_up = linear(cfg.gate_rank, d, dtype, rngs)
+            else:
+                self.gate_up = linear(d, d, dtype, rngs)
+        self.head_norm = nnx.Param(jnp.ones((d,), jnp.float32))
+        if cfg.mixer in ("lasad", "lasad_row"):
+            self.row_logit = nnx.Param(_logit(initial_decays(h, 1.0, 5.0)))
+            self.col_logit = nnx.Param(_logit(initial_decays(h, 1.0, 5.0)))
+        elif cfg.mixer == "linear_1d":
+            self.decay_logit = nnx.Param(_logit(initial_decays(h, 3.0, 8.0)))
+
+    # -- pieces shared by both forms
+
+    def _decays(self) -> dict[str, jax.Array]:
+        if self.cfg.mixer in ("lasad", "lasad_row"):
+            return {"row_decay": jax.nn.sigmoid(self.row_logit[...]),
+                    "col_decay": jax.nn.sigmoid(self.col_logit[...])}
+        if self.cfg.mixer == "linear_1d":
+            return {"decay": jax.nn.sigmoid(self.decay_logit[...])}
+        return {}
+
+    def _qkv(self, x: jax.Array, slots: jax.Array) -> tuple[jax.Array, ...]:
+        cfg = self.cfg
+        qkv = self.qkv(x).reshape(*x.shape[:-1], 3, cfg.num_heads, cfg.head_dim)
+        q, k, v = (qkv[..., i, :, :] for i in range(3))
+        phi = _FEATURE_MAPS[cfg.feature_map]
+        q, k = phi(q) * (1.0 / math.sqrt(cfg.head_dim)), phi(k)
+        if cfg.pos_encoding == "rope2d":
+            pos = dict(num_prefix=cfg.num_prefix, width=cfg.grid[1], base=cfg.rope_base)
+            q, k = rope_2d(q, slots, **pos), rope_2d(k, slots, **pos)
+        return q, k, v
+
+    def _output(self, o: jax.Array, x: jax.Array) -> jax.Array:
+        """Per-head RMSNorm, gate, projection: `o: [..., heads, Dv]`, `x: [..., dim]`."""
+        o32 = o.astype(jnp.float32)
+        o32 = o32 * jax.lax.rsqrt(jnp.mean(o32 * o32, axis=-1, keepdims=True) + self.cfg.norm_eps)
+        o = (o32.reshape(*x.shape) * self.head_norm[...]).astype(self.dtype)
+        if self.cfg.gate != "none":
+            g = self.gate_up(self.gate_down(x) if self.cfg.gate_rank else x)
+            o = o * (jax.nn.sigmoid(g) if self.cfg.gate == "sigmoid" else jax.nn.silu(g))
+        return self.out(o)
+
+    # -- parallel form
+
+    def __call__(self, x: jax.Array, slots: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        q, k, v = self._qkv(x, slots)
+        common = dict(num_prefix=cfg.num_prefix, impl=cfg.impl, chunk_size=cfg.chunk_size)
+        width = {"width": cfg.grid[1]} if cfg.mixer in ("lasad", "lasad_row") else {}
+        fn = {"lasad": ops.lasad_attention, "lasad_row": ops.lasad_row_attention,
+              "linear_1d": ops.linear_1d_attention, "linear": ops.linear_attention}[cfg.mixer]
+        return self._output(fn(q, k, v, **width, **self._decays(), **common), x)
+
+    # -- decoding form
+
+    def init_cache(self, batch: int) -> Any:
+        cfg, h, d = self.cfg, self.cfg.num_heads, self.cfg.head_dim
+        if cfg.mixer == "lasad":
+            return ops.lasad_decode_init(batch, h, d, d, cfg.grid[1])
+        if cfg.mixer == "lasad_row":
+            return ops.lasad_row_decode_init(batch, h, d, d, cfg.grid[1])
+        return ops.linear_decode_init(batch, h, d, d)
+
+    def decode(self, cache: Any, x: jax.Array, slot: jax.Array) -> tuple[jax.Array, Any]:
+        q, k, v = self._qkv(x, slot)
+        fn = {"lasad": ops.lasad_decode_step, "lasad_row": ops.lasad_row_decode_step,
+              "linear_1d": ops.linear_1d_decode_step,
+              "linear": ops.linear_decode_step}[self.cfg.mixer]
+        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix)
+        return self._output(o, x), cache
+
+
+class SoftmaxMixer(nnx.Module):
+    """Causal softmax attention with 2D RoPE: LlamaGen's baseline, for comparisons."""
+
+    def __init__(self, cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.qkv = linear(cfg.dim, 3 * cfg.dim, dtype, rngs)
+        self.out = linear(cfg.dim, cfg.dim, dtype, rngs)
+
+    def _qkv(self, x: jax.Array, slots: jax.Array) -> tuple[jax.Array, ...]:
+        cfg = self.cfg
+        qkv = self.qkv(x).reshape(*x.shape[:-1], 3, cfg.num_heads, cfg.head_dim)
+        q, k, v = (qkv[..., i, :, :] for i in range(3))
+        pos = dict(num_prefix=cfg.num_prefix, width=cfg.grid[1], base=cfg.rope_base)
+        return rope_2d(q, slots, **pos), rope_2d(k, slots, **pos), v
+
+    def __call__(self, x: jax.Array, slots: jax.Array) -> jax.Array:
+        q, k, v = self._qkv(x, slots)
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return self.out(o.reshape(x.shape))
+
+    def init_cache(self, batch: int) -> dict[str, jax.Array]:
+        """Keys and values of every slot the sampler can feed (prefix + grid - 1)."""
+        cfg = self.cfg
+        shape = (batch, cfg.num_prefix + cfg.num_tokens, cfg.num_heads, cfg.head_dim)
+        return {"k": jnp.zeros(shape, self.qkv.dtype or jnp.float32),
+                "v": jnp.zeros(shape, self.qkv.dtype or jnp.float32)}
+
+    def decode(self, cache: dict[str, jax.Array], x: jax.Array,
+               slot: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        q, k, v = self._qkv(x, slot)
+        ck = jax.lax.dynamic_update_slice_in_dim(cache["k"], k[:, None].astype(cache["k"].dtype),
+                                                 slot, axis=1)
+        cv = jax.lax.dynamic_update_slice_in_dim(cache["v"], v[:, None].astype(cache["v"].dtype),
+                                                 slot, axis=1)
+        scores = jnp.einsum("bhd,bthd->bht", q.astype(jnp.float32), ck.astype(jnp.float32))
+        scores = scores / math.sqrt(self.cfg.head_dim)
+        valid = jnp.arange(ck.shape[1]) <= slot
+        probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
+        o = jnp.einsum("bht,bthd->bhd", probs, cv.astype(jnp.float32)).astype(x.dtype)
+        return self.out(o.reshape(x.shape)), {"k": ck, "v": cv}
+
+
+def make_mixer(cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.mixer == "softmax":
+        return SoftmaxMixer(cfg, dtype, rngs)
+    return LinearAttentionMixer(cfg, dtype, rngs)

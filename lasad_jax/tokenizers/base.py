@@ -1,0 +1,87 @@
+"""The contract every tokenizer honours, and the input checks they all share.
+
+The model, trainer and sampler only ever see integer code grids, so they work with any
+tokenizer behind this interface: the per-pixel intensity tokenizer of the CPU demo, and
+later the VQ-16 tokenizer whose encoder and decoder are jitted JAX functions. Checking
+inputs here, once, means a wrong shape or an out-of-range code fails with the same clear
+message whichever tokenizer is in use, instead of deep inside an encoder or a gather.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+
+class Tokenizer(abc.ABC):
+    """Maps uint8 images `[N, H, W, C]` to int32 code grids `[N, h, w]` and back.
+
+    Subclasses implement `_encode` and `_decode` on inputs that have already passed the
+    checks in `encode` / `decode`, so they can assume correct shapes, dtypes and ranges.
+    """
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Number of distinct codes; valid codes are `0 .. vocab_size - 1`."""
+
+    @property
+    @abc.abstractmethod
+    def grid_shape(self) -> tuple[int, int]:
+        """`(h, w)` of one image's code grid; the model's decay needs the width."""
+
+    @property
+    @abc.abstractmethod
+    def image_shape(self) -> tuple[int, int, int]:
+        """`(H, W, C)` of the uint8 images this tokenizer reads and writes."""
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per image in raster order (`h * w`)."""
+        h, w = self.grid_shape
+        return h * w
+
+    @abc.abstractmethod
+    def _encode(self, images: np.ndarray) -> np.ndarray:
+        """Checked uint8 `[N, H, W, C]` -> int32 `[N, h, w]`."""
+
+    @abc.abstractmethod
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        """Checked int `[N, h, w]` in range -> uint8 `[N, H, W, C]`."""
+
+    def encode(self, images: Any) -> np.ndarray:
+        images = self.check_images(images)
+        return np.asarray(self._encode(images), np.int32)
+
+    def decode(self, codes: Any) -> np.ndarray:
+        codes = self.check_codes(codes)
+        return np.asarray(self._decode(codes), np.uint8)
+
+    def check_images(self, images: Any) -> np.ndarray:
+        """Returns `images` as a numpy array after checking shape and dtype."""
+        images = np.asarray(images)
+        layout = "[N, " + ", ".join(str(d) for d in self.image_shape) + "]"
+        if images.ndim != 4 or images.shape[1:] != tuple(self.image_shape):
+            raise ValueError(f"images must have shape {layout}, got {images.shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must have dtype uint8 (values 0..255), got {images.dtype}")
+        return images
+
+    def check_codes(self, codes: Any) -> np.ndarray:
+        """Returns `codes` as a numpy array after checking shape, dtype and range."""
+        codes = np.asarray(codes)
+        layout = "[N, " + ", ".join(str(d) for d in self.grid_shape) + "]"
+        if codes.ndim != 3 or codes.shape[1:] != tuple(self.grid_shape):
+            raise ValueError(f"codes must have shape {layout}, got {codes.shape}")
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"codes must have an integer dtype, got {codes.dtype}")
+        if codes.size:
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(
+                    f"codes must lie in [0, {self.vocab_size}) (vocab_size={self.vocab_size}), "
+                    f"got values in [{lo}, {hi}]"
+                )
+        return codes

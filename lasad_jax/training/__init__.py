@@ -1,0 +1,1 @@
+"""Training: optimizer, pure train/eval steps, checkpoints, metrics and the loop."""

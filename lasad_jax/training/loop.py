@@ -1,0 +1,164 @@
+"""`--mode=train`: the training loop, from a config to checkpoints, metrics and samples.
+
+The loop owns the host-side concerns only (data, logging, checkpoints, progress); the
+math lives in the jitted `train_step`. It resumes from the newest checkpoint in
+`workdir/checkpoints` when there is one, and refuses to save a state whose loss or
+parameters are not finite, so a divergence never replaces the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import periodic_actions
+from flax import nnx
+
+from lasad_jax.data import build_source, eval_batches, train_iterator
+from lasad_jax.models import LASADGen, ModelConfig
+from lasad_jax.tokenizers import build_tokenizer
+from lasad_jax.tokenizers.geometry import code_geometry
+from lasad_jax.training import checkpoint as ckpt_lib
+from lasad_jax.training.metrics import create_writer
+from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
+from lasad_jax.training.step import create_train_state, make_eval_step, make_train_step
+
+
+def build_model(config: Any) -> LASADGen:
+    """The model a config describes, sized by its tokenizer and dataset."""
+    geometry = code_geometry(config.tokenizer)
+    cfg = ModelConfig.from_config(config.model, vocab_size=geometry.vocab_size,
+                                  grid=geometry.grid_shape, num_classes=config.data.num_classes)
+    return LASADGen(cfg, rngs=nnx.Rngs(config.seed))
+
+
+def data_tokenizer(config: Any) -> Any:
+    """What the data pipeline needs: the tokenizer itself for image datasets (it encodes
+    them), the code geometry only for pre-extracted codes."""
+    if config.data.name == "codes":
+        return code_geometry(config.tokenizer)
+    return build_tokenizer(config.tokenizer)
+
+
+def make_state(config: Any, total_steps: int) -> tuple[Any, Any, Any, Any]:
+    """(graphdef, initial TrainState, optimizer, schedule) for a run of `total_steps`."""
+    schedule = make_schedule(config.optimizer, batch_size=config.batch_size,
+                             total_steps=total_steps)
+    tx = make_optimizer(config.optimizer, schedule)
+    graphdef, state = create_train_state(build_model(config), tx, config.seed)
+    return graphdef, state, tx, schedule
+
+
+def total_steps(config: Any, num_examples: int) -> int:
+    if config.num_steps:
+        return int(config.num_steps)
+    if not config.num_epochs:
+        raise ValueError("set config.num_steps or config.num_epochs (both are 0/None)")
+    return int(math.ceil(config.num_epochs * num_examples / config.batch_size))
+
+
+def evaluate(eval_step, params, source, batch_size: int) -> float:
+    """Validation loss in bits per token over the whole split."""
+    total, count = 0.0, 0.0
+    for batch in eval_batches(source, batch_size=batch_size):
+        s, n = eval_step(params, batch)
+        total, count = total + float(s), count + float(n)
+    return total / max(count, 1.0) / math.log(2.0)
+
+
+def _check_finite(step: int, values: dict[str, float]) -> None:
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f"non-finite training values at step {step}: {bad}. The last good checkpoint is "
+            "kept; lower optimizer.lr or check the data.")
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+    """Trains for the configured number of steps; returns the final metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer = data_tokenizer(config)
+    num_classes = config.data.num_classes
+    train_source = build_source(config.data, "train", tokenizer, num_classes=num_classes)
+    val_source = (build_source(config.data, "val", tokenizer, num_classes=num_classes)
+                  if config.train.eval_every >= 0 else None)
+    steps = total_steps(config, len(train_source))
+
+    graphdef, state, tx, schedule = make_state(config, steps)
+    train_iter = train_iterator(train_source, batch_size=config.batch_size, seed=config.seed)
+
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                         keep=config.train.keep_checkpoints,
+                                         save_every=config.train.checkpoint_every)
+    start = checkpointer.latest_step() or 0
+    if start:
+        state = checkpointer.restore(ckpt_lib.abstract(state), train_iter)
+        logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("model: %s mixer, %.2fM parameters, grid %s, vocab %d; %d train / %s val "
+                 "examples; %d steps of batch %d, peak lr %.3g", config.model.mixer,
+                 n_params / 1e6, code_geometry(config.tokenizer).grid_shape,
+                 code_geometry(config.tokenizer).vocab_size, len(train_source),
+                 len(val_source) if val_source is not None else "no", steps,
+                 config.batch_size, peak_learning_rate(config.optimizer, config.batch_size))
+
+    null_class = num_classes
+    train_step = make_train_step(graphdef, tx, schedule, class_dropout=config.train.class_dropout,
+                                 null_class=null_class, ema_decay=config.train.ema_decay)
+    eval_step = make_eval_step(graphdef)
+    writer = create_writer(workdir)
+    if start == 0:
+        writer.write_hparams({k: v for k, v in config.to_dict().items()
+                              if isinstance(v, (int, float, str, bool))})
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=steps, writer=writer, every_secs=config.train.progress_every_secs)
+
+    final: dict[str, float] = {}
+    last_time, last_step = time.perf_counter(), start
+    # `stop_after` ends this process early (a time-limited job) without changing the
+    # schedule, which is always laid out over `steps`.
+    stop = min(config.train.stop_after or steps, steps)
+    for step in range(start + 1, stop + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            state, metrics = train_step(state, next(train_iter))
+        progress(step)
+        is_last = step == stop
+        if step % config.train.log_every == 0 or is_last:
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _check_finite(step, values)
+            now = time.perf_counter()
+            values["steps_per_sec"] = (step - last_step) / (now - last_time)
+            last_time, last_step = now, step
+            writer.write_scalars(step, values)
+            final.update(values)
+        evaluate_now = config.train.eval_every > 0 and step % config.train.eval_every == 0
+        if val_source is not None and (evaluate_now or is_last):
+            bits = {"val_bits_per_token": evaluate(eval_step, state.params, val_source,
+                                                   config.train.eval_batch_size),
+                    "val_bits_per_token_ema": evaluate(eval_step, state.ema_params, val_source,
+                                                       config.train.eval_batch_size)}
+            writer.write_scalars(step, bits)
+            final.update(bits)
+            logging.info("step %d: validation %.4f bits/token (EMA %.4f)", step,
+                         bits["val_bits_per_token"], bits["val_bits_per_token_ema"])
+        if is_last or step % config.train.checkpoint_every == 0:
+            _check_finite(step, {"param_norm": float(metrics["param_norm"])})
+            checkpointer.save(step, state, train_iter, force=is_last)
+    checkpointer.wait()
+    checkpointer.close()
+    writer.flush()
+
+    if config.train.sample_at_end and jax.process_index() == 0:
+        from lasad_jax.sampling.job import sample_to_files  # sampling needs the tokenizer
+
+        model = nnx.merge(graphdef, state.ema_params if config.sample.use_ema else state.params)
+        paths = sample_to_files(model, build_tokenizer(config.tokenizer), config.sample,
+                                num_classes=num_classes, out_dir=workdir)
+        logging.info("samples: %s", ", ".join(paths.values()))
+    return final

@@ -1,0 +1,96 @@
+"""The pure train and eval steps, and the state they carry.
+
+The model is split once (`nnx.split`) into a static graph definition and a parameter
+pytree; the steps are functions of pytrees only, merged back into a module inside the
+trace, so `jax.jit` sees no Python objects and the state can be donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything a resumed run needs besides the data iterator."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    rng: jax.Array
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
+                       seed: int) -> tuple[Any, TrainState]:
+    graphdef, params = nnx.split(model, nnx.Param)
+    ema = jax.tree.map(jnp.copy, params)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=tx.init(params), ema_params=ema,
+                       rng=jax.random.key_data(jax.random.key(seed)))
+    return graphdef, state
+
+
+def token_loss(graphdef: Any, params: Any, labels: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy in nats per token: `tokens: [B, L]` int."""
+    model = nnx.merge(graphdef, params)
+    logits = model(labels, tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens).mean(axis=-1)
+
+
+def drop_classes(key: jax.Array, labels: jax.Array, rate: float, null_class: int) -> jax.Array:
+    """Replaces a `rate` fraction of labels by the null class, so the same network also
+    learns the unconditional model that classifier-free guidance needs."""
+    drop = jax.random.bernoulli(key, rate, labels.shape)
+    return jnp.where(drop, null_class, labels)
+
+
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+    """EMA with the usual warmup `min(decay, (1 + t) / (10 + t))`: early averages do not
+    drag in the random initialisation."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: e * d + (1.0 - d) * p, ema, params)
+
+
+def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    *, class_dropout: float, null_class: int, ema_decay: float) -> Callable:
+    """Returns `train_step(state, batch) -> (state, metrics)`, jitted, donating `state`."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        labels = drop_classes(key, batch["label"], class_dropout, null_class)
+
+        def loss_fn(params):
+            return token_loss(graphdef, params, labels, batch["tokens"]).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = dataclasses.replace(
+            state, step=state.step + 1, params=params, opt_state=opt_state,
+            ema_params=ema_update(state.ema_params, params, state.step, ema_decay))
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "param_norm": optax.tree.norm(params),
+                   "learning_rate": schedule(state.step)}
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef: Any) -> Callable:
+    """Returns `eval_step(params, batch) -> (sum of per-image mean losses, count)` so
+    padded examples (mask 0) drop out of the average."""
+
+    def eval_step(params: Any, batch: dict[str, jax.Array]):
+        per_image = token_loss(graphdef, params, batch["label"], batch["tokens"])
+        mask = batch["mask"]
+        return jnp.sum(per_image * mask), jnp.sum(mask)
+
+    return jax.jit(eval_step)

@@ -1,0 +1,146 @@
+"""LASADGen: parallel vs decoding logits, causality, parameter counts, config errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lasad_jax.models import MIXERS, LASADGen, ModelConfig, param_count
+from lasad_jax.models.presets import LLAMAGEN_PARAMS, preset_config
+
+
+def small_config(mixer: str, **overrides) -> ModelConfig:
+    fields = dict(vocab_size=11, num_classes=3, grid=(3, 4), num_layers=2, num_heads=2, dim=16,
+                  mixer=mixer, gate_rank=4)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def perturbed_model(cfg: ModelConfig, seed: int = 0) -> LASADGen:
+    """A model whose weights are far from the small init (and whose head is not zero),
+    so every mixer changes the logits visibly and a wrong decode path cannot hide."""
+    graphdef, state = nnx.split(LASADGen(cfg, rngs=nnx.Rngs(seed)))
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [x + 0.3 * jax.random.normal(k, x.shape) if x.ndim >= 2 else x
+              for x, k in zip(leaves, keys)]
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def decode_logits(model: LASADGen, labels, tokens) -> jax.Array:
+    cache = model.init_cache(labels.shape[0])
+    logits, cache = model.decode_step(cache, model.class_embed(labels))
+    out = [logits]
+    for i in range(tokens.shape[1]):
+        logits, cache = model.decode_step(cache, model.token_embed(tokens[:, i]))
+        out.append(logits)
+    return jnp.stack(out, axis=1)
+
+
+TOKENS = jax.random.randint(jax.random.key(7), (2, 11), 0, 11)
+LABELS = jnp.array([0, 3])  # 3 is the null class
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_parallel_logits_equal_decoding_logits(mixer):
+    model = perturbed_model(small_config(mixer))
+    parallel = model(LABELS, TOKENS)
+    assert parallel.shape == (2, 12, 11) and parallel.dtype == jnp.float32
+    decoded = decode_logits(model, LABELS, TOKENS)
+    scale = float(jnp.max(jnp.abs(parallel)))
+    assert scale > 0.5
+    np.testing.assert_allclose(decoded, parallel, atol=1e-4 * scale, rtol=0)
+
+
+def test_mixers_differ():
+    """The equality above would be vacuous if the mixer did not matter."""
+    logits = {m: perturbed_model(small_config(m))(LABELS, TOKENS) for m in MIXERS}
+    for a in MIXERS:
+        for b in MIXERS:
+            if a < b:
+                assert float(jnp.max(jnp.abs(logits[a] - logits[b]))) > 1e-2, (a, b)
+
+
+@pytest.mark.parametrize("mixer", ["lasad", "softmax"])
+def test_causal(mixer):
+    """Changing image token j leaves the logits of slots 0..j unchanged (slot j predicts
+    token j) and changes later ones."""
+    model = perturbed_model(small_config(mixer))
+    base = model(LABELS, TOKENS)
+    j = 5
+    changed = model(LABELS, TOKENS.at[:, j].set((TOKENS[:, j] + 1) % 11))
+    np.testing.assert_allclose(changed[:, : j + 1], base[:, : j + 1], atol=1e-6)
+    assert float(jnp.max(jnp.abs(changed[:, j + 1:] - base[:, j + 1:]))) > 1e-3
+
+
+def test_zero_head_starts_uniform():
+    model = LASADGen(small_config("lasad"), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(model(LABELS, TOKENS), 0.0)
+
+
+def test_param_count_matches_formula():
+    """An independent count of the tiny LASAD model from the architecture's definition."""
+    cfg = small_config("lasad")
+    d, r, hidden, heads = cfg.dim, cfg.gate_rank, cfg.mlp_hidden, cfg.num_heads
+    per_layer = 4 * d * d + 2 * d * r + 3 * d * hidden + 2 * d + d + 2 * heads
+    expected = (cfg.vocab_size * d * 2 + (cfg.num_classes + 1) * d
+                + cfg.num_layers * per_layer + d)
+    assert hidden == 256  # int(2 * 4 * 16 / 3) = 42, rounded up to a multiple of 256
+    assert param_count(cfg) == expected
+    softmax = small_config("softmax")
+    assert param_count(softmax) == expected - cfg.num_layers * (2 * d * r + d + 2 * heads)
+
+
+@pytest.mark.parametrize("preset", sorted(LLAMAGEN_PARAMS))
+def test_presets_within_three_percent_of_llamagen(preset):
+    for mixer in ("lasad", "softmax"):
+        count = param_count(preset_config(preset, mixer))
+        assert abs(count / LLAMAGEN_PARAMS[preset] - 1) < 0.03, (preset, mixer, count)
+
+
+def test_bfloat16_compute_tracks_float32():
+    cfg = small_config("lasad")
+    m32 = perturbed_model(cfg)
+    graphdef, state = nnx.split(m32)
+    m16 = nnx.merge(nnx.split(LASADGen(small_config("lasad", dtype="bfloat16"),
+                                       rngs=nnx.Rngs(0)))[0], state)
+    l32, l16 = m32(LABELS, TOKENS), m16(LABELS, TOKENS)
+    assert l16.dtype == jnp.float32  # logits are always float32 for the loss
+    assert float(jnp.max(jnp.abs(l16 - l32)) / jnp.max(jnp.abs(l32))) < 0.05
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(mixer="mamba"), r"model.mixer must be one of \('lasad'"),
+    (dict(feature_map="tanh"), "model.feature_map"),
+    (dict(dim=18, num_heads=4), "divisible by model.num_heads"),
+    (dict(dim=12, num_heads=2), "head dim divisible by 4"),
+    (dict(num_layers=0), "model.num_layers must be a positive int"),
+    (dict(grid=(3,)), "model.grid"),
+    (dict(gate_rank=-1), "model.gate_rank"),
+])
+def test_config_errors_name_the_field(fields, match):
+    with pytest.raises(ValueError, match=match):
+        small_config(**{"mixer": "lasad", **fields})
+
+
+def test_from_config_presets_and_overrides():
+    from ml_collections import config_dict
+
+    cfg = config_dict.ConfigDict(dict(preset="B", num_layers=2, num_heads=None, dim=None))
+    model_cfg = ModelConfig.from_config(cfg, vocab_size=10, grid=(4, 4), num_classes=5)
+    assert (model_cfg.num_layers, model_cfg.num_heads, model_cfg.dim) == (2, 12, 768)
+    with pytest.raises(ValueError, match="model.preset must be one of"):
+        ModelConfig.from_config(config_dict.ConfigDict(dict(preset="M")), vocab_size=10,
+                                grid=(4, 4), num_classes=5)
+    with pytest.raises(ValueError, match="unknown model fields"):
+        ModelConfig.from_config(config_dict.ConfigDict(dict(depth=3)), vocab_size=10,
+                                grid=(4, 4), num_classes=5)
+
+
+def test_too_many_tokens_rejected():
+    model = LASADGen(small_config("lasad"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="N <= 11"):
+        model(LABELS, jnp.zeros((2, 12), jnp.int32))
