@@ -1,0 +1,76 @@
+"""The command line, as a user runs it: train then sample on the demo config, and the
+ImageNet config's fail-fast check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lasad_jax.config_checks import check_config
+from test_training import ROOT, load_config
+
+SMALL = ["--config.num_steps=4", "--config.batch_size=16", "--config.model.num_layers=1",
+         "--config.model.dim=32", "--config.model.num_heads=2", "--config.model.gate_rank=8",
+         "--config.optimizer.warmup_steps=1", "--config.train.log_every=2",
+         "--config.train.eval_every=0", "--config.train.checkpoint_every=2",
+         "--config.sample.per_class=2", "--config.sample.batch_size=8",
+         "--config.sample.grid_scale=2"]
+
+
+def run_main(workdir, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
+           f"--workdir={workdir}", *SMALL, *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_cli_train_then_sample(tmp_path):
+    train = run_main(tmp_path, "--config.train.sample_at_end=False")
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "validation" in train.stderr and "bits/token" in train.stderr
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+    assert not (tmp_path / "samples.png").exists()
+
+    sample = run_main(tmp_path, "--mode=sample", "--config.sample.classes=(3, 7)")
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert "sampling from step 4" in sample.stderr
+    with np.load(tmp_path / "samples.npz") as f:
+        images, labels = f["arr_0"], f["labels"]
+    assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, [3, 3, 7, 7])
+    # Decoded intensity levels: multiples of 255/16, rounded.
+    assert set(np.unique(images)) <= {round(level * 255 / 16) for level in range(17)}
+    grid = np.asarray(Image.open(tmp_path / "samples.png"))
+    assert grid.shape == (2 + 2 * (16 + 2), 2 + 2 * (16 + 2))  # 2 classes x 2 samples, scale 2
+
+
+def test_cli_rejects_bad_override(tmp_path):
+    bad = run_main(tmp_path, "--config.model.mixer=mamba")
+    assert bad.returncode != 0
+    assert "model.mixer must be one of" in bad.stderr
+    assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_sample_without_checkpoint_says_so(tmp_path):
+    out = run_main(tmp_path, "--mode=sample")
+    assert out.returncode != 0 and "train first" in out.stderr
+
+
+def test_imagenet_config_fails_fast_naming_what_is_missing(tmp_path):
+    config = load_config("imagenet256")
+    assert (config.model.preset, config.model.dtype, config.batch_size) == ("L", "bfloat16", 256)
+    assert (config.optimizer.b1, config.optimizer.b2, config.optimizer.weight_decay,
+            config.optimizer.lr, config.optimizer.grad_clip) == (0.9, 0.95, 0.05, 1e-4, 1.0)
+    assert config.train.class_dropout == 0.1 and config.num_epochs == 300
+    with pytest.raises(ValueError, match=r"config.data.codes_dir is empty"):
+        check_config(config, "train")
+    config.data.codes_dir = str(tmp_path)
+    with pytest.raises(ValueError, match=r"lacks .*train_codes.npy"):
+        check_config(config, "train")
+    with pytest.raises(ValueError, match="VQ-16 tokenizer"):
+        check_config(config, "sample")
