@@ -54,3 +54,28 @@ def test_numerics_reports_bf16_rounding_only(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 4
     assert all(0 < r["max_err_over_max_ref"] < 2.0**-7 for r in rows)
+
+
+def test_generation_times_every_position_for_both_mixers(tmp_path, capsys):
+    import generation
+
+    out, png = tmp_path / "generation.json", tmp_path / "generation.png"
+    layers, dim, grid, batch = 1, 16, 4, 2
+    generation.main(["--presets", "tiny", "--layers", str(layers), "--heads", "2", "--dim",
+                     str(dim), "--vocab", "32", "--classes", "4", "--grids", str(grid),
+                     "--batch", str(batch), "--passes", "1", "--out", str(out),
+                     "--plot", str(png)])
+    result = json.loads(out.read_text())
+    rows = {r["mixer"]: r for r in result["rows"]}
+    assert set(rows) == {"lasad", "softmax"}
+    for r in rows.values():
+        assert len(r["series_ms"]) == grid * grid  # class slot + every fed token
+        assert all(t > 0 for t in r["series_ms"])
+        assert r["first_quarter_ms"] > 0 and r["last_quarter_ms"] > 0 and r["ms_per_image"] > 0
+        assert r["ratio_last_over_first"] > 0
+        assert r["peak_bytes"] >= r["weight_bytes"] > 0
+    # Keys and values of 1 + grid^2 slots per layer in float32, plus the int32 slot counter.
+    assert rows["softmax"]["state_bytes"] == 2 * layers * (1 + grid * grid) * dim * 4 * batch + 4
+    assert result["verdict"]["met"] in (True, False)
+    assert png.stat().st_size > 0 and result["plot"] == str(png)
+    assert "| tiny | 4x4 | lasad |" in capsys.readouterr().out
