@@ -2,10 +2,11 @@
 
     python -m lasad_jax.main --config=configs/demo.py --workdir=/tmp/demo
 
-Trains a 4-layer LASAD model on the 1,617 training digits (the 8x8 images that ship
-with scikit-learn, 17 intensity levels, one token per pixel), reports validation bits
-per token on the 180 held-out digits, and writes `samples.png` (one row per class) and
-`samples.npz` into the workdir. Then `--mode=sample` draws again from the checkpoint.
+Trains a 4-layer, 0.47M-parameter LASAD model for 1,000 steps on the 1,618 training
+digits (the 8x8 images that ship with scikit-learn, 17 intensity levels, one token per
+pixel; about 3.5 minutes on 2 CPU cores), reports validation bits per token on the 179
+held-out digits, and writes `samples.png` (one row per class, guidance 2.0) and
+`samples.npz` into the workdir. `--mode=sample` then draws again from the checkpoint.
 """
 
 from ml_collections import config_dict
@@ -15,14 +16,14 @@ def get_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.batch_size = 64
-    config.num_steps = 1500
+    config.num_steps = 1000
     config.num_epochs = 0
 
     config.data = dict(name="digits", num_classes=10, val_fraction=0.1, seed=0, codes_dir="")
     config.tokenizer = dict(name="intensity", levels=17, image_size=(8, 8), channels=1)
 
     config.model = dict(
-        preset="", num_layers=4, num_heads=4, dim=128,
+        preset="", num_layers=4, num_heads=4, dim=96,
         mixer="lasad", feature_map="silu", gate="sigmoid", gate_rank=32,
         pos_encoding="rope2d", dtype="float32", impl="auto", chunk_size=None,
     )

@@ -20,6 +20,9 @@ from tqdm import tqdm
 
 from lasad_jax.sampling.generate import check_sampling_args, generate
 from lasad_jax.sampling.images import make_grid, save_npz, save_png
+from lasad_jax.tokenizers import build_tokenizer
+from lasad_jax.training import checkpoint as ckpt_lib
+from lasad_jax.training.loop import build_model, make_state
 
 GRID_MAX = 16  # the PNG shows at most 16 classes x 16 samples; the npz holds them all
 
@@ -72,13 +75,12 @@ def sample_to_files(model: nnx.Module, tokenizer: Any, cfg: Any, *, num_classes:
 
 def run_sampling(config: Any, workdir: str) -> dict[str, str]:
     """Restores the newest checkpoint in `workdir` and writes samples next to it."""
-    from lasad_jax.tokenizers import build_tokenizer
-    from lasad_jax.training import checkpoint as ckpt_lib
-    from lasad_jax.training.loop import build_model, make_state
-
     tokenizer = build_tokenizer(config.tokenizer)  # fails fast, before any restore
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=1, save_every=1)
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first with --mode=train "
+                                f"and the same --workdir")
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, read_only=True)
     if checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first with --mode=train "
                                 f"and the same --workdir")

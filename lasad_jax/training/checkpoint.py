@@ -21,13 +21,15 @@ class Checkpointer:
     """Keeps the last `keep` checkpoints under `directory` (absolute path required by
     Orbax; relative paths are resolved here)."""
 
-    def __init__(self, directory: str, *, keep: int, save_every: int):
+    def __init__(self, directory: str, *, keep: int = 1, save_every: int = 1,
+                 read_only: bool = False):
+        """`read_only` (sampling) never creates, saves or deletes anything."""
         if keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=max(save_every, 1),
-            enable_async_checkpointing=True, create=True)
+            enable_async_checkpointing=True, create=not read_only, read_only=read_only)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),

@@ -72,6 +72,19 @@ def evaluate(eval_step, params, source, batch_size: int) -> float:
     return total / max(count, 1.0) / math.log(2.0)
 
 
+def flat_hparams(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"model": {"dim": 96}}` -> `{"model.dim": 96}`; non-scalars become strings, as
+    TensorBoard's hparams plugin takes scalars only."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{prefix}{key}."))
+        else:
+            keep = isinstance(value, (int, float, str, bool))
+            flat[prefix + key] = value if keep else str(value)
+    return flat
+
+
 def _check_finite(step: int, values: dict[str, float]) -> None:
     bad = {k: v for k, v in values.items() if not np.isfinite(v)}
     if bad:
@@ -114,10 +127,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     eval_step = make_eval_step(graphdef)
     writer = create_writer(workdir)
     if start == 0:
-        writer.write_hparams({k: v for k, v in config.to_dict().items()
-                              if isinstance(v, (int, float, str, bool))})
+        writer.write_hparams(flat_hparams(config.to_dict()))
+    # Progress (steps/s, ETA) goes to the console only; metrics.jsonl keeps one row per
+    # logged step, each with the training scalars (and validation when evaluated).
     progress = periodic_actions.ReportProgress(
-        num_train_steps=steps, writer=writer, every_secs=config.train.progress_every_secs)
+        num_train_steps=steps, every_secs=config.train.progress_every_secs)
 
     final: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start
@@ -129,24 +143,22 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             state, metrics = train_step(state, next(train_iter))
         progress(step)
         is_last = step == stop
-        if step % config.train.log_every == 0 or is_last:
+        eval_now = val_source is not None and (is_last or (
+            config.train.eval_every > 0 and step % config.train.eval_every == 0))
+        if eval_now or is_last or step % config.train.log_every == 0:
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(step, values)
-            now = time.perf_counter()
-            values["steps_per_sec"] = (step - last_step) / (now - last_time)
-            last_time, last_step = now, step
+            values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
+            if eval_now:
+                values["val_bits_per_token"] = evaluate(
+                    eval_step, state.params, val_source, config.train.eval_batch_size)
+                values["val_bits_per_token_ema"] = evaluate(
+                    eval_step, state.ema_params, val_source, config.train.eval_batch_size)
+                logging.info("step %d: validation %.4f bits/token (EMA %.4f)", step,
+                             values["val_bits_per_token"], values["val_bits_per_token_ema"])
             writer.write_scalars(step, values)
             final.update(values)
-        evaluate_now = config.train.eval_every > 0 and step % config.train.eval_every == 0
-        if val_source is not None and (evaluate_now or is_last):
-            bits = {"val_bits_per_token": evaluate(eval_step, state.params, val_source,
-                                                   config.train.eval_batch_size),
-                    "val_bits_per_token_ema": evaluate(eval_step, state.ema_params, val_source,
-                                                       config.train.eval_batch_size)}
-            writer.write_scalars(step, bits)
-            final.update(bits)
-            logging.info("step %d: validation %.4f bits/token (EMA %.4f)", step,
-                         bits["val_bits_per_token"], bits["val_bits_per_token_ema"])
+            last_time, last_step = time.perf_counter(), step
         if is_last or step % config.train.checkpoint_every == 0:
             _check_finite(step, {"param_norm": float(metrics["param_norm"])})
             checkpointer.save(step, state, train_iter, force=is_last)
