@@ -79,3 +79,14 @@ def test_generation_times_every_position_for_both_mixers(tmp_path, capsys):
     assert result["verdict"]["met"] in (True, False)
     assert png.stat().st_size > 0 and result["plot"] == str(png)
     assert "| tiny | 4x4 | lasad |" in capsys.readouterr().out
+
+
+def test_demo_ablation_runs(tmp_path, capsys):
+    import demo_ablation
+
+    out = tmp_path / "ablation.json"
+    rows = demo_ablation.main(["--steps", "2", "--runs", "mixer=linear", "--out", str(out)])
+    assert [r["run"] for r in rows] == ["mixer=linear"]
+    assert 0 < rows[0]["val_bits"] < 5  # uniform over 17 levels is 4.09 bits
+    assert json.loads(out.read_text())["rows"][0]["steps"] == 2
+    assert "| mixer=linear |" in capsys.readouterr().out
