@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from lasad_jax.data import build_source, train_iterator
+from lasad_jax.data import build_source
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.loop import data_tokenizer, make_state, train_and_evaluate
 from lasad_jax.training.optimizer import make_schedule

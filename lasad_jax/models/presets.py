@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--mixers", nargs="+", default=["lasad", "softmax"], choices=MIXERS)
     parser.add_argument("--vocab", type=int, default=16384)
     args = parser.parse_args()
-    head = f"| preset | layers | heads | dim | LlamaGen |" + "".join(
+    head = "| preset | layers | heads | dim | LlamaGen |" + "".join(
         f" {m} (diff) |" for m in args.mixers)
     print(head)
     print("|" + "---|" * (5 + len(args.mixers)))
