@@ -1,0 +1,1 @@
+"""Converters from other projects' checkpoints (PyTorch state dicts) to this package's."""
