@@ -1,14 +1,21 @@
 """LASADGen-L on VQ-16 codes of ImageNet 256x256 (16x16 tokens), LlamaGen's GPT-L recipe.
 
-    python -m lasad_jax.main --config=configs/imagenet256.py --workdir=gs://BUCKET/lasad_l \
-        --config.data.codes_dir=/data/imagenet256_codes
+    # once: ImageNet -> VQ-16 codes (ten crops and their mirrors per training image)
+    python -m lasad_jax.main --config=configs/imagenet256.py --workdir=/tmp/unused --mode=extract \
+        --config.data.tfds_data_dir=/data/tfds --config.data.codes_dir=/data/in256_codes \
+        --config.tokenizer.checkpoint=/data/vq_ds16_c2i
+    # then train
+    python -m lasad_jax.main --config=configs/imagenet256.py --workdir=/ckpt/lasad_l \
+        --config.data.codes_dir=/data/in256_codes --config.tokenizer.checkpoint=/data/vq_ds16_c2i
 
 Recipe (LlamaGen, arXiv 2406.06525): AdamW betas (0.9, 0.95), weight decay 0.05 on >= 2-D
 parameters, learning rate 1e-4 per 256 images held constant, gradient clipping 1.0, bf16
 compute, 300 epochs of batch 256, class dropout 0.1, classifier-free guidance 2.0 at
-sampling. The trainer reads pre-extracted codes (`train_codes.npy`, `train_labels.npy`
-under `data.codes_dir`); it stops at once, naming the field, when they are missing.
-Decoding samples into images needs the VQ-16 tokenizer weights (`tokenizer.checkpoint`).
+sampling. The trainer reads codes extracted once by `--mode=extract` (one of ten crops
+and mirrors drawn per image per epoch); it stops at once, naming the field, when they or
+the tokenizer weights (`tokenizer.checkpoint`, converted from LlamaGen's
+`vq_ds16_c2i.pt`) are missing. With `data.image_source="imagefolder"` and
+`data.image_dir=ROOT` (`ROOT/train/<class>/*.JPEG`) extraction reads a folder instead.
 """
 
 from ml_collections import config_dict
@@ -25,7 +32,13 @@ def get_config() -> config_dict.ConfigDict:
     config.num_epochs = 300
     config.num_steps = -(-300 * IMAGENET_TRAIN_IMAGES // 256)
 
-    config.data = dict(name="codes", num_classes=1000, codes_dir="", val_fraction=0.0, seed=0)
+    # Images -> codes once (`--mode=extract`), then training reads the codes.
+    config.data = dict(
+        name="extracted", num_classes=1000, codes_dir="", val_fraction=0.0, seed=0,
+        image_source="tfds", image_dir="", tfds_data_dir="", manual_dir="",
+        augment="tencrop", extract_splits=("train", "val"), shard_size=10_000,
+        extract_batch_size=64, skip_corrupt=False,
+    )
     config.tokenizer = dict(name="vq16", image_size=(256, 256), codebook_size=16384,
                             checkpoint="", levels=0, channels=3)
 

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from lasad_jax.data.codes import code_paths
+from lasad_jax.data.extract import manifest_path
 
 
 def config_problems(config: Any, mode: str) -> list[str]:
@@ -27,15 +28,41 @@ def config_problems(config: Any, mode: str) -> list[str]:
             missing = [p for p in code_paths(codes_dir, "train") if not os.path.exists(p)]
             if missing:
                 problems.append(f"config.data.codes_dir={codes_dir!r} lacks {[str(p) for p in missing]}")
-    needs_tokenizer = mode == "sample" or config.train.sample_at_end
-    if needs_tokenizer and config.tokenizer.name == "vq16":
-        ckpt = config.tokenizer.get("checkpoint", "")
-        where = f" (config.tokenizer.checkpoint={ckpt!r})" if ckpt else ""
-        problems.append(
-            "decoding samples needs the VQ-16 tokenizer" + where + ", which arrives with the "
-            "[tokenizer] issue and is not in this version; train with "
-            "config.train.sample_at_end=False")
+    if mode == "train" and config.data.name == "extracted":
+        codes_dir = config.data.codes_dir
+        if not codes_dir:
+            problems.append(
+                "config.data.codes_dir is empty: this config trains on extracted token codes; "
+                "run --mode=extract first (see README, 'Training on ImageNet')")
+        elif not os.path.exists(manifest_path(codes_dir, "train")):
+            problems.append(
+                f"config.data.codes_dir={codes_dir!r} holds no extracted train split "
+                f"({manifest_path(codes_dir, 'train')} is missing): run --mode=extract first")
+    if mode == "extract":
+        if not config.data.get("codes_dir"):
+            problems.append("config.data.codes_dir is empty: name the directory the "
+                            "extracted codes go to")
+    if mode == "extract" or mode == "sample" or (mode == "train" and config.train.sample_at_end):
+        why = "encoding images" if mode == "extract" else "decoding samples"
+        problems += _vq_checkpoint_problems(config, why)
     return problems
+
+
+CONVERT_HINT = ("get LlamaGen's vq_ds16_c2i.pt and convert it with `python -m "
+                "lasad_jax.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --out DIR`")
+
+
+def _vq_checkpoint_problems(config: Any, why: str) -> list[str]:
+    if config.tokenizer.name != "vq16":
+        return []
+    ckpt = config.tokenizer.get("checkpoint", "")
+    if not ckpt:
+        return [f"config.tokenizer.checkpoint is empty: {why} needs the VQ-16 tokenizer "
+                f"weights; {CONVERT_HINT}"]
+    if not os.path.isdir(ckpt):
+        return [f"config.tokenizer.checkpoint={ckpt!r} does not exist: {why} needs the VQ-16 "
+                f"tokenizer weights; {CONVERT_HINT}"]
+    return []
 
 
 def check_config(config: Any, mode: str) -> None:

@@ -1,7 +1,9 @@
 """Command line: `python -m lasad_jax.main --config=CONFIG --workdir=DIR [--mode=...]`.
 
-Modes: `train` (the default; resumes from DIR's newest checkpoint) and `sample` (restore
-DIR's newest checkpoint, write `samples.png` and `samples.npz` into DIR). Any config
+Modes: `train` (the default; resumes from DIR's newest checkpoint), `sample` (restore
+DIR's newest checkpoint, write `samples.png` and `samples.npz` into DIR) and `extract`
+(encode the config's image dataset into token codes under `config.data.codes_dir`, once,
+resumably; DIR is unused). Any config
 field can be overridden: `--config.num_steps=100 --config.model.mixer=softmax`.
 """
 
@@ -17,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-MODES = ("train", "sample")
+MODES = ("train", "sample", "extract")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -63,6 +65,15 @@ def main(argv: list[str]) -> None:
         from lasad_jax.training.loop import train_and_evaluate
 
         train_and_evaluate(config, FLAGS.workdir)
+    elif FLAGS.mode == "extract":
+        from lasad_jax.data.extract import extract_from_config
+        from lasad_jax.tokenizers import build_tokenizer
+
+        tokenizer = build_tokenizer(config.tokenizer)
+        for split in config.data.extract_splits:
+            manifest = extract_from_config(config.data, tokenizer, split)
+            logging.info("extracted %s: %d images, %d skipped, into %s", split,
+                         manifest["num_images"], manifest["num_skipped"], config.data.codes_dir)
     else:
         from lasad_jax.sampling.job import run_sampling
 

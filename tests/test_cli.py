@@ -22,8 +22,8 @@ SMALL = ["--config.num_steps=4", "--config.batch_size=16", "--config.model.num_l
          "--config.sample.grid_scale=2"]
 
 
-def run_main(workdir, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
+def run_main(workdir, *args: str, config=ROOT / "configs" / "demo.py"):
+    cmd = [sys.executable, "-m", "lasad_jax.main", f"--config={config}",
            f"--workdir={workdir}", *SMALL, *args]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -71,7 +71,58 @@ def test_imagenet_config_fails_fast_naming_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match=r"config.data.codes_dir is empty"):
         check_config(config, "train")
     config.data.codes_dir = str(tmp_path)
-    with pytest.raises(ValueError, match=r"lacks .*train_codes.npy"):
+    with pytest.raises(ValueError, match=r"holds no extracted train split"):
         check_config(config, "train")
-    with pytest.raises(ValueError, match="VQ-16 tokenizer"):
+    with pytest.raises(ValueError, match="config.tokenizer.checkpoint is empty"):
         check_config(config, "sample")
+    with pytest.raises(ValueError, match="encoding images needs the VQ-16 tokenizer"):
+        check_config(config, "extract")
+
+
+def _write_folder(root, split, per_class=3):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["ant", "bee"]):
+        d = root / split / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = np.full((12 + i, 10, 3), 40 + 150 * c, np.uint8)
+            img += rng.integers(0, 20, img.shape, dtype=np.uint8)
+            Image.fromarray(img).save(d / f"{i}.png")
+
+
+FOLDER_CONFIG = """
+import importlib.util
+
+def get_config():
+    spec = importlib.util.spec_from_file_location("demo", {demo!r})
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data = dict(name="extracted", num_classes=2, codes_dir={codes!r}, val_fraction=0.0,
+                       seed=0, image_source="imagefolder", image_dir={images!r},
+                       tfds_data_dir="", manual_dir="", augment="flip",
+                       extract_splits=("train", "val"), shard_size=2, extract_batch_size=4,
+                       skip_corrupt=False)
+    config.tokenizer.channels = 3
+    config.train.sample_at_end = False
+    return config
+"""
+
+
+def test_cli_extract_then_train_on_an_image_folder(tmp_path):
+    """The ImageNet route at toy scale: a class-per-folder dataset is encoded once into
+    augmented code shards, then the trainer reads them."""
+    for split in ("train", "val"):
+        _write_folder(tmp_path / "images", split)
+    config = tmp_path / "folder_config.py"
+    config.write_text(FOLDER_CONFIG.format(demo=str(ROOT / "configs" / "demo.py"),
+                                           codes=str(tmp_path / "codes"),
+                                           images=str(tmp_path / "images")))
+    out = run_main(tmp_path / "work", "--mode=extract", config=config)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "extracted train: 6 images, 0 skipped" in out.stderr
+    assert "extracted val: 6 images, 0 skipped" in out.stderr
+    train = run_main(tmp_path / "work", config=config)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "6 train / 6 val examples" in train.stderr
+    assert (tmp_path / "work" / "checkpoints" / "4").is_dir()

@@ -248,5 +248,6 @@ def test_build_source_for_codes_checks_against_the_tokenizer(tmp_path):
         build_source(config, "train", IntensityTokenizer(50, (3, 3)), num_classes=4)
     with pytest.raises(ValueError, match=r"config\.data\.codes_dir must point at a directory of"):
         build_source(_data_config(name="codes"), "train", tok, num_classes=4)
-    with pytest.raises(ValueError, match=r"data\.name must be one of digits, codes; got 'imagenet"):
+    with pytest.raises(ValueError,
+                       match=r"data\.name must be one of digits, codes, extracted; got 'imagenet"):
         build_source(_data_config(name="imagenet"), "train", tok, num_classes=4)

@@ -119,9 +119,11 @@ def test_factory_builds_from_config():
 
 
 def test_factory_rejects_unknown_names_and_missing_fields():
-    with pytest.raises(ValueError, match=r"VQ-16 tokenizer arrives with the \[tokenizer\] issue"):
-        build_tokenizer(_config(name="vq16"))
-    with pytest.raises(ValueError, match=r"must be one of intensity; got 'palette'"):
+    with pytest.raises(ValueError, match=r"tokenizer\.checkpoint is empty.*lasad_jax\.convert\.llamagen_vq"):
+        build_tokenizer(_config(name="vq16", checkpoint=""))
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*--checkpoint vq_ds16_c2i\.pt"):
+        build_tokenizer(_config(name="vq16", checkpoint="/nonexistent/vq16"))
+    with pytest.raises(ValueError, match=r"must be one of intensity, vq16; got 'palette'"):
         build_tokenizer(_config(name="palette"))
     with pytest.raises(ValueError, match=r"missing the field 'levels'"):
         build_tokenizer(ml_collections.ConfigDict(dict(name="intensity", image_size=(8, 8))))

@@ -1,8 +1,9 @@
 """From token arrays to batches: a grain source, a resumable train stream, eval passes.
 
-Every dataset, whether images tokenized on the fly (digits) or codes extracted offline
-(ImageNet), becomes the same `TokenSource`: token rows in raster order plus a label.
-The model, trainer and evaluator therefore never branch on the dataset.
+Every dataset, whether images tokenized on the fly (digits), a single code file ("codes")
+or augmented codes extracted offline ("extracted", several views per image), yields the
+same batches: token rows in raster order plus a label. The model, trainer and evaluator
+therefore never branch on the dataset.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from lasad_jax.data.codes import load_codes
 from lasad_jax.data.digits import load_digits
+from lasad_jax.data.extract import ExtractedSource, load_extracted
 from lasad_jax.tokenizers import Tokenizer
 
-VALID_NAMES = ("digits", "codes")
+VALID_NAMES = ("digits", "codes", "extracted")
 
 Batch = dict[str, np.ndarray]
 
@@ -72,13 +75,19 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _check_nonempty(source: TokenSource) -> None:
+def _check_nonempty(source: TokenSource | ExtractedSource) -> None:
     if len(source) == 0:
         raise ValueError("source holds no examples")
 
 
+def _pick_view(element: Batch, rng: np.random.Generator) -> Batch:
+    """One uniformly drawn augmented view of an extracted image, as a token row."""
+    views = element["views"]
+    return {"tokens": views[rng.integers(len(views))], "label": element["label"]}
+
+
 def train_iterator(
-    source: TokenSource,
+    source: TokenSource | ExtractedSource,
     *,
     batch_size: int,
     seed: int,
@@ -87,28 +96,37 @@ def train_iterator(
     """An endless stream of shuffled batches `{"tokens": int32 [B, L], "label": int32 [B]}`.
 
     Each epoch is a fresh seeded permutation and batches run across epoch boundaries, so
-    no example is dropped for good. The iterator's `get_state()` / `set_state()` record
-    the position in the stream: a checkpoint restored into a new iterator built with the
-    same arguments continues with exactly the batches the old one would have given.
+    no example is dropped for good. With several JAX processes, each reads the disjoint
+    slice `process_index::process_count` (taken before shuffling) and `batch_size` is
+    this process's share. For an `ExtractedSource` one view per image is drawn after
+    `repeat()`, from `seed` and the position in the stream, so each epoch sees other
+    views yet a seed always gives the same stream. The iterator's `get_state()` /
+    `set_state()` record the position: a checkpoint restored into a new iterator built
+    with the same arguments continues with exactly the batches the old one would have given.
     """
     batch_size = _positive_int("batch_size", batch_size)
     _check_nonempty(source)
-    dataset = (
-        grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat()
-        .batch(batch_size, drop_remainder=True)
-        .to_iter_dataset(read_options)
-    )
+    dataset = grain.MapDataset.source(source)
+    index, count = jax.process_index(), jax.process_count()
+    if count > 1:
+        dataset = dataset[index::count]
+        if len(dataset) == 0:
+            raise ValueError(f"process {index} of {count} gets no examples from {source!r}; "
+                             "use fewer processes or more data")
+    dataset = dataset.shuffle(seed=seed).repeat()
+    if isinstance(source, ExtractedSource):
+        dataset = dataset.random_map(_pick_view, seed=seed)
+    dataset = dataset.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
     return iter(dataset)
 
 
-def eval_batches(source: TokenSource, *, batch_size: int) -> Iterator[Batch]:
+def eval_batches(source: TokenSource | ExtractedSource, *, batch_size: int) -> Iterator[Batch]:
     """One ordered pass in batches of a fixed size, for jitted evaluation.
 
     The last batch is padded with zero tokens and label 0 to `batch_size`, so every call
     to the jitted step sees one shape. Each batch carries `mask` (float32 [B]: 1 for a
     real example, 0 for padding); weighting by it counts each example exactly once.
+    An `ExtractedSource` is evaluated on view 0, the plain centre crop.
     """
     batch_size = _positive_int("batch_size", batch_size)
     _check_nonempty(source)
@@ -131,12 +149,14 @@ def _field(config: Any, name: str) -> Any:
 
 def build_source(
     data_config: Any, split: str, tokenizer: Tokenizer, *, num_classes: int
-) -> TokenSource:
-    """The `TokenSource` for `split` of the dataset named by `data_config.name`.
+) -> TokenSource | ExtractedSource:
+    """The source for `split` of the dataset named by `data_config.name`.
 
     Image datasets are tokenized here with `tokenizer.encode`; code datasets are checked
     against the tokenizer's grid and vocabulary, because codes written by a different
-    tokenizer would otherwise train silently on garbage.
+    tokenizer would otherwise train silently on garbage. "extracted" gives an
+    `ExtractedSource` over the shards in `codes_dir` (training draws a view per epoch,
+    evaluation reads view 0); `tokenizer` may then be a `CodeGeometry`.
     """
     name = _field(data_config, "name")
     if name not in VALID_NAMES:
@@ -155,6 +175,12 @@ def build_source(
             raise ValueError(f"the digits dataset has 10 classes, but num_classes={num_classes}")
         return TokenSource(tokenizer.encode(images), labels)
     codes_dir = _field(data_config, "codes_dir")
+    if name == "extracted":
+        if not codes_dir:
+            raise ValueError("config.data.codes_dir must point at a directory of extracted "
+                             f"codes ({{split}}-manifest.json and its shards), got {codes_dir!r}")
+        return load_extracted(codes_dir, split, grid_shape=tuple(tokenizer.grid_shape),
+                              vocab_size=tokenizer.vocab_size, num_classes=num_classes)
     if not codes_dir:
         raise ValueError(
             "config.data.codes_dir must point at a directory of extracted codes "

@@ -40,7 +40,7 @@ def build_model(config: Any) -> LASADGen:
 def data_tokenizer(config: Any) -> Any:
     """What the data pipeline needs: the tokenizer itself for image datasets (it encodes
     them), the code geometry only for pre-extracted codes."""
-    if config.data.name == "codes":
+    if config.data.name in ("codes", "extracted"):
         return code_geometry(config.tokenizer)
     return build_tokenizer(config.tokenizer)
 

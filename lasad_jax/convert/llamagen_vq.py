@@ -1,0 +1,229 @@
+"""Converts LlamaGen's public VQ-16 checkpoint (`vq_ds16_c2i.pt`) to this package's format.
+
+    python -m lasad_jax.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --out DIR
+
+Download `vq_ds16_c2i.pt` yourself (linked from LlamaGen's README,
+https://github.com/FoundationVision/LlamaGen); only this conversion step needs torch
+(`pip install torch --index-url https://download.pytorch.org/whl/cpu`). The result, DIR
+with `vq_params.npz` and `vq_config.json`, loads with `load_vq(DIR)` using numpy alone.
+
+Rules, all checked rather than assumed:
+  * every parameter path of `VQModel` has exactly one key: path parts joined by '.', with
+    `kernel` and `scale` -> `weight`, and the codebook `quantize.embedding` ->
+    `quantize.embedding.weight`;
+  * conv kernels are transposed OIHW -> HWIO;
+  * `quantize.codebook_used` (a rolling buffer of recently used codes, training
+    bookkeeping, not a weight) is the only key dropped; any other unused key, any missing
+    key and any shape mismatch is an error listing all of them;
+  * the codebook is stored l2-normalised row by row (x / max(|x|, 1e-12)), which is what
+    LlamaGen's quantizer uses at every lookup. The model normalises again at lookup, which
+    leaves unit rows unchanged, so codes and images equal the original's either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lasad_jax.tokenizers.vq.model import VQConfig, VQModel, abstract_model
+
+DROPPED_KEYS = ("quantize.codebook_used",)
+PARAMS_FILE = "vq_params.npz"
+CONFIG_FILE = "vq_config.json"
+FORMAT_VERSION = 1
+
+
+def read_torch_state_dict(path: str, entry: str = "model") -> dict[str, np.ndarray]:
+    """Reads a PyTorch checkpoint into float32 numpy arrays keyed by state-dict name.
+
+    LlamaGen saves `{"model": state_dict, ...}`; `entry` picks the sub-dict (a bare state
+    dict is accepted too). Loading uses `weights_only=True`, so no code in the file runs.
+    """
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            "reading a PyTorch checkpoint needs torch, which this package does not otherwise "
+            "require (conversion runs once, offline): pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu") from err
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file {path!r} does not exist; download "
+                                "vq_ds16_c2i.pt from LlamaGen's README")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path!r} holds Python objects besides tensors, which weights_only loading "
+            "refuses (it would run code from the file). If you trust the file, keep only its "
+            "state dict first: python -c \"import torch; torch.save(torch.load('IN', "
+            "weights_only=False)['model'], 'OUT')\" and convert OUT") from err
+    if isinstance(ckpt, dict) and entry in ckpt and isinstance(ckpt[entry], dict):
+        ckpt = ckpt[entry]
+    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
+        top = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path!r}: expected a state dict or a dict with a {entry!r} state "
+                         f"dict (argument entry), found {top}")
+    return {k: v.detach().to(torch.float32).numpy() for k, v in ckpt.items()}
+
+
+def torch_key(path: tuple[Any, ...]) -> str:
+    """The LlamaGen state-dict key of one NNX parameter path."""
+    *parents, leaf = (str(p) for p in path)
+    if tuple(parents) == ("quantize",) and leaf == "embedding":
+        return "quantize.embedding.weight"
+    names = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+    if leaf not in names:
+        raise ValueError(f"parameter path {'.'.join(map(str, path))} has no checkpoint rule "
+                         f"(leaf must be one of {sorted(names)} or quantize.embedding)")
+    return ".".join([*parents, names[leaf]])
+
+
+def _to_torch_shape(path: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    if path[-1] == "kernel":
+        kh, kw, cin, cout = shape
+        return (cout, cin, kh, kw)
+    return tuple(shape)
+
+
+def _from_torch(path: tuple[Any, ...], value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value, np.float32)
+    if path[-1] == "kernel":
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+    if path == ("quantize", "embedding"):
+        norm = np.sqrt(np.sum(value.astype(np.float64) ** 2, axis=1, keepdims=True))
+        return (value / np.maximum(norm, 1e-12)).astype(np.float32)
+    return value
+
+
+def _flat_params(model: nnx.Module) -> Iterator[tuple[tuple[Any, ...], tuple[int, ...]]]:
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        yield tuple(path), tuple(var.shape)
+
+
+def expected_keys(cfg: VQConfig) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key `convert` consumes for `cfg`, with its PyTorch shape."""
+    return {torch_key(p): _to_torch_shape(p, s) for p, s in _flat_params(abstract_model(cfg))}
+
+
+def convert(state_dict: dict[str, np.ndarray], cfg: VQConfig) -> nnx.State:
+    """LlamaGen VQ state dict -> the `nnx.State` of `VQModel(cfg)` (parameters only).
+
+    Raises ValueError listing every missing key, unknown key and shape mismatch at once.
+    """
+    model = abstract_model(cfg)
+    abstract = nnx.state(model, nnx.Param)
+    params = list(_flat_params(model))
+    problems: list[str] = []
+    wanted = {torch_key(p) for p, _ in params}
+    missing = sorted(wanted - set(state_dict))
+    unknown = sorted(set(state_dict) - wanted - set(DROPPED_KEYS))
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unknown:
+        problems.append(f"unknown keys, not used by VQModel ({len(unknown)}): {unknown}")
+    for path, shape in params:
+        key = torch_key(path)
+        if key in state_dict:
+            want, got = _to_torch_shape(path, shape), tuple(np.shape(state_dict[key]))
+            if want != got:
+                problems.append(f"shape of {key}: expected {want}, got {got}")
+    if problems:  # checked before any array is copied, so a bad file fails fast and cheaply
+        raise ValueError(f"state dict does not match VQModel({cfg}):\n  - "
+                         + "\n  - ".join(problems))
+    # A generator, so each converted array becomes a device array before the next is made.
+    values = ((path, _from_torch(path, state_dict[torch_key(path)])) for path, _ in params)
+    return _fill(abstract, values)
+
+
+def _fill(abstract: nnx.State,
+          values: Iterable[tuple[tuple[Any, ...], np.ndarray]]) -> nnx.State:
+    """An `nnx.State` shaped like `abstract` holding `values` (pairs of flat path, array)."""
+    pure: dict[Any, Any] = {}
+    for path, value in values:
+        node = pure
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = jnp.asarray(value)
+    nnx.replace_by_pure_dict(abstract, pure)  # fills the freshly made abstract state
+    return abstract
+
+
+def save(path_dir: str, state: nnx.State, cfg: VQConfig) -> None:
+    """Writes `vq_params.npz` (flat '/'-joined parameter paths) and `vq_config.json`."""
+    os.makedirs(path_dir, exist_ok=True)
+    arrays = {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+    np.savez(os.path.join(path_dir, PARAMS_FILE), **arrays)
+    meta = {"format_version": FORMAT_VERSION, "source": "LlamaGen VQ (converted)",
+            "config": cfg.to_dict()}
+    with open(os.path.join(path_dir, CONFIG_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_vq(path_dir: str) -> VQModel:
+    """Loads a directory written by `save` into a `VQModel` (numpy and JAX only)."""
+    files = [os.path.join(path_dir, n) for n in (CONFIG_FILE, PARAMS_FILE)]
+    absent = [f for f in files if not os.path.isfile(f)]
+    if absent:
+        raise FileNotFoundError(
+            f"VQ checkpoint directory {path_dir!r} lacks {absent}; create it with "
+            "`python -m lasad_jax.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --out "
+            f"{path_dir}` (download vq_ds16_c2i.pt from LlamaGen's README first)")
+    with open(files[0]) as f:
+        meta = json.load(f)
+    if meta.get("format_version") != FORMAT_VERSION or "config" not in meta:
+        raise ValueError(f"{files[0]}: expected format_version {FORMAT_VERSION} and a "
+                         f"'config' entry, got keys {sorted(meta)}")
+    cfg = VQConfig.from_dict(meta["config"])
+    model = abstract_model(cfg)
+    graphdef, abstract = nnx.split(model)
+    params = dict(_flat_params(model))
+    with np.load(files[1]) as npz:
+        stored = {k: npz[k] for k in npz.files}
+    by_name = {"/".join(map(str, p)): p for p in params}
+    missing, unknown = sorted(set(by_name) - set(stored)), sorted(set(stored) - set(by_name))
+    problems = [f"missing arrays: {missing}"] if missing else []
+    if unknown:
+        problems.append(f"unknown arrays: {unknown}")
+    for name, path in by_name.items():
+        if name in stored and stored[name].shape != params[path]:
+            problems.append(f"shape of {name}: expected {params[path]}, got {stored[name].shape}")
+    if problems:
+        raise ValueError(f"{files[1]} does not match VQModel({cfg}):\n  - "
+                         + "\n  - ".join(problems))
+    state = _fill(abstract, ((path, stored[name]) for name, path in by_name.items()))
+    return nnx.merge(graphdef, state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="path to vq_ds16_c2i.pt")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--entry", default="model", help="checkpoint sub-dict (default: model)")
+    args = parser.parse_args(argv)
+    cfg = VQConfig()
+    print(f"reading {args.checkpoint} ...", flush=True)
+    sd = read_torch_state_dict(args.checkpoint, args.entry)
+    print(f"converting {len(sd)} keys to VQModel (VQ-16) ...", flush=True)
+    state = convert(sd, cfg)
+    n_params = sum(int(np.size(v[...])) for _, v in nnx.to_flat_state(state))
+    dropped = [k for k in DROPPED_KEYS if k in sd]
+    save(args.out, state, cfg)
+    print(f"keys: {len(sd)} read, {len(sd) - len(dropped)} converted, {len(dropped)} dropped "
+          f"({', '.join(dropped) or 'none'}); {n_params:,} parameters "
+          f"({n_params / 1e6:.1f}M); wrote {os.path.join(args.out, PARAMS_FILE)} and "
+          f"{CONFIG_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

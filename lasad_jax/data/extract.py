@@ -1,0 +1,336 @@
+"""Offline code extraction: images -> augmented views -> tokenizer codes in npy shards.
+
+The AR trainer never decodes a JPEG: each image is cropped into its views once (ADM centre
+crop, optionally its mirror, or LlamaGen's ten crops), every view is encoded, and the
+trainer later draws one view per image per epoch. A split becomes, in `out_dir`:
+
+    {split}-00000-codes.npy    int16 (vocab <= 32768) or int32, [n, views, h, w]
+    {split}-00000-labels.npy   int32, [n]
+    ...
+    {split}-manifest.json      config, finished shards, skipped images, `complete`
+
+Shards are written atomically (tmp + rename) and the manifest is updated after each one,
+so a killed job re-run with the same arguments resumes after the last finished shard and
+produces identical files. View 0 is always the plain centre crop, which evaluation uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from lasad_jax.data.codes import RANGE_CHECK_ROWS, _check_range, _check_split
+from lasad_jax.data.images import CorruptImageError, adm_center_crop, build_image_source
+from lasad_jax.tokenizers import Tokenizer
+
+VALID_AUGMENTS = ("none", "flip", "tencrop")
+FORMAT = "lasad_jax.extracted_codes/1"
+TENCROP_RANGE = 1.1  # LlamaGen's --crop-range: centre crop to 1.1x, then ten crops
+_FIVE = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
+VIEW_NAMES = {
+    "none": ("center",),
+    "flip": ("center", "center_flip"),
+    "tencrop": _FIVE + tuple(f"{n}_flip" for n in _FIVE),
+}
+
+
+def manifest_path(out_dir: str | os.PathLike, split: str) -> pathlib.Path:
+    return pathlib.Path(out_dir) / f"{split}-manifest.json"
+
+
+def shard_paths(out_dir: str | os.PathLike, split: str,
+                k: int) -> tuple[pathlib.Path, pathlib.Path]:
+    """The `(codes, labels)` paths of shard `k` of `split`."""
+    out_dir = pathlib.Path(out_dir)
+    return out_dir / f"{split}-{k:05d}-codes.npy", out_dir / f"{split}-{k:05d}-labels.npy"
+
+
+def make_views(image: Image.Image | np.ndarray, image_size: int, augment: str) -> np.ndarray:
+    """The views of one image, uint8 `[V, image_size, image_size, 3]`, in `VIEW_NAMES` order.
+
+    "tencrop" follows LlamaGen's extraction: ADM centre crop to int(1.1 * size), then
+    torchvision's TenCrop (four corners, the centre at round((S - size) / 2), and the
+    mirrors). We put the centre first and give view 5 + k as the mirror of view k;
+    TenCrop yields the same ten crops in another order, which a uniform draw ignores.
+    """
+    if augment not in VALID_AUGMENTS:
+        raise ValueError(f"augment must be one of {', '.join(VALID_AUGMENTS)}; got {augment!r}")
+    if augment != "tencrop":
+        center = adm_center_crop(image, image_size)
+        return np.stack([center, center[:, ::-1]] if augment == "flip" else [center])
+    big = adm_center_crop(image, int(image_size * TENCROP_RANGE))
+    s, n = image_size, big.shape[0]
+    mid = round((n - s) / 2.0)  # torchvision center_crop's rounding
+    corners = [(mid, mid), (0, 0), (0, n - s), (n - s, 0), (n - s, n - s)]
+    five = [big[t : t + s, l : l + s] for t, l in corners]
+    return np.stack(five + [v[:, ::-1] for v in five])
+
+
+def _tokenizer_id(tokenizer: Tokenizer) -> str:
+    # A repr that shows settings identifies the tokenizer; a default one (with a memory
+    # address) would differ on every run, so then only the class name is compared.
+    text = repr(tokenizer)
+    return type(tokenizer).__name__ if " at 0x" in text else text
+
+
+def _write_atomically(path: pathlib.Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _write_manifest(path: pathlib.Path, manifest: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def extract_codes(
+    source: Any,
+    tokenizer: Tokenizer,
+    out_dir: str | os.PathLike,
+    *,
+    split: str,
+    image_size: int,
+    augment: str = "flip",
+    shard_size: int = 10_000,
+    batch_size: int = 64,
+    skip_corrupt: bool = False,
+    max_shards: int | None = None,
+) -> dict:
+    """Extracts `split` of `source` into `out_dir`; returns the final manifest.
+
+    `source[i]` gives `{"image", "label"}` (and "path"); images are processed in index
+    order, shard k holding source images [k * shard_size, (k + 1) * shard_size) minus any
+    skipped ones. `batch_size` counts images per `tokenizer.encode` call (times the views).
+    `max_shards` stops after that many shards in this call (a time-boxed job; re-run to
+    continue). Corrupt images stop the run with the file's name unless `skip_corrupt`,
+    when they are left out and listed in the manifest.
+    """
+    if augment not in VALID_AUGMENTS:
+        raise ValueError(f"augment must be one of {', '.join(VALID_AUGMENTS)}; got {augment!r}")
+    split = _check_split(split)
+    image_size = _positive_int("image_size", image_size)
+    shard_size = _positive_int("shard_size", shard_size)
+    batch_size = _positive_int("batch_size", batch_size)
+    if tuple(tokenizer.image_shape) != (image_size, image_size, 3):
+        raise ValueError(
+            f"the tokenizer reads images of shape {tuple(tokenizer.image_shape)}, but extraction "
+            f"crops to ({image_size}, {image_size}, 3); make image_size and the tokenizer's "
+            "image_size agree and use a 3-channel tokenizer")
+    if len(source) == 0:
+        raise ValueError(f"the image source {source!r} holds no images")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "split": split, "image_size": image_size, "augment": augment,
+        "views": len(VIEW_NAMES[augment]), "view_names": list(VIEW_NAMES[augment]),
+        "grid": list(tokenizer.grid_shape), "vocab_size": int(tokenizer.vocab_size),
+        "tokenizer": _tokenizer_id(tokenizer), "shard_size": shard_size,
+        "num_source_images": len(source),
+        "dtype": "int16" if tokenizer.vocab_size <= np.iinfo(np.int16).max + 1 else "int32",
+    }
+    mpath = manifest_path(out_dir, split)
+    manifest = {"format": FORMAT, "config": config, "source": repr(source), "shards": [],
+                "num_images": 0, "num_skipped": 0, "skipped": [], "complete": False}
+    if mpath.is_file():
+        old = json.loads(mpath.read_text())
+        if old.get("config") != config:
+            diff = {k: (old.get("config", {}).get(k), v) for k, v in config.items()
+                    if old.get("config", {}).get(k) != v}
+            raise ValueError(
+                f"{mpath} records a different extraction config (field: (recorded, requested)) "
+                f"{diff}; extract into an empty directory, or delete {split}-* files in "
+                f"{out_dir} to start this split over")
+        manifest = old
+    num_shards = -(-len(source) // shard_size)
+    first = len(manifest["shards"])
+    last = num_shards if max_shards is None else min(num_shards, first + max(0, max_shards))
+    views, dtype = config["views"], np.dtype(config["dtype"])
+    bar = tqdm(total=len(source), initial=min(first * shard_size, len(source)),
+               desc=f"extract {split}", unit="img")
+    for k in range(first, last):
+        start, stop = k * shard_size, min((k + 1) * shard_size, len(source))
+        codes, labels, skipped = [], [], []
+        for b in range(start, stop, batch_size):
+            batch_views = []
+            for i in range(b, min(b + batch_size, stop)):
+                try:
+                    item = source[i]
+                except CorruptImageError as e:
+                    if not skip_corrupt:
+                        raise
+                    skipped.append({"index": i, "error": str(e).split("; ")[0]})
+                    continue
+                batch_views.append(make_views(item["image"], image_size, augment))
+                labels.append(int(item["label"]))
+            if batch_views:
+                flat = np.concatenate(batch_views)
+                encoded = tokenizer.encode(flat)
+                codes.append(encoded.reshape(len(batch_views), views, *encoded.shape[1:]))
+            bar.update(min(b + batch_size, stop) - b)
+        grid = tuple(tokenizer.grid_shape)
+        codes_arr = (np.concatenate(codes) if codes else np.zeros((0, views, *grid))).astype(dtype)
+        codes_path, labels_path = shard_paths(out_dir, split, k)
+        _write_atomically(codes_path, codes_arr)
+        _write_atomically(labels_path, np.asarray(labels, np.int32))
+        manifest["shards"].append({
+            "codes": codes_path.name, "labels": labels_path.name, "start": start,
+            "stop": stop, "num_images": len(labels)})
+        manifest["skipped"].extend(skipped)
+        manifest["num_images"] += len(labels)
+        manifest["num_skipped"] += len(skipped)
+        manifest["complete"] = len(manifest["shards"]) == num_shards
+        _write_manifest(mpath, manifest)
+    bar.close()
+    return manifest
+
+
+def _field(config: Any, name: str) -> Any:
+    try:
+        return config[name]
+    except (KeyError, AttributeError, TypeError):
+        raise ValueError(f"config.data is missing the field {name!r}") from None
+
+
+def extract_from_config(data_config: Any, tokenizer: Tokenizer, split: str,
+                        *, max_shards: int | None = None) -> dict:
+    """`--mode=extract` in one call: the image source of `data_config` -> `codes_dir`.
+
+    Reads `image_source` (+ `image_dir` | `tfds_data_dir`, `manual_dir`), `codes_dir`,
+    `augment`, `shard_size`, `extract_batch_size`, `skip_corrupt` from `data_config`;
+    the crop size is the tokenizer's image height.
+    """
+    codes_dir = _field(data_config, "codes_dir")
+    if not codes_dir:
+        raise ValueError("config.data.codes_dir must name the output directory of the "
+                         "extracted codes; got an empty value")
+    return extract_codes(
+        build_image_source(data_config, split), tokenizer, codes_dir, split=split,
+        image_size=int(tokenizer.image_shape[0]), augment=_field(data_config, "augment"),
+        shard_size=_field(data_config, "shard_size"),
+        batch_size=_field(data_config, "extract_batch_size"),
+        skip_corrupt=bool(_field(data_config, "skip_corrupt")), max_shards=max_shards)
+
+
+class ExtractedSource:
+    """Random access over all shards of an extracted split, memory-mapped.
+
+    `source[i]` is `{"views": int32 [V, h*w], "label": int32}` (the trainer draws one
+    view per epoch); `rows(start, stop)` gives view 0, the plain centre crop, as the
+    `{"tokens", "label"}` batches evaluation reads. Shards are opened lazily by index, so
+    a million-image split costs no RAM until rows are read.
+    """
+
+    def __init__(self, codes: list[np.ndarray], labels: list[np.ndarray], num_views: int,
+                 grid: tuple[int, int]):
+        self._codes, self._labels = codes, labels
+        self.num_views, self.grid = num_views, grid
+        self.seq_len = grid[0] * grid[1]
+        self._ends = np.cumsum([len(x) for x in labels])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __repr__(self) -> str:
+        return (f"ExtractedSource(num_examples={len(self)}, views={self.num_views}, "
+                f"seq_len={self.seq_len}, shards={len(self._codes)})")
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        shard = int(np.searchsorted(self._ends, index, side="right"))
+        return shard, index - (int(self._ends[shard - 1]) if shard else 0)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        shard, row = self._locate(index)
+        views = np.asarray(self._codes[shard][row], np.int32)
+        return {"views": views.reshape(self.num_views, self.seq_len),
+                "label": np.int32(self._labels[shard][row])}
+
+    def rows(self, start: int, stop: int, view: int = 0) -> dict[str, np.ndarray]:
+        """Rows `[start, stop)` of one view; one read per shard touched, not per row."""
+        tokens, labels = [np.zeros((0, self.seq_len), np.int32)], [np.zeros(0, np.int32)]
+        index, stop = start, min(stop, len(self))
+        while index < stop:
+            shard, row = self._locate(index)
+            n = min(stop - index, len(self._labels[shard]) - row)
+            block = np.asarray(self._codes[shard][row : row + n, view], np.int32)
+            tokens.append(block.reshape(n, self.seq_len))
+            labels.append(np.asarray(self._labels[shard][row : row + n], np.int32))
+            index += n
+        return {"tokens": np.concatenate(tokens), "label": np.concatenate(labels)}
+
+
+def load_extracted(out_dir: str | os.PathLike, split: str, *, grid_shape: tuple[int, int],
+                   vocab_size: int, num_classes: int,
+                   allow_incomplete: bool = False) -> ExtractedSource:
+    """Opens an extracted split after checking it against the tokenizer and the model.
+
+    Fails fast, naming the file and the fix, on a missing manifest or shard, a grid or
+    vocabulary that differs from the tokenizer's, an unfinished extraction (unless
+    `allow_incomplete`), labels outside [0, num_classes) (all are read: they are small),
+    or codes outside [0, vocab_size) in the first shard's leading `RANGE_CHECK_ROWS` rows.
+    """
+    mpath = manifest_path(out_dir, split)
+    if not mpath.is_file():
+        raise FileNotFoundError(
+            f"{str(mpath)!r} does not exist: no codes were extracted for split {split!r} in "
+            f"{str(out_dir)!r}; run the extraction first (python -m lasad_jax.main "
+            "--mode=extract, or lasad_jax.data.extract.extract_codes)")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{mpath} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    cfg = manifest["config"]
+    if tuple(cfg["grid"]) != tuple(grid_shape):
+        raise ValueError(f"{mpath} holds codes on a {tuple(cfg['grid'])} grid, but the "
+                         f"tokenizer's grid_shape is {tuple(grid_shape)}; extract again with "
+                         "this tokenizer")
+    if cfg["vocab_size"] != vocab_size:
+        raise ValueError(f"{mpath} holds codes of vocab_size {cfg['vocab_size']}, but the "
+                         f"tokenizer's vocab_size is {vocab_size}; extract again with this "
+                         "tokenizer")
+    if not manifest["complete"] and not allow_incomplete:
+        raise ValueError(f"{mpath}: extraction of {split!r} is unfinished "
+                         f"({len(manifest['shards'])} shards written); re-run it to resume")
+    codes, labels = [], []
+    for shard in manifest["shards"]:
+        for name in (shard["codes"], shard["labels"]):
+            if not (pathlib.Path(out_dir) / name).is_file():
+                raise FileNotFoundError(f"{mpath} lists {name}, which is missing from "
+                                        f"{str(out_dir)!r}; delete the manifest and extract again")
+        c = np.load(pathlib.Path(out_dir) / shard["codes"], mmap_mode="r")
+        y = np.load(pathlib.Path(out_dir) / shard["labels"], mmap_mode="r")
+        expected = (shard["num_images"], cfg["views"], *cfg["grid"])
+        if c.shape != expected or y.shape != (shard["num_images"],):
+            raise ValueError(f"{shard['codes']} / {shard['labels']} have shapes {c.shape} / "
+                             f"{y.shape}, the manifest says {expected}; extract again")
+        if len(y):
+            codes.append(c)
+            labels.append(y)
+    if not labels:
+        raise ValueError(f"{mpath} lists no extracted images")
+    head = slice(0, RANGE_CHECK_ROWS)
+    _check_range(f"codes in {out_dir}/{manifest['shards'][0]['codes']}",
+                 np.asarray(codes[0][head]), vocab_size, "vocab_size")
+    for y, shard in zip(labels, [s for s in manifest["shards"] if s["num_images"]]):
+        lo, hi = int(np.min(y)), int(np.max(y))  # labels are small: all are checked
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels in {out_dir}/{shard['labels']} must lie in "
+                             f"[0, {num_classes}) (num_classes={num_classes}), got values in "
+                             f"[{lo}, {hi}]")
+    return ExtractedSource(codes, labels, cfg["views"], tuple(cfg["grid"]))
