@@ -13,8 +13,16 @@ from lasad_jax.data.codes import code_paths
 from lasad_jax.data.extract import manifest_path
 
 
+TASKS = ("generator", "tokenizer")
+
+
 def config_problems(config: Any, mode: str) -> list[str]:
     problems = []
+    task = config.get("task", "generator")
+    if task not in TASKS:
+        return [f"config.task must be one of {TASKS}, got {task!r}"]
+    if task == "tokenizer":
+        return _tokenizer_problems(config, mode)
     if config.batch_size < 1:
         problems.append(f"config.batch_size must be >= 1, got {config.batch_size}")
     if mode == "train" and config.data.name == "codes":
@@ -45,6 +53,20 @@ def config_problems(config: Any, mode: str) -> list[str]:
     if mode == "extract" or mode == "sample" or (mode == "train" and config.train.sample_at_end):
         why = "encoding images" if mode == "extract" else "decoding samples"
         problems += _vq_checkpoint_problems(config, why)
+    return problems
+
+
+def _tokenizer_problems(config: Any, mode: str) -> list[str]:
+    from lasad_jax.training.vq.perceptual import perceptual_problems
+
+    if mode != "train":
+        return [f"--mode={mode} does not apply to a tokenizer config (config.task="
+                "'tokenizer'); train it, then use workdir/tokenizer as the generator "
+                "config's tokenizer.checkpoint"]
+    problems = perceptual_problems(config.loss.get("perceptual_weight", 1.0),
+                                   config.loss.get("perceptual_weights", ""))
+    if config.batch_size < 1:
+        problems.append(f"config.batch_size must be >= 1, got {config.batch_size}")
     return problems
 
 

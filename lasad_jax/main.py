@@ -61,7 +61,11 @@ def main(argv: list[str]) -> None:
     check_config(config, FLAGS.mode)
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
                  FLAGS.mode, FLAGS.workdir)
-    if FLAGS.mode == "train":
+    if FLAGS.mode == "train" and config.get("task", "generator") == "tokenizer":
+        from lasad_jax.training.vq.loop import train_tokenizer
+
+        train_tokenizer(config, FLAGS.workdir)
+    elif FLAGS.mode == "train":
         from lasad_jax.training.loop import train_and_evaluate
 
         train_and_evaluate(config, FLAGS.workdir)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grain
 import jax
+from absl import logging
 import orbax.checkpoint as ocp
 
 
@@ -69,6 +70,22 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def resume_or_start(workdir: str, train_cfg: Any, state: Any,
+                    data_iterator: Any) -> tuple[Checkpointer, Any, int]:
+    """Opens `workdir/checkpoints` (keeping `train_cfg.keep_checkpoints`, saving every
+    `train_cfg.checkpoint_every` steps) and, when it holds a checkpoint, restores the
+    newest into `state`'s structure and rewinds `data_iterator`; returns
+    `(checkpointer, state, first step to run - 1)`."""
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                keep=train_cfg.keep_checkpoints,
+                                save_every=train_cfg.checkpoint_every)
+    start = checkpointer.latest_step() or 0
+    if start:
+        state = checkpointer.restore(abstract(state), data_iterator)
+        logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    return checkpointer, state, start
 
 
 def abstract(tree: Any) -> Any:

@@ -105,13 +105,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     graphdef, state, tx, schedule = make_state(config, steps)
     train_iter = train_iterator(train_source, batch_size=config.batch_size, seed=config.seed)
 
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                         keep=config.train.keep_checkpoints,
-                                         save_every=config.train.checkpoint_every)
-    start = checkpointer.latest_step() or 0
-    if start:
-        state = checkpointer.restore(ckpt_lib.abstract(state), train_iter)
-        logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    checkpointer, state, start = ckpt_lib.resume_or_start(workdir, config.train, state,
+                                                          train_iter)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("model: %s mixer, %.2fM parameters, grid %s, vocab %d; %d train / %s val "
                  "examples; %d steps of batch %d, peak lr %.3g", config.model.mixer,

@@ -1,0 +1,86 @@
+"""Image batches for training the VQ tokenizer (pixels, not codes).
+
+Every source yields `{"image": uint8 [H, W, 3], "label": int}`; the pipeline applies the
+ADM centre crop to `image_size` and, in training, a random horizontal flip (LlamaGen's
+tokenizer augmentation), then batches. The embedded digits are upscaled with nearest
+neighbour and replicated to RGB, so the CPU demo of the tokenizer needs no download.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from lasad_jax.data.digits import load_digits
+from lasad_jax.data.images import adm_center_crop, build_image_source
+
+IMAGE_DATASETS = ("digits", "imagefolder", "tfds")
+
+
+class DigitImages:
+    """scikit-learn's 8x8 digits as RGB images of `8 * scale` pixels."""
+
+    def __init__(self, split: str, *, scale: int, val_fraction: float, seed: int):
+        images, labels = load_digits(split, val_fraction=val_fraction, seed=seed)
+        self.images = np.repeat(images.repeat(scale, axis=1).repeat(scale, axis=2), 3, axis=-1)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "label": int(self.labels[index])}
+
+
+def build_image_dataset(data_config: Any, split: str, image_size: int) -> Any:
+    """The pixel source named by `data_config.name` ("digits", "imagefolder", "tfds")."""
+    name = data_config.name
+    if name == "digits":
+        if image_size % 8:
+            raise ValueError(f"digits are 8x8: the tokenizer's image_size must be a multiple "
+                             f"of 8, got {image_size}")
+        return DigitImages(split, scale=image_size // 8, val_fraction=data_config.val_fraction,
+                           seed=data_config.seed)
+    if name in ("imagefolder", "tfds"):
+        return build_image_source(dict(data_config, image_source=name), split)
+    raise ValueError(f"config.data.name must be one of {IMAGE_DATASETS} for tokenizer "
+                     f"training, got {name!r}")
+
+
+class _CropFlip(grain.transforms.RandomMap):
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def random_map(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image = adm_center_crop(item["image"], self.image_size)
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        return {"image": np.ascontiguousarray(image)}
+
+
+def image_train_iterator(source: Any, *, image_size: int, batch_size: int,
+                         seed: int) -> grain.DatasetIterator:
+    """Shuffled, repeated, cropped and flipped batches `{"image": uint8 [B, S, S, 3]}`;
+    the iterator's state goes into checkpoints like the code pipeline's."""
+    ds = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+          .random_map(_CropFlip(image_size), seed=seed)
+          .batch(batch_size, drop_remainder=True))
+    return iter(ds.to_iter_dataset())
+
+
+def image_eval_batches(source: Any, *, image_size: int, batch_size: int,
+                       limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered pass (the first `limit` images), centre-cropped, no flip; the last
+    batch is padded and carries `mask`."""
+    n = len(source) if limit is None else min(limit, len(source))
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        images = np.stack([adm_center_crop(source[i]["image"], image_size) for i in idx])
+        mask = np.ones(batch_size, np.float32)
+        if len(idx) < batch_size:
+            pad = batch_size - len(idx)
+            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.uint8)])
+            mask[len(idx):] = 0.0
+        yield {"image": images, "mask": mask}
