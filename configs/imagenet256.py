@@ -36,8 +36,8 @@ def get_config() -> config_dict.ConfigDict:
     config.data = dict(
         name="extracted", num_classes=1000, codes_dir="", val_fraction=0.0, seed=0,
         image_source="tfds", image_dir="", tfds_data_dir="", manual_dir="",
-        augment="tencrop", extract_splits=("train", "val"), shard_size=10_000,
-        extract_batch_size=64, skip_corrupt=False,
+        augment="tencrop", val_augment="none", extract_splits=("train", "val"),
+        shard_size=10_000, extract_batch_size=64, skip_corrupt=False,
     )
     config.tokenizer = dict(name="vq16", image_size=(256, 256), codebook_size=16384,
                             checkpoint="", levels=0, channels=3)

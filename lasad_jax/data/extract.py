@@ -211,16 +211,21 @@ def extract_from_config(data_config: Any, tokenizer: Tokenizer, split: str,
     """`--mode=extract` in one call: the image source of `data_config` -> `codes_dir`.
 
     Reads `image_source` (+ `image_dir` | `tfds_data_dir`, `manual_dir`), `codes_dir`,
-    `augment`, `shard_size`, `extract_batch_size`, `skip_corrupt` from `data_config`;
+    `augment` (train split) and `val_augment` (other splits, default "none"),
+    `shard_size`, `extract_batch_size`, `skip_corrupt` from `data_config`;
     the crop size is the tokenizer's image height.
     """
     codes_dir = _field(data_config, "codes_dir")
+    # Augmentation is for training; other splits get the plain centre crop unless
+    # `val_augment` says otherwise (evaluation reads view 0, the ADM centre crop).
+    augment = (_field(data_config, "augment") if split == "train"
+               else data_config.get("val_augment", "none"))
     if not codes_dir:
         raise ValueError("config.data.codes_dir must name the output directory of the "
                          "extracted codes; got an empty value")
     return extract_codes(
         build_image_source(data_config, split), tokenizer, codes_dir, split=split,
-        image_size=int(tokenizer.image_shape[0]), augment=_field(data_config, "augment"),
+        image_size=int(tokenizer.image_shape[0]), augment=augment,
         shard_size=_field(data_config, "shard_size"),
         batch_size=_field(data_config, "extract_batch_size"),
         skip_corrupt=bool(_field(data_config, "skip_corrupt")), max_shards=max_shards)

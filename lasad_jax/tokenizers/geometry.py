@@ -2,12 +2,16 @@
 
 Training on pre-extracted codes needs only the vocabulary size and the code grid, not the
 tokenizer's weights; this lets the trainer start (and the model be sized) without loading
-a VQ decoder that only sampling needs.
+a VQ decoder that only sampling needs. For a VQ tokenizer whose weights are present, the
+factor and codebook size are read from its `vq_config.json`, so a tokenizer trained here
+with another depth or codebook sizes the generator correctly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 # Downsampling factor of LlamaGen's VQ-16 (256 px -> 16x16 codes).
@@ -20,15 +24,28 @@ class CodeGeometry:
     grid_shape: tuple[int, int]
 
 
+def _vq_checkpoint_geometry(checkpoint: str) -> tuple[int | None, int | None]:
+    """(downsampling factor, codebook size) recorded with a converted or trained VQ
+    tokenizer, read from its small JSON file; (None, None) when there is none."""
+    path = os.path.join(checkpoint, "vq_config.json") if checkpoint else ""
+    if not path or not os.path.isfile(path):
+        return None, None
+    with open(path) as f:
+        vq = json.load(f)["config"]
+    return 2 ** (len(vq["ch_mult"]) - 1), int(vq["codebook_size"])
+
+
 def code_geometry(cfg: Any) -> CodeGeometry:
     """Vocabulary and grid of the tokenizer described by a `tokenizer` ConfigDict."""
     size = tuple(cfg.image_size)
     if cfg.name == "intensity":
         return CodeGeometry(int(cfg.levels), (int(size[0]), int(size[1])))
     if cfg.name == "vq16":
-        if size[0] % VQ16_STRIDE or size[1] % VQ16_STRIDE:
-            raise ValueError(f"tokenizer.image_size must be a multiple of {VQ16_STRIDE} for "
-                             f"vq16, got {size}")
-        return CodeGeometry(int(cfg.codebook_size),
-                            (size[0] // VQ16_STRIDE, size[1] // VQ16_STRIDE))
+        stride, vocab = _vq_checkpoint_geometry(cfg.get("checkpoint", ""))
+        if stride is None:  # no weights yet: LlamaGen's VQ-16 and the configured codebook
+            stride, vocab = VQ16_STRIDE, int(cfg.codebook_size)
+        if size[0] % stride or size[1] % stride:
+            raise ValueError(f"tokenizer.image_size must be a multiple of {stride} (the "
+                             f"tokenizer's downsampling factor), got {size}")
+        return CodeGeometry(vocab, (size[0] // stride, size[1] // stride))
     raise ValueError(f"tokenizer.name must be one of ('intensity', 'vq16'), got {cfg.name!r}")
