@@ -90,3 +90,19 @@ def test_demo_ablation_runs(tmp_path, capsys):
     assert 0 < rows[0]["val_bits"] < 5  # uniform over 17 levels is 4.09 bits
     assert json.loads(out.read_text())["rows"][0]["steps"] == 2
     assert "| mixer=linear |" in capsys.readouterr().out
+
+
+def test_kernels_benchmark_runs_and_reports_speedups(tmp_path):
+    import kernels
+
+    out = tmp_path / "kernels.json"
+    result = kernels.main(["--tokens", "16", "--dims", "8", "--heads", "2", "--softmax_impl",
+                           "xla", "--repeats", "1", "--min_seconds", "0", "--out", str(out)])
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    assert {(r["op"], r["mode"]) for r in ok} >= {("lasad_chunked", "fwd"), ("softmax", "fwd"),
+                                                    ("lasad_chunked", "fwd_bwd")}
+    assert all(r["ms"] > 0 and r["tflops"] > 0 for r in ok)
+    # Causal attention FLOPs: 2 * H * T^2 * (Dk + Dv) / 2 forward.
+    assert kernels.attention_flops(16, 2, 8, "fwd") == 2 * 2 * 16 * 16 * 16 / 2
+    assert "lasad_chunked" in {r["op"] for r in result["speedups"]}
+    assert json.loads(out.read_text())["info"]["dtype"] == "bfloat16"
