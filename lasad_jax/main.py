@@ -70,14 +70,9 @@ def main(argv: list[str]) -> None:
 
         train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "extract":
-        from lasad_jax.data.extract import extract_from_config
-        from lasad_jax.tokenizers import build_tokenizer
+        from lasad_jax.data.extract import run_extraction
 
-        tokenizer = build_tokenizer(config.tokenizer)
-        for split in config.data.extract_splits:
-            manifest = extract_from_config(config.data, tokenizer, split)
-            logging.info("extracted %s: %d images, %d skipped, into %s", split,
-                         manifest["num_images"], manifest["num_skipped"], config.data.codes_dir)
+        run_extraction(config)
     else:
         from lasad_jax.sampling.job import run_sampling
 

@@ -12,14 +12,13 @@ from PIL import Image
 
 from lasad_jax.data import build_source, eval_batches, train_iterator
 from lasad_jax.data.extract import (
-    ExtractedSource,
     extract_codes,
     extract_from_config,
-    load_extracted,
     make_views,
     manifest_path,
     shard_paths,
 )
+from lasad_jax.data.extracted import ExtractedSource, load_extracted
 from lasad_jax.data.images import CorruptImageError, ImageFolderSource, adm_center_crop
 from lasad_jax.tokenizers import IntensityTokenizer
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from lasad_jax.data.codes import load_codes
 from lasad_jax.data.digits import load_digits
-from lasad_jax.data.extract import ExtractedSource, load_extracted
+from lasad_jax.data.extracted import ExtractedSource, load_extracted
 from lasad_jax.tokenizers import Tokenizer
 
 VALID_NAMES = ("digits", "codes", "extracted")
