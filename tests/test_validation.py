@@ -39,7 +39,6 @@ CASES = [
     (dict(num_prefix=-1), ["num_prefix", ">= 0"]),
     (dict(num_prefix=T + 1), ["num_prefix", f"<= T = {T}"]),
     (dict(impl="fast"), ["impl", "reference", "chunked", "auto"]),
-    (dict(impl="pallas"), ["pallas", "not available"]),
     (dict(chunk_size=0), ["chunk_size", ">= 1"]),
     (dict(q=Q[:, :0], k=K[:, :0], v=V[:, :0]), ["T = q.shape[1] >= 1"]),
 ]

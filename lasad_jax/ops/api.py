@@ -9,7 +9,8 @@ float32 and return q's dtype.
 * `"reference"`: the quadratic masked form, `O(T^2)`; the spec in code.
 * `"chunked"`: row chunks and a `lax.scan` over per-column states, `O(T)`.
 * `"auto"`: `select_impl`'s choice for the platform and length.
-* `"pallas"`: not available yet (it arrives with the Pallas kernels); asking for it raises.
+* `"pallas"`: the Pallas kernels (`lasad_jax.ops.pallas`), `lasad` variant only; TPU and
+  GPU, interpret mode on CPU. Not yet chosen by `"auto"`: no hardware timings yet.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ IMPLS = ("auto", "reference", "chunked", "pallas")
 
 # impl="auto": (platform, longest T for which the choice holds, impl), first match wins.
 # On CPU the chunked form is as fast as the reference already at T = 256 (a single chunk
-# *is* the masked quadratic form) and much faster beyond; see benchmarks/RESULTS.md.
+# *is* the masked quadratic form) and much faster beyond; see benchmarks/RESULTS.md. The
+# Pallas kernels enter this table per platform once benchmarks/kernels.py has timed them
+# on that hardware; until then "auto" runs the XLA chunked form everywhere.
 AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
 
 
@@ -57,16 +60,18 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
     no_decay = jnp.zeros((h,), jnp.float32)
     log_row, log_col = (logs[0], logs[-1]) if logs else (no_decay, no_decay)
     check_choice("impl", impl, IMPLS)
-    if impl == "pallas":
-        raise ValueError(
-            "impl='pallas' is not available yet: the Pallas kernels have not landed. "
-            "Use impl='auto', 'chunked' or 'reference'."
-        )
+    if impl == "pallas" and variant != "lasad":
+        raise ValueError(f"impl='pallas' has kernels for the 'lasad' variant only; use "
+                         f"impl='chunked' (or 'auto') for {variant!r}")
     if impl == "auto":
         impl = select_impl(jax.default_backend(), t)
     kw = dict(width=width, num_prefix=num_prefix, log_row=log_row, log_col=log_col)
     if impl == "reference":
         out = masked_attention(variant, q, k, v, **kw)
+    elif impl == "pallas":
+        from lasad_jax.ops.pallas import pallas_attention  # Pallas imports are not free
+
+        out = pallas_attention(q, k, v, chunk_size=chunk_size, **kw)
     else:
         out = chunked_attention(variant, q, k, v, chunk_size=chunk_size, **kw)
     return out.astype(q.dtype)
