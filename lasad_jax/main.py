@@ -57,6 +57,10 @@ def main(argv: list[str]) -> None:
 
     from lasad_jax.config_checks import check_config
 
+    if os.environ.get("LASAD_MULTIHOST") == "1":  # set by launch/ for TPU pods and SLURM
+        # Coordinator address, process count and index come from the TPU or SLURM
+        # environment; on one host this is skipped and JAX runs as a single process.
+        jax.distributed.initialize()
     config = FLAGS.config
     check_config(config, FLAGS.mode)
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),

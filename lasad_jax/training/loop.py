@@ -25,6 +25,7 @@ from lasad_jax.tokenizers import build_tokenizer
 from lasad_jax.tokenizers.geometry import code_geometry
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.metrics import create_writer
+from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
 from lasad_jax.training.step import create_train_state, make_eval_step, make_train_step
 
@@ -132,35 +133,42 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     # `stop_after` ends this process early (a time-limited job) without changing the
     # schedule, which is always laid out over `steps`.
     stop = min(config.train.stop_after or steps, steps)
-    for step in range(start + 1, stop + 1):
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, metrics = train_step(state, next(train_iter))
-        progress(step)
-        is_last = step == stop
-        eval_now = val_source is not None and (is_last or (
-            config.train.eval_every > 0 and step % config.train.eval_every == 0))
-        if eval_now or is_last or step % config.train.log_every == 0:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(step, values)
-            values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
-            if eval_now:
-                values["val_bits_per_token"] = evaluate(
-                    eval_step, state.params, val_source, config.train.eval_batch_size)
-                values["val_bits_per_token_ema"] = evaluate(
-                    eval_step, state.ema_params, val_source, config.train.eval_batch_size)
-                logging.info("step %d: validation %.4f bits/token (EMA %.4f)", step,
-                             values["val_bits_per_token"], values["val_bits_per_token_ema"])
-            writer.write_scalars(step, values)
-            final.update(values)
-            last_time, last_step = time.perf_counter(), step
-        if is_last or step % config.train.checkpoint_every == 0:
-            _check_finite(step, {"param_norm": float(metrics["param_norm"])})
-            checkpointer.save(step, state, train_iter, force=is_last)
+    guard = PreemptionGuard()
+    with guard:
+        for step in range(start + 1, stop + 1):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = train_step(state, next(train_iter))
+            progress(step)
+            preempted = guard.requested  # read once: the signal may land mid-iteration
+            is_last = step == stop or preempted
+            eval_now = val_source is not None and (step == stop or (
+                config.train.eval_every > 0 and step % config.train.eval_every == 0))
+            if eval_now or is_last or step % config.train.log_every == 0:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(step, values)
+                values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
+                if eval_now:
+                    values["val_bits_per_token"] = evaluate(
+                        eval_step, state.params, val_source, config.train.eval_batch_size)
+                    values["val_bits_per_token_ema"] = evaluate(
+                        eval_step, state.ema_params, val_source, config.train.eval_batch_size)
+                    logging.info("step %d: validation %.4f bits/token (EMA %.4f)", step,
+                                 values["val_bits_per_token"], values["val_bits_per_token_ema"])
+                writer.write_scalars(step, values)
+                final.update(values)
+                last_time, last_step = time.perf_counter(), step
+            if is_last or step % config.train.checkpoint_every == 0:
+                _check_finite(step, {"param_norm": float(metrics["param_norm"])})
+                checkpointer.save(step, state, train_iter, force=is_last)
+            if preempted:
+                logging.warning("preempted: saved step %d in %s; rerun the same command to "
+                                "resume", step, checkpointer.directory)
+                break
     checkpointer.wait()
     checkpointer.close()
     writer.flush()
 
-    if config.train.sample_at_end and jax.process_index() == 0:
+    if config.train.sample_at_end and not preempted and jax.process_index() == 0:
         from lasad_jax.sampling.job import sample_to_files  # sampling needs the tokenizer
 
         model = nnx.merge(graphdef, state.ema_params if config.sample.use_ema else state.params)

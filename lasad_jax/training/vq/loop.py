@@ -31,6 +31,7 @@ from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq import VQConfig, VQModel
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.metrics import create_writer
+from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
 from lasad_jax.training.vq import (VQLossConfig, build_loss_modules, discriminator_loss,
                                    generator_loss)
@@ -171,34 +172,41 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
     final: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start
     stop = min(config.train.stop_after or steps, steps)
-    for step in range(start + 1, stop + 1):
-        state, metrics = train_step(state, next(train_iter)["image"])
-        progress(step)
-        is_last = step == stop
-        eval_now = is_last or (config.train.eval_every > 0 and step % config.train.eval_every == 0)
-        if eval_now or step % config.train.log_every == 0:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            bad = {k: v for k, v in values.items() if not np.isfinite(v)}
-            if bad:
-                raise FloatingPointError(f"non-finite values at step {step}: {bad}; the last "
-                                         "good checkpoint is kept")
-            values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
-            if eval_now:
-                val, pairs = evaluate_vq(defs[0], state.params, val_source, config.train)
-                values.update(val)
-                logging.info("step %d: validation PSNR %.2f dB, codebook used %.1f%%", step,
-                             val["val_psnr"], 100 * val["val_codebook_used"])
-            writer.write_scalars(step, values)
-            final.update(values)
-            last_time, last_step = time.perf_counter(), step
-        if is_last or step % config.train.checkpoint_every == 0:
-            if not np.isfinite(float(metrics["param_norm"])):
-                raise FloatingPointError(f"non-finite parameters at step {step}; not saved")
-            checkpointer.save(step, state, train_iter, force=is_last)
+    guard = PreemptionGuard()
+    with guard:
+        for step in range(start + 1, stop + 1):
+            state, metrics = train_step(state, next(train_iter)["image"])
+            progress(step)
+            preempted = guard.requested  # read once: the signal may land mid-iteration
+            is_last = step == stop or preempted
+            eval_now = step == stop or (config.train.eval_every > 0 and step % config.train.eval_every == 0)
+            if eval_now or step % config.train.log_every == 0:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+                if bad:
+                    raise FloatingPointError(f"non-finite values at step {step}: {bad}; the last "
+                                             "good checkpoint is kept")
+                values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
+                if eval_now:
+                    val, pairs = evaluate_vq(defs[0], state.params, val_source, config.train)
+                    values.update(val)
+                    logging.info("step %d: validation PSNR %.2f dB, codebook used %.1f%%", step,
+                                 val["val_psnr"], 100 * val["val_codebook_used"])
+                writer.write_scalars(step, values)
+                final.update(values)
+                last_time, last_step = time.perf_counter(), step
+            if is_last or step % config.train.checkpoint_every == 0:
+                if not np.isfinite(float(metrics["param_norm"])):
+                    raise FloatingPointError(f"non-finite parameters at step {step}; not saved")
+                checkpointer.save(step, state, train_iter, force=is_last)
+            if preempted:
+                logging.warning("preempted: saved step %d in %s; rerun the same command to "
+                                "resume", step, checkpointer.directory)
+                break
     checkpointer.wait()
     checkpointer.close()
     writer.flush()
-    if jax.process_index() == 0 and stop > start:
+    if jax.process_index() == 0 and stop > start and not preempted:
         export = os.path.join(workdir, "tokenizer")
         save_tokenizer(export, state.params, vq_cfg)
         save_png(os.path.join(workdir, "reconstructions.png"),
