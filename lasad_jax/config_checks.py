@@ -35,7 +35,8 @@ def config_problems(config: Any, mode: str) -> list[str]:
         else:
             missing = [p for p in code_paths(codes_dir, "train") if not os.path.exists(p)]
             if missing:
-                problems.append(f"config.data.codes_dir={codes_dir!r} lacks {[str(p) for p in missing]}")
+                names = [str(p) for p in missing]
+                problems.append(f"config.data.codes_dir={codes_dir!r} lacks {names}")
     if mode == "train" and config.data.name == "extracted":
         codes_dir = config.data.codes_dir
         if not codes_dir:

@@ -74,14 +74,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         def choice(name: str, valid: tuple[str, ...]) -> None:
             if getattr(self, name) not in valid:
-                raise ValueError(f"model.{name} must be one of {valid}, got {getattr(self, name)!r}")
+                value = getattr(self, name)
+                raise ValueError(f"model.{name} must be one of {valid}, got {value!r}")
 
         for name in ("vocab_size", "num_classes", "num_layers", "num_heads", "dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name} must be a positive int, got {value!r}")
         if (len(self.grid) != 2 or any(not isinstance(g, int) or g < 1 for g in self.grid)):
-            raise ValueError(f"model.grid must be two positive ints (rows, cols), got {self.grid!r}")
+            raise ValueError(f"model.grid must be two positive ints (rows, cols), got "
+                             f"{self.grid!r}")
         choice("mixer", MIXERS)
         choice("feature_map", FEATURE_MAPS)
         choice("gate", GATES)

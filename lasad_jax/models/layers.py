@@ -40,7 +40,8 @@ class SwiGLU(nnx.Module):
         return self.w_down(jax.nn.silu(self.w_gate(x)) * self.w_up(x))
 
 
-def grid_positions(slots: jax.Array, num_prefix: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def grid_positions(slots: jax.Array, num_prefix: int,
+                   width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(row, col, is_image) of sequence slots: prefix slots first, then raster order."""
     p = jnp.maximum(slots - num_prefix, 0)
     return p // width, p % width, slots >= num_prefix

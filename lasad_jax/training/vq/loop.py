@@ -179,7 +179,8 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
             progress(step)
             preempted = guard.requested  # read once: the signal may land mid-iteration
             is_last = step == stop or preempted
-            eval_now = step == stop or (config.train.eval_every > 0 and step % config.train.eval_every == 0)
+            every = config.train.eval_every
+            eval_now = step == stop or (every > 0 and step % every == 0)
             if eval_now or step % config.train.log_every == 0:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 bad = {k: v for k, v in values.items() if not np.isfinite(v)}

@@ -147,7 +147,8 @@ def generator_loss(config: VQLossConfig, step: jax.Array | int, inputs: jax.Arra
                    commitment_loss: jax.Array, perceptual: jax.Array | None = None,
                    logits_fake: jax.Array | None = None,
                    entropy_loss: jax.Array | float = 0.0,
-                   codebook_usage: jax.Array | float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   codebook_usage: jax.Array | float = 0.0,
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total VQ-model loss and its terms.
 
     inputs, reconstructions: `[N, H, W, 3]` in [-1, 1]. codebook_loss, commitment_loss,

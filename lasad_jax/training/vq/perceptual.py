@@ -187,8 +187,9 @@ def lpips_from_arrays(arrays: Mapping[str, np.ndarray], source: str = "arrays",
     i = 0
     for s, widths in enumerate(stages):
         for j in range(len(widths)):
-            model.convs[i].kernel[...] = jnp.asarray(arrays[f"stage{s}_conv{j}_kernel"], jnp.float32)
-            model.convs[i].bias[...] = jnp.asarray(arrays[f"stage{s}_conv{j}_bias"], jnp.float32)
+            name = f"stage{s}_conv{j}"
+            model.convs[i].kernel[...] = jnp.asarray(arrays[f"{name}_kernel"], jnp.float32)
+            model.convs[i].bias[...] = jnp.asarray(arrays[f"{name}_bias"], jnp.float32)
             i += 1
         model.lins[s][...] = jnp.asarray(arrays[f"lin{s}"], jnp.float32)
     return model
