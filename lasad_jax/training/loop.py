@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 from clu import periodic_actions
 from flax import nnx
@@ -24,7 +23,7 @@ from lasad_jax.models import LASADGen, ModelConfig
 from lasad_jax.tokenizers import build_tokenizer
 from lasad_jax.tokenizers.geometry import code_geometry
 from lasad_jax.training import checkpoint as ckpt_lib
-from lasad_jax.training.metrics import create_writer
+from lasad_jax.training.metrics import check_finite, create_writer
 from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
 from lasad_jax.training.step import create_train_state, make_eval_step, make_train_step
@@ -85,14 +84,6 @@ def flat_hparams(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_finite(step: int, values: dict[str, float]) -> None:
-    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
-    if bad:
-        raise FloatingPointError(
-            f"non-finite training values at step {step}: {bad}. The last good checkpoint is "
-            "kept; lower optimizer.lr or check the data.")
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     """Trains for the configured number of steps; returns the final metrics."""
     os.makedirs(workdir, exist_ok=True)
@@ -145,7 +136,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 config.train.eval_every > 0 and step % config.train.eval_every == 0))
             if eval_now or is_last or step % config.train.log_every == 0:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(step, values)
+                check_finite(step, values)
                 values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
                 if eval_now:
                     values["val_bits_per_token"] = evaluate(
@@ -158,7 +149,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 final.update(values)
                 last_time, last_step = time.perf_counter(), step
             if is_last or step % config.train.checkpoint_every == 0:
-                _check_finite(step, {"param_norm": float(metrics["param_norm"])})
+                check_finite(step, {"param_norm": float(metrics["param_norm"])})
                 checkpointer.save(step, state, train_iter, force=is_last)
             if preempted:
                 logging.warning("preempted: saved step %d in %s; rerun the same command to "

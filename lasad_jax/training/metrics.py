@@ -66,3 +66,12 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
         metric_writers.create_default_writer(workdir, asynchronous=False),
         JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
     ])
+
+
+def check_finite(step: int, values: dict[str, float]) -> None:
+    """Raises FloatingPointError, naming the values, before a broken state can be saved."""
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f"non-finite training values at step {step}: {bad}. The last good checkpoint is "
+            "kept; lower optimizer.lr or check the data.")

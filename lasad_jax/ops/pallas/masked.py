@@ -84,12 +84,8 @@ def _backward(cfg: _Config, q, k, v, lr, lc, do):
     bh, tp, dk = q.shape
     dv = v.shape[-1]
     statics = dict(num_prefix=cfg.num_prefix, width=cfg.width)
-    dq = _call(
-        cfg, functools.partial(kern.dq_kernel, block_k=cfg.block_k, **statics),
-        (bh, tp // cfg.block_q),
-        [_LOG_SPEC, _LOG_SPEC, _whole(tp, dk), _whole(tp, dv), _blocked(cfg.block_q, dv)],
-        _blocked(cfg.block_q, dk), jax.ShapeDtypeStruct(q.shape, q.dtype),
-    )(lr, lc, k, v, do)
+    # dq = sum_j M (do . v_j) k_j is the forward pass with (q, k, v) -> (do, v, k).
+    dq = _forward(cfg, do, v, k, lr, lc)
     n_k = tp // cfg.block_k
     part = jax.ShapeDtypeStruct((bh, n_k, 1, 1), jnp.float32)
     part_spec = pl.BlockSpec((None, None, 1, 1), lambda b, n: (b, n, 0, 0))

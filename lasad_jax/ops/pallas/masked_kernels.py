@@ -104,27 +104,6 @@ def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int,
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
-def dq_kernel(lr_ref, lc_ref, k_ref, v_ref, do_ref, dq_ref, *, block_k: int,
-              num_prefix: int, width: int) -> None:
-    """One query block: `dq = sum_kb ((do v^T) * M) k`."""
-    bq = do_ref.shape[0]
-    q0 = pl.program_id(1) * bq
-    do = do_ref[...].astype(F32)
-    lr, lc = lr_ref[...], lc_ref[...]
-    i = q0 + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
-
-    def body(kb, acc):
-        k0 = kb * block_k
-        j = k0 + lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
-        w = decay_weights(i, j, lr, lc, num_prefix=num_prefix, width=width)
-        dp = _dot_nt(do, _slice(v_ref, k0, block_k)) * w.m
-        return acc + _dot(dp, _slice(k_ref, k0, block_k))
-
-    n_k = lax.div(q0 + bq - 1, block_k) + 1
-    acc = lax.fori_loop(0, n_k, body, jnp.zeros((bq, k_ref.shape[-1]), F32))
-    dq_ref[...] = acc.astype(dq_ref.dtype)
-
-
 def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_ref, dlc_ref,
                *, block_q: int, num_prefix: int, width: int) -> None:
     """One key block: dk, dv, and this block's share of the per-head log-decay gradients.

@@ -30,7 +30,8 @@ from lasad_jax.data.image_batches import (build_image_dataset, image_eval_batche
 from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq import VQConfig, VQModel
 from lasad_jax.training import checkpoint as ckpt_lib
-from lasad_jax.training.metrics import create_writer
+from lasad_jax.training.loop import total_steps
+from lasad_jax.training.metrics import check_finite, create_writer
 from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
 from lasad_jax.training.vq import (VQLossConfig, build_loss_modules, discriminator_loss,
@@ -148,8 +149,7 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
     size = config.train.image_size
     train_source = build_image_dataset(config.data, "train", size)
     val_source = build_image_dataset(config.data, "val", size)
-    steps = int(config.num_steps) or int(math.ceil(
-        config.num_epochs * len(train_source) / config.batch_size))
+    steps = total_steps(config, len(train_source))
     defs, state, tx, schedule, lpips, vq_cfg, loss_cfg = make_vq_state(config, steps)
     if size % vq_cfg.downsample_factor:
         raise ValueError(f"config.train.image_size={size} must be a multiple of the "
@@ -183,10 +183,7 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
             eval_now = step == stop or (every > 0 and step % every == 0)
             if eval_now or step % config.train.log_every == 0:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                bad = {k: v for k, v in values.items() if not np.isfinite(v)}
-                if bad:
-                    raise FloatingPointError(f"non-finite values at step {step}: {bad}; the last "
-                                             "good checkpoint is kept")
+                check_finite(step, values)
                 values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
                 if eval_now:
                     val, pairs = evaluate_vq(defs[0], state.params, val_source, config.train)
@@ -197,8 +194,7 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
                 final.update(values)
                 last_time, last_step = time.perf_counter(), step
             if is_last or step % config.train.checkpoint_every == 0:
-                if not np.isfinite(float(metrics["param_norm"])):
-                    raise FloatingPointError(f"non-finite parameters at step {step}; not saved")
+                check_finite(step, {"param_norm": float(metrics["param_norm"])})
                 checkpointer.save(step, state, train_iter, force=is_last)
             if preempted:
                 logging.warning("preempted: saved step %d in %s; rerun the same command to "
