@@ -150,7 +150,9 @@ EOS
     echo "coordinator_port=\$(( SLURM_JOB_ID % 4096 + 61440 ))"
   fi
   cat <<'EOS'
-coordinator_host="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)"
+# sed reads all of scontrol's output (head would close the pipe early, and under
+# pipefail the SIGPIPE that scontrol may get fails the job).
+coordinator_host="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | sed -n 1p)"
 export JAX_COORDINATOR_ADDRESS="${coordinator_host}:${coordinator_port}"
 echo "nodes: ${SLURM_JOB_NODELIST}; coordinator: ${JAX_COORDINATOR_ADDRESS}"
 EOS
