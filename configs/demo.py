@@ -19,6 +19,9 @@ def get_config() -> config_dict.ConfigDict:
     config.num_steps = 1000
     config.num_epochs = 0
 
+    # Device mesh: data x fsdp x tensor, product = device count; -1 takes what is left.
+    # See README "Scaling out" (e.g. data=-1, fsdp=8 to shard weights 8 ways).
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
     config.data = dict(name="digits", num_classes=10, val_fraction=0.1, seed=0, codes_dir="")
     config.tokenizer = dict(name="intensity", levels=17, image_size=(8, 8), channels=1)
 
@@ -33,12 +36,12 @@ def get_config() -> config_dict.ConfigDict:
         schedule="cosine", warmup_steps=100, end_lr_fraction=0.1,
     )
     config.train = dict(
-        class_dropout=0.1, ema_decay=0.999, log_every=50, eval_every=500, eval_batch_size=90,
+        class_dropout=0.1, ema_decay=0.999, log_every=50, eval_every=500, eval_batch_size=64,
         checkpoint_every=500, keep_checkpoints=2, stop_after=0, progress_every_secs=30.0,
         sample_at_end=True,
     )
     config.sample = dict(
-        name="samples", classes=(), per_class=10, batch_size=100, cfg_scale=2.0,
+        name="samples", classes=(), per_class=10, batch_size=64, cfg_scale=2.0,
         temperature=1.0, top_k=0, top_p=1.0, seed=0, use_ema=True, grid_scale=6,
     )
     return config

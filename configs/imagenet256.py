@@ -33,6 +33,10 @@ def get_config() -> config_dict.ConfigDict:
     config.num_steps = -(-300 * IMAGENET_TRAIN_IMAGES // 256)
 
     # Images -> codes once (`--mode=extract`), then training reads the codes.
+    # Device mesh: data x fsdp x tensor, product = device count; -1 takes what is left.
+    # FSDP over every device shards weights, Adam moments and EMA (needed from XL up);
+    # see README "Scaling out" for other layouts.
+    config.mesh = dict(data=1, fsdp=-1, tensor=1)
     config.data = dict(
         name="extracted", num_classes=1000, codes_dir="", val_fraction=0.0, seed=0,
         image_source="tfds", image_dir="", tfds_data_dir="", manual_dir="",

@@ -21,6 +21,9 @@ def get_config() -> config_dict.ConfigDict:
     config.batch_size = 32
     config.num_steps = 600
     config.num_epochs = 0
+    # Device mesh: data x fsdp x tensor, product = device count; -1 takes what is left.
+    # See README "Scaling out" (e.g. data=-1, fsdp=8 to shard weights 8 ways).
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
     config.data = dict(name="digits", val_fraction=0.1, seed=0, image_dir="", tfds_data_dir="",
                        manual_dir="")
     # commit_beta 1: the loss block applies the 0.25 commitment weight, once.
@@ -32,7 +35,7 @@ def get_config() -> config_dict.ConfigDict:
                             b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
                             grad_clip=1.0, schedule="constant", warmup_steps=50,
                             end_lr_fraction=1.0)
-    config.train = dict(image_size=32, log_every=50, eval_every=300, eval_batch_size=90,
+    config.train = dict(image_size=32, log_every=50, eval_every=300, eval_batch_size=64,
                         eval_images=179, checkpoint_every=300, keep_checkpoints=2,
                         stop_after=0, progress_every_secs=30.0, grid_scale=3)
     return config

@@ -23,6 +23,9 @@ def get_config() -> config_dict.ConfigDict:
     config.batch_size = 128
     config.num_steps = 0
     config.num_epochs = 40
+    # Device mesh: data x fsdp x tensor, product = device count; -1 takes what is left.
+    # See README "Scaling out" (e.g. data=-1, fsdp=8 to shard weights 8 ways).
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
     config.data = dict(name="tfds", val_fraction=0.0, seed=0, image_dir="", tfds_data_dir="",
                        manual_dir="")
     # commit_beta 1: the loss block applies the 0.25 commitment weight, once.

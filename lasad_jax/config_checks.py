@@ -25,6 +25,7 @@ def config_problems(config: Any, mode: str) -> list[str]:
         return _tokenizer_problems(config, mode)
     if config.batch_size < 1:
         problems.append(f"config.batch_size must be >= 1, got {config.batch_size}")
+    problems += mesh_problems(config, mode)
     if mode == "train" and config.data.name == "codes":
         codes_dir = config.data.codes_dir
         if not codes_dir:
@@ -57,6 +58,33 @@ def config_problems(config: Any, mode: str) -> list[str]:
     return problems
 
 
+def mesh_problems(config: Any, mode: str) -> list[str]:
+    """The mesh against the devices JAX sees, and every batch that must split over it
+    (extraction runs on one device per process and has no mesh)."""
+    import jax
+
+    if mode == "extract":
+        return []
+    from lasad_jax.parallel.mesh import BATCH_AXES, mesh_shape
+
+    try:
+        shape = dict(zip(("data", "fsdp", "tensor"), mesh_shape(config.get("mesh"),
+                                                                 jax.device_count())))
+    except ValueError as e:
+        return [str(e)]
+    shards = 1
+    for axis in BATCH_AXES:
+        shards *= shape[axis]
+    batches = {"config.batch_size": config.batch_size}
+    if mode == "train":
+        batches["config.train.eval_batch_size"] = config.train.eval_batch_size
+    if mode == "sample" or (mode == "train" and config.train.get("sample_at_end", False)):
+        batches["config.sample.batch_size"] = config.sample.batch_size
+    return [f"{field}={size} must be a multiple of {shards}, the data-parallel devices "
+            f"(config.mesh data x fsdp over {jax.device_count()} devices)"
+            for field, size in batches.items() if size >= 1 and size % shards]
+
+
 def _tokenizer_problems(config: Any, mode: str) -> list[str]:
     from lasad_jax.training.vq.perceptual import perceptual_problems
 
@@ -66,6 +94,7 @@ def _tokenizer_problems(config: Any, mode: str) -> list[str]:
                 "config's tokenizer.checkpoint"]
     problems = perceptual_problems(config.loss.get("perceptual_weight", 1.0),
                                    config.loss.get("perceptual_weights", ""))
+    problems += mesh_problems(config, mode)
     if config.batch_size < 1:
         problems.append(f"config.batch_size must be >= 1, got {config.batch_size}")
     return problems

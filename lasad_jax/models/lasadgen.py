@@ -17,8 +17,10 @@ from flax import nnx
 from lasad_jax.models.config import ModelConfig
 from lasad_jax.models.layers import INIT, RMSNorm, SwiGLU, linear
 from lasad_jax.models.mixers import make_mixer
+from lasad_jax.parallel.rules import constrain
 
 Cache = dict[str, Any]
+RESIDUAL = ("batch", None, None)
 
 
 class Block(nnx.Module):
@@ -48,16 +50,28 @@ class LASADGen(nnx.Module):
         dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
         self.dtype = dtype
         emb = dict(dtype=dtype, param_dtype=jnp.float32, embedding_init=INIT, rngs=rngs)
-        self.class_embed = nnx.Embed(cfg.num_classes + 1, cfg.dim, **emb)
-        self.token_embed = nnx.Embed(cfg.vocab_size, cfg.dim, **emb)
+        self.class_embed = nnx.Embed(cfg.num_classes + 1, cfg.dim, **emb,
+                                     embedding_metadata={"logical_axes": ("classes", "embed")})
+        self.token_embed = nnx.Embed(cfg.vocab_size, cfg.dim, **emb,
+                                     embedding_metadata={"logical_axes": ("vocab", "embed")})
         self.blocks = nnx.List([Block(cfg, dtype, rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         # Zero head: every token starts equally likely, loss = log(vocab).
-        self.head = linear(cfg.dim, cfg.vocab_size, dtype, rngs, init=nnx.initializers.zeros)
+        self.head = linear(cfg.dim, cfg.vocab_size, dtype, rngs, axes=("embed", "vocab"),
+                           init=nnx.initializers.zeros)
 
     @property
     def null_class(self) -> int:
         return self.cfg.num_classes
+
+    def _lookup(self, embed: nnx.Embed, ids: jax.Array) -> jax.Array:
+        """`embed(ids)` with the table gathered over the FSDP axis first. Looking rows up
+        in a table split along its width would leave the activations (and, backward, the
+        table's gradient) split by width rather than by batch, a layout change XLA can
+        only make by replicating them; gathering the weight is the FSDP pattern."""
+        rows = embed.embedding.get_metadata()["logical_axes"][0]
+        table = constrain(embed.embedding[...], (rows, None))
+        return jnp.take(table.astype(self.dtype), ids, axis=0)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         return self.head(self.final_norm(x)).astype(jnp.float32)
@@ -69,11 +83,14 @@ class LASADGen(nnx.Module):
         if tokens.ndim != 2 or tokens.shape[1] > cfg.num_tokens - 1:
             raise ValueError(f"tokens must be [batch, N] with N <= {cfg.num_tokens - 1} "
                              f"(grid {cfg.grid}), got shape {tuple(tokens.shape)}")
-        x = jnp.concatenate([self.class_embed(labels)[:, None], self.token_embed(tokens)], 1)
+        x = jnp.concatenate([self._lookup(self.class_embed, labels)[:, None],
+                             self._lookup(self.token_embed, tokens)], 1)
         slots = jnp.arange(x.shape[1])
         for block in self.blocks:
-            x = block(x, slots)
-        return self._logits(x)
+            # Keep the residual stream split by batch only (weights are gathered to it,
+            # never the other way round); a no-op without a mesh.
+            x = constrain(block(constrain(x, RESIDUAL), slots), RESIDUAL)
+        return constrain(self._logits(x), ("batch", None, "vocab"))
 
     # -- decoding, one slot at a time
 

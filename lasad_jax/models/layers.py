@@ -1,4 +1,9 @@
-"""Building blocks shared by every mixer: RMSNorm, SwiGLU, 2D RoPE, initialisers."""
+"""Building blocks shared by every mixer: RMSNorm, SwiGLU, 2D RoPE, initialisers.
+
+Every parameter names the meaning of its axes in `logical_axes` metadata ("embed",
+"mlp", "heads", "vocab", "classes", "norm"); `lasad_jax.parallel.rules` maps them to mesh
+axes, so the model itself never mentions devices.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,14 @@ from flax import nnx
 INIT = nnx.initializers.normal(stddev=0.02)
 
 
-def linear(din: int, dout: int, dtype, rngs: nnx.Rngs, init=INIT) -> nnx.Linear:
-    """A bias-free projection whose parameters stay float32 and compute runs in `dtype`."""
+Axes = tuple[str | None, str | None]
+
+
+def linear(din: int, dout: int, dtype, rngs: nnx.Rngs, *, axes: Axes, init=INIT) -> nnx.Linear:
+    """A bias-free projection whose parameters stay float32 and compute runs in `dtype`;
+    `axes` are the logical names of the (input, output) axes of its kernel."""
     return nnx.Linear(din, dout, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                      kernel_init=init, rngs=rngs)
+                      kernel_init=init, kernel_metadata={"logical_axes": axes}, rngs=rngs)
 
 
 class RMSNorm(nnx.Module):
@@ -21,7 +30,7 @@ class RMSNorm(nnx.Module):
     lose too much precision), cast back to the input dtype."""
 
     def __init__(self, dim: int, eps: float):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("norm",))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -32,9 +41,9 @@ class RMSNorm(nnx.Module):
 
 class SwiGLU(nnx.Module):
     def __init__(self, dim: int, hidden: int, dtype, rngs: nnx.Rngs):
-        self.w_gate = linear(dim, hidden, dtype, rngs)
-        self.w_up = linear(dim, hidden, dtype, rngs)
-        self.w_down = linear(hidden, dim, dtype, rngs)
+        self.w_gate = linear(dim, hidden, dtype, rngs, axes=("embed", "mlp"))
+        self.w_up = linear(dim, hidden, dtype, rngs, axes=("embed", "mlp"))
+        self.w_down = linear(hidden, dim, dtype, rngs, axes=("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.w_down(jax.nn.silu(self.w_gate(x)) * self.w_up(x))

@@ -36,6 +36,16 @@ def initial_decays(heads: int, lo: float, hi: float) -> jax.Array:
     return 1.0 - 2.0 ** (-e)
 
 
+def split_heads(qkv: jax.Array, heads: int, head_dim: int) -> tuple[jax.Array, ...]:
+    """`[..., 3 * heads * head_dim]` -> q, k, v `[..., heads, head_dim]`.
+
+    The fused projection's output is laid out head-major (each head's q, k, v together),
+    so splitting it over the `tensor` mesh axis gives every device whole heads and the
+    reshape needs no communication."""
+    qkv = qkv.reshape(*qkv.shape[:-1], heads, 3, head_dim)
+    return qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+
+
 def _logit(p: jax.Array) -> jax.Array:
     return jnp.log(p) - jnp.log1p(-p)
 
@@ -56,20 +66,21 @@ class LinearAttentionMixer(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype
         d, h = cfg.dim, cfg.num_heads
-        self.qkv = linear(d, 3 * d, dtype, rngs)
-        self.out = linear(d, d, dtype, rngs)
+        self.qkv = linear(d, 3 * d, dtype, rngs, axes=("embed", "heads"))
+        self.out = linear(d, d, dtype, rngs, axes=("heads", "embed"))
         if cfg.gate != "none":
             if cfg.gate_rank:
-                self.gate_down = linear(d, cfg.gate_rank, dtype, rngs)
-                self.gate_up = linear(cfg.gate_rank, d, dtype, rngs)
+                self.gate_down = linear(d, cfg.gate_rank, dtype, rngs, axes=("embed", None))
+                self.gate_up = linear(cfg.gate_rank, d, dtype, rngs, axes=(None, "heads"))
             else:
-                self.gate_up = linear(d, d, dtype, rngs)
-        self.head_norm = nnx.Param(jnp.ones((d,), jnp.float32))
+                self.gate_up = linear(d, d, dtype, rngs, axes=("embed", "heads"))
+        norm = {"logical_axes": ("norm",)}
+        self.head_norm = nnx.Param(jnp.ones((d,), jnp.float32), **norm)
         if cfg.mixer in ("lasad", "lasad_row"):
-            self.row_logit = nnx.Param(_logit(initial_decays(h, 1.0, 5.0)))
-            self.col_logit = nnx.Param(_logit(initial_decays(h, 1.0, 5.0)))
+            self.row_logit = nnx.Param(_logit(initial_decays(h, 1.0, 5.0)), **norm)
+            self.col_logit = nnx.Param(_logit(initial_decays(h, 1.0, 5.0)), **norm)
         elif cfg.mixer == "linear_1d":
-            self.decay_logit = nnx.Param(_logit(initial_decays(h, 3.0, 8.0)))
+            self.decay_logit = nnx.Param(_logit(initial_decays(h, 3.0, 8.0)), **norm)
 
     # -- pieces shared by both forms
 
@@ -83,8 +94,7 @@ class LinearAttentionMixer(nnx.Module):
 
     def _qkv(self, x: jax.Array, slots: jax.Array) -> tuple[jax.Array, ...]:
         cfg = self.cfg
-        qkv = self.qkv(x).reshape(*x.shape[:-1], 3, cfg.num_heads, cfg.head_dim)
-        q, k, v = (qkv[..., i, :, :] for i in range(3))
+        q, k, v = split_heads(self.qkv(x), cfg.num_heads, cfg.head_dim)
         phi = _FEATURE_MAPS[cfg.feature_map]
         q, k = phi(q) * (1.0 / math.sqrt(cfg.head_dim)), phi(k)
         if cfg.pos_encoding == "rope2d":
@@ -137,13 +147,12 @@ class SoftmaxMixer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.qkv = linear(cfg.dim, 3 * cfg.dim, dtype, rngs)
-        self.out = linear(cfg.dim, cfg.dim, dtype, rngs)
+        self.qkv = linear(cfg.dim, 3 * cfg.dim, dtype, rngs, axes=("embed", "heads"))
+        self.out = linear(cfg.dim, cfg.dim, dtype, rngs, axes=("heads", "embed"))
 
     def _qkv(self, x: jax.Array, slots: jax.Array) -> tuple[jax.Array, ...]:
         cfg = self.cfg
-        qkv = self.qkv(x).reshape(*x.shape[:-1], 3, cfg.num_heads, cfg.head_dim)
-        q, k, v = (qkv[..., i, :, :] for i in range(3))
+        q, k, v = split_heads(self.qkv(x), cfg.num_heads, cfg.head_dim)
         pos = dict(num_prefix=cfg.num_prefix, width=cfg.grid[1], base=cfg.rope_base)
         return rope_2d(q, slots, **pos), rope_2d(k, slots, **pos), v
 

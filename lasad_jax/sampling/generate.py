@@ -12,7 +12,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from lasad_jax.parallel.batch import batch_sharding, local_batch_size
+from lasad_jax.parallel.rules import constrain
 
 
 def guide(logits: jax.Array, scale: float) -> jax.Array:
@@ -61,6 +67,12 @@ def check_sampling_args(*, cfg_scale: float, temperature: float, top_k: int,
         raise ValueError(f"cfg_scale must be >= 0 (1.0: no guidance), got {cfg_scale}")
 
 
+def _split_batch(x: jax.Array) -> jax.Array:
+    """Keeps a decoding-cache entry split by batch over the mesh (a no-op without one):
+    every cache array leads with the batch axis; scalars (the slot) are replicated."""
+    return constrain(x, ("batch",) + (None,) * (x.ndim - 1)) if x.ndim else x
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg_scale", "temperature", "top_k",
                                              "top_p"))
 def _generate(graphdef, params, labels, key, *, cfg_scale, temperature, top_k, top_p):
@@ -84,6 +96,7 @@ def _generate(graphdef, params, labels, key, *, cfg_scale, temperature, top_k, t
 
     def body(carry, step_key):
         cache, logits = carry
+        cache = jax.tree.map(_split_batch, cache)
         token = pick(step_key, logits)
         logits, cache = model.decode_step(cache, feed(token))
         return (cache, logits), token
@@ -95,16 +108,30 @@ def _generate(graphdef, params, labels, key, *, cfg_scale, temperature, top_k, t
 
 
 def generate(model: nnx.Module, labels: jax.Array, key: jax.Array, *, cfg_scale: float = 1.0,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-    """Samples a token grid `[B, rows, cols]` (int32) for each class in `labels: [B]`.
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             mesh: Mesh | None = None) -> np.ndarray:
+    """Samples a token grid `[B, rows, cols]` (int32, on the host) for each class in
+    `labels: [B]`.
 
     `cfg_scale` 1.0 turns guidance off (and does not double the batch). The program is
-    compiled once per model structure, batch size and sampling setting.
+    compiled once per model structure, batch size and sampling setting. With a `mesh`
+    the batch (and the decoding caches) are split over its data axes, so `B` must be a
+    multiple of their size; every process passes the same `labels` and gets all the
+    tokens back. The random draws do not depend on the split (JAX's partitionable
+    threefry), so a mesh gives the same images as one device.
     """
     check_sampling_args(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
     graphdef, params = nnx.split(model)
-    labels = jnp.asarray(labels, jnp.int32)
+    labels = np.asarray(labels, np.int32)
     if labels.ndim != 1:
         raise ValueError(f"labels must be a 1-D array of class ids, got shape {labels.shape}")
-    return _generate(graphdef, params, labels, key, cfg_scale=float(cfg_scale),
-                     temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    kwargs = dict(cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=int(top_k),
+                  top_p=float(top_p))
+    if mesh is None:
+        return np.asarray(_generate(graphdef, params, jnp.asarray(labels), key, **kwargs))
+    local_batch_size(len(labels), mesh, "the sampling batch (config.sample.batch_size)")
+    sharding = batch_sharding(mesh)
+    labels = jax.make_array_from_callback(labels.shape, sharding, lambda idx: labels[idx])
+    with jax.set_mesh(mesh):
+        tokens = _generate(graphdef, params, labels, key, **kwargs)
+    return np.asarray(multihost_utils.process_allgather(tokens, tiled=True))

@@ -16,13 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm import tqdm
+
+from lasad_jax.parallel import build_mesh, local_batch_size
+from lasad_jax.parallel.rules import describe
+from lasad_jax.parallel.state import abstract_with_shardings
 
 from lasad_jax.sampling.generate import check_sampling_args, generate
 from lasad_jax.sampling.images import make_grid, save_npz, save_png
 from lasad_jax.tokenizers import build_tokenizer
 from lasad_jax.training import checkpoint as ckpt_lib
-from lasad_jax.training.loop import build_model, make_state
+from lasad_jax.training.loop import state_factory
 
 GRID_MAX = 16  # the PNG shows at most 16 classes x 16 samples; the npz holds them all
 
@@ -38,30 +43,36 @@ def class_list(classes: Any, per_class: int, num_classes: int) -> np.ndarray:
     return np.repeat(np.asarray(classes, np.int32), per_class)
 
 
-def sample_images(model: nnx.Module, tokenizer: Any, labels: np.ndarray, cfg: Any) -> np.ndarray:
-    """uint8 images `[len(labels), H, W, C]`, generated in batches of `cfg.batch_size`."""
+def sample_images(model: nnx.Module, tokenizer: Any, labels: np.ndarray, cfg: Any,
+                  mesh: Mesh | None = None) -> np.ndarray:
+    """uint8 images `[len(labels), H, W, C]`, generated in batches of `cfg.batch_size`
+    (split over `mesh`'s data axes when given; every process gets all the images)."""
     check_sampling_args(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, top_k=cfg.top_k,
                         top_p=cfg.top_p)
     bs = cfg.batch_size
     base = jax.random.key(cfg.seed)
     out = []
     batches = range(0, len(labels), bs)
-    for i, start in enumerate(tqdm(batches, desc="sampling", unit="batch")):
+    quiet = jax.process_index() != 0
+    for i, start in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=quiet)):
         chunk = labels[start:start + bs]
         padded = np.pad(chunk, (0, bs - len(chunk)), mode="edge")
         codes = generate(model, jnp.asarray(padded), jax.random.fold_in(base, i),
                          cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                         top_k=cfg.top_k, top_p=cfg.top_p)
-        out.append(tokenizer.decode(np.asarray(codes)[:len(chunk)]))
+                         top_k=cfg.top_k, top_p=cfg.top_p, mesh=mesh)
+        out.append(tokenizer.decode(codes[:len(chunk)]))
     return np.concatenate(out)
 
 
 def sample_to_files(model: nnx.Module, tokenizer: Any, cfg: Any, *, num_classes: int,
-                    out_dir: str) -> dict[str, str]:
+                    out_dir: str, mesh: Mesh | None = None) -> dict[str, str]:
     """Generates per `cfg` (the `sample` config block); writes `{cfg.name}.png` (one row
-    per class) and `{cfg.name}.npz` into `out_dir`; returns their paths."""
+    per class) and `{cfg.name}.npz` into `out_dir`; returns their paths. With several
+    processes all of them generate and process 0 alone writes (the others return {})."""
     labels = class_list(cfg.classes, cfg.per_class, num_classes)
-    images = sample_images(model, tokenizer, labels, cfg)
+    images = sample_images(model, tokenizer, labels, cfg, mesh)
+    if jax.process_index() != 0:
+        return {}
     os.makedirs(out_dir, exist_ok=True)
     paths = {"png": os.path.join(out_dir, f"{cfg.name}.png"),
              "npz": os.path.join(out_dir, f"{cfg.name}.npz")}
@@ -84,14 +95,16 @@ def run_sampling(config: Any, workdir: str) -> dict[str, str]:
     if checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first with --mode=train "
                                 f"and the same --workdir")
-    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param)[0]
-    skeleton = jax.eval_shape(
-        lambda: make_state(config, total_steps=config.optimizer.warmup_steps + 1)[1])
-    step, restored = checkpointer.restore_params(ckpt_lib.abstract(skeleton),
-                                                 use_ema=config.sample.use_ema)
+    mesh = build_mesh(config.get("mesh"))
+    local_batch_size(config.sample.batch_size, mesh, "config.sample.batch_size")
+    # The restore target carries this mesh's shardings: weights land split as the rules
+    # say, whatever mesh trained them.
+    graphdef, init, _, _ = state_factory(config, config.optimizer.warmup_steps + 1)
+    target, _ = abstract_with_shardings(init, mesh)
+    step, restored = checkpointer.restore_params(target, use_ema=config.sample.use_ema)
     checkpointer.close()
     model = nnx.merge(graphdef, restored)
-    logging.info("sampling from step %d (%s weights)", step,
-                 "EMA" if config.sample.use_ema else "raw")
+    logging.info("sampling from step %d (%s weights) on mesh %s", step,
+                 "EMA" if config.sample.use_ema else "raw", describe(mesh))
     return sample_to_files(model, tokenizer, config.sample, num_classes=config.data.num_classes,
-                           out_dir=workdir)
+                           out_dir=workdir, mesh=mesh)

@@ -5,17 +5,24 @@ state, EMA params, rng) and `data` (grain's iterator state), so a resumed run co
 with exactly the batches an uninterrupted run would have seen. Saves are asynchronous;
 Orbax writes into a temporary directory and renames it when complete, so a crash mid-save
 never replaces the last good checkpoint. The caller checks the state is finite first.
+
+Arrays are saved sharded: each process writes its own shards (Orbax/tensorstore), and a
+restore reads into whatever shardings the target asks for, so a run may resume on a
+different mesh or number of hosts.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
-from absl import logging
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh
+
+from lasad_jax.parallel.state import abstract_with_shardings, place_state
 
 
 class Checkpointer:
@@ -72,22 +79,31 @@ class Checkpointer:
         self.manager.close()
 
 
-def resume_or_start(workdir: str, train_cfg: Any, state: Any,
-                    data_iterator: Any) -> tuple[Checkpointer, Any, int]:
+def resume_or_start(workdir: str, train_cfg: Any, init: Callable[[], Any] | Any, mesh: Mesh,
+                    data_iterator: Any) -> tuple[Checkpointer, Any, int, Any]:
     """Opens `workdir/checkpoints` (keeping `train_cfg.keep_checkpoints`, saving every
-    `train_cfg.checkpoint_every` steps) and, when it holds a checkpoint, restores the
-    newest into `state`'s structure and rewinds `data_iterator`; returns
-    `(checkpointer, state, first step to run - 1)`."""
+    `train_cfg.checkpoint_every` steps); returns `(checkpointer, state, first step to run
+    - 1, state shardings)`.
+
+    With a checkpoint, the newest is restored straight into `mesh`'s shardings (an
+    abstract target: no fresh state is built first, and a run saved on another mesh
+    shape is resharded on load) and `data_iterator` is rewound. Without one, `init`
+    (zero-argument, returns the state pytree) runs jitted with sharded outputs; `init`
+    may also be a state built on the host, which is then put on the mesh.
+    """
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 keep=train_cfg.keep_checkpoints,
                                 save_every=train_cfg.checkpoint_every)
     start = checkpointer.latest_step() or 0
     if start:
-        state = checkpointer.restore(abstract(state), data_iterator)
+        target, shardings = abstract_with_shardings(init, mesh)
+        state = checkpointer.restore(target, data_iterator)
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
-    return checkpointer, state, start
+    else:
+        state, shardings = place_state(init, mesh)
+    return checkpointer, state, start, shardings
 
 
 def abstract(tree: Any) -> Any:
-    """Shape/dtype/sharding skeleton of `tree` for `restore`."""
+    """Shape/dtype/sharding skeleton of a concrete `tree` for `restore`."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,9 +1,11 @@
 """`--mode=train`: the training loop, from a config to checkpoints, metrics and samples.
 
 The loop owns the host-side concerns only (data, logging, checkpoints, progress); the
-math lives in the jitted `train_step`. It resumes from the newest checkpoint in
-`workdir/checkpoints` when there is one, and refuses to save a state whose loss or
-parameters are not finite, so a divergence never replaces the last good checkpoint.
+math lives in the jitted `train_step`. The state is created sharded over the mesh of
+`config.mesh`, and each process feeds its own slice of every batch (`lasad_jax.parallel`).
+It resumes from the newest checkpoint in `workdir/checkpoints` when there is one, and
+refuses to save a state whose loss or parameters are not finite, so a divergence never
+replaces the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from absl import logging
 from clu import periodic_actions
 from flax import nnx
+from jax.sharding import Mesh
 
 from lasad_jax.data import build_source, eval_batches, train_iterator
 from lasad_jax.models import LASADGen, ModelConfig
+from lasad_jax.parallel import build_mesh, global_batch, local_batch_size
+from lasad_jax.parallel.batch import process_slice
+from lasad_jax.parallel.rules import describe
 from lasad_jax.tokenizers import build_tokenizer
 from lasad_jax.tokenizers.geometry import code_geometry
 from lasad_jax.training import checkpoint as ckpt_lib
@@ -45,13 +51,27 @@ def data_tokenizer(config: Any) -> Any:
     return build_tokenizer(config.tokenizer)
 
 
-def make_state(config: Any, total_steps: int) -> tuple[Any, Any, Any, Any]:
-    """(graphdef, initial TrainState, optimizer, schedule) for a run of `total_steps`."""
+def state_factory(config: Any, total_steps: int) -> tuple[Any, Callable[[], Any], Any, Any]:
+    """(graphdef, `init()` -> initial TrainState, optimizer, schedule) for a run of
+    `total_steps`. `init` builds the model itself, so it can run under `jax.jit` with
+    sharded outputs (`lasad_jax.parallel.sharded_init`) or `jax.eval_shape`; the graph
+    definition comes from an abstract model and costs no memory."""
     schedule = make_schedule(config.optimizer, batch_size=config.batch_size,
                              total_steps=total_steps)
     tx = make_optimizer(config.optimizer, schedule)
-    graphdef, state = create_train_state(build_model(config), tx, config.seed)
-    return graphdef, state, tx, schedule
+    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param)[0]
+
+    def init() -> Any:
+        return create_train_state(build_model(config), tx, config.seed)[1]
+
+    return graphdef, init, tx, schedule
+
+
+def make_state(config: Any, total_steps: int) -> tuple[Any, Any, Any, Any]:
+    """(graphdef, initial TrainState, optimizer, schedule) on the default device: for
+    tests and notebooks; training builds the state sharded instead."""
+    graphdef, init, tx, schedule = state_factory(config, total_steps)
+    return graphdef, init(), tx, schedule
 
 
 def total_steps(config: Any, num_examples: int) -> int:
@@ -62,11 +82,12 @@ def total_steps(config: Any, num_examples: int) -> int:
     return int(math.ceil(config.num_epochs * num_examples / config.batch_size))
 
 
-def evaluate(eval_step, params, source, batch_size: int) -> float:
-    """Validation loss in bits per token over the whole split."""
+def evaluate(eval_step, params, source, batch_size: int, mesh: Mesh) -> float:
+    """Validation loss in bits per token over the whole split. Every process walks the
+    same batches and contributes its block of rows to the global batch."""
     total, count = 0.0, 0.0
     for batch in eval_batches(source, batch_size=batch_size):
-        s, n = eval_step(params, batch)
+        s, n = eval_step(params, global_batch(process_slice(batch), mesh))
         total, count = total + float(s), count + float(n)
     return total / max(count, 1.0) / math.log(2.0)
 
@@ -93,13 +114,18 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     val_source = (build_source(config.data, "val", tokenizer, num_classes=num_classes)
                   if config.train.eval_every >= 0 else None)
     steps = total_steps(config, len(train_source))
+    mesh = build_mesh(config.get("mesh"))
+    local_size = local_batch_size(config.batch_size, mesh)
+    local_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
 
-    graphdef, state, tx, schedule = make_state(config, steps)
-    train_iter = train_iterator(train_source, batch_size=config.batch_size, seed=config.seed)
+    graphdef, init, tx, schedule = state_factory(config, steps)
+    train_iter = train_iterator(train_source, batch_size=local_size, seed=config.seed)
 
-    checkpointer, state, start = ckpt_lib.resume_or_start(workdir, config.train, state,
-                                                          train_iter)
+    checkpointer, state, start, shardings = ckpt_lib.resume_or_start(
+        workdir, config.train, init, mesh, train_iter)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("mesh %s over %d devices in %d processes (%s)", describe(mesh), mesh.size,
+                 jax.process_count(), jax.devices()[0].platform)
     logging.info("model: %s mixer, %.2fM parameters, grid %s, vocab %d; %d train / %s val "
                  "examples; %d steps of batch %d, peak lr %.3g", config.model.mixer,
                  n_params / 1e6, code_geometry(config.tokenizer).grid_shape,
@@ -109,7 +135,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
     null_class = num_classes
     train_step = make_train_step(graphdef, tx, schedule, class_dropout=config.train.class_dropout,
-                                 null_class=null_class, ema_decay=config.train.ema_decay)
+                                 null_class=null_class, ema_decay=config.train.ema_decay,
+                                 state_shardings=shardings)
     eval_step = make_eval_step(graphdef)
     writer = create_writer(workdir)
     if start == 0:
@@ -125,10 +152,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     # schedule, which is always laid out over `steps`.
     stop = min(config.train.stop_after or steps, steps)
     guard = PreemptionGuard()
-    with guard:
+    with guard, jax.set_mesh(mesh):
         for step in range(start + 1, stop + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                state, metrics = train_step(state, next(train_iter))
+                state, metrics = train_step(state, global_batch(next(train_iter), mesh))
             progress(step)
             preempted = guard.requested  # read once: the signal may land mid-iteration
             is_last = step == stop or preempted
@@ -140,9 +167,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
                 if eval_now:
                     values["val_bits_per_token"] = evaluate(
-                        eval_step, state.params, val_source, config.train.eval_batch_size)
+                        eval_step, state.params, val_source, config.train.eval_batch_size, mesh)
                     values["val_bits_per_token_ema"] = evaluate(
-                        eval_step, state.ema_params, val_source, config.train.eval_batch_size)
+                        eval_step, state.ema_params, val_source, config.train.eval_batch_size,
+                        mesh)
                     logging.info("step %d: validation %.4f bits/token (EMA %.4f)", step,
                                  values["val_bits_per_token"], values["val_bits_per_token_ema"])
                 writer.write_scalars(step, values)
@@ -159,11 +187,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     checkpointer.close()
     writer.flush()
 
-    if config.train.sample_at_end and not preempted and jax.process_index() == 0:
+    if config.train.sample_at_end and not preempted:
         from lasad_jax.sampling.job import sample_to_files  # sampling needs the tokenizer
 
+        # Every process takes part in generation (the batch is split over all devices);
+        # process 0 writes the files.
         model = nnx.merge(graphdef, state.ema_params if config.sample.use_ema else state.params)
         paths = sample_to_files(model, build_tokenizer(config.tokenizer), config.sample,
-                                num_classes=num_classes, out_dir=workdir)
-        logging.info("samples: %s", ", ".join(paths.values()))
+                                num_classes=num_classes, out_dir=workdir, mesh=mesh)
+        if paths:
+            logging.info("samples: %s", ", ".join(paths.values()))
     return final

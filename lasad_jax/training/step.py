@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 @jax.tree_util.register_dataclass
@@ -60,8 +61,14 @@ def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
 
 
 def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    *, class_dropout: float, null_class: int, ema_decay: float) -> Callable:
-    """Returns `train_step(state, batch) -> (state, metrics)`, jitted, donating `state`."""
+                    *, class_dropout: float, null_class: int, ema_decay: float,
+                    state_shardings: Any | None = None) -> Callable:
+    """Returns `train_step(state, batch) -> (state, metrics)`, jitted, donating `state`.
+
+    With `state_shardings` (from `lasad_jax.parallel.state_shardings`) the new state is
+    pinned to the same layout as the old one, so donation reuses its buffers and the
+    step never recompiles; the batch arrives already split over the data axes.
+    """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -81,7 +88,12 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
                    "learning_rate": schedule(state.step)}
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    if state_shardings is None:
+        return jax.jit(train_step, donate_argnums=0)
+    mesh = jax.tree.leaves(state_shardings)[0].mesh
+    metrics_sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(train_step, donate_argnums=0,
+                   out_shardings=(state_shardings, metrics_sharding))
 
 
 def make_eval_step(graphdef: Any) -> Callable:

@@ -23,10 +23,14 @@ import optax
 from absl import logging
 from clu import periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from lasad_jax.convert.llamagen_vq import save as save_tokenizer
 from lasad_jax.data.image_batches import (build_image_dataset, image_eval_batches,
                                           image_train_iterator)
+from lasad_jax.parallel import build_mesh, global_batch, local_batch_size, replicated
+from lasad_jax.parallel.batch import process_slice
 from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq import VQConfig, VQModel
 from lasad_jax.training import checkpoint as ckpt_lib
@@ -71,10 +75,16 @@ def make_vq_state(config: Any, total_steps: int):
     return (vq_def, disc_def), state, tx, schedule, lpips, vq_cfg, loss_cfg
 
 
-def make_vq_train_step(defs, tx, schedule, loss_cfg: VQLossConfig, lpips):
-    """Returns the jitted `step(state, images_uint8, lpips_state) -> (state, metrics)`."""
+def make_vq_train_step(defs, tx, schedule, loss_cfg: VQLossConfig, lpips,
+                       state_shardings: Any | None = None):
+    """Returns the jitted `step(state, images_uint8) -> (state, metrics)`. With
+    `state_shardings` (the tokenizer's weights are replicated: it is small) the step is
+    data-parallel over the batch's mesh axes and keeps the state's layout."""
     vq_def, disc_def = defs
     lpips_def, lpips_state = nnx.split(lpips) if lpips is not None else (None, None)
+    mesh = jax.tree.leaves(state_shardings)[0].mesh if state_shardings is not None else None
+    if mesh is not None and lpips_state is not None:
+        lpips_state = jax.device_put(lpips_state, replicated(mesh))
 
     def step(state: VQTrainState, images: jax.Array, lpips_state: Any):
         x = to_unit(images)
@@ -111,13 +121,16 @@ def make_vq_train_step(defs, tx, schedule, loss_cfg: VQLossConfig, lpips):
                            disc_params=disc_params, disc_opt_state=d_opt)
         return new, metrics
 
-    jitted = jax.jit(step, donate_argnums=0)
+    out = None if mesh is None else (state_shardings, replicated(mesh))
+    jitted = jax.jit(step, donate_argnums=0, out_shardings=out)
     return lambda state, images: jitted(state, images, lpips_state)
 
 
-def evaluate_vq(vq_def, params, source, cfg: Any) -> tuple[dict[str, float], np.ndarray]:
+def evaluate_vq(vq_def, params, source, cfg: Any,
+                mesh: Mesh) -> tuple[dict[str, float], np.ndarray]:
     """PSNR (dB, over [-1, 1] pixels), L2 and the share of the codebook used over the
-    first `cfg.eval_images` validation images; also returns the first batch's pairs."""
+    first `cfg.eval_images` validation images; also returns the first batch's pairs.
+    Each batch is split over the mesh's data axes and gathered back on every host."""
     model = nnx.merge(vq_def, params)
 
     @jax.jit
@@ -130,7 +143,9 @@ def evaluate_vq(vq_def, params, source, cfg: Any) -> tuple[dict[str, float], np.
     sq, n, used, first = 0.0, 0.0, set(), None
     for batch in image_eval_batches(source, image_size=cfg.image_size,
                                     batch_size=cfg.eval_batch_size, limit=cfg.eval_images):
-        mse, codes, recon = run(batch["image"])
+        images = global_batch(process_slice({"image": batch["image"]}), mesh)["image"]
+        mse, codes, recon = (np.asarray(x) for x in multihost_utils.process_allgather(
+            run(images), tiled=True))
         real = batch["mask"] > 0
         sq += float(np.sum(np.asarray(mse)[real]))
         n += float(real.sum())
@@ -154,10 +169,13 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
     if size % vq_cfg.downsample_factor:
         raise ValueError(f"config.train.image_size={size} must be a multiple of the "
                          f"tokenizer's downsampling factor {vq_cfg.downsample_factor}")
+    mesh = build_mesh(config.get("mesh"))
+    local_size = local_batch_size(config.batch_size, mesh)
+    local_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
     train_iter = image_train_iterator(train_source, image_size=size,
-                                      batch_size=config.batch_size, seed=config.seed)
-    checkpointer, state, start = ckpt_lib.resume_or_start(workdir, config.train, state,
-                                                          train_iter)
+                                      batch_size=local_size, seed=config.seed)
+    checkpointer, state, start, shardings = ckpt_lib.resume_or_start(
+        workdir, config.train, state, mesh, train_iter)
     logging.info("tokenizer: %.2fM parameters, %d px -> %d x %d codes, codebook %d; %d train "
                  "/ %d val images; %d steps of batch %d, peak lr %.3g, GAN from step %d",
                  sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, size,
@@ -165,7 +183,7 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
                  vq_cfg.codebook_size, len(train_source), len(val_source), steps,
                  config.batch_size, peak_learning_rate(config.optimizer, config.batch_size),
                  loss_cfg.disc_start)
-    train_step = make_vq_train_step(defs, tx, schedule, loss_cfg, lpips)
+    train_step = make_vq_train_step(defs, tx, schedule, loss_cfg, lpips, shardings)
     writer = create_writer(workdir)
     progress = periodic_actions.ReportProgress(num_train_steps=steps,
                                                every_secs=config.train.progress_every_secs)
@@ -173,9 +191,9 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
     last_time, last_step = time.perf_counter(), start
     stop = min(config.train.stop_after or steps, steps)
     guard = PreemptionGuard()
-    with guard:
+    with guard, jax.set_mesh(mesh):
         for step in range(start + 1, stop + 1):
-            state, metrics = train_step(state, next(train_iter)["image"])
+            state, metrics = train_step(state, global_batch(next(train_iter), mesh)["image"])
             progress(step)
             preempted = guard.requested  # read once: the signal may land mid-iteration
             is_last = step == stop or preempted
@@ -186,7 +204,8 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
                 check_finite(step, values)
                 values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
                 if eval_now:
-                    val, pairs = evaluate_vq(defs[0], state.params, val_source, config.train)
+                    val, pairs = evaluate_vq(defs[0], state.params, val_source, config.train,
+                                             mesh)
                     values.update(val)
                     logging.info("step %d: validation PSNR %.2f dB, codebook used %.1f%%", step,
                                  val["val_psnr"], 100 * val["val_codebook_used"])

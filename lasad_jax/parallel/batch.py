@@ -1,0 +1,56 @@
+"""Global batches from per-process data.
+
+Each process reads only its own slice of the data (grain, sharded by
+`jax.process_index()`), holding `global_batch / process_count` examples. Those host
+arrays become one global `jax.Array` split over the mesh's data-parallel axes with
+`jax.make_array_from_process_local_data`, so the jitted step sees the global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lasad_jax.parallel.mesh import BATCH_AXES, batch_shards
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Leading axis over `data` x `fsdp`, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def local_batch_size(global_size: int, mesh: Mesh, field: str = "config.batch_size") -> int:
+    """This process's share of a global batch; raises naming `field` when the batch does
+    not split evenly over the data-parallel devices and processes."""
+    shards, processes = batch_shards(mesh), jax.process_count()
+    if global_size % shards:
+        raise ValueError(f"{field}={global_size} must be divisible by the {shards} "
+                         f"data-parallel devices (config.mesh data x fsdp = {shards})")
+    if global_size % processes:
+        raise ValueError(f"{field}={global_size} must be divisible by the {processes} "
+                         "processes")
+    return global_size // processes
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's host arrays into global arrays split along the batch."""
+    out = {}
+    for name, value in local.items():
+        value = np.asarray(value)
+        out[name] = jax.make_array_from_process_local_data(
+            batch_sharding(mesh, value.ndim), value)
+    return out
+
+
+def process_slice(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's rows of a batch every process holds whole (evaluation, sampling):
+    the `process_index`-th of `process_count` equal blocks."""
+    index, count = jax.process_index(), jax.process_count()
+    out = {}
+    for name, value in batch.items():
+        n = len(value) // count
+        out[name] = np.asarray(value)[index * n:(index + 1) * n]
+    return out

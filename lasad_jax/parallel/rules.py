@@ -1,0 +1,67 @@
+"""Logical axis names of parameters and activations, and how they map to mesh axes.
+
+The model annotates each parameter with the meaning of its axes (`logical_axes`
+metadata); this table decides which mesh axis, if any, splits each meaning. Changing the
+parallelism strategy is an edit here, not in the model. A dimension that the mesh axis
+does not divide stays whole (replicated), so odd sizes such as a 17-token vocabulary or
+11 class rows still run; `spec_for` says so in its `why` list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import Mesh, PartitionSpec
+
+from lasad_jax.parallel.mesh import BATCH_AXES
+
+# logical name -> mesh axes (None: never split).
+LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
+    "batch": BATCH_AXES,
+    "embed": ("fsdp",),     # model width: FSDP shards weights along it
+    "mlp": ("tensor",),     # SwiGLU hidden units
+    "heads": ("tensor",),   # attention heads (q, k, v, gate and output projections)
+    "vocab": ("tensor",),   # token embedding rows and output logits
+    "classes": None,        # class embedding rows: few, replicated
+    "norm": None,           # RMSNorm scales, per-head decays
+}
+
+
+def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh_shape: dict[str, int],
+             rules: dict[str, tuple[str, ...] | None] | None = None) -> PartitionSpec:
+    """The PartitionSpec of an array with logical axes `names` on a mesh of `mesh_shape`.
+
+    A mesh axis is used at most once per array and only when it divides the dimension;
+    mesh axes of size 1 are left out, so specs stay readable."""
+    rules = LOGICAL_RULES if rules is None else rules
+    if len(names) != len(shape):
+        raise ValueError(f"logical axes {tuple(names)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(names, shape):
+        if name is not None and name not in rules:
+            raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
+        axes = [a for a in (rules.get(name) or ()) if mesh_shape.get(a, 1) > 1 and a not in used]
+        size = 1
+        for a in axes:
+            size *= mesh_shape[a]
+        if not axes or dim % size:
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else tuple(axes))
+    return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's sharding by logical names inside a jitted program run under
+    `jax.set_mesh(mesh)`; a no-op without a mesh, so models also run bare."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, spec_for(names, x.shape, dict(mesh.shape)))
+
+
+def describe(mesh: Mesh) -> str:
+    return " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
