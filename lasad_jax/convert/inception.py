@@ -1,0 +1,193 @@
+"""Converts pytorch-fid's FID Inception weights to the `.npz` that `load_inception` reads.
+
+    python -m lasad_jax.convert.inception \
+        --torch_weights=pt_inception-2015-12-05-6726825d.pth --out=inception_fid.npz
+
+Download the weights yourself (this project never fetches files):
+https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
+(the 2015 TF Inception graph that ADM's evaluator runs, ported to PyTorch; torch-fidelity
+distributes the same weights). Only reading the `.pth` needs torch (`pip install -e .[convert]`
+or the CPU wheel); `convert_state_dict` works on any mapping of numpy arrays, so it is
+tested without torch, and `load_inception` needs numpy and JAX only.
+
+Rules, all checked rather than assumed:
+  * every variable of `InceptionV3` has exactly one key: the module path joined by '.',
+    with the leaf renamed `kernel`/`scale` -> `weight`, `mean` -> `running_mean`,
+    `var` -> `running_var` (`bias` stays): `Mixed_6d.branch1x1.bn.running_var`;
+  * conv kernels are transposed OIHW -> HWIO, `fc.weight` [1008, 2048] -> [2048, 1008];
+  * `*.bn.num_batches_tracked` (a training counter, present in files saved by newer
+    torch) is the only key dropped; any other unused key, any missing key and any shape
+    mismatch is an error listing all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from lasad_jax.evaluation.inception import (
+    InceptionV3,
+    Path,
+    PreprocessMode,
+    expected_shapes,
+    inception_from_arrays,
+)
+
+WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+               + WEIGHTS_FILE)
+DROPPED_SUFFIX = ".num_batches_tracked"
+FORMAT_KEY = "__format__"
+FORMAT_VERSION = 1
+_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias",
+                  "mean": "running_mean", "var": "running_var"}
+
+
+def torch_key(path: Path) -> str:
+    """The pytorch-fid state-dict key of one `InceptionV3` variable path."""
+    *parents, leaf = path
+    if leaf not in _LEAF_TO_TORCH:
+        raise ValueError(f"variable {'/'.join(path)} has no state-dict rule (leaf must be one "
+                         f"of {sorted(_LEAF_TO_TORCH)})")
+    return ".".join([*parents, _LEAF_TO_TORCH[leaf]])
+
+
+def torch_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch shape of a variable whose JAX shape is `shape`."""
+    if path[-1] == "kernel" and len(shape) == 4:
+        kh, kw, cin, cout = shape
+        return (cout, cin, kh, kw)
+    if path[-1] == "kernel":
+        return tuple(reversed(shape))
+    return tuple(shape)
+
+
+def from_torch(path: Path, value: np.ndarray) -> np.ndarray:
+    """One state-dict array -> the JAX layout of variable `path` (float32)."""
+    value = np.asarray(value, np.float32)
+    if path[-1] == "kernel" and value.ndim == 4:
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+    if path[-1] == "kernel":
+        return np.ascontiguousarray(value.T)  # Linear [out, in] -> [in, out]
+    return value
+
+
+def expected_keys() -> dict[str, tuple[int, ...]]:
+    """Every state-dict key `convert_state_dict` consumes, with its PyTorch shape."""
+    return {torch_key(p): torch_shape(p, s) for p, s in expected_shapes().items()}
+
+
+def convert_state_dict(state_dict: Mapping[str, Any],
+                       source: str = "state dict") -> dict[Path, np.ndarray]:
+    """pytorch-fid state dict (name -> array) -> {variable path: float32 array} for
+    `InceptionV3` (build it with `inception_from_arrays`, save it with `save_inception`).
+
+    Raises ValueError listing every missing key, unknown key and shape mismatch at once.
+    """
+    shapes = expected_shapes()
+    keys = {torch_key(p): p for p in shapes}
+    missing = sorted(set(keys) - set(state_dict))
+    unknown = sorted(k for k in set(state_dict) - set(keys) if not k.endswith(DROPPED_SUFFIX))
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unknown:
+        problems.append(f"unknown keys, not used by InceptionV3 ({len(unknown)}): {unknown}")
+    for key, path in keys.items():
+        if key in state_dict:
+            want, got = torch_shape(path, shapes[path]), tuple(np.shape(state_dict[key]))
+            if want != got:
+                problems.append(f"shape of {key}: expected {want}, got {got}")
+    if problems:
+        raise ValueError(f"{source} is not pytorch-fid's FID Inception ({WEIGHTS_FILE}):\n  - "
+                         + "\n  - ".join(problems))
+    return {path: from_torch(path, state_dict[key]) for key, path in keys.items()}
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Loads a `.pth` state dict as numpy arrays (tensors only, weights_only: no code runs)."""
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            "reading .pth files needs PyTorch, which lasad_jax does not otherwise use: "
+            "`pip install torch --index-url https://download.pytorch.org/whl/cpu`, run the "
+            "conversion once, and use the .npz it writes (no torch needed after)") from err
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.fspath(path)!r} does not exist; download {WEIGHTS_URL}")
+    try:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{os.fspath(path)!r} holds Python objects besides tensors; expected "
+                         f"pytorch-fid's plain state dict {WEIGHTS_FILE}") from err
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{os.fspath(path)}: expected a state dict, got {type(state)}")
+    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def _flat_arrays(params: Mapping[Path, np.ndarray] | InceptionV3) -> dict[Path, np.ndarray]:
+    if isinstance(params, InceptionV3):
+        return {tuple(str(p) for p in path): np.asarray(var[...])
+                for path, var in nnx.to_flat_state(nnx.state(params))}
+    return {tuple(path): np.asarray(v, np.float32) for path, v in params.items()}
+
+
+def save_inception(path: str | os.PathLike,
+                   params: Mapping[Path, np.ndarray] | InceptionV3) -> None:
+    """Writes one array per variable ('/'-joined path) plus a format record, to exactly
+    `path` (np.savez would append `.npz` to a bare name), uncompressed for fast loading."""
+    arrays = {"/".join(p): v for p, v in _flat_arrays(params).items()}
+    meta = {"format_version": FORMAT_VERSION, "source": f"pytorch-fid {WEIGHTS_FILE}"}
+    arrays[FORMAT_KEY] = np.asarray(json.dumps(meta))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_inception(path: str | os.PathLike, preprocess: PreprocessMode = "adm") -> InceptionV3:
+    """Loads a file written by `save_inception` (numpy and JAX only)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Inception weights {os.fspath(path)!r} not found. Download {WEIGHTS_URL} and "
+            f"convert it once: python -m lasad_jax.convert.inception "
+            f"--torch_weights={WEIGHTS_FILE} --out={os.fspath(path)}")
+    with np.load(path) as npz:
+        stored = {k: npz[k] for k in npz.files}
+    if FORMAT_KEY not in stored:
+        raise ValueError(f"{os.fspath(path)}: no {FORMAT_KEY!r} record; not written by "
+                         "save_inception (convert the .pth with python -m "
+                         "lasad_jax.convert.inception)")
+    meta = json.loads(str(stored.pop(FORMAT_KEY)))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{os.fspath(path)}: format_version {meta.get('format_version')!r}, "
+                         f"expected {FORMAT_VERSION}")
+    arrays = {tuple(k.split("/")): v for k, v in stored.items()}
+    return inception_from_arrays(arrays, preprocess, source=os.fspath(path))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--torch_weights", required=True, help=f"path to {WEIGHTS_FILE}")
+    parser.add_argument("--out", required=True, help="output .npz (e.g. inception_fid.npz)")
+    args = parser.parse_args(argv)
+    state = read_torch_state_dict(args.torch_weights)
+    params = convert_state_dict(state, source=args.torch_weights)
+    save_inception(args.out, params)
+    dropped = sum(k.endswith(DROPPED_SUFFIX) for k in state)
+    n = sum(v.size for v in params.values())
+    print(f"keys: {len(state)} read, {len(params)} converted, {dropped} dropped "
+          f"(*{DROPPED_SUFFIX}); {n:,} values; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
