@@ -1,16 +1,20 @@
 """Pallas kernels of the LASAD operator: TPU (Mosaic) and GPU (Triton).
 
 Two kernels, both exact, both with Pallas backward passes behind `jax.custom_vjp`
-(gradients for q, k, v and both decays):
+(gradients for q, k, v and both decays), both for TPU and GPU:
 * `lasad_masked_pallas` (masked.py, masked_kernels.py): flash-style tiles of the masked
   quadratic form, the decay mask built from slot indices inside each tile (no T x T array
-  in memory); TPU and GPU. Quadratic work, so it is the kernel for short and medium T.
-* `lasad_chunked_pallas` (chunked.py): chunks of whole grid rows on a sequential grid axis
-  carrying the per-column states in VMEM; TPU. Linear work, for long T.
+  in memory). Quadratic work, so it is the kernel for short and medium T.
+* `lasad_chunked_pallas` (chunked.py; GPU runner in chunked_gpu.py): chunks of whole grid
+  rows carrying the per-column states. TPU: a sequential grid axis with the states in VMEM;
+  GPU: an in-kernel loop over chunks with the states in the loop carry, on a grid padded to
+  Triton's power-of-two sizes (exact). Linear work, for long T.
 
-Both are tested on CPU in interpret mode against `lasad_jax.ops.reference`; on this
-project's CPU machines they have been lowered for TPU and GPU but not yet compiled or
-timed on hardware, so `impl="auto"` does not pick them (see `ops.api.AUTO_TABLE`).
+Measured so far, and only this: both kernels, on both backends, match
+`lasad_jax.ops.reference` on CPU in Pallas' interpret mode (values and all gradients), and
+they lower on a CPU-only machine for TPU (Mosaic) and for CUDA (Triton IR, verified). None
+has been compiled for, run on or timed on a real TPU or GPU, so `impl="auto"` does not pick
+them (see `ops.api.AUTO_TABLE`).
 """
 
 from __future__ import annotations
@@ -23,16 +27,21 @@ from lasad_jax.ops.pallas.masked import lasad_masked_pallas
 
 def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, width: int, num_prefix: int,
                      log_row: jax.Array, log_col: jax.Array, chunk_size: int) -> jax.Array:
-    """`impl="pallas"` for the `lasad` variant: the masked kernel when the image fits in
-    one chunk of `chunk_size` tokens (and always on GPU, which has no chunked kernel yet),
-    the chunked kernel with `chunk_size // width` rows per chunk otherwise. On CPU the
-    kernels run in Pallas' interpret mode: exact, slow, for tests."""
+    """`impl="pallas"` for the `lasad` variant, on TPU and GPU alike: the masked kernel when
+    the image fits in one chunk of `chunk_size` tokens, the chunked kernel otherwise.
+
+    The chunked kernel gets `chunk_size // width` rows per chunk; on GPU that is an upper
+    bound, capped at `chunked_gpu.CHUNK_TOKENS` tokens (Triton tiles stay small), so there
+    `chunk_size` only decides which kernel runs. The masked-versus-chunked threshold is the
+    XLA chunked form's rule, not a timing of these kernels. On CPU the TPU kernels run in
+    Pallas' interpret mode: exact, slow, for tests.
+    """
     platform = jax.default_backend()
-    interpret = platform == "cpu"
+    backend = "gpu" if platform == "gpu" else "tpu"
     kw = dict(width=width, num_prefix=num_prefix, log_row=log_row, log_col=log_col,
-              interpret=interpret)
-    if platform == "gpu" or q.shape[1] - num_prefix <= chunk_size:
-        return lasad_masked_pallas(q, k, v, backend="gpu" if platform == "gpu" else "tpu", **kw)
+              interpret=platform == "cpu", backend=backend)
+    if q.shape[1] - num_prefix <= chunk_size:
+        return lasad_masked_pallas(q, k, v, **kw)
     return lasad_chunked_pallas(q, k, v, rows_per_chunk=max(1, chunk_size // width), **kw)
 
 

@@ -1,6 +1,9 @@
 """Long-sequence Pallas kernel for the `lasad` variant: the chunked form of DESIGN.md §1.
 
-One kernel does all the work, forward and backward. Its grid is `(batch*heads, chunks)`;
+One kernel does all the work, forward and backward; this module holds the TPU (Mosaic)
+runner `_run`, the backend-neutral `custom_vjp` around it, and the layout. The GPU (Triton)
+runner, `chunked_gpu.run`, computes the same per-chunk steps with the same contract, so the
+backward below serves both (`backend` picks the runner). TPU grid: `(batch*heads, chunks)`;
 the chunk axis is sequential and carries the per-column states `A(c)` (`w x Dk x Dv`) in a
 VMEM scratch, so the states never leave the core between chunks. A chunk is `R` whole grid
 rows (`C = R*w` tokens). Each step:
@@ -25,10 +28,16 @@ Why one kernel suffices for the backward (`jax.custom_vjp`):
 Prefix slots (undecayed global memory) are handled outside the kernel in plain JAX: they
 are `P` tokens, an ordinary causal sum plus one `Dk x Dv` state every image token reads.
 
+Layout (`lasad_chunked_pallas`): the image tokens go on a grid of `w` columns (TPU) or of
+`chunked_gpu.padded(w)` columns with Dk, Dv padded likewise (GPU), zero tokens filling each
+row's end and whole rows up to a chunk multiple. Real tokens keep their (row, column), so
+the padding is exact (see `chunked_gpu`); the kernels then see `width` = the padded width.
+
 Status: tested in interpret mode on CPU; the forward and backward lower to Mosaic
-(`lower(lowering_platforms=("tpu",))`) but are not yet compiled or timed on a TPU. The
-`C x C` intra-chunk scores and mask live in VMEM, so keep `C` around 512 there (or tile
-the intra-chunk product flash-style) until measured.
+(`lower(lowering_platforms=("tpu",))`) and, for the GPU runner, to Triton IR for CUDA, but
+neither is compiled, run or timed on a TPU or GPU yet. On TPU the `C x C` intra-chunk scores
+and mask live in VMEM, so keep `C` around 512 there (or tile the intra-chunk product
+flash-style) until measured.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from lasad_jax.ops.pallas import chunked_gpu
 from lasad_jax.ops.reference import masked_attention
 
 
@@ -111,7 +121,10 @@ def _run(q, k, v, logs, width: int, rows: int, interpret: bool, col_moment: bool
     dv = v.shape[-1]
     c_tok = rows * width
     n = t // c_tok
-    tok_spec = lambda d: pl.BlockSpec((1, c_tok, d), lambda b, i: (b, i, 0))
+
+    def tok_spec(d: int) -> pl.BlockSpec:
+        return pl.BlockSpec((1, c_tok, d), lambda b, i: (b, i, 0))
+
     kernel = functools.partial(_kernel, width=width, rows=rows, heads=logs.shape[0] // 2,
                                col_moment=col_moment)
     return pl.pallas_call(
@@ -127,10 +140,16 @@ def _run(q, k, v, logs, width: int, rows: int, interpret: bool, col_moment: bool
     )(logs, q, k, v)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _image(q, k, v, log_row, log_col, width, rows, interpret):
+# Per-call kernel runners by backend; both `(q, k, v, logs, width, rows, interpret,
+# col_moment=False) -> [BH, n*C, Dv]` so the custom VJP below serves both.
+_RUNNERS = {"tpu": _run, "gpu": chunked_gpu.run}
+BACKENDS = tuple(_RUNNERS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _image(q, k, v, log_row, log_col, width, rows, interpret, backend):
     """Image-token attention on padded `[B, H, n*C, D]` float32; logs are `[H]`."""
-    return _image_fwd(q, k, v, log_row, log_col, width, rows, interpret)[0]
+    return _image_fwd(q, k, v, log_row, log_col, width, rows, interpret, backend)[0]
 
 
 def _flat(x):
@@ -141,20 +160,25 @@ def _logs(log_row, log_col):
     return jnp.stack([log_row, log_col], -1).astype(jnp.float32).reshape(-1)
 
 
-def _image_fwd(q, k, v, log_row, log_col, width, rows, interpret):
+def _image_fwd(q, k, v, log_row, log_col, width, rows, interpret, backend):
     b, h, t, _ = q.shape
-    o = _run(_flat(q), _flat(k), _flat(v), _logs(log_row, log_col), width, rows,
-             interpret).reshape(b, h, t, -1)
+    o = _RUNNERS[backend](_flat(q), _flat(k), _flat(v), _logs(log_row, log_col), width, rows,
+                          interpret).reshape(b, h, t, -1)
     return o, (q, k, v, log_row, log_col, o)
 
 
-def _image_bwd(width, rows, interpret, res, do):
+def _image_bwd(width, rows, interpret, backend, res, do):
     q, k, v, log_row, log_col, o = res
     b, h, t, _ = q.shape
     logs = _logs(log_row, log_col)
-    run = lambda x, y, z, **kw: _run(_flat(x), _flat(y), _flat(z), logs, width, rows,
-                                     interpret, **kw).reshape(b, h, t, -1)
-    flip = lambda x: x[:, :, ::-1]
+
+    def run(x, y, z, **kw):
+        return _RUNNERS[backend](_flat(x), _flat(y), _flat(z), logs, width, rows, interpret,
+                                 **kw).reshape(b, h, t, -1)
+
+    def flip(x):
+        return x[:, :, ::-1]
+
     dq = run(do, v, k)
     dk = flip(run(flip(v), flip(do), flip(q)))
     dv = flip(run(flip(k), flip(q), flip(do)))
@@ -165,6 +189,18 @@ def _image_bwd(width, rows, interpret, res, do):
 
 
 _image.defvjp(_image_fwd, _image_bwd)
+
+
+def _grid_layout(width: int, dk: int, dv: int, rows_per_chunk: int, rows_needed: int,
+                 backend: str) -> tuple[int, int, int, int]:
+    """The kernel's grid: `(width, Dk, Dv, rows per chunk)`, padded for Triton on GPU."""
+    if backend == "gpu":
+        rows = chunked_gpu.rows_per_chunk(width, rows_per_chunk)
+        # Never more rows than the (power-of-two rounded) image needs.
+        rows = min(rows, pl.next_power_of_2(rows_needed))
+        return (chunked_gpu.padded(width), chunked_gpu.padded(dk), chunked_gpu.padded(dv),
+                rows)
+    return width, dk, dv, max(1, min(rows_per_chunk, rows_needed))
 
 
 def lasad_chunked_pallas(
@@ -178,15 +214,22 @@ def lasad_chunked_pallas(
     log_col: jax.Array,
     rows_per_chunk: int,
     interpret: bool = False,
+    backend: str = "tpu",
 ) -> jax.Array:
     """`lasad` attention (DESIGN.md §1) for `q, k: [B, T, H, Dk]`, `v: [B, T, H, Dv]`.
 
     Computes in float32 and returns q's dtype; differentiable in q, k, v and the `[H]` log
-    decays. `interpret=True` runs the TPU kernel in the Pallas interpreter (CPU tests).
+    decays. `backend`: "tpu" (Mosaic, this module's kernel) or "gpu" (Triton,
+    `chunked_gpu`; there `rows_per_chunk` is an upper bound, rounded down to a power of two
+    and capped at `chunked_gpu.CHUNK_TOKENS` tokens per chunk). `interpret=True` runs the
+    kernel in the Pallas interpreter (CPU tests).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     out_dtype = q.dtype
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    total = q.shape[1]
+    b, total, h, dk = q.shape
+    dv = v.shape[-1]
     num_image = total - num_prefix
     outs = []
     if num_prefix:
@@ -196,16 +239,28 @@ def lasad_chunked_pallas(
                                      log_row=log_row, log_col=log_col))
     if num_image:
         rows_needed = -(-num_image // width)
-        rows = max(1, min(rows_per_chunk, rows_needed))
-        c_tok = rows * width
-        padded = -(-num_image // c_tok) * c_tok
-        # Padding to whole chunks sits after the last real token: causality hides it from
-        # real queries and its zero keys and values add nothing to the states.
-        to_bhtd = lambda x: jnp.pad(x[:, num_prefix:], ((0, 0), (0, padded - num_image),
-                                                       (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-        o = _image(to_bhtd(q), to_bhtd(k), to_bhtd(v), log_row.astype(jnp.float32),
-                   log_col.astype(jnp.float32), width, rows, interpret)
-        o = o.transpose(0, 2, 1, 3)[:, :num_image]
+        wk, dk_k, dv_k, rows = _grid_layout(width, dk, dv, rows_per_chunk, rows_needed, backend)
+        rows_pad = -(-rows_needed // rows) * rows
+
+        def to_kernel(x: jax.Array, depth: int) -> jax.Array:
+            # [B, L, H, D] -> [B, H, rows_pad * wk, depth]. Zero tokens fill the last row,
+            # the columns past `width` (GPU) and whole rows up to a chunk multiple; zero
+            # features pad Dk, Dv (GPU). Exact: real tokens keep their (row, column), so
+            # every decay is unchanged; zero keys and values add nothing to any output or
+            # state; padded queries are sliced off below.
+            x = jnp.pad(x[:, num_prefix:], ((0, 0), (0, rows_needed * width - num_image),
+                                            (0, 0), (0, 0)))
+            x = x.reshape(b, rows_needed, width, h, x.shape[-1])
+            x = jnp.pad(x, ((0, 0), (0, rows_pad - rows_needed), (0, wk - width), (0, 0),
+                            (0, depth - x.shape[-1])))
+            return x.reshape(b, rows_pad * wk, h, depth).transpose(0, 2, 1, 3)
+
+        o = _image(to_kernel(q, dk_k), to_kernel(k, dk_k), to_kernel(v, dv_k),
+                   log_row.astype(jnp.float32), log_col.astype(jnp.float32), wk, rows,
+                   interpret, backend)
+        o = o.transpose(0, 2, 1, 3).reshape(b, rows_pad, wk, h, dv_k)
+        o = o[:, :rows_needed, :width, :, :dv].reshape(b, rows_needed * width, h, dv)
+        o = o[:, :num_image]
         if num_prefix:
             # Every image token reads the prefix state sum_j k_j v_j^T with weight 1.
             s_prefix = jnp.einsum("bjhd,bjhe->bhde", kp, vp)
