@@ -1,6 +1,9 @@
 """The embedded demo: a class-conditional LASADGen on scikit-learn's 8x8 digits, on CPU.
 
     python -m lasad_jax.main --config=configs/demo.py --workdir=/tmp/demo
+    # optional: the evaluation pipeline on the demo (random-weight Inception)
+    python -m lasad_jax.main --config=configs/demo.py --workdir=/tmp/demo --mode=reference_stats
+    python -m lasad_jax.main --config=configs/demo.py --workdir=/tmp/demo --mode=evaluate
 
 Trains a 4-layer, 0.47M-parameter LASAD model for 1,000 steps on the 1,618 training
 digits (the 8x8 images that ship with scikit-learn, 17 intensity levels, one token per
@@ -43,5 +46,13 @@ def get_config() -> config_dict.ConfigDict:
     config.sample = dict(
         name="samples", classes=(), per_class=10, batch_size=64, cfg_scale=2.0,
         temperature=1.0, top_k=0, top_p=1.0, seed=0, use_ema=True, grid_scale=6,
+    )
+    # --mode=reference_stats, then --mode=evaluate (README "Evaluation"). The real FID
+    # network cannot ship inside the package, so the demo uses Inception with random
+    # weights: its numbers check the pipeline and compare only with each other.
+    config.eval = dict(
+        name="eval", num_samples=1000, seed=0, part_size=500, inception="random",
+        preprocess="adm", reference="", reference_split="train", reference_limit=0,
+        inception_batch_size=100,
     )
     return config

@@ -7,6 +7,11 @@
     # then train
     python -m lasad_jax.main --config=configs/imagenet256.py --workdir=/ckpt/lasad_l \
         --config.data.codes_dir=/data/in256_codes --config.tokenizer.checkpoint=/data/vq_ds16_c2i
+    # then evaluate: 50k samples, FID / sFID / IS / precision / recall (ADM protocol)
+    python -m lasad_jax.main --config=configs/imagenet256.py --workdir=/ckpt/lasad_l \
+        --mode=evaluate --config.tokenizer.checkpoint=/data/vq_ds16_c2i \
+        --config.eval.inception=/data/inception_fid.npz \
+        --config.eval.reference=/data/VIRTUAL_imagenet256_labeled.npz
 
 Recipe (LlamaGen, arXiv 2406.06525): AdamW betas (0.9, 0.95), weight decay 0.05 on >= 2-D
 parameters, learning rate 1e-4 per 256 images held constant, gradient clipping 1.0, bf16
@@ -65,5 +70,12 @@ def get_config() -> config_dict.ConfigDict:
     config.sample = dict(
         name="samples", classes=(), per_class=50, batch_size=64, cfg_scale=2.0,
         temperature=1.0, top_k=0, top_p=1.0, seed=0, use_ema=True, grid_scale=1,
+    )
+    # ADM protocol (README "Evaluation"): 50k samples against ADM's reference batch, with
+    # the converted FID Inception weights.
+    config.eval = dict(
+        name="eval", num_samples=50_000, seed=0, part_size=5000, inception="",
+        preprocess="adm", reference="", reference_split="train", reference_limit=0,
+        inception_batch_size=200,
     )
     return config

@@ -12,7 +12,6 @@ from typing import Any
 from lasad_jax.data.codes import code_paths
 from lasad_jax.data.extract import manifest_path
 
-
 TASKS = ("generator", "tokenizer")
 
 
@@ -52,7 +51,10 @@ def config_problems(config: Any, mode: str) -> list[str]:
         if not config.data.get("codes_dir"):
             problems.append("config.data.codes_dir is empty: name the directory the "
                             "extracted codes go to")
-    if mode == "extract" or mode == "sample" or (mode == "train" and config.train.sample_at_end):
+    if mode in ("evaluate", "reference_stats"):
+        problems += _eval_problems(config, mode)
+    if mode in ("extract", "sample", "evaluate") or (
+            mode == "train" and config.train.sample_at_end):
         why = "encoding images" if mode == "extract" else "decoding samples"
         problems += _vq_checkpoint_problems(config, why)
     return problems
@@ -75,10 +77,12 @@ def mesh_problems(config: Any, mode: str) -> list[str]:
     shards = 1
     for axis in BATCH_AXES:
         shards *= shape[axis]
-    batches = {"config.batch_size": config.batch_size}
+    batches = {}
     if mode == "train":
+        batches["config.batch_size"] = config.batch_size
         batches["config.train.eval_batch_size"] = config.train.eval_batch_size
-    if mode == "sample" or (mode == "train" and config.train.get("sample_at_end", False)):
+    if mode in ("sample", "evaluate") or (
+            mode == "train" and config.train.get("sample_at_end", False)):
         batches["config.sample.batch_size"] = config.sample.batch_size
     return [f"{field}={size} must be a multiple of {shards}, the data-parallel devices "
             f"(config.mesh data x fsdp over {jax.device_count()} devices)"
@@ -97,6 +101,33 @@ def _tokenizer_problems(config: Any, mode: str) -> list[str]:
     problems += mesh_problems(config, mode)
     if config.batch_size < 1:
         problems.append(f"config.batch_size must be >= 1, got {config.batch_size}")
+    return problems
+
+
+def _eval_problems(config: Any, mode: str) -> list[str]:
+    from lasad_jax.convert.inception import WEIGHTS_FILE, WEIGHTS_URL
+
+    if "eval" not in config:
+        return [f"--mode={mode} needs a config.eval block (see configs/demo.py)"]
+    ev, problems = config.eval, []
+    if ev.inception != "random" and not os.path.isfile(ev.inception or ""):
+        problems.append(
+            f"config.eval.inception={ev.inception!r} is not a file: download {WEIGHTS_URL} "
+            f"and convert it with `python -m lasad_jax.convert.inception --torch_weights="
+            f"{WEIGHTS_FILE} --out=inception_fid.npz`, or use 'random' to test the pipeline")
+    if mode == "evaluate":
+        if ev.num_samples < 1:
+            problems.append(f"config.eval.num_samples must be >= 1, got {ev.num_samples}")
+        if ev.part_size < 1:
+            problems.append(f"config.eval.part_size must be >= 1, got {ev.part_size}")
+        if ev.reference and not os.path.isfile(ev.reference):
+            problems.append(f"config.eval.reference={ev.reference!r} is not a file")
+    if mode == "reference_stats" and ev.reference_split not in ("train", "val"):
+        problems.append(f"config.eval.reference_split must be 'train' or 'val', got "
+                        f"{ev.reference_split!r}")
+    if ev.inception_batch_size < 1:
+        problems.append(f"config.eval.inception_batch_size must be >= 1, got "
+                        f"{ev.inception_batch_size}")
     return problems
 
 

@@ -1,10 +1,15 @@
 """Command line: `python -m lasad_jax.main --config=CONFIG --workdir=DIR [--mode=...]`.
 
-Modes: `train` (the default; resumes from DIR's newest checkpoint), `sample` (restore
-DIR's newest checkpoint, write `samples.png` and `samples.npz` into DIR) and `extract`
-(encode the config's image dataset into token codes under `config.data.codes_dir`, once,
-resumably; DIR is unused). Any config
-field can be overridden: `--config.num_steps=100 --config.model.mixer=softmax`.
+Modes:
+* `train` (the default): trains, resuming from DIR's newest checkpoint;
+* `sample`: restores DIR's newest checkpoint, writes `samples.png` and `samples.npz`;
+* `extract`: encodes the config's image dataset into token codes under
+  `config.data.codes_dir`, once, resumably (DIR is unused);
+* `reference_stats`: Inception statistics of the training images, for FID;
+* `evaluate`: generates `config.eval.num_samples` images from DIR's newest checkpoint
+  (resumably) and reports FID, sFID, IS, precision and recall (ADM protocol).
+
+Any config field can be overridden: `--config.num_steps=100 --config.model.mixer=softmax`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-MODES = ("train", "sample", "extract")
+MODES = ("train", "sample", "extract", "evaluate", "reference_stats")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -77,6 +82,14 @@ def main(argv: list[str]) -> None:
         from lasad_jax.data.extract import run_extraction
 
         run_extraction(config)
+    elif FLAGS.mode == "reference_stats":
+        from lasad_jax.evaluation.job import run_reference_stats
+
+        run_reference_stats(config, FLAGS.workdir)
+    elif FLAGS.mode == "evaluate":
+        from lasad_jax.evaluation.job import run_evaluation
+
+        run_evaluation(config, FLAGS.workdir)
     else:
         from lasad_jax.sampling.job import run_sampling
 

@@ -39,7 +39,7 @@ def test_cli_train_then_sample(tmp_path):
 
     sample = run_main(tmp_path, "--mode=sample", "--config.sample.classes=(3, 7)")
     assert sample.returncode == 0, sample.stderr[-3000:]
-    assert "sampling from step 4" in sample.stderr
+    assert "restored step 4 (EMA weights)" in sample.stderr
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]  # sampling is read-only
     with np.load(tmp_path / "samples.npz") as f:
         images, labels = f["arr_0"], f["labels"]

@@ -49,6 +49,7 @@ class Reference:
     pool: np.ndarray | None = None
     images_shape: tuple[int, ...] | None = None
     preprocess: str | None = None
+    inception: str | None = None  # which network made the statistics, when recorded
 
     @property
     def has_stats(self) -> bool:
@@ -109,6 +110,7 @@ def load_reference(path: str | os.PathLike) -> Reference:
         if "pool" in keys:
             stats["pool"] = np.asarray(npz["pool"], np.float32)
         recorded = str(npz["preprocess"]) if "preprocess" in keys else None
+        network = str(npz["inception"]) if "inception" in keys else None
     if present:
         _check_stats(stats, path)
         if stats["mu_s"].min() < -1e-6:
@@ -126,12 +128,13 @@ def load_reference(path: str | os.PathLike) -> Reference:
                              "images [N, H, W, 3]")
     preprocess = recorded if recorded is not None else ("adm" if has_images else None)
     return Reference(path=path, images_shape=images_shape, preprocess=preprocess,
-                     **{k: stats.get(k) for k in (*STATS_KEYS, "pool")})
+                     inception=network, **{k: stats.get(k) for k in (*STATS_KEYS, "pool")})
 
 
 def write_reference(path: str | os.PathLike, stats: Mapping[str, Any]) -> None:
     """Writes a stats-only reference (`mu`, `sigma`, `mu_s`, `sigma_s`, optional `pool`,
-    `preprocess`, `num_images`) to exactly `path`, after checking the shapes."""
+    `preprocess`, `num_images`, `inception`: a description of the network) to exactly
+    `path`, after checking the shapes."""
     missing = [k for k in STATS_KEYS if k not in stats]
     if missing:
         raise ValueError(f"statistics for {os.fspath(path)!r} lack {missing}")
@@ -146,6 +149,8 @@ def write_reference(path: str | os.PathLike, stats: Mapping[str, Any]) -> None:
         arrays["preprocess"] = np.asarray(str(stats["preprocess"]))
     if stats.get("num_images") is not None:
         arrays["num_images"] = np.asarray(int(stats["num_images"]))
+    if stats.get("inception") is not None:
+        arrays["inception"] = np.asarray(str(stats["inception"]))
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 

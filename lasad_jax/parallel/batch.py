@@ -45,12 +45,13 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     return out
 
 
-def process_slice(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This process's rows of a batch every process holds whole (evaluation, sampling):
-    the `process_index`-th of `process_count` equal blocks."""
-    index, count = jax.process_index(), jax.process_count()
+def global_from_full(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Global arrays from a batch every process holds whole (evaluation passes): each
+    device takes its rows by global index, so the result does not depend on how the
+    mesh orders processes."""
     out = {}
     for name, value in batch.items():
-        n = len(value) // count
-        out[name] = np.asarray(value)[index * n:(index + 1) * n]
+        value = np.asarray(value)
+        out[name] = jax.make_array_from_callback(
+            value.shape, batch_sharding(mesh, value.ndim), lambda idx, v=value: v[idx])
     return out

@@ -22,7 +22,6 @@ from tqdm import tqdm
 from lasad_jax.parallel import build_mesh, local_batch_size
 from lasad_jax.parallel.rules import describe
 from lasad_jax.parallel.state import abstract_with_shardings
-
 from lasad_jax.sampling.generate import check_sampling_args, generate
 from lasad_jax.sampling.images import make_grid, save_npz, save_png
 from lasad_jax.tokenizers import build_tokenizer
@@ -84,27 +83,38 @@ def sample_to_files(model: nnx.Module, tokenizer: Any, cfg: Any, *, num_classes:
     return paths
 
 
-def run_sampling(config: Any, workdir: str) -> dict[str, str]:
-    """Restores the newest checkpoint in `workdir` and writes samples next to it."""
-    tokenizer = build_tokenizer(config.tokenizer)  # fails fast, before any restore
+def open_checkpoint(workdir: str) -> ckpt_lib.Checkpointer:
+    """The read-only checkpointer of `workdir`, or FileNotFoundError saying what to do."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    checkpointer = (ckpt_lib.Checkpointer(ckpt_dir, read_only=True)
+                    if os.path.isdir(ckpt_dir) else None)
+    if checkpointer is None or checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first with --mode=train "
                                 f"and the same --workdir")
-    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, read_only=True)
-    if checkpointer.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first with --mode=train "
-                                f"and the same --workdir")
+    return checkpointer
+
+
+def restore_model(config: Any, workdir: str) -> tuple[nnx.Module, int, Mesh]:
+    """`(model, step, mesh)`: the newest checkpoint's weights (EMA per
+    `config.sample.use_ema`), restored straight into the shardings of `config.mesh`,
+    whatever mesh trained them."""
+    checkpointer = open_checkpoint(workdir)
     mesh = build_mesh(config.get("mesh"))
-    local_batch_size(config.sample.batch_size, mesh, "config.sample.batch_size")
-    # The restore target carries this mesh's shardings: weights land split as the rules
-    # say, whatever mesh trained them.
     graphdef, init, _, _ = state_factory(config, config.optimizer.warmup_steps + 1)
     target, _ = abstract_with_shardings(init, mesh)
     step, restored = checkpointer.restore_params(target, use_ema=config.sample.use_ema)
     checkpointer.close()
-    model = nnx.merge(graphdef, restored)
-    logging.info("sampling from step %d (%s weights) on mesh %s", step,
+    logging.info("restored step %d (%s weights) on mesh %s", step,
                  "EMA" if config.sample.use_ema else "raw", describe(mesh))
+    return nnx.merge(graphdef, restored), step, mesh
+
+
+def run_sampling(config: Any, workdir: str) -> dict[str, str]:
+    """Restores the newest checkpoint in `workdir` and writes samples next to it."""
+    tokenizer = build_tokenizer(config.tokenizer)  # fails fast, before any restore
+    open_checkpoint(workdir).close()
+    local_batch_size(config.sample.batch_size, build_mesh(config.get("mesh")),
+                     "config.sample.batch_size")
+    model, _, mesh = restore_model(config, workdir)
     return sample_to_files(model, tokenizer, config.sample, num_classes=config.data.num_classes,
                            out_dir=workdir, mesh=mesh)

@@ -24,14 +24,14 @@ from jax.sharding import Mesh
 from lasad_jax.data import build_source, eval_batches, train_iterator
 from lasad_jax.models import LASADGen, ModelConfig
 from lasad_jax.parallel import build_mesh, global_batch, local_batch_size
-from lasad_jax.parallel.batch import process_slice
+from lasad_jax.parallel.batch import global_from_full
 from lasad_jax.parallel.rules import describe
 from lasad_jax.tokenizers import build_tokenizer
 from lasad_jax.tokenizers.geometry import code_geometry
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.metrics import check_finite, create_writer
-from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
+from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.step import create_train_state, make_eval_step, make_train_step
 
 
@@ -84,10 +84,10 @@ def total_steps(config: Any, num_examples: int) -> int:
 
 def evaluate(eval_step, params, source, batch_size: int, mesh: Mesh) -> float:
     """Validation loss in bits per token over the whole split. Every process walks the
-    same batches and contributes its block of rows to the global batch."""
+    same batches; each device evaluates its rows of them."""
     total, count = 0.0, 0.0
     for batch in eval_batches(source, batch_size=batch_size):
-        s, n = eval_step(params, global_batch(process_slice(batch), mesh))
+        s, n = eval_step(params, global_from_full(batch, mesh))
         total, count = total + float(s), count + float(n)
     return total / max(count, 1.0) / math.log(2.0)
 
@@ -157,7 +157,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = train_step(state, global_batch(next(train_iter), mesh))
             progress(step)
-            preempted = guard.requested  # read once: the signal may land mid-iteration
+            preempted = guard.reached(step)  # read once: a signal may land mid-iteration
             is_last = step == stop or preempted
             eval_now = val_source is not None and (step == stop or (
                 config.train.eval_every > 0 and step % config.train.eval_every == 0))

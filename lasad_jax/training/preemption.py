@@ -12,14 +12,20 @@ from __future__ import annotations
 import signal
 import threading
 
+import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class PreemptionGuard:
-    """Context manager that turns SIGTERM into `guard.requested == True`.
+    """Context manager that turns SIGTERM into `guard.reached(step) == True`.
 
-    Signals can only be installed from the main thread; elsewhere (for example a test
-    runner's worker thread) the guard does nothing and `requested` stays False.
+    One process: a Python SIGTERM handler sets a flag, read after each step. Signals can
+    only be installed from the main thread; elsewhere (for example a test runner's
+    worker thread) the guard does nothing. Several processes (`jax.distributed`): all
+    hosts must save the same step, or the collective save hangs. JAX's preemption sync
+    service (started by `jax.distributed.initialize`, listening for SIGTERM itself)
+    picks that step, so the guard installs no handler and asks the service instead.
     """
 
     def __init__(self) -> None:
@@ -34,8 +40,14 @@ class PreemptionGuard:
         logging.warning("SIGTERM received: checkpointing after the current step, then exiting")
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Whether to checkpoint `step` and stop; call once after every step."""
+        if jax.process_count() > 1:
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def __enter__(self) -> "PreemptionGuard":
-        if threading.current_thread() is threading.main_thread():
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 

@@ -27,19 +27,26 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lasad_jax.convert.llamagen_vq import save as save_tokenizer
-from lasad_jax.data.image_batches import (build_image_dataset, image_eval_batches,
-                                          image_train_iterator)
+from lasad_jax.data.image_batches import (
+    build_image_dataset,
+    image_eval_batches,
+    image_train_iterator,
+)
 from lasad_jax.parallel import build_mesh, global_batch, local_batch_size, replicated
-from lasad_jax.parallel.batch import process_slice
+from lasad_jax.parallel.batch import global_from_full
 from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq import VQConfig, VQModel
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.loop import total_steps
 from lasad_jax.training.metrics import check_finite, create_writer
-from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
-from lasad_jax.training.vq import (VQLossConfig, build_loss_modules, discriminator_loss,
-                                   generator_loss)
+from lasad_jax.training.preemption import PreemptionGuard
+from lasad_jax.training.vq import (
+    VQLossConfig,
+    build_loss_modules,
+    discriminator_loss,
+    generator_loss,
+)
 
 
 @jax.tree_util.register_dataclass
@@ -143,7 +150,7 @@ def evaluate_vq(vq_def, params, source, cfg: Any,
     sq, n, used, first = 0.0, 0.0, set(), None
     for batch in image_eval_batches(source, image_size=cfg.image_size,
                                     batch_size=cfg.eval_batch_size, limit=cfg.eval_images):
-        images = global_batch(process_slice({"image": batch["image"]}), mesh)["image"]
+        images = global_from_full({"image": batch["image"]}, mesh)["image"]
         mse, codes, recon = (np.asarray(x) for x in multihost_utils.process_allgather(
             run(images), tiled=True))
         real = batch["mask"] > 0
@@ -195,7 +202,7 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
         for step in range(start + 1, stop + 1):
             state, metrics = train_step(state, global_batch(next(train_iter), mesh)["image"])
             progress(step)
-            preempted = guard.requested  # read once: the signal may land mid-iteration
+            preempted = guard.reached(step)  # read once: a signal may land mid-iteration
             is_last = step == stop or preempted
             every = config.train.eval_every
             eval_now = step == stop or (every > 0 and step % every == 0)
