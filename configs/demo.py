@@ -7,7 +7,7 @@
 
 Trains a 4-layer, 0.47M-parameter LASAD model for 1,000 steps on the 1,618 training
 digits (the 8x8 images that ship with scikit-learn, 17 intensity levels, one token per
-pixel; about 3.5 minutes on 2 CPU cores), reports validation bits per token on the 179
+pixel; about 3 minutes on 2 CPU cores), reports validation bits per token on the 179
 held-out digits, and writes `samples.png` (one row per class, guidance 2.0) and
 `samples.npz` into the workdir. `--mode=sample` then draws again from the checkpoint.
 """
