@@ -42,6 +42,9 @@ def get_config() -> config_dict.ConfigDict:
         class_dropout=0.1, ema_decay=0.999, log_every=50, eval_every=500, eval_batch_size=64,
         checkpoint_every=500, keep_checkpoints=2, stop_after=0, progress_every_secs=30.0,
         sample_at_end=True,
+        # A non-finite loss or gradient: "halt" stops before anything is saved; "skip"
+        # drops that update, logs it with its step and goes on.
+        nonfinite="halt",
     )
     config.sample = dict(
         name="samples", classes=(), per_class=10, batch_size=64, cfg_scale=2.0,

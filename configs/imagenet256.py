@@ -65,6 +65,9 @@ def get_config() -> config_dict.ConfigDict:
         class_dropout=0.1, ema_decay=0.9999, log_every=100, eval_every=-1,
         eval_batch_size=256, checkpoint_every=5000, keep_checkpoints=3,
         stop_after=0, progress_every_secs=60.0, sample_at_end=False,
+        # A non-finite loss or gradient: "halt" stops before anything is saved; "skip"
+        # drops that update, logs it with its step and goes on.
+        nonfinite="halt",
     )
     # ADM evaluation: 50 images for each of the 1,000 classes.
     config.sample = dict(

@@ -24,6 +24,7 @@ def config_problems(config: Any, mode: str) -> list[str]:
         return _tokenizer_problems(config, mode)
     if config.batch_size < 1:
         problems.append(f"config.batch_size must be >= 1, got {config.batch_size}")
+    problems += _generator_problems(config, mode)
     problems += mesh_problems(config, mode)
     if mode == "train" and config.data.name == "codes":
         codes_dir = config.data.codes_dir
@@ -57,6 +58,88 @@ def config_problems(config: Any, mode: str) -> list[str]:
             mode == "train" and config.train.sample_at_end):
         why = "encoding images" if mode == "extract" else "decoding samples"
         problems += _vq_checkpoint_problems(config, why)
+    return problems
+
+
+def _catch(problems: list[str], block: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Runs a validator of config block `block`; a ValueError becomes a problem whose
+    message starts with the config path of the field."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as err:
+        msg = str(err)
+        problems.append(f"config.{msg}" if msg.startswith(f"{block}.")
+                        else f"config.{block}: {msg}")
+        return None
+
+
+def _generator_problems(config: Any, mode: str) -> list[str]:
+    """The model, data, optimizer, training and sampling fields, with the validators the
+    run itself would use, so every mistake shows up here before anything is built."""
+    from lasad_jax.data.pipeline import VALID_NAMES
+    from lasad_jax.models import ModelConfig
+    from lasad_jax.sampling.generate import check_sampling_args
+    from lasad_jax.tokenizers.geometry import code_geometry
+    from lasad_jax.training.optimizer import SCHEDULES
+    from lasad_jax.training.step import NONFINITE_POLICIES
+
+    problems: list[str] = []
+    if config.data.name not in VALID_NAMES:
+        problems.append(f"config.data.name must be one of {VALID_NAMES}, got "
+                        f"{config.data.name!r}")
+    num_classes = config.data.num_classes
+    if not isinstance(num_classes, int) or num_classes < 1:
+        problems.append(f"config.data.num_classes must be a positive int, got {num_classes!r}")
+        num_classes = 1
+    if config.data.name == "digits" and (tuple(config.tokenizer.image_size) != (8, 8)
+                                         or config.tokenizer.get("channels", 1) != 1):
+        problems.append("config.tokenizer.image_size must be (8, 8) with channels=1 for the "
+                        f"8x8 grey digits (config.data.name='digits'), got "
+                        f"{tuple(config.tokenizer.image_size)}")
+    geometry = _catch(problems, "tokenizer", code_geometry, config.tokenizer)
+    if geometry is not None:
+        _catch(problems, "model", ModelConfig.from_config, config.model,
+               vocab_size=geometry.vocab_size, grid=geometry.grid_shape,
+               num_classes=num_classes)
+    if not config.num_steps and not config.num_epochs:
+        problems.append("set config.num_steps or config.num_epochs (both are 0)")
+    opt = config.optimizer
+    if opt.schedule not in SCHEDULES:
+        problems.append(f"config.optimizer.schedule must be one of {SCHEDULES}, got "
+                        f"{opt.schedule!r}")
+    if not opt.lr > 0:
+        problems.append(f"config.optimizer.lr must be > 0, got {opt.lr}")
+    for name in ("b1", "b2"):
+        if not 0.0 <= opt[name] < 1.0:
+            problems.append(f"config.optimizer.{name} must be in [0, 1), got {opt[name]}")
+    train = config.train
+    if train.get("nonfinite", "halt") not in NONFINITE_POLICIES:
+        problems.append(f"config.train.nonfinite must be one of {NONFINITE_POLICIES}, got "
+                        f"{train.nonfinite!r}")
+    for name in ("log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
+        if train[name] < 1:
+            problems.append(f"config.train.{name} must be >= 1, got {train[name]}")
+    if mode in ("sample", "evaluate") or (mode == "train" and train.sample_at_end):
+        problems += _sampling_problems(config.sample, num_classes,
+                                       geometry.vocab_size if geometry else None)
+        _catch(problems, "sample", check_sampling_args, cfg_scale=config.sample.cfg_scale,
+               temperature=config.sample.temperature, top_k=config.sample.top_k,
+               top_p=config.sample.top_p)
+    return problems
+
+
+def _sampling_problems(sample: Any, num_classes: int, vocab: int | None) -> list[str]:
+    problems = []
+    bad = [c for c in sample.classes if not isinstance(c, int) or not 0 <= c < num_classes]
+    if bad:
+        problems.append(f"config.sample.classes must be class ids in [0, {num_classes}), got "
+                        f"{bad}")
+    for name in ("per_class", "batch_size"):
+        if sample[name] < 1:
+            problems.append(f"config.sample.{name} must be >= 1, got {sample[name]}")
+    if vocab is not None and isinstance(sample.top_k, int) and sample.top_k > vocab:
+        problems.append(f"config.sample.top_k={sample.top_k} is larger than the vocabulary "
+                        f"({vocab} tokens); use 0 (off) or at most {vocab}")
     return problems
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging as pylogging
 import os
+import sys
+from typing import Any
 
 # TensorFlow is imported by clu only to write TensorBoard files: keep it quiet and off
 # any accelerator, which belongs to JAX.
@@ -53,9 +55,30 @@ class _QuietLibraries(pylogging.Filter):
             part in record.pathname for part in self.NOISY)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    from lasad_jax.training.checkpoint import CheckpointError
+
+    return (ValueError, FileNotFoundError, FloatingPointError, CheckpointError)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run(FLAGS.config, FLAGS.mode, FLAGS.workdir)
+    except Exception as err:
+        # Bad configs, missing files, divergence and unusable checkpoints raise errors
+        # whose messages are written for the user (the field, the file, what to do); a
+        # traceback would bury them. Anything else is a bug and keeps its traceback, as
+        # does everything with LASAD_TRACEBACK=1.
+        if not isinstance(err, _user_errors()) or os.environ.get("LASAD_TRACEBACK") == "1":
+            raise
+        logging.error("%s: %s", type(err).__name__, err)
+        sys.exit(f"error: {err}\n(set LASAD_TRACEBACK=1 for the traceback)")
+
+
+def run(config: Any, mode: str, workdir: str) -> None:
+    """Everything after flag parsing: multi-host start-up, checks, then the mode."""
     logging.get_absl_handler().addFilter(_QuietLibraries())
     _hide_accelerators_from_tensorflow()
     import jax
@@ -66,34 +89,33 @@ def main(argv: list[str]) -> None:
         # Coordinator address, process count and index come from the TPU or SLURM
         # environment; on one host this is skipped and JAX runs as a single process.
         jax.distributed.initialize()
-    config = FLAGS.config
-    check_config(config, FLAGS.mode)
+    check_config(config, mode)
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
-                 FLAGS.mode, FLAGS.workdir)
-    if FLAGS.mode == "train" and config.get("task", "generator") == "tokenizer":
+                 mode, workdir)
+    if mode == "train" and config.get("task", "generator") == "tokenizer":
         from lasad_jax.training.vq.loop import train_tokenizer
 
-        train_tokenizer(config, FLAGS.workdir)
-    elif FLAGS.mode == "train":
+        train_tokenizer(config, workdir)
+    elif mode == "train":
         from lasad_jax.training.loop import train_and_evaluate
 
-        train_and_evaluate(config, FLAGS.workdir)
-    elif FLAGS.mode == "extract":
+        train_and_evaluate(config, workdir)
+    elif mode == "extract":
         from lasad_jax.data.extract import run_extraction
 
         run_extraction(config)
-    elif FLAGS.mode == "reference_stats":
+    elif mode == "reference_stats":
         from lasad_jax.evaluation.job import run_reference_stats
 
-        run_reference_stats(config, FLAGS.workdir)
-    elif FLAGS.mode == "evaluate":
+        run_reference_stats(config, workdir)
+    elif mode == "evaluate":
         from lasad_jax.evaluation.job import run_evaluation
 
-        run_evaluation(config, FLAGS.workdir)
+        run_evaluation(config, workdir)
     else:
         from lasad_jax.sampling.job import run_sampling
 
-        paths = run_sampling(config, FLAGS.workdir)
+        paths = run_sampling(config, workdir)
         logging.info("wrote %s", ", ".join(paths.values()))
 
 

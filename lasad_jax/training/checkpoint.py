@@ -14,15 +14,21 @@ different mesh or number of hosts.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lasad_jax.parallel.state import abstract_with_shardings, place_state
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was expected; the message says what to do."""
 
 
 class Checkpointer:
@@ -35,9 +41,12 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
         self.directory = os.path.abspath(directory)
+        # `cleanup_tmp_directories`: a process killed mid-save leaves a temporary
+        # directory that never became a step; it is removed at the next start.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=max(save_every, 1),
-            enable_async_checkpointing=True, create=not read_only, read_only=read_only)
+            enable_async_checkpointing=True, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -72,6 +81,55 @@ class Checkpointer:
         state = self.restore(abstract_state, step=step)
         return step, state.ema_params if use_ema else state.params
 
+    def restore_newest_readable(self, target: Any, data_iterator: Any | None = None
+                                ) -> tuple[int, Any]:
+        """`(step, state)` of the newest checkpoint that restores into `target`.
+
+        A truncated or corrupted newest checkpoint is not fatal: the previous one is
+        tried. Steps newer than the one restored are then moved aside (renamed
+        `corrupt-<step>-<time>`, never deleted) with a warning, so the resumed run can
+        save those steps again. If no step restores, nothing is moved (the likelier cause
+        is a config that no longer matches the checkpoints) and `CheckpointError` lists
+        each step's error.
+        """
+        errors: dict[int, str] = {}
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(target, data_iterator, step=step)
+            except Exception as err:  # noqa: BLE001 - any failure to read means "unusable"
+                errors[step] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                logging.warning("checkpoint step %d in %s cannot be restored (%s); trying "
+                                "the previous one", step, self.directory, errors[step])
+                continue
+            if errors:
+                self._move_aside(errors, step)
+            return step, state
+        listing = "; ".join(f"step {k}: {v}" for k, v in errors.items())
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be restored ({listing}). If the config "
+            "changed since they were written, restore it; otherwise move the directory "
+            "away to start afresh.")
+
+    def _move_aside(self, bad_steps: Any, resumed: int) -> None:
+        """Renames unreadable steps (process 0 only; the others wait for it)."""
+        if jax.process_index() == 0:
+            for bad in bad_steps:
+                moved = os.path.join(self.directory, f"corrupt-{bad}-{int(time.time())}")
+                os.rename(os.path.join(self.directory, str(bad)), moved)
+                logging.warning("moved unreadable checkpoint step %d to %s; resuming from "
+                                "step %d", bad, moved, resumed)
+        multihost_utils.sync_global_devices("lasad_checkpoint_move_aside")
+        self.manager.reload()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Finishes saves in flight even when the loop raised (a divergence, Ctrl-C):
+        the last good checkpoint is committed, not left as a temporary directory."""
+        self.wait()
+        self.close()
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -94,10 +152,10 @@ def resume_or_start(workdir: str, train_cfg: Any, init: Callable[[], Any] | Any,
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 keep=train_cfg.keep_checkpoints,
                                 save_every=train_cfg.checkpoint_every)
-    start = checkpointer.latest_step() or 0
-    if start:
+    start = 0
+    if checkpointer.latest_step() is not None:
         target, shardings = abstract_with_shardings(init, mesh)
-        state = checkpointer.restore(target, data_iterator)
+        start, state = checkpointer.restore_newest_readable(target, data_iterator)
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
     else:
         state, shardings = place_state(init, mesh)

@@ -29,7 +29,7 @@ from lasad_jax.parallel.rules import describe
 from lasad_jax.tokenizers import build_tokenizer
 from lasad_jax.tokenizers.geometry import code_geometry
 from lasad_jax.training import checkpoint as ckpt_lib
-from lasad_jax.training.metrics import check_finite, create_writer
+from lasad_jax.training.metrics import check_saveable, create_writer, report_health
 from lasad_jax.training.optimizer import make_optimizer, make_schedule, peak_learning_rate
 from lasad_jax.training.preemption import PreemptionGuard
 from lasad_jax.training.step import create_train_state, make_eval_step, make_train_step
@@ -134,11 +134,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                  config.batch_size, peak_learning_rate(config.optimizer, config.batch_size))
 
     null_class = num_classes
+    policy = config.train.get("nonfinite", "halt")
+    reported_skips = int(jax.device_get(state.skipped))
     train_step = make_train_step(graphdef, tx, schedule, class_dropout=config.train.class_dropout,
                                  null_class=null_class, ema_decay=config.train.ema_decay,
-                                 state_shardings=shardings)
+                                 state_shardings=shardings, nonfinite=policy)
     eval_step = make_eval_step(graphdef)
-    writer = create_writer(workdir)
+    writer = create_writer(workdir, resume_step=start)
     if start == 0:
         writer.write_hparams(flat_hparams(config.to_dict()))
     # Progress (steps/s, ETA) goes to the console only; metrics.jsonl keeps one row per
@@ -152,7 +154,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     # schedule, which is always laid out over `steps`.
     stop = min(config.train.stop_after or steps, steps)
     guard = PreemptionGuard()
-    with guard, jax.set_mesh(mesh):
+    preempted = False
+    if start >= stop:
+        logging.info("the checkpoint is at step %d, the run ends at %d: nothing to train",
+                     start, stop)
+    with checkpointer, guard, jax.set_mesh(mesh):
         for step in range(start + 1, stop + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = train_step(state, global_batch(next(train_iter), mesh))
@@ -163,7 +169,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 config.train.eval_every > 0 and step % config.train.eval_every == 0))
             if eval_now or is_last or step % config.train.log_every == 0:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                check_finite(step, values)
+                reported_skips = report_health(step, values, policy=policy,
+                                               reported_skips=reported_skips)
                 values["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
                 if eval_now:
                     values["val_bits_per_token"] = evaluate(
@@ -177,14 +184,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 final.update(values)
                 last_time, last_step = time.perf_counter(), step
             if is_last or step % config.train.checkpoint_every == 0:
-                check_finite(step, {"param_norm": float(metrics["param_norm"])})
+                check_saveable(step, metrics)
                 checkpointer.save(step, state, train_iter, force=is_last)
             if preempted:
                 logging.warning("preempted: saved step %d in %s; rerun the same command to "
                                 "resume", step, checkpointer.directory)
                 break
-    checkpointer.wait()
-    checkpointer.close()
     writer.flush()
 
     if config.train.sample_at_end and not preempted:

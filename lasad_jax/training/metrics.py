@@ -9,19 +9,23 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers
 
 
 class JsonlWriter(metric_writers.MetricWriter):
     """Appends `{"step": s, name: value, ...}` lines; one line per `write_scalars` call.
 
-    The file is opened in append mode so a resumed run continues the same file; steps
-    logged before a crash and replayed after the resume appear twice (the later line
-    wins for a reader that keys by step).
+    A resumed run continues the same file. Rows past `resume_step` (logged after the
+    checkpoint it resumes from, by a process that then died) are dropped first, since
+    the resumed run logs those steps again: the file then reads exactly as an
+    uninterrupted run's would.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, resume_step: int | None = None):
         self.path = path
+        if resume_step is not None and os.path.exists(path):
+            _truncate_after(path, resume_step)
         self._file = open(path, "a", encoding="utf-8")
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -58,14 +62,61 @@ class JsonlWriter(metric_writers.MetricWriter):
         self._file.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def _truncate_after(path: str, step: int) -> None:
+    """Keeps the rows of steps <= `step` (and the lines that do not parse, which a crash
+    mid-write can leave only at the end); replaces the file atomically."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+        if row_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+
+
+def create_writer(workdir: str, resume_step: int | None = None) -> metric_writers.MetricWriter:
     """TensorBoard + log + jsonl on the first process; only the log on the others."""
     if jax.process_index() > 0:
         return metric_writers.create_default_writer(workdir, just_logging=True)
     return metric_writers.MultiWriter([
         metric_writers.create_default_writer(workdir, asynchronous=False),
-        JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+        JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step),
     ])
+
+
+def report_health(step: int, values: dict[str, float], *, policy: str,
+                  reported_skips: int) -> int:
+    """Pops the step's health fields from `values` (in place), logs newly skipped
+    non-finite updates with their step, and under `policy="halt"` raises on any
+    non-finite training value. Returns the number of skips reported so far."""
+    skipped = int(values.pop("skipped", 0))
+    last = int(values.pop("last_skipped", -1))
+    values.pop("state_finite", None)
+    if skipped > reported_skips:
+        logging.warning("step %d: %d non-finite update(s) skipped since the last report, "
+                        "the last at step %d (%d in all)", step, skipped - reported_skips,
+                        last, skipped)
+    values["skipped_updates"] = float(skipped)
+    if policy == "halt":
+        check_finite(step, values)
+    return skipped
+
+
+def check_saveable(step: int, metrics: Mapping[str, Any]) -> None:
+    """Refuses to checkpoint a state holding NaN or inf anywhere (parameters, optimizer
+    state, EMA), whatever the non-finite policy."""
+    if not bool(jax.device_get(metrics["state_finite"])):
+        raise FloatingPointError(
+            f"the training state is not finite at step {step}; refusing to checkpoint it. "
+            "The last good checkpoint is kept; lower optimizer.lr or set "
+            "train.nonfinite='skip' to drop non-finite updates.")
 
 
 def check_finite(step: int, values: dict[str, float]) -> None:

@@ -27,6 +27,10 @@ class TrainState:
     opt_state: Any
     ema_params: Any
     rng: jax.Array
+    # Non-finite updates skipped so far and the last step that was (-1: none); with
+    # `train.nonfinite="skip"` the loop reports changes to them with their step.
+    skipped: jax.Array
+    last_skipped: jax.Array
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
@@ -35,7 +39,9 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
     ema = jax.tree.map(jnp.copy, params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=tx.init(params), ema_params=ema,
-                       rng=jax.random.key_data(jax.random.key(seed)))
+                       rng=jax.random.key_data(jax.random.key(seed)),
+                       skipped=jnp.zeros((), jnp.int32),
+                       last_skipped=jnp.full((), -1, jnp.int32))
     return graphdef, state
 
 
@@ -60,10 +66,26 @@ def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
     return jax.tree.map(lambda e, p: e * d + (1.0 - d) * p, ema, params)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """True when every float in `tree` is finite: one fused reduction, no host sync."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+NONFINITE_POLICIES = ("halt", "skip")
+
+
 def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     *, class_dropout: float, null_class: int, ema_decay: float,
-                    state_shardings: Any | None = None) -> Callable:
+                    state_shardings: Any | None = None, nonfinite: str = "halt") -> Callable:
     """Returns `train_step(state, batch) -> (state, metrics)`, jitted, donating `state`.
+
+    `nonfinite="skip"`: a step whose loss or gradients are not finite leaves parameters,
+    optimizer state and EMA as they were (the step counter and the data still advance)
+    and counts itself in `state.skipped` / `state.last_skipped`. `"halt"`: the update
+    is applied and the loop stops at its next check, before anything is saved. Either
+    way `metrics["state_finite"]` says whether the new state may be checkpointed.
 
     With `state_shardings` (from `lasad_jax.parallel.state_shardings`) the new state is
     pinned to the same layout as the old one, so donation reuses its buffers and the
@@ -78,16 +100,34 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
             return token_loss(graphdef, params, labels, batch["tokens"]).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema_params, params, state.step, ema_decay)
+        skipped, last_skipped = state.skipped, state.last_skipped
+        if nonfinite == "skip":
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+            def keep(new, old):
+                return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+            ema = keep(ema, state.ema_params)
+            skipped = skipped + jnp.where(ok, 0, 1).astype(jnp.int32)
+            last_skipped = jnp.where(ok, last_skipped, state.step + 1)
         new_state = dataclasses.replace(
-            state, step=state.step + 1, params=params, opt_state=opt_state,
-            ema_params=ema_update(state.ema_params, params, state.step, ema_decay))
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+            state, step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+            skipped=skipped, last_skipped=last_skipped)
+        metrics = {"loss": loss, "grad_norm": grad_norm,
                    "param_norm": optax.tree.norm(params),
-                   "learning_rate": schedule(state.step)}
+                   "learning_rate": schedule(state.step),
+                   "state_finite": all_finite((params, opt_state, ema)),
+                   "skipped": skipped, "last_skipped": last_skipped}
         return new_state, metrics
 
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"train.nonfinite must be one of {NONFINITE_POLICIES}, got "
+                         f"{nonfinite!r}")
     if state_shardings is None:
         return jax.jit(train_step, donate_argnums=0)
     mesh = jax.tree.leaves(state_shardings)[0].mesh

@@ -191,14 +191,18 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
                  config.batch_size, peak_learning_rate(config.optimizer, config.batch_size),
                  loss_cfg.disc_start)
     train_step = make_vq_train_step(defs, tx, schedule, loss_cfg, lpips, shardings)
-    writer = create_writer(workdir)
+    writer = create_writer(workdir, resume_step=start)
     progress = periodic_actions.ReportProgress(num_train_steps=steps,
                                                every_secs=config.train.progress_every_secs)
     final: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start
     stop = min(config.train.stop_after or steps, steps)
     guard = PreemptionGuard()
-    with guard, jax.set_mesh(mesh):
+    preempted = False
+    if start >= stop:
+        logging.info("the checkpoint is at step %d, the run ends at %d: nothing to train",
+                     start, stop)
+    with checkpointer, guard, jax.set_mesh(mesh):
         for step in range(start + 1, stop + 1):
             state, metrics = train_step(state, global_batch(next(train_iter), mesh)["image"])
             progress(step)
@@ -226,8 +230,6 @@ def train_tokenizer(config: Any, workdir: str) -> dict[str, float]:
                 logging.warning("preempted: saved step %d in %s; rerun the same command to "
                                 "resume", step, checkpointer.directory)
                 break
-    checkpointer.wait()
-    checkpointer.close()
     writer.flush()
     if jax.process_index() == 0 and stop > start and not preempted:
         export = os.path.join(workdir, "tokenizer")
