@@ -91,11 +91,12 @@ def _generator_problems(config: Any, mode: str) -> list[str]:
     if not isinstance(num_classes, int) or num_classes < 1:
         problems.append(f"config.data.num_classes must be a positive int, got {num_classes!r}")
         num_classes = 1
-    if config.data.name == "digits" and (tuple(config.tokenizer.image_size) != (8, 8)
-                                         or config.tokenizer.get("channels", 1) != 1):
-        problems.append("config.tokenizer.image_size must be (8, 8) with channels=1 for the "
-                        f"8x8 grey digits (config.data.name='digits'), got "
-                        f"{tuple(config.tokenizer.image_size)}")
+    embedded = {"digits": 8, "shapes": config.data.get("size")}.get(config.data.name)
+    if embedded and (tuple(config.tokenizer.image_size) != (embedded, embedded)
+                     or config.tokenizer.get("channels", 1) != 1):
+        problems.append(f"config.tokenizer.image_size must be ({embedded}, {embedded}) with "
+                        f"channels=1 for the grey {config.data.name} (config.data.name="
+                        f"{config.data.name!r}), got {tuple(config.tokenizer.image_size)}")
     geometry = _catch(problems, "tokenizer", code_geometry, config.tokenizer)
     if geometry is not None:
         _catch(problems, "model", ModelConfig.from_config, config.model,

@@ -18,9 +18,10 @@ import numpy as np
 from lasad_jax.data.codes import load_codes
 from lasad_jax.data.digits import load_digits
 from lasad_jax.data.extracted import ExtractedSource, load_extracted
+from lasad_jax.data.shapes import load_shapes
 from lasad_jax.tokenizers import Tokenizer
 
-VALID_NAMES = ("digits", "codes", "extracted")
+VALID_NAMES = ("digits", "shapes", "codes", "extracted")
 
 Batch = dict[str, np.ndarray]
 
@@ -147,6 +148,13 @@ def _field(config: Any, name: str) -> Any:
         raise ValueError(f"config.data is missing the field {name!r}") from None
 
 
+def load_shapes_config(data_config: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The generated shapes of `split` as `data_config` sizes them."""
+    return load_shapes(split, num_train=_field(data_config, "num_train"),
+                       num_val=_field(data_config, "num_val"), size=_field(data_config, "size"),
+                       seed=_field(data_config, "seed"))
+
+
 def build_source(
     data_config: Any, split: str, tokenizer: Tokenizer, *, num_classes: int
 ) -> TokenSource | ExtractedSource:
@@ -162,6 +170,15 @@ def build_source(
     if name not in VALID_NAMES:
         raise ValueError(f"config.data.name must be one of {', '.join(VALID_NAMES)}; got {name!r}")
     num_classes = _positive_int("num_classes", num_classes)
+    if name == "shapes":
+        images, labels = load_shapes_config(data_config, split)
+        if tuple(tokenizer.image_shape) != images.shape[1:]:
+            raise ValueError(f"the shapes dataset has images of shape {images.shape[1:]}, but "
+                             f"the tokenizer expects {tuple(tokenizer.image_shape)}; set "
+                             "config.tokenizer.image_size to (data.size, data.size)")
+        if labels.max() >= num_classes:
+            raise ValueError(f"the shapes dataset has 10 classes, but num_classes={num_classes}")
+        return TokenSource(tokenizer.encode(images), labels)
     if name == "digits":
         val_fraction, seed = _field(data_config, "val_fraction"), _field(data_config, "seed")
         images, labels = load_digits(split, val_fraction=val_fraction, seed=seed)

@@ -64,18 +64,20 @@ def load_network(config: Any) -> tuple[InceptionV3, str]:
 
 def dataset_images(config: Any, split: str, limit: int) -> Iterator[np.ndarray]:
     """uint8 RGB batches `[B, H, W, 3]` of `split` at the generator's image size, as
-    the samples will look: the embedded digits go through the tokenizer (so the
-    reference holds the 17 grey levels the model can draw); image datasets get the ADM
+    the samples will look: the embedded digits and shapes go through the tokenizer (so
+    the reference holds the grey levels the model can draw); image datasets get the ADM
     centre crop."""
     from lasad_jax.data.images import adm_center_crop, build_image_source
     from lasad_jax.tokenizers import build_tokenizer
 
-    if config.data.name == "digits":
+    if config.data.name in ("digits", "shapes"):
         from lasad_jax.data.digits import load_digits
+        from lasad_jax.data.pipeline import load_shapes_config
 
         tokenizer = build_tokenizer(config.tokenizer)
-        images, _ = load_digits(split, val_fraction=config.data.val_fraction,
-                                seed=config.data.seed)
+        images = (load_digits(split, val_fraction=config.data.val_fraction,
+                              seed=config.data.seed)[0] if config.data.name == "digits"
+                  else load_shapes_config(config.data, split)[0])
         images = tokenizer.decode(tokenizer.encode(images[:limit or None]))
         yield np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
         return

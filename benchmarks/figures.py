@@ -1,0 +1,118 @@
+"""The README's figures, from measured JSON and from the model's own cache shapes.
+
+    python benchmarks/figures.py      # after benchmarks/op_scaling.py (its JSON is committed)
+
+* `docs/op_scaling.png`: forward+backward time of the operator against the number of
+  tokens, log-log, read from `benchmarks/results/op_scaling_cpu.json` (LASAD chunked,
+  the quadratic LASAD reference, causal softmax attention). A line of slope 1 is linear
+  cost, slope 2 quadratic.
+* `docs/decode_memory.png`: the bytes a sampler keeps per image while decoding, for
+  LASADGen-L and its softmax twin, over image resolutions with the VQ-16 tokenizer
+  (256 px = 16 x 16 tokens ... 1024 px = 64 x 64). Read from `jax.eval_shape` of each
+  model's `init_cache`: no arrays are allocated, and the numbers are exactly what
+  `generate` carries (LASAD: two column states per grid column and two running sums per
+  layer, float32; softmax: keys and values of every slot, in the compute dtype).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+from flax import nnx
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def op_scaling(path: pathlib.Path) -> None:
+    plt = _plt()
+    data = json.loads((ROOT / "benchmarks/results/op_scaling_cpu.json").read_text())
+    names = {"lasad_chunked": "LASAD, chunked (linear)", "lasad_reference":
+             "LASAD, masked reference (quadratic)", "softmax": "causal softmax (XLA)"}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for op, label in names.items():
+        rows = sorted((r["tokens"], r["ms"]) for r in data["rows"]
+                      if r["op"] == op and r["mode"] == "fwd_bwd" and r.get("ms"))
+        if rows:
+            t, ms = zip(*rows)
+            ax.plot(t, ms, "o-", label=label)
+    t = np.array([256, 16384])
+    ref = [r["ms"] for r in data["rows"] if r["op"] == "lasad_chunked"
+           and r["mode"] == "fwd_bwd" and r["tokens"] == 1024][0]
+    ax.plot(t, ref * t / 1024, "k:", lw=1, label="slope 1 (linear)")
+    ax.plot(t, ref * (t / 1024) ** 2, "k--", lw=1, label="slope 2 (quadratic)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens T")
+    ax.set_ylabel("forward + backward, ms")
+    info = data["info"]
+    ax.set_title(f"operator cost, {info['heads']} heads, D={info['dim']}, {info['dtype']}\n"
+                 f"{info['cores']}-core CPU, JAX {info['jax']}, {info['date']}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cache_bytes(preset: str, mixer: str, grid: int, dtype: str = "bfloat16") -> int:
+    """Bytes of one image's decoding cache (batch 1; guidance doubles it)."""
+    from lasad_jax.models import LASADGen, ModelConfig
+    from lasad_jax.models.config import PRESETS
+
+    layers, heads, dim = PRESETS[preset]
+    cfg = ModelConfig(vocab_size=16384, grid=(grid, grid), num_classes=1000, num_layers=layers,
+                      num_heads=heads, dim=dim, mixer=mixer, dtype=dtype)
+    model = nnx.eval_shape(lambda: LASADGen(cfg, rngs=nnx.Rngs(0)))
+    cache = jax.eval_shape(lambda: model.init_cache(1))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+
+
+def decode_memory(path: pathlib.Path) -> list[dict]:
+    plt = _plt()
+    grids = [16, 24, 32, 48, 64]
+    rows = [{"grid": g, "pixels": 16 * g, "lasad": cache_bytes("L", "lasad", g),
+             "softmax": cache_bytes("L", "softmax", g)} for g in grids]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    px = [r["pixels"] for r in rows]
+    ax.plot(px, [r["lasad"] / 2**20 for r in rows], "o-", label="LASAD state (float32)")
+    ax.plot(px, [r["softmax"] / 2**20 for r in rows], "o-", label="softmax KV cache (bf16)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(px, [f"{p}\n({g}x{g})" for p, g in zip(px, grids)])
+    ax.set_xlabel("image size, px (VQ-16 tokens)")
+    ax.set_ylabel("MiB per image while decoding")
+    ax.set_title("LASADGen-L decoding memory (24 layers, dim 1024)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return rows
+
+
+def main() -> None:
+    DOCS.mkdir(exist_ok=True)
+    op_scaling(DOCS / "op_scaling.png")
+    rows = decode_memory(DOCS / "decode_memory.png")
+    print("| px | tokens | LASAD state MiB | softmax KV cache MiB |")
+    print("|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['pixels']} | {r['grid']}x{r['grid']} | {r['lasad'] / 2**20:.1f} | "
+              f"{r['softmax'] / 2**20:.1f} |")
+    (ROOT / "benchmarks/results/decode_memory.json").write_text(json.dumps(rows, indent=1))
+    print("wrote docs/op_scaling.png, docs/decode_memory.png")
+
+
+if __name__ == "__main__":
+    main()
