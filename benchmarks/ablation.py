@@ -154,7 +154,7 @@ def plot_grids(out_dir: pathlib.Path, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--steps", nargs="*", default=[],
                         help="per dataset, e.g. digits=600 shapes=300")
     parser.add_argument("--out_dir", default=str(ROOT / "benchmarks/results/ablation"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     steps = dict(DEFAULT_STEPS, **{k: int(v) for k, v in (s.split("=") for s in args.steps)})
     out_dir = pathlib.Path(args.out_dir)
@@ -192,6 +192,7 @@ def main() -> None:
     write_json(str(out_dir / "summary.json"), {"info": run_info(steps=steps), "table": table})
     plot_curves(runs, out_dir / "curves.png")
     plot_grids(out_dir, out_dir / "grids.png")
+    return table
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 
@@ -101,17 +102,23 @@ def decode_memory(path: pathlib.Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    DOCS.mkdir(exist_ok=True)
-    op_scaling(DOCS / "op_scaling.png")
-    rows = decode_memory(DOCS / "decode_memory.png")
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs_dir", default=str(DOCS), help="where the PNGs go")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/decode_memory.json"))
+    args = parser.parse_args(argv)
+    docs = pathlib.Path(args.docs_dir)
+    docs.mkdir(parents=True, exist_ok=True)
+    op_scaling(docs / "op_scaling.png")
+    rows = decode_memory(docs / "decode_memory.png")
     print("| px | tokens | LASAD state MiB | softmax KV cache MiB |")
     print("|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['pixels']} | {r['grid']}x{r['grid']} | {r['lasad'] / 2**20:.1f} | "
               f"{r['softmax'] / 2**20:.1f} |")
-    (ROOT / "benchmarks/results/decode_memory.json").write_text(json.dumps(rows, indent=1))
-    print("wrote docs/op_scaling.png, docs/decode_memory.png")
+    pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(f"wrote {docs / 'op_scaling.png'}, {docs / 'decode_memory.png'}, {args.json}")
+    return rows
 
 
 if __name__ == "__main__":

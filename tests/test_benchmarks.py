@@ -6,6 +6,8 @@ import json
 import pathlib
 import sys
 
+import numpy as np
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -106,3 +108,41 @@ def test_kernels_benchmark_runs_and_reports_speedups(tmp_path):
     assert kernels.attention_flops(16, 2, 8, "fwd") == 2 * 2 * 16 * 16 * 16 / 2
     assert "lasad_chunked" in {r["op"] for r in result["speedups"]}
     assert json.loads(out.read_text())["info"]["dtype"] == "bfloat16"
+
+
+def test_mixer_ablation_runs_caches_and_summarises(tmp_path, capsys):
+    import ablation
+
+    args = ["--datasets", "digits", "--mixers", "linear", "lasad", "--seeds", "0", "1",
+            "--steps", "digits=2", "--out_dir", str(tmp_path)]
+    table = ablation.main(args)
+    assert [(r["mixer"], r["seeds"]) for r in table] == [("lasad", 2), ("linear", 2)]
+    assert all(0 < v < 5 for r in table for v in r["values"])  # uniform: 4.09 bits
+    lasad = table[0]
+    assert abs(lasad["std"] - float(np.std(lasad["values"], ddof=1))) < 1e-12
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
+        "digits_lasad.png", "digits_linear.png"]  # seed 0 only
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert (tmp_path / "grids.png").stat().st_size > 0
+    assert "| digits | lasad |" in capsys.readouterr().out
+    # A rerun finds every run cached and trains nothing.
+    before = {p: p.stat().st_mtime for p in (tmp_path / "runs").iterdir()}
+    assert ablation.main(args) == table
+    assert {p: p.stat().st_mtime for p in (tmp_path / "runs").iterdir()} == before
+
+
+def test_figures_decode_memory_is_the_state_formula(tmp_path):
+    """The LASAD cache of LASADGen-L is (2w + 2) Dk Dv float32 numbers per head and
+    layer, plus the slot counters: the documented formula, independently computed."""
+    import figures
+
+    rows = figures.main(["--docs_dir", str(tmp_path), "--json", str(tmp_path / "m.json")])
+    layers, heads, head_dim = 24, 16, 64
+    for r in rows:
+        w = r["grid"]
+        lasad_numbers = layers * heads * (2 * w + 2) * head_dim * head_dim
+        assert abs(r["lasad"] - 4 * lasad_numbers) < 1024  # counters: a few int32 scalars
+        kv = 2 * layers * (1 + w * w) * heads * head_dim  # keys and values, bf16
+        assert r["softmax"] == 2 * kv + 4
+    assert (tmp_path / "op_scaling.png").stat().st_size > 0
+    assert (tmp_path / "decode_memory.png").stat().st_size > 0
