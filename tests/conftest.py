@@ -72,6 +72,22 @@ def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DE
     return run(state, q, k, v)
 
 
+def lasad_reference_fn(width: int, num_prefix: int):
+    """The quadratic LASAD form as `f(q, k, v, log_row, log_col)`, the kernels' signature."""
+    from lasad_jax.ops.reference import masked_attention
+
+    def f(q, k, v, lr, lc):
+        return masked_attention("lasad", q, k, v, width=width, num_prefix=num_prefix,
+                                log_row=lr, log_col=lc)
+    return f
+
+
+def vjp_at(fn, args, cotangent):
+    """`(fn(*args), gradients of <fn(*args), cotangent> for every arg)`."""
+    out, pullback = jax.vjp(fn, *args)
+    return out, pullback(cotangent.astype(out.dtype))
+
+
 def rel_err(x, ref) -> float:
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-30))

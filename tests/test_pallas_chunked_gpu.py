@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import COL_DECAY, ROW_DECAY, random_qkv, rel_err
+from conftest import (COL_DECAY, ROW_DECAY, lasad_reference_fn, random_qkv, rel_err,
+                      vjp_at)
 
 from lasad_jax import ops
 from lasad_jax.ops import pallas as pallas_ops
 from lasad_jax.ops.pallas import chunked_gpu
 from lasad_jax.ops.pallas.chunked import lasad_chunked_pallas
-from lasad_jax.ops.reference import masked_attention
 
 LOG_ROW = jnp.log(jnp.asarray(ROW_DECAY))
 LOG_COL = jnp.log(jnp.asarray(COL_DECAY))
@@ -50,35 +50,23 @@ def _pallas(width: int, num_prefix: int, rows: int, interpret: bool = True):
     return f
 
 
-def _reference(width: int, num_prefix: int):
-    def f(q, k, v, lr, lc):
-        return masked_attention("lasad", q, k, v, width=width, num_prefix=num_prefix,
-                                log_row=lr, log_col=lc)
-    return f
-
-
-def _vjps(fn, args, cotangent):
-    out, pullback = jax.vjp(fn, *args)
-    return out, pullback(cotangent.astype(out.dtype))
-
-
 @pytest.mark.parametrize("num_prefix, width, tokens, rows", CASES)
-def test_forward_matches_reference(num_prefix, width, tokens, rows):
+def test_forward_matcheslasad_reference_fn(num_prefix, width, tokens, rows):
     q, k, v = random_qkv(tokens, 2, tokens)
     args = (q, k, v, LOG_ROW, LOG_COL)
     out = jax.jit(_pallas(width, num_prefix, rows))(*args)
     assert out.shape == v.shape and out.dtype == jnp.float32
-    assert rel_err(out, _reference(width, num_prefix)(*args)) < TOL
+    assert rel_err(out, lasad_reference_fn(width, num_prefix)(*args)) < TOL
 
 
 @pytest.mark.parametrize("num_prefix, width, tokens, rows", CASES[:3])
-def test_gradients_match_reference(num_prefix, width, tokens, rows):
+def test_gradients_matchlasad_reference_fn(num_prefix, width, tokens, rows):
     """Values and the five gradients (q, k, v, log a, log b) through the shared VJP."""
     q, k, v = random_qkv(100 + tokens, 2, tokens)
     args = (q, k, v, LOG_ROW, LOG_COL)
     ct = jnp.asarray(np.random.default_rng(tokens).normal(size=v.shape), jnp.float32)
-    out, grads = _vjps(jax.jit(_pallas(width, num_prefix, rows)), args, ct)
-    ref, ref_grads = _vjps(_reference(width, num_prefix), args, ct)
+    out, grads = vjp_at(jax.jit(_pallas(width, num_prefix, rows)), args, ct)
+    ref, ref_grads = vjp_at(lasad_reference_fn(width, num_prefix), args, ct)
     assert rel_err(out, ref) < TOL
     for name, g, r in zip(("q", "k", "v", "log_row", "log_col"), grads, ref_grads):
         assert g.shape == r.shape and g.dtype == r.dtype, name
@@ -97,8 +85,8 @@ def test_several_value_blocks():
     v = jnp.asarray(rng.normal(size=(1, 1 + 26, 3, 40)), jnp.float32)
     args = (q, k, v, LOG_ROW, LOG_COL)
     ct = jnp.asarray(rng.normal(size=v.shape), jnp.float32)
-    out, grads = _vjps(jax.jit(_pallas(5, 1, 2)), args, ct)
-    ref, ref_grads = _vjps(_reference(5, 1), args, ct)
+    out, grads = vjp_at(jax.jit(_pallas(5, 1, 2)), args, ct)
+    ref, ref_grads = vjp_at(lasad_reference_fn(5, 1), args, ct)
     assert rel_err(out, ref) < TOL
     for name, g, r in zip(("q", "k", "v", "log_row", "log_col"), grads, ref_grads):
         assert rel_err(g, r) < TOL, (name, rel_err(g, r))
@@ -109,8 +97,8 @@ def test_bfloat16_inputs():
     q, k, v = random_qkv(7, 2, tokens, jnp.bfloat16)
     args = (q, k, v, LOG_ROW, LOG_COL)
     ct = jnp.asarray(np.random.default_rng(7).normal(size=v.shape), jnp.bfloat16)
-    out, grads = _vjps(jax.jit(_pallas(width, num_prefix, rows)), args, ct)
-    ref, ref_grads = _vjps(_reference(width, num_prefix), args, ct)
+    out, grads = vjp_at(jax.jit(_pallas(width, num_prefix, rows)), args, ct)
+    ref, ref_grads = vjp_at(lasad_reference_fn(width, num_prefix), args, ct)
     assert out.dtype == jnp.bfloat16 and rel_err(out, ref) < BF16_TOL
     for name, g, r in zip(("q", "k", "v"), grads[:3], ref_grads[:3]):
         assert g.dtype == jnp.bfloat16 and rel_err(g, r) < BF16_TOL, name

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import COL_DECAY, ROW_DECAY, random_qkv, rel_err
+from conftest import (COL_DECAY, ROW_DECAY, lasad_reference_fn, random_qkv, rel_err,
+                      vjp_at)
 from lasad_jax.ops.pallas import lasad_masked_pallas
-from lasad_jax.ops.reference import masked_attention
 
 LOG_ROW = jnp.log(jnp.asarray(ROW_DECAY))
 LOG_COL = jnp.log(jnp.asarray(COL_DECAY))
@@ -45,37 +45,25 @@ def _pallas(backend: str, width: int, num_prefix: int, bq: int, bk: int):
     return f
 
 
-def _reference(width: int, num_prefix: int):
-    def f(q, k, v, lr, lc):
-        return masked_attention("lasad", q, k, v, width=width, num_prefix=num_prefix,
-                                log_row=lr, log_col=lc)
-    return f
-
-
-def _vjps(fn, args, cotangent):
-    out, pullback = jax.vjp(fn, *args)
-    return out, pullback(cotangent.astype(out.dtype))
-
-
 @pytest.mark.parametrize("t, num_prefix, width, bq, bk", CASES)
 def test_forward_tpu_interpret(t, num_prefix, width, bq, bk):
     q, k, v = random_qkv(t, 2, t)
     args = (q, k, v, LOG_ROW, LOG_COL)
     out = _pallas("tpu", width, num_prefix, bq, bk)(*args)
     assert out.shape == v.shape and out.dtype == jnp.float32
-    assert rel_err(out, _reference(width, num_prefix)(*args)) < TOL
+    assert rel_err(out, lasad_reference_fn(width, num_prefix)(*args)) < TOL
 
 
 @pytest.mark.parametrize("backend, case", [("tpu", CASES[0]), ("tpu", CASES[1]),
                                            ("gpu", CASES[2])])
-def test_gradients_match_reference(backend, case):
+def test_gradients_matchlasad_reference_fn(backend, case):
     """Forward and the five gradients (q, k, v, log a, log b) from the Pallas backward."""
     t, num_prefix, width, bq, bk = case
     q, k, v = random_qkv(100 + t, 2, t)
     args = (q, k, v, LOG_ROW, LOG_COL)
     ct = jnp.asarray(np.random.default_rng(t).normal(size=v.shape), jnp.float32)
-    out, grads = _vjps(_pallas(backend, width, num_prefix, bq, bk), args, ct)
-    ref, ref_grads = _vjps(_reference(width, num_prefix), args, ct)
+    out, grads = vjp_at(_pallas(backend, width, num_prefix, bq, bk), args, ct)
+    ref, ref_grads = vjp_at(lasad_reference_fn(width, num_prefix), args, ct)
     assert rel_err(out, ref) < TOL
     for name, g, r in zip(("q", "k", "v", "log_row", "log_col"), grads, ref_grads):
         assert g.shape == r.shape and g.dtype == r.dtype, name
@@ -90,8 +78,8 @@ def test_bfloat16_inputs():
     q, k, v = random_qkv(7, 1, t, jnp.bfloat16)
     args = (q, k, v, LOG_ROW, LOG_COL)
     ct = jnp.asarray(np.random.default_rng(7).normal(size=v.shape), jnp.bfloat16)
-    out, grads = _vjps(_pallas("tpu", width, num_prefix, bq, bk), args, ct)
-    ref, ref_grads = _vjps(_reference(width, num_prefix), args, ct)
+    out, grads = vjp_at(_pallas("tpu", width, num_prefix, bq, bk), args, ct)
+    ref, ref_grads = vjp_at(lasad_reference_fn(width, num_prefix), args, ct)
     assert out.dtype == jnp.bfloat16
     assert rel_err(out, ref) < BF16_TOL
     for name, g, r in zip(("q", "k", "v"), grads[:3], ref_grads[:3]):
@@ -107,7 +95,7 @@ def test_gpu_path_forward_under_jit():
     q, k, v = random_qkv(3, 1, t)
     args = (q, k, v, LOG_ROW, LOG_COL)
     out = jax.jit(_pallas("gpu", width, num_prefix, 16, 32))(*args)
-    assert rel_err(out, _reference(width, num_prefix)(*args)) < TOL
+    assert rel_err(out, lasad_reference_fn(width, num_prefix)(*args)) < TOL
 
 
 def test_decays_of_one_match_unit_mask():

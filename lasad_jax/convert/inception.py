@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from lasad_jax.convert import torch_io
 from lasad_jax.evaluation.inception import (
     InceptionV3,
     Path,
@@ -113,26 +113,10 @@ def convert_state_dict(state_dict: Mapping[str, Any],
 
 
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Loads a `.pth` state dict as numpy arrays (tensors only, weights_only: no code runs)."""
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(
-            "reading .pth files needs PyTorch, which lasad_jax does not otherwise use: "
-            "`pip install torch --index-url https://download.pytorch.org/whl/cpu`, run the "
-            "conversion once, and use the .npz it writes (no torch needed after)") from err
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.fspath(path)!r} does not exist; download {WEIGHTS_URL}")
-    try:
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{os.fspath(path)!r} holds Python objects besides tensors; expected "
-                         f"pytorch-fid's plain state dict {WEIGHTS_FILE}") from err
-    if isinstance(state, Mapping) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{os.fspath(path)}: expected a state dict, got {type(state)}")
-    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+    """pytorch-fid's `.pth` as numpy arrays (needs torch; see `convert/torch_io.py`)."""
+    return torch_io.read_torch_state_dict(
+        path, expected=f"pytorch-fid's plain state dict {WEIGHTS_FILE}",
+        where_to_get=f"download {WEIGHTS_URL}")
 
 
 def _flat_arrays(params: Mapping[Path, np.ndarray] | InceptionV3) -> dict[Path, np.ndarray]:

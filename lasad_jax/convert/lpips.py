@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lasad_jax.convert import torch_io
 from lasad_jax.training.vq.perceptual import LPIPS_LAYOUT, VGG16_STAGES
 
 # torchvision `features` index of every conv, grouped by LPIPS stage (ReLUs and pools sit
@@ -63,20 +64,9 @@ def convert_lpips(vgg_state: Mapping[str, Any], lin_state: Mapping[str, Any],
 
 
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Loads a `.pth` state dict as numpy arrays (tensors only, on CPU, no pickled code)."""
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(
-            "reading .pth files needs PyTorch, which lasad_jax does not otherwise use: "
-            "`pip install torch --index-url https://download.pytorch.org/whl/cpu`, run the "
-            "conversion once, and use the .npz it writes (no torch needed after)") from err
-    state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{path}: expected a state dict (name -> tensor), got {type(state)}")
-    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+    """A VGG16 or LPIPS `.pth` as numpy arrays (needs torch; see `convert/torch_io.py`)."""
+    return torch_io.read_torch_state_dict(
+        path, expected="torchvision's vgg16-397923af.pth or LPIPS' vgg.pth")
 
 
 def save_lpips_npz(arrays: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
