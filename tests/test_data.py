@@ -249,5 +249,6 @@ def test_build_source_for_codes_checks_against_the_tokenizer(tmp_path):
     with pytest.raises(ValueError, match=r"config\.data\.codes_dir must point at a directory of"):
         build_source(_data_config(name="codes"), "train", tok, num_classes=4)
     with pytest.raises(ValueError,
-                       match=r"data\.name must be one of digits, codes, extracted; got 'imagenet"):
+                       match=r"data\.name must be one of digits, shapes, codes, extracted; "
+                             r"got 'imagenet"):
         build_source(_data_config(name="imagenet"), "train", tok, num_classes=4)
