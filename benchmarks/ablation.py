@@ -14,7 +14,8 @@ the data order. Reported: validation bits per token of the EMA weights at the en
 and standard deviation over seeds), the curves, and a sample grid per mixer (seed 0).
 
 Runs are cached in `--out_dir/runs/*.json`: rerunning skips finished runs, so the whole
-sweep can be spread over several sessions. Writes `summary.json`, `curves.png`,
+sweep can be spread over several sessions; `--report_only` summarises what is cached.
+Writes `summary.json`, `curves.png`,
 `grids.png` (one panel per dataset and mixer) and prints a Markdown table.
 """
 
@@ -38,7 +39,7 @@ from common import run_info, write_json
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIXERS = ("softmax", "lasad", "lasad_row", "linear_1d", "linear")
 CONFIGS = {"digits": "demo", "shapes": "shapes"}
-DEFAULT_STEPS = {"digits": 600, "shapes": 300}
+DEFAULT_STEPS = {"digits": 600, "shapes": 150}
 
 
 def load_config(dataset: str):
@@ -76,6 +77,9 @@ def train_one(dataset: str, mixer: str, seed: int, steps: int, out_dir: pathlib.
         if seed == 0:
             shutil.copy(os.path.join(workdir, "samples.png"),
                         out_dir / "grids" / f"{dataset}_{mixer}.png")
+    if not rows or rows[-1]["step"] != steps:  # e.g. SIGTERM: the loop saved and returned
+        raise RuntimeError(f"{dataset} {mixer} seed {seed} ended at step "
+                           f"{rows[-1]['step'] if rows else 0} of {steps}; nothing cached")
     evals = [r for r in rows if "val_bits_per_token" in r]
     return {"dataset": dataset, "mixer": mixer, "seed": seed, "steps": steps,
             "seconds": seconds, "final_val": evals[-1]["val_bits_per_token"],
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", nargs="*", default=[],
                         help="per dataset, e.g. digits=600 shapes=300")
     parser.add_argument("--out_dir", default=str(ROOT / "benchmarks/results/ablation"))
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing: summarise and plot the runs already cached")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     steps = dict(DEFAULT_STEPS, **{k: int(v) for k, v in (s.split("=") for s in args.steps)})
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     (out_dir / "grids").mkdir(exist_ok=True)
 
-    for dataset in args.datasets:
+    for dataset in [] if args.report_only else args.datasets:
         for seed in args.seeds:
             for mixer in args.mixers:
                 path = out_dir / "runs" / f"{dataset}_{mixer}_seed{seed}_{steps[dataset]}.json"
