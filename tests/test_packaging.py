@@ -17,3 +17,10 @@ def test_runtime_dependencies_agree():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     lines = [line.split("#")[0] for line in (ROOT / "requirements.txt").read_text().splitlines()]
     assert _names(project["dependencies"]) == _names(lines)
+
+
+def test_dev_extra_matches_requirements_dev():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [line.split("#")[0] for line in (ROOT / "requirements-dev.txt").read_text()
+             .splitlines() if not line.startswith("-r")]
+    assert _names(project["optional-dependencies"]["dev"]) == _names(lines)
