@@ -89,6 +89,23 @@ def train_one(dataset: str, mixer: str, seed: int, steps: int, out_dir: pathlib.
                            r["val_bits_per_token_ema"]) for r in evals]}
 
 
+def complete_seeds(runs: list[dict]) -> list[dict]:
+    """The runs of the seeds that every mixer of their dataset has finished, so each
+    mixer's mean is over the same seeds (same inits and data orders); a sweep stopped
+    half-way through a seed reports the others and says what it left out."""
+    kept = []
+    for dataset in CONFIGS:
+        mine = [r for r in runs if r["dataset"] == dataset]
+        mixers = {r["mixer"] for r in mine}
+        seeds = sorted({r["seed"] for r in mine})
+        done = [s for s in seeds if {r["mixer"] for r in mine if r["seed"] == s} == mixers]
+        if len(done) < len(seeds):
+            print(f"{dataset}: seeds {sorted(set(seeds) - set(done))} are not finished by "
+                  f"every mixer and are left out of the summary")
+        kept += [r for r in mine if r["seed"] in done]
+    return kept
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     table = []
     for dataset in CONFIGS:
@@ -188,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"(EMA) in {result['seconds']:.0f} s", flush=True)
 
     runs = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob("*.json"))]
-    runs = [r for r in runs if r["steps"] == steps[r["dataset"]]]
+    runs = complete_seeds([r for r in runs if r["steps"] == steps[r["dataset"]]])
     table = summarise(runs)
     print("\n| dataset | mixer | validation bits/token, EMA (mean +- sd) | seeds |")
     print("|---|---|---:|---:|")

@@ -146,3 +146,18 @@ def test_figures_decode_memory_is_the_state_formula(tmp_path):
         assert r["softmax"] == 2 * kv + 4
     assert (tmp_path / "op_scaling.png").stat().st_size > 0
     assert (tmp_path / "decode_memory.png").stat().st_size > 0
+
+
+def test_ablation_summary_keeps_only_seeds_every_mixer_finished(capsys):
+    import ablation
+
+    runs = [{"dataset": "shapes", "mixer": m, "seed": s, "final_val_ema": v}
+            for m, s, v in [("lasad", 0, 1.0), ("linear", 0, 2.0), ("lasad", 1, 3.0),
+                            ("lasad", 2, 5.0), ("linear", 2, 4.0)]]
+    kept = ablation.complete_seeds(runs)
+    assert sorted((r["mixer"], r["seed"]) for r in kept) == [
+        ("lasad", 0), ("lasad", 2), ("linear", 0), ("linear", 2)]
+    assert "shapes: seeds [1] are not finished" in capsys.readouterr().out
+    table = {r["mixer"]: r for r in ablation.summarise(kept)}
+    assert table["lasad"]["mean"] == 3.0 and table["linear"]["mean"] == 3.0
+    assert abs(table["lasad"]["std"] - 2 ** 0.5 * 2) < 1e-12  # sd of (1, 5)
