@@ -1,6 +1,6 @@
 """The paper's core claim, measured: every token mixer, same size, data and budget.
 
-    python benchmarks/ablation.py                                   # everything (~1 h on 2 cores)
+    python benchmarks/ablation.py                                   # everything (~3 h on 2 cores)
     python benchmarks/ablation.py --datasets digits --seeds 0 --steps digits=200   # a quick look
 
 LASADGen's argument is that linear attention with a 1D (raster) decay loses image
@@ -15,8 +15,9 @@ and standard deviation over seeds), the curves, and a sample grid per mixer (see
 
 Runs are cached in `--out_dir/runs/*.json`: rerunning skips finished runs, so the whole
 sweep can be spread over several sessions; `--report_only` summarises what is cached.
-Writes `summary.json`, `curves.png`,
-`grids.png` (one panel per dataset and mixer) and prints a Markdown table.
+Writes `summary.json`, `curves.png`, `grids.png` (one panel per dataset and mixer) and
+prints a Markdown table. On the 2-core CPU a digits run takes about 4 min and a shapes
+run about 6 min; the README reports the measured table.
 """
 
 from __future__ import annotations
