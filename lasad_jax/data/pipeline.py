@@ -148,11 +148,19 @@ def _field(config: Any, name: str) -> Any:
         raise ValueError(f"config.data is missing the field {name!r}") from None
 
 
-def load_shapes_config(data_config: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The generated shapes of `split` as `data_config` sizes them."""
+EMBEDDED = ("digits", "shapes")  # image datasets that ship with (or are drawn by) the code
+_SIZE_HINT = {"digits": "config.tokenizer.image_size=(8, 8) and channels=1",
+              "shapes": "config.tokenizer.image_size to (data.size, data.size)"}
+
+
+def load_embedded(data_config: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(images uint8 [N, H, W, 1], labels)` of `split` of an embedded dataset."""
+    seed = _field(data_config, "seed")
+    if data_config.name == "digits":
+        return load_digits(split, val_fraction=_field(data_config, "val_fraction"), seed=seed)
     return load_shapes(split, num_train=_field(data_config, "num_train"),
                        num_val=_field(data_config, "num_val"), size=_field(data_config, "size"),
-                       seed=_field(data_config, "seed"))
+                       seed=seed)
 
 
 def build_source(
@@ -170,26 +178,14 @@ def build_source(
     if name not in VALID_NAMES:
         raise ValueError(f"config.data.name must be one of {', '.join(VALID_NAMES)}; got {name!r}")
     num_classes = _positive_int("num_classes", num_classes)
-    if name == "shapes":
-        images, labels = load_shapes_config(data_config, split)
+    if name in EMBEDDED:
+        images, labels = load_embedded(data_config, split)
         if tuple(tokenizer.image_shape) != images.shape[1:]:
-            raise ValueError(f"the shapes dataset has images of shape {images.shape[1:]}, but "
+            raise ValueError(f"the {name} dataset has images of shape {images.shape[1:]}, but "
                              f"the tokenizer expects {tuple(tokenizer.image_shape)}; set "
-                             "config.tokenizer.image_size to (data.size, data.size)")
+                             f"{_SIZE_HINT[name]}")
         if labels.max() >= num_classes:
-            raise ValueError(f"the shapes dataset has 10 classes, but num_classes={num_classes}")
-        return TokenSource(tokenizer.encode(images), labels)
-    if name == "digits":
-        val_fraction, seed = _field(data_config, "val_fraction"), _field(data_config, "seed")
-        images, labels = load_digits(split, val_fraction=val_fraction, seed=seed)
-        if tuple(tokenizer.image_shape) != images.shape[1:]:
-            raise ValueError(
-                f"the digits dataset has images of shape {images.shape[1:]}, but the tokenizer "
-                f"expects {tuple(tokenizer.image_shape)}; set config.tokenizer.image_size=(8, 8) "
-                "and channels=1"
-            )
-        if labels.max() >= num_classes:
-            raise ValueError(f"the digits dataset has 10 classes, but num_classes={num_classes}")
+            raise ValueError(f"the {name} dataset has 10 classes, but num_classes={num_classes}")
         return TokenSource(tokenizer.encode(images), labels)
     codes_dir = _field(data_config, "codes_dir")
     if name == "extracted":

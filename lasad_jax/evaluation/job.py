@@ -68,16 +68,12 @@ def dataset_images(config: Any, split: str, limit: int) -> Iterator[np.ndarray]:
     the reference holds the grey levels the model can draw); image datasets get the ADM
     centre crop."""
     from lasad_jax.data.images import adm_center_crop, build_image_source
+    from lasad_jax.data.pipeline import EMBEDDED, load_embedded
     from lasad_jax.tokenizers import build_tokenizer
 
-    if config.data.name in ("digits", "shapes"):
-        from lasad_jax.data.digits import load_digits
-        from lasad_jax.data.pipeline import load_shapes_config
-
+    if config.data.name in EMBEDDED:
         tokenizer = build_tokenizer(config.tokenizer)
-        images = (load_digits(split, val_fraction=config.data.val_fraction,
-                              seed=config.data.seed)[0] if config.data.name == "digits"
-                  else load_shapes_config(config.data, split)[0])
+        images = load_embedded(config.data, split)[0]
         images = tokenizer.decode(tokenizer.encode(images[:limit or None]))
         yield np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
         return
