@@ -1,11 +1,18 @@
 """Time per decoded token and state size of the recurrent decoding forms, by grid width.
 
     python benchmarks/decode_step.py             # ~1 min on a 2-core CPU
+    python benchmarks/decode_step.py --variants lasad --impls xla pallas --batch 1 8 64 \
+        --heads 16 --out benchmarks/results/decode_step_gpu.json   # XLA vs fused, on a GPU/TPU
 
 Each variant decodes one prefix slot and 8 grid rows, token by token, inside one jitted
 `lax.scan` (batch 4, 8 heads, Dk = Dv = 64, float32), and reports the mean time per token
 and the state's size per layer, next to the KV cache that softmax attention would hold at
 the end of the same sequence. Prints a table and writes JSON to `--out`.
+
+`--impls xla pallas` also times `lasad` through the fused Pallas step
+(`lasad_decode_step(impl="pallas")`, one kernel per token): the measurement that decides
+`ops.DECODE_AUTO_TABLE`. On CPU Pallas only runs in its interpreter, which says nothing
+about speed, so `pallas` rows are skipped there.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from lasad_jax import ops  # noqa: E402
 from common import median_ms, run_info, write_json  # noqa: E402
 
 
-def decoder(variant: str, batch: int, heads: int, dim: int, width: int):
+def decoder(variant: str, batch: int, heads: int, dim: int, width: int, impl: str = "xla"):
     row, col = jnp.full((heads,), 0.9), jnp.full((heads,), 0.8)
     if variant == "lasad":
         init = ops.lasad_decode_init(batch, heads, dim, dim, width)
-        step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col, num_prefix=1)
+        step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col, num_prefix=1,
+                                                  impl=impl)
     elif variant == "lasad_row":
         init = ops.lasad_row_decode_init(batch, heads, dim, dim, width)
         step = lambda s, x: ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,
@@ -56,29 +64,40 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--rows", type=int, default=8)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=int, nargs="+", default=[4])
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--variants", nargs="+", default=list(ops.VARIANTS), choices=ops.VARIANTS)
+    p.add_argument("--impls", nargs="+", default=["xla"], choices=("xla", "pallas"),
+                   help="decoding step implementations of `lasad` (the others have 'xla' only)")
     p.add_argument("--min_seconds", type=float, default=1.0)
     p.add_argument("--out", default="benchmarks/results/decode_step_cpu.json")
     args = p.parse_args(argv)
+    impls = args.impls
+    if "pallas" in impls and jax.default_backend() == "cpu":
+        print("pallas: skipped, Pallas only interprets on CPU (run this on a GPU or TPU)")
+        impls = [i for i in impls if i != "pallas"]
 
     rows = []
-    print(f"{'variant':<10} {'width':>5} {'us/token':>9} {'state MiB':>10} {'KV cache MiB':>13}")
-    for width in args.widths:
-        tokens = 1 + args.rows * width
-        rng = np.random.default_rng(0)
-        shape = (tokens, args.batch, args.heads, args.dim)
-        q, k, v = (jnp.asarray(rng.normal(size=shape) / 8, jnp.float32) for _ in range(3))
-        # softmax's cache for a full square image of this width (keys and values).
-        kv_cache = 2 * (1 + width * width) * args.batch * args.heads * args.dim * 4
-        for variant in ops.VARIANTS:
-            run, state_bytes = decoder(variant, args.batch, args.heads, args.dim, width)
-            us = 1e3 * median_ms(run, q, k, v, min_seconds=args.min_seconds) / tokens
-            rows.append(dict(variant=variant, width=width, us_per_token=us, state_bytes=state_bytes,
-                             kv_cache_bytes_square_image=kv_cache))
-            print(f"{variant:<10} {width:>5} {us:9.1f} {state_bytes / 2**20:10.2f} "
-                  f"{kv_cache / 2**20:13.2f}", flush=True)
+    print(f"{'variant':<10} {'impl':<6} {'batch':>5} {'width':>5} {'us/token':>9} "
+          f"{'state MiB':>10} {'KV cache MiB':>13}")
+    for batch in args.batch:
+        for width in args.widths:
+            tokens = 1 + args.rows * width
+            rng = np.random.default_rng(0)
+            shape = (tokens, batch, args.heads, args.dim)
+            q, k, v = (jnp.asarray(rng.normal(size=shape) / 8, jnp.float32) for _ in range(3))
+            # softmax's cache for a full square image of this width (keys and values).
+            kv_cache = 2 * (1 + width * width) * batch * args.heads * args.dim * 4
+            for variant in args.variants:
+                for impl in impls if variant == "lasad" else ["xla"]:
+                    run, state_bytes = decoder(variant, batch, args.heads, args.dim, width, impl)
+                    us = 1e3 * median_ms(run, q, k, v, min_seconds=args.min_seconds) / tokens
+                    rows.append(dict(variant=variant, impl=impl, batch=batch, width=width,
+                                     us_per_token=us, state_bytes=state_bytes,
+                                     kv_cache_bytes_square_image=kv_cache))
+                    print(f"{variant:<10} {impl:<6} {batch:>5} {width:>5} {us:9.1f} "
+                          f"{state_bytes / 2**20:10.2f} {kv_cache / 2**20:13.2f}", flush=True)
 
     info = run_info(batch=args.batch, heads=args.heads, dim=args.dim, rows=args.rows)
     write_json(args.out, dict(info=info, rows=rows))

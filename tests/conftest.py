@@ -93,6 +93,27 @@ def rel_err(x, ref) -> float:
     return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
+def triton_lowering(fn, args, monkeypatch) -> int:
+    """Lowers `jax.jit(fn)` for CUDA on this CPU machine; returns how many Triton kernels
+    it emitted, each verified as a Triton IR module (shapes and types)."""
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    modules = []
+    lower_module = registration.lowering.lower_jaxpr_to_triton_module
+
+    def capture(*a, **kw):
+        result = lower_module(*a, **kw)
+        modules.append(result.module)
+        return result
+
+    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", capture)
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert all(m.operation.verify() for m in modules)
+    n_calls = text.count("custom_call @__gpu$xla.gpu.triton")
+    assert n_calls == len(modules)
+    return n_calls
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _x64_off():
     # Tests compare float32 forms; make sure nothing enabled x64 globally.

@@ -28,15 +28,19 @@ def test_op_scaling_writes_table_and_json(tmp_path, capsys):
     assert "| lasad_chunked | 64 |" in capsys.readouterr().out
 
 
-def test_decode_step_and_chunk_design_run(tmp_path):
+def test_decode_step_and_chunk_design_run(tmp_path, capsys):
     import chunk_design
     import decode_step
 
     out = tmp_path / "decode.json"
     decode_step.main(["--widths", "2", "--rows", "2", "--batch", "1", "--heads", "2",
-                      "--dim", "4", "--min_seconds", "0", "--out", str(out)])
+                      "--dim", "4", "--min_seconds", "0", "--impls", "xla", "pallas",
+                      "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert {r["variant"] for r in rows} == {"lasad", "lasad_row", "linear_1d", "linear"}
+    # The interpreter's time is no speed: CPU runs time the XLA step only.
+    assert {r["impl"] for r in rows} == {"xla"}
+    assert "pallas: skipped" in capsys.readouterr().out
     lasad = next(r for r in rows if r["variant"] == "lasad")
     assert lasad["state_bytes"] == 4 * 2 * (2 * 2 + 2) * 4 * 4 + 4  # float32 grid + pos
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (COL_DECAY, ROW_DECAY, lasad_reference_fn, random_qkv, rel_err,
-                      vjp_at)
+                      triton_lowering, vjp_at)
 
 from lasad_jax import ops
 from lasad_jax.ops import pallas as pallas_ops
@@ -119,27 +119,6 @@ def test_layout_sizes_are_triton_ready():
                              log_col=LOG_COL, rows_per_chunk=1, backend="cuda")
 
 
-def _triton_lowering(fn, args, monkeypatch) -> int:
-    """Lowers `jax.jit(fn)` for CUDA on this CPU machine; returns how many Triton kernels
-    it emitted, each verified as a Triton IR module (shapes and types)."""
-    from jax._src.pallas.triton import pallas_call_registration as registration
-
-    modules = []
-    lower_module = registration.lowering.lower_jaxpr_to_triton_module
-
-    def capture(*a, **kw):
-        result = lower_module(*a, **kw)
-        modules.append(result.module)
-        return result
-
-    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", capture)
-    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert all(m.operation.verify() for m in modules)
-    n_calls = text.count("custom_call @__gpu$xla.gpu.triton")
-    assert n_calls == len(modules)
-    return n_calls
-
-
 def test_lowers_to_triton_for_cuda(monkeypatch):
     """Forward and backward lower on a CPU-only machine at a realistic width (24 -> 32, the
     384 px grid) and head size. This checks the Pallas-to-Triton-IR lowering only: XLA's
@@ -147,9 +126,9 @@ def test_lowers_to_triton_for_cuda(monkeypatch):
     q, k, v = (jnp.zeros((1, 1 + 24 * 5, 2, d), jnp.float32) for d in (64, 64, 64))
     f = _pallas(24, 1, 2, interpret=False)
     args = (q, k, v, LOG_ROW[:2], LOG_COL[:2])
-    assert _triton_lowering(f, args, monkeypatch) == 1
+    assert triton_lowering(f, args, monkeypatch) == 1
     grad = jax.grad(lambda *a: jnp.sum(f(*a)), argnums=range(5))
-    assert _triton_lowering(grad, args, monkeypatch) == 5  # fwd, dq, dk, dv, col moment
+    assert triton_lowering(grad, args, monkeypatch) == 5  # fwd, dq, dk, dv, col moment
 
 
 @pytest.mark.parametrize("image_tokens, kernel", [(20, "masked"), (45, "chunked")])
@@ -173,5 +152,5 @@ def test_gpu_dispatch_mirrors_tpu_rule(image_tokens, kernel, monkeypatch):
                                    col_decay=jnp.asarray(COL_DECAY), num_prefix=1,
                                    impl="pallas", chunk_size=32)
 
-    assert _triton_lowering(f, (q, k, v), monkeypatch) == 1
+    assert triton_lowering(f, (q, k, v), monkeypatch) == 1
     assert calls == [(f"lasad_{kernel}_pallas", "gpu", False)]

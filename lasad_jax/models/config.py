@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lasad_jax import ops
+
 MIXERS = ("lasad", "lasad_row", "linear_1d", "linear", "softmax")
 FEATURE_MAPS = ("identity", "silu", "elu1", "relu")
 GATES = ("sigmoid", "silu", "none")
@@ -54,6 +56,7 @@ class ModelConfig:
     dtype: str = "float32"
     impl: str = "auto"
     chunk_size: int | None = None
+    decode_impl: str = "auto"
 
     num_prefix: int = dataclasses.field(default=1, init=False)
 
@@ -89,6 +92,12 @@ class ModelConfig:
         choice("gate", GATES)
         choice("pos_encoding", POS_ENCODINGS)
         choice("dtype", DTYPES)
+        choice("impl", ops.IMPLS)
+        choice("decode_impl", ops.DECODE_IMPLS)
+        for name in ("impl", "decode_impl"):
+            if getattr(self, name) == "pallas" and self.mixer != "lasad":
+                raise ValueError(f"model.{name}='pallas' has kernels for mixer 'lasad' only, "
+                                 f"got mixer {self.mixer!r}; use 'auto'")
         if self.dim % self.num_heads:
             raise ValueError(f"model.dim ({self.dim}) must be divisible by model.num_heads "
                              f"({self.num_heads})")

@@ -3,11 +3,14 @@
 Parallel forms (training, scoring): `lasad_attention`, `lasad_row_attention`,
 `linear_1d_attention`, `linear_attention`, each with `impl` in `IMPLS`.
 Decoding forms (sampling, one slot at a time, constant-size state): `*_decode_init` and
-`*_decode_step` for the same four variants.
+`*_decode_step` for the same four variants; `lasad_decode_step` with `impl` in
+`DECODE_IMPLS`.
 """
 
 from lasad_jax.ops.api import (
     AUTO_TABLE,
+    DECODE_AUTO_TABLE,
+    DECODE_IMPLS,
     IMPLS,
     lasad_attention,
     lasad_decode_init,
@@ -21,12 +24,15 @@ from lasad_jax.ops.api import (
     linear_attention,
     linear_decode_init,
     linear_decode_step,
+    select_decode_impl,
     select_impl,
 )
 from lasad_jax.ops.decay import VARIANTS
 
 __all__ = [
     "AUTO_TABLE",
+    "DECODE_AUTO_TABLE",
+    "DECODE_IMPLS",
     "IMPLS",
     "VARIANTS",
     "lasad_attention",
@@ -41,5 +47,6 @@ __all__ = [
     "linear_attention",
     "linear_decode_init",
     "linear_decode_step",
+    "select_decode_impl",
     "select_impl",
 ]

@@ -11,6 +11,9 @@ float32 and return q's dtype.
 * `"auto"`: `select_impl`'s choice for the platform and length.
 * `"pallas"`: the Pallas kernels (`lasad_jax.ops.pallas`), `lasad` variant only; TPU and
   GPU, interpret mode on CPU. Not yet chosen by `"auto"`: no hardware timings yet.
+
+`lasad_decode_step` has its own switch, `DECODE_IMPLS`: `"xla"` (`ops.decode`), `"pallas"`
+(the fused one-kernel step, `ops.pallas.decode`) and `"auto"` (`DECODE_AUTO_TABLE`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,23 @@ IMPLS = ("auto", "reference", "chunked", "pallas")
 # Pallas kernels enter this table per platform once benchmarks/kernels.py has timed them
 # on that hardware; until then "auto" runs the XLA chunked form everywhere.
 AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
+
+
+DECODE_IMPLS = ("auto", "xla", "pallas")
+
+# impl="auto" for `lasad_decode_step`: (platform, impl), first match wins. The fused
+# Pallas step is exact (tests/test_pallas_decode.py) but untimed on hardware; it enters
+# here per platform once `benchmarks/decode_step.py --impls xla pallas` shows it faster
+# there. On CPU Pallas only interprets, so the XLA step is the one to run.
+DECODE_AUTO_TABLE: tuple[tuple[str, str], ...] = (("*", "xla"),)
+
+
+def select_decode_impl(platform: str) -> str:
+    """The decoding step `impl="auto"` runs on a platform ("cpu", "gpu", "tpu")."""
+    for plat, impl in DECODE_AUTO_TABLE:
+        if plat in ("*", platform):
+            return impl
+    return "xla"
 
 
 def select_impl(platform: str, num_tokens: int) -> str:
@@ -179,12 +199,28 @@ def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
 
 
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
-                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
+                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0,
+                      impl: str = "auto"):
     """Consumes the next slot (`q, k: [batch, heads, Dk]`, `v: [batch, heads, Dv]`) and
-    returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype."""
+    returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype.
+
+    `impl` in `DECODE_IMPLS`: "xla", "pallas" (one fused kernel per step; TPU, GPU with
+    power-of-two Dk and Dv, interpret mode on CPU) or "auto" (`select_decode_impl`).
+    """
     h, num_prefix = _check_step(state, q, k, v, num_prefix)
-    return decode.lasad_step(state, q, k, v, log_row=check_decay("row_decay", row_decay, h),
-                             log_col=check_decay("col_decay", col_decay, h), num_prefix=num_prefix)
+    logs = dict(log_row=check_decay("row_decay", row_decay, h),
+                log_col=check_decay("col_decay", col_decay, h))
+    check_choice("impl", impl, DECODE_IMPLS)
+    platform = jax.default_backend()
+    if impl == "auto":
+        impl = select_decode_impl(platform)
+    if impl == "xla":
+        return decode.lasad_step(state, q, k, v, num_prefix=num_prefix, **logs)
+    from lasad_jax.ops.pallas.decode import lasad_step_fused  # Pallas imports are not free
+
+    return lasad_step_fused(state, q, k, v, num_prefix=num_prefix,
+                            backend="gpu" if platform == "gpu" else "tpu",
+                            interpret=platform == "cpu", **logs)
 
 
 def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,

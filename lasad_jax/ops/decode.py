@@ -114,19 +114,28 @@ def _decays(log_row, log_col):
     return (jnp.exp(log_row)[None, :, None, None], jnp.exp(log_col)[None, :, None, None])
 
 
-def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int):
-    a, b = _decays(log_row, log_col)
-    kv, prefix, p = _split(state, q, k, v, num_prefix)
-    col = p % state.grid.shape[2]
+def start_row(grid: jax.Array, col: jax.Array, log_row, log_col) -> jax.Array:
+    """The grid of column states at a row start (`col == 0`), unchanged elsewhere.
+
+    `grid[..., 0]` holds `A_{r-1} + KV(row r-1)`; decaying it by `a` gives `A_r`, and
+    slot 1 gets its cross-column smoothing `T_b A_r`, frozen for the row. Prefix slots see
+    `col == 0` as well; the grid is still all zeros then, so this is a no-op for them.
+    Shared by the XLA step below and the fused Pallas step (`ops.pallas.decode`).
+    """
+    a = jnp.exp(log_row)[None, :, None, None, None]
 
     def new_row(grid):
-        # grid[..., 0] holds A_{r-1} + KV(row r-1); decaying it by `a` gives A_r.
-        cols = a[:, :, None] * grid[:, :, :, 0]
+        cols = a * grid[:, :, :, 0]
         return jnp.stack([cols, smooth_columns(cols, log_col)], axis=3).astype(grid.dtype)
 
-    # Prefix slots see col == 0 as well; the grid is still all zeros then, so the row
-    # start is a no-op for them.
-    grid = jax.lax.cond(col == 0, new_row, lambda g: g, state.grid)
+    return jax.lax.cond(col == 0, new_row, lambda g: g, grid)
+
+
+def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int):
+    _, b = _decays(log_row, log_col)
+    kv, prefix, p = _split(state, q, k, v, num_prefix)
+    col = p % state.grid.shape[2]
+    grid = start_row(state.grid, col, log_row, log_col)
     grid = grid.at[:, :, col, 0].add(kv.astype(grid.dtype))
     above = jax.lax.dynamic_index_in_dim(grid, col, axis=2, keepdims=False)[:, :, 1]
     row = (jnp.where(col == 0, 0.0, b * state.row) + kv).astype(state.row.dtype)

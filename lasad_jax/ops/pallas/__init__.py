@@ -10,11 +10,14 @@ Two kernels, both exact, both with Pallas backward passes behind `jax.custom_vjp
   GPU: an in-kernel loop over chunks with the states in the loop carry, on a grid padded to
   Triton's power-of-two sizes (exact). Linear work, for long T.
 
-Measured so far, and only this: both kernels, on both backends, match
+And, for sampling, `lasad_step_fused` (decode.py): a whole `lasad` decoding step in one
+kernel, the states updated in place (`ops.lasad_decode_step(impl="pallas")`).
+
+Measured so far, and only this: all kernels, on both backends, match
 `lasad_jax.ops.reference` on CPU in Pallas' interpret mode (values and all gradients), and
 they lower on a CPU-only machine for TPU (Mosaic) and for CUDA (Triton IR, verified). None
 has been compiled for, run on or timed on a real TPU or GPU, so `impl="auto"` does not pick
-them (see `ops.api.AUTO_TABLE`).
+them (see `ops.api.AUTO_TABLE` and `ops.api.DECODE_AUTO_TABLE`).
 """
 
 from __future__ import annotations
