@@ -3,7 +3,9 @@
 Why: a `lasad` decoding step (`ops.decode.lasad_step`) is a handful of tiny XLA ops on
 `Dk x Dv` matrices (the key-value product, the prefix/image split, the column update, the
 column read, the row state, the read-out). On an accelerator each is a kernel launch and
-a round trip of a few KiB through HBM, for a few thousand flops: sampling is launch-bound.
+a round trip of a few KiB through HBM, for a few thousand flops, so at sampling batch
+sizes a step is likely bound by launches rather than bytes or flops (a guess until
+`benchmarks/decode_step.py` has timed both on a device).
 Here everything a token does happens in one `pallas_call` over `(batch, heads)` programs:
 read `q, k, v`, the prefix and row states and the current column's two states
 `grid[b, h, col]`; write `o`, the prefix and row states and `grid[b, h, col, 0]`, in
