@@ -38,8 +38,10 @@ def run_info(**settings: Any) -> dict:
                 **settings)
 
 
-def write_json(path: str, result: dict) -> None:
+def write_json(path: str, result: dict, quiet: bool = False) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    os.replace(path + ".tmp", path)  # a reader never sees half a file
+    if not quiet:
+        print(f"wrote {path}")

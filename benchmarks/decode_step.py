@@ -31,6 +31,22 @@ from lasad_jax import ops  # noqa: E402
 from common import median_ms, run_info, write_json  # noqa: E402
 
 
+# float32 inputs and states, but GPUs multiply float32 matrices in TF32 by default (2^-11
+# relative per product) and the two steps sum in different orders: differences stay near
+# 1e-3 of the largest output. A missing decay or a wrong column is O(1). A difference over
+# this stops the run: a wrong kernel is not timed.
+AGREEMENT_TOL = 1e-2
+
+
+def agreement(got: np.ndarray, want: np.ndarray, what: str) -> float:
+    """Largest difference relative to the largest |want|; stops the run over the bound."""
+    err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+    if not err <= AGREEMENT_TOL:
+        raise SystemExit(f"{what}: outputs differ from the XLA step by {err:.2e} (relative "
+                         f"to the largest), over {AGREEMENT_TOL}; not timed")
+    return err
+
+
 def decoder(variant: str, batch: int, heads: int, dim: int, width: int, impl: str = "xla"):
     row, col = jnp.full((heads,), 0.9), jnp.full((heads,), 0.8)
     if variant == "lasad":
@@ -77,6 +93,8 @@ def main(argv=None):
     if "pallas" in impls and jax.default_backend() == "cpu":
         print("pallas: skipped, Pallas only interprets on CPU (run this on a GPU or TPU)")
         impls = [i for i in impls if i != "pallas"]
+    if "pallas" in impls:
+        impls = ["xla", "pallas"]  # the XLA step first: the fused one is checked against it
 
     rows = []
     print(f"{'variant':<10} {'impl':<6} {'batch':>5} {'width':>5} {'us/token':>9} "
@@ -90,14 +108,25 @@ def main(argv=None):
             # softmax's cache for a full square image of this width (keys and values).
             kv_cache = 2 * (1 + width * width) * batch * args.heads * args.dim * 4
             for variant in args.variants:
+                xla_out = None
                 for impl in impls if variant == "lasad" else ["xla"]:
                     run, state_bytes = decoder(variant, batch, args.heads, args.dim, width, impl)
+                    row = dict(variant=variant, impl=impl, batch=batch, width=width)
+                    check = ""
+                    if impl == "xla":
+                        xla_out = np.asarray(run(q, k, v))
+                    else:  # the fused step must decode the same tokens before its time counts
+                        err = agreement(np.asarray(run(q, k, v)), xla_out,
+                                        f"{variant} impl={impl} batch={batch} width={width}")
+                        row["err_vs_xla"] = err
+                        check = f"  max rel diff vs xla {err:.1e}"
                     us = 1e3 * median_ms(run, q, k, v, min_seconds=args.min_seconds) / tokens
-                    rows.append(dict(variant=variant, impl=impl, batch=batch, width=width,
-                                     us_per_token=us, state_bytes=state_bytes,
-                                     kv_cache_bytes_square_image=kv_cache))
+                    row.update(us_per_token=us, state_bytes=state_bytes,
+                               kv_cache_bytes_square_image=kv_cache)
+                    rows.append(row)
                     print(f"{variant:<10} {impl:<6} {batch:>5} {width:>5} {us:9.1f} "
-                          f"{state_bytes / 2**20:10.2f} {kv_cache / 2**20:13.2f}", flush=True)
+                          f"{state_bytes / 2**20:10.2f} {kv_cache / 2**20:13.2f}{check}",
+                          flush=True)
 
     info = run_info(batch=args.batch, heads=args.heads, dim=args.dim, rows=args.rows)
     write_json(args.out, dict(info=info, rows=rows))

@@ -29,6 +29,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -42,7 +43,14 @@ PEAKS = {
     "NVIDIA H100": (989.0, 3.35),
     "NVIDIA H200": (989.0, 4.8),
 }
-OPS = ("lasad_pallas", "lasad_chunked", "softmax")
+# The chunked XLA form runs first: the Pallas rows are checked against its results.
+OPS = ("lasad_chunked", "lasad_pallas", "softmax")
+# Largest relative difference (to the largest magnitude of each output and gradient) of the
+# Pallas kernels from the chunked form, both on the same bf16 inputs, for a row to count.
+# Both round their bf16 outputs once (2^-9 of the value); the margin covers the different
+# f32 summation orders over up to 16,384 keys. A row beyond it reads "mismatch" and is left
+# out of the speedups: a wrong kernel's speed means nothing.
+AGREEMENT_TOL = 1e-2
 
 
 def device_peaks() -> tuple[float | None, float | None]:
@@ -72,7 +80,17 @@ def io_bytes(tokens: int, heads: int, dim: int, mode: str) -> float:
     return once if mode == "fwd" else 3 * once
 
 
-def run(args) -> list[dict]:
+def max_rel_diff(got, want) -> float:
+    """Largest |got - want| over each leaf's largest |want|, the worst leaf."""
+    errs = []
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        errs.append(float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30)))
+    return max(errs)
+
+
+def run(args, save=None) -> list[dict]:
+    """Compile, check and time each (dim, T, op, mode); `save(rows)` after every row."""
     peak_flops, peak_bw = device_peaks()
     softmax_impl = None if args.softmax_impl == "xla_default" else args.softmax_impl
     rows = []
@@ -80,7 +98,8 @@ def run(args) -> list[dict]:
         for tokens in args.tokens:
             width = int(round(math.sqrt(tokens)))
             inputs = make_inputs(tokens, args.heads, dim, jnp.bfloat16)
-            for name in args.ops:
+            chunked_results = {}
+            for name in sorted(args.ops, key=OPS.index):
                 fn = operator(name, width, softmax_impl)
                 for mode, prog in programs(fn).items():
                     row = dict(op=name, dim=dim, tokens=tokens, mode=mode)
@@ -90,18 +109,34 @@ def run(args) -> list[dict]:
                         row.update(status=f"unavailable: {type(e).__name__}: {str(e)[:120]}")
                         rows.append(row)
                         print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} {row['status']}")
+                        if save:
+                            save(rows)
                         continue
+                    status = "ok"
+                    if name == "lasad_chunked":
+                        chunked_results[mode] = compiled(*inputs)
+                    elif name == "lasad_pallas" and mode in chunked_results:
+                        err = max_rel_diff(compiled(*inputs), chunked_results[mode])
+                        row["err_vs_chunked"] = err
+                        if not err <= AGREEMENT_TOL:
+                            status = f"mismatch: {err:.2e} from the chunked form"
+                            print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} {status}")
                     ms = median_ms(compiled, *inputs, repeats=args.repeats,
                                    min_seconds=args.min_seconds)
                     tflops = attention_flops(tokens, args.heads, dim, mode) / (ms * 1e-3) / 1e12
                     tbps = io_bytes(tokens, args.heads, dim, mode) / (ms * 1e-3) / 1e12
-                    row.update(status="ok", ms=ms, tflops=tflops, tb_per_s=tbps,
+                    row.update(status=status, ms=ms, tflops=tflops, tb_per_s=tbps,
                                peak_share=tflops / peak_flops if peak_flops else None,
                                bandwidth_share=tbps / peak_bw if peak_bw else None,
                                bytes=compiled_bytes(compiled))
                     rows.append(row)
+                    check = (f"  max rel diff {row['err_vs_chunked']:.1e}"
+                             if "err_vs_chunked" in row else "")
                     print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} {ms:9.3f} ms "
-                          f"{tflops:7.1f} TFLOP/s", flush=True)
+                          f"{tflops:7.1f} TFLOP/s{check}", flush=True)
+                    if save:
+                        save(rows)
+            del chunked_results  # free the device before the next T's inputs
     return rows
 
 
@@ -118,16 +153,19 @@ def speedups(rows: list[dict]) -> list[dict]:
 
 
 def print_table(rows: list[dict], ratios: list[dict]) -> None:
-    print("\n| op | D | T | mode | ms | TFLOP/s | % bf16 peak | % HBM BW |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    print("\n| op | D | T | mode | ms | TFLOP/s | % bf16 peak | % HBM BW | diff vs chunked |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        if r.get("status") != "ok":
+        diff = f"{r['err_vs_chunked']:.1e}" if "err_vs_chunked" in r else ""
+        if "ms" not in r:
             print(f"| {r['op']} | {r['dim']} | {r['tokens']} | {r['mode']} | "
-                  f"{r['status'].split(':')[0]} | | | |")
+                  f"{r['status'].split(':')[0]} | | | | |")
             continue
         share = lambda x: f"{100 * x:.1f}" if x is not None else "-"
-        print(f"| {r['op']} | {r['dim']} | {r['tokens']} | {r['mode']} | {r['ms']:.3f} | "
-              f"{r['tflops']:.1f} | {share(r['peak_share'])} | {share(r['bandwidth_share'])} |")
+        ms = f"{r['ms']:.3f}" + ("" if r["status"] == "ok" else " (mismatch)")
+        print(f"| {r['op']} | {r['dim']} | {r['tokens']} | {r['mode']} | {ms} | "
+              f"{r['tflops']:.1f} | {share(r['peak_share'])} | {share(r['bandwidth_share'])} | "
+              f"{diff} |")
     if ratios:
         print("\n| op | D | T | mode | speedup over softmax |")
         print("|---|---:|---:|---|---:|")
@@ -152,14 +190,18 @@ def main(argv: list[str] | None = None) -> dict:
     for t in args.tokens:
         if int(round(math.sqrt(t))) ** 2 != t:
             raise SystemExit(f"--tokens must be perfect squares (square grids), got {t}")
-    rows = run(args)
-    ratios = speedups(rows)
-    print_table(rows, ratios)
-    result = {"info": run_info(heads=args.heads, dtype="bfloat16",
-                               softmax_impl=args.softmax_impl),
-              "rows": rows, "speedups": ratios}
-    write_json(args.out, result)
-    return result
+    info = run_info(heads=args.heads, dtype="bfloat16", softmax_impl=args.softmax_impl,
+                    agreement_tol=AGREEMENT_TOL)
+
+    def result(rows: list[dict], complete: bool) -> dict:
+        return {"info": info, "complete": complete, "rows": rows, "speedups": speedups(rows)}
+
+    # Rewritten after every row, so a run stopped at a time limit keeps what it measured.
+    rows = run(args, save=lambda rows: write_json(args.out, result(rows, False), quiet=True))
+    final = result(rows, True)
+    print_table(rows, final["speedups"])
+    write_json(args.out, final)
+    return final
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
+import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -41,6 +45,11 @@ def test_decode_step_and_chunk_design_run(tmp_path, capsys):
     # The interpreter's time is no speed: CPU runs time the XLA step only.
     assert {r["impl"] for r in rows} == {"xla"}
     assert "pallas: skipped" in capsys.readouterr().out
+    # On a GPU or TPU the fused step is checked against the XLA step before it is timed.
+    want = np.linspace(-1.0, 2.0, 12).reshape(3, 4)
+    assert decode_step.agreement(want + 1e-4, want, "x") == pytest.approx(5e-5)
+    with pytest.raises(SystemExit, match="differ from the XLA step by 1.00e-01"):
+        decode_step.agreement(want * 0.9, want, "x")
     lasad = next(r for r in rows if r["variant"] == "lasad")
     assert lasad["state_bytes"] == 4 * 2 * (2 * 2 + 2) * 4 * 4 + 4  # float32 grid + pos
 
@@ -111,7 +120,54 @@ def test_kernels_benchmark_runs_and_reports_speedups(tmp_path):
     # Causal attention FLOPs: 2 * H * T^2 * (Dk + Dv) / 2 forward.
     assert kernels.attention_flops(16, 2, 8, "fwd") == 2 * 2 * 16 * 16 * 16 / 2
     assert "lasad_chunked" in {r["op"] for r in result["speedups"]}
-    assert json.loads(out.read_text())["info"]["dtype"] == "bfloat16"
+    saved = json.loads(out.read_text())
+    assert saved["info"]["dtype"] == "bfloat16" and saved["complete"]
+    # The Pallas rows (interpret mode here) are checked against the chunked form's results.
+    pallas = [r for r in result["rows"] if r["op"] == "lasad_pallas"]
+    assert {r["mode"] for r in pallas} == {"fwd", "fwd_bwd"}
+    assert all(r["status"] == "ok" and r["err_vs_chunked"] < 1e-3 for r in pallas)
+
+
+def test_kernels_benchmark_does_not_count_a_wrong_kernel(tmp_path, monkeypatch):
+    import kernels
+
+    right = kernels.operator
+
+    def wrong(name, width, softmax_impl):  # a Pallas kernel that forgot part of the output
+        fn = right(name, width, softmax_impl)
+        return (lambda *a: fn(*a) * 0.9) if name == "lasad_pallas" else fn
+
+    monkeypatch.setattr(kernels, "operator", wrong)
+    result = kernels.main(["--tokens", "16", "--dims", "8", "--heads", "2", "--softmax_impl",
+                           "xla", "--repeats", "1",
+                           "--min_seconds", "0", "--out", str(tmp_path / "k.json")])
+    pallas = [r for r in result["rows"] if r["op"] == "lasad_pallas"]
+    assert all(r["status"].startswith("mismatch") and r["err_vs_chunked"] > 0.05
+               for r in pallas)
+    assert {r["op"] for r in result["speedups"]} == {"lasad_chunked"}  # wrong one left out
+
+
+def test_device_check_script_runs_every_stage(tmp_path):
+    """The one command prepared for a lent GPU, at tiny sizes on CPU: each stage runs and
+    leaves its log and JSON (at most 8 files, the device tool's limit on what comes back)."""
+    script = ROOT / "benchmarks" / "device_check.sh"
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(script), str(tmp_path), "--smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("tests", "kernels", "decode_step"):
+        assert f"== {stage}: exit 0" in proc.stdout
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["decode_step.json", "decode_step.log", "device.txt", "kernels.log",
+                     "kernels_cpu.json", "tests.log"]
+    assert json.loads((tmp_path / "kernels_cpu.json").read_text())["complete"]
+    bad = subprocess.run(["bash", str(script), str(tmp_path), "--fast"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--smoke" in bad.stderr
+    if shutil.which("shellcheck"):
+        lint = subprocess.run(["shellcheck", "--severity=style", str(script)],
+                              capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout
 
 
 def test_mixer_ablation_runs_caches_and_summarises(tmp_path, capsys):
