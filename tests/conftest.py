@@ -93,9 +93,10 @@ def rel_err(x, ref) -> float:
     return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
-def triton_lowering(fn, args, monkeypatch) -> int:
+def triton_lowering(fn, args, monkeypatch, texts: list | None = None) -> int:
     """Lowers `jax.jit(fn)` for CUDA on this CPU machine; returns how many Triton kernels
-    it emitted, each verified as a Triton IR module (shapes and types)."""
+    it emitted, each verified as a Triton IR module (shapes and types). `texts`, when
+    given, receives each module's IR as text."""
     from jax._src.pallas.triton import pallas_call_registration as registration
 
     modules = []
@@ -111,6 +112,8 @@ def triton_lowering(fn, args, monkeypatch) -> int:
     assert all(m.operation.verify() for m in modules)
     n_calls = text.count("custom_call @__gpu$xla.gpu.triton")
     assert n_calls == len(modules)
+    if texts is not None:
+        texts.extend(str(m) for m in modules)
     return n_calls
 
 

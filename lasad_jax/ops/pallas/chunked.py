@@ -34,8 +34,9 @@ row's end and whole rows up to a chunk multiple. Real tokens keep their (row, co
 the padding is exact (see `chunked_gpu`); the kernels then see `width` = the padded width.
 
 Status: tested in interpret mode on CPU; the forward and backward lower to Mosaic
-(`lower(lowering_platforms=("tpu",))`) and, for the GPU runner, to Triton IR for CUDA, but
-neither is compiled, run or timed on a TPU or GPU yet. On TPU the `C x C` intra-chunk scores
+(`lower(lowering_platforms=("tpu",))`) and, for the GPU runner, to Triton IR for CUDA. The
+GPU runner has compiled and run on an H200 (exact, float32); neither is timed, and no TPU
+has run the Mosaic one. On TPU the `C x C` intra-chunk scores
 and mask live in VMEM, so keep `C` around 512 there (or tile the intra-chunk product
 flash-style) until measured.
 """
@@ -51,11 +52,12 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from lasad_jax.ops.pallas import chunked_gpu
+from lasad_jax.ops.pallas.precision import precision
 from lasad_jax.ops.reference import masked_attention
 
 
 def _kernel(logs_ref, q_ref, k_ref, v_ref, o_ref, state_ref, *, width: int, rows: int,
-            heads: int, col_moment: bool) -> None:
+            heads: int, col_moment: bool, precision: jax.lax.Precision) -> None:
     """One `(batch*head, chunk)` step; `state_ref` holds the column states at chunk start."""
     bh, chunk = pl.program_id(0), pl.program_id(1)
 
@@ -82,9 +84,9 @@ def _kernel(logs_ref, q_ref, k_ref, v_ref, o_ref, state_ref, *, width: int, rows
     mask = jnp.where(causal, jnp.exp(jnp.where(causal, dr * lr + dc * lc, 0.0)), 0.0)
     if col_moment:
         mask = mask * dc
-    scores = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
+    scores = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
                                  preferred_element_type=jnp.float32) * mask
-    out = jnp.dot(scores, v, preferred_element_type=jnp.float32)
+    out = jnp.dot(scores, v, precision=precision, preferred_element_type=jnp.float32)
 
     # Earlier chunks, read from the smoothed column states.
     ci = jax.lax.broadcasted_iota(jnp.int32, (width, width), 0)
@@ -94,12 +96,13 @@ def _kernel(logs_ref, q_ref, k_ref, v_ref, o_ref, state_ref, *, width: int, rows
     if col_moment:
         toe = toe * cdist
     state = state_ref[...]  # [w, Dk, Dv]
-    smoothed = jnp.dot(toe, state.reshape(width, dk * dv),
+    smoothed = jnp.dot(toe, state.reshape(width, dk * dv), precision=precision,
                        preferred_element_type=jnp.float32).reshape(width, dk, dv)
     r_off = jax.lax.broadcasted_iota(jnp.int32, (rows, 1, 1), 0).astype(jnp.float32)
     # Column-major views [w, R, D]: the tokens of each column together.
     qg = (q.reshape(rows, width, dk) * jnp.exp(r_off * lr)).transpose(1, 0, 2)
-    inter = jnp.einsum("crd,cde->cre", qg, smoothed, preferred_element_type=jnp.float32)
+    inter = jnp.einsum("crd,cde->cre", qg, smoothed, precision=precision,
+                       preferred_element_type=jnp.float32)
     out = out + inter.transpose(1, 0, 2).reshape(c_tok, dv)
     o_ref[0] = out.astype(o_ref.dtype)
 
@@ -107,12 +110,16 @@ def _kernel(logs_ref, q_ref, k_ref, v_ref, o_ref, state_ref, *, width: int, rows
     # pass reads the same states (the |dc| weight sits in the mask and the Toeplitz).
     kg = (k.reshape(rows, width, dk) * jnp.exp((rows - r_off) * lr)).transpose(1, 0, 2)
     vg = v.reshape(rows, width, dv).transpose(1, 0, 2)
-    kv = jnp.einsum("crd,cre->cde", kg, vg, preferred_element_type=jnp.float32)
+    kv = jnp.einsum("crd,cre->cde", kg, vg, precision=precision,
+                    preferred_element_type=jnp.float32)
     state_ref[...] = jnp.exp(rows * lr) * state + kv
 
 
-def _run(q, k, v, logs, width: int, rows: int, interpret: bool, col_moment: bool = False):
-    """The kernel on `[BH, n*C, D]` float32 blocks (batch-major) and the `[2H]` logs.
+def _run(q, k, v, logs, width: int, rows: int, interpret: bool, col_moment: bool = False,
+         precision: jax.lax.Precision = jax.lax.Precision.HIGHEST):
+    """The kernel on `[BH, n*C, D]` float32 blocks (batch-major) and the `[2H]` logs;
+    `precision` of its products (`precision.precision` of the caller's input dtype).
+
 
     The logs are a flat `(row, col)` per head in SMEM: a 1D array because SMEM pads the
     minor dimension of 2D arrays.
@@ -126,7 +133,7 @@ def _run(q, k, v, logs, width: int, rows: int, interpret: bool, col_moment: bool
         return pl.BlockSpec((1, c_tok, d), lambda b, i: (b, i, 0))
 
     kernel = functools.partial(_kernel, width=width, rows=rows, heads=logs.shape[0] // 2,
-                               col_moment=col_moment)
+                               col_moment=col_moment, precision=precision)
     return pl.pallas_call(
         kernel,
         grid=(bh, n),
@@ -141,15 +148,15 @@ def _run(q, k, v, logs, width: int, rows: int, interpret: bool, col_moment: bool
 
 
 # Per-call kernel runners by backend; both `(q, k, v, logs, width, rows, interpret,
-# col_moment=False) -> [BH, n*C, Dv]` so the custom VJP below serves both.
+# col_moment=False, precision=HIGHEST) -> [BH, n*C, Dv]` so the custom VJP below serves both.
 _RUNNERS = {"tpu": _run, "gpu": chunked_gpu.run}
 BACKENDS = tuple(_RUNNERS)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _image(q, k, v, log_row, log_col, width, rows, interpret, backend):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _image(q, k, v, log_row, log_col, width, rows, interpret, backend, prec):
     """Image-token attention on padded `[B, H, n*C, D]` float32; logs are `[H]`."""
-    return _image_fwd(q, k, v, log_row, log_col, width, rows, interpret, backend)[0]
+    return _image_fwd(q, k, v, log_row, log_col, width, rows, interpret, backend, prec)[0]
 
 
 def _flat(x):
@@ -160,21 +167,21 @@ def _logs(log_row, log_col):
     return jnp.stack([log_row, log_col], -1).astype(jnp.float32).reshape(-1)
 
 
-def _image_fwd(q, k, v, log_row, log_col, width, rows, interpret, backend):
+def _image_fwd(q, k, v, log_row, log_col, width, rows, interpret, backend, prec):
     b, h, t, _ = q.shape
     o = _RUNNERS[backend](_flat(q), _flat(k), _flat(v), _logs(log_row, log_col), width, rows,
-                          interpret).reshape(b, h, t, -1)
+                          interpret, precision=prec).reshape(b, h, t, -1)
     return o, (q, k, v, log_row, log_col, o)
 
 
-def _image_bwd(width, rows, interpret, backend, res, do):
+def _image_bwd(width, rows, interpret, backend, prec, res, do):
     q, k, v, log_row, log_col, o = res
     b, h, t, _ = q.shape
     logs = _logs(log_row, log_col)
 
     def run(x, y, z, **kw):
         return _RUNNERS[backend](_flat(x), _flat(y), _flat(z), logs, width, rows, interpret,
-                                 **kw).reshape(b, h, t, -1)
+                                 precision=prec, **kw).reshape(b, h, t, -1)
 
     def flip(x):
         return x[:, :, ::-1]
@@ -227,6 +234,7 @@ def lasad_chunked_pallas(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     out_dtype = q.dtype
+    prec = precision(q.dtype)  # decided before the float32 cast below
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     b, total, h, dk = q.shape
     dv = v.shape[-1]
@@ -257,7 +265,7 @@ def lasad_chunked_pallas(
 
         o = _image(to_kernel(q, dk_k), to_kernel(k, dk_k), to_kernel(v, dv_k),
                    log_row.astype(jnp.float32), log_col.astype(jnp.float32), wk, rows,
-                   interpret, backend)
+                   interpret, backend, prec)
         o = o.transpose(0, 2, 1, 3).reshape(b, rows_pad, wk, h, dv_k)
         o = o[:, :rows_needed, :width, :, :dv].reshape(b, rows_needed * width, h, dv)
         o = o[:, :num_image]

@@ -123,6 +123,19 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+def default_block(backend: str, dtype) -> int:
+    """Tokens per tile when the caller names none.
+
+    GPU, from `benchmarks/masked_probe.py` on an H200 (2026-12-04, T = 256, D = 64, 16
+    heads, forward): 16-bit inputs (TF32 dots) 0.140 / 0.096 / 0.129 ms at 32 / 64 / 128
+    tokens, so 64; float32 inputs (IEEE float32 dots, which Triton spills at large tiles)
+    0.143 / 0.722 / 2.232 ms, so 32. TPU: 128, the MXU's side; not yet timed.
+    """
+    if backend == "gpu":
+        return 32 if jnp.dtype(dtype).itemsize >= 4 else 64
+    return 128
+
+
 def _fit_block(block: int, tokens: int, backend: str) -> int:
     """Shrinks a block that exceeds the (rounded) sequence, so short inputs pad little.
 
@@ -147,8 +160,8 @@ def lasad_masked_pallas(
     num_prefix: int,
     log_row: jax.Array,
     log_col: jax.Array,
-    block_q: int = 128,
-    block_k: int = 128,
+    block_q: int | None = None,
+    block_k: int | None = None,
     interpret: bool = False,
     backend: str = "tpu",
 ) -> jax.Array:
@@ -160,6 +173,7 @@ def lasad_masked_pallas(
     ("tpu": Mosaic; "gpu": Triton); `interpret=True` runs it on CPU (TPU:
     `pltpu.InterpretParams`, GPU: the generic interpreter). Arguments are assumed checked by
     the caller (`lasad_jax.ops.api`); only the kernel-specific limits are checked here.
+    `block_q`, `block_k`: tokens per tile; `None` takes `default_block`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -167,7 +181,8 @@ def lasad_masked_pallas(
     dv = v.shape[-1]
     if t >= MAX_TOKENS:
         raise ValueError(f"the masked Pallas kernel supports T < {MAX_TOKENS}, got {t}")
-    bq, bk = (_fit_block(x, t, backend) for x in (block_q, block_k))
+    block = default_block(backend, q.dtype)
+    bq, bk = (_fit_block(block if x is None else x, t, backend) for x in (block_q, block_k))
     tp = _round_up(t, math.lcm(bq, bk))
     # Triton needs power-of-two feature dims of at least 16: zero features change no dot
     # product, and the extra output columns of v are dropped.

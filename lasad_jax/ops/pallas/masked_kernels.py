@@ -23,10 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from lasad_jax.ops.pallas.precision import precision
+
 F32 = jnp.float32
-# Full float32 matmuls: the Triton default (TF32) and Mosaic's default passes would miss the
-# 1e-4 agreement with the reference that the op promises.
-_PREC = lax.Precision.HIGHEST
 
 
 class Weights(NamedTuple):
@@ -61,15 +60,15 @@ def decay_weights(i, j, lr, lc, *, num_prefix: int, width: int) -> Weights:
     return Weights(m, dr, dc)
 
 
-def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    """`a @ b` in float32."""
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_PREC,
+def _dot(a: jax.Array, b: jax.Array, prec: lax.Precision) -> jax.Array:
+    """`a @ b`, accumulated in float32."""
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=prec,
                            preferred_element_type=F32)
 
 
-def _dot_nt(a: jax.Array, b: jax.Array) -> jax.Array:
-    """`a @ b.T` in float32 (contracting the feature axes, as flash attention's q k^T)."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_PREC,
+def _dot_nt(a: jax.Array, b: jax.Array, prec: lax.Precision) -> jax.Array:
+    """`a @ b.T` (contracting the feature axes, as flash attention's q k^T)."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=prec,
                            preferred_element_type=F32)
 
 
@@ -91,13 +90,14 @@ def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int,
     q = q_ref[...].astype(F32)
     lr, lc = lr_ref[...], lc_ref[...]
     i = q0 + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
+    prec = precision(q_ref.dtype)
 
     def body(kb, acc):
         k0 = kb * block_k
         j = k0 + lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
         w = decay_weights(i, j, lr, lc, num_prefix=num_prefix, width=width)
-        s = _dot_nt(q, _slice(k_ref, k0, block_k)) * w.m
-        return acc + _dot(s, _slice(v_ref, k0, block_k))
+        s = _dot_nt(q, _slice(k_ref, k0, block_k), prec) * w.m
+        return acc + _dot(s, _slice(v_ref, k0, block_k), prec)
 
     n_k = lax.div(q0 + bq - 1, block_k) + 1  # causal skip: no key block past the diagonal
     acc = lax.fori_loop(0, n_k, body, jnp.zeros((bq, v_ref.shape[-1]), F32))
@@ -118,6 +118,7 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     k, v = k_ref[...].astype(F32), v_ref[...].astype(F32)
     lr, lc = lr_ref[...], lc_ref[...]
     j = k0 + lax.broadcasted_iota(jnp.int32, (bk, 1), 0)
+    prec = precision(q_ref.dtype)
 
     def body(qb, carry):
         dk, dv, dlr, dlc = carry
@@ -125,10 +126,10 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
         i = q0 + lax.broadcasted_iota(jnp.int32, (1, block_q), 1)
         w = decay_weights(i, j, lr, lc, num_prefix=num_prefix, width=width)
         q, do = _slice(q_ref, q0, block_q), _slice(do_ref, q0, block_q)
-        s_t = _dot_nt(k, q)  # S^T
-        dp_t = _dot_nt(v, do)  # dP^T
+        s_t = _dot_nt(k, q, prec)  # S^T
+        dp_t = _dot_nt(v, do, prec)  # dP^T
         g = s_t * dp_t * w.m
-        return (dk + _dot(dp_t * w.m, q), dv + _dot(s_t * w.m, do),
+        return (dk + _dot(dp_t * w.m, q, prec), dv + _dot(s_t * w.m, do, prec),
                 dlr + _sum11(w.dr * g), dlc + _sum11(w.dc * g))
 
     n_q = q_ref.shape[0] // block_q
