@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -50,18 +51,18 @@ def agreement(got: np.ndarray, want: np.ndarray, what: str) -> float:
 def decoder(variant: str, batch: int, heads: int, dim: int, width: int, impl: str = "xla"):
     row, col = jnp.full((heads,), 0.9), jnp.full((heads,), 0.8)
     if variant == "lasad":
-        init = ops.lasad_decode_init(batch, heads, dim, dim, width)
+        init = lambda: ops.lasad_decode_init(batch, heads, dim, dim, width)
         step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col, num_prefix=1,
                                                   impl=impl)
     elif variant == "lasad_row":
-        init = ops.lasad_row_decode_init(batch, heads, dim, dim, width)
+        init = lambda: ops.lasad_row_decode_init(batch, heads, dim, dim, width)
         step = lambda s, x: ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,
                                                       num_prefix=1)
     elif variant == "linear_1d":
-        init = ops.linear_1d_decode_init(batch, heads, dim, dim)
+        init = lambda: ops.linear_1d_decode_init(batch, heads, dim, dim)
         step = lambda s, x: ops.linear_1d_decode_step(s, *x, decay=col, num_prefix=1)
     else:
-        init = ops.linear_decode_init(batch, heads, dim, dim)
+        init = lambda: ops.linear_decode_init(batch, heads, dim, dim)
         step = lambda s, x: ops.linear_decode_step(s, *x, num_prefix=1)
 
     @jax.jit
@@ -70,9 +71,11 @@ def decoder(variant: str, batch: int, heads: int, dim: int, width: int, impl: st
             o, s = step(s, x)
             return s, o
 
-        return jax.lax.scan(body, init, (q, k, v))[1]
+        # The empty state is built inside the program: made outside, it would be captured
+        # as a constant (gigabytes at batch 64) and copied into every compile.
+        return jax.lax.scan(body, init(), (q, k, v))[1]
 
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(init))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(init)))
     return run, state_bytes
 
 
@@ -96,7 +99,13 @@ def main(argv=None):
     if "pallas" in impls:
         impls = ["xla", "pallas"]  # the XLA step first: the fused one is checked against it
 
+    info = run_info(batch=args.batch, heads=args.heads, dim=args.dim, rows=args.rows)
     rows = []
+
+    def save(complete: bool = False) -> None:
+        # Rewritten after every row: a run stopped at a time limit keeps what it measured.
+        write_json(args.out, dict(info=info, complete=complete, rows=rows), quiet=not complete)
+
     print(f"{'variant':<10} {'impl':<6} {'batch':>5} {'width':>5} {'us/token':>9} "
           f"{'state MiB':>10} {'KV cache MiB':>13}")
     for batch in args.batch:
@@ -116,7 +125,17 @@ def main(argv=None):
                     if impl == "xla":
                         xla_out = np.asarray(run(q, k, v))
                     else:  # the fused step must decode the same tokens before its time counts
-                        err = agreement(np.asarray(run(q, k, v)), xla_out,
+                        try:
+                            got = np.asarray(run(q, k, v))
+                        except Exception as e:  # the kernel does not compile for this device
+                            traceback.print_exc(limit=-8)
+                            row["status"] = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
+                            rows.append(row)
+                            save()
+                            print(f"{variant:<10} {impl:<6} {batch:>5} {width:>5} "
+                                  f"{row['status']}", flush=True)
+                            continue
+                        err = agreement(got, xla_out,
                                         f"{variant} impl={impl} batch={batch} width={width}")
                         row["err_vs_xla"] = err
                         check = f"  max rel diff vs xla {err:.1e}"
@@ -124,12 +143,12 @@ def main(argv=None):
                     row.update(us_per_token=us, state_bytes=state_bytes,
                                kv_cache_bytes_square_image=kv_cache)
                     rows.append(row)
+                    save()
                     print(f"{variant:<10} {impl:<6} {batch:>5} {width:>5} {us:9.1f} "
                           f"{state_bytes / 2**20:10.2f} {kv_cache / 2**20:13.2f}{check}",
                           flush=True)
 
-    info = run_info(batch=args.batch, heads=args.heads, dim=args.dim, rows=args.rows)
-    write_json(args.out, dict(info=info, rows=rows))
+    save(complete=True)
 
 
 if __name__ == "__main__":

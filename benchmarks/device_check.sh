@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Every accelerator check of the [kernels] issue in one command that fits one call of the
-# device tool (10 minutes; a lent task has 15 minutes of device time in all). From the
-# repository root, on the lent GPU:
+# device tool (10 minutes; a lent task has 15 minutes of device time in all, and starting
+# the machine took from 30 s to 5 min on 2026-12-04). From the repository root, on the GPU:
 #
 #   bash benchmarks/device_check.sh "$OUT"          # results and logs land in $OUT
 #   bash benchmarks/device_check.sh DIR --smoke     # tiny sizes: checks the script (CPU, ~1 min)
 #
+# Stages, each a process under its own time limit (at most 90 + 45 + 60 + 200 + 90 s), so
+# one slow compile cannot take the others' results with it; every JSON is rewritten per row:
 # 1. tests/test_pallas_api.py, float32 values and gradients against the quadratic reference
-#    through the public API: off CPU the kernels compile for the device instead of being
-#    interpreted. Float32 matmuls at "highest" precision, as the 1e-4 bound assumes.
-# 2. benchmarks/kernels.py: Pallas against the chunked form and cuDNN flash attention, every
-#    Pallas row first checked against the chunked form's results; JSON rewritten per row.
-# 3. benchmarks/decode_step.py: the XLA decoding step against the fused Pallas step, the
+#    through the public API, the kernels compiled for the device (45 s on an H200).
+# 2. benchmarks/kernels.py --ops softmax: cuDNN flash attention, the baseline (12 s).
+# 3. benchmarks/masked_probe.py: the masked kernel's tile sizes and matmul precisions.
+# 4. benchmarks/kernels.py, the LASAD operators (chunked XLA, Pallas), every Pallas row first
+#    checked against the chunked form; stage 2's rows join its table and speedups.
+# 5. benchmarks/decode_step.py: the XLA decoding step against the fused Pallas step, the
 #    fused step's tokens first checked against the XLA step's.
-# Each stage runs under its own time limit, so one stuck stage still leaves the others'
-# results. Only jax, numpy and pytest are needed: the device image has them.
+# Files back: device.txt, log.txt (every stage) and five JSON, within the tool's 8.
+# Only jax, numpy and pytest are needed: the device image has them.
 set -uo pipefail
 
 usage="usage: bash benchmarks/device_check.sh OUT_DIR [--smoke]"
@@ -29,34 +32,42 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
 if [[ -n $smoke ]]; then
-    limits=(120 120 120)
+    limits=(120 120 120 120 120)
     tests=(-k other_variants)
-    kernel_args=(--tokens 16 --dims 8 --heads 2 --softmax_impl xla --repeats 1 --min_seconds 0)
+    sizes=(--tokens 16 --dims 8 --heads 2 --softmax_impl xla --repeats 1 --min_seconds 0)
+    probe_args=(--tokens 16 --dim 8 --heads 2 --blocks 16 --min_seconds 0)
     decode_args=(--widths 2 --rows 2 --batch 1 --heads 2 --dim 4 --min_seconds 0)
 else
-    limits=(150 300 100)
+    limits=(90 45 60 200 90)
     tests=()
-    kernel_args=(--repeats 5 --min_seconds 0.2)
-    decode_args=(--widths 16 32 64 128 --batch 1 8 64 --heads 16 --min_seconds 0.2)
+    sizes=(--repeats 5 --min_seconds 0.2)
+    probe_args=(--tokens 256 1024 --blocks 32 64 128)
+    decode_args=(--widths 16 64 128 --batch 1 8 64 --heads 16 --min_seconds 0.2)
 fi
 
 failed=0
-stage() {  # stage NAME LIMIT CMD...: runs CMD with a time limit, logs to $out/NAME.log
+stage() {  # stage NAME LIMIT CMD...: runs CMD with a time limit, appends to $out/log.txt
     local name=$1 limit=$2 rc
     shift 2
-    echo "== $name: $* (limit ${limit}s)"
-    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    echo "== $name: $* (limit ${limit}s, $(date -u +%T))" | tee -a "$out/log.txt"
+    timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -e "DeprecationWarning: The Pallas Triton" \
+        -e "return rule(ctx" | tee -a "$out/log.txt"
     rc=${PIPESTATUS[0]}
-    echo "== $name: exit $rc$([[ $rc == 124 ]] && echo ' (time limit)')"
+    echo "== $name: exit $rc$([[ $rc == 124 ]] && echo ' (time limit)')" | tee -a "$out/log.txt"
     [[ $rc == 0 ]] || failed=1
 }
 
 { date -u; nvidia-smi -L 2>/dev/null; "$py" -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
     | tee "$out/device.txt"
+backend=$("$py" -c 'import jax; print(jax.default_backend())')
 JAX_DEFAULT_MATMUL_PRECISION=highest stage tests "${limits[0]}" \
     "$py" -m pytest -q -p no:cacheprovider tests/test_pallas_api.py "${tests[@]}"
-stage kernels "${limits[1]}" "$py" benchmarks/kernels.py "${kernel_args[@]}" \
-    --out "$out/kernels_$("$py" -c 'import jax; print(jax.default_backend())').json"
-stage decode_step "${limits[2]}" "$py" benchmarks/decode_step.py --variants lasad \
-    --impls xla pallas "${decode_args[@]}" --out "$out/decode_step.json"
+stage softmax "${limits[1]}" "$py" benchmarks/kernels.py --ops softmax "${sizes[@]}" \
+    --out "$out/softmax_$backend.json"
+stage masked_probe "${limits[2]}" "$py" benchmarks/masked_probe.py "${probe_args[@]}" \
+    --out "$out/masked_probe_$backend.json"
+stage kernels "${limits[3]}" "$py" benchmarks/kernels.py --ops lasad_chunked lasad_pallas \
+    "${sizes[@]}" --baseline "$out/softmax_$backend.json" --out "$out/kernels_$backend.json"
+stage decode_step "${limits[4]}" "$py" benchmarks/decode_step.py --variants lasad \
+    --impls xla pallas "${decode_args[@]}" --out "$out/decode_step_$backend.json"
 exit $failed

@@ -23,9 +23,12 @@ an unknown device leaves the share columns empty rather than guessing.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
+import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -103,10 +106,15 @@ def run(args, save=None) -> list[dict]:
                 fn = operator(name, width, softmax_impl)
                 for mode, prog in programs(fn).items():
                     row = dict(op=name, dim=dim, tokens=tokens, mode=mode)
+                    # Said before the compile: a row that never finishes still shows in the log.
+                    print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} compiling "
+                          f"({time.strftime('%H:%M:%S')})", flush=True)
                     try:
                         compiled = prog.lower(*inputs).compile()
                     except Exception as e:  # no Pallas path, or no cuDNN on this device
                         row.update(status=f"unavailable: {type(e).__name__}: {str(e)[:120]}")
+                        # The whole error goes to the log: it is what a fix starts from.
+                        traceback.print_exc(limit=-8)
                         rows.append(row)
                         print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} {row['status']}")
                         if save:
@@ -184,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                                    "xla_default"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--min_seconds", type=float, default=1.0)
+    parser.add_argument("--baseline", default=None,
+                        help="JSON of an earlier run whose softmax rows join this run's "
+                             "table and speedups (device_check.sh times softmax apart)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       f"kernels_{jax.default_backend()}.json"))
     args = parser.parse_args(argv)
@@ -193,13 +204,20 @@ def main(argv: list[str] | None = None) -> dict:
     info = run_info(heads=args.heads, dtype="bfloat16", softmax_impl=args.softmax_impl,
                     agreement_tol=AGREEMENT_TOL)
 
+    baseline = []
+    if args.baseline:
+        with open(args.baseline) as f:
+            baseline = [dict(r, source=args.baseline) for r in json.load(f)["rows"]
+                        if r["op"] == "softmax"]
+
     def result(rows: list[dict], complete: bool) -> dict:
+        rows = baseline + rows
         return {"info": info, "complete": complete, "rows": rows, "speedups": speedups(rows)}
 
     # Rewritten after every row, so a run stopped at a time limit keeps what it measured.
     rows = run(args, save=lambda rows: write_json(args.out, result(rows, False), quiet=True))
     final = result(rows, True)
-    print_table(rows, final["speedups"])
+    print_table(final["rows"], final["speedups"])
     write_json(args.out, final)
     return final
 

@@ -1,0 +1,80 @@
+"""Where the time of the masked Pallas kernel goes on a GPU: tile size and matmul precision.
+
+    python benchmarks/masked_probe.py --out benchmarks/results/masked_probe_gpu.json
+
+Why: on an H200 (2026-12-04) `lasad_attention(impl="pallas")` took 2.2 ms at T = 256
+(16 heads, D = 64) where the XLA chunked form took 0.07 ms. This times the forward of
+the masked kernel alone (`masked.lasad_masked_pallas`, the same call `impl="pallas"`
+makes) for each tile size and for two matmul precisions of the kernel's dots: `highest`
+(IEEE float32, what the 1e-4 agreement of the float32 tests assumes) and `default`
+(TF32 on Ampere and later), whatever the input dtype (`ops.pallas.precision` picks by
+dtype outside this probe). Each row is first checked against the chunked XLA form.
+On CPU the kernel only interprets: the timings then say nothing (`--tokens 16` checks the
+script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from lasad_jax import ops  # noqa: E402
+from lasad_jax.ops.pallas import masked, masked_kernels  # noqa: E402
+from lasad_jax.ops.pallas.precision import precision  # noqa: E402
+from common import median_ms, run_info, write_json  # noqa: E402
+from kernels import max_rel_diff  # noqa: E402
+from op_scaling import make_inputs  # noqa: E402
+
+# Default first: the highest-precision kernels compile slowly (tens of seconds) on a GPU.
+PRECISIONS = {"default": lax.Precision.DEFAULT, "highest": lax.Precision.HIGHEST}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--min_seconds", type=float, default=0.1)
+    p.add_argument("--out", default="benchmarks/results/masked_probe.json")
+    args = p.parse_args(argv)
+    platform = jax.default_backend()
+    backend = "gpu" if platform == "gpu" else "tpu"
+    info = run_info(heads=args.heads)
+    rows = []
+    for tokens in args.tokens:
+        width = int(round(tokens**0.5))
+        q, k, v, row, col = make_inputs(tokens, args.heads, args.dim, jnp.bfloat16)
+        logs = dict(log_row=jnp.log(row), log_col=jnp.log(col))
+        want = jax.jit(lambda q, k, v: ops.lasad_attention(
+            q, k, v, width=width, row_decay=row, col_decay=col, impl="chunked"))(q, k, v)
+        for prec_name, prec in PRECISIONS.items():
+            # Overrides the dtype rule of `ops.pallas.precision`; read when the kernel traces.
+            masked_kernels.precision = lambda dtype, prec=prec: prec
+            for block in args.blocks:
+                fn = jax.jit(lambda q, k, v, b=block: masked.lasad_masked_pallas(
+                    q, k, v, width=width, num_prefix=0, block_q=b, block_k=b,
+                    interpret=platform == "cpu", backend=backend, **logs))
+                r = dict(tokens=tokens, dim=args.dim, precision=prec_name, block=block)
+                try:
+                    r["err_vs_chunked"] = max_rel_diff(fn(q, k, v), want)
+                    r["ms"] = median_ms(fn, q, k, v, repeats=5, min_seconds=args.min_seconds)
+                except Exception as e:  # a tile this lowering refuses
+                    r["status"] = f"unavailable: {type(e).__name__}: {str(e)[:200]}"
+                rows.append(r)
+                write_json(args.out, dict(info=info, complete=False, rows=rows), quiet=True)
+                print(r, flush=True)
+    masked_kernels.precision = precision
+    write_json(args.out, dict(info=info, complete=True, rows=rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
