@@ -16,7 +16,7 @@
 #    checked against the chunked form; stage 2's rows join its table and speedups.
 # 5. benchmarks/decode_step.py: the XLA decoding step against the fused Pallas step, the
 #    fused step's tokens first checked against the XLA step's.
-# Files back: device.txt, log.txt (every stage) and five JSON, within the tool's 8.
+# Files back: device.txt, log.txt (every stage) and four JSON, within the tool's 8.
 # Only jax, numpy and pytest are needed: the device image has them.
 set -uo pipefail
 
