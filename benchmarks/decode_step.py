@@ -121,6 +121,7 @@ def main(argv=None):
                 for impl in impls if variant == "lasad" else ["xla"]:
                     run, state_bytes = decoder(variant, batch, args.heads, args.dim, width, impl)
                     row = dict(variant=variant, impl=impl, batch=batch, width=width)
+                    tag = f"{variant:<10} {impl:<6} {batch:>5} {width:>5}"
                     check = ""
                     if impl == "xla":
                         xla_out = np.asarray(run(q, k, v))
@@ -132,8 +133,7 @@ def main(argv=None):
                             row["status"] = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
                             rows.append(row)
                             save()
-                            print(f"{variant:<10} {impl:<6} {batch:>5} {width:>5} "
-                                  f"{row['status']}", flush=True)
+                            print(f"{tag} {row['status']}", flush=True)
                             continue
                         err = agreement(got, xla_out,
                                         f"{variant} impl={impl} batch={batch} width={width}")
@@ -144,7 +144,7 @@ def main(argv=None):
                                kv_cache_bytes_square_image=kv_cache)
                     rows.append(row)
                     save()
-                    print(f"{variant:<10} {impl:<6} {batch:>5} {width:>5} {us:9.1f} "
+                    print(f"{tag} {us:9.1f} "
                           f"{state_bytes / 2**20:10.2f} {kv_cache / 2**20:13.2f}{check}",
                           flush=True)
 

@@ -57,9 +57,10 @@ stage() {  # stage NAME LIMIT CMD...: runs CMD with a time limit, appends to $ou
     [[ $rc == 0 ]] || failed=1
 }
 
-{ date -u; nvidia-smi -L 2>/dev/null; "$py" -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
+backend=$("$py" -c 'import jax; print(jax.default_backend(), jax.__version__, jax.devices())')
+{ date -u; nvidia-smi -L 2>/dev/null; echo "jax backend, version, devices: $backend"; } \
     | tee "$out/device.txt"
-backend=$("$py" -c 'import jax; print(jax.default_backend())')
+backend=${backend%% *}
 JAX_DEFAULT_MATMUL_PRECISION=highest stage tests "${limits[0]}" \
     "$py" -m pytest -q -p no:cacheprovider tests/test_pallas_api.py "${tests[@]}"
 stage softmax "${limits[1]}" "$py" benchmarks/kernels.py --ops softmax "${sizes[@]}" \

@@ -106,9 +106,9 @@ def run(args, save=None) -> list[dict]:
                 fn = operator(name, width, softmax_impl)
                 for mode, prog in programs(fn).items():
                     row = dict(op=name, dim=dim, tokens=tokens, mode=mode)
+                    tag = f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s}"
                     # Said before the compile: a row that never finishes still shows in the log.
-                    print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} compiling "
-                          f"({time.strftime('%H:%M:%S')})", flush=True)
+                    print(f"{tag} compiling ({time.strftime('%H:%M:%S')})", flush=True)
                     try:
                         compiled = prog.lower(*inputs).compile()
                     except Exception as e:  # no Pallas path, or no cuDNN on this device
@@ -116,7 +116,7 @@ def run(args, save=None) -> list[dict]:
                         # The whole error goes to the log: it is what a fix starts from.
                         traceback.print_exc(limit=-8)
                         rows.append(row)
-                        print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} {row['status']}")
+                        print(f"{tag} {row['status']}")
                         if save:
                             save(rows)
                         continue
@@ -128,7 +128,7 @@ def run(args, save=None) -> list[dict]:
                         row["err_vs_chunked"] = err
                         if not err <= AGREEMENT_TOL:
                             status = f"mismatch: {err:.2e} from the chunked form"
-                            print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} {status}")
+                            print(f"{tag} {status}")
                     ms = median_ms(compiled, *inputs, repeats=args.repeats,
                                    min_seconds=args.min_seconds)
                     tflops = attention_flops(tokens, args.heads, dim, mode) / (ms * 1e-3) / 1e12
@@ -140,7 +140,7 @@ def run(args, save=None) -> list[dict]:
                     rows.append(row)
                     check = (f"  max rel diff {row['err_vs_chunked']:.1e}"
                              if "err_vs_chunked" in row else "")
-                    print(f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s} {ms:9.3f} ms "
+                    print(f"{tag} {ms:9.3f} ms "
                           f"{tflops:7.1f} TFLOP/s{check}", flush=True)
                     if save:
                         save(rows)
@@ -206,9 +206,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     baseline = []
     if args.baseline:
-        with open(args.baseline) as f:
-            baseline = [dict(r, source=args.baseline) for r in json.load(f)["rows"]
-                        if r["op"] == "softmax"]
+        try:
+            with open(args.baseline) as f:
+                baseline = [dict(r, source=args.baseline) for r in json.load(f)["rows"]
+                            if r["op"] == "softmax"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--baseline {args.baseline}: not a kernels.py result JSON "
+                             f"({type(e).__name__}: {e})") from e
 
     def result(rows: list[dict], complete: bool) -> dict:
         rows = baseline + rows

@@ -5,10 +5,10 @@
 Why: on an H200 (2026-12-04) `lasad_attention(impl="pallas")` took 2.2 ms at T = 256
 (16 heads, D = 64) where the XLA chunked form took 0.07 ms. This times the forward of
 the masked kernel alone (`masked.lasad_masked_pallas`, the same call `impl="pallas"`
-makes) for each tile size and for two matmul precisions of the kernel's dots: `highest`
-(IEEE float32, what the 1e-4 agreement of the float32 tests assumes) and `default`
-(TF32 on Ampere and later), whatever the input dtype (`ops.pallas.precision` picks by
-dtype outside this probe). Each row is first checked against the chunked XLA form.
+makes) for each tile size and for two matmul precisions of the kernel's dots, passed
+explicitly: `highest` (IEEE float32, what the 1e-4 agreement of the float32 tests assumes)
+and `default` (TF32 on Ampere and later); without the argument `ops.pallas.precision`
+picks by input dtype. Each row is first checked against the chunked XLA form.
 On CPU the kernel only interprets: the timings then say nothing (`--tokens 16` checks the
 script).
 """
@@ -26,8 +26,7 @@ from jax import lax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax import ops  # noqa: E402
-from lasad_jax.ops.pallas import masked, masked_kernels  # noqa: E402
-from lasad_jax.ops.pallas.precision import precision  # noqa: E402
+from lasad_jax.ops.pallas import masked  # noqa: E402
 from common import median_ms, run_info, write_json  # noqa: E402
 from kernels import max_rel_diff  # noqa: E402
 from op_scaling import make_inputs  # noqa: E402
@@ -56,11 +55,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         want = jax.jit(lambda q, k, v: ops.lasad_attention(
             q, k, v, width=width, row_decay=row, col_decay=col, impl="chunked"))(q, k, v)
         for prec_name, prec in PRECISIONS.items():
-            # Overrides the dtype rule of `ops.pallas.precision`; read when the kernel traces.
-            masked_kernels.precision = lambda dtype, prec=prec: prec
             for block in args.blocks:
-                fn = jax.jit(lambda q, k, v, b=block: masked.lasad_masked_pallas(
-                    q, k, v, width=width, num_prefix=0, block_q=b, block_k=b,
+                fn = jax.jit(lambda q, k, v, b=block, p=prec: masked.lasad_masked_pallas(
+                    q, k, v, width=width, num_prefix=0, block_q=b, block_k=b, precision=p,
                     interpret=platform == "cpu", backend=backend, **logs))
                 r = dict(tokens=tokens, dim=args.dim, precision=prec_name, block=block)
                 try:
@@ -71,7 +68,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows.append(r)
                 write_json(args.out, dict(info=info, complete=False, rows=rows), quiet=True)
                 print(r, flush=True)
-    masked_kernels.precision = precision
     write_json(args.out, dict(info=info, complete=True, rows=rows))
     return rows
 

@@ -147,6 +147,18 @@ def test_kernels_benchmark_does_not_count_a_wrong_kernel(tmp_path, monkeypatch):
     assert {r["op"] for r in result["speedups"]} == {"lasad_chunked"}  # wrong one left out
 
 
+@pytest.mark.parametrize("content", [None, "{}", "not json"])
+def test_kernels_benchmark_names_a_bad_baseline(tmp_path, content):
+    import kernels
+
+    path = tmp_path / "softmax.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match="--baseline .*softmax.json: not a kernels.py result"):
+        kernels.main(["--tokens", "16", "--dims", "8", "--baseline", str(path),
+                      "--out", str(tmp_path / "k.json")])
+
+
 def test_device_check_script_runs_every_stage(tmp_path):
     """The one command prepared for a lent GPU, at tiny sizes on CPU: each stage runs and
     leaves its log and JSON (at most 8 files, the device tool's limit on what comes back)."""

@@ -19,11 +19,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plt
 
 from lasad_jax.ops.pallas import masked_kernels as kern
+from lasad_jax.ops.pallas.precision import precision as matmul_precision
 
 BACKENDS = ("tpu", "gpu")
 # Rows and columns are derived in float32 inside the kernels; exact below this many slots.
@@ -40,6 +42,7 @@ class _Config:
     block_k: int
     interpret: bool
     backend: str
+    precision: lax.Precision  # of every matmul in the kernels
 
 
 def _call(cfg: _Config, kernel, grid, in_specs, out_specs, out_shape):
@@ -71,7 +74,7 @@ _LOG_SPEC = pl.BlockSpec((None, 1, 1), lambda b, n: (b, 0, 0))
 def _forward(cfg: _Config, q, k, v, lr, lc):
     bh, tp, dk = q.shape
     dv = v.shape[-1]
-    kernel = functools.partial(kern.forward_kernel, block_k=cfg.block_k,
+    kernel = functools.partial(kern.forward_kernel, block_k=cfg.block_k, prec=cfg.precision,
                                num_prefix=cfg.num_prefix, width=cfg.width)
     return _call(
         cfg, kernel, (bh, tp // cfg.block_q),
@@ -83,7 +86,7 @@ def _forward(cfg: _Config, q, k, v, lr, lc):
 def _backward(cfg: _Config, q, k, v, lr, lc, do):
     bh, tp, dk = q.shape
     dv = v.shape[-1]
-    statics = dict(num_prefix=cfg.num_prefix, width=cfg.width)
+    statics = dict(num_prefix=cfg.num_prefix, width=cfg.width, prec=cfg.precision)
     # dq = sum_j M (do . v_j) k_j is the forward pass with (q, k, v) -> (do, v, k).
     dq = _forward(cfg, do, v, k, lr, lc)
     n_k = tp // cfg.block_k
@@ -164,6 +167,7 @@ def lasad_masked_pallas(
     block_k: int | None = None,
     interpret: bool = False,
     backend: str = "tpu",
+    precision: lax.Precision | None = None,
 ) -> jax.Array:
     """LASAD `o_i = sum_{j<=i} M[i, j] (q_i . k_j) v_j` (DESIGN.md §1) as Pallas kernels.
 
@@ -173,7 +177,8 @@ def lasad_masked_pallas(
     ("tpu": Mosaic; "gpu": Triton); `interpret=True` runs it on CPU (TPU:
     `pltpu.InterpretParams`, GPU: the generic interpreter). Arguments are assumed checked by
     the caller (`lasad_jax.ops.api`); only the kernel-specific limits are checked here.
-    `block_q`, `block_k`: tokens per tile; `None` takes `default_block`.
+    `block_q`, `block_k`: tokens per tile; `None` takes `default_block`. `precision` of the
+    matmuls; `None` takes `precision.precision(q.dtype)` (benchmarks/masked_probe.py sets it).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -198,7 +203,8 @@ def lasad_masked_pallas(
         return jnp.tile(log.astype(jnp.float32), b).reshape(b * h, 1, 1)
 
     cfg = _Config(width=width, num_prefix=num_prefix, block_q=bq, block_k=bk,
-                  interpret=bool(interpret), backend=backend)
+                  interpret=bool(interpret), backend=backend,
+                  precision=matmul_precision(q.dtype) if precision is None else precision)
     out = _masked_core(cfg, to_kernel(q, dk_p), to_kernel(k, dk_p), to_kernel(v, dv_p),
                        per_bh(log_row), per_bh(log_col))
     out = out[:, :t, :dv].reshape(b, h, t, dv).transpose(0, 2, 1, 3)

@@ -23,8 +23,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from lasad_jax.ops.pallas.precision import precision
-
 F32 = jnp.float32
 
 
@@ -83,14 +81,13 @@ def _sum11(x: jax.Array) -> jax.Array:
 
 
 def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int,
-                   num_prefix: int, width: int) -> None:
+                   num_prefix: int, width: int, prec: lax.Precision) -> None:
     """One query block: `o = sum_kb (q k^T * M) v` over key blocks up to the diagonal."""
     bq = q_ref.shape[0]
     q0 = pl.program_id(1) * bq
     q = q_ref[...].astype(F32)
     lr, lc = lr_ref[...], lc_ref[...]
     i = q0 + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
-    prec = precision(q_ref.dtype)
 
     def body(kb, acc):
         k0 = kb * block_k
@@ -105,7 +102,7 @@ def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int,
 
 
 def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_ref, dlc_ref,
-               *, block_q: int, num_prefix: int, width: int) -> None:
+               *, block_q: int, num_prefix: int, width: int, prec: lax.Precision) -> None:
     """One key block: dk, dv, and this block's share of the per-head log-decay gradients.
 
     Tiles are built transposed (keys along rows) so every product is a plain `a @ b` or
@@ -118,7 +115,6 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     k, v = k_ref[...].astype(F32), v_ref[...].astype(F32)
     lr, lc = lr_ref[...], lc_ref[...]
     j = k0 + lax.broadcasted_iota(jnp.int32, (bk, 1), 0)
-    prec = precision(q_ref.dtype)
 
     def body(qb, carry):
         dk, dv, dlr, dlc = carry
