@@ -8,7 +8,7 @@
 #
 # Stages, each a process under its own time limit (at most 90 + 45 + 60 + 200 + 90 s), so
 # one slow compile cannot take the others' results with it; every JSON is rewritten per row:
-# 1. tests/test_pallas_api.py, float32 values and gradients against the quadratic reference
+# 1. tests/ops/test_pallas_api.py, float32 values and gradients against the quadratic reference
 #    through the public API, the kernels compiled for the device (45 s on an H200).
 # 2. benchmarks/kernels.py --ops softmax: cuDNN flash attention, the baseline (12 s).
 # 3. benchmarks/masked_probe.py: the masked kernel's tile sizes and matmul precisions.
@@ -62,7 +62,7 @@ backend=$("$py" -c 'import jax; print(jax.default_backend(), jax.__version__, ja
     | tee "$out/device.txt"
 backend=${backend%% *}
 JAX_DEFAULT_MATMUL_PRECISION=highest stage tests "${limits[0]}" \
-    "$py" -m pytest -q -p no:cacheprovider tests/test_pallas_api.py "${tests[@]}"
+    "$py" -m pytest -q -p no:cacheprovider tests/ops/test_pallas_api.py "${tests[@]}"
 stage softmax "${limits[1]}" "$py" benchmarks/kernels.py --ops softmax "${sizes[@]}" \
     --out "$out/softmax_$backend.json"
 stage masked_probe "${limits[2]}" "$py" benchmarks/masked_probe.py "${probe_args[@]}" \

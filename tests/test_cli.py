@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lasad_jax.config_checks import check_config
-from test_training import ROOT, load_config
+from tests.training.test_training import ROOT, load_config
 
 SMALL = ["--config.num_steps=4", "--config.batch_size=16", "--config.model.num_layers=1",
          "--config.model.dim=32", "--config.model.num_heads=2", "--config.model.gate_rank=8",

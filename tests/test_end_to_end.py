@@ -12,9 +12,9 @@ from lasad_jax.sampling.job import run_sampling
 from lasad_jax.tokenizers import build_tokenizer
 from lasad_jax.training.loop import train_and_evaluate
 from lasad_jax.training.vq.loop import train_tokenizer
-from test_cli import _write_folder
-from test_training import load_config
-from test_vq_training import tiny_vq_config
+from tests.test_cli import _write_folder
+from tests.training.test_training import load_config
+from tests.training.test_vq_training import tiny_vq_config
 
 
 def test_tokenizer_extract_train_sample(tmp_path):

@@ -44,7 +44,7 @@ AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked")
 DECODE_IMPLS = ("auto", "xla", "pallas")
 
 # impl="auto" for `lasad_decode_step`: (platform, impl), first match wins. The fused
-# Pallas step is exact (tests/test_pallas_decode.py) but on an H200 (2026-12-04,
+# Pallas step is exact (tests/ops/test_pallas_decode.py) but on an H200 (2026-12-04,
 # `benchmarks/decode_step.py --impls xla pallas`) no faster than the XLA step: 4 us slower
 # per token at batch 1, within 0.5% at batch 8 and 64. It enters here for a platform once
 # that benchmark shows it faster there. On CPU Pallas only interprets.

@@ -17,7 +17,7 @@ Measured so far, and only this (benchmarks/RESULTS.md): all kernels, on both bac
 match `lasad_jax.ops.reference` on CPU in Pallas' interpret mode (values and all
 gradients) and lower for TPU (Mosaic) and CUDA (Triton IR). On an NVIDIA H200 (JAX 0.11.2,
 2026-12-04) the GPU kernels compile and match the reference within 1e-4 in float32
-(tests/test_pallas_api.py), the fused decoding step matches the XLA step within 2e-7, and,
+(tests/ops/test_pallas_api.py), the fused decoding step matches the XLA step within 2e-7, and,
 with the IEEE float32 dots they then used for every input, the masked kernel was 25 to 50
 times slower than the XLA chunked form at T = 256 and 1024; the dots now follow the input
 dtype (`precision.py`: TF32 for bfloat16 inputs, 23x faster in a forward-only probe), not

@@ -28,7 +28,7 @@ their cotangents are zero in the backward).
 
 Status: tested in the Pallas interpreter on CPU, lowered to Triton IR for CUDA, and
 compiled and run on an H200 (2026-12-04: float32 values and gradients within 1e-4 of the
-reference, tests/test_pallas_api.py); not yet timed on a GPU. Known risk, unmeasured: the carried state is `w' * Dk * bDv` floats per
+reference, tests/ops/test_pallas_api.py); not yet timed on a GPU. Known risk, unmeasured: the carried state is `w' * Dk * bDv` floats per
 program (64k at `w' = 64`, `Dk = 64`, `bDv = 16`) and `H` as many again, beyond a register
 file, so Triton will spill them to local (L1/L2-cached) memory. Exact either way;
 if it is slow, the next steps are blocking Dk as well (the op is linear in a Dk split, the

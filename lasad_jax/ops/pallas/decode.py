@@ -29,7 +29,7 @@ Scalars reach the kernel as numbers, not booleans: `gate = [is_prefix, row_keep 
 prefix slot would give NaN where the XLA step's `where` gives 0 (irrelevant for sampling).
 
 Status: exact against the XLA step in the Pallas interpreter on CPU, both backends
-(tests/test_pallas_decode.py), and lowered for TPU (Mosaic) and CUDA (Triton IR). Timed on
+(tests/ops/test_pallas_decode.py), and lowered for TPU (Mosaic) and CUDA (Triton IR). Timed on
 an H200 (2026-12-04, `benchmarks/decode_step.py --impls xla pallas`, 16 heads, D = 64):
 it decodes the same tokens as the XLA step (within 2e-7) and is no faster, 4 us slower per
 token at batch 1 (32.0 against 28.1 us at width 16) and within 0.5% at batch 8 and 64, so

@@ -1,0 +1,163 @@
+"""Multi-device checks, run by tests/parallel/test_sharding.py in a subprocess with 8 simulated CPU
+devices (the device count is fixed when JAX starts, and pytest's JAX has one).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python tests/parallel/multidevice/sharding_checks.py OUT.json
+
+Writes one JSON object of measured values; the test asserts on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from lasad_jax.parallel import build_mesh, global_batch, sharded_init  # noqa: E402
+from lasad_jax.sampling.generate import generate  # noqa: E402
+from lasad_jax.training.loop import build_model, state_factory, train_and_evaluate  # noqa: E402
+from lasad_jax.training.step import make_train_step  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
+
+
+def demo_config(**train):
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    # Width 64 and 4 heads split evenly over fsdp and tensor; the 17-token vocabulary
+    # and 11 class rows do not, and stay replicated.
+    config.model.update(num_layers=2, num_heads=4, dim=64, gate_rank=16)
+    config.batch_size = 16
+    config.num_steps = 10
+    config.optimizer.warmup_steps = 2
+    config.train.update(log_every=1, eval_every=0, eval_batch_size=16, checkpoint_every=5,
+                        sample_at_end=False, progress_every_secs=0.0)
+    config.train.update(train)
+    return config
+
+
+def mesh_of(shape):
+    return build_mesh(dict(zip(("data", "fsdp", "tensor"), shape)),
+                      devices=jax.devices()[:int(np.prod(shape))])
+
+
+def noisy(tree, seed: int, scale: float):
+    """Adds N(0, scale) to every float leaf: the zero output head would otherwise make
+    the first loss log(vocab) whatever the rest of the network computes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(treedef, [
+        x + scale * jax.random.normal(k, x.shape) if x.dtype == np.float32 else x
+        for x, k in zip(leaves, keys)])
+
+
+def one_step_checks(out: dict) -> None:
+    """One train step on each mesh against the same step on one device."""
+    config = demo_config()
+    config.optimizer.warmup_steps = 0  # a real update from the first step
+    graphdef, init0, tx, schedule = state_factory(config, 10)
+
+    def init():
+        state = init0()
+        params = noisy(state.params, 1, 0.05)
+        return dataclasses.replace(state, params=params, ema_params=params)
+
+    rng = np.random.default_rng(0)
+    batch = {"tokens": rng.integers(0, 17, (16, 64)).astype(np.int32),
+             "label": rng.integers(0, 10, (16,)).astype(np.int32)}
+    results = {}
+    for shape in ((1, 1, 1),) + MESHES:
+        mesh = mesh_of(shape)
+        state, shardings = sharded_init(init, mesh)
+        step = make_train_step(graphdef, tx, schedule, class_dropout=0.1, null_class=10,
+                               ema_decay=0.9, state_shardings=shardings)
+        with jax.set_mesh(mesh):
+            new_state, metrics = step(state, global_batch(batch, mesh))
+            new_state, metrics2 = step(new_state, global_batch(batch, mesh))
+        kernel = new_state.params["blocks"][0]["mlp"]["w_gate"]["kernel"][...]
+        mu = new_state.opt_state
+        results[shape] = dict(
+            loss=[float(metrics["loss"]), float(metrics2["loss"])],
+            params=[np.asarray(x) for x in jax.tree.leaves(new_state.params)],
+            ema=[np.asarray(x) for x in jax.tree.leaves(new_state.ema_params)],
+            w_gate_spec=str(kernel.sharding.spec),
+            w_gate_shard=list(kernel.addressable_shards[0].data.shape),
+            opt_leaves_sharded=sum(
+                1 for x in jax.tree.leaves(mu)
+                if x.ndim and x.addressable_shards[0].data.shape != x.shape),
+        )
+    base = results[(1, 1, 1)]
+    out["one_step"] = {
+        "x".join(map(str, shape)): dict(
+            loss=r["loss"], base_loss=base["loss"],
+            max_param_diff=max(float(np.max(np.abs(a - b)))
+                               for a, b in zip(r["params"], base["params"])),
+            max_ema_diff=max(float(np.max(np.abs(a - b)))
+                             for a, b in zip(r["ema"], base["ema"])),
+            w_gate_spec=r["w_gate_spec"], w_gate_shard=r["w_gate_shard"],
+            opt_leaves_sharded=r["opt_leaves_sharded"])
+        for shape, r in results.items()}
+
+
+def metric(workdir: str, name: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return {row["step"]: row[name] for row in rows if name in row}
+
+
+def resume_checks(out: dict, tmp: str) -> None:
+    """Saved on (8,1,1) at step 5, resumed on (2,2,2): the next 5 losses against an
+    uninterrupted (8,1,1) run."""
+    full, split = os.path.join(tmp, "full"), os.path.join(tmp, "split")
+    mesh = {"data": 8, "fsdp": 1, "tensor": 1}
+    config = demo_config()
+    config.mesh = mesh
+    train_and_evaluate(config, full)
+    config = demo_config(stop_after=5)
+    config.mesh = mesh
+    train_and_evaluate(config, split)
+    config = demo_config()
+    config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    train_and_evaluate(config, split)
+    out["resume"] = {name: {"full": metric(full, name), "split": metric(split, name)}
+                     for name in ("loss", "val_bits_per_token_ema")}
+
+
+def sampling_checks(out: dict) -> None:
+    """The same seeds on one device and on two meshes give the same tokens."""
+    graphdef, state = nnx.split(build_model(demo_config()))
+    model = nnx.merge(graphdef, noisy(state, 3, 0.3))
+    labels = np.arange(16) % 10
+    kw = dict(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=0.95)
+    single = generate(model, labels, jax.random.key(7), **kw)
+    out["sampling"] = {"x".join(map(str, s)): int(np.sum(
+        generate(model, labels, jax.random.key(7), mesh=mesh_of(s), **kw) != single))
+        for s in MESHES}
+    out["sampling"]["distinct_tokens"] = int(len(np.unique(single)))
+
+
+def main(path: str) -> None:
+    out: dict = {"devices": jax.device_count()}
+    one_step_checks(out)
+    sampling_checks(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        resume_checks(out, tmp)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,132 @@
+"""Guidance, filters and whole-batch generation against hand-computed and greedy cases."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lasad_jax.sampling import filter_logits, generate, guide, sample_logits
+from lasad_jax.sampling.images import make_grid
+from lasad_jax.sampling.job import class_list
+from tests.models.test_model import perturbed_model, small_config
+
+NEG = -np.inf
+
+
+def test_guide_hand_case():
+    cond = jnp.array([[1.0, 2.0, -1.0]])
+    uncond = jnp.array([[0.0, 0.5, 1.0]])
+    both = jnp.concatenate([cond, uncond])
+    # l_u + s * (l_c - l_u)
+    np.testing.assert_allclose(guide(both, 2.0), [[2.0, 3.5, -3.0]])
+    np.testing.assert_allclose(guide(both, 1.0), cond)
+    np.testing.assert_allclose(guide(both, 0.0), uncond)
+
+
+def test_top_k_hand_cases():
+    logits = jnp.array([[1.0, 3.0, 2.0, 0.0]])
+    np.testing.assert_array_equal(filter_logits(logits, top_k=2), [[NEG, 3.0, 2.0, NEG]])
+    np.testing.assert_array_equal(filter_logits(logits, top_k=1), [[NEG, 3.0, NEG, NEG]])
+    np.testing.assert_array_equal(filter_logits(logits, top_k=0), logits)  # off
+    np.testing.assert_array_equal(filter_logits(logits, top_k=9), logits)  # k >= vocab
+    ties = jnp.array([[1.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(filter_logits(ties, top_k=1), [[1.0, 1.0, NEG]])
+
+
+def test_top_p_hand_cases():
+    probs = np.array([0.05, 0.5, 0.15, 0.3])
+    logits = jnp.log(jnp.asarray(probs))[None]
+    keep = lambda p: np.isfinite(np.asarray(filter_logits(logits, top_p=p)))[0].tolist()
+    # Sorted: 0.5, 0.3, 0.15, 0.05; mass before each: 0, 0.5, 0.8, 0.95.
+    assert keep(0.5) == [False, True, False, False]
+    assert keep(0.7) == [False, True, False, True]
+    assert keep(0.81) == [False, True, True, True]
+    assert keep(0.96) == [True, True, True, True]
+    assert keep(0.01) == [False, True, False, False]  # the top token always survives
+    assert keep(1.0) == [True, True, True, True]
+
+
+def test_top_k_then_top_p_and_temperature():
+    logits = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.1]]))
+    # top_k=3 renormalises to 4/9, 3/9, 2/9; mass before: 0, 0.444, 0.778.
+    kept = np.isfinite(np.asarray(filter_logits(logits, top_k=3, top_p=0.7)))[0]
+    assert kept.tolist() == [True, True, False, False]
+    # Sampling frequencies follow softmax(logits / T) over the kept tokens.
+    key = jax.random.key(0)
+    draws = jax.vmap(lambda k: sample_logits(k, logits[0], temperature=0.5, top_k=2,
+                                             top_p=1.0))(jax.random.split(key, 20000))
+    p0 = 0.4 ** 2 / (0.4 ** 2 + 0.3 ** 2)  # temperature 0.5 squares the probabilities
+    assert set(np.unique(np.asarray(draws))) == {0, 1}
+    assert abs(float(jnp.mean(draws == 0)) - p0) < 0.015
+
+
+def greedy_parallel(model, labels, cfg_scale: float) -> np.ndarray:
+    """Greedy decoding the slow, independent way: re-run the parallel forward on the
+    prefix for every token and take the argmax of the (guided) last logits."""
+    cfg = model.cfg
+    tokens = jnp.zeros((labels.shape[0], 0), jnp.int32)
+    null = jnp.full_like(labels, model.null_class)
+    for _ in range(cfg.num_tokens):
+        logits = model(labels, tokens)[:, -1]
+        if cfg_scale != 1.0:
+            uncond = model(null, tokens)[:, -1]
+            logits = uncond + cfg_scale * (logits - uncond)
+        tokens = jnp.concatenate([tokens, jnp.argmax(logits, -1)[:, None].astype(jnp.int32)], 1)
+    return np.asarray(tokens).reshape(labels.shape[0], *cfg.grid)
+
+
+@pytest.mark.parametrize("mixer", ["lasad", "softmax"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_generate_top1_equals_greedy_parallel(mixer, cfg_scale):
+    model = perturbed_model(small_config(mixer, grid=(3, 3)))
+    labels = jnp.array([0, 1, 2])
+    got = generate(model, labels, jax.random.key(0), cfg_scale=cfg_scale, top_k=1)
+    assert got.shape == (3, 3, 3) and got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), greedy_parallel(model, labels, cfg_scale))
+
+
+def test_generate_seeds_and_classes():
+    model = perturbed_model(small_config("lasad"))
+    labels = jnp.array([0, 1, 2, 0])
+    a = generate(model, labels, jax.random.key(1))
+    b = generate(model, labels, jax.random.key(1))
+    c = generate(model, labels, jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert int(a.min()) >= 0 and int(a.max()) < 11
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(top_k=-1), "top_k must be an int >= 0"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(cfg_scale=-1.0), "cfg_scale must be >= 0"),
+])
+def test_generate_rejects_bad_settings(kwargs, match):
+    model = perturbed_model(small_config("linear"))
+    with pytest.raises(ValueError, match=match):
+        generate(model, jnp.array([0]), jax.random.key(0), **kwargs)
+
+
+def test_make_grid_layout():
+    images = np.stack([np.full((2, 3, 1), 10 * (i + 1), np.uint8) for i in range(3)])
+    grid = make_grid(images, cols=2, scale=2, pad=1)
+    assert grid.shape == (1 + 2 * (4 + 1), 1 + 2 * (6 + 1), 1)
+    assert grid[1, 1, 0] == 10 and grid[4, 6, 0] == 10      # first tile, both corners
+    assert grid[1, 8, 0] == 20                               # second tile, first row
+    assert grid[6, 1, 0] == 30 and grid[6, 8, 0] == 255      # third tile; empty slot is white
+    assert grid[0, 0, 0] == 255 and grid[5, 1, 0] == 255     # padding
+
+
+def test_class_list():
+    np.testing.assert_array_equal(class_list((), 2, 3), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(class_list([2, 0], 1, 3), [2, 0])
+    with pytest.raises(ValueError, match=r"sample.classes must be ints in \[0, 3\)"):
+        class_list([3], 1, 3)
+    with pytest.raises(ValueError, match="sample.per_class"):
+        class_list((), 0, 3)
+    assert math.isclose(len(class_list((), 50, 1000)), 50_000)

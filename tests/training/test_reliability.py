@@ -1,0 +1,333 @@
+"""Faults made to happen for real: SIGTERM and SIGKILL mid-run, half-written and corrupted
+checkpoints, non-finite updates, bad configs, and the operator at the numerical edge.
+
+The runs are the demo config shrunk to one small layer (seconds per run), in
+subprocesses where a signal has to reach a real process.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tests.training.test_training import ROOT, load_config, tiny_demo_config
+
+from lasad_jax import ops
+from lasad_jax.config_checks import check_config
+from lasad_jax.training import checkpoint as ckpt_lib
+from lasad_jax.training.loop import make_state, train_and_evaluate
+
+STEPS = 30
+RUN = ["--config.batch_size=16", "--config.model.num_layers=1", "--config.model.dim=32",
+       "--config.model.num_heads=2", "--config.model.gate_rank=8",
+       "--config.optimizer.warmup_steps=2", "--config.train.log_every=1",
+       "--config.train.eval_every=-1", "--config.train.sample_at_end=False",
+       "--config.train.progress_every_secs=0", f"--config.num_steps={STEPS}"]
+COMPARED = ("loss", "grad_norm", "param_norm", "learning_rate")
+
+
+def command(workdir, *extra):
+    return [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
+            f"--workdir={workdir}", *RUN, *extra]
+
+
+def env():
+    return dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def run(workdir, *extra):
+    proc = subprocess.run(command(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
+                          env=env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def interrupt(workdir, sig, after_step, *extra):
+    """Starts a run and sends `sig` once step `after_step` has been logged."""
+    proc = subprocess.Popen(command(workdir, *extra), cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True, env=env())
+    log = []
+    for line in proc.stderr:
+        log.append(line)
+        if f"] [{after_step}] " in line:
+            break
+    proc.send_signal(sig)
+    log.append(proc.communicate(timeout=300)[1])
+    return proc.returncode, "".join(log)
+
+
+def rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_same_run(workdir, reference):
+    got, want = rows(workdir), rows(reference)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
+    for a, b in zip(got, want):
+        for key in COMPARED:
+            assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(b[key])), (a["step"], key)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    run(workdir)
+    return workdir
+
+
+def test_sigterm_checkpoints_exits_0_and_the_resumed_run_continues_exactly(
+        tmp_path, uninterrupted):
+    code, log = interrupt(tmp_path, signal.SIGTERM, 7, "--config.train.checkpoint_every=1000")
+    assert code == 0, log[-3000:]
+    saved = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+    assert len(saved) == 1 and 7 <= saved[0] < STEPS, saved
+    assert f"preempted: saved step {saved[0]}" in log
+    run(tmp_path, "--config.train.checkpoint_every=1000")
+    assert_same_run(tmp_path, uninterrupted)
+    # Launching a finished run again (a scheduler retry) changes nothing and exits 0.
+    again = run(tmp_path, "--config.train.checkpoint_every=1000")
+    assert "nothing to train" in again.stderr
+    assert_same_run(tmp_path, uninterrupted)
+
+
+def test_sigkill_mid_save_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted):
+    # Saving every step keeps an asynchronous save in flight most of the time.
+    code, log = interrupt(tmp_path, signal.SIGKILL, 9, "--config.train.checkpoint_every=1",
+                          "--config.train.keep_checkpoints=3")
+    assert code == -signal.SIGKILL, log[-3000:]
+    again = run(tmp_path, "--config.train.checkpoint_every=1",
+                "--config.train.keep_checkpoints=3")
+    assert "resumed from" in again.stderr
+    assert_same_run(tmp_path, uninterrupted)
+    leftovers = [d for d in os.listdir(tmp_path / "checkpoints") if not d.isdigit()]
+    assert leftovers == [], leftovers  # no temporary directories left to clean by hand
+
+
+def test_a_half_written_checkpoint_is_never_picked(tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    ckpts = workdir / "checkpoints"
+    newest = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+    # What a process killed during a save leaves: a temporary directory, half filled.
+    partial = ckpts / f"{newest + 5}.orbax-checkpoint-tmp-1795580000000000"
+    shutil.copytree(ckpts / str(newest), partial)
+    for path in glob.glob(str(partial / "state" / "**" / "*"), recursive=True):
+        if os.path.isfile(path):
+            os.truncate(path, os.path.getsize(path) // 2)
+    reader = ckpt_lib.Checkpointer(str(ckpts), read_only=True)
+    assert reader.latest_step() == newest
+    reader.close()
+    out = run(workdir, f"--config.num_steps={STEPS + 2}")
+    assert f"resumed from {ckpts} at step {newest}" in out.stderr
+    assert not partial.exists()
+
+
+def corrupt(step_dir):
+    for path in glob.glob(str(step_dir / "**" / "*"), recursive=True):
+        if os.path.isfile(path) and not path.endswith("_CHECKPOINT_METADATA"):
+            os.truncate(path, os.path.getsize(path) // 3)
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+    workdir = tmp_path / "run"
+    run(workdir, "--config.train.checkpoint_every=10", "--config.train.keep_checkpoints=2")
+    ckpts = workdir / "checkpoints"
+    assert sorted(int(d) for d in os.listdir(ckpts)) == [20, 30]
+    corrupt(ckpts / "30")
+    out = run(workdir, f"--config.num_steps={STEPS + 1}",
+              "--config.train.checkpoint_every=1000", "--config.train.keep_checkpoints=2")
+    assert "checkpoint step 30 in" in out.stderr and "cannot be restored" in out.stderr
+    assert f"resumed from {ckpts} at step 20" in out.stderr
+    names = os.listdir(ckpts)
+    assert "20" in names and "31" in names  # the good one kept, training went on
+    assert any(n.startswith("corrupt-30-") for n in names)  # moved aside, not deleted
+
+    # Nothing readable: a clear one-line error, no traceback, nothing moved or deleted.
+    for name in ("20", "31"):
+        corrupt(ckpts / name)
+    before = sorted(os.listdir(ckpts))
+    proc = subprocess.run(command(workdir, f"--config.num_steps={STEPS + 2}"), cwd=ROOT,
+                          capture_output=True, text=True, env=env(), timeout=600)
+    assert proc.returncode == 1
+    assert "error: no checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(os.listdir(ckpts)) == before
+
+
+@pytest.fixture
+def nan_at_step_3(monkeypatch):
+    """Token id = vocabulary size in step 3's batch: the embedding lookup fills it with
+    NaN, so that step's loss and gradients are NaN (a real non-finite update)."""
+    import lasad_jax.training.loop as loop
+
+    original, calls = loop.global_batch, []
+
+    def poisoned(batch, mesh):
+        calls.append(1)
+        if len(calls) == 3:
+            batch = dict(batch, tokens=np.full_like(batch["tokens"], 17))
+        return original(batch, mesh)
+
+    monkeypatch.setattr(loop, "global_batch", poisoned)
+
+
+def test_nonfinite_update_is_skipped_and_logged(tmp_path, nan_at_step_3, caplog):
+    config = tiny_demo_config(nonfinite="skip", checkpoint_every=2)
+    train_and_evaluate(config, str(tmp_path))
+    got = rows(tmp_path)
+    assert [r["skipped_updates"] for r in got] == [0, 0, 1, 1, 1, 1]
+    assert np.isnan(got[2]["loss"]) and all(np.isfinite(r["loss"]) for i, r in enumerate(got)
+                                            if i != 2)
+    assert any("the last at step 3" in r.getMessage() for r in caplog.records)
+    # Skipping leaves the weights as they were: step 3 changes nothing but the counter.
+    assert got[2]["param_norm"] == pytest.approx(got[1]["param_norm"], rel=1e-7)
+    reader = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+    skeleton = ckpt_lib.abstract(jax.eval_shape(lambda: make_state(config, 6)[1]))
+    assert reader.manager.all_steps() == [4, 6]  # keep_checkpoints=2
+    for step in reader.manager.all_steps():
+        state = reader.restore(skeleton, step=step)
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state)
+                   if np.issubdtype(x.dtype, np.floating))
+    reader.close()
+
+
+def test_nonfinite_update_halts_before_anything_is_saved(tmp_path, nan_at_step_3):
+    config = tiny_demo_config(nonfinite="halt", checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        train_and_evaluate(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def demo(**fields):
+    config = load_config("demo")
+    for path, value in fields.items():
+        block, _, name = path.partition("__")
+        if name:
+            config[block][name] = value
+        else:
+            config[block] = value
+    return config
+
+
+BAD_CONFIGS = [
+    # (what, config fields, mode, words the error must contain)
+    ("unknown mixer", {"model__mixer": "mamba"}, "train", ["config.model.mixer", "softmax"]),
+    ("unknown preset", {"model__preset": "XXXL"}, "train", ["config.model.preset", "3B"]),
+    ("heads do not divide dim", {"model__dim": 90}, "train", ["config.model.dim", "num_heads"]),
+    ("unknown dtype", {"model__dtype": "fp8"}, "train", ["config.model.dtype", "bfloat16"]),
+    ("unknown impl", {"model__impl": "triton"}, "train", ["config.model.impl", "chunked"]),
+    ("unknown decode impl", {"model__decode_impl": "cuda"}, "sample",
+     ["config.model.decode_impl", "pallas"]),
+    ("pallas for softmax", {"model__mixer": "softmax", "model__decode_impl": "pallas"}, "sample",
+     ["config.model.decode_impl", "lasad"]),
+    ("image size vs tokenizer stride", {"data__name": "codes", "data__codes_dir": "/x",
+                                        "tokenizer": {"name": "vq16", "image_size": (250, 250),
+                                                      "checkpoint": "", "codebook_size": 16384}},
+     "train", ["config.tokenizer.image_size", "multiple of 16"]),
+    ("digits need 8x8", {"tokenizer__image_size": (16, 16)}, "train",
+     ["config.tokenizer.image_size", "(8, 8)"]),
+    ("unknown dataset", {"data__name": "mnist"}, "train", ["config.data.name", "extracted"]),
+    ("missing data directory", {"data__name": "extracted", "data__codes_dir": "/no/such"},
+     "train", ["config.data.codes_dir", "--mode=extract"]),
+    ("missing tokenizer checkpoint", {"tokenizer": {"name": "vq16", "image_size": (256, 256),
+                                                    "checkpoint": "/no/vq", "codebook_size":
+                                                    16384}, "data__name": "codes",
+                                      "data__codes_dir": "/x"},
+     "sample", ["config.tokenizer.checkpoint", "llamagen_vq"]),
+    ("class id out of range", {"sample__classes": (3, 12)}, "sample",
+     ["config.sample.classes", "[0, 10)"]),
+    ("top_k above the vocabulary", {"sample__top_k": 50}, "sample",
+     ["config.sample.top_k", "17 tokens"]),
+    ("negative guidance", {"sample__cfg_scale": -1.0}, "sample", ["config.sample", "cfg_scale",
+                                                                  ">= 0"]),
+    ("zero temperature", {"sample__temperature": 0.0}, "sample", ["temperature", "> 0"]),
+    ("top_p above 1", {"sample__top_p": 1.5}, "sample", ["top_p", "(0, 1]"]),
+    ("batch vs devices", {"mesh": {"data": 2}}, "train", ["config.mesh", "JAX sees 1"]),
+    ("two fill axes", {"mesh": {"data": -1, "fsdp": -1}}, "train", ["config.mesh",
+                                                                    "at most one"]),
+    ("unknown mesh axis", {"mesh": {"model": 2}}, "train", ["config.mesh", "'tensor'"]),
+    ("negative lr", {"optimizer__lr": -1e-4}, "train", ["config.optimizer.lr", "> 0"]),
+    ("unknown schedule", {"optimizer__schedule": "step"}, "train",
+     ["config.optimizer.schedule", "cosine"]),
+    ("beta out of range", {"optimizer__b2": 1.0}, "train", ["config.optimizer.b2", "[0, 1)"]),
+    ("no run length", {"num_steps": 0}, "train", ["config.num_steps", "num_epochs"]),
+    ("unknown nonfinite policy", {"train__nonfinite": "ignore"}, "train",
+     ["config.train.nonfinite", "skip"]),
+    ("keep no checkpoint", {"train__keep_checkpoints": 0}, "train",
+     ["config.train.keep_checkpoints", ">= 1"]),
+    ("missing Inception weights", {"eval__inception": "/no/inception.npz"}, "evaluate",
+     ["config.eval.inception", "pt_inception-2015-12-05"]),
+    ("no samples", {"eval__num_samples": 0}, "evaluate", ["config.eval.num_samples", ">= 1"]),
+]
+
+
+@pytest.mark.parametrize("what, fields, mode, words", BAD_CONFIGS,
+                         ids=[case[0] for case in BAD_CONFIGS])
+def test_bad_configs_fail_before_any_work_naming_the_field(what, fields, mode, words):
+    config = demo(**fields)
+    with pytest.raises(ValueError) as err:
+        check_config(config, mode)
+    problems = str(err.value).split("\n  - ")[1:]
+    hits = [p for p in problems if all(w in p for w in words)]
+    assert len(hits) == 1, (what, problems)
+    assert "\n" not in hits[0]  # each problem is one line
+
+
+def test_batch_not_divisible_by_devices(monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    config = demo(batch_size=20)
+    with pytest.raises(ValueError, match=r"config.batch_size=20 must be a multiple of 8"):
+        check_config(config, "train")
+
+
+def test_cli_prints_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(command(tmp_path, "--config.sample.top_p=2.0",
+                                  "--config.train.sample_at_end=True"),
+                          cwd=ROOT, capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "config.sample: top_p must be in (0, 1]" in proc.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")  # nothing started
+
+
+def test_decays_of_one_over_16k_tokens_in_bfloat16():
+    """No decay at all (both decays 1.0) is the numerically hardest case: every state sums
+    all 16,384 earlier tokens. Forward and backward must stay finite, and bfloat16 inputs
+    must match float32 on the same values within the documented bound: 2^-7 of the
+    largest magnitude for the output and each gradient."""
+    rows_, width, heads, d = 128, 128, 2, 16
+    key = jax.random.key(0)
+    q, k, v = (jax.random.normal(kk, (1, 1 + rows_ * width, heads, d)).astype(jnp.bfloat16)
+               for kk in jax.random.split(key, 3))
+    ones = jnp.ones((heads,), jnp.float32)
+
+    def loss(q, k, v, row, col):
+        o = ops.lasad_attention(q, k, v, width=width, row_decay=row, col_decay=col,
+                                num_prefix=1, impl="chunked")
+        return jnp.sum(o.astype(jnp.float32) * jnp.cos(jnp.arange(d, dtype=jnp.float32)))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
+    value_bf, grads_bf = grad(q, k, v, ones, ones)
+    value_32, grads_32 = grad(*(x.astype(jnp.float32) for x in (q, k, v)), ones, ones)
+    for name, a, b in zip(("q", "k", "v", "row", "col"), grads_bf, grads_32):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.all(np.isfinite(a)), name
+        assert np.max(np.abs(a - b)) <= 2.0 ** -7 * np.max(np.abs(b)), name
+    assert np.isfinite(float(value_bf))
+    def out(x, y, z):
+        return ops.lasad_attention(x, y, z, width=width, row_decay=ones, col_decay=ones,
+                                   num_prefix=1, impl="chunked")
+
+    o_bf = np.asarray(jax.jit(out)(q, k, v), np.float32)
+    o_32 = np.asarray(jax.jit(out)(*(x.astype(jnp.float32) for x in (q, k, v))))
+    assert np.all(np.isfinite(o_bf))
+    assert np.max(np.abs(o_bf - o_32)) <= 2.0 ** -7 * np.max(np.abs(o_32))
