@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from lasad_jax import ops
+from lasad_jax.validation import Problems, is_int
 
 MIXERS = ("lasad", "lasad_row", "linear_1d", "linear", "softmax")
 FEATURE_MAPS = ("identity", "silu", "elu1", "relu")
@@ -75,39 +76,33 @@ class ModelConfig:
         return -(-hidden // 256) * 256
 
     def __post_init__(self) -> None:
-        def choice(name: str, valid: tuple[str, ...]) -> None:
-            if getattr(self, name) not in valid:
-                value = getattr(self, name)
-                raise ValueError(f"model.{name} must be one of {valid}, got {value!r}")
-
-        for name in ("vocab_size", "num_classes", "num_layers", "num_heads", "dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name} must be a positive int, got {value!r}")
-        if (len(self.grid) != 2 or any(not isinstance(g, int) or g < 1 for g in self.grid)):
-            raise ValueError(f"model.grid must be two positive ints (rows, cols), got "
-                             f"{self.grid!r}")
-        choice("mixer", MIXERS)
-        choice("feature_map", FEATURE_MAPS)
-        choice("gate", GATES)
-        choice("pos_encoding", POS_ENCODINGS)
-        choice("dtype", DTYPES)
-        choice("impl", ops.IMPLS)
-        choice("decode_impl", ops.DECODE_IMPLS)
+        # Every problem is collected and raised together (lasad_jax.validation).
+        p = Problems("model")
+        sizes = all([p.positive_int(name, getattr(self, name))
+                     for name in ("vocab_size", "num_classes", "num_layers", "num_heads", "dim")])
+        p.check(len(self.grid) == 2 and all(is_int(g) and g >= 1 for g in self.grid), "grid",
+                f"must be two positive ints (rows, cols), got {self.grid!r}")
+        p.one_of("mixer", self.mixer, MIXERS)
+        p.one_of("feature_map", self.feature_map, FEATURE_MAPS)
+        p.one_of("gate", self.gate, GATES)
+        p.one_of("pos_encoding", self.pos_encoding, POS_ENCODINGS)
+        p.one_of("dtype", self.dtype, DTYPES)
+        p.one_of("impl", self.impl, ops.IMPLS)
+        p.one_of("decode_impl", self.decode_impl, ops.DECODE_IMPLS)
         for name in ("impl", "decode_impl"):
-            if getattr(self, name) == "pallas" and self.mixer != "lasad":
-                raise ValueError(f"model.{name}='pallas' has kernels for mixer 'lasad' only, "
-                                 f"got mixer {self.mixer!r}; use 'auto'")
-        if self.dim % self.num_heads:
-            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.num_heads "
-                             f"({self.num_heads})")
-        uses_rope = self.mixer == "softmax" or self.pos_encoding == "rope2d"
-        if uses_rope and self.head_dim % 4:
-            raise ValueError(f"2D RoPE needs a head dim divisible by 4; dim/num_heads = "
-                             f"{self.head_dim}. Change model.dim or model.num_heads.")
-        if not isinstance(self.gate_rank, int) or self.gate_rank < 0:
-            raise ValueError(f"model.gate_rank must be an int >= 0 (0: full rank), got "
-                             f"{self.gate_rank!r}")
+            p.check(getattr(self, name) != "pallas" or self.mixer == "lasad", name,
+                    f"='pallas' has kernels for mixer 'lasad' only, got mixer {self.mixer!r}; "
+                    "use 'auto'")
+        if sizes and p.check(self.dim % self.num_heads == 0, "dim",
+                             f"({self.dim}) must be divisible by model.num_heads "
+                             f"({self.num_heads})"):
+            uses_rope = self.mixer == "softmax" or self.pos_encoding == "rope2d"
+            p.check(not uses_rope or self.head_dim % 4 == 0, "dim",
+                    f"/ num_heads = {self.head_dim}, but 2D RoPE needs a head dim divisible "
+                    "by 4. Change model.dim or model.num_heads.")
+        p.check(is_int(self.gate_rank) and self.gate_rank >= 0, "gate_rank",
+                f"must be an int >= 0 (0: full rank), got {self.gate_rank!r}")
+        p.raise_if_any()
 
     @classmethod
     def from_config(cls, cfg: Any, *, vocab_size: int, grid: tuple[int, int],
