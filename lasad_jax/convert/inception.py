@@ -1,4 +1,5 @@
-"""Converts pytorch-fid's FID Inception weights to the `.npz` that `load_inception` reads.
+"""Converts pytorch-fid's FID Inception weights to the `.npz` that
+`lasad_jax.evaluation.weights.load_inception` reads.
 
     python -m lasad_jax.convert.inception \
         --torch_weights=pt_inception-2015-12-05-6726825d.pth --out=inception_fid.npz
@@ -8,7 +9,7 @@ https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_incepti
 (the 2015 TF Inception graph that ADM's evaluator runs, ported to PyTorch; torch-fidelity
 distributes the same weights). Only reading the `.pth` needs torch (`pip install -e .[convert]`
 or the CPU wheel); `convert_state_dict` works on any mapping of numpy arrays, so it is
-tested without torch, and `load_inception` needs numpy and JAX only.
+tested without torch, and loading the result needs numpy and JAX only.
 
 Rules, all checked rather than assumed:
   * every variable of `InceptionV3` has exactly one key: the module path joined by '.',
@@ -23,30 +24,18 @@ Rules, all checked rather than assumed:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 from lasad_jax.convert import torch_io
-from lasad_jax.evaluation.inception import (
-    InceptionV3,
-    Path,
-    PreprocessMode,
-    expected_shapes,
-    inception_from_arrays,
-)
+from lasad_jax.evaluation.inception import Path, expected_shapes
+from lasad_jax.evaluation.weights import WEIGHTS_FILE, WEIGHTS_URL, save_inception
 
-WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-               + WEIGHTS_FILE)
 DROPPED_SUFFIX = ".num_batches_tracked"
-FORMAT_KEY = "__format__"
-FORMAT_VERSION = 1
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias",
                   "mean": "running_mean", "var": "running_var"}
 
@@ -117,45 +106,6 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return torch_io.read_torch_state_dict(
         path, expected=f"pytorch-fid's plain state dict {WEIGHTS_FILE}",
         where_to_get=f"download {WEIGHTS_URL}")
-
-
-def _flat_arrays(params: Mapping[Path, np.ndarray] | InceptionV3) -> dict[Path, np.ndarray]:
-    if isinstance(params, InceptionV3):
-        return {tuple(str(p) for p in path): np.asarray(var[...])
-                for path, var in nnx.to_flat_state(nnx.state(params))}
-    return {tuple(path): np.asarray(v, np.float32) for path, v in params.items()}
-
-
-def save_inception(path: str | os.PathLike,
-                   params: Mapping[Path, np.ndarray] | InceptionV3) -> None:
-    """Writes one array per variable ('/'-joined path) plus a format record, to exactly
-    `path` (np.savez would append `.npz` to a bare name), uncompressed for fast loading."""
-    arrays = {"/".join(p): v for p, v in _flat_arrays(params).items()}
-    meta = {"format_version": FORMAT_VERSION, "source": f"pytorch-fid {WEIGHTS_FILE}"}
-    arrays[FORMAT_KEY] = np.asarray(json.dumps(meta))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def load_inception(path: str | os.PathLike, preprocess: PreprocessMode = "adm") -> InceptionV3:
-    """Loads a file written by `save_inception` (numpy and JAX only)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Inception weights {os.fspath(path)!r} not found. Download {WEIGHTS_URL} and "
-            f"convert it once: python -m lasad_jax.convert.inception "
-            f"--torch_weights={WEIGHTS_FILE} --out={os.fspath(path)}")
-    with np.load(path) as npz:
-        stored = {k: npz[k] for k in npz.files}
-    if FORMAT_KEY not in stored:
-        raise ValueError(f"{os.fspath(path)}: no {FORMAT_KEY!r} record; not written by "
-                         "save_inception (convert the .pth with python -m "
-                         "lasad_jax.convert.inception)")
-    meta = json.loads(str(stored.pop(FORMAT_KEY)))
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{os.fspath(path)}: format_version {meta.get('format_version')!r}, "
-                         f"expected {FORMAT_VERSION}")
-    arrays = {tuple(k.split("/")): v for k, v in stored.items()}
-    return inception_from_arrays(arrays, preprocess, source=os.fspath(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

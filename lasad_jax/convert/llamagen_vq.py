@@ -5,7 +5,8 @@
 Download `vq_ds16_c2i.pt` yourself (linked from LlamaGen's README,
 https://github.com/FoundationVision/LlamaGen); only this conversion step needs torch
 (`pip install torch --index-url https://download.pytorch.org/whl/cpu`). The result, DIR
-with `vq_params.npz` and `vq_config.json`, loads with `load_vq(DIR)` using numpy alone.
+with `vq_params.npz` and `vq_config.json`, loads with
+`lasad_jax.tokenizers.vq.weights.load_vq(DIR)` using numpy alone.
 
 Rules, all checked rather than assumed:
   * every parameter path of `VQModel` has exactly one key: path parts joined by '.', with
@@ -23,23 +24,24 @@ Rules, all checked rather than assumed:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import sys
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lasad_jax.tokenizers.vq.model import VQConfig, VQModel, abstract_model
+from lasad_jax.tokenizers.vq import VQConfig, abstract_model
+from lasad_jax.tokenizers.vq.weights import (
+    CONFIG_FILE,
+    PARAMS_FILE,
+    fill_state,
+    flat_params,
+    save_vq,
+)
 
 DROPPED_KEYS = ("quantize.codebook_used",)
-PARAMS_FILE = "vq_params.npz"
-CONFIG_FILE = "vq_config.json"
-FORMAT_VERSION = 1
 
 
 def read_torch_state_dict(path: str, entry: str = "model") -> dict[str, np.ndarray]:
@@ -104,14 +106,9 @@ def _from_torch(path: tuple[Any, ...], value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _flat_params(model: nnx.Module) -> Iterator[tuple[tuple[Any, ...], tuple[int, ...]]]:
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        yield tuple(path), tuple(var.shape)
-
-
 def expected_keys(cfg: VQConfig) -> dict[str, tuple[int, ...]]:
     """Every state-dict key `convert` consumes for `cfg`, with its PyTorch shape."""
-    return {torch_key(p): _to_torch_shape(p, s) for p, s in _flat_params(abstract_model(cfg))}
+    return {torch_key(p): _to_torch_shape(p, s) for p, s in flat_params(abstract_model(cfg))}
 
 
 def convert(state_dict: dict[str, np.ndarray], cfg: VQConfig) -> nnx.State:
@@ -121,7 +118,7 @@ def convert(state_dict: dict[str, np.ndarray], cfg: VQConfig) -> nnx.State:
     """
     model = abstract_model(cfg)
     abstract = nnx.state(model, nnx.Param)
-    params = list(_flat_params(model))
+    params = list(flat_params(model))
     problems: list[str] = []
     wanted = {torch_key(p) for p, _ in params}
     missing = sorted(wanted - set(state_dict))
@@ -141,66 +138,7 @@ def convert(state_dict: dict[str, np.ndarray], cfg: VQConfig) -> nnx.State:
                          + "\n  - ".join(problems))
     # A generator, so each converted array becomes a device array before the next is made.
     values = ((path, _from_torch(path, state_dict[torch_key(path)])) for path, _ in params)
-    return _fill(abstract, values)
-
-
-def _fill(abstract: nnx.State,
-          values: Iterable[tuple[tuple[Any, ...], np.ndarray]]) -> nnx.State:
-    """An `nnx.State` shaped like `abstract` holding `values` (pairs of flat path, array)."""
-    pure: dict[Any, Any] = {}
-    for path, value in values:
-        node = pure
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = jnp.asarray(value)
-    nnx.replace_by_pure_dict(abstract, pure)  # fills the freshly made abstract state
-    return abstract
-
-
-def save(path_dir: str, state: nnx.State, cfg: VQConfig) -> None:
-    """Writes `vq_params.npz` (flat '/'-joined parameter paths) and `vq_config.json`."""
-    os.makedirs(path_dir, exist_ok=True)
-    arrays = {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
-    np.savez(os.path.join(path_dir, PARAMS_FILE), **arrays)
-    meta = {"format_version": FORMAT_VERSION, "source": "LlamaGen VQ (converted)",
-            "config": cfg.to_dict()}
-    with open(os.path.join(path_dir, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
-
-
-def load_vq(path_dir: str) -> VQModel:
-    """Loads a directory written by `save` into a `VQModel` (numpy and JAX only)."""
-    files = [os.path.join(path_dir, n) for n in (CONFIG_FILE, PARAMS_FILE)]
-    absent = [f for f in files if not os.path.isfile(f)]
-    if absent:
-        raise FileNotFoundError(
-            f"VQ checkpoint directory {path_dir!r} lacks {absent}; create it with "
-            "`python -m lasad_jax.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt --out "
-            f"{path_dir}` (download vq_ds16_c2i.pt from LlamaGen's README first)")
-    with open(files[0]) as f:
-        meta = json.load(f)
-    if meta.get("format_version") != FORMAT_VERSION or "config" not in meta:
-        raise ValueError(f"{files[0]}: expected format_version {FORMAT_VERSION} and a "
-                         f"'config' entry, got keys {sorted(meta)}")
-    cfg = VQConfig.from_dict(meta["config"])
-    model = abstract_model(cfg)
-    graphdef, abstract = nnx.split(model)
-    params = dict(_flat_params(model))
-    with np.load(files[1]) as npz:
-        stored = {k: npz[k] for k in npz.files}
-    by_name = {"/".join(map(str, p)): p for p in params}
-    missing, unknown = sorted(set(by_name) - set(stored)), sorted(set(stored) - set(by_name))
-    problems = [f"missing arrays: {missing}"] if missing else []
-    if unknown:
-        problems.append(f"unknown arrays: {unknown}")
-    for name, path in by_name.items():
-        if name in stored and stored[name].shape != params[path]:
-            problems.append(f"shape of {name}: expected {params[path]}, got {stored[name].shape}")
-    if problems:
-        raise ValueError(f"{files[1]} does not match VQModel({cfg}):\n  - "
-                         + "\n  - ".join(problems))
-    state = _fill(abstract, ((path, stored[name]) for name, path in by_name.items()))
-    return nnx.merge(graphdef, state)
+    return fill_state(abstract, values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     state = convert(sd, cfg)
     n_params = sum(int(np.size(v[...])) for _, v in nnx.to_flat_state(state))
     dropped = [k for k in DROPPED_KEYS if k in sd]
-    save(args.out, state, cfg)
+    save_vq(args.out, state, cfg)
     print(f"keys: {len(sd)} read, {len(sd) - len(dropped)} converted, {len(dropped)} dropped "
           f"({', '.join(dropped) or 'none'}); {n_params:,} parameters "
           f"({n_params / 1e6:.1f}M); wrote {os.path.join(args.out, PARAMS_FILE)} and "

@@ -22,16 +22,14 @@ import pathlib
 from typing import Any
 
 import numpy as np
-from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
 from lasad_jax.data.codes import _check_split
+from lasad_jax.data.config import AUGMENTS, DataConfig
+from lasad_jax.data.extracted import FORMAT, manifest_path
 from lasad_jax.data.images import CorruptImageError, adm_center_crop, build_image_source
 from lasad_jax.tokenizers import Tokenizer
-
-VALID_AUGMENTS = ("none", "flip", "tencrop")
-FORMAT = "lasad_jax.extracted_codes/1"
 TENCROP_RANGE = 1.1  # LlamaGen's --crop-range: centre crop to 1.1x, then ten crops
 _FIVE = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 VIEW_NAMES = {
@@ -39,10 +37,6 @@ VIEW_NAMES = {
     "flip": ("center", "center_flip"),
     "tencrop": _FIVE + tuple(f"{n}_flip" for n in _FIVE),
 }
-
-
-def manifest_path(out_dir: str | os.PathLike, split: str) -> pathlib.Path:
-    return pathlib.Path(out_dir) / f"{split}-manifest.json"
 
 
 def shard_paths(out_dir: str | os.PathLike, split: str,
@@ -60,8 +54,8 @@ def make_views(image: Image.Image | np.ndarray, image_size: int, augment: str) -
     mirrors). We put the centre first and give view 5 + k as the mirror of view k;
     TenCrop yields the same ten crops in another order, which a uniform draw ignores.
     """
-    if augment not in VALID_AUGMENTS:
-        raise ValueError(f"augment must be one of {', '.join(VALID_AUGMENTS)}; got {augment!r}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}; got {augment!r}")
     if augment != "tencrop":
         center = adm_center_crop(image, image_size)
         return np.stack([center, center[:, ::-1]] if augment == "flip" else [center])
@@ -121,8 +115,8 @@ def extract_codes(
     continue). Corrupt images stop the run with the file's name unless `skip_corrupt`,
     when they are left out and listed in the manifest.
     """
-    if augment not in VALID_AUGMENTS:
-        raise ValueError(f"augment must be one of {', '.join(VALID_AUGMENTS)}; got {augment!r}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}; got {augment!r}")
     split = _check_split(split)
     image_size = _positive_int("image_size", image_size)
     shard_size = _positive_int("shard_size", shard_size)
@@ -200,48 +194,22 @@ def extract_codes(
     return manifest
 
 
-def _field(config: Any, name: str) -> Any:
-    try:
-        return config[name]
-    except (KeyError, AttributeError, TypeError):
-        raise ValueError(f"config.data is missing the field {name!r}") from None
+def extract_split(data: DataConfig, tokenizer: Tokenizer, split: str,
+                  *, max_shards: int | None = None) -> dict:
+    """`split` of the image source of `data` encoded into `data.codes_dir`, as
+    `--mode=extract` does it; the crop size is the tokenizer's image height.
 
-
-def extract_from_config(data_config: Any, tokenizer: Tokenizer, split: str,
-                        *, max_shards: int | None = None) -> dict:
-    """`--mode=extract` in one call: the image source of `data_config` -> `codes_dir`.
-
-    Reads `image_source` (+ `image_dir` | `tfds_data_dir`, `manual_dir`), `codes_dir`,
-    `augment` (train split) and `val_augment` (other splits, default "none"),
-    `shard_size`, `extract_batch_size`, `skip_corrupt` from `data_config`;
-    the crop size is the tokenizer's image height.
+    Training images get `data.augment`'s views; other splits get `data.val_augment`'s
+    (by default only the plain centre crop, which evaluation reads).
     """
-    codes_dir = _field(data_config, "codes_dir")
-    # Augmentation is for training; other splits get the plain centre crop unless
-    # `val_augment` says otherwise (evaluation reads view 0, the ADM centre crop).
-    augment = (_field(data_config, "augment") if split == "train"
-               else data_config.get("val_augment", "none"))
-    if not codes_dir:
+    if not data.codes_dir:
         raise ValueError("config.data.codes_dir must name the output directory of the "
                          "extracted codes; got an empty value")
+    source = build_image_source(data.image_source, split, image_dir=data.image_dir,
+                                tfds_data_dir=data.tfds_data_dir, manual_dir=data.manual_dir)
     return extract_codes(
-        build_image_source(data_config, split), tokenizer, codes_dir, split=split,
-        image_size=int(tokenizer.image_shape[0]), augment=augment,
-        shard_size=_field(data_config, "shard_size"),
-        batch_size=_field(data_config, "extract_batch_size"),
-        skip_corrupt=bool(_field(data_config, "skip_corrupt")), max_shards=max_shards)
-
-
-def run_extraction(config: Any) -> list[dict]:
-    """`--mode=extract`: encodes every split in `config.data.extract_splits` with the
-    config's tokenizer; returns the manifests."""
-    from lasad_jax.tokenizers import build_tokenizer
-
-    tokenizer = build_tokenizer(config.tokenizer)
-    manifests = []
-    for split in config.data.extract_splits:
-        manifest = extract_from_config(config.data, tokenizer, split)
-        logging.info("extracted %s: %d images, %d skipped, into %s", split,
-                     manifest["num_images"], manifest["num_skipped"], config.data.codes_dir)
-        manifests.append(manifest)
-    return manifests
+        source, tokenizer, data.codes_dir, split=split,
+        image_size=int(tokenizer.image_shape[0]),
+        augment=data.augment if split == "train" else data.val_augment,
+        shard_size=data.shard_size, batch_size=data.extract_batch_size,
+        skip_corrupt=data.skip_corrupt, max_shards=max_shards)

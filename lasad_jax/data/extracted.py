@@ -10,7 +10,13 @@ import pathlib
 import numpy as np
 
 from lasad_jax.data.codes import RANGE_CHECK_ROWS, _check_range
-from lasad_jax.data.extract import FORMAT, manifest_path
+
+FORMAT = "lasad_jax.extracted_codes/1"
+
+
+def manifest_path(out_dir: str | os.PathLike, split: str) -> pathlib.Path:
+    """Where the manifest of an extracted split lives (written last, after each shard)."""
+    return pathlib.Path(out_dir) / f"{split}-manifest.json"
 
 
 class ExtractedSource:

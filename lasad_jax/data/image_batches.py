@@ -13,10 +13,9 @@ from typing import Any, Iterator
 import grain
 import numpy as np
 
+from lasad_jax.data.config import IMAGE_DATASETS, ImageDataConfig
 from lasad_jax.data.digits import load_digits
 from lasad_jax.data.images import adm_center_crop, build_image_source
-
-IMAGE_DATASETS = ("digits", "imagefolder", "tfds")
 
 
 class DigitImages:
@@ -34,19 +33,19 @@ class DigitImages:
         return {"image": self.images[index], "label": int(self.labels[index])}
 
 
-def build_image_dataset(data_config: Any, split: str, image_size: int) -> Any:
-    """The pixel source named by `data_config.name` ("digits", "imagefolder", "tfds")."""
-    name = data_config.name
-    if name == "digits":
+def build_image_dataset(data: ImageDataConfig, split: str, image_size: int) -> Any:
+    """The pixel source of `data.name` ("digits", "imagefolder", "tfds") for `split`."""
+    if data.name == "digits":
         if image_size % 8:
             raise ValueError(f"digits are 8x8: the tokenizer's image_size must be a multiple "
                              f"of 8, got {image_size}")
-        return DigitImages(split, scale=image_size // 8, val_fraction=data_config.val_fraction,
-                           seed=data_config.seed)
-    if name in ("imagefolder", "tfds"):
-        return build_image_source(dict(data_config, image_source=name), split)
+        return DigitImages(split, scale=image_size // 8, val_fraction=data.val_fraction,
+                           seed=data.seed)
+    if data.name in ("imagefolder", "tfds"):
+        return build_image_source(data.name, split, image_dir=data.image_dir,
+                                  tfds_data_dir=data.tfds_data_dir, manual_dir=data.manual_dir)
     raise ValueError(f"config.data.name must be one of {IMAGE_DATASETS} for tokenizer "
-                     f"training, got {name!r}")
+                     f"training, got {data.name!r}")
 
 
 class _CropFlip(grain.transforms.RandomMap):

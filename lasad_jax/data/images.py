@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lasad_jax.data.config import IMAGE_SOURCES
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-VALID_IMAGE_SOURCES = ("imagefolder", "tfds")
 IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
 # Our split names -> tfds split names; "val" is what the codes directory and trainer use.
 _TFDS_SPLITS = {"train": "train", "val": "validation", "validation": "validation"}
@@ -192,28 +193,19 @@ class TfdsImagenetSource:
                 "path": where}
 
 
-def _field(config: Any, name: str) -> Any:
-    try:
-        return config[name]
-    except (KeyError, AttributeError, TypeError):
-        raise ValueError(f"config.data is missing the field {name!r}") from None
-
-
-def build_image_source(data_config: Any, split: str) -> ImageFolderSource | TfdsImagenetSource:
-    """The image source named by `data_config.image_source`, for `split` ("train"/"val").
+def build_image_source(kind: str, split: str, *, image_dir: str = "", tfds_data_dir: str = "",
+                       manual_dir: str = "") -> ImageFolderSource | TfdsImagenetSource:
+    """The image source `kind` ("imagefolder" or "tfds") for `split` ("train"/"val").
 
     "imagefolder" reads `<image_dir>/<split>/<class>/<image>`; "tfds" reads tfds
     imagenet2012 from `tfds_data_dir`, preparing it from `manual_dir` when needed.
     """
-    name = _field(data_config, "image_source")
-    if name not in VALID_IMAGE_SOURCES:
+    if kind not in IMAGE_SOURCES:
         raise ValueError(f"config.data.image_source must be one of "
-                         f"{', '.join(VALID_IMAGE_SOURCES)}; got {name!r}")
-    if name == "imagefolder":
-        image_dir = _field(data_config, "image_dir")
+                         f"{', '.join(IMAGE_SOURCES)}; got {kind!r}")
+    if kind == "imagefolder":
         if not image_dir:
             raise ValueError("config.data.image_dir must name a directory holding "
                              "<split>/<class>/<image> files; got an empty value")
         return ImageFolderSource(os.path.join(os.path.expanduser(str(image_dir)), split))
-    return TfdsImagenetSource(split, _field(data_config, "tfds_data_dir"),
-                              _field(data_config, "manual_dir"))
+    return TfdsImagenetSource(split, tfds_data_dir, manual_dir)

@@ -16,12 +16,12 @@ import jax
 import numpy as np
 
 from lasad_jax.data.codes import load_codes
+from lasad_jax.data.config import EMBEDDED, TOKEN_DATASETS, DataConfig, embedded_image_shape
 from lasad_jax.data.digits import load_digits
 from lasad_jax.data.extracted import ExtractedSource, load_extracted
 from lasad_jax.data.shapes import load_shapes
 from lasad_jax.tokenizers import Tokenizer
-
-VALID_NAMES = ("digits", "shapes", "codes", "extracted")
+from lasad_jax.tokenizers.geometry import CodeGeometry
 
 Batch = dict[str, np.ndarray]
 
@@ -141,69 +141,44 @@ def eval_batches(source: TokenSource | ExtractedSource, *, batch_size: int) -> I
         yield batch
 
 
-def _field(config: Any, name: str) -> Any:
-    try:
-        return config[name]
-    except (KeyError, AttributeError, TypeError):
-        raise ValueError(f"config.data is missing the field {name!r}") from None
-
-
-EMBEDDED = ("digits", "shapes")  # image datasets that ship with (or are drawn by) the code
-_SIZE_HINT = {"digits": "config.tokenizer.image_size=(8, 8) and channels=1",
-              "shapes": "config.tokenizer.image_size to (data.size, data.size)"}
-
-
-def load_embedded(data_config: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_embedded(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     """`(images uint8 [N, H, W, 1], labels)` of `split` of an embedded dataset."""
-    seed = _field(data_config, "seed")
-    if data_config.name == "digits":
-        return load_digits(split, val_fraction=_field(data_config, "val_fraction"), seed=seed)
-    return load_shapes(split, num_train=_field(data_config, "num_train"),
-                       num_val=_field(data_config, "num_val"), size=_field(data_config, "size"),
-                       seed=seed)
+    if data.name == "digits":
+        return load_digits(split, val_fraction=data.val_fraction, seed=data.seed)
+    return load_shapes(split, num_train=data.num_train, num_val=data.num_val, size=data.size,
+                       seed=data.seed)
 
 
-def build_source(
-    data_config: Any, split: str, tokenizer: Tokenizer, *, num_classes: int
-) -> TokenSource | ExtractedSource:
-    """The source for `split` of the dataset named by `data_config.name`.
+def build_source(data: DataConfig, split: str,
+                 tokenizer: Tokenizer | CodeGeometry) -> TokenSource | ExtractedSource:
+    """The source for `split` of the dataset named by `data.name`.
 
     Image datasets are tokenized here with `tokenizer.encode`; code datasets are checked
-    against the tokenizer's grid and vocabulary, because codes written by a different
-    tokenizer would otherwise train silently on garbage. "extracted" gives an
-    `ExtractedSource` over the shards in `codes_dir` (training draws a view per epoch,
-    evaluation reads view 0); `tokenizer` may then be a `CodeGeometry`.
+    against the tokenizer's grid and vocabulary (then `tokenizer` may be just its
+    `CodeGeometry`), because codes written by a different tokenizer would otherwise
+    train silently on garbage. "extracted" gives an `ExtractedSource` over the shards in
+    `codes_dir` (training draws a view per epoch, evaluation reads view 0).
     """
-    name = _field(data_config, "name")
-    if name not in VALID_NAMES:
-        raise ValueError(f"config.data.name must be one of {', '.join(VALID_NAMES)}; got {name!r}")
-    num_classes = _positive_int("num_classes", num_classes)
-    if name in EMBEDDED:
-        images, labels = load_embedded(data_config, split)
+    if data.name not in TOKEN_DATASETS:
+        raise ValueError(f"config.data.name must be one of {', '.join(TOKEN_DATASETS)}; got "
+                         f"{data.name!r}")
+    if data.name in EMBEDDED:
+        images, labels = load_embedded(data, split)
         if tuple(tokenizer.image_shape) != images.shape[1:]:
-            raise ValueError(f"the {name} dataset has images of shape {images.shape[1:]}, but "
-                             f"the tokenizer expects {tuple(tokenizer.image_shape)}; set "
-                             f"{_SIZE_HINT[name]}")
-        if labels.max() >= num_classes:
-            raise ValueError(f"the {name} dataset has 10 classes, but num_classes={num_classes}")
+            raise ValueError(f"the {data.name} dataset has images of shape {images.shape[1:]}, "
+                             f"but the tokenizer expects {tuple(tokenizer.image_shape)}; set "
+                             f"config.tokenizer.image_size to {embedded_image_shape(data)[:2]} "
+                             "and channels=1")
+        if labels.max() >= data.num_classes:
+            raise ValueError(f"the {data.name} dataset has 10 classes, but num_classes="
+                             f"{data.num_classes}")
         return TokenSource(tokenizer.encode(images), labels)
-    codes_dir = _field(data_config, "codes_dir")
-    if name == "extracted":
-        if not codes_dir:
-            raise ValueError("config.data.codes_dir must point at a directory of extracted "
-                             f"codes ({{split}}-manifest.json and its shards), got {codes_dir!r}")
-        return load_extracted(codes_dir, split, grid_shape=tuple(tokenizer.grid_shape),
-                              vocab_size=tokenizer.vocab_size, num_classes=num_classes)
-    if not codes_dir:
-        raise ValueError(
-            "config.data.codes_dir must point at a directory of extracted codes "
-            f"({{split}}_codes.npy and {{split}}_labels.npy), got {codes_dir!r}"
-        )
-    codes, labels = load_codes(
-        codes_dir,
-        split,
-        grid_shape=tuple(tokenizer.grid_shape),
-        vocab_size=tokenizer.vocab_size,
-        num_classes=num_classes,
-    )
-    return TokenSource(codes, labels)
+    if not data.codes_dir:
+        files = ("{split}-manifest.json and its shards" if data.name == "extracted"
+                 else "{split}_codes.npy and {split}_labels.npy")
+        raise ValueError(f"config.data.codes_dir must point at a directory of extracted codes "
+                         f"({files}), got {data.codes_dir!r}")
+    load = load_extracted if data.name == "extracted" else load_codes
+    loaded = load(data.codes_dir, split, grid_shape=tuple(tokenizer.grid_shape),
+                  vocab_size=tokenizer.vocab_size, num_classes=data.num_classes)
+    return loaded if data.name == "extracted" else TokenSource(*loaded)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+
+from lasad_jax.tokenizers.config import TokenizerConfig
+from lasad_jax.tokenizers.vq.weights import CONFIG_FILE
 
 # Downsampling factor of LlamaGen's VQ-16 (256 px -> 16x16 codes).
 VQ16_STRIDE = 16
@@ -27,7 +29,7 @@ class CodeGeometry:
 def _vq_checkpoint_geometry(checkpoint: str) -> tuple[int | None, int | None]:
     """(downsampling factor, codebook size) recorded with a converted or trained VQ
     tokenizer, read from its small JSON file; (None, None) when there is none."""
-    path = os.path.join(checkpoint, "vq_config.json") if checkpoint else ""
+    path = os.path.join(checkpoint, CONFIG_FILE) if checkpoint else ""
     if not path or not os.path.isfile(path):
         return None, None
     with open(path) as f:
@@ -35,17 +37,15 @@ def _vq_checkpoint_geometry(checkpoint: str) -> tuple[int | None, int | None]:
     return 2 ** (len(vq["ch_mult"]) - 1), int(vq["codebook_size"])
 
 
-def code_geometry(cfg: Any) -> CodeGeometry:
-    """Vocabulary and grid of the tokenizer described by a `tokenizer` ConfigDict."""
-    size = tuple(cfg.image_size)
-    if cfg.name == "intensity":
-        return CodeGeometry(int(cfg.levels), (int(size[0]), int(size[1])))
-    if cfg.name == "vq16":
-        stride, vocab = _vq_checkpoint_geometry(cfg.get("checkpoint", ""))
-        if stride is None:  # no weights yet: LlamaGen's VQ-16 and the configured codebook
-            stride, vocab = VQ16_STRIDE, int(cfg.codebook_size)
-        if size[0] % stride or size[1] % stride:
-            raise ValueError(f"tokenizer.image_size must be a multiple of {stride} (the "
-                             f"tokenizer's downsampling factor), got {size}")
-        return CodeGeometry(vocab, (size[0] // stride, size[1] // stride))
-    raise ValueError(f"tokenizer.name must be one of ('intensity', 'vq16'), got {cfg.name!r}")
+def code_geometry(tokenizer: TokenizerConfig) -> CodeGeometry:
+    """Vocabulary and grid of the tokenizer `tokenizer` describes."""
+    size = tokenizer.image_size
+    if tokenizer.name == "intensity":
+        return CodeGeometry(tokenizer.levels, (size[0], size[1]))
+    stride, vocab = _vq_checkpoint_geometry(tokenizer.checkpoint)
+    if stride is None:  # no weights yet: LlamaGen's VQ-16 and the configured codebook
+        stride, vocab = VQ16_STRIDE, tokenizer.codebook_size
+    if size[0] % stride or size[1] % stride:
+        raise ValueError(f"tokenizer.image_size must be a multiple of {stride} (the "
+                         f"tokenizer's downsampling factor), got {size}")
+    return CodeGeometry(vocab, (size[0] // stride, size[1] // stride))

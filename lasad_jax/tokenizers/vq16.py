@@ -19,9 +19,7 @@ import numpy as np
 from flax import nnx
 
 from lasad_jax.tokenizers.base import Tokenizer
-
-CONVERT_COMMAND = ("python -m lasad_jax.convert.llamagen_vq --checkpoint vq_ds16_c2i.pt "
-                   "--out DIR")
+from lasad_jax.tokenizers.vq.weights import CONVERT_COMMAND, load_vq
 
 
 def _encode_fn(graphdef: Any) -> Callable[[Any, jax.Array], jax.Array]:
@@ -43,14 +41,13 @@ def _decode_fn(graphdef: Any) -> Callable[[Any, jax.Array], jax.Array]:
 class VQ16Tokenizer(Tokenizer):
     """LlamaGen's VQ-16 (or any converted VQ model) as a `Tokenizer`.
 
-    `checkpoint_dir` is a directory written by `lasad_jax.convert.llamagen_vq` (its CLI or
-    `save`); `image_size` is `(H, W)`, each a multiple of the model's downsampling factor
-    (16 for VQ-16: 256 px -> 16x16 codes, 384 px -> 24x24).
+    `checkpoint_dir` is a directory written by `lasad_jax.tokenizers.vq.weights.save_vq`
+    (the LlamaGen converter's output, or a tokenizer trained here); `image_size` is
+    `(H, W)`, each a multiple of the model's downsampling factor (16 for VQ-16: 256 px ->
+    16x16 codes, 384 px -> 24x24).
     """
 
     def __init__(self, checkpoint_dir: str, image_size: tuple[int, int], batch_size: int = 32):
-        from lasad_jax.convert.llamagen_vq import load_vq  # the converter imports this package
-
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not checkpoint_dir or not os.path.isdir(checkpoint_dir):

@@ -9,14 +9,11 @@ Dropout is omitted because VQ-16 is trained and used with a rate of 0.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-if TYPE_CHECKING:
-    from lasad_jax.tokenizers.vq.model import VQConfig
+from lasad_jax.tokenizers.vq.config import VQConfig
 
 # torch's `padding=1` for a 3x3 kernel, spelled out so no 'SAME' rule is involved.
 _PAD1 = ((1, 1), (1, 1))

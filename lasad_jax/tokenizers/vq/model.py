@@ -6,84 +6,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from lasad_jax.tokenizers.vq.blocks import Decoder, Encoder, conv
+from lasad_jax.tokenizers.vq.config import VQConfig
 from lasad_jax.tokenizers.vq.quantizer import VectorQuantizer
-
-
-@dataclasses.dataclass(frozen=True)
-class VQConfig:
-    """Architecture of the VQ tokenizer; the defaults are LlamaGen's VQ-16."""
-
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    encoder_res_blocks: int = 2
-    decoder_res_blocks: int = 3
-    z_channels: int = 256
-    codebook_size: int = 16384
-    codebook_dim: int = 8
-    commit_beta: float = 0.25
-    norm_groups: int = 32
-    norm_eps: float = 1e-6
-    in_channels: int = 3
-    out_channels: int = 3
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        positive = ("ch", "encoder_res_blocks", "decoder_res_blocks", "z_channels",
-                    "codebook_size", "codebook_dim", "norm_groups", "in_channels",
-                    "out_channels")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"VQConfig.{name} must be a positive int, got {value!r}")
-        if not self.ch_mult or not all(isinstance(m, int) and m >= 1 for m in self.ch_mult):
-            raise ValueError(f"VQConfig.ch_mult must be a non-empty tuple of positive ints, "
-                             f"got {self.ch_mult!r}")
-        bad = sorted({self.ch * m for m in self.ch_mult if (self.ch * m) % self.norm_groups})
-        if bad:
-            raise ValueError(f"VQConfig: every normalised width ch * ch_mult[i] must be "
-                             f"divisible by norm_groups={self.norm_groups}; got widths {bad} "
-                             f"(ch={self.ch}, ch_mult={self.ch_mult})")
-        if not self.norm_eps > 0 or not self.commit_beta >= 0:
-            raise ValueError(f"VQConfig.norm_eps must be > 0 and commit_beta >= 0, got "
-                             f"{self.norm_eps!r}, {self.commit_beta!r}")
-
-    @property
-    def downsample_factor(self) -> int:
-        """Image pixels per code along each axis: one halving per level but the last."""
-        return 2 ** (len(self.ch_mult) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VQConfig:
-        """Builds a config from `to_dict` output, naming any field it does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"VQConfig: unknown fields {unknown}; valid fields: {sorted(known)}")
-        d = dict(d)
-        if "ch_mult" in d:
-            d["ch_mult"] = tuple(d["ch_mult"])
-        return cls(**d)
 
 
 class VQModel(nnx.Module):
     """Encoder -> 1x1 `quant_conv` -> quantizer; codes -> 1x1 `post_quant_conv` -> decoder.
 
     Attribute names follow LlamaGen's module names so every parameter path has one
-    checkpoint key (see `lasad_jax.convert.llamagen_vq`).
+    checkpoint key (see `lasad_jax.convert.llamagen_vq`, `lasad_jax.tokenizers.vq.weights`).
     """
 
     def __init__(self, config: VQConfig, *, rngs: nnx.Rngs):

@@ -26,14 +26,16 @@ The default (hinge for both) is unaffected.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from lasad_jax.validation import Problems
+
 RECONSTRUCTION_LOSSES = ("l2", "l1")
 DISC_LOSSES = ("hinge", "vanilla")
 GEN_LOSSES = ("hinge", "non_saturating")
+DISC_NORMS = ("batch", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,32 +62,20 @@ class VQLossConfig:
     disc_layers: int = 3
     disc_norm: str = "batch"
 
-    def __post_init__(self):
-        problems = []
-        for field, value, valid in (("reconstruction_loss", self.reconstruction_loss,
-                                     RECONSTRUCTION_LOSSES),
-                                    ("disc_loss", self.disc_loss, DISC_LOSSES),
-                                    ("gen_loss", self.gen_loss, GEN_LOSSES),
-                                    ("disc_norm", self.disc_norm, ("batch", "none"))):
-            if value not in valid:
-                problems.append(f"config.loss.{field} must be one of {valid}, got {value!r}")
+    def __post_init__(self) -> None:
+        p = Problems("loss")
+        p.one_of("reconstruction_loss", self.reconstruction_loss, RECONSTRUCTION_LOSSES)
+        p.one_of("disc_loss", self.disc_loss, DISC_LOSSES)
+        p.one_of("gen_loss", self.gen_loss, GEN_LOSSES)
+        p.one_of("disc_norm", self.disc_norm, DISC_NORMS)
         for field in ("reconstruction_weight", "perceptual_weight", "codebook_weight",
-                      "commitment_weight", "entropy_weight", "disc_weight", "disc_start"):
-            if getattr(self, field) < 0:
-                problems.append(f"config.loss.{field} must be >= 0, got {getattr(self, field)}")
-        if problems:
-            raise ValueError("invalid loss config:\n  - " + "\n  - ".join(problems))
-
-    @classmethod
-    def from_config(cls, loss: Any) -> VQLossConfig:
-        """From a config's `loss` block (ConfigDict or mapping); missing fields keep the
-        defaults, unknown ones are an error so a typo does not silently do nothing."""
-        items = dict(loss.items() if hasattr(loss, "items") else loss)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(items) - known)
-        if unknown:
-            raise ValueError(f"config.loss has unknown fields {unknown}; valid: {sorted(known)}")
-        return cls(**items)
+                      "commitment_weight", "entropy_weight", "disc_weight"):
+            p.number(field, getattr(self, field), low=0.0)
+        p.int_at_least("disc_start", self.disc_start, 0)
+        p.positive_int("disc_channels", self.disc_channels)
+        p.positive_int("disc_layers", self.disc_layers)
+        p.string("perceptual_weights", self.perceptual_weights)
+        p.raise_if_any()
 
 
 def reconstruction_loss(inputs: jax.Array, reconstructions: jax.Array,
@@ -97,7 +87,7 @@ def reconstruction_loss(inputs: jax.Array, reconstructions: jax.Array,
         return jnp.mean(jnp.square(diff))
     if kind == "l1":
         return jnp.mean(jnp.abs(diff))
-    raise ValueError(f"config.loss.reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, "
+    raise ValueError(f"loss.reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, "
                      f"got {kind!r}")
 
 

@@ -211,17 +211,17 @@ def perceptual_problems(perceptual_weight: float, perceptual_weights: str | None
     Weight 0 needs no network (and no file); a positive weight needs an existing file.
     """
     if perceptual_weight < 0:
-        return [f"config.loss.perceptual_weight must be >= 0, got {perceptual_weight}"]
+        return [f"loss.perceptual_weight must be >= 0, got {perceptual_weight}"]
     if perceptual_weight == 0:
         return []
     if not perceptual_weights:
-        return [(f"config.loss.perceptual_weights is empty but config.loss.perceptual_weight="
+        return [(f"loss.perceptual_weights is empty but loss.perceptual_weight="
                  f"{perceptual_weight}: download torchvision's VGG16 weights and LPIPS' "
                  f"vgg.pth, convert them with `{CONVERT_COMMAND}` and set "
-                 "config.loss.perceptual_weights to the .npz, or set "
-                 "config.loss.perceptual_weight=0 to train without the perceptual term")]
+                 "loss.perceptual_weights to the .npz, or set loss.perceptual_weight=0 to "
+                 "train without the perceptual term")]
     if not os.path.isfile(perceptual_weights):
-        return [(f"config.loss.perceptual_weights={perceptual_weights!r} does not exist; "
+        return [(f"loss.perceptual_weights={perceptual_weights!r} does not exist; "
                  f"create it with `{CONVERT_COMMAND}`")]
     return []
 

@@ -1,0 +1,334 @@
+"""The run configuration: a config file in, one typed and checked object out.
+
+Config files stay `ml_collections` files (`--config=configs/demo.py
+--config.model.mixer=softmax`): each starts from `default_config(task)`, which holds
+every field of a run at its default, so any field can be set from the command line
+(fields whose default is None are placeholders of their type). `parse` reads such a
+config once, at the entry, into frozen dataclasses, one per block, each checked by the
+package that owns it:
+
+    mesh       lasad_jax.parallel.mesh.MeshConfig
+    data       lasad_jax.data.config.DataConfig (tokenizer task: ImageDataConfig)
+    tokenizer  lasad_jax.tokenizers.config.TokenizerConfig
+    model      lasad_jax.models.config.ModelConfig (sized by the tokenizer and the data)
+    optimizer  lasad_jax.training.config.OptimizerConfig
+    train      lasad_jax.training.config.TrainConfig (tokenizer task: TokenizerTrainConfig)
+    sample     lasad_jax.sampling.config.SampleConfig
+    eval       lasad_jax.evaluation.config.EvalConfig
+    vq, loss   lasad_jax.tokenizers.vq.VQConfig, lasad_jax.training.vq.losses.VQLossConfig
+
+It then checks what joins the blocks and what the mode needs (files, devices, the
+batch split), and raises every problem of every block in one `ConfigError`, before any
+data or model is touched. Nothing below this module reads a ConfigDict.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+from ml_collections import config_dict
+
+from lasad_jax.data.config import (
+    DataConfig,
+    ImageDataConfig,
+    run_problems as data_problems,
+    tokenizer_fit_problems,
+)
+from lasad_jax.evaluation.config import EvalConfig, run_problems as eval_problems
+from lasad_jax.models import ModelConfig
+from lasad_jax.parallel.mesh import ALL_DATA, MeshConfig, batch_problems
+from lasad_jax.sampling.config import SampleConfig, class_problems
+from lasad_jax.tokenizers.config import TokenizerConfig, checkpoint_problems
+from lasad_jax.tokenizers.geometry import CodeGeometry, code_geometry
+from lasad_jax.tokenizers.vq import VQConfig
+from lasad_jax.training.config import (
+    OptimizerConfig,
+    TokenizerTrainConfig,
+    TrainConfig,
+    schedule_problems,
+)
+from lasad_jax.training.vq.losses import VQLossConfig
+from lasad_jax.training.vq.perceptual import perceptual_problems
+from lasad_jax.validation import ConfigError, block_from_mapping, is_int, is_number, problems_of
+
+MODES = ("train", "sample", "extract", "evaluate", "reference_stats")
+TASKS = ("generator", "tokenizer")
+HEADER = "the config cannot run"
+# Model fields that come from the tokenizer and the dataset, never from the config.
+DERIVED_MODEL_FIELDS = ("vocab_size", "grid", "num_classes")
+PRESET_FIELDS = ("num_layers", "num_heads", "dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorRun:
+    """Everything one generator run reads. The defaults are LlamaGen's class-conditional
+    recipe on VQ-16 codes of ImageNet 256 (configs/imagenet256.py adds the model size)."""
+
+    task: str = "generator"
+    seed: int = 0
+    batch_size: int = 256
+    num_steps: int = 0      # the run's length; 0: `num_epochs` passes over the data
+    num_epochs: int = 300
+    mesh: MeshConfig = ALL_DATA
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @property
+    def geometry(self) -> CodeGeometry:
+        """The code grid and vocabulary: the tokenizer's, as the model was sized by it."""
+        return CodeGeometry(self.model.vocab_size, self.model.grid)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerRun:
+    """Everything one tokenizer training run reads; the defaults are LlamaGen's VQ-16
+    recipe on ImageNet (lr 1e-4 at batch 128, 40 epochs)."""
+
+    task: str = "tokenizer"
+    seed: int = 0
+    batch_size: int = 128
+    num_steps: int = 0
+    num_epochs: int = 40
+    mesh: MeshConfig = ALL_DATA
+    data: ImageDataConfig = ImageDataConfig()
+    # commit_beta 1: the loss block applies the 0.25 commitment weight, once.
+    vq: VQConfig = VQConfig(commit_beta=1.0)
+    loss: VQLossConfig = VQLossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(lr=2e-4)
+    train: TokenizerTrainConfig = TokenizerTrainConfig()
+
+
+RunConfig = GeneratorRun | TokenizerRun
+RUNS: dict[str, type] = {"generator": GeneratorRun, "tokenizer": TokenizerRun}
+
+
+# -- the config file's side: a ConfigDict with every field
+
+
+def default_config(task: str = "generator") -> config_dict.ConfigDict:
+    """Every field of a `task` run at its default, as the ConfigDict a config file
+    starts from and overrides. Fields whose default is None are placeholders of their
+    type, so `--config.model.chunk_size=64` can set them."""
+    if task not in RUNS:
+        raise ConfigError([f"config.task must be one of {TASKS}, got {task!r}"])
+    run = RUNS[task]()
+    config = config_dict.ConfigDict()
+    for field in dataclasses.fields(run):
+        value = getattr(run, field.name)
+        if isinstance(value, ModelConfig):
+            config[field.name] = _model_block(value)
+        elif dataclasses.is_dataclass(value):
+            config[field.name] = _block(value)
+        else:
+            config[field.name] = value
+    return config
+
+
+def _block(block: Any, *, skip: tuple[str, ...] = (),
+           none: tuple[str, ...] = ()) -> config_dict.ConfigDict:
+    """The fields of `block` (but `skip`) as a ConfigDict; a None default, and every
+    field in `none`, becomes a placeholder of the field's type."""
+    hints = typing.get_type_hints(type(block))
+    out = config_dict.ConfigDict()
+    for field in dataclasses.fields(block):
+        if field.init and field.name not in skip:
+            value = getattr(block, field.name)
+            out[field.name] = (config_dict.placeholder(_scalar_type(hints[field.name]))
+                               if value is None or field.name in none else value)
+    return out
+
+
+def _scalar_type(hint: Any) -> type:
+    """`int | None` -> int: the type a None field's placeholder accepts."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _model_block(model: ModelConfig) -> config_dict.ConfigDict:
+    """The model block as a config sets it: a `preset` ("", or one of `PRESETS`) fills
+    `num_layers`, `num_heads` and `dim` where those are None; vocabulary, grid and
+    classes are not settable, they come from the tokenizer and the dataset."""
+    block = _block(model, skip=DERIVED_MODEL_FIELDS, none=PRESET_FIELDS)
+    block.preset = ""
+    return block
+
+
+# -- the program's side: the typed run, checked
+
+
+class _Problems:
+    """Problems of the whole config: an owner's lines name `block.field` and get the
+    `config.` prefix here; the entry's own lines are written whole."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def owner(self, lines: list[str]) -> None:
+        self.lines.extend(f"config.{line}" for line in lines)
+
+    def build(self, build: Callable[[], Any]) -> Any:
+        """`build()`, or None with its problems recorded."""
+        try:
+            return build()
+        except ValueError as err:
+            self.owner(problems_of(err))
+            return None
+
+    def best_effort(self, check: Callable[..., list[str]], *args: Any) -> None:
+        """A check that also runs on blocks whose own fields failed (`_unchecked`), so
+        that its problems (a missing file, sizes that do not fit) show in the same round;
+        a value too broken to check is skipped, its block's problems already say why."""
+        try:
+            self.owner(check(*args))
+        except (TypeError, ValueError, AttributeError, OSError):
+            pass
+
+
+def _unchecked(default: Any, given: Mapping[str, Any]) -> Any:
+    """The block `default` with the given fields set but not checked: what the file
+    checks read when the block itself has problems."""
+    block = copy.copy(default)
+    names = {f.name for f in dataclasses.fields(block)}
+    for name, value in given.items():
+        if name in names:
+            object.__setattr__(block, name, value)
+    return block
+
+
+def parse(config: config_dict.ConfigDict | Mapping[str, Any], mode: str) -> RunConfig:
+    """The typed run of a config file for `mode`, or ConfigError listing every problem.
+
+    Besides each block's own checks: the model is sized by the tokenizer's code geometry
+    and the dataset's classes (computed here, once); the tokenizer must read the
+    embedded dataset's images; the mode's files must exist (codes, tokenizer weights,
+    Inception weights, reference); the mesh must fit the devices JAX sees and every
+    batch must split over its data-parallel devices.
+    """
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    if mode not in MODES:
+        raise ConfigError([f"--mode must be one of {MODES}, got {mode!r}"], HEADER)
+    task = values.get("task", "generator")
+    if task not in TASKS:
+        raise ConfigError([f"config.task must be one of {TASKS}, got {task!r}"], HEADER)
+    if task == "tokenizer" and mode != "train":
+        raise ConfigError([f"--mode={mode} does not apply to a tokenizer config (config.task="
+                           "'tokenizer'); train it, then use workdir/tokenizer as the "
+                           "generator config's tokenizer.checkpoint"], HEADER)
+    problems = _Problems()
+    cls = RUNS[task]
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        problems.lines.append(f"config has unknown fields {unknown}; valid fields: {names}")
+    default = cls()
+    blocks: dict[str, Any] = {}  # the blocks that passed their own checks
+    seen: dict[str, Any] = {}    # every block, unchecked where it did not (for file checks)
+    for field in dataclasses.fields(cls):
+        base = getattr(default, field.name)
+        if dataclasses.is_dataclass(base) and field.name != "model":
+            given = values.get(field.name)
+            blocks[field.name] = base if given is None else problems.build(
+                lambda t=type(base), n=field.name, g=given: block_from_mapping(t, n, g))
+            seen[field.name] = blocks[field.name] or _unchecked(base, given)
+    top = {name: values.get(name, getattr(default, name))
+           for name in ("seed", "batch_size", "num_steps", "num_epochs")}
+    problems.owner(_top_problems(top, mode))
+    if task == "generator":
+        blocks["model"] = _generator_checks(problems, values.get("model") or {}, blocks, seen,
+                                            top, mode)
+    else:
+        _tokenizer_checks(problems, blocks, seen, top, mode)
+    if problems.lines:
+        raise ConfigError(problems.lines, HEADER)
+    return cls(task=task, **top, **blocks)
+
+
+def _top_problems(top: dict[str, Any], mode: str) -> list[str]:
+    problems = []
+    if not is_int(top["seed"]):
+        problems.append(f"seed must be an int, got {top['seed']!r}")
+    if not (is_int(top["batch_size"]) and top["batch_size"] >= 1):
+        problems.append(f"batch_size must be >= 1, got {top['batch_size']!r}")
+    if not (is_int(top["num_steps"]) and top["num_steps"] >= 0):
+        problems.append(f"num_steps must be an int >= 0, got {top['num_steps']!r}")
+    if not (is_number(top["num_epochs"]) and top["num_epochs"] >= 0):
+        problems.append(f"num_epochs must be >= 0, got {top['num_epochs']!r}")
+    elif mode == "train" and not top["num_steps"] and not top["num_epochs"]:
+        problems.append("num_steps or num_epochs must be set (both are 0)")
+    return problems
+
+
+def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
+                      blocks: dict[str, Any], seen: dict[str, Any], top: dict[str, Any],
+                      mode: str) -> ModelConfig | None:
+    data, tok, train = blocks["data"], blocks["tokenizer"], blocks["train"]
+    sample, opt, mesh = blocks["sample"], blocks["optimizer"], blocks["mesh"]
+    geometry = problems.build(lambda: code_geometry(tok)) if tok else None
+    # The model's own fields are checked even when the geometry or the classes are not
+    # known, with stand-ins, so that their problems are reported in the same round.
+    model = problems.build(lambda: ModelConfig.from_config(
+        model_fields, vocab_size=geometry.vocab_size if geometry else 2,
+        grid=geometry.grid_shape if geometry else (1, 1),
+        num_classes=data.num_classes if data else 1))
+    samples = mode in ("sample", "evaluate") or (mode == "train" and train and
+                                                 train.sample_at_end)
+    problems.best_effort(data_problems, seen["data"], mode)
+    if data and tok:
+        problems.owner(tokenizer_fit_problems(data, tok.image_size, tok.channels))
+    if mode == "extract" or samples:
+        why = "encoding images" if mode == "extract" else "decoding samples"
+        problems.best_effort(checkpoint_problems, seen["tokenizer"], why)
+    if samples and sample and data and geometry:
+        problems.owner(class_problems(sample, data.num_classes, geometry.vocab_size))
+    if mode in ("evaluate", "reference_stats"):
+        problems.best_effort(eval_problems, seen["eval"], mode)
+    if opt and mode == "train" and is_int(top["num_steps"]):
+        problems.owner(schedule_problems(opt, top["num_steps"]))
+    batches = {}
+    if mode == "train":
+        batches["batch_size"] = top["batch_size"]
+        if train:
+            batches["train.eval_batch_size"] = train.eval_batch_size
+    if samples and sample:
+        batches["sample.batch_size"] = sample.batch_size
+    if mesh and mode != "extract":  # extraction runs on one device per process
+        problems.owner(batch_problems(mesh, jax.device_count(), batches))
+    return model if geometry and data else None
+
+
+def _tokenizer_checks(problems: _Problems, blocks: dict[str, Any], seen: dict[str, Any],
+                      top: dict[str, Any], mode: str) -> None:
+    train, opt, mesh = blocks["train"], blocks["optimizer"], blocks["mesh"]
+    problems.best_effort(perceptual_problems, seen["loss"].perceptual_weight,
+                   seen["loss"].perceptual_weights)
+    problems.best_effort(data_problems, seen["data"], mode)
+    problems.best_effort(_image_size_problems, seen["train"].image_size, seen["vq"],
+                         seen["data"].name)
+    if opt and is_int(top["num_steps"]):
+        problems.owner(schedule_problems(opt, top["num_steps"]))
+    if mesh and train:
+        problems.owner(batch_problems(mesh, jax.device_count(), {
+            "batch_size": top["batch_size"], "train.eval_batch_size": train.eval_batch_size}))
+
+
+def _image_size_problems(image_size: int, vq: VQConfig, dataset: str) -> list[str]:
+    """The tokenizer trains at `image_size`: a multiple of its downsampling factor, and
+    of 8 for the digits (upscaled from 8x8)."""
+    problems = []
+    if image_size % vq.downsample_factor:
+        problems.append(f"train.image_size={image_size} must be a multiple of the tokenizer's "
+                        f"downsampling factor {vq.downsample_factor} (2 ** (len(vq.ch_mult) - 1))")
+    if dataset == "digits" and image_size % 8:
+        problems.append(f"train.image_size={image_size} must be a multiple of 8 to upscale "
+                        "the 8x8 digits (data.name='digits')")
+    return problems

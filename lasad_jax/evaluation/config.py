@@ -1,0 +1,60 @@
+"""The `eval` block of a config: the ADM protocol's sample batch and its network.
+
+`--mode=reference_stats` writes the Inception statistics of the training (or `val`)
+images; `--mode=evaluate` draws `num_samples` images with the `sample` block's settings
+(resumably, `part_size` at a time) and scores them against `reference` (empty: the
+workdir's own `reference_stats.npz`) with the Inception weights of `inception` (a
+converted `.npz`, or "random" to test the pipeline where the real weights cannot ship).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from lasad_jax.evaluation.inception import PREPROCESS_MODES
+from lasad_jax.evaluation.weights import CONVERT_COMMAND, RANDOM_INCEPTION, WEIGHTS_URL
+from lasad_jax.validation import Problems
+
+REFERENCE_SPLITS = ("train", "val")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    name: str = "eval"
+    num_samples: int = 50_000
+    seed: int = 0
+    part_size: int = 5000
+    inception: str = ""
+    preprocess: str = "adm"
+    reference: str = ""
+    reference_split: str = "train"
+    reference_limit: int = 0  # reference_stats: at most this many images (0: all)
+    inception_batch_size: int = 200
+
+    def __post_init__(self) -> None:
+        p = Problems("eval")
+        p.check(isinstance(self.name, str) and bool(self.name), "name",
+                f"must be a non-empty file name, got {self.name!r}")
+        for name in ("num_samples", "part_size", "inception_batch_size"):
+            p.positive_int(name, getattr(self, name))
+        p.int_at_least("reference_limit", self.reference_limit, 0)
+        p.check(isinstance(self.seed, int), "seed", f"must be an int, got {self.seed!r}")
+        p.string("inception", self.inception)
+        p.string("reference", self.reference)
+        p.one_of("preprocess", self.preprocess, PREPROCESS_MODES)
+        p.one_of("reference_split", self.reference_split, REFERENCE_SPLITS)
+        p.raise_if_any()
+
+
+def run_problems(ev: EvalConfig, mode: str) -> list[str]:
+    """The files `mode` reads: the Inception weights, and for `evaluate` a reference
+    named in the config (the workdir's own is checked when the job starts)."""
+    problems = []
+    if ev.inception != RANDOM_INCEPTION and not os.path.isfile(ev.inception):
+        problems.append(f"eval.inception={ev.inception!r} is not a file: download "
+                        f"{WEIGHTS_URL} and convert it with `{CONVERT_COMMAND}`, or use "
+                        "'random' to test the pipeline")
+    if mode == "evaluate" and ev.reference and not os.path.isfile(ev.reference):
+        problems.append(f"eval.reference={ev.reference!r} is not a file")
+    return problems

@@ -1,0 +1,59 @@
+"""The `sample` block of a config: which images to draw and how.
+
+`per_class` images of each class in `classes` (all classes when empty), generated in
+batches of `batch_size`; guidance `cfg_scale` (1.0: off), `temperature`, `top_k` (0:
+off), `top_p` (1.0: off); EMA or raw weights; files `{name}.png` and `{name}.npz`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lasad_jax.sampling.generate import check_sampling_args
+from lasad_jax.validation import Problems, is_int
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    name: str = "samples"
+    classes: tuple[int, ...] = ()
+    per_class: int = 50
+    batch_size: int = 64
+    cfg_scale: float = 2.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    use_ema: bool = True
+    grid_scale: int = 1  # the PNG's pixels per image pixel
+
+    def __post_init__(self) -> None:
+        p = Problems("sample")
+        p.check(isinstance(self.name, str) and bool(self.name), "name",
+                f"must be a non-empty file name, got {self.name!r}")
+        p.check(isinstance(self.classes, tuple) and all(
+            is_int(c) and c >= 0 for c in self.classes), "classes",
+            f"must be a tuple of class ids >= 0 (empty: all classes), got {self.classes!r}")
+        for name in ("per_class", "batch_size", "grid_scale"):
+            p.positive_int(name, getattr(self, name))
+        try:  # the rules `generate` itself applies, so both say the same
+            check_sampling_args(cfg_scale=self.cfg_scale, temperature=self.temperature,
+                                top_k=self.top_k, top_p=self.top_p)
+        except (ValueError, TypeError) as err:
+            p.lines.append(f"sample.{err}")
+        p.check(is_int(self.seed), "seed", f"must be an int, got {self.seed!r}")
+        p.check(isinstance(self.use_ema, bool), "use_ema",
+                f"must be True or False, got {self.use_ema!r}")
+        p.raise_if_any()
+
+
+def class_problems(sample: SampleConfig, num_classes: int, vocab_size: int) -> list[str]:
+    """The classes must exist in the dataset, and top-k must fit the vocabulary."""
+    problems = []
+    bad = [c for c in sample.classes if c >= num_classes]
+    if bad:
+        problems.append(f"sample.classes must be class ids in [0, {num_classes}), got {bad}")
+    if sample.top_k > vocab_size:
+        problems.append(f"sample.top_k={sample.top_k} is larger than the vocabulary "
+                        f"({vocab_size} tokens); use 0 (off) or at most {vocab_size}")
+    return problems
