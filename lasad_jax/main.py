@@ -9,7 +9,10 @@ Modes:
 * `evaluate`: generates `config.eval.num_samples` images from DIR's newest checkpoint
   (resumably) and reports FID, sFID, IS, precision and recall (ADM protocol).
 
-Any config field can be overridden: `--config.num_steps=100 --config.model.mixer=softmax`.
+Any config field can be overridden: `--config.num_steps=100 --config.model.mixer=softmax`
+(docs/configuration.md). This module only parses the flags, starts JAX on every host,
+reads the config into its typed form (`lasad_jax.config.parse`, which reports every
+problem at once) and hands it to the job of the mode (`lasad_jax.jobs`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ from typing import Any
 # any accelerator, which belongs to JAX.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-MODES = ("train", "sample", "extract", "evaluate", "reference_stats")
+# Importing these touches no device, so `jax.distributed.initialize` in `run` still
+# comes before anything JAX computes.
+from lasad_jax.config import MODES, parse  # noqa: E402
+from lasad_jax.jobs import run_job  # noqa: E402
+from lasad_jax.training.checkpoint import CheckpointError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -55,10 +63,8 @@ class _QuietLibraries(pylogging.Filter):
             part in record.pathname for part in self.NOISY)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from lasad_jax.training.checkpoint import CheckpointError
-
-    return (ValueError, FileNotFoundError, FloatingPointError, CheckpointError)
+# Errors whose messages are written for the user (the field, the file, what to do).
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, CheckpointError)
 
 
 def main(argv: list[str]) -> None:
@@ -71,52 +77,24 @@ def main(argv: list[str]) -> None:
         # whose messages are written for the user (the field, the file, what to do); a
         # traceback would bury them. Anything else is a bug and keeps its traceback, as
         # does everything with LASAD_TRACEBACK=1.
-        if not isinstance(err, _user_errors()) or os.environ.get("LASAD_TRACEBACK") == "1":
+        if not isinstance(err, USER_ERRORS) or os.environ.get("LASAD_TRACEBACK") == "1":
             raise
         logging.error("%s: %s", type(err).__name__, err)
         sys.exit(f"error: {err}\n(set LASAD_TRACEBACK=1 for the traceback)")
 
 
 def run(config: Any, mode: str, workdir: str) -> None:
-    """Everything after flag parsing: multi-host start-up, checks, then the mode."""
+    """Everything after flag parsing: multi-host start-up, the typed config, the job."""
     logging.get_absl_handler().addFilter(_QuietLibraries())
     _hide_accelerators_from_tensorflow()
-    import jax
-
-    from lasad_jax.config_checks import check_config
-
     if os.environ.get("LASAD_MULTIHOST") == "1":  # set by launch/ for TPU pods and SLURM
         # Coordinator address, process count and index come from the TPU or SLURM
         # environment; on one host this is skipped and JAX runs as a single process.
         jax.distributed.initialize()
-    check_config(config, mode)
+    run_config = parse(config, mode)  # every problem at once, before anything is built
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
                  mode, workdir)
-    if mode == "train" and config.get("task", "generator") == "tokenizer":
-        from lasad_jax.training.vq.loop import train_tokenizer
-
-        train_tokenizer(config, workdir)
-    elif mode == "train":
-        from lasad_jax.training.loop import train_and_evaluate
-
-        train_and_evaluate(config, workdir)
-    elif mode == "extract":
-        from lasad_jax.data.extract import run_extraction
-
-        run_extraction(config)
-    elif mode == "reference_stats":
-        from lasad_jax.evaluation.job import run_reference_stats
-
-        run_reference_stats(config, workdir)
-    elif mode == "evaluate":
-        from lasad_jax.evaluation.job import run_evaluation
-
-        run_evaluation(config, workdir)
-    else:
-        from lasad_jax.sampling.job import run_sampling
-
-        paths = run_sampling(config, workdir)
-        logging.info("wrote %s", ", ".join(paths.values()))
+    run_job(run_config, mode, workdir)
 
 
 if __name__ == "__main__":

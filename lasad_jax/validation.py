@@ -91,11 +91,11 @@ class Problems:
         if ok and high is not None:
             ok = value < high if high_open else value <= high
         if low is not None and high is not None:
-            want = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         elif low is not None:
-            want = f"{'>' if low_open else '>='} {low}"
+            want = f"{'>' if low_open else '>='} {low:g}"
         elif high is not None:
-            want = f"{'<' if high_open else '<='} {high}"
+            want = f"{'<' if high_open else '<='} {high:g}"
         else:
             want = "a number"
         return self.check(ok, field, f"must be {want}, got {value!r}")

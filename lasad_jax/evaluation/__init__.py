@@ -1,7 +1,7 @@
 """ADM-protocol evaluation: the FID Inception network and FID / sFID / IS / precision-recall.
 
-    from lasad_jax.convert.inception import load_inception
     from lasad_jax.evaluation import evaluate
+    from lasad_jax.evaluation.weights import load_inception
     model = load_inception("inception_fid.npz")          # converted pytorch-fid weights
     evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", model)
 

@@ -1,6 +1,6 @@
 """Inception features of image sets, and the ADM-protocol metrics between two sets.
 
-    model = load_inception("inception_fid.npz")              # lasad_jax.convert.inception
+    model = load_inception("inception_fid.npz")          # lasad_jax.evaluation.weights
     scores = evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", model)
     # {'fid': ..., 'sfid': ..., 'inception_score': ..., 'precision': ..., 'recall': ...}
 

@@ -2,7 +2,8 @@
 
 ADM's evaluator (FID, sFID, IS, precision/recall) measures images with Inception-v3 as
 frozen in `classify_image_graph_def.pb` (2015-12-05); its weights are public as pytorch-fid's
-`pt_inception-2015-12-05-6726825d.pth` (`lasad_jax.convert.inception` makes the `.npz`).
+`pt_inception-2015-12-05-6726825d.pth` (`lasad_jax.convert.inception` makes the `.npz`,
+`lasad_jax.evaluation.weights` loads it).
 That is torchvision's Inception-v3 with the graph's quirks: the pool branches of Mixed_5b-5d,
 6b-6e and 7b average without counting padded zeros (`count_include_pad=False`); Mixed_7c's
 pool branch is a 3x3 MAX pool; convs have no bias and are followed by BatchNorm (eps 0.001,
@@ -250,7 +251,7 @@ class InceptionE(nnx.Module):
 class InceptionV3(nnx.Module):
     """FID Inception-v3 (see the module docstring); `__call__` returns pool/spatial/logits.
 
-    Randomly initialised unless loaded with `lasad_jax.convert.inception.load_inception`;
+    Randomly initialised unless loaded with `lasad_jax.evaluation.weights.load_inception`;
     the random network has the right shapes and is useful only for tests.
     """
 

@@ -79,6 +79,12 @@ def _check_stats(stats: Mapping[str, Any], source: str) -> None:
                          "Inception's pool_3 and sFID features):\n  - " + "\n  - ".join(problems))
 
 
+def reference_path(reference: str, workdir: str) -> str:
+    """The reference a run scores against: `eval.reference`, or the statistics
+    `--mode=reference_stats` wrote into the workdir when that is empty."""
+    return reference or os.path.join(workdir, "reference_stats.npz")
+
+
 def load_reference(path: str | os.PathLike) -> Reference:
     """Reads an ADM reference batch, a stats-only file or an images-only sample batch."""
     path = os.fspath(path)

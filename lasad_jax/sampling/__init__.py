@@ -1,4 +1,4 @@
-"""Sampling: pure generation (`generate`) and the `--mode=sample` job."""
+"""Sampling: pure generation (`generate`), and drawing a config's images to files."""
 
 from lasad_jax.sampling.generate import filter_logits, generate, guide, sample_logits
 

@@ -1,21 +1,22 @@
 """What the sampling notebook (`notebooks/sampling_demo.ipynb`) needs beyond the sampler.
 
-The notebook stays a thin sequence of calls so that everything it does is tested here:
-getting a model (a checkpoint from a local or `gs://` workdir, or the demo trained on
-the spot when none is given) and reading a trained model's decay maps, the weight each
-head's query at a chosen token gives every earlier token of the grid.
+The notebook stays a thin sequence of calls so that everything it does is tested: a
+workdir fetched from `gs://` (or used where it is), and a trained model's decay maps,
+the weight each head's query at a chosen token gives every earlier token of the grid.
+Getting the model (that checkpoint, or the demo trained on the spot) is
+`lasad_jax.jobs.sample.load_or_train`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from lasad_jax.ops.decay import decay_mask
+
 
 def fetch_workdir(src: str, cache_dir: str) -> str:
     """A local directory holding `src`'s `checkpoints/`: `src` itself when it is a local
@@ -51,26 +52,6 @@ def fetch_workdir(src: str, cache_dir: str) -> str:
     return dst
 
 
-def load_or_train(config: Any, checkpoint: str, workdir: str) -> tuple[nnx.Module, int]:
-    """`(model, step)`: the newest checkpoint of the workdir `checkpoint` (EMA weights per
-    `config.sample.use_ema`), or, when `checkpoint` is empty, the model of `config`
-    trained in `workdir` (a finished run there is reused: training resumes, so nothing
-    is trained twice)."""
-    from lasad_jax.config_checks import check_config
-    from lasad_jax.sampling.job import restore_model
-    from lasad_jax.training.loop import train_and_evaluate
-
-    check_config(config, "sample" if checkpoint else "train")
-    if checkpoint:
-        workdir = fetch_workdir(checkpoint, workdir)
-    else:
-        config = config.copy_and_resolve_references()
-        config.train.sample_at_end = False
-        train_and_evaluate(config, workdir)
-    model, step, _ = restore_model(config, workdir)
-    return model, step
-
-
 def layer_decays(model: nnx.Module) -> list[dict[str, np.ndarray]]:
     """Per layer, the learned decays of each head (`row_decay`/`col_decay` for the LASAD
     mixers, `decay` for `linear_1d`; empty for `linear` and `softmax`)."""
@@ -82,7 +63,7 @@ def layer_decays(model: nnx.Module) -> list[dict[str, np.ndarray]]:
 
 
 def decay_map(model: nnx.Module, layer: int, row: int, col: int) -> np.ndarray:
-    """`[heads, rows, cols]` float32: the weight `M[i, j]` (DESIGN.md §1) that the query
+    """`[heads, rows, cols]` float32: the weight `M[i, j]` (docs/operator.md) that the query
     of the image token at `(row, col)` gives the key of every image token `j` in layer
     `layer`; zero for tokens after it (causality). The class slot's weight is always 1
     and is left out."""

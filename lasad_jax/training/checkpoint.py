@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lasad_jax.parallel.state import abstract_with_shardings, place_state
+from lasad_jax.training.config import LoopConfig
 
 
 class CheckpointError(RuntimeError):
@@ -75,11 +76,32 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
-    def restore_params(self, abstract_state: Any, *, use_ema: bool) -> tuple[int, Any]:
-        """Latest (step, params or EMA params) for sampling; no iterator involved."""
-        step = self.latest_step()
-        state = self.restore(abstract_state, step=step)
-        return step, state.ema_params if use_ema else state.params
+    def restore_params(self, abstract_params: Any, *, use_ema: bool,
+                       step: int | None = None) -> tuple[int, Any]:
+        """`(step, params)`: the EMA (`use_ema`) or raw parameters of the newest (or
+        `step`'s) checkpoint, restored alone into the structure, dtypes and shardings of
+        `abstract_params`. Nothing else of the state is read: no optimizer has to be
+        built to restore weights for sampling or evaluation."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        key = "ema_params" if use_ema else "params"
+        target = {key: abstract_params}
+        restore_args = jax.tree.map(
+            lambda leaf: ocp.ArrayRestoreArgs(sharding=getattr(leaf, "sharding", None)),
+            target)
+        # The state item is a PyTree on disk; reading a subtree needs the PyTree handler
+        # and `partial_restore`, so a second, read-only manager does it.
+        reader = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+        try:
+            args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                          partial_restore=True)
+            restored = reader.restore(step, args=ocp.args.Composite(state=args))
+        finally:
+            reader.close()
+        return step, restored["state"][key]
 
     def restore_newest_readable(self, target: Any, data_iterator: Any | None = None
                                 ) -> tuple[int, Any]:
@@ -137,11 +159,25 @@ class Checkpointer:
         self.manager.close()
 
 
-def resume_or_start(workdir: str, train_cfg: Any, init: Callable[[], Any] | Any, mesh: Mesh,
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+def open_for_reading(workdir: str) -> Checkpointer:
+    """The read-only checkpointer of `workdir`, or FileNotFoundError saying what to do."""
+    directory = checkpoint_dir(workdir)
+    checkpointer = Checkpointer(directory, read_only=True) if os.path.isdir(directory) else None
+    if checkpointer is None or checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}: train first with --mode=train "
+                                f"and the same --workdir")
+    return checkpointer
+
+
+def resume_or_start(workdir: str, loop: LoopConfig, init: Callable[[], Any] | Any, mesh: Mesh,
                     data_iterator: Any) -> tuple[Checkpointer, Any, int, Any]:
-    """Opens `workdir/checkpoints` (keeping `train_cfg.keep_checkpoints`, saving every
-    `train_cfg.checkpoint_every` steps); returns `(checkpointer, state, first step to run
-    - 1, state shardings)`.
+    """Opens `workdir/checkpoints` (keeping `loop.keep_checkpoints`, saving every
+    `loop.checkpoint_every` steps); returns `(checkpointer, state, first step to run - 1,
+    state shardings)`.
 
     With a checkpoint, the newest is restored straight into `mesh`'s shardings (an
     abstract target: no fresh state is built first, and a run saved on another mesh
@@ -149,9 +185,8 @@ def resume_or_start(workdir: str, train_cfg: Any, init: Callable[[], Any] | Any,
     (zero-argument, returns the state pytree) runs jitted with sharded outputs; `init`
     may also be a state built on the host, which is then put on the mesh.
     """
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                keep=train_cfg.keep_checkpoints,
-                                save_every=train_cfg.checkpoint_every)
+    checkpointer = Checkpointer(checkpoint_dir(workdir), keep=loop.keep_checkpoints,
+                                save_every=loop.checkpoint_every)
     start = 0
     if checkpointer.latest_step() is not None:
         target, shardings = abstract_with_shardings(init, mesh)

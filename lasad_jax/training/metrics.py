@@ -81,6 +81,19 @@ def _truncate_after(path: str, step: int) -> None:
         os.replace(path + ".tmp", path)
 
 
+def flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"model": {"dim": 96}}` -> `{"model.dim": 96}`; non-scalars become strings, as
+    TensorBoard's hparams plugin takes scalars only."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_hparams(value, f"{prefix}{key}."))
+        else:
+            keep = isinstance(value, (int, float, str, bool))
+            flat[prefix + key] = value if keep else str(value)
+    return flat
+
+
 def create_writer(workdir: str, resume_step: int | None = None) -> metric_writers.MetricWriter:
     """TensorBoard + log + jsonl on the first process; only the log on the others."""
     if jax.process_index() > 0:
@@ -91,32 +104,37 @@ def create_writer(workdir: str, resume_step: int | None = None) -> metric_writer
     ])
 
 
-def report_health(step: int, values: dict[str, float], *, policy: str,
+def report_health(step: int, values: dict[str, float], *, policy: str | None,
                   reported_skips: int) -> int:
     """Pops the step's health fields from `values` (in place), logs newly skipped
-    non-finite updates with their step, and under `policy="halt"` raises on any
-    non-finite training value. Returns the number of skips reported so far."""
-    skipped = int(values.pop("skipped", 0))
-    last = int(values.pop("last_skipped", -1))
+    non-finite updates with their step, and unless `policy == "skip"` raises on any
+    non-finite training value. Returns the number of skips reported so far.
+
+    `policy` is the generator's `train.nonfinite`; None (the tokenizer, which has no
+    skip counters) halts like "halt"."""
     values.pop("state_finite", None)
-    if skipped > reported_skips:
-        logging.warning("step %d: %d non-finite update(s) skipped since the last report, "
-                        "the last at step %d (%d in all)", step, skipped - reported_skips,
-                        last, skipped)
-    values["skipped_updates"] = float(skipped)
-    if policy == "halt":
+    if "skipped" in values:
+        skipped = int(values.pop("skipped"))
+        last = int(values.pop("last_skipped", -1))
+        if skipped > reported_skips:
+            logging.warning("step %d: %d non-finite update(s) skipped since the last report, "
+                            "the last at step %d (%d in all)", step, skipped - reported_skips,
+                            last, skipped)
+        values["skipped_updates"] = float(skipped)
+        reported_skips = skipped
+    if policy != "skip":
         check_finite(step, values)
-    return skipped
+    return reported_skips
 
 
-def check_saveable(step: int, metrics: Mapping[str, Any]) -> None:
+def check_saveable(step: int, metrics: Mapping[str, Any], policy: str | None) -> None:
     """Refuses to checkpoint a state holding NaN or inf anywhere (parameters, optimizer
     state, EMA), whatever the non-finite policy."""
     if not bool(jax.device_get(metrics["state_finite"])):
+        hint = " or set train.nonfinite='skip' to drop non-finite updates" if policy else ""
         raise FloatingPointError(
             f"the training state is not finite at step {step}; refusing to checkpoint it. "
-            "The last good checkpoint is kept; lower optimizer.lr or set "
-            "train.nonfinite='skip' to drop non-finite updates.")
+            f"The last good checkpoint is kept; lower optimizer.lr{hint}.")
 
 
 def check_finite(step: int, values: dict[str, float]) -> None:

@@ -1,0 +1,37 @@
+"""The real images a reference is made of (`--mode=reference_stats`), as the model's
+samples will look."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from lasad_jax.data.config import EMBEDDED, DataConfig
+from lasad_jax.data.images import adm_center_crop, build_image_source
+from lasad_jax.data.pipeline import load_embedded
+from lasad_jax.tokenizers import TokenizerConfig, build_tokenizer
+
+
+def dataset_images(data: DataConfig, tokenizer: TokenizerConfig, split: str,
+                   limit: int) -> Iterator[np.ndarray]:
+    """uint8 RGB batches `[B, H, W, 3]` of `split` (at most `limit` images; 0: all) at
+    the generator's image size, as the samples will look: the embedded digits and
+    shapes go through the tokenizer (so the reference holds the grey levels the model
+    can draw); image datasets get the ADM centre crop."""
+    if data.name in EMBEDDED:
+        tok = build_tokenizer(tokenizer)
+        images = load_embedded(data, split)[0]
+        images = tok.decode(tok.encode(images[:limit or None]))
+        yield np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+        return
+    source = build_image_source(data.image_source, split, image_dir=data.image_dir,
+                                tfds_data_dir=data.tfds_data_dir, manual_dir=data.manual_dir)
+    size = tokenizer.image_size[0]
+    n = len(source) if not limit else min(limit, len(source))
+    batch = []
+    for i in range(n):
+        batch.append(adm_center_crop(source[i]["image"], size))
+        if len(batch) == 256 or i == n - 1:
+            yield np.stack(batch)
+            batch = []
