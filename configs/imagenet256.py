@@ -13,73 +13,31 @@
         --config.eval.inception=/data/inception_fid.npz \
         --config.eval.reference=/data/VIRTUAL_imagenet256_labeled.npz
 
-Recipe (LlamaGen, arXiv 2406.06525): AdamW betas (0.9, 0.95), weight decay 0.05 on >= 2-D
-parameters, learning rate 1e-4 per 256 images held constant, gradient clipping 1.0, bf16
-compute, 300 epochs of batch 256, class dropout 0.1, classifier-free guidance 2.0 at
-sampling. The trainer reads codes extracted once by `--mode=extract` (one of ten crops
-and mirrors drawn per image per epoch); it stops at once, naming the field, when they or
-the tokenizer weights (`tokenizer.checkpoint`, converted from LlamaGen's
-`vq_ds16_c2i.pt`) are missing. With `data.image_source="imagefolder"` and
-`data.image_dir=ROOT` (`ROOT/train/<class>/*.JPEG`) extraction reads a folder instead.
+The recipe is the run's defaults (`default_config`, docs/configuration.md), LlamaGen's
+(arXiv 2406.06525): AdamW betas (0.9, 0.95), weight decay 0.05 on >= 2-D parameters,
+learning rate 1e-4 per 256 images held constant, gradient clipping 1.0, 300 epochs of
+batch 256, class dropout 0.1, EMA 0.9999, classifier-free guidance 2.0, VQ-16 codes of
+extracted ImageNet (one of ten crops and mirrors drawn per image per epoch). This file
+adds the model size, bf16 compute and FSDP over every device. The trainer stops at
+once, naming the field, when the codes or the tokenizer weights (`tokenizer.checkpoint`,
+converted from LlamaGen's `vq_ds16_c2i.pt`) are missing. With
+`data.image_source="imagefolder"` and `data.image_dir=ROOT` (`ROOT/train/<class>/*.JPEG`)
+extraction reads a folder instead.
 """
 
 from ml_collections import config_dict
+
+from lasad_jax.config import default_config
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def get_config() -> config_dict.ConfigDict:
-    config = config_dict.ConfigDict()
-    config.seed = 0
-    config.batch_size = 256
+    config = default_config("generator")
     # 300 epochs of the 1.28M training images, whatever number of augmented views
     # (flips, ten crops) the codes directory holds per image.
-    config.num_epochs = 300
-    config.num_steps = -(-300 * IMAGENET_TRAIN_IMAGES // 256)
-
-    # Images -> codes once (`--mode=extract`), then training reads the codes.
-    # Device mesh: data x fsdp x tensor, product = device count; -1 takes what is left.
-    # FSDP over every device shards weights, Adam moments and EMA (needed from XL up);
-    # see README "Scaling out" for other layouts.
-    config.mesh = dict(data=1, fsdp=-1, tensor=1)
-    config.data = dict(
-        name="extracted", num_classes=1000, codes_dir="", val_fraction=0.0, seed=0,
-        image_source="tfds", image_dir="", tfds_data_dir="", manual_dir="",
-        augment="tencrop", val_augment="none", extract_splits=("train", "val"),
-        shard_size=10_000, extract_batch_size=64, skip_corrupt=False,
-    )
-    config.tokenizer = dict(name="vq16", image_size=(256, 256), codebook_size=16384,
-                            checkpoint="", levels=0, channels=3)
-
-    config.model = dict(
-        preset="L", num_layers=None, num_heads=None, dim=None,
-        mixer="lasad", feature_map="silu", gate="sigmoid", gate_rank=64,
-        pos_encoding="rope2d", dtype="bfloat16", impl="auto", chunk_size=None,
-        decode_impl="auto",  # the sampling step: "xla", or "pallas" (one fused kernel)
-    )
-    config.optimizer = dict(
-        lr=1e-4,  # per 256 images
-        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip=1.0,
-        schedule="constant", warmup_steps=0, end_lr_fraction=1.0,
-    )
-    config.train = dict(
-        class_dropout=0.1, ema_decay=0.9999, log_every=100, eval_every=-1,
-        eval_batch_size=256, checkpoint_every=5000, keep_checkpoints=3,
-        stop_after=0, progress_every_secs=60.0, sample_at_end=False,
-        # A non-finite loss or gradient: "halt" stops before anything is saved; "skip"
-        # drops that update, logs it with its step and goes on.
-        nonfinite="halt",
-    )
-    # ADM evaluation: 50 images for each of the 1,000 classes.
-    config.sample = dict(
-        name="samples", classes=(), per_class=50, batch_size=64, cfg_scale=2.0,
-        temperature=1.0, top_k=0, top_p=1.0, seed=0, use_ema=True, grid_scale=1,
-    )
-    # ADM protocol (README "Evaluation"): 50k samples against ADM's reference batch, with
-    # the converted FID Inception weights.
-    config.eval = dict(
-        name="eval", num_samples=50_000, seed=0, part_size=5000, inception="",
-        preprocess="adm", reference="", reference_split="train", reference_limit=0,
-        inception_batch_size=200,
-    )
+    config.num_steps = -(-config.num_epochs * IMAGENET_TRAIN_IMAGES // config.batch_size)
+    # FSDP over every device shards weights, Adam moments and EMA (needed from XL up).
+    config.mesh.update(data=1, fsdp=-1)
+    config.model.update(preset="L", dtype="bfloat16")
     return config

@@ -10,24 +10,15 @@ tokens as for the digits. Nothing is downloaded: the images are drawn from `data
 more.
 """
 
-import importlib.util
 import pathlib
+import runpy
 
 from ml_collections import config_dict
 
 
-def _demo_config() -> config_dict.ConfigDict:
-    path = pathlib.Path(__file__).with_name("demo.py")
-    spec = importlib.util.spec_from_file_location("lasad_demo_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config() -> config_dict.ConfigDict:
-    config = _demo_config()
-    config.data = dict(name="shapes", num_classes=10, size=16, num_train=6000, num_val=600,
-                       seed=0, codes_dir="")
-    config.tokenizer = dict(name="intensity", levels=17, image_size=(16, 16), channels=1)
+    config = runpy.run_path(str(pathlib.Path(__file__).with_name("demo.py")))["get_config"]()
+    config.data.update(name="shapes", size=16, num_train=6000, num_val=600)
+    config.tokenizer.image_size = (16, 16)
     config.sample.grid_scale = 4
     return config
