@@ -65,13 +65,14 @@ def run_config(dataset: str, mixer: str, seed: int, steps: int):
 
 
 def train_one(dataset: str, mixer: str, seed: int, steps: int, out_dir: pathlib.Path) -> dict:
-    from lasad_jax.training.loop import train_and_evaluate
+    from lasad_jax.config import parse
+    from lasad_jax.jobs import train
 
-    config = run_config(dataset, mixer, seed, steps)
+    config = parse(run_config(dataset, mixer, seed, steps), "train")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = os.path.join(tmp, "run")
         start = time.perf_counter()
-        train_and_evaluate(config, workdir)
+        train.run(config, workdir)
         seconds = time.perf_counter() - start
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]

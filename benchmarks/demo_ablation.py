@@ -44,7 +44,8 @@ def parse_run(run: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from lasad_jax.training.loop import train_and_evaluate
+    from lasad_jax.config import parse
+    from lasad_jax.jobs import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             checkpoint_every=args.steps)
         with tempfile.TemporaryDirectory() as workdir:
             start = time.perf_counter()
-            final = train_and_evaluate(config, os.path.join(workdir, "run"))
+            final = train.run(parse(config, "train"), os.path.join(workdir, "run"))
             seconds = time.perf_counter() - start
         rows.append(dict(run=run, steps=args.steps, train_loss=final["loss"],
                          val_bits=final["val_bits_per_token"],

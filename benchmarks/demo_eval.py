@@ -34,15 +34,18 @@ def main() -> None:
 
     from demo_ablation import demo_config
 
+    from lasad_jax.config import parse
     from lasad_jax.evaluation import evaluate
-    from lasad_jax.evaluation.job import dataset_images, load_network, reference_path
+    from lasad_jax.evaluation.real_images import dataset_images
+    from lasad_jax.evaluation.reference import reference_path
+    from lasad_jax.evaluation.weights import load_network
 
-    config = demo_config()
-    network, described = load_network(config)
-    reference = reference_path(config, args.workdir)
+    config = parse(demo_config(), "evaluate")
+    network, described = load_network(config.eval.inception, config.eval.preprocess)
+    reference = reference_path(config.eval.reference, args.workdir)
     with np.load(os.path.join(args.workdir, "eval", "eval.npz")) as npz:
         samples = npz["arr_0"]
-    val = np.concatenate(list(dataset_images(config, "val", 0)))
+    val = np.concatenate(list(dataset_images(config.data, config.tokenizer, "val", 0)))
     sets = {"held-out real digits": val, f"samples, first {len(val)}": samples[:len(val)],
             f"samples, all {len(samples)}": samples}
     rows = []

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lasad_jax.config_checks import check_config
-from tests.training.test_training import ROOT, load_config
+from lasad_jax.config import parse
+from tests.helpers import ROOT, load_config, write_image_folder
 
 SMALL = ["--config.num_steps=4", "--config.batch_size=16", "--config.model.num_layers=1",
          "--config.model.dim=32", "--config.model.num_heads=2", "--config.model.gate_rank=8",
@@ -70,25 +70,14 @@ def test_imagenet_config_fails_fast_naming_what_is_missing(tmp_path):
             config.optimizer.lr, config.optimizer.grad_clip) == (0.9, 0.95, 0.05, 1e-4, 1.0)
     assert config.train.class_dropout == 0.1 and config.num_epochs == 300
     with pytest.raises(ValueError, match=r"config.data.codes_dir is empty"):
-        check_config(config, "train")
+        parse(config, "train")
     config.data.codes_dir = str(tmp_path)
     with pytest.raises(ValueError, match=r"holds no extracted train split"):
-        check_config(config, "train")
+        parse(config, "train")
     with pytest.raises(ValueError, match="config.tokenizer.checkpoint is empty"):
-        check_config(config, "sample")
+        parse(config, "sample")
     with pytest.raises(ValueError, match="encoding images needs the VQ-16 tokenizer"):
-        check_config(config, "extract")
-
-
-def _write_folder(root, split, per_class=3):
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["ant", "bee"]):
-        d = root / split / name
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            img = np.full((12 + i, 10, 3), 40 + 150 * c, np.uint8)
-            img += rng.integers(0, 20, img.shape, dtype=np.uint8)
-            Image.fromarray(img).save(d / f"{i}.png")
+        parse(config, "extract")
 
 
 FOLDER_CONFIG = """
@@ -114,7 +103,7 @@ def test_cli_extract_then_train_on_an_image_folder(tmp_path):
     """The ImageNet route at toy scale: a class-per-folder dataset is encoded once into
     augmented code shards, then the trainer reads them."""
     for split in ("train", "val"):
-        _write_folder(tmp_path / "images", split)
+        write_image_folder(tmp_path / "images", split)
     config = tmp_path / "folder_config.py"
     config.write_text(FOLDER_CONFIG.format(demo=str(ROOT / "configs" / "demo.py"),
                                            codes=str(tmp_path / "codes"),

@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from lasad_jax.config_checks import check_config
-from lasad_jax.data.extract import extract_from_config
-from lasad_jax.sampling.job import run_sampling
-from lasad_jax.tokenizers import build_tokenizer
-from lasad_jax.training.loop import train_and_evaluate
-from lasad_jax.training.vq.loop import train_tokenizer
-from tests.test_cli import _write_folder
-from tests.training.test_training import load_config
-from tests.training.test_vq_training import tiny_vq_config
+from lasad_jax.config import parse
+from lasad_jax.jobs import extract, sample, train, train_tokenizer
+from tests.helpers import load_config, tiny_vq_config, write_image_folder
 
 
 def test_tokenizer_extract_train_sample(tmp_path):
-    train_tokenizer(tiny_vq_config(), str(tmp_path / "vq"))  # 16 px -> 8 x 8 codes, 32 codes
+    # 16 px -> 8 x 8 codes, 32 codes
+    train_tokenizer.run(parse(tiny_vq_config(), "train"), str(tmp_path / "vq"))
     for split in ("train", "val"):
-        _write_folder(tmp_path / "images", split)
+        write_image_folder(tmp_path / "images", split)
 
     config = load_config("imagenet256")
     config.batch_size = 4
@@ -35,19 +30,15 @@ def test_tokenizer_extract_train_sample(tmp_path):
     config.train.update(log_every=1, eval_every=0, eval_batch_size=4, checkpoint_every=3)
     config.sample.update(classes=(0, 1), per_class=2, batch_size=4)
 
-    check_config(config, "extract")
-    tokenizer = build_tokenizer(config.tokenizer)
-    for split in ("train", "val"):
-        manifest = extract_from_config(config.data, tokenizer, split)
+    manifests = extract.run(parse(config, "extract"))
+    for split, manifest in zip(("train", "val"), manifests):
         views = 2 if split == "train" else 1  # flips for training, the centre crop for val
         assert manifest["num_images"] == 6 and manifest["config"]["views"] == views
 
-    check_config(config, "train")
-    final = train_and_evaluate(config, str(tmp_path / "run"))
+    final = train.run(parse(config, "train"), str(tmp_path / "run"))
     assert np.isfinite(final["val_bits_per_token"]) and final["val_bits_per_token"] < 6.0
 
-    check_config(config, "sample")
-    paths = run_sampling(config, str(tmp_path / "run"))
+    paths = sample.run(parse(config, "sample"), str(tmp_path / "run"))
     with np.load(paths["npz"]) as f:
         assert f["arr_0"].shape == (4, 16, 16, 3) and f["arr_0"].dtype == np.uint8
         np.testing.assert_array_equal(f["labels"], [0, 0, 1, 1])

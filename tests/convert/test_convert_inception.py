@@ -1,5 +1,6 @@
 """The pytorch-fid Inception converter: the real key list, where every weight lands, errors,
-saving and loading; with torch, the NNX network against a torch forward of pytorch-fid's.
+saving and loading (`lasad_jax.evaluation.weights`); with torch, the NNX network against
+a torch forward of pytorch-fid's.
 
 The key list is walked here from the architecture as pytorch-fid builds it (torchvision's
 Inception3(num_classes=1008, aux_logits=False) with the FID blocks), independently of the
@@ -14,6 +15,7 @@ import pytest
 
 from lasad_jax.convert import inception as conv
 from lasad_jax.evaluation.inception import BasicConv2d, avg_pool_exclude_pad, max_pool
+from lasad_jax.evaluation.weights import load_inception, save_inception
 
 
 def pytorch_fid_keys() -> dict[str, tuple[int, ...]]:
@@ -155,8 +157,8 @@ def test_missing_unknown_and_misshaped_keys_are_named(state_dict):
 
 def test_save_load_round_trip(params, tmp_path):
     path = tmp_path / "inception_fid.npz"
-    conv.save_inception(path, params)
-    model = conv.load_inception(path)
+    save_inception(path, params)
+    model = load_inception(path)
     assert model.preprocess == "adm"
     np.testing.assert_array_equal(np.asarray(model.Mixed_6e.branch7x7dbl_4.conv.kernel[...]),
                                   params[("Mixed_6e", "branch7x7dbl_4", "conv", "kernel")])
@@ -164,24 +166,24 @@ def test_save_load_round_trip(params, tmp_path):
                                   params[("Conv2d_4a_3x3", "bn", "var")])
     np.testing.assert_array_equal(np.asarray(model.fc.kernel[...]), params[("fc", "kernel")])
     again = tmp_path / "again.npz"
-    conv.save_inception(again, model)  # from a model: the same arrays
+    save_inception(again, model)  # from a model: the same arrays
     with np.load(path) as a, np.load(again) as b:
         assert sorted(a.files) == sorted(b.files) and len(a.files) == 473
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])
-    assert conv.load_inception(path, preprocess="pytorch_fid").preprocess == "pytorch_fid"
+    assert load_inception(path, preprocess="pytorch_fid").preprocess == "pytorch_fid"
 
 
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        conv.load_inception(tmp_path / "missing.npz")
+        load_inception(tmp_path / "missing.npz")
     msg = str(err.value)
     assert conv.WEIGHTS_URL in msg and "python -m lasad_jax.convert.inception" in msg
     assert "missing.npz" in msg
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, w=np.zeros(3))
     with pytest.raises(ValueError, match="__format__"):
-        conv.load_inception(foreign)
+        load_inception(foreign)
 
 
 # ---------------------------------------------------------------------------- against torch
@@ -306,7 +308,7 @@ def test_cli_converts_a_pth(state_dict, tmp_path, capsys):
     out = tmp_path / "inception_fid.npz"
     assert conv.main([f"--torch_weights={pth}", f"--out={out}"]) == 0
     assert "472 converted, 94 dropped" in capsys.readouterr().out
-    model = conv.load_inception(out)
+    model = load_inception(out)
     np.testing.assert_array_equal(np.asarray(model.Mixed_5d.branch5x5_2.conv.kernel[...]),
                                   state_dict["Mixed_5d.branch5x5_2.conv.weight"]
                                   .transpose(2, 3, 1, 0))

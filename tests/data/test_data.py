@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grain
-import ml_collections
 import numpy as np
 import pytest
 
 from lasad_jax.data import (
     RANGE_CHECK_ROWS,
+    DataConfig,
     TokenSource,
     build_source,
     code_paths,
@@ -219,36 +219,35 @@ def test_batch_size_must_be_positive():
         next(eval_batches(source, batch_size=-1))
 
 
-def _data_config(**overrides) -> ml_collections.ConfigDict:
-    fields = dict(name="digits", val_fraction=0.1, seed=0, codes_dir="")
+def _data_config(**overrides) -> DataConfig:
+    fields = dict(name="digits", val_fraction=0.1, seed=0, codes_dir="", num_classes=10)
     fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    return DataConfig(**fields)
 
 
 def test_build_source_for_digits_uses_the_tokenizer():
     tok = IntensityTokenizer(levels=17, image_size=(8, 8))
-    source = build_source(_data_config(), "val", tok, num_classes=10)
+    source = build_source(_data_config(), "val", tok)
     images, labels = load_digits("val")
     assert len(source) == len(labels) and source.seq_len == 64
     np.testing.assert_array_equal(source[5]["tokens"], tok.encode(images[5:6]).reshape(-1))
     with pytest.raises(ValueError, match=r"tokenizer expects \(16, 16, 1\)"):
-        build_source(_data_config(), "val", IntensityTokenizer(17, (16, 16)), num_classes=10)
+        build_source(_data_config(), "val", IntensityTokenizer(17, (16, 16)))
     with pytest.raises(ValueError, match=r"10 classes, but num_classes=5"):
-        build_source(_data_config(), "val", tok, num_classes=5)
+        build_source(_data_config(num_classes=5), "val", tok)
 
 
 def test_build_source_for_codes_checks_against_the_tokenizer(tmp_path):
     tok = IntensityTokenizer(levels=50, image_size=(2, 3))
     codes, labels = _codes()
     write_codes(tmp_path, "train", codes, labels)
-    config = _data_config(name="codes", codes_dir=str(tmp_path))
-    source = build_source(config, "train", tok, num_classes=4)
+    config = _data_config(name="codes", codes_dir=str(tmp_path), num_classes=4)
+    source = build_source(config, "train", tok)
     np.testing.assert_array_equal(source[2]["tokens"], codes[2].reshape(-1))
     with pytest.raises(ValueError, match=r"codes of shape \[N, 3, 3\]"):
-        build_source(config, "train", IntensityTokenizer(50, (3, 3)), num_classes=4)
+        build_source(config, "train", IntensityTokenizer(50, (3, 3)))
     with pytest.raises(ValueError, match=r"config\.data\.codes_dir must point at a directory of"):
-        build_source(_data_config(name="codes"), "train", tok, num_classes=4)
-    with pytest.raises(ValueError,
-                       match=r"data\.name must be one of digits, shapes, codes, extracted; "
-                             r"got 'imagenet"):
-        build_source(_data_config(name="imagenet"), "train", tok, num_classes=4)
+        build_source(_data_config(name="codes", num_classes=4), "train", tok)
+    with pytest.raises(ValueError, match=r"data\.name must be one of \('digits', 'shapes', "
+                                         r"'codes', 'extracted'\), got 'imagenet"):
+        _data_config(name="imagenet")

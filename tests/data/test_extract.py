@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from lasad_jax.data import build_source, eval_batches, train_iterator
-from lasad_jax.data.extract import (
-    extract_codes,
-    extract_from_config,
-    make_views,
-    manifest_path,
-    shard_paths,
-)
-from lasad_jax.data.extracted import ExtractedSource, load_extracted
+from lasad_jax.data import DataConfig, build_source, eval_batches, train_iterator
+from lasad_jax.data.extract import extract_codes, extract_split, make_views, shard_paths
+from lasad_jax.data.extracted import ExtractedSource, load_extracted, manifest_path
 from lasad_jax.data.images import CorruptImageError, ImageFolderSource, adm_center_crop
 from lasad_jax.tokenizers import IntensityTokenizer
 
@@ -178,12 +171,12 @@ def test_load_extracted_fails_fast(image_dir, tmp_path):
 @pytest.fixture
 def extracted(image_dir, tmp_path):
     """The config, the source and each image's two views as flat token rows."""
-    config = ml_collections.ConfigDict(dict(
+    config = DataConfig(
         name="extracted", image_source="imagefolder", image_dir=str(image_dir.parent),
-        tfds_data_dir="", manual_dir="", codes_dir=str(tmp_path / "codes"), augment="flip",
-        shard_size=3, extract_batch_size=4, skip_corrupt=False, num_classes=3))
-    extract_from_config(config, _tok(), "train")
-    source = build_source(config, "train", _tok(), num_classes=3)
+        codes_dir=str(tmp_path / "codes"), augment="flip", shard_size=3, extract_batch_size=4,
+        num_classes=3)
+    extract_split(config, _tok(), "train")
+    source = build_source(config, "train", _tok())
     views = np.stack([source[i]["views"] for i in range(len(source))])  # [7, 2, 64]
     return config, source, views
 

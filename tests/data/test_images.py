@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from lasad_jax.data.image_batches import DigitImages, image_train_iterator
 from lasad_jax.data.images import (
     CorruptImageError,
     ImageFolderSource,
@@ -135,18 +135,27 @@ def test_a_corrupt_image_raises_naming_the_file(folder):
 
 
 def test_build_image_source_picks_the_source_by_name(folder):
-    config = ml_collections.ConfigDict(dict(
-        image_source="imagefolder", image_dir=str(folder.parent), tfds_data_dir="", manual_dir=""))
-    assert len(build_image_source(config, "train")) == 5
+    assert len(build_image_source("imagefolder", "train", image_dir=str(folder.parent))) == 5
     with pytest.raises(FileNotFoundError, match=r"val.* does not exist"):
-        build_image_source(config, "val")
-    config.image_source = "lmdb"
+        build_image_source("imagefolder", "val", image_dir=str(folder.parent))
     with pytest.raises(ValueError,
                        match=r"image_source must be one of imagefolder, tfds; got 'lmdb'"):
-        build_image_source(config, "train")
-    config.image_source, config.image_dir = "imagefolder", ""
+        build_image_source("lmdb", "train")
     with pytest.raises(ValueError, match=r"config\.data\.image_dir must name a directory"):
-        build_image_source(config, "train")
+        build_image_source("imagefolder", "train", image_dir="")
+
+
+def test_image_iterator_crops_flips_and_resumes():
+    source = DigitImages("train", scale=2, val_fraction=0.1, seed=0)
+    it = image_train_iterator(source, image_size=16, batch_size=4, seed=1)
+    first = next(it)["image"]
+    assert first.shape == (4, 16, 16, 3) and first.dtype == np.uint8
+    state = it.get_state()
+    expected = [next(it)["image"] for _ in range(2)]
+    again = image_train_iterator(source, image_size=16, batch_size=4, seed=1)
+    again.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(again)["image"], want)
 
 # ---------------------------------------------------------------- tfds ImageNet
 
@@ -171,9 +180,8 @@ def test_tfds_source_reads_mocked_imagenet(tmp_path):
     manual.mkdir()
     (manual / "ILSVRC2012_img_val.tar").write_bytes(b"")  # preparation is mocked out
     with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
-        source = build_image_source(ml_collections.ConfigDict(dict(
-            image_source="tfds", image_dir="", tfds_data_dir=str(tmp_path / "tfds"),
-            manual_dir=str(manual))), "val")
+        source = build_image_source("tfds", "val", tfds_data_dir=str(tmp_path / "tfds"),
+                                    manual_dir=str(manual))
         assert len(source) == 3 and len(source.class_names) == 1000
         assert source.class_names[0] == "n01440764"
         for i in range(3):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lasad_jax.config_checks import config_problems
+from lasad_jax.config import parse
 from lasad_jax.data import build_source
 from lasad_jax.data.shapes import CLASSES, load_shapes, render
 from lasad_jax.tokenizers import build_tokenizer
-from tests.training.test_training import load_config
+from tests.helpers import load_config
 
 
 def test_deterministic_balanced_and_splits_differ():
@@ -40,12 +40,12 @@ def test_shapes_have_their_geometry():
 
 def test_pipeline_and_config_checks():
     config = load_config("shapes")
-    source = build_source(config.data, "val", build_tokenizer(config.tokenizer),
-                          num_classes=10)
+    run = parse(config, "train")
+    source = build_source(run.data, "val", build_tokenizer(run.tokenizer))
     assert len(source) == 600 and source.seq_len == 256
     assert int(source[0]["tokens"].max()) <= 16
     config.tokenizer.image_size = (8, 8)
-    assert any("config.tokenizer.image_size must be (16, 16)" in p
-               for p in config_problems(config, "train"))
+    with pytest.raises(ValueError, match=r"config.tokenizer.image_size must be \(16, 16\)"):
+        parse(config, "train")
     with pytest.raises(ValueError, match="split must be one of"):
         load_shapes("test")

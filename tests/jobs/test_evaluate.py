@@ -13,13 +13,22 @@ import os
 
 import numpy as np
 import pytest
-from tests.training.test_training import tiny_demo_config
 
-from lasad_jax.config_checks import config_problems
-from lasad_jax.evaluation import job as eval_job
+from lasad_jax.config import parse
 from lasad_jax.evaluation import metrics as eval_metrics
 from lasad_jax.evaluation.reference import load_reference
-from lasad_jax.training.loop import train_and_evaluate
+from lasad_jax.jobs import evaluate, reference_stats, train
+from tests.helpers import tiny_demo_config
+
+
+def problems(config, mode):
+    with pytest.raises(ValueError) as err:
+        parse(config, mode)
+    return err.value.problems
+
+
+def run_evaluation(config, workdir):
+    return evaluate.run(parse(config, "evaluate"), workdir)
 
 
 def eval_config(**overrides):
@@ -34,7 +43,7 @@ def eval_config(**overrides):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("eval_run"))
-    train_and_evaluate(eval_config(), workdir)
+    train.run(parse(eval_config(), "train"), workdir)
     return workdir
 
 
@@ -48,20 +57,20 @@ def cheap_frechet(monkeypatch):
 
 def test_evaluate_needs_reference_first(trained, tmp_path):
     config = eval_config(reference=str(tmp_path / "missing.npz"))
-    assert any("config.eval.reference" in p for p in config_problems(config, "evaluate"))
+    assert any("config.eval.reference" in p for p in problems(config, "evaluate"))
     config = eval_config()
     with pytest.raises(FileNotFoundError, match="--mode=reference_stats"):
-        eval_job.run_evaluation(config, str(tmp_path))  # a workdir without statistics
+        run_evaluation(config, str(tmp_path))  # a workdir without statistics
 
 
 def test_reference_stats_then_evaluate_then_resume(trained):
     config = eval_config()
-    path = eval_job.run_reference_stats(config, trained)
+    path = reference_stats.run(parse(config, "reference_stats"), trained)
     ref = load_reference(path)
     assert ref.mu.shape == (2048,) and ref.pool.shape == (24, 2048)
     assert ref.inception.startswith("random")
 
-    result = eval_job.run_evaluation(config, trained)
+    result = run_evaluation(config, trained)
     for key in ("fid", "sfid", "inception_score", "precision", "recall"):
         assert np.isfinite(result[key]), key
     assert 1.0 <= result["inception_score"] <= 1008
@@ -82,7 +91,7 @@ def test_reference_stats_then_evaluate_then_resume(trained):
     before = os.stat(part0).st_mtime_ns
     os.remove(os.path.join(out, "eval", "part_00001.npz"))
     os.remove(os.path.join(out, "eval.npz"))
-    again = eval_job.run_evaluation(config, trained)
+    again = run_evaluation(config, trained)
     assert os.stat(part0).st_mtime_ns == before
     with np.load(os.path.join(out, "eval.npz")) as npz:
         np.testing.assert_array_equal(npz["arr_0"], images)
@@ -92,16 +101,15 @@ def test_reference_stats_then_evaluate_then_resume(trained):
     changed = eval_config()
     changed.sample.cfg_scale = 1.5
     with pytest.raises(ValueError, match="cfg_scale"):
-        eval_job.run_evaluation(changed, trained)
+        run_evaluation(changed, trained)
 
 
 def test_eval_config_errors_name_the_field(tmp_path):
     config = eval_config(inception=str(tmp_path / "nope.npz"), num_samples=0,
                          inception_batch_size=0)
-    problems = config_problems(config, "evaluate")
-    assert any("config.eval.inception" in p and "pt_inception-2015-12-05" in p
-               for p in problems)
-    assert any("config.eval.num_samples must be >= 1" in p for p in problems)
-    assert any("config.eval.inception_batch_size must be >= 1" in p for p in problems)
+    found = problems(config, "evaluate")
+    assert any("config.eval.inception" in p and "pt_inception-2015-12-05" in p for p in found)
+    assert any("config.eval.num_samples must be a positive int" in p for p in found)
+    assert any("config.eval.inception_batch_size must be a positive int" in p for p in found)
     config = eval_config(reference_split="test")
-    assert any("reference_split" in p for p in config_problems(config, "reference_stats"))
+    assert any("reference_split" in p for p in problems(config, "reference_stats"))

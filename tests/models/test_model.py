@@ -10,24 +10,7 @@ from flax import nnx
 
 from lasad_jax.models import MIXERS, LASADGen, ModelConfig, param_count
 from lasad_jax.models.presets import LLAMAGEN_PARAMS, preset_config
-
-
-def small_config(mixer: str, **overrides) -> ModelConfig:
-    fields = dict(vocab_size=11, num_classes=3, grid=(3, 4), num_layers=2, num_heads=2, dim=16,
-                  mixer=mixer, gate_rank=4)
-    fields.update(overrides)
-    return ModelConfig(**fields)
-
-
-def perturbed_model(cfg: ModelConfig, seed: int = 0) -> LASADGen:
-    """A model whose weights are far from the small init (and whose head is not zero),
-    so every mixer changes the logits visibly and a wrong decode path cannot hide."""
-    graphdef, state = nnx.split(LASADGen(cfg, rngs=nnx.Rngs(seed)))
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [x + 0.3 * jax.random.normal(k, x.shape) if x.ndim >= 2 else x
-              for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+from tests.models.helpers import perturbed_model, small_config
 
 
 def decode_logits(model: LASADGen, labels, tokens) -> jax.Array:

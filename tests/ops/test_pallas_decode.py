@@ -14,7 +14,7 @@ from lasad_jax import ops
 from lasad_jax.ops import decode
 from lasad_jax.ops.pallas.decode import lasad_step_fused
 from lasad_jax.sampling import generate
-from tests.models.test_model import perturbed_model, small_config
+from tests.models.helpers import perturbed_model, small_config
 
 LOGS = dict(log_row=jnp.log(jnp.asarray(ROW_DECAY)), log_col=jnp.log(jnp.asarray(COL_DECAY)))
 

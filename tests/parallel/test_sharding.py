@@ -22,9 +22,10 @@ from jax.sharding import PartitionSpec as P
 
 from lasad_jax.models import LASADGen, ModelConfig
 from lasad_jax.models.config import MIXERS
-from lasad_jax.parallel import (build_mesh, global_batch, local_batch_size, mesh_shape,
-                                spec_for, state_shardings)
+from lasad_jax.parallel import (MeshConfig, build_mesh, global_batch, local_batch_size,
+                                mesh_shape, spec_for, state_shardings)
 from lasad_jax.parallel.rules import LOGICAL_RULES
+from lasad_jax.validation import block_from_mapping
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MESH_222 = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -34,24 +35,25 @@ MESH_222 = {"data": 2, "fsdp": 2, "tensor": 2}
     (None, 8, (8, 1, 1)),
     ({"data": -1, "fsdp": 1, "tensor": 1}, 8, (8, 1, 1)),
     ({"data": 2, "fsdp": -1, "tensor": 2}, 8, (2, 2, 2)),
-    ({"fsdp": -1}, 256, (1, 256, 1)),
+    ({"fsdp": -1}, 256, (1, 256, 1)),  # an axis a config leaves out is 1
     ({"data": 2, "fsdp": 4}, 8, (2, 4, 1)),
 ])
 def test_mesh_shape_fills_one_axis(config, devices, want):
-    assert mesh_shape(config, devices) == want
+    mesh = None if config is None else block_from_mapping(MeshConfig, "mesh", config)
+    assert mesh_shape(mesh, devices) == want
 
 
 @pytest.mark.parametrize("config, match", [
     ({"data": -1, "fsdp": -1}, "at most one axis may be -1"),
     ({"data": 3, "fsdp": -1}, "fixed axes' product 3 must divide"),
     ({"data": 2, "fsdp": 2}, "has 4 devices, but JAX sees 8"),
-    ({"data": 0}, r"config.mesh.data must be a positive int or -1"),
-    ({"data": 2.0}, r"config.mesh.data must be a positive int"),
-    ({"model": 2}, r"unknown axes \['model'\]; valid axes: \['data', 'fsdp', 'tensor'\]"),
+    ({"data": 0}, r"mesh.data must be a positive int or -1"),
+    ({"data": 2.0}, r"mesh.data must be a positive int"),
+    ({"model": 2}, r"unknown fields \['model'\]; valid fields: \['data', 'fsdp', 'tensor'\]"),
 ])
 def test_mesh_shape_errors_name_the_field(config, match):
     with pytest.raises(ValueError, match=match):
-        mesh_shape(config, 8)
+        mesh_shape(block_from_mapping(MeshConfig, "mesh", config), 8)
 
 
 def test_spec_for_maps_logical_names_and_replicates_what_does_not_divide():

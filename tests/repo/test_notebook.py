@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lasad_jax.config import parse
+from lasad_jax.jobs.sample import load_or_train
 from lasad_jax.models import LASADGen, ModelConfig
-from lasad_jax.sampling.interactive import decay_map, fetch_workdir, layer_decays, load_or_train
-from tests.training.test_training import load_config
+from lasad_jax.sampling.interactive import decay_map, fetch_workdir, layer_decays
+from tests.helpers import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "sampling_demo.ipynb"
@@ -75,7 +77,7 @@ def _tiny_config(steps: int):
 def test_load_or_train_then_fetch_from_a_url(tmp_path):
     """Trains when no checkpoint is given; a `file://` URL goes through the same copy as
     `gs://` (tf.io.gfile) and restores the same weights."""
-    config = _tiny_config(3)
+    config = parse(_tiny_config(3), "train")
     trained, step = load_or_train(config, "", str(tmp_path / "run"))
     assert step == 3
     cache = tmp_path / "cache"

@@ -11,8 +11,8 @@ import pytest
 
 from lasad_jax.sampling import filter_logits, generate, guide, sample_logits
 from lasad_jax.sampling.images import make_grid
-from lasad_jax.sampling.job import class_list
-from tests.models.test_model import perturbed_model, small_config
+from lasad_jax.sampling.sampler import class_list
+from tests.models.helpers import perturbed_model, small_config
 
 NEG = -np.inf
 

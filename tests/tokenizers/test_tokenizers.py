@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 import pytest
 
 from lasad_jax.data import load_digits
-from lasad_jax.tokenizers import IntensityTokenizer, Tokenizer, build_tokenizer
+from lasad_jax.tokenizers import IntensityTokenizer, Tokenizer, TokenizerConfig, build_tokenizer
 
 
 def _image(values, size=(1, 4)) -> np.ndarray:
@@ -106,26 +105,27 @@ def test_encode_and_decode_reject_bad_input():
         tok.encode(np.zeros((2, 8, 8, 1), np.float32))
 
 
-def _config(**overrides) -> ml_collections.ConfigDict:
+def _config(**overrides) -> TokenizerConfig:
     fields = dict(name="intensity", levels=17, image_size=(8, 8), channels=1)
     fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    return TokenizerConfig(**fields)
 
 
 def test_factory_builds_from_config():
-    tok = build_tokenizer(_config(image_size=[4, 6], channels=3))
+    tok = build_tokenizer(_config(image_size=(4, 6), channels=3))
     assert isinstance(tok, IntensityTokenizer)
     assert (tok.vocab_size, tok.grid_shape, tok.image_shape) == (17, (4, 6), (4, 6, 3))
 
 
-def test_factory_rejects_unknown_names_and_missing_fields():
+def test_factory_and_config_reject_unknown_names_and_bad_fields():
     with pytest.raises(ValueError, match=r"tokenizer\.checkpoint is empty.*lasad_jax\.convert\.llamagen_vq"):
         build_tokenizer(_config(name="vq16", checkpoint=""))
     with pytest.raises(FileNotFoundError, match=r"does not exist.*--checkpoint vq_ds16_c2i\.pt"):
         build_tokenizer(_config(name="vq16", checkpoint="/nonexistent/vq16"))
-    with pytest.raises(ValueError, match=r"must be one of intensity, vq16; got 'palette'"):
-        build_tokenizer(_config(name="palette"))
-    with pytest.raises(ValueError, match=r"missing the field 'levels'"):
-        build_tokenizer(ml_collections.ConfigDict(dict(name="intensity", image_size=(8, 8))))
-    with pytest.raises(ValueError, match=r"image_size must be a tuple or list of 2 ints"):
-        build_tokenizer(_config(image_size=8))
+    with pytest.raises(ValueError, match=r"tokenizer.name must be one of \('intensity', 'vq16'\), "
+                                         r"got 'palette'"):
+        _config(name="palette")
+    with pytest.raises(ValueError) as err:
+        _config(levels=1, image_size=8, channels=2)
+    assert [p.split(" ")[0] for p in err.value.problems] == [
+        "tokenizer.image_size", "tokenizer.levels", "tokenizer.channels"]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tests.convert.test_convert_vq import SMALL, random_state_dict
+from tests.convert.helpers import SMALL, random_state_dict
 
 from lasad_jax.convert.llamagen_vq import convert
 from lasad_jax.tokenizers.vq import VQConfig, VQModel, abstract_model
@@ -173,8 +173,8 @@ def test_training_pass_losses_and_straight_through_gradient():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"ch": 30}, r"divisible by norm_groups=32; got widths \[30, 60, 120\]"),
-    ({"ch_mult": ()}, r"VQConfig\.ch_mult must be a non-empty tuple"),
-    ({"codebook_size": 0}, r"VQConfig\.codebook_size must be a positive int, got 0"),
+    ({"ch_mult": ()}, r"vq\.ch_mult must be a non-empty tuple"),
+    ({"codebook_size": 0}, r"vq\.codebook_size must be a positive int, got 0"),
 ])
 def test_config_errors_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -35,6 +35,7 @@ from lasad_jax.training.vq.perceptual import (
     stage_distance,
     unit_normalize,
 )
+from lasad_jax.validation import block_from_mapping
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 TINY_STAGES = ((4, 4), (8, 8), (8, 8, 8), (8, 8, 8), (8, 8, 8))
@@ -67,7 +68,7 @@ def test_gan_losses_hand_values():
     x, y = jnp.zeros((1, 2, 2, 3)), jnp.full((1, 2, 2, 3), 0.5)
     assert float(reconstruction_loss(x, y, "l2")) == pytest.approx(0.25)
     assert float(reconstruction_loss(x, y, "l1")) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="config.loss.reconstruction_loss"):
+    with pytest.raises(ValueError, match="loss.reconstruction_loss"):
         reconstruction_loss(x, y, "huber")
 
 
@@ -115,16 +116,16 @@ def test_discriminator_loss_schedule():
 
 
 def test_loss_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="config.loss.disc_loss"):
+    with pytest.raises(ValueError, match="loss.disc_loss"):
         VQLossConfig(disc_loss="wgan")
-    with pytest.raises(ValueError, match="config.loss.disc_weight"):
+    with pytest.raises(ValueError, match="loss.disc_weight"):
         VQLossConfig(disc_weight=-1.0)
     with pytest.raises(ValueError, match="unknown fields.*perceptual_wieght"):
-        VQLossConfig.from_config({"perceptual_wieght": 0.0})
-    assert VQLossConfig.from_config({"disc_start": 5}).disc_start == 5
+        block_from_mapping(VQLossConfig, "loss", {"perceptual_wieght": 0.0})
+    assert block_from_mapping(VQLossConfig, "loss", {"disc_start": 5}).disc_start == 5
     assert build_perceptual(0.0, "") is None
     for path in ("", None):
-        with pytest.raises(ValueError, match=r"config\.loss\.perceptual_weights.*lasad_jax\.convert\.lpips"):
+        with pytest.raises(ValueError, match=r"loss\.perceptual_weights.*lasad_jax\.convert\.lpips"):
             build_perceptual(1.0, path)
     with pytest.raises(ValueError, match="does not exist.*lasad_jax.convert.lpips"):
         build_perceptual(1.0, str(tmp_path / "missing.npz"))
@@ -295,7 +296,7 @@ def test_discriminator_shape_size_and_gradients():
         last_bias = "4" in str(path[1]) and "bias" in str(path)
         assert np.all(np.isfinite(g)) and (float(jnp.max(jnp.abs(g))) > 0) != last_bias, path
     assert float(jnp.abs(g_grads["convs"][4]["bias"][...]).max()) > 0
-    with pytest.raises(ValueError, match="config.loss.disc_norm"):
+    with pytest.raises(ValueError, match="loss.disc_norm"):
         PatchGANDiscriminator(norm="instance", rngs=nnx.Rngs(0))
 
 

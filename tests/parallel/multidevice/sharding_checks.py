@@ -10,10 +10,10 @@ Writes one JSON object of measured values; the test asserts on them.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
+import runpy
 import sys
 import tempfile
 
@@ -24,9 +24,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from lasad_jax.parallel import build_mesh, global_batch, sharded_init  # noqa: E402
+from lasad_jax.config import parse  # noqa: E402
+from lasad_jax.jobs import train  # noqa: E402
+from lasad_jax.models import LASADGen  # noqa: E402
+from lasad_jax.parallel import MeshConfig, build_mesh, global_batch, sharded_init  # noqa: E402
 from lasad_jax.sampling.generate import generate  # noqa: E402
-from lasad_jax.training.loop import build_model, state_factory, train_and_evaluate  # noqa: E402
+from lasad_jax.training.generator import state_factory  # noqa: E402
 from lasad_jax.training.step import make_train_step  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -34,10 +37,7 @@ MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 
 
 def demo_config(**train):
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = runpy.run_path(str(ROOT / "configs" / "demo.py"))["get_config"]()
     # Width 64 and 4 heads split evenly over fsdp and tensor; the 17-token vocabulary
     # and 11 class rows do not, and stay replicated.
     config.model.update(num_layers=2, num_heads=4, dim=64, gate_rank=16)
@@ -50,9 +50,12 @@ def demo_config(**train):
     return config
 
 
+def train_and_evaluate(config, workdir):
+    return train.run(parse(config, "train"), workdir)
+
+
 def mesh_of(shape):
-    return build_mesh(dict(zip(("data", "fsdp", "tensor"), shape)),
-                      devices=jax.devices()[:int(np.prod(shape))])
+    return build_mesh(MeshConfig(*shape), devices=jax.devices()[:int(np.prod(shape))])
 
 
 def noisy(tree, seed: int, scale: float):
@@ -69,7 +72,10 @@ def one_step_checks(out: dict) -> None:
     """One train step on each mesh against the same step on one device."""
     config = demo_config()
     config.optimizer.warmup_steps = 0  # a real update from the first step
-    graphdef, init0, tx, schedule = state_factory(config, 10)
+    run = parse(config, "train")
+    graphdef, init0, tx, schedule = state_factory(run.model, run.optimizer,
+                                                  batch_size=run.batch_size, seed=run.seed,
+                                                  total_steps=10)
 
     def init():
         state = init0()
@@ -138,7 +144,8 @@ def resume_checks(out: dict, tmp: str) -> None:
 
 def sampling_checks(out: dict) -> None:
     """The same seeds on one device and on two meshes give the same tokens."""
-    graphdef, state = nnx.split(build_model(demo_config()))
+    run = parse(demo_config(), "train")
+    graphdef, state = nnx.split(LASADGen(run.model, rngs=nnx.Rngs(run.seed)))
     model = nnx.merge(graphdef, noisy(state, 3, 0.3))
     labels = np.arange(16) % 10
     kw = dict(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=0.95)

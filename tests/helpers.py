@@ -1,0 +1,57 @@
+"""Shared by tests of several packages: the repository's configs (as a user loads them),
+shrunk to seconds, and a small class-per-folder image dataset."""
+
+from __future__ import annotations
+
+import pathlib
+import runpy
+
+import numpy as np
+from ml_collections import config_dict
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str) -> config_dict.ConfigDict:
+    """`configs/{name}.py`'s config, as `--config=configs/{name}.py` loads it."""
+    return runpy.run_path(str(ROOT / "configs" / f"{name}.py"))["get_config"]()
+
+
+def tiny_demo_config(**train) -> config_dict.ConfigDict:
+    """The demo config shrunk to seconds: one small layer, a few steps, no samples."""
+    config = load_config("demo")
+    config.model.update(num_layers=1, num_heads=2, dim=32, gate_rank=8)
+    config.batch_size = 16
+    config.num_steps = 6
+    config.optimizer.warmup_steps = 2
+    config.train.update(log_every=1, eval_every=0, eval_batch_size=64, checkpoint_every=3,
+                        sample_at_end=False, progress_every_secs=0.0)
+    config.train.update(train)
+    return config
+
+
+def tiny_vq_config(**train) -> config_dict.ConfigDict:
+    """The tokenizer demo shrunk to seconds: 16 px -> 8 x 8 codes from 32 codes."""
+    config = load_config("vq_demo")
+    config.vq.update(ch=16, ch_mult=(1, 2), z_channels=16, codebook_size=32, norm_groups=8)
+    config.loss.update(disc_start=3, disc_channels=8, disc_layers=1)
+    config.batch_size = 8
+    config.num_steps = 4
+    config.optimizer.warmup_steps = 1
+    config.train.update(image_size=16, log_every=1, eval_every=0, eval_batch_size=16,
+                        eval_images=16, checkpoint_every=2, progress_every_secs=0.0)
+    config.train.update(train)
+    return config
+
+
+def write_image_folder(root: pathlib.Path, split: str, per_class: int = 3) -> None:
+    """`root/split/{ant,bee}/{i}.png`: small RGB images of two classes, sizes varying."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["ant", "bee"]):
+        d = root / split / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = np.full((12 + i, 10, 3), 40 + 150 * c, np.uint8)
+            img += rng.integers(0, 20, img.shape, dtype=np.uint8)
+            Image.fromarray(img).save(d / f"{i}.png")

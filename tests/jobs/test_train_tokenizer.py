@@ -1,0 +1,62 @@
+"""`--mode=train` of a tokenizer config: metrics, resume, export, and the exported
+tokenizer in use."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+
+from lasad_jax.config import parse
+from lasad_jax.data.image_batches import DigitImages
+from lasad_jax.jobs import train_tokenizer as job
+from lasad_jax.tokenizers.vq16 import VQ16Tokenizer
+from lasad_jax.training import checkpoint as ckpt_lib
+from lasad_jax.training.vq.step import make_vq_state
+from tests.helpers import tiny_vq_config
+
+
+def train_tokenizer(config, workdir):
+    return job.run(parse(config, "train"), workdir)
+
+
+def final_state(workdir):
+    ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+    run = parse(tiny_vq_config(), "train")
+    skeleton = jax.eval_shape(lambda: make_vq_state(
+        run.vq, run.loss, run.optimizer, batch_size=run.batch_size, seed=run.seed,
+        total_steps=4)[1])
+    state = ckpt.restore(ckpt_lib.abstract(skeleton))
+    ckpt.close()
+    return state
+
+
+def test_tokenizer_training_logs_resumes_and_exports(tmp_path):
+    straight = tmp_path / "straight"
+    train_tokenizer(tiny_vq_config(), str(straight))
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("rec_loss", "codebook_loss", "commitment_loss", "codebook_usage", "psnr",
+                "gen_adv_loss", "disc_loss", "learning_rate", "grad_norm", "steps_per_sec"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    # The GAN terms switch on at loss.disc_start (LlamaGen counts steps from 1).
+    assert [r["adv_weight"] for r in rows] == [0.0, 0.0, 0.5, 0.5]
+    assert rows[0]["disc_loss"] == 0.0 and rows[-1]["disc_loss"] > 0.0
+    assert 0.0 < rows[-1]["val_codebook_used"] <= 1.0 and rows[-1]["val_psnr"] > 0.0
+    assert (straight / "reconstructions.png").is_file()
+
+    split = tmp_path / "split"
+    train_tokenizer(tiny_vq_config(stop_after=2), str(split))
+    train_tokenizer(tiny_vq_config(), str(split))
+    a, b = final_state(straight), final_state(split)
+    assert int(a.step) == int(b.step) == 4
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+
+    # The export is a tokenizer the generator's pipeline can use.
+    tokenizer = VQ16Tokenizer(str(straight / "tokenizer"), (16, 16), batch_size=4)
+    assert tokenizer.grid_shape == (8, 8) and tokenizer.vocab_size == 32
+    images = DigitImages("val", scale=2, val_fraction=0.1, seed=0).images[:5]
+    codes = tokenizer.encode(images)
+    assert codes.shape == (5, 8, 8) and codes.min() >= 0 and codes.max() < 32
+    assert tokenizer.decode(codes).shape == (5, 16, 16, 3)

@@ -1,0 +1,244 @@
+"""The typed run configuration: every field settable, every problem reported at once and
+naming the field, for both tasks and every mode, before anything is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import jax
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from lasad_jax.config import (
+    MODES,
+    GeneratorRun,
+    TokenizerRun,
+    default_config,
+    parse,
+)
+from lasad_jax.models import ModelConfig
+from lasad_jax.validation import ConfigError, block_from_mapping
+from tests.helpers import ROOT, load_config, tiny_demo_config, tiny_vq_config
+
+CONFIGS = ("demo", "shapes", "imagenet256", "vq_demo", "vq_imagenet256")
+
+
+def demo(**fields):
+    config = load_config("demo")
+    for path, value in fields.items():
+        block, _, name = path.partition("__")
+        if name:
+            config[block][name] = value
+        else:
+            config[block] = value
+    return config
+
+
+BAD_CONFIGS = [
+    # (what, config fields, mode, words the error must contain)
+    ("unknown mixer", {"model__mixer": "mamba"}, "train", ["config.model.mixer", "softmax"]),
+    ("unknown preset", {"model__preset": "XXXL"}, "train", ["config.model.preset", "3B"]),
+    ("heads do not divide dim", {"model__dim": 90}, "train", ["config.model.dim", "num_heads"]),
+    ("unknown dtype", {"model__dtype": "fp8"}, "train", ["config.model.dtype", "bfloat16"]),
+    ("unknown impl", {"model__impl": "triton"}, "train", ["config.model.impl", "chunked"]),
+    ("unknown decode impl", {"model__decode_impl": "cuda"}, "sample",
+     ["config.model.decode_impl", "pallas"]),
+    ("pallas for softmax", {"model__mixer": "softmax", "model__decode_impl": "pallas"}, "sample",
+     ["config.model.decode_impl", "lasad"]),
+    ("image size vs tokenizer stride", {"data__name": "codes", "data__codes_dir": "/x",
+                                        "tokenizer": {"name": "vq16", "image_size": (250, 250),
+                                                      "checkpoint": "", "codebook_size": 16384}},
+     "train", ["config.tokenizer.image_size", "multiple of 16"]),
+    ("digits need 8x8", {"tokenizer__image_size": (16, 16)}, "train",
+     ["config.tokenizer.image_size", "(8, 8)"]),
+    ("unknown dataset", {"data__name": "mnist"}, "train", ["config.data.name", "extracted"]),
+    ("missing data directory", {"data__name": "extracted", "data__codes_dir": "/no/such"},
+     "train", ["config.data.codes_dir", "--mode=extract"]),
+    ("missing tokenizer checkpoint", {"tokenizer": {"name": "vq16", "image_size": (256, 256),
+                                                    "checkpoint": "/no/vq", "codebook_size":
+                                                    16384}, "data__name": "codes",
+                                      "data__codes_dir": "/x"},
+     "sample", ["config.tokenizer.checkpoint", "llamagen_vq"]),
+    ("class id out of range", {"sample__classes": (3, 12)}, "sample",
+     ["config.sample.classes", "[0, 10)"]),
+    ("top_k above the vocabulary", {"sample__top_k": 50}, "sample",
+     ["config.sample.top_k", "17 tokens"]),
+    ("negative guidance", {"sample__cfg_scale": -1.0}, "sample", ["config.sample", "cfg_scale",
+                                                                  ">= 0"]),
+    ("zero temperature", {"sample__temperature": 0.0}, "sample", ["temperature", "> 0"]),
+    ("top_p above 1", {"sample__top_p": 1.5}, "sample", ["top_p", "(0, 1]"]),
+    ("batch vs devices", {"mesh": {"data": 2}}, "train", ["config.mesh", "JAX sees 1"]),
+    ("two fill axes", {"mesh": {"data": -1, "fsdp": -1}}, "train", ["config.mesh",
+                                                                    "at most one"]),
+    ("unknown mesh axis", {"mesh": {"model": 2}}, "train", ["config.mesh", "'tensor'"]),
+    ("negative lr", {"optimizer__lr": -1e-4}, "train", ["config.optimizer.lr", "> 0"]),
+    ("unknown schedule", {"optimizer__schedule": "step"}, "train",
+     ["config.optimizer.schedule", "cosine"]),
+    ("beta out of range", {"optimizer__b2": 1.0}, "train", ["config.optimizer.b2", "[0, 1)"]),
+    ("no run length", {"num_steps": 0}, "train", ["config.num_steps", "num_epochs"]),
+    ("unknown nonfinite policy", {"train__nonfinite": "ignore"}, "train",
+     ["config.train.nonfinite", "skip"]),
+    ("keep no checkpoint", {"train__keep_checkpoints": 0}, "train",
+     ["config.train.keep_checkpoints", ">= 1"]),
+    ("missing Inception weights", {"eval__inception": "/no/inception.npz"}, "evaluate",
+     ["config.eval.inception", "pt_inception-2015-12-05"]),
+    ("no samples", {"eval__num_samples": 0}, "evaluate",
+     ["config.eval.num_samples", "positive int"]),
+]
+
+
+@pytest.mark.parametrize("what, fields, mode, words", BAD_CONFIGS,
+                         ids=[case[0] for case in BAD_CONFIGS])
+def test_bad_configs_fail_before_any_work_naming_the_field(what, fields, mode, words):
+    config = demo(**fields)
+    with pytest.raises(ValueError) as err:
+        parse(config, mode)
+    problems = str(err.value).split("\n  - ")[1:]
+    hits = [p for p in problems if all(w in p for w in words)]
+    assert len(hits) == 1, (what, problems)
+    assert "\n" not in hits[0]  # each problem is one line
+
+
+def test_batch_not_divisible_by_devices(monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    config = demo(batch_size=20)
+    with pytest.raises(ValueError, match=r"config.batch_size=20 must be a multiple of 8"):
+        parse(config, "train")
+
+
+def test_every_problem_of_every_block_at_once():
+    config = tiny_demo_config()
+    config.model.update(mixer="mamba", dim=90)
+    config.optimizer.lr = -1.0
+    config.sample.top_p = 2.0
+    config.train.keep_checkpoints = 0
+    config.data.num_classes = 0
+    config.mesh.update(data=-1, fsdp=-1)
+    with pytest.raises(ConfigError) as err:
+        parse(config, "train")
+    fields = ("config.model.mixer", "config.model.dim", "config.optimizer.lr",
+              "config.sample.top_p", "config.train.keep_checkpoints",
+              "config.data.num_classes", "config.mesh")
+    for field in fields:
+        assert sum(p.startswith(field) for p in err.value.problems) >= 1, (field, err.value)
+    assert str(err.value).startswith("the config cannot run:\n  - ")
+    assert all("\n" not in p for p in err.value.problems)
+
+
+def test_the_tokenizer_task_is_checked_as_fully_as_the_generator():
+    config = tiny_vq_config()
+    assert isinstance(parse(config, "train"), TokenizerRun)
+    config.optimizer.lr = -1e-4  # used to train, and export a broken tokenizer, with exit 0
+    config.train.update(image_size=20, log_every=0)
+    config.loss.update(perceptual_weight=1.0, disc_loss="wgan")
+    config.vq.codebook_size = 0
+    config.batch_size = 0
+    with pytest.raises(ConfigError) as err:
+        parse(config, "train")
+    found = err.value.problems
+    for words in (["config.optimizer.lr", "> 0"], ["config.train.image_size=20", "multiple of 8"],
+                  ["config.train.log_every", ">= 1"], ["config.loss.perceptual_weights"],
+                  ["config.loss.disc_loss", "hinge"], ["config.vq.codebook_size"],
+                  ["config.batch_size", ">= 1"]):
+        assert any(all(w in p for w in words) for p in found), (words, found)
+    with pytest.raises(ConfigError, match="does not apply to a tokenizer config"):
+        parse(tiny_vq_config(), "sample")
+    config = tiny_vq_config()
+    config.task = "classifier"
+    with pytest.raises(ConfigError, match=r"config.task must be one of \('generator', "):
+        parse(config, "train")
+
+
+def test_an_unknown_field_is_refused_not_ignored():
+    config = tiny_demo_config().to_dict()
+    config["trian"] = {"log_every": 1}
+    config["optimizer"]["learning_rate"] = 1.0
+    with pytest.raises(ConfigError) as err:
+        parse(config, "train")
+    assert any("unknown fields ['trian']" in p for p in err.value.problems)
+    assert any("config.optimizer has unknown fields ['learning_rate']" in p
+               for p in err.value.problems)
+
+
+@pytest.mark.parametrize("task", ["generator", "tokenizer"])
+def test_default_config_holds_every_field_at_its_typed_default(task):
+    """Every field of every block is in the ConfigDict (so settable from the command
+    line), at the default of its block, and reads back into the same block."""
+    config, run = default_config(task), {"generator": GeneratorRun,
+                                         "tokenizer": TokenizerRun}[task]()
+    assert set(config.keys()) == {f.name for f in dataclasses.fields(run)}
+    for field in dataclasses.fields(run):
+        block = getattr(run, field.name)
+        if isinstance(block, ModelConfig):
+            model = ModelConfig.from_config(config.model.to_dict(), vocab_size=block.vocab_size,
+                                            grid=block.grid, num_classes=block.num_classes)
+            assert model == block
+        elif dataclasses.is_dataclass(block):
+            names = {f.name for f in dataclasses.fields(block)}
+            assert set(config[field.name].keys()) == names, field.name
+            assert block_from_mapping(type(block), field.name,
+                                      config[field.name].to_dict()) == block
+        else:
+            assert config[field.name] == block
+
+
+def flag_config(monkeypatch, *args: str):
+    """The config `--config=... --config.x=y` gives, parsed as by lasad_jax.main (the
+    overrides are read from sys.argv)."""
+    argv = ["prog", *args]
+    monkeypatch.setattr(sys, "argv", argv)
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    values(argv)
+    return values.config
+
+
+def test_none_fields_are_placeholders_set_from_the_command_line(tmp_path, monkeypatch):
+    """`model.chunk_size` and the preset's `num_layers` default to None; the flags still
+    set them, with their type checked."""
+    imagenet = f"--config={ROOT / 'configs' / 'imagenet256.py'}"
+    config = flag_config(monkeypatch, imagenet, "--config.model.chunk_size=64",
+                         "--config.model.num_layers=2", f"--config.data.codes_dir={tmp_path}",
+                         "--config.data.image_source=imagefolder",
+                         f"--config.data.image_dir={tmp_path}",
+                         f"--config.tokenizer.checkpoint={tmp_path}")
+    assert config.model.chunk_size == 64 and config.model.num_layers == 2
+    run = parse(config, "extract")
+    assert (run.model.chunk_size, run.model.num_layers, run.model.dim) == (64, 2, 1024)
+    with pytest.raises(flags.IllegalFlagValueError):
+        flag_config(monkeypatch, imagenet, "--config.model.chunk_size=big")
+
+
+def test_the_model_is_sized_once_by_the_tokenizer_and_the_data():
+    run = parse(load_config("demo"), "train")
+    assert (run.model.vocab_size, run.model.grid, run.model.num_classes) == (17, (8, 8), 10)
+    assert run.geometry.grid_shape == (8, 8) and run.geometry.vocab_size == 17
+    run = parse(load_config("shapes"), "train")
+    assert run.model.grid == (16, 16)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_config_file_names_the_command_that_runs_it(name):
+    import runpy
+
+    module = runpy.run_path(str(ROOT / "configs" / f"{name}.py"))
+    assert f"python -m lasad_jax.main --config=configs/{name}.py" in module["__doc__"]
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "extract"])
+def test_the_demo_parses_for_every_mode(mode):
+    run = parse(load_config("demo"), mode)
+    assert isinstance(run, GeneratorRun) and run.train.sample_at_end
+    with pytest.raises(ConfigError, match="--mode must be one of"):
+        parse(load_config("demo"), "serve")
+
+
+def test_devices_are_asked_only_at_parse(monkeypatch):
+    """The batch split is checked once, against the devices JAX sees."""
+    monkeypatch.setattr(jax, "device_count", lambda: 3)
+    with pytest.raises(ConfigError) as err:
+        parse(load_config("demo"), "train")
+    assert {p.split("=")[0] for p in err.value.problems} == {
+        "config.batch_size", "config.train.eval_batch_size", "config.sample.batch_size"}
