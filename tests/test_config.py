@@ -242,3 +242,34 @@ def test_devices_are_asked_only_at_parse(monkeypatch):
         parse(load_config("demo"), "train")
     assert {p.split("=")[0] for p in err.value.problems} == {
         "config.batch_size", "config.train.eval_batch_size", "config.sample.batch_size"}
+
+
+def test_the_configuration_page_lists_every_field_with_its_default():
+    """docs/configuration.md has a table per block: every field, its type and default."""
+    import re
+
+    from lasad_jax import config as config_lib
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    tables = {}
+    for section in re.split(r"\n### ", text.split("## The fields", 1)[1])[1:]:
+        heading, body = section.split("\n", 1)
+        match = re.search(r"\(`(\w+)`", heading)
+        rows = re.findall(r"^\| `(\w+)` \| (\w+) \| `(.*?)` \|", body, re.M)
+        tables[match.group(1) if match else heading.strip()] = rows
+    run = GeneratorRun()
+    expected = {"Top level": {f: getattr(run, f) for f in
+                              ("task", "seed", "batch_size", "num_steps", "num_epochs")},
+                "ModelConfig": default_config("generator").model.to_dict()}
+    for run in (GeneratorRun(), TokenizerRun()):
+        for field in dataclasses.fields(run):
+            block = getattr(run, field.name)
+            if dataclasses.is_dataclass(block) and not isinstance(block, ModelConfig):
+                cls = type(block)
+                expected[cls.__name__] = {f.name: getattr(cls(), f.name)
+                                          for f in dataclasses.fields(cls) if f.init}
+    assert set(tables) == set(expected)
+    for name, fields in expected.items():
+        documented = {field: default for field, _, default in tables[name]}
+        assert documented == {k: repr(v) for k, v in fields.items()}, name
+    assert config_lib.MODES == ("train", "sample", "extract", "evaluate", "reference_stats")

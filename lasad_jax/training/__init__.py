@@ -1,1 +1,2 @@
-"""Training: optimizer, pure train/eval steps, checkpoints, metrics and the loop."""
+"""Training: the optimizer, pure train/eval steps, checkpoints, metrics, and the host loop
+that both training tasks (the generator and the VQ tokenizer) run."""
