@@ -45,6 +45,14 @@ def tiny_vq_config(**train) -> config_dict.ConfigDict:
     return config
 
 
+def train(config: config_dict.ConfigDict, workdir) -> dict[str, float]:
+    """`--mode=train` of `config` in `workdir`, in this process; the final metrics."""
+    from lasad_jax.config import parse
+    from lasad_jax.jobs import train as train_job
+
+    return train_job.run(parse(config, "train"), str(workdir))
+
+
 def write_image_folder(root: pathlib.Path, split: str, per_class: int = 3) -> None:
     """`root/split/{ant,bee}/{i}.png`: small RGB images of two classes, sizes varying."""
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from lasad_jax.parallel.rules import LOGICAL_RULES, constrain, spec_for
 from lasad_jax.parallel.state import replicated, sharded_init, state_shardings
 
 __all__ = [
-    "AXES", "LOGICAL_RULES", "MeshConfig", "batch_shards", "batch_sharding", "build_mesh", "constrain",
-    "global_batch", "local_batch_size", "mesh_shape", "replicated", "sharded_init",
-    "spec_for", "state_shardings",
+    "AXES", "LOGICAL_RULES", "MeshConfig", "batch_shards", "batch_sharding", "build_mesh",
+    "constrain", "global_batch", "local_batch_size", "mesh_shape", "replicated",
+    "sharded_init", "spec_for", "state_shardings",
 ]

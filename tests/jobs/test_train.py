@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 from lasad_jax.config import parse
-from lasad_jax.jobs import train
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.generator import make_state
-from tests.helpers import tiny_demo_config
-
-
-def train_and_evaluate(config, workdir):
-    return train.run(parse(config, "train"), workdir)
+from tests.helpers import tiny_demo_config, train
 
 
 def final_state(workdir, steps=6):
@@ -36,14 +31,14 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path):
     """Stop after 3 of 6 steps, resume: final parameters, optimizer and EMA equal those of
     a straight 6-step run (data order, dropout keys and Adam moments all restored)."""
     straight = tmp_path / "straight"
-    train_and_evaluate(tiny_demo_config(), str(straight))
+    train(tiny_demo_config(), str(straight))
     split = tmp_path / "split"
     cfg = tiny_demo_config()
     cfg.train.stop_after = 3
-    train_and_evaluate(cfg, str(split))
+    train(cfg, str(split))
     assert ckpt_lib.Checkpointer(str(split / "checkpoints"), keep=2,
                                  save_every=1).latest_step() == 3
-    train_and_evaluate(tiny_demo_config(), str(split))
+    train(tiny_demo_config(), str(split))
 
     a, b = final_state(straight), final_state(split)
     assert int(a.step) == int(b.step) == 6
@@ -60,11 +55,11 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path):
 def test_divergence_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_demo_config()
     cfg.train.stop_after = 3
-    train_and_evaluate(cfg, str(tmp_path))
+    train(cfg, str(tmp_path))
     bad = tiny_demo_config()
     bad.optimizer.update(lr=1e38, warmup_steps=0)
     with pytest.raises(FloatingPointError, match="non-finite training values"):
-        train_and_evaluate(bad, str(tmp_path))
+        train(bad, str(tmp_path))
     ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=2, save_every=1)
     assert ckpt.latest_step() == 3
     ckpt.close()

@@ -118,7 +118,8 @@ def test_factory_builds_from_config():
 
 
 def test_factory_and_config_reject_unknown_names_and_bad_fields():
-    with pytest.raises(ValueError, match=r"tokenizer\.checkpoint is empty.*lasad_jax\.convert\.llamagen_vq"):
+    with pytest.raises(ValueError,
+                       match=r"tokenizer\.checkpoint is empty.*lasad_jax\.convert\.llamagen_vq"):
         build_tokenizer(_config(name="vq16", checkpoint=""))
     with pytest.raises(FileNotFoundError, match=r"does not exist.*--checkpoint vq_ds16_c2i\.pt"):
         build_tokenizer(_config(name="vq16", checkpoint="/nonexistent/vq16"))

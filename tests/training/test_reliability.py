@@ -23,14 +23,9 @@ import pytest
 
 from lasad_jax import ops
 from lasad_jax.config import parse
-from lasad_jax.jobs import train
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.generator import make_state
-from tests.helpers import ROOT, tiny_demo_config
-
-
-def train_and_evaluate(config, workdir):
-    return train.run(parse(config, "train"), workdir)
+from tests.helpers import ROOT, tiny_demo_config, train
 
 STEPS = 30
 RUN = ["--config.batch_size=16", "--config.model.num_layers=1", "--config.model.dim=32",
@@ -188,7 +183,7 @@ def nan_at_step_3(monkeypatch):
 
 def test_nonfinite_update_is_skipped_and_logged(tmp_path, nan_at_step_3, caplog):
     config = tiny_demo_config(nonfinite="skip", checkpoint_every=2)
-    train_and_evaluate(config, str(tmp_path))
+    train(config, str(tmp_path))
     got = rows(tmp_path)
     assert [r["skipped_updates"] for r in got] == [0, 0, 1, 1, 1, 1]
     assert np.isnan(got[2]["loss"]) and all(np.isfinite(r["loss"]) for i, r in enumerate(got)
@@ -211,7 +206,7 @@ def test_nonfinite_update_is_skipped_and_logged(tmp_path, nan_at_step_3, caplog)
 def test_nonfinite_update_halts_before_anything_is_saved(tmp_path, nan_at_step_3):
     config = tiny_demo_config(nonfinite="halt", checkpoint_every=2)
     with pytest.raises(FloatingPointError, match="step 3"):
-        train_and_evaluate(config, str(tmp_path))
+        train(config, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
 
