@@ -194,9 +194,11 @@ class _Problems:
             pass
 
 
-def _unchecked(default: Any, given: Mapping[str, Any]) -> Any:
+def _unchecked(default: Any, given: Any) -> Any:
     """The block `default` with the given fields set but not checked: what the file
-    checks read when the block itself has problems."""
+    checks read when the block itself has problems (None when it is not even a dict)."""
+    if not isinstance(given, Mapping):
+        return None
     block = copy.copy(default)
     names = {f.name for f in dataclasses.fields(block)}
     for name, value in given.items():
@@ -309,11 +311,10 @@ def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
 def _tokenizer_checks(problems: _Problems, blocks: dict[str, Any], seen: dict[str, Any],
                       top: dict[str, Any], mode: str) -> None:
     train, opt, mesh = blocks["train"], blocks["optimizer"], blocks["mesh"]
-    problems.best_effort(perceptual_problems, seen["loss"].perceptual_weight,
-                   seen["loss"].perceptual_weights)
+    problems.best_effort(lambda loss: perceptual_problems(
+        loss.perceptual_weight, loss.perceptual_weights), seen["loss"])
     problems.best_effort(data_problems, seen["data"], mode)
-    problems.best_effort(_image_size_problems, seen["train"].image_size, seen["vq"],
-                         seen["data"].name)
+    problems.best_effort(_image_size_problems, seen["train"], seen["vq"], seen["data"])
     if opt and is_int(top["num_steps"]):
         problems.owner(schedule_problems(opt, top["num_steps"]))
     if mesh and train:
@@ -321,14 +322,15 @@ def _tokenizer_checks(problems: _Problems, blocks: dict[str, Any], seen: dict[st
             "batch_size": top["batch_size"], "train.eval_batch_size": train.eval_batch_size}))
 
 
-def _image_size_problems(image_size: int, vq: VQConfig, dataset: str) -> list[str]:
-    """The tokenizer trains at `image_size`: a multiple of its downsampling factor, and
-    of 8 for the digits (upscaled from 8x8)."""
-    problems = []
+def _image_size_problems(train: TokenizerTrainConfig, vq: VQConfig,
+                         data: ImageDataConfig) -> list[str]:
+    """The tokenizer trains at `train.image_size`: a multiple of its downsampling factor,
+    and of 8 for the digits (upscaled from 8x8)."""
+    image_size, problems = train.image_size, []
     if image_size % vq.downsample_factor:
         problems.append(f"train.image_size={image_size} must be a multiple of the tokenizer's "
                         f"downsampling factor {vq.downsample_factor} (2 ** (len(vq.ch_mult) - 1))")
-    if dataset == "digits" and image_size % 8:
+    if data.name == "digits" and image_size % 8:
         problems.append(f"train.image_size={image_size} must be a multiple of 8 to upscale "
                         "the 8x8 digits (data.name='digits')")
     return problems

@@ -115,6 +115,8 @@ def block_from_mapping(cls: type[T], block: str, values: Mapping[str, Any] | Non
     error (a typo must not silently do nothing). Lists become tuples, as the frozen
     blocks hold tuples.
     """
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError([f"{block} must be a block of fields (a dict), got {values!r}"])
     values = dict(values or {})
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(values) - set(known))
