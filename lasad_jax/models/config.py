@@ -19,7 +19,7 @@ GATES = ("sigmoid", "silu", "none")
 POS_ENCODINGS = ("rope2d", "none")
 DTYPES = ("float32", "bfloat16")
 
-# name -> (layers, heads, dim). B..3B are LlamaGen's GPT presets (DESIGN.md §2); `tiny`
+# name -> (layers, heads, dim). B..3B are LlamaGen's GPT presets (docs/model.md); `tiny`
 # is ours, for CPU tests, the demo and benchmarks.
 PRESETS: dict[str, tuple[int, int, int]] = {
     "tiny": (4, 4, 128),

@@ -1,4 +1,4 @@
-"""LASADGen: a Llama-style decoder over [class slot, image tokens] (DESIGN.md §2).
+"""LASADGen: a Llama-style decoder over [class slot, image tokens] (docs/model.md).
 
 Sequence layout: slot 0 holds the class embedding (row `num_classes` is the null class
 used for classifier-free guidance); slots 1.. hold the image tokens in raster order.

@@ -1,4 +1,4 @@
-"""VQ tokenizer training losses (LlamaGen's `VQLoss`, DESIGN.md §3), as pure functions.
+"""VQ tokenizer training losses (LlamaGen's `VQLoss`; docs/tokenizer.md), as pure functions.
 
 Generator (VQ model) objective, with LlamaGen's defaults:
     rec_weight * L2(x, x_hat)              1.0 (`--reconstruction-loss l2`; l1 optional)

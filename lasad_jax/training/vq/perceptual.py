@@ -1,7 +1,7 @@
 """LPIPS (VGG16 variant) as a frozen Flax NNX module: the perceptual term of VQ training.
 
 LlamaGen's tokenizer loss adds LPIPS between input and reconstruction with weight 1.0
-(DESIGN.md §3). LPIPS compares the two images through VGG16's five `relu*_*` stages:
+(docs/tokenizer.md). LPIPS compares the two images through VGG16's five `relu*_*` stages:
 each feature vector is scaled to unit length over channels, the squared differences are
 weighted per channel by learned non-negative "lin" weights (a 1x1 conv to one channel),
 averaged over space and summed over stages.
