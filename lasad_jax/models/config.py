@@ -80,8 +80,13 @@ class ModelConfig:
         p = Problems("model")
         sizes = all([p.positive_int(name, getattr(self, name))
                      for name in ("vocab_size", "num_classes", "num_layers", "num_heads", "dim")])
-        p.check(len(self.grid) == 2 and all(is_int(g) and g >= 1 for g in self.grid), "grid",
+        p.check(isinstance(self.grid, (tuple, list)) and len(self.grid) == 2
+                and all(is_int(g) and g >= 1 for g in self.grid), "grid",
                 f"must be two positive ints (rows, cols), got {self.grid!r}")
+        p.number("rope_base", self.rope_base, low=0.0, low_open=True)
+        p.number("norm_eps", self.norm_eps, low=0.0, low_open=True)
+        p.check(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
+                "chunk_size", f"must be None or a positive int, got {self.chunk_size!r}")
         p.one_of("mixer", self.mixer, MIXERS)
         p.one_of("feature_map", self.feature_map, FEATURE_MAPS)
         p.one_of("gate", self.gate, GATES)
