@@ -20,18 +20,28 @@ package that owns it:
 It then checks what joins the blocks and what the mode needs (files, devices, the
 batch split), and raises every problem of every block in one `ConfigError`, before any
 data or model is touched. Nothing below this module reads a ConfigDict.
+
+The command line's side is here too: `load_config_file` reads `--config=PATH` and
+`apply_overrides` sets the `--config.FIELD=VALUE` flags, checking each field's name
+(naming the nearest valid one) and type, so a typo is one line, not a traceback.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import importlib.util
+import inspect
+import os
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+from absl import flags
 from ml_collections import config_dict
+from ml_collections.config_flags.tuple_parser import TupleParser
 
 from lasad_jax.data.config import (
     DataConfig,
@@ -161,6 +171,110 @@ def _model_block(model: ModelConfig) -> config_dict.ConfigDict:
     block = _block(model, skip=DERIVED_MODEL_FIELDS, none=PRESET_FIELDS)
     block.preset = ""
     return block
+
+
+# -- the command line's side: --config=PATH and --config.FIELD=VALUE
+
+
+def load_config_file(spec: str) -> config_dict.ConfigDict:
+    """The config of `--config=PATH` (or `PATH:ARG`, given to `get_config(ARG)`), or a
+    `ConfigError` of one line naming the file and what is wrong with it."""
+    path, _, arg = spec.partition(":") if not os.path.isfile(spec) else (spec, "", "")
+    if not path:
+        raise ConfigError(["--config is empty: give a config file, e.g. "
+                           "--config=configs/demo.py"])
+    if not os.path.isfile(path):
+        here = os.path.dirname(path) or "."
+        others = sorted(f for f in os.listdir(here) if f.endswith(".py")) if os.path.isdir(
+            here) else []
+        near = difflib.get_close_matches(os.path.basename(path), others, n=1)
+        hint = (f"did you mean {os.path.join(os.path.dirname(path), near[0])}?" if near else
+                f"the files there: {', '.join(others)}" if others else
+                "the configs are in configs/ (e.g. configs/demo.py)")
+        raise ConfigError([f"--config={path}: no such file; {hint}"])
+    try:
+        module_spec = importlib.util.spec_from_file_location("lasad_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if get_config is None:
+            raise ConfigError([f"--config={path} has no get_config() function"])
+        takes_arg = bool(inspect.signature(get_config).parameters)
+        config = get_config(arg) if takes_arg else get_config()
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of the file is the file's
+        first = (str(err).splitlines() or [""])[0]
+        raise ConfigError([f"--config={path} fails to load: {type(err).__name__}: {first}"]) \
+            from err
+    if not isinstance(config, config_dict.ConfigDict):
+        raise ConfigError([f"--config={path}: get_config() must return an ml_collections "
+                           f"ConfigDict, got {type(config).__name__}"])
+    return config
+
+
+_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
+            float: flags.FloatParser(), tuple: TupleParser()}
+_TYPE_NAMES = {bool: "True or False", int: "an int", float: "a number", tuple: "a tuple",
+               str: "a string"}
+
+
+def _field(config: config_dict.ConfigDict, path: str) -> tuple[Any, str, str | None]:
+    """`(block, field name, problem)` for the dotted `path` under `config`."""
+    node, parts = config, path.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(["config", *parts[:depth]])
+        if not isinstance(node, config_dict.ConfigDict):
+            return None, part, f"--config.{path}: {where} is a value, not a block of fields"
+        if part not in node:
+            keys = sorted(node.keys())
+            near = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
+            hint = (f"did you mean --config.{'.'.join([*parts[:depth], near[0]])}?" if near
+                    else f"its fields: {', '.join(keys)}")
+            return None, part, f"--config.{path}: {where} has no field {part!r}; {hint}"
+        if depth < len(parts) - 1:
+            node = node[part]
+    if isinstance(node[parts[-1]], config_dict.ConfigDict):
+        return None, parts[-1], (f"--config.{path} is a block: set its fields, "
+                                 f"--config.{path}.FIELD=VALUE")
+    return node, parts[-1], None
+
+
+def apply_overrides(config: config_dict.ConfigDict,
+                    overrides: Sequence[tuple[str, str | None]]) -> None:
+    """Sets each `(path, text)` of a `--config.PATH=TEXT` flag (text None: a bare
+    `--config.PATH`, True for a bool; `--noconfig.PATH` comes as "false"), parsed as the
+    field's type. Every unknown field (with the nearest valid name) and every value of
+    the wrong type is reported at once, in one `ConfigError`, before any is set."""
+    problems, updates = [], []
+    tuples: dict[str, tuple] = {}
+    for path, text in overrides:
+        block, name, problem = _field(config, path)
+        if problem:
+            problems.append(problem)
+            continue
+        kind = block.get_type(name)
+        if kind is bool and text is None:
+            text = "true"
+        if text is None:
+            problems.append(f"--config.{path} needs a value: --config.{path}=VALUE")
+            continue
+        try:
+            value = _PARSERS[kind].parse(text) if kind in _PARSERS else text
+            if kind is tuple:  # repeated tuple flags add up, as in ml_collections
+                value = tuples[path] = tuples.get(path, ()) + tuple(value)
+        except (ValueError, TypeError, SyntaxError):
+            problems.append(f"--config.{path}={text}: {path} takes "
+                            f"{_TYPE_NAMES.get(kind, kind.__name__)}, got {text!r}")
+            continue
+        updates.append((block, name, value, path, text))
+    for block, name, value, path, text in updates:
+        try:
+            block[name] = value
+        except TypeError as err:
+            problems.append(f"--config.{path}={text}: {str(err).splitlines()[0]}")
+    if problems:
+        raise ConfigError(problems, "bad --config flags" if len(problems) > 1 else None)
 
 
 # -- the program's side: the typed run, checked

@@ -2,7 +2,8 @@
 
 Modes:
 * `train` (the default): trains, resuming from DIR's newest checkpoint;
-* `sample`: restores DIR's newest checkpoint, writes `samples.png` and `samples.npz`;
+* `sample`: restores DIR's newest checkpoint, writes `samples-step<step>-<digest>.png`
+  and `.npz` (named by the checkpoint step and the sampling settings);
 * `extract`: encodes the config's image dataset into token codes under
   `config.data.codes_dir`, once, resumably (DIR is unused);
 * `reference_stats`: Inception statistics of the training images, for FID;
@@ -10,16 +11,24 @@ Modes:
   (resumably) and reports FID, sFID, IS, precision and recall (ADM protocol).
 
 Any config field can be overridden: `--config.num_steps=100 --config.model.mixer=softmax`
-(docs/configuration.md). This module only parses the flags, starts JAX on every host,
-reads the config into its typed form (`lasad_jax.config.parse`, which reports every
-problem at once) and hands it to the job of the mode (`lasad_jax.jobs`).
+(docs/configuration.md). This module only parses the flags, reads the config file and
+its overrides (`lasad_jax.config.load_config_file`, `apply_overrides`), starts JAX on
+every host, reads the config into its typed form (`lasad_jax.config.parse`, which
+reports every problem at once) and hands it to the job of the mode (`lasad_jax.jobs`).
+
+An expected failure (a bad flag, config or file, a checkpoint of another run, a full or
+read-only disk, divergence) ends with exit status 1 and one `error: ...` line naming the
+cause and the fix; `LASAD_TRACEBACK=1` shows the traceback instead. `cli(argv)` is the
+whole command in this process (what the tests call); `python -m` adds absl's start-up.
 """
 
 from __future__ import annotations
 
 import logging as pylogging
 import os
+import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 # TensorFlow is imported by clu only to write TensorBoard files: keep it quiet and off
@@ -28,20 +37,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 # Importing these touches no device, so `jax.distributed.initialize` in `run` still
 # comes before anything JAX computes.
-from lasad_jax.config import MODES, parse  # noqa: E402
+from lasad_jax.config import (  # noqa: E402
+    MODES,
+    apply_overrides,
+    load_config_file,
+    parse,
+)
+from lasad_jax.files import NO_SPACE, NOT_WRITABLE, OutputError, as_output_error  # noqa: E402
 from lasad_jax.jobs import run_job  # noqa: E402
 from lasad_jax.training.checkpoint import CheckpointError  # noqa: E402
+from lasad_jax.validation import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=True)
+flags.DEFINE_string("config", None, "Path to a config file (configs/*.py); set its fields "
+                    "with --config.FIELD=VALUE (docs/configuration.md).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+REQUIRED = {"config": "the config file, e.g. --config=configs/demo.py",
+            "workdir": "the directory of checkpoints, metrics and samples"}
+_OVERRIDE = re.compile(r"^--?(no)?config\.([\w.]+)(?:=(.*))?$", re.S)
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -54,38 +72,143 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 class _QuietLibraries(pylogging.Filter):
     """Drops INFO chatter of the checkpoint and data libraries (Orbax logs ~30 lines per
-    save); their warnings and errors still show."""
+    save), and Orbax's warnings that a reader's checkpoints are read-only (they are meant
+    to be); their other warnings and errors still show."""
 
     NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}", f"{os.sep}tensorflow{os.sep}")
+    EXPECTED = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or not any(
-            part in record.pathname for part in self.NOISY)
+        noisy = any(part in record.pathname for part in self.NOISY)
+        if noisy and str(record.msg).startswith(self.EXPECTED):
+            return False
+        return record.levelno >= pylogging.WARNING or not noisy
 
 
-# Errors whose messages are written for the user (the field, the file, what to do).
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, CheckpointError)
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """`(absl's arguments, [(path, text)])`: the `--config.PATH=TEXT` overrides are read
+    here, not by absl (`--noconfig.PATH` is `(PATH, "false")`; `--config.PATH TEXT` takes
+    the next argument as its value)."""
+    rest, overrides = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        match = _OVERRIDE.match(args[i])
+        if not match:
+            rest.append(args[i])
+        elif match.group(1):
+            overrides.append((match.group(2), "false"))
+        elif match.group(3) is not None:
+            overrides.append((match.group(2), match.group(3)))
+        elif i + 1 < len(args) and not args[i + 1].startswith("-"):
+            overrides.append((match.group(2), args[i + 1]))
+            i += 1
+        else:
+            overrides.append((match.group(2), None))
+        i += 1
+    return rest, overrides
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """Parses absl's flags (every call starts from the defaults); returns the program
+    name, any stray positional arguments and the overrides, normalised to
+    `--config.PATH=TEXT`, for `main`. A bad flag raises `flags.Error` (one line)."""
+    rest, overrides = split_overrides(argv)
+    if FLAGS.is_parsed():
+        FLAGS.unparse_flags()
+    positional = FLAGS(rest)
+    missing = [name for name in REQUIRED if not getattr(FLAGS, name)]
+    if missing:
+        raise flags.Error("; ".join(f"--{name} is required: {REQUIRED[name]}"
+                                    for name in missing))
+    return positional + [f"--config.{path}" + ("" if text is None else f"={text}")
+                         for path, text in overrides]
+
+
+def main(argv: Sequence[str]) -> int:
+    """What `app.run` calls once the flags are parsed: the config, then the job.
+    Returns the exit status: 0, or 1 after printing one `error:` line."""
     try:
-        run(FLAGS.config, FLAGS.mode, FLAGS.workdir)
-    except Exception as err:
-        # Bad configs, missing files, divergence and unusable checkpoints raise errors
-        # whose messages are written for the user (the field, the file, what to do); a
-        # traceback would bury them. Anything else is a bug and keeps its traceback, as
-        # does everything with LASAD_TRACEBACK=1.
-        if not isinstance(err, USER_ERRORS) or os.environ.get("LASAD_TRACEBACK") == "1":
+        positional, overrides = split_overrides(argv[1:])
+        if positional:
+            raise ConfigError([f"unexpected arguments {positional}: flags are written "
+                               "--name=value (see --helpshort)"])
+        config = load_config_file(FLAGS.config)
+        apply_overrides(config, overrides)
+        run(config, FLAGS.mode, FLAGS.workdir)
+    except Exception as err:  # noqa: BLE001 - sorted into expected failures and bugs
+        message = user_message(err)
+        if message is None or os.environ.get("LASAD_TRACEBACK") == "1":
+            raise  # a bug: the traceback is what helps
+        return fail(message)
+    return 0
+
+
+def cli(argv: Sequence[str]) -> int:
+    """The whole command line in this process, absl's start-up aside: flags, config,
+    job. Returns the exit status (an expected failure prints one `error:` line)."""
+    try:
+        args = parse_flags(argv)
+    except flags.Error as err:
+        if os.environ.get("LASAD_TRACEBACK") == "1":
             raise
-        logging.error("%s: %s", type(err).__name__, err)
-        sys.exit(f"error: {err}\n(set LASAD_TRACEBACK=1 for the traceback)")
+        return fail(str(err))
+    return main(args)
+
+
+def fail(message: str) -> int:
+    """Prints the error line (a multi-problem config keeps its list below it)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def user_message(err: BaseException) -> str | None:
+    """The message of an expected failure, written for the user (the field, the file,
+    what to do); None for anything else, which is a bug and keeps its traceback."""
+    disk = _disk_error(err)
+    if disk is not None:
+        return disk
+    if isinstance(err, ConfigError):
+        if err.header and len(err.problems) == 1:
+            return f"{err.header}: {err.problems[0]}"
+        return str(err)
+    if isinstance(err, OutputError):
+        return err.strerror
+    if isinstance(err, FileNotFoundError):
+        return (f"{err.strerror}: {err.filename}" if err.filename and err.strerror
+                else str(err))
+    if isinstance(err, (ValueError, FloatingPointError, CheckpointError)):
+        return str(err)
+    return None
+
+
+def _disk_error(err: BaseException) -> str | None:
+    """A full or unwritable disk anywhere in the error's chain (also inside Orbax's and
+    TensorStore's errors, which carry only the text), as one message naming the path."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OutputError):
+            return err.strerror
+        if isinstance(err, OSError) and err.errno in NO_SPACE + NOT_WRITABLE:
+            return as_output_error(err, err.filename or "the output").strerror
+        text = str(err)
+        for needle, reason in (("No space left on device", "no space left on device"),
+                               ("Read-only file system", "read-only file system")):
+            if needle in text:
+                path = re.search(r'"(/[^"]+)"', text)
+                where = path.group(1) if path else "an output"
+                return (f"cannot write {where}: {reason}; free space or make it writable, "
+                        "or use a --workdir on another disk")
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def run(config: Any, mode: str, workdir: str) -> None:
     """Everything after flag parsing: multi-host start-up, the typed config, the job."""
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+        handler.addFilter(_QuietLibraries())
     _hide_accelerators_from_tensorflow()
     if os.environ.get("LASAD_MULTIHOST") == "1":  # set by launch/ for TPU pods and SLURM
         # Coordinator address, process count and index come from the TPU or SLURM
@@ -97,5 +220,15 @@ def run(config: Any, mode: str, workdir: str) -> None:
     run_job(run_config, mode, workdir)
 
 
+def _parse_flags_or_exit(argv: Sequence[str]) -> list[str]:
+    """`app.run`'s flag parser: a bad flag is one `error:` line and exit status 1."""
+    try:
+        return parse_flags(argv)
+    except flags.Error as err:
+        if os.environ.get("LASAD_TRACEBACK") == "1":
+            raise
+        sys.exit(fail(str(err)))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags_or_exit)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lasad_jax.convert import torch_io
+from lasad_jax.files import save_npz
 from lasad_jax.training.vq.perceptual import LPIPS_LAYOUT, VGG16_STAGES
 
 # torchvision `features` index of every conv, grouped by LPIPS stage (ReLUs and pools sit
@@ -71,9 +72,8 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_lpips_npz(arrays: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     """Writes the arrays uncompressed (VGG weights do not compress; loading stays fast),
-    to exactly `path` (np.savez would append `.npz` to a bare name)."""
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    to exactly `path` (np.savez would append `.npz` to a bare name), atomically."""
+    save_npz(path, **arrays)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,6 +16,8 @@ import pathlib
 
 import numpy as np
 
+from lasad_jax.files import save_npy
+
 # Range checks read only this many leading rows, so opening a huge memmap stays cheap.
 RANGE_CHECK_ROWS = 10_000
 
@@ -33,14 +35,6 @@ def code_paths(directory: str | os.PathLike, split: str) -> tuple[pathlib.Path, 
     directory = pathlib.Path(directory)
     split = _check_split(split)
     return directory / f"{split}_codes.npy", directory / f"{split}_labels.npy"
-
-
-def _save_atomically(path: pathlib.Path, array: np.ndarray) -> None:
-    # A killed extraction job must not leave a truncated file that later loads.
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 def write_codes(
@@ -66,8 +60,8 @@ def write_codes(
     small = not codes.size or codes.max() <= np.iinfo(np.int16).max
     codes_path, labels_path = code_paths(directory, split)
     codes_path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomically(codes_path, codes.astype(np.int16 if small else np.int32))
-    _save_atomically(labels_path, labels.astype(np.int32))
+    save_npy(codes_path, codes.astype(np.int16 if small else np.int32))
+    save_npy(labels_path, labels.astype(np.int32))
     return codes_path, labels_path
 
 

@@ -12,6 +12,11 @@ trainer later draws one view per image per epoch. A split becomes, in `out_dir`:
 Shards are written atomically (tmp + rename) and the manifest is updated after each one,
 so a killed job re-run with the same arguments resumes after the last finished shard and
 produces identical files. View 0 is always the plain centre crop, which evaluation uses.
+
+The manifest's config records the tokenizer by its content fingerprint (settings and
+weights, `Tokenizer.fingerprint`), not by its class or path: a resumed or repeated
+extraction with other weights is refused, naming both, instead of mixing the codes of
+two tokenizers under one manifest.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from lasad_jax.data.codes import _check_split
 from lasad_jax.data.config import AUGMENTS, DataConfig
 from lasad_jax.data.extracted import FORMAT, manifest_path
 from lasad_jax.data.images import CorruptImageError, adm_center_crop, build_image_source
+from lasad_jax.files import require_writable, save_json, save_npy
 from lasad_jax.tokenizers import Tokenizer
+from lasad_jax.tokenizers.base import short
+
 TENCROP_RANGE = 1.1  # LlamaGen's --crop-range: centre crop to 1.1x, then ten crops
 _FIVE = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 VIEW_NAMES = {
@@ -67,24 +75,22 @@ def make_views(image: Image.Image | np.ndarray, image_size: int, augment: str) -
     return np.stack(five + [v[:, ::-1] for v in five])
 
 
-def _tokenizer_id(tokenizer: Tokenizer) -> str:
-    # A repr that shows settings identifies the tokenizer; a default one (with a memory
-    # address) would differ on every run, so then only the class name is compared.
-    text = repr(tokenizer)
-    return type(tokenizer).__name__ if " at 0x" in text else text
-
-
-def _write_atomically(path: pathlib.Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _write_manifest(path: pathlib.Path, manifest: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+def _refusal(mpath: pathlib.Path, old: dict, config: dict, out_dir: pathlib.Path,
+             split: str, description: str) -> ValueError:
+    """One line naming what the manifest records and what this run would write."""
+    fix = (f"extract into an empty directory (config.data.codes_dir), or delete the "
+           f"{split}-* files in {out_dir} to start this split over")
+    recorded = old.get("config", {})
+    if recorded.get("tokenizer") != config["tokenizer"]:
+        was = old.get("tokenizer_description", "")
+        return ValueError(
+            f"{mpath} holds codes of tokenizer {short(recorded.get('tokenizer'))}"
+            f"{f' ({was})' if was else ''}, but this run's tokenizer is "
+            f"{short(config['tokenizer'])} ({description}); codes of two tokenizers must not "
+            f"be mixed: {fix}")
+    diff = {k: (recorded.get(k), v) for k, v in config.items() if recorded.get(k) != v}
+    return ValueError(f"{mpath} records a different extraction config (field: (recorded, "
+                      f"requested)) {diff}; {fix}")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -129,28 +135,26 @@ def extract_codes(
     if len(source) == 0:
         raise ValueError(f"the image source {source!r} holds no images")
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "split": split, "image_size": image_size, "augment": augment,
         "views": len(VIEW_NAMES[augment]), "view_names": list(VIEW_NAMES[augment]),
         "grid": list(tokenizer.grid_shape), "vocab_size": int(tokenizer.vocab_size),
-        "tokenizer": _tokenizer_id(tokenizer), "shard_size": shard_size,
+        "tokenizer": tokenizer.fingerprint, "shard_size": shard_size,
         "num_source_images": len(source),
         "dtype": "int16" if tokenizer.vocab_size <= np.iinfo(np.int16).max + 1 else "int32",
     }
     mpath = manifest_path(out_dir, split)
-    manifest = {"format": FORMAT, "config": config, "source": repr(source), "shards": [],
+    manifest = {"format": FORMAT, "config": config, "source": repr(source),
+                "tokenizer_description": tokenizer.describe(), "shards": [],
                 "num_images": 0, "num_skipped": 0, "skipped": [], "complete": False}
     if mpath.is_file():
         old = json.loads(mpath.read_text())
         if old.get("config") != config:
-            diff = {k: (old.get("config", {}).get(k), v) for k, v in config.items()
-                    if old.get("config", {}).get(k) != v}
-            raise ValueError(
-                f"{mpath} records a different extraction config (field: (recorded, requested)) "
-                f"{diff}; extract into an empty directory, or delete {split}-* files in "
-                f"{out_dir} to start this split over")
+            raise _refusal(mpath, old, config, out_dir, split, tokenizer.describe())
         manifest = old
+        if manifest["complete"]:
+            return manifest  # nothing to add: the files stay as they are
+    require_writable(out_dir)
     num_shards = -(-len(source) // shard_size)
     first = len(manifest["shards"])
     last = num_shards if max_shards is None else min(num_shards, first + max(0, max_shards))
@@ -180,8 +184,8 @@ def extract_codes(
         grid = tuple(tokenizer.grid_shape)
         codes_arr = (np.concatenate(codes) if codes else np.zeros((0, views, *grid))).astype(dtype)
         codes_path, labels_path = shard_paths(out_dir, split, k)
-        _write_atomically(codes_path, codes_arr)
-        _write_atomically(labels_path, np.asarray(labels, np.int32))
+        save_npy(codes_path, codes_arr)
+        save_npy(labels_path, np.asarray(labels, np.int32))
         manifest["shards"].append({
             "codes": codes_path.name, "labels": labels_path.name, "start": start,
             "stop": stop, "num_images": len(labels)})
@@ -189,7 +193,7 @@ def extract_codes(
         manifest["num_images"] += len(labels)
         manifest["num_skipped"] += len(skipped)
         manifest["complete"] = len(manifest["shards"]) == num_shards
-        _write_manifest(mpath, manifest)
+        save_json(mpath, manifest)
     bar.close()
     return manifest
 

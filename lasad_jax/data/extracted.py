@@ -29,9 +29,12 @@ class ExtractedSource:
     """
 
     def __init__(self, codes: list[np.ndarray], labels: list[np.ndarray], num_views: int,
-                 grid: tuple[int, int]):
+                 grid: tuple[int, int], tokenizer: str | None = None):
         self._codes, self._labels = codes, labels
         self.num_views, self.grid = num_views, grid
+        # The fingerprint of the tokenizer that wrote the codes (None: not recorded, an
+        # extraction made before fingerprints); checkpoints trained on them record it.
+        self.tokenizer = tokenizer
         self.seq_len = grid[0] * grid[1]
         self._ends = np.cumsum([len(x) for x in labels])
 
@@ -126,4 +129,6 @@ def load_extracted(out_dir: str | os.PathLike, split: str, *, grid_shape: tuple[
             raise ValueError(f"labels in {out_dir}/{shard['labels']} must lie in "
                              f"[0, {num_classes}) (num_classes={num_classes}), got values in "
                              f"[{lo}, {hi}]")
-    return ExtractedSource(codes, labels, cfg["views"], tuple(cfg["grid"]))
+    recorded = cfg.get("tokenizer")
+    fingerprint = recorded if isinstance(recorded, str) and recorded.startswith("sha256:") else None
+    return ExtractedSource(codes, labels, cfg["views"], tuple(cfg["grid"]), fingerprint)

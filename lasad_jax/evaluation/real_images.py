@@ -10,17 +10,18 @@ import numpy as np
 from lasad_jax.data.config import EMBEDDED, DataConfig
 from lasad_jax.data.images import adm_center_crop, build_image_source
 from lasad_jax.data.pipeline import load_embedded
-from lasad_jax.tokenizers import TokenizerConfig, build_tokenizer
+from lasad_jax.tokenizers import Tokenizer, TokenizerConfig, build_tokenizer
 
 
 def dataset_images(data: DataConfig, tokenizer: TokenizerConfig, split: str,
-                   limit: int) -> Iterator[np.ndarray]:
+                   limit: int, *, built: Tokenizer | None = None) -> Iterator[np.ndarray]:
     """uint8 RGB batches `[B, H, W, 3]` of `split` (at most `limit` images; 0: all) at
     the generator's image size, as the samples will look: the embedded digits and
-    shapes go through the tokenizer (so the reference holds the grey levels the model
-    can draw); image datasets get the ADM centre crop."""
+    shapes go through the tokenizer (`built`, or one built from `tokenizer`; so the
+    reference holds the grey levels the model can draw); image datasets get the ADM
+    centre crop."""
     if data.name in EMBEDDED:
-        tok = build_tokenizer(tokenizer)
+        tok = built if built is not None else build_tokenizer(tokenizer)
         images = load_embedded(data, split)[0]
         images = tok.decode(tok.encode(images[:limit or None]))
         yield np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import warnings
 import zipfile
@@ -26,6 +27,7 @@ from typing import IO, Any
 import numpy as np
 
 from lasad_jax.evaluation.inception import POOL_DIM, PREPROCESS_MODES, SPATIAL_DIM
+from lasad_jax.files import save_npz
 
 ADM_REFERENCE_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
                      "ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz")
@@ -50,6 +52,9 @@ class Reference:
     images_shape: tuple[int, ...] | None = None
     preprocess: str | None = None
     inception: str | None = None  # which network made the statistics, when recorded
+    # What made our statistics (`--mode=reference_stats`: dataset, split, image size,
+    # tokenizer fingerprint, network); None for other files.
+    settings: dict[str, Any] | None = None
 
     @property
     def has_stats(self) -> bool:
@@ -117,6 +122,7 @@ def load_reference(path: str | os.PathLike) -> Reference:
             stats["pool"] = np.asarray(npz["pool"], np.float32)
         recorded = str(npz["preprocess"]) if "preprocess" in keys else None
         network = str(npz["inception"]) if "inception" in keys else None
+        settings = json.loads(str(npz["settings"])) if "settings" in keys else None
     if present:
         _check_stats(stats, path)
         if stats["mu_s"].min() < -1e-6:
@@ -134,13 +140,14 @@ def load_reference(path: str | os.PathLike) -> Reference:
                              "images [N, H, W, 3]")
     preprocess = recorded if recorded is not None else ("adm" if has_images else None)
     return Reference(path=path, images_shape=images_shape, preprocess=preprocess,
-                     inception=network, **{k: stats.get(k) for k in (*STATS_KEYS, "pool")})
+                     inception=network, settings=settings,
+                     **{k: stats.get(k) for k in (*STATS_KEYS, "pool")})
 
 
 def write_reference(path: str | os.PathLike, stats: Mapping[str, Any]) -> None:
     """Writes a stats-only reference (`mu`, `sigma`, `mu_s`, `sigma_s`, optional `pool`,
-    `preprocess`, `num_images`, `inception`: a description of the network) to exactly
-    `path`, after checking the shapes."""
+    `preprocess`, `num_images`, `inception`: a description of the network, `settings`:
+    a dict of what made it) to exactly `path`, atomically, after checking the shapes."""
     missing = [k for k in STATS_KEYS if k not in stats]
     if missing:
         raise ValueError(f"statistics for {os.fspath(path)!r} lack {missing}")
@@ -157,8 +164,9 @@ def write_reference(path: str | os.PathLike, stats: Mapping[str, Any]) -> None:
         arrays["num_images"] = np.asarray(int(stats["num_images"]))
     if stats.get("inception") is not None:
         arrays["inception"] = np.asarray(str(stats["inception"]))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    if stats.get("settings") is not None:
+        arrays["settings"] = np.asarray(json.dumps(stats["settings"], sort_keys=True))
+    save_npz(path, **arrays)
 
 
 @contextlib.contextmanager

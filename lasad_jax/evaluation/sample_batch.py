@@ -7,8 +7,8 @@ Decisions (the paper and ADM leave them open):
 * Generation is resumable: images go to `part_*.npz` files, each written atomically; a
   restarted run skips finished parts. Batch `i` draws from `fold_in(key(eval.seed), i)`,
   so a resumed run gives the images an uninterrupted one would. A settings file in the
-  directory makes a run with other settings (checkpoint step, guidance, seed, ...)
-  refuse to mix its images in.
+  directory (checkpoint step, tokenizer fingerprint, guidance, seed, ...) makes a run
+  with other settings refuse to mix its images in, naming what differs.
 * `assemble` joins the parts into ADM's layout (`arr_0` uint8 NHWC plus `labels`)
   without holding the batch in memory.
 """
@@ -27,6 +27,7 @@ from absl import logging
 from tqdm import tqdm
 
 from lasad_jax.evaluation.config import EvalConfig
+from lasad_jax.files import as_output_error, require_space, save_json, save_npz, write_atomically
 from lasad_jax.sampling.config import SampleConfig
 from lasad_jax.sampling.generate import generate
 from lasad_jax.tokenizers import Tokenizer
@@ -36,35 +37,39 @@ def eval_labels(num_samples: int, num_classes: int) -> np.ndarray:
     return (np.arange(num_samples) % num_classes).astype(np.int32)
 
 
-def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str) -> dict[str, Any]:
-    """What makes a sample batch: a run with other settings must not add to it."""
+def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str,
+                   tokenizer: str) -> dict[str, Any]:
+    """What makes a sample batch: the generator's checkpoint step, the fingerprint of the
+    tokenizer that decodes it, and the sampling settings. A run with other settings
+    must not add to it."""
     return {"checkpoint_step": int(step), "num_samples": int(ev.num_samples),
             "seed": int(ev.seed), "batch_size": int(s.batch_size),
             "cfg_scale": float(s.cfg_scale), "temperature": float(s.temperature),
             "top_k": int(s.top_k), "top_p": float(s.top_p), "use_ema": bool(s.use_ema),
-            "mixer": mixer}
+            "mixer": mixer, "tokenizer": tokenizer}
+
+
+def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`field: old -> new, ...` for the fields that differ (fingerprints shortened)."""
+    def show(value: Any) -> str:
+        return value[:19] if isinstance(value, str) and value.startswith("sha256:") else repr(value)
+
+    return ", ".join(f"{k}: {show(old.get(k))} -> {show(v)}" for k, v in new.items()
+                     if old.get(k) != v)
 
 
 def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
+    """Records `settings` in a new part directory, or refuses one made with others."""
     path = os.path.join(part_dir, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
         if old != settings:
-            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-            raise ValueError(
-                f"{part_dir} holds samples made with other settings {diff} (old, new); "
-                "set another --config.eval.name or delete the directory")
+            diff = settings_differences(old, settings)
+            raise ValueError(f"{part_dir} holds samples made with other settings ({diff}); "
+                             "set another config.eval.name, or delete the directory")
         return
-    with open(path + ".tmp", "w") as f:
-        json.dump(settings, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def _save_part(path: str, images: np.ndarray, labels: np.ndarray) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, path)
+    save_json(path, settings)
 
 
 def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: SampleConfig, *,
@@ -102,8 +107,8 @@ def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: Sam
             batch = np.concatenate(images)
             if batch.shape[-1] == 1:
                 batch = np.repeat(batch, 3, axis=-1)
-            _save_part(os.path.join(part_dir, f"part_{p:05d}.npz"), batch.astype(np.uint8),
-                       np.concatenate(part_labels))
+            save_npz(os.path.join(part_dir, f"part_{p:05d}.npz"), images=batch.astype(np.uint8),
+                     labels=np.concatenate(part_labels))
         made += 1
     bar.close()
     return made
@@ -116,8 +121,14 @@ def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
                    and f.endswith(".npz") and ".tmp" not in f)
     with np.load(os.path.join(part_dir, parts[0])) as first:
         shape = (num_samples, *first["images"].shape[1:])
+    needed = int(np.prod(shape))
+    require_space(os.path.dirname(os.path.abspath(out_path)), 2 * needed,
+                  f"assembling {out_path}")
     npy = out_path + ".arr_0.npy"
-    images = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        images = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError as err:
+        raise as_output_error(err, npy, needed) from err
     labels = np.zeros((num_samples,), np.int32)
     at = 0
     for name in parts:
@@ -130,12 +141,16 @@ def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
         raise ValueError(f"{part_dir}: parts hold {at} samples, expected {num_samples}")
     images.flush()
     del images
-    tmp = out_path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.write(npy, "arr_0.npy")
-        with zf.open("labels.npy", "w") as f:
-            np.lib.format.write_array(f, labels)
-    os.replace(tmp, out_path)
-    os.remove(npy)
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.write(npy, "arr_0.npy")
+            with zf.open("labels.npy", "w") as member:
+                np.lib.format.write_array(member, labels)
+
+    try:
+        write_atomically(out_path, write, nbytes=needed + labels.nbytes)
+    finally:
+        os.remove(npy)
 
 

@@ -22,6 +22,7 @@ from lasad_jax.evaluation.inception import (
     inception_from_arrays,
     random_inception,
 )
+from lasad_jax.files import save_npz
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -47,8 +48,7 @@ def save_inception(path: str | os.PathLike,
     arrays = {"/".join(p): v for p, v in _flat_arrays(params).items()}
     meta = {"format_version": FORMAT_VERSION, "source": f"pytorch-fid {WEIGHTS_FILE}"}
     arrays[FORMAT_KEY] = np.asarray(json.dumps(meta))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    save_npz(path, **arrays)
 
 
 def load_inception(path: str | os.PathLike, preprocess: PreprocessMode = "adm") -> InceptionV3:
@@ -72,11 +72,18 @@ def load_inception(path: str | os.PathLike, preprocess: PreprocessMode = "adm") 
     return inception_from_arrays(arrays, preprocess, source=os.fspath(path))
 
 
+def describe_network(path: str) -> str:
+    """How results and reference statistics name the network of `eval.inception`."""
+    if path == RANDOM_INCEPTION:
+        return "random weights (seed 0): not comparable"
+    return os.path.abspath(path)
+
+
 def load_network(path: str, preprocess: PreprocessMode = "adm") -> tuple[InceptionV3, str]:
     """The Inception network of `eval.inception` (a file, or "random") and how results
     describe it: random weights make numbers that compare only with each other."""
     if path == RANDOM_INCEPTION:
         logging.warning("eval.inception='random': Inception with random weights; the "
                         "numbers test the pipeline and are NOT comparable to published FIDs")
-        return random_inception(0, preprocess), "random weights (seed 0): not comparable"
-    return load_inception(path, preprocess), os.path.abspath(path)
+        return random_inception(0, preprocess), describe_network(path)
+    return load_inception(path, preprocess), describe_network(path)

@@ -6,6 +6,10 @@ resumably: `lasad_jax.evaluation.sample_batch`), writes them as an ADM sample ba
 against the reference: FID, sFID, Inception Score, precision and recall, saved to
 `workdir/eval/{eval.name}.json`. With `eval.inception="random"` the numbers test the
 pipeline and compare only with numbers from the same random network.
+
+The parts and the results record what made them (checkpoint step, tokenizer
+fingerprint, sampling settings, reference, network): another evaluation under the same
+`eval.name` is refused, naming what differs, and the same one again writes nothing.
 """
 
 from __future__ import annotations
@@ -19,16 +23,24 @@ from absl import logging
 
 from lasad_jax.config import GeneratorRun
 from lasad_jax.evaluation.evaluator import evaluate
-from lasad_jax.evaluation.reference import ADM_REFERENCE_URL, load_reference, reference_path
+from lasad_jax.evaluation.reference import (
+    ADM_REFERENCE_URL,
+    Reference,
+    load_reference,
+    reference_path,
+)
 from lasad_jax.evaluation.sample_batch import (
     assemble,
     batch_settings,
     check_settings,
     generate_parts,
+    settings_differences,
 )
 from lasad_jax.evaluation.weights import load_network
+from lasad_jax.files import require_writable, save_json
 from lasad_jax.jobs.sample import restore_model
-from lasad_jax.tokenizers import build_tokenizer
+from lasad_jax.tokenizers import Tokenizer, build_tokenizer
+from lasad_jax.tokenizers.base import short
 
 
 def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
@@ -49,26 +61,60 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
         raise ValueError(f"{reference.path} was made with Inception {reference.inception!r} "
                          f"but config.eval.inception gives {described!r}; make the reference "
                          "with the same network (--mode=reference_stats)")
-    model, step, mesh = restore_model(config, workdir)
+    _check_reference(reference, config, tokenizer)
+    model, step, mesh = restore_model(config, workdir, tokenizer)
 
     out_dir = os.path.join(workdir, "eval")
     part_dir = os.path.join(out_dir, ev.name)
-    os.makedirs(part_dir, exist_ok=True)
-    settings = batch_settings(ev, config.sample, step=step, mixer=config.model.mixer)
+    samples = os.path.join(out_dir, f"{ev.name}.npz")
+    results = os.path.join(out_dir, f"{ev.name}.json")
+    settings = batch_settings(ev, config.sample, step=step, mixer=config.model.mixer,
+                              tokenizer=tokenizer.fingerprint)
+    scored = {**settings, "reference": reference.path, "inception": described}
+    if os.path.isfile(results):
+        with open(results) as f:
+            old = json.load(f)
+        if {k: old.get(k) for k in scored} != scored:
+            raise ValueError(f"{results} holds the scores of another evaluation "
+                             f"({settings_differences(old, scored)}); set another "
+                             "config.eval.name, or move it away")
+        if os.path.isfile(samples):  # the same evaluation, done: nothing is written
+            logging.info("%s holds this evaluation already", results)
+            _log_table(old, step, ev.num_samples, config.sample.cfg_scale)
+            return old
+    require_writable(part_dir)
     check_settings(part_dir, settings)
     generate_parts(model, tokenizer, ev, config.sample, num_classes=config.data.num_classes,
                    part_dir=part_dir, mesh=mesh)
     if jax.process_index() != 0:
         return {}
-    samples = os.path.join(out_dir, f"{ev.name}.npz")
     assemble(part_dir, samples, ev.num_samples)
     metrics = evaluate(samples, reference, network, batch_size=ev.inception_batch_size)
-    result = {**{k: float(v) for k, v in metrics.items()}, **settings,
-              "reference": reference.path, "inception": described, "samples": samples}
-    with open(os.path.join(out_dir, f"{ev.name}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    logging.info("| step | samples | cfg | FID | sFID | IS | precision | recall |")
-    logging.info("| %d | %d | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |", step, ev.num_samples,
-                 config.sample.cfg_scale, result["fid"], result["sfid"],
-                 result["inception_score"], result["precision"], result["recall"])
+    result = {**{k: float(v) for k, v in metrics.items()}, **scored, "samples": samples}
+    save_json(results, result)
+    _log_table(result, step, ev.num_samples, config.sample.cfg_scale)
     return result
+
+
+def _check_reference(reference: Reference, config: GeneratorRun, tokenizer: Tokenizer) -> None:
+    """Statistics made by `--mode=reference_stats` record their image size and, for the
+    embedded datasets (whose images pass through the tokenizer), the tokenizer: samples
+    must be compared with images of the same size and grey levels."""
+    made = reference.settings or {}
+    size = list(tokenizer.image_shape[:2])
+    if made.get("image_size") not in (None, size):
+        raise ValueError(f"{reference.path} holds statistics of {made['image_size']} images, "
+                         f"but the samples are {size}; make the reference again "
+                         "(--mode=reference_stats) or set config.eval.reference")
+    if made.get("tokenizer") not in (None, tokenizer.fingerprint):
+        raise ValueError(f"{reference.path} was made with tokenizer {short(made['tokenizer'])}"
+                         f", but this run decodes with {short(tokenizer.fingerprint)} "
+                         f"({tokenizer.describe()}); make the reference again "
+                         "(--mode=reference_stats, after moving the old file away)")
+
+
+def _log_table(result: dict[str, Any], step: int, num_samples: int, cfg_scale: float) -> None:
+    logging.info("| step | samples | cfg | FID | sFID | IS | precision | recall |")
+    logging.info("| %d | %d | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |", step, num_samples,
+                 cfg_scale, result["fid"], result["sfid"], result["inception_score"],
+                 result["precision"], result["recall"])

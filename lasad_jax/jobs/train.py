@@ -1,14 +1,16 @@
 """`--mode=train` of a generator config: checkpoints, metrics and, at the end, samples.
 
 The state is created sharded over the mesh of `config.mesh` (or restored from the
-newest checkpoint in `workdir/checkpoints`), each process feeds its own slice of every
-batch, and the host loop (`lasad_jax.training.host_loop`) runs the jitted step.
+newest checkpoint in `workdir/checkpoints`, if it was written by the same model and
+tokenizer), each process feeds its own slice of every batch, and the host loop
+(`lasad_jax.training.host_loop`) runs the jitted step. Each evaluation also draws a small
+grid of samples into TensorBoard; at the end, `sample_at_end` writes the sample files
+(`lasad_jax.sampling.sampler.sample_to_files`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 from absl import logging
@@ -19,19 +21,21 @@ from lasad_jax.data import build_source, train_iterator
 from lasad_jax.data.config import EMBEDDED
 from lasad_jax.parallel import build_mesh, local_batch_size
 from lasad_jax.parallel.rules import describe
-from lasad_jax.sampling.sampler import sample_to_files
-from lasad_jax.tokenizers import build_tokenizer
+from lasad_jax.files import require_writable
+from lasad_jax.sampling.sampler import sample_grid, sample_to_files
+from lasad_jax.tokenizers import Tokenizer, build_tokenizer
+from lasad_jax.tokenizers.geometry import CodeGeometry
 from lasad_jax.training.checkpoint import resume_or_start
-from lasad_jax.training.generator import bits_per_token, state_factory
-from lasad_jax.training.host_loop import run_length, train_loop
-from lasad_jax.training.metrics import create_writer, flat_hparams
+from lasad_jax.training.generator import bits_per_token, generator_identity, state_factory
+from lasad_jax.training.host_loop import Evaluation, run_length, summary, train_loop
+from lasad_jax.training.metrics import flat_hparams
 from lasad_jax.training.optimizer import peak_learning_rate
 from lasad_jax.training.step import make_eval_step, make_train_step
 
 
 def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
     """Trains for the configured number of steps; returns the final metrics."""
-    os.makedirs(workdir, exist_ok=True)
+    require_writable(workdir)  # a read-only or misnamed workdir fails before any work
     # Image datasets are tokenized on the fly; code datasets need only the code geometry.
     tokenizer = (build_tokenizer(config.tokenizer) if config.data.name in EMBEDDED
                  else config.geometry)
@@ -46,8 +50,13 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
         total_steps=steps)
     train_iter = train_iterator(train_source, batch_size=local_batch_size(
         config.batch_size, mesh), seed=config.seed)
-    checkpointer, state, start, shardings = resume_or_start(workdir, config.train, init, mesh,
-                                                            train_iter)
+    # The checkpoints record the tokenizer whose codes the model learns: that of image
+    # datasets, or the one the extracted codes record.
+    fingerprint = (tokenizer.fingerprint if config.data.name in EMBEDDED
+                   else getattr(train_source, "tokenizer", None))
+    checkpointer, state, start, shardings = resume_or_start(
+        workdir, config.train, init, mesh, train_iter,
+        identity=generator_identity(config.model, fingerprint))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("mesh %s over %d devices in %d processes (%s)", describe(mesh), mesh.size,
                  jax.process_count(), jax.devices()[0].platform)
@@ -62,31 +71,59 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
                                  ema_decay=config.train.ema_decay, state_shardings=shardings,
                                  nonfinite=config.train.nonfinite)
     eval_step = make_eval_step(graphdef)
+    decoder = _Decoder(config, tokenizer)
 
-    def evaluate(state, step: int) -> dict[str, float]:
+    def model_of(state) -> nnx.Module:
+        return nnx.merge(graphdef, state.ema_params if config.sample.use_ema else state.params)
+
+    def evaluate(state, step: int) -> Evaluation:
         values = {name: bits_per_token(eval_step, params, val_source,
                                        config.train.eval_batch_size, mesh)
                   for name, params in (("val_bits_per_token", state.params),
                                        ("val_bits_per_token_ema", state.ema_params))}
         logging.info("step %d: validation %.4f bits/token (EMA %.4f)", step,
                      values["val_bits_per_token"], values["val_bits_per_token_ema"])
-        return values
+        images = {}
+        if decoder.get() is not None:  # a grid of samples for TensorBoard
+            images["samples"] = sample_grid(model_of(state), decoder.get(), config.sample,
+                                            num_classes=config.data.num_classes, mesh=mesh)[None]
+        return values, images
 
-    writer = create_writer(workdir, resume_step=start)
-    if start == 0:
-        writer.write_hparams(flat_hparams(dataclasses.asdict(config)))
     result = train_loop(state, train_step, train_iter, loop=config.train, start=start,
-                        total_steps=steps, mesh=mesh, checkpointer=checkpointer,
-                        writer=writer, evaluate=evaluate if val_source is not None else None,
-                        nonfinite=config.train.nonfinite)
+                        total_steps=steps, mesh=mesh, checkpointer=checkpointer, workdir=workdir,
+                        evaluate=evaluate if val_source is not None else None,
+                        nonfinite=config.train.nonfinite,
+                        hparams=flat_hparams(dataclasses.asdict(config)))
 
+    outputs = []
     if config.train.sample_at_end and not result.preempted:
         # Every process takes part in generation (the batch is split over all devices);
-        # process 0 writes the files.
-        state = result.state
-        model = nnx.merge(graphdef, state.ema_params if config.sample.use_ema else state.params)
-        paths = sample_to_files(model, build_tokenizer(config.tokenizer), config.sample,
-                                num_classes=config.data.num_classes, out_dir=workdir, mesh=mesh)
+        # process 0 writes the files. A finished run started again finds them drawn.
+        paths = sample_to_files(model_of(result.state), build_tokenizer(config.tokenizer),
+                                config.sample, num_classes=config.data.num_classes,
+                                out_dir=workdir, step=result.step, mesh=mesh)
         if paths:
-            logging.info("samples: %s", ", ".join(paths.values()))
+            outputs.append(f"samples {paths['png']}")
+    logging.info("%s", summary(result, steps, checkpointer.directory, outputs))
     return result.metrics
+
+
+class _Decoder:
+    """The tokenizer that turns sample codes into images for TensorBoard, built at the
+    first evaluation; None (and said once) when a code dataset's tokenizer weights are
+    not at hand, since training on codes does not need them."""
+
+    def __init__(self, config: GeneratorRun, tokenizer: Tokenizer | CodeGeometry):
+        self.config = config
+        self.tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else None
+        self.tried = self.tokenizer is not None
+
+    def get(self) -> Tokenizer | None:
+        if not self.tried:
+            self.tried = True
+            try:
+                self.tokenizer = build_tokenizer(self.config.tokenizer)
+            except (ValueError, OSError) as err:
+                logging.info("no sample images in TensorBoard: the tokenizer cannot be built "
+                             "(%s)", str(err).splitlines()[0])
+        return self.tokenizer

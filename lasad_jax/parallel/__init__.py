@@ -15,12 +15,19 @@ SPMD partitioner inserts the collectives, so one code path runs on 1 CPU or a po
 """
 
 from lasad_jax.parallel.batch import batch_sharding, global_batch, local_batch_size
-from lasad_jax.parallel.mesh import AXES, MeshConfig, batch_shards, build_mesh, mesh_shape
+from lasad_jax.parallel.mesh import (
+    AXES,
+    MeshConfig,
+    batch_shards,
+    build_mesh,
+    mesh_shape,
+    process_0_decides,
+)
 from lasad_jax.parallel.rules import LOGICAL_RULES, constrain, spec_for
 from lasad_jax.parallel.state import replicated, sharded_init, state_shardings
 
 __all__ = [
     "AXES", "LOGICAL_RULES", "MeshConfig", "batch_shards", "batch_sharding", "build_mesh",
-    "constrain", "global_batch", "local_batch_size", "mesh_shape", "replicated",
+    "constrain", "global_batch", "local_batch_size", "mesh_shape", "process_0_decides", "replicated",
     "sharded_init", "spec_for", "state_shardings",
 ]

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh
 
 from lasad_jax.validation import ConfigError, Problems, is_int
@@ -92,3 +94,12 @@ def build_mesh(mesh: MeshConfig | None = None,
 def batch_shards(mesh: Mesh) -> int:
     """How many pieces a batch is cut into: the product of the data-parallel axes."""
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def process_0_decides(flag: bool) -> bool:
+    """Process 0's `flag` on every process: a choice that decides whether a collective
+    computation runs (generate or not, evaluate or not) must be the same everywhere,
+    even when the processes see different local files."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from lasad_jax.sampling.generate import check_sampling_args
+from lasad_jax.sampling.checks import class_problems as class_id_problems
+from lasad_jax.sampling.checks import sampling_problems, top_k_problems
 from lasad_jax.validation import Problems, is_int
 
 
@@ -36,11 +37,10 @@ class SampleConfig:
             f"must be a tuple of class ids >= 0 (empty: all classes), got {self.classes!r}")
         for name in ("per_class", "batch_size", "grid_scale"):
             p.positive_int(name, getattr(self, name))
-        try:  # the rules `generate` itself applies, so both say the same
-            check_sampling_args(cfg_scale=self.cfg_scale, temperature=self.temperature,
-                                top_k=self.top_k, top_p=self.top_p)
-        except (ValueError, TypeError) as err:
-            p.lines.append(f"sample.{err}")
+        # The rules `generate` itself applies, so both say the same.
+        p.lines += [f"sample.{line}" for line in sampling_problems(
+            cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k,
+            top_p=self.top_p)]
         p.check(is_int(self.seed), "seed", f"must be an int, got {self.seed!r}")
         p.check(isinstance(self.use_ema, bool), "use_ema",
                 f"must be True or False, got {self.use_ema!r}")
@@ -49,11 +49,5 @@ class SampleConfig:
 
 def class_problems(sample: SampleConfig, num_classes: int, vocab_size: int) -> list[str]:
     """The classes must exist in the dataset, and top-k must fit the vocabulary."""
-    problems = []
-    bad = [c for c in sample.classes if c >= num_classes]
-    if bad:
-        problems.append(f"sample.classes must be class ids in [0, {num_classes}), got {bad}")
-    if sample.top_k > vocab_size:
-        problems.append(f"sample.top_k={sample.top_k} is larger than the vocabulary "
-                        f"({vocab_size} tokens); use 0 (off) or at most {vocab_size}")
-    return problems
+    return (class_id_problems(sample.classes, num_classes, "sample.classes")
+            + top_k_problems(sample.top_k, vocab_size, "sample.top_k"))

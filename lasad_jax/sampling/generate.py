@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from lasad_jax.parallel.batch import batch_sharding, local_batch_size
 from lasad_jax.parallel.rules import constrain
+from lasad_jax.sampling.checks import check_generate_args
 
 
 def guide(logits: jax.Array, scale: float) -> jax.Array:
@@ -53,18 +54,6 @@ def sample_logits(key: jax.Array, logits: jax.Array, *, temperature: float, top_
     """Temperature first, then the filters, then one categorical draw per row."""
     logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-
-
-def check_sampling_args(*, cfg_scale: float, temperature: float, top_k: int,
-                        top_p: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy), got {temperature}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0: off), got {top_k!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1.0: off), got {top_p}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0 (1.0: no guidance), got {cfg_scale}")
 
 
 def _split_batch(x: jax.Array) -> jax.Array:
@@ -120,11 +109,10 @@ def generate(model: nnx.Module, labels: jax.Array, key: jax.Array, *, cfg_scale:
     tokens back. The random draws do not depend on the split (JAX's partitionable
     threefry), so a mesh gives the same images as one device.
     """
-    check_sampling_args(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+    check_generate_args(model.cfg, labels, cfg_scale=cfg_scale, temperature=temperature,
+                        top_k=top_k, top_p=top_p)
     graphdef, params = nnx.split(model)
     labels = np.asarray(labels, np.int32)
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array of class ids, got shape {labels.shape}")
     kwargs = dict(cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=int(top_k),
                   top_p=float(top_p))
     if mesh is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+
+from lasad_jax import files
 
 
 def make_grid(images: np.ndarray, *, cols: int, scale: int = 1, pad: int = 2) -> np.ndarray:
@@ -26,13 +27,18 @@ def make_grid(images: np.ndarray, *, cols: int, scale: int = 1, pad: int = 2) ->
     return grid
 
 
-def save_png(path: str, image: np.ndarray) -> None:
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+def save_png(path: str, image: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """The grid as a PNG, written atomically; `text` goes into its text chunks."""
+    files.save_png(path, image, text)
 
 
-def save_npz(path: str, images: np.ndarray, labels: np.ndarray) -> None:
+def save_npz(path: str, images: np.ndarray, labels: np.ndarray, settings: str = "") -> None:
     """`arr_0`: uint8 `[N, H, W, 3]` (the ADM evaluation suite's layout; grayscale is
-    replicated to 3 channels), `labels`: int32 `[N]`."""
+    replicated to 3 channels), `labels`: int32 `[N]`, and `settings`, the JSON of what
+    made them (when given); written atomically."""
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
-    np.savez(path, arr_0=images.astype(np.uint8), labels=labels.astype(np.int32))
+    arrays = {"arr_0": images.astype(np.uint8), "labels": labels.astype(np.int32)}
+    if settings:
+        arrays["settings"] = np.asarray(settings)
+    files.save_npz(path, **arrays)

@@ -8,16 +8,23 @@ size give the same images.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from lasad_jax.files import require_space, require_writable
+from lasad_jax.parallel.mesh import batch_shards, process_0_decides
+from lasad_jax.sampling.checks import class_problems
 from lasad_jax.sampling.config import SampleConfig
 from lasad_jax.sampling.generate import generate
 from lasad_jax.sampling.images import make_grid, save_npz, save_png
@@ -29,23 +36,24 @@ GRID_MAX = 16  # the PNG shows at most 16 classes x 16 samples; the npz holds th
 def class_list(classes: Any, per_class: int, num_classes: int) -> np.ndarray:
     """Class-major label list: `per_class` copies of each requested class."""
     classes = list(classes) if classes else list(range(num_classes))
-    bad = [c for c in classes if not isinstance(c, (int, np.integer)) or not 0 <= c < num_classes]
-    if bad:
-        raise ValueError(f"sample.classes must be ints in [0, {num_classes}), got {bad}")
+    problems = class_problems(classes, num_classes, "sample.classes")
+    if problems:
+        raise ValueError(problems[0])
     if per_class < 1:
         raise ValueError(f"sample.per_class must be >= 1, got {per_class}")
     return np.repeat(np.asarray(classes, np.int32), per_class)
 
 
 def sample_images(model: nnx.Module, tokenizer: Tokenizer, labels: np.ndarray,
-                  cfg: SampleConfig, mesh: Mesh | None = None) -> np.ndarray:
+                  cfg: SampleConfig, mesh: Mesh | None = None, *,
+                  progress: bool = True) -> np.ndarray:
     """uint8 images `[len(labels), H, W, C]`, generated in batches of `cfg.batch_size`
     (split over `mesh`'s data axes when given; every process gets all the images)."""
     bs = cfg.batch_size
     base = jax.random.key(cfg.seed)
     out = []
     batches = range(0, len(labels), bs)
-    quiet = jax.process_index() != 0
+    quiet = jax.process_index() != 0 or not progress
     for i, start in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=quiet)):
         chunk = labels[start:start + bs]
         padded = np.pad(chunk, (0, bs - len(chunk)), mode="edge")
@@ -56,21 +64,76 @@ def sample_images(model: nnx.Module, tokenizer: Tokenizer, labels: np.ndarray,
     return np.concatenate(out)
 
 
+def sample_settings(cfg: SampleConfig, *, step: int, num_classes: int,
+                    tokenizer: Tokenizer) -> dict[str, Any]:
+    """Everything that decides the images of `sample_to_files` (and their grid): the
+    checkpoint step, the `sample` block and the tokenizer that decodes them."""
+    return {"checkpoint_step": int(step),
+            "classes": [int(c) for c in (cfg.classes or range(num_classes))],
+            "per_class": cfg.per_class, "batch_size": cfg.batch_size,
+            "cfg_scale": float(cfg.cfg_scale), "temperature": float(cfg.temperature),
+            "top_k": cfg.top_k, "top_p": float(cfg.top_p), "seed": cfg.seed,
+            "use_ema": cfg.use_ema, "grid_scale": cfg.grid_scale,
+            "tokenizer": tokenizer.fingerprint}
+
+
+def sample_paths(out_dir: str, name: str, settings: dict[str, Any]) -> dict[str, str]:
+    """`{name}-step{step}-{digest}.png` and `.npz`: the checkpoint step, and 8 hex
+    digits of the settings' hash, so draws of other steps or settings never overwrite
+    each other (the files record the settings themselves)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    stem = os.path.join(out_dir, f"{name}-step{settings['checkpoint_step']}-{digest}")
+    return {"png": stem + ".png", "npz": stem + ".npz"}
+
+
 def sample_to_files(model: nnx.Module, tokenizer: Tokenizer, cfg: SampleConfig, *,
-                    num_classes: int, out_dir: str, mesh: Mesh | None = None) -> dict[str, str]:
-    """Generates per `cfg` (the `sample` config block); writes `{cfg.name}.png` (one row
-    per class) and `{cfg.name}.npz` into `out_dir`; returns their paths. With several
-    processes all of them generate and process 0 alone writes (the others return {})."""
+                    num_classes: int, out_dir: str, step: int,
+                    mesh: Mesh | None = None) -> dict[str, str]:
+    """Generates per `cfg` (the `sample` config block) from the weights of checkpoint
+    `step`; writes `{cfg.name}-step{step}-{digest}.png` (one row per class) and `.npz`
+    into `out_dir` (`sample_paths`) and returns their paths.
+
+    Files that already exist are the same draw (same step, settings and tokenizer):
+    nothing is generated or written, and their paths are returned. With several
+    processes all of them generate and process 0 alone writes (the others return {}).
+    """
+    settings = sample_settings(cfg, step=step, num_classes=num_classes, tokenizer=tokenizer)
+    paths = sample_paths(out_dir, cfg.name, settings)
+    if process_0_decides(all(os.path.exists(p) for p in paths.values())):
+        logging.info("%s exists (the same checkpoint step and settings): nothing to draw",
+                     paths["png"])
+        return paths if jax.process_index() == 0 else {}
     labels = class_list(cfg.classes, cfg.per_class, num_classes)
+    if jax.process_index() == 0:  # a full or read-only disk is found before generating
+        require_writable(out_dir)
+        image_bytes = len(labels) * int(np.prod(tokenizer.image_shape[:2])) * 3
+        require_space(out_dir, 2 * image_bytes + 4096, f"the samples {paths['npz']}")
     images = sample_images(model, tokenizer, labels, cfg, mesh)
     if jax.process_index() != 0:
         return {}
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"png": os.path.join(out_dir, f"{cfg.name}.png"),
-             "npz": os.path.join(out_dir, f"{cfg.name}.npz")}
     cols = min(cfg.per_class, GRID_MAX)
     n_cls = min(len(labels) // cfg.per_class, GRID_MAX)
     shown = [c * cfg.per_class + j for c in range(n_cls) for j in range(cols)]
-    save_png(paths["png"], make_grid(images[shown], cols=cols, scale=cfg.grid_scale))
-    save_npz(paths["npz"], images, labels)
+    text = json.dumps(settings, sort_keys=True)
+    save_npz(paths["npz"], images, labels, settings=text)
+    save_png(paths["png"], make_grid(images[shown], cols=cols, scale=cfg.grid_scale),
+             text={"lasad_sample_settings": text})
+    logging.info("wrote %s and %s", paths["png"], paths["npz"])
     return paths
+
+
+def sample_grid(model: nnx.Module, tokenizer: Tokenizer, cfg: SampleConfig, *,
+                num_classes: int, mesh: Mesh | None = None, classes: int = 8,
+                per_class: int = 4) -> np.ndarray:
+    """A small uint8 grid, `per_class` images of each of the first `classes` classes
+    (one row each) with `cfg`'s sampling settings: what training shows in TensorBoard at
+    each evaluation. Batches are `cfg.batch_size` (the program `sample_to_files` compiles
+    too) when the mesh's data shards divide it, else the grid padded to a multiple."""
+    shards = batch_shards(mesh) if mesh is not None else 1
+    n = min(classes, num_classes) * per_class
+    batch = cfg.batch_size if cfg.batch_size % shards == 0 else -(-n // shards) * shards
+    small = dataclasses.replace(cfg, classes=tuple(range(min(classes, num_classes))),
+                                per_class=per_class, batch_size=batch)
+    labels = class_list(small.classes, per_class, num_classes)
+    images = sample_images(model, tokenizer, labels, small, mesh, progress=False)
+    return make_grid(images, cols=per_class, scale=1)

@@ -10,9 +10,32 @@ message whichever tokenizer is in use, instead of deep inside an encoder or a ga
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+FINGERPRINT_PREFIX = "sha256:"
+
+
+def content_fingerprint(settings: dict[str, Any],
+                        arrays: Iterable[tuple[str, np.ndarray]] = ()) -> str:
+    """`sha256:<hex>` of `settings` (canonical JSON) and of each named array's dtype,
+    shape and bytes, in the order given: what a tokenizer computes with, not its name
+    or where its files live."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name, array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return FINGERPRINT_PREFIX + digest.hexdigest()
+
+
+def short(fingerprint: str | None) -> str:
+    """A fingerprint as messages show it: the prefix and 12 hex digits."""
+    return "unknown" if not fingerprint else fingerprint[:len(FINGERPRINT_PREFIX) + 12]
 
 
 class Tokenizer(abc.ABC):
@@ -36,6 +59,24 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def image_shape(self) -> tuple[int, int, int]:
         """`(H, W, C)` of the uint8 images this tokenizer reads and writes."""
+
+    @abc.abstractmethod
+    def _fingerprint(self) -> str:
+        """`content_fingerprint` of the settings and weights (computed once)."""
+
+    @property
+    def fingerprint(self) -> str:
+        """`sha256:<hex>` of what fixes the codes: the settings and the weights (for a
+        VQ tokenizer its architecture and every parameter). Extracted codes, generator
+        checkpoints and reference statistics record it, and whatever reads them refuses
+        a mismatch: codes of one tokenizer must never be decoded by another."""
+        if getattr(self, "_fingerprint_cache", None) is None:
+            self._fingerprint_cache = self._fingerprint()
+        return self._fingerprint_cache
+
+    def describe(self) -> str:
+        """What messages call this tokenizer (its settings, or where its weights are)."""
+        return repr(self)
 
     @property
     def seq_len(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lasad_jax.tokenizers.base import Tokenizer
+from lasad_jax.tokenizers.base import Tokenizer, content_fingerprint
 
 _VALID_CHANNELS = (1, 3)
 
@@ -54,6 +54,10 @@ class IntensityTokenizer(Tokenizer):
             f"IntensityTokenizer(levels={self._levels}, image_size={self._size}, "
             f"channels={self._channels})"
         )
+
+    def _fingerprint(self) -> str:
+        return content_fingerprint({"tokenizer": "intensity", "levels": self._levels,
+                                    "image_size": list(self._size), "channels": self._channels})
 
     @property
     def vocab_size(self) -> int:

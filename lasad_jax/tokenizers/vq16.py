@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lasad_jax.tokenizers.base import Tokenizer
+from lasad_jax.tokenizers.base import Tokenizer, content_fingerprint
 from lasad_jax.tokenizers.vq.weights import CONVERT_COMMAND, load_vq
 
 
@@ -63,12 +63,24 @@ class VQ16Tokenizer(Tokenizer):
                 or not all(isinstance(s, int) and s > 0 and s % factor == 0 for s in image_size)):
             raise ValueError(f"image_size must be a (height, width) pair of positive multiples "
                              f"of {factor} (the model's downsampling factor), got {image_size!r}")
+        self.checkpoint_dir = checkpoint_dir
         self._image_size = (int(image_size[0]), int(image_size[1]))
         self._grid = (self._image_size[0] // factor, self._image_size[1] // factor)
         self.batch_size = batch_size
         graphdef, self._state = nnx.split(model)
         self._encode_batch = _encode_fn(graphdef)
         self._decode_batch = _decode_fn(graphdef)
+
+    def __repr__(self) -> str:
+        return f"VQ16Tokenizer({self.checkpoint_dir!r}, image_size={self._image_size})"
+
+    def _fingerprint(self) -> str:
+        # The architecture and every parameter as loaded: the same weights saved again,
+        # copied or converted elsewhere keep their fingerprint; other weights do not.
+        arrays = sorted(("/".join(map(str, path)), np.asarray(var[...]))
+                        for path, var in nnx.to_flat_state(self._state))
+        return content_fingerprint({"tokenizer": "vq", "config": self.config.to_dict(),
+                                    "image_size": list(self._image_size)}, arrays)
 
     @property
     def vocab_size(self) -> int:

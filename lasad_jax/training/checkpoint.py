@@ -9,27 +9,115 @@ never replaces the last good checkpoint. The caller checks the state is finite f
 Arrays are saved sharded: each process writes its own shards (Orbax/tensorstore), and a
 restore reads into whatever shardings the target asks for, so a run may resume on a
 different mesh or number of hosts.
+
+Every step also records what made it (`identity`: the task, the model's architecture,
+the tokenizer's fingerprint). Before anything is restored the run's own identity is
+compared with it, and a checkpoint of another model or tokenizer is refused in one line
+that names the differing field; for checkpoints written before the record existed, the
+arrays' shapes are compared instead. Every job that restores (training, sampling,
+evaluation, the notebook) goes through `restore_newest`: the newest step that reads,
+falling back to the previous one, with the same messages.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any, Callable, TypeVar
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from lasad_jax.files import is_remote, require_space, require_writable
 from lasad_jax.parallel.state import abstract_with_shardings, place_state
 from lasad_jax.training.config import LoopConfig
+
+T = TypeVar("T")
+IDENTITY_KEY = "lasad_run"  # the key of the run's identity in each step's custom metadata
+# Where a model field's value comes from, for the messages: these are never set directly.
+DERIVED_FROM = {"model.vocab_size": "the tokenizer's vocabulary",
+                "model.grid": "the tokenizer's image_size",
+                "model.num_classes": "data.num_classes"}
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected; the message says what to do."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """The checkpoints were written by another run (model, tokenizer): restoring would
+    fail or, worse, succeed with the wrong weights. Nothing is tried or moved."""
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("sha256:"):
+        return value[:19]  # "sha256:" and 12 hex digits
+    return repr(value)
+
+
+def identity_differences(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """`field is A there, B here` for each field the two identities both hold and
+    disagree on; a field one side does not record (None, or absent) is not compared."""
+    old, new = _flat(recorded), _flat(expected)
+    lines = []
+    for key in sorted(set(old) & set(new)):
+        if old[key] is None or new[key] is None or old[key] == new[key]:
+            continue
+        origin = f" (from {DERIVED_FROM[key]})" if key in DERIVED_FROM else ""
+        lines.append(f"{key}{origin} is {_short(old[key])} there, {_short(new[key])} here")
+    return lines
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+
+def shape_differences(stored: Any, target: Any) -> list[str]:
+    """The arrays of `target` (an abstract tree) that the checkpoint's tree metadata
+    `stored` lacks or holds with another shape."""
+    have, want = _shapes(stored), _shapes(target)
+    lines = []
+    for name, shape in want.items():
+        if name not in have:
+            lines.append(f"{name} is missing there")
+        elif have[name] != shape:
+            lines.append(f"{name} is {have[name]} there, {shape} here")
+    return lines
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of the arrays of `tree` (concrete or abstract): what a checkpoint of it takes."""
+    return sum(int(np.prod(getattr(x, "shape", ()), dtype=np.int64)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
 
 
 class Checkpointer:
@@ -37,11 +125,15 @@ class Checkpointer:
     Orbax; relative paths are resolved here)."""
 
     def __init__(self, directory: str, *, keep: int = 1, save_every: int = 1,
-                 read_only: bool = False):
-        """`read_only` (sampling) never creates, saves or deletes anything."""
+                 read_only: bool = False, identity: Mapping[str, Any] | None = None):
+        """`read_only` (sampling) never creates, saves or deletes anything. `identity`
+        (what this run is: `generator_identity`, `tokenizer_identity`) is recorded with
+        every save and compared before every restore."""
         if keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if is_remote(directory) else os.path.abspath(directory)
+        self.read_only = read_only
+        self.identity = dict(identity) if identity is not None else None
         # `cleanup_tmp_directories`: a process killed mid-save leaves a temporary
         # directory that never became a step; it is removed at the next start.
         options = ocp.CheckpointManagerOptions(
@@ -58,10 +150,57 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_iterator: Any | None = None, *,
              force: bool = False) -> bool:
+        """Saves asynchronously; first checks that the disk has room for one more
+        checkpoint (Orbax deletes the oldest only after the new one is complete), so a
+        full disk stops the run with one line instead of failing in a background thread."""
+        if force or self.manager.should_save(step):
+            require_space(self.directory, tree_bytes(state) // jax.process_count(),
+                          f"checkpoint step {step}")
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        metadata = {IDENTITY_KEY: self.identity} if self.identity is not None else None
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force,
+                                 custom_metadata=metadata)
+
+    def recorded_identity(self, step: int) -> dict[str, Any] | None:
+        """The identity step `step` was saved with; None for checkpoints written before
+        identities were recorded (or whose metadata cannot be read)."""
+        try:
+            custom = self.manager.metadata(step).custom_metadata or {}
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore will tell
+            return None
+        recorded = custom.get(IDENTITY_KEY)
+        return dict(recorded) if isinstance(recorded, Mapping) else None
+
+    def check_fits(self, step: int, target: Any) -> None:
+        """Raises `CheckpointMismatch` when step `step` was written by another run:
+        its recorded identity differs from this run's (naming the fields), or, for a
+        checkpoint without one, its arrays' shapes differ from `target`'s (the abstract
+        tree to restore, as `{"state": ...}` items). Unreadable metadata passes: the
+        restore itself then fails and the previous step is tried."""
+        recorded = self.recorded_identity(step)
+        where = f"the checkpoint at step {step} in {self.directory}"
+        fix = ("use the config it was trained with, or another --workdir for this one")
+        if recorded is not None and self.identity is not None:
+            diff = identity_differences(recorded, self.identity)
+            if diff:
+                raise CheckpointMismatch(f"{where} was written by another run: "
+                                         f"{'; '.join(diff)}; {fix}")
+            return
+        try:
+            stored = self.manager.item_metadata(step)["state"]
+        except Exception:  # noqa: BLE001
+            return
+        if stored is None:
+            return
+        diff = shape_differences(stored, target)
+        if diff:
+            more = f" (and {len(diff) - 2} more)" if len(diff) > 2 else ""
+            raise CheckpointMismatch(
+                f"{where} does not fit this model: {'; '.join(diff[:2])}{more}. It was "
+                f"written with another model config (it is too old to record which "
+                f"fields); {fix}")
 
     def restore(self, abstract_state: Any, data_iterator: Any | None = None,
                 step: int | None = None) -> Any:
@@ -78,14 +217,16 @@ class Checkpointer:
 
     def restore_params(self, abstract_params: Any, *, use_ema: bool,
                        step: int | None = None) -> tuple[int, Any]:
-        """`(step, params)`: the EMA (`use_ema`) or raw parameters of the newest (or
-        `step`'s) checkpoint, restored alone into the structure, dtypes and shardings of
-        `abstract_params`. Nothing else of the state is read: no optimizer has to be
-        built to restore weights for sampling or evaluation."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        """`(step, params)`: the EMA (`use_ema`) or raw parameters of the newest
+        readable checkpoint (as `restore_newest`: a corrupt newest step falls back to the
+        previous one), or of `step`'s, restored alone into the structure, dtypes and
+        shardings of `abstract_params`. Nothing else of the state is read: no optimizer
+        has to be built to restore weights for sampling or evaluation."""
         key = "ema_params" if use_ema else "params"
+        if step is None:
+            return self.restore_newest(
+                lambda s: self.restore_params(abstract_params, use_ema=use_ema, step=s),
+                {key: abstract_params})
         target = {key: abstract_params}
         restore_args = jax.tree.map(
             lambda leaf: ocp.ArrayRestoreArgs(sharding=getattr(leaf, "sharding", None)),
@@ -105,32 +246,50 @@ class Checkpointer:
 
     def restore_newest_readable(self, target: Any, data_iterator: Any | None = None
                                 ) -> tuple[int, Any]:
-        """`(step, state)` of the newest checkpoint that restores into `target`.
+        """`(step, state)` of the newest checkpoint that restores into `target` (and
+        rewinds `data_iterator`), as `restore_newest`."""
+        return self.restore_newest(lambda step: (step, self.restore(target, data_iterator,
+                                                                    step=step)), target)
 
-        A truncated or corrupted newest checkpoint is not fatal: the previous one is
-        tried. Steps newer than the one restored are then moved aside (renamed
-        `corrupt-<step>-<time>`, never deleted) with a warning, so the resumed run can
-        save those steps again. If no step restores, nothing is moved (the likelier cause
-        is a config that no longer matches the checkpoints) and `CheckpointError` lists
-        each step's error.
+    def restore_newest(self, read: Callable[[int], tuple[int, T]], target: Any
+                       ) -> tuple[int, T]:
+        """`read(step)` of the newest step it succeeds on: the one restore path of
+        every job.
+
+        Each step is first checked against this run (`check_fits`, with `target` the
+        abstract tree `read` restores): a checkpoint of another model or tokenizer is
+        refused at once, naming the field. A truncated or corrupted step is not fatal: a
+        warning names it and the previous one is tried. A run that trains on (not read
+        only) then moves the newer unreadable steps aside (renamed
+        `corrupt-<step>-<time>`, never deleted), so it can save those steps again; a
+        reader leaves them. If no step restores, nothing is moved and `CheckpointError`
+        lists each step's error.
         """
         errors: dict[int, str] = {}
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}: train first with "
+                                    "--mode=train and the same --workdir")
+        for step in steps:
+            self.check_fits(step, target)
             try:
-                state = self.restore(target, data_iterator, step=step)
+                result = read(step)
             except Exception as err:  # noqa: BLE001 - any failure to read means "unusable"
                 errors[step] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
                 logging.warning("checkpoint step %d in %s cannot be restored (%s); trying "
                                 "the previous one", step, self.directory, errors[step])
                 continue
             if errors:
-                self._move_aside(errors, step)
-            return step, state
+                if self.read_only:
+                    logging.warning("restored step %d instead of the unreadable newer step(s) "
+                                    "%s, which are left where they are", step, sorted(errors))
+                else:
+                    self._move_aside(errors, step)
+            return result
         listing = "; ".join(f"step {k}: {v}" for k, v in errors.items())
         raise CheckpointError(
-            f"no checkpoint in {self.directory} can be restored ({listing}). If the config "
-            "changed since they were written, restore it; otherwise move the directory "
-            "away to start afresh.")
+            f"no checkpoint in {self.directory} can be restored ({listing}); move the "
+            "directory away to start afresh")
 
     def _move_aside(self, bad_steps: Any, resumed: int) -> None:
         """Renames unreadable steps (process 0 only; the others wait for it)."""
@@ -163,10 +322,12 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints")
 
 
-def open_for_reading(workdir: str) -> Checkpointer:
-    """The read-only checkpointer of `workdir`, or FileNotFoundError saying what to do."""
+def open_for_reading(workdir: str, identity: Mapping[str, Any] | None = None) -> Checkpointer:
+    """The read-only checkpointer of `workdir` (comparing `identity` before restores),
+    or FileNotFoundError saying what to do."""
     directory = checkpoint_dir(workdir)
-    checkpointer = Checkpointer(directory, read_only=True) if os.path.isdir(directory) else None
+    checkpointer = (Checkpointer(directory, read_only=True, identity=identity)
+                    if is_remote(directory) or os.path.isdir(directory) else None)
     if checkpointer is None or checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {directory}: train first with --mode=train "
                                 f"and the same --workdir")
@@ -174,10 +335,11 @@ def open_for_reading(workdir: str) -> Checkpointer:
 
 
 def resume_or_start(workdir: str, loop: LoopConfig, init: Callable[[], Any] | Any, mesh: Mesh,
-                    data_iterator: Any) -> tuple[Checkpointer, Any, int, Any]:
+                    data_iterator: Any, identity: Mapping[str, Any] | None = None
+                    ) -> tuple[Checkpointer, Any, int, Any]:
     """Opens `workdir/checkpoints` (keeping `loop.keep_checkpoints`, saving every
-    `loop.checkpoint_every` steps); returns `(checkpointer, state, first step to run - 1,
-    state shardings)`.
+    `loop.checkpoint_every` steps, recording `identity` with each); returns
+    `(checkpointer, state, first step to run - 1, state shardings)`.
 
     With a checkpoint, the newest is restored straight into `mesh`'s shardings (an
     abstract target: no fresh state is built first, and a run saved on another mesh
@@ -185,8 +347,9 @@ def resume_or_start(workdir: str, loop: LoopConfig, init: Callable[[], Any] | An
     (zero-argument, returns the state pytree) runs jitted with sharded outputs; `init`
     may also be a state built on the host, which is then put on the mesh.
     """
+    require_writable(workdir)
     checkpointer = Checkpointer(checkpoint_dir(workdir), keep=loop.keep_checkpoints,
-                                save_every=loop.checkpoint_every)
+                                save_every=loop.checkpoint_every, identity=identity)
     start = 0
     if checkpointer.latest_step() is not None:
         target, shardings = abstract_with_shardings(init, mesh)
@@ -194,6 +357,9 @@ def resume_or_start(workdir: str, loop: LoopConfig, init: Callable[[], Any] | An
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
     else:
         state, shardings = place_state(init, mesh)
+        # A full disk is found now, not at the first save after hours of training.
+        require_space(checkpointer.directory, tree_bytes(state) // jax.process_count(),
+                      "the first checkpoint")
     return checkpointer, state, start, shardings
 
 

@@ -22,6 +22,21 @@ from lasad_jax.training.optimizer import make_optimizer, make_schedule
 from lasad_jax.training.step import create_train_state
 
 
+# The model fields that fix its parameters and what it computes: a checkpoint is refused
+# by a run that differs in any of them. The others (`dtype`, `impl`, `chunk_size`, ...)
+# only choose how the same function is computed, and may change between runs.
+ARCHITECTURE = ("vocab_size", "num_classes", "grid", "num_layers", "num_heads", "dim", "mixer",
+                "feature_map", "gate", "gate_rank", "pos_encoding", "rope_base", "norm_eps")
+
+
+def generator_identity(model: ModelConfig, tokenizer: str | None) -> dict[str, Any]:
+    """What a generator checkpoint records about the run that wrote it: the model's
+    architecture and the fingerprint of the tokenizer whose codes it learned (None when
+    unknown, e.g. codes extracted before fingerprints were recorded)."""
+    return {"task": "generator", "model": {name: getattr(model, name) for name in ARCHITECTURE},
+            "tokenizer": tokenizer}
+
+
 def state_factory(model: ModelConfig, optimizer: OptimizerConfig, *, batch_size: int,
                   seed: int, total_steps: int) -> tuple[Any, Callable[[], Any], Any, Any]:
     """(graphdef, `init()` -> initial TrainState, optimizer, schedule) for a run of

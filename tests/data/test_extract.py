@@ -52,7 +52,8 @@ def test_flip_extraction_writes_exact_codes_in_shards(image_dir, tmp_path):
     assert manifest["complete"] and manifest["num_images"] == 7 and manifest["num_skipped"] == 0
     cfg = manifest["config"]
     assert (cfg["views"], cfg["grid"], cfg["vocab_size"], cfg["augment"]) == (2, [8, 8], 16, "flip")
-    assert cfg["tokenizer"].startswith("IntensityTokenizer(levels=16")
+    assert cfg["tokenizer"] == tok.fingerprint and cfg["tokenizer"].startswith("sha256:")
+    assert manifest["tokenizer_description"].startswith("IntensityTokenizer(levels=16")
     assert [s["num_images"] for s in manifest["shards"]] == [3, 3, 1]
     codes = np.concatenate([np.load(shard_paths(tmp_path / "codes", "train", k)[0])
                             for k in range(3)])
@@ -130,6 +131,22 @@ def test_a_different_config_is_refused(image_dir, tmp_path):
     with pytest.raises(ValueError, match=r"tokenizer reads images of shape \(8, 8, 3\), but "
                                          r"extraction crops to \(10, 10, 3\)"):
         extract_codes(source, _tok(), tmp_path, split="train", image_size=10)
+
+
+def test_codes_of_another_tokenizer_are_never_mixed_in(image_dir, tmp_path):
+    """The manifest records the tokenizer's content fingerprint: resuming with another
+    tokenizer (here one more grey level) is refused, naming both, and writes nothing."""
+    source, out = ImageFolderSource(image_dir), tmp_path / "codes"
+    _extract(source, out, max_shards=1)
+    before = _files(out)
+    other = IntensityTokenizer(levels=15, image_size=(8, 8), channels=3)
+    with pytest.raises(ValueError, match=r"holds codes of tokenizer sha256:[0-9a-f]{12} "
+                                         r"\(IntensityTokenizer\(levels=16.*but this run's "
+                                         r"tokenizer is sha256:[0-9a-f]{12} \(IntensityTokenizer"
+                                         r"\(levels=15.*must not be mixed"):
+        extract_codes(source, other, out, split="train", image_size=8, augment="flip",
+                      shard_size=3, batch_size=2)
+    assert _files(out) == before
 
 
 def test_corrupt_images_stop_or_are_skipped_and_counted(image_dir, tmp_path):

@@ -125,7 +125,7 @@ def test_make_grid_layout():
 def test_class_list():
     np.testing.assert_array_equal(class_list((), 2, 3), [0, 0, 1, 1, 2, 2])
     np.testing.assert_array_equal(class_list([2, 0], 1, 3), [2, 0])
-    with pytest.raises(ValueError, match=r"sample.classes must be ints in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"sample.classes must be class ids in \[0, 3\)"):
         class_list([3], 1, 3)
     with pytest.raises(ValueError, match="sample.per_class"):
         class_list((), 0, 3)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lasad_jax.files import save_json, save_npz
 from lasad_jax.tokenizers.vq.config import VQConfig
 from lasad_jax.tokenizers.vq.model import VQModel, abstract_model
 
@@ -50,12 +51,10 @@ def save_vq(path_dir: str, state: nnx.State, cfg: VQConfig, *,
             source: str = "LlamaGen VQ (converted)") -> None:
     """Writes `vq_params.npz` (flat '/'-joined parameter paths) and `vq_config.json`
     (the architecture and `source`, where the weights come from)."""
-    os.makedirs(path_dir, exist_ok=True)
     arrays = {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
-    np.savez(os.path.join(path_dir, PARAMS_FILE), **arrays)
+    save_npz(os.path.join(path_dir, PARAMS_FILE), **arrays)
     meta = {"format_version": FORMAT_VERSION, "source": source, "config": cfg.to_dict()}
-    with open(os.path.join(path_dir, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
+    save_json(os.path.join(path_dir, CONFIG_FILE), meta, indent=2)
 
 
 def load_vq(path_dir: str) -> VQModel:

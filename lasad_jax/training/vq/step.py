@@ -46,6 +46,14 @@ def to_unit(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
+def tokenizer_identity(vq: VQConfig, loss: VQLossConfig) -> dict[str, Any]:
+    """What a tokenizer checkpoint records about the run that wrote it: the VQ model's
+    architecture and the discriminator's (both are in the state)."""
+    return {"task": "tokenizer", "vq": vq.to_dict(),
+            "discriminator": {"disc_channels": loss.disc_channels, "disc_layers": loss.disc_layers,
+                              "disc_norm": loss.disc_norm}}
+
+
 def make_vq_state(vq: VQConfig, loss: VQLossConfig, optimizer: OptimizerConfig, *,
                   batch_size: int, seed: int, total_steps: int):
     """(graphdefs, state, optimizer, schedule, lpips) for a tokenizer run. The state is

@@ -1,0 +1,70 @@
+"""The checks on what to sample, shared by the config and the Python API.
+
+`SampleConfig` (the `sample` block, checked when a config is parsed) and `generate`
+(called from Python) apply these same functions, so a bad value gets the same message
+whichever way it came in; only the name of the thing differs (`sample.top_p` in a
+config, `top_p` in a call; `sample.classes` or `labels`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lasad_jax.validation import ConfigError, is_int, is_number
+
+
+def sampling_problems(*, cfg_scale: Any, temperature: Any, top_k: Any, top_p: Any) -> list[str]:
+    """One line per bad sampling argument (all of them, not the first only)."""
+    problems = []
+    if not (is_number(temperature) and temperature > 0):
+        problems.append(f"temperature must be > 0 (use top_k=1 for greedy), got {temperature!r}")
+    if not (is_int(top_k) and top_k >= 0):
+        problems.append(f"top_k must be an int >= 0 (0: off), got {top_k!r}")
+    if not (is_number(top_p) and 0.0 < top_p <= 1.0):
+        problems.append(f"top_p must be in (0, 1] (1.0: off), got {top_p!r}")
+    if not (is_number(cfg_scale) and cfg_scale >= 0):
+        problems.append(f"cfg_scale must be >= 0 (1.0: no guidance), got {cfg_scale!r}")
+    return problems
+
+
+def top_k_problems(top_k: Any, vocab_size: int, name: str = "top_k") -> list[str]:
+    """Top-k must fit the vocabulary (a larger k would silently mean "off")."""
+    if is_int(top_k) and top_k > vocab_size:
+        return [f"{name}={top_k} is larger than the vocabulary ({vocab_size} tokens); use 0 "
+                f"(off) or at most {vocab_size}"]
+    return []
+
+
+def class_problems(classes: Any, num_classes: int, name: str) -> list[str]:
+    """The class ids must be real classes: [0, num_classes). `num_classes` itself is the
+    null class of guidance, which only `cfg_scale` draws from."""
+    values = np.asarray(classes)
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        return [f"{name} must be integer class ids in [0, {num_classes}), got dtype "
+                f"{values.dtype}"]
+    bad = np.unique(values[(values < 0) | (values >= num_classes)]).tolist()
+    if bad:
+        null = (f" ({num_classes} is the null class of guidance, used only by cfg_scale)"
+                if num_classes in bad else "")
+        return [f"{name} must be class ids in [0, {num_classes}){null}, got {bad}"]
+    return []
+
+
+def check_generate_args(model_cfg: Any, labels: Any, *, cfg_scale: Any, temperature: Any,
+                        top_k: Any, top_p: Any) -> None:
+    """What `generate` checks before it compiles anything: the labels (1-D, real
+    classes of `model_cfg`) and the sampling arguments; `ConfigError` (a ValueError)
+    listing every problem."""
+    problems = []
+    shape = np.shape(labels)
+    if len(shape) != 1:
+        problems.append(f"labels must be a 1-D array of class ids, got shape {shape}")
+    else:
+        problems += class_problems(labels, model_cfg.num_classes, "labels")
+    problems += sampling_problems(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+                                  top_p=top_p)
+    problems += top_k_problems(top_k, model_cfg.vocab_size)
+    if problems:
+        raise ConfigError(problems)
