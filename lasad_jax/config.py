@@ -187,7 +187,7 @@ def load_config_file(spec: str) -> config_dict.ConfigDict:
         here = os.path.dirname(path) or "."
         others = sorted(f for f in os.listdir(here) if f.endswith(".py")) if os.path.isdir(
             here) else []
-        near = difflib.get_close_matches(os.path.basename(path), others, n=1)
+        near = difflib.get_close_matches(os.path.basename(path), others, n=1, cutoff=0.75)
         hint = (f"did you mean {os.path.join(os.path.dirname(path), near[0])}?" if near else
                 f"the files there: {', '.join(others)}" if others else
                 "the configs are in configs/ (e.g. configs/demo.py)")

@@ -81,6 +81,11 @@ def not_writable(path: str | os.PathLike, reason: str) -> OutputError:
                        "writable or use a --workdir (or output path) that is")
 
 
+def not_a_directory(path: str | os.PathLike) -> OutputError:
+    return OutputError(errno.ENOTDIR, f"the output directory (--workdir, or an output path) "
+                       f"{os.fspath(path)} is a file, not a directory; choose another")
+
+
 def require_space(directory: str | os.PathLike, needed: int, what: str) -> None:
     """Raises `OutputError` when the disk of `directory` has fewer than `needed` bytes
     free (`what` says what they are for). Does nothing for a URL."""
@@ -98,7 +103,7 @@ def require_writable(directory: str | os.PathLike) -> None:
     if is_remote(directory):
         return
     if os.path.exists(directory) and not os.path.isdir(directory):
-        raise not_writable(directory, "it is a file, not a directory")
+        raise not_a_directory(directory)
     try:
         os.makedirs(directory, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")

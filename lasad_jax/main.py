@@ -114,8 +114,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     name, any stray positional arguments and the overrides, normalised to
     `--config.PATH=TEXT`, for `main`. A bad flag raises `flags.Error` (one line)."""
     rest, overrides = split_overrides(argv)
-    if FLAGS.is_parsed():
-        FLAGS.unparse_flags()
+    FLAGS.unparse_flags()  # a second call in one process must not inherit the first's
     positional = FLAGS(rest)
     missing = [name for name in REQUIRED if not getattr(FLAGS, name)]
     if missing:

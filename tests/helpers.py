@@ -45,6 +45,18 @@ def tiny_vq_config(**train) -> config_dict.ConfigDict:
     return config
 
 
+def flag_config(*args: str) -> config_dict.ConfigDict:
+    """The config `--config=PATH --config.FIELD=VALUE ...` gives, read as
+    `python -m lasad_jax.main` reads it."""
+    from lasad_jax.config import apply_overrides, load_config_file
+    from lasad_jax.main import split_overrides
+
+    rest, overrides = split_overrides(args)
+    config = load_config_file(rest[0].split("=", 1)[1])
+    apply_overrides(config, overrides)
+    return config
+
+
 def train(config: config_dict.ConfigDict, workdir) -> dict[str, float]:
     """`--mode=train` of `config` in `workdir`, in this process; the final metrics."""
     from lasad_jax.config import parse
@@ -63,3 +75,19 @@ def write_image_folder(root: pathlib.Path, split: str, per_class: int = 3) -> No
             img = np.full((12 + i, 10, 3), 40 + 150 * c, np.uint8)
             img += rng.integers(0, 20, img.shape, dtype=np.uint8)
             Image.fromarray(img).save(d / f"{i}.png")
+
+
+def hash_tree(*roots) -> dict[str, str]:
+    """`{path: sha256}` of every file under `roots` (missing roots hold nothing): two
+    equal trees mean no file was added, removed or changed."""
+    import hashlib
+    import os
+
+    found = {}
+    for root in roots:
+        for directory, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(directory, name)
+                with open(path, "rb") as f:
+                    found[path] = hashlib.sha256(f.read()).hexdigest()
+    return found

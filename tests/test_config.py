@@ -12,14 +12,12 @@ from lasad_jax.config import (
     MODES,
     GeneratorRun,
     TokenizerRun,
-    apply_overrides,
     default_config,
-    load_config_file,
     parse,
 )
 from lasad_jax.models import ModelConfig
 from lasad_jax.validation import ConfigError, block_from_mapping
-from tests.helpers import ROOT, load_config, tiny_demo_config, tiny_vq_config
+from tests.helpers import ROOT, flag_config, load_config, tiny_demo_config, tiny_vq_config
 
 CONFIGS = ("demo", "shapes", "imagenet256", "vq_demo", "vq_imagenet256")
 
@@ -181,16 +179,6 @@ def test_default_config_holds_every_field_at_its_typed_default(task):
                                       config[field.name].to_dict()) == block
         else:
             assert config[field.name] == block
-
-
-def flag_config(*args: str):
-    """The config `--config=... --config.x=y` gives, read as lasad_jax.main reads it."""
-    from lasad_jax.main import split_overrides
-
-    rest, overrides = split_overrides(args)
-    config = load_config_file(rest[0].split("=", 1)[1])
-    apply_overrides(config, overrides)
-    return config
 
 
 def test_none_fields_are_placeholders_set_from_the_command_line(tmp_path):

@@ -98,13 +98,14 @@ def load_reference(path: str | os.PathLike) -> Reference:
             f"reference file {path!r} does not exist; for ImageNet 256 download ADM's "
             f"reference batch {ADM_REFERENCE_URL}, or write statistics of a dataset with "
             "lasad_jax.evaluation.reference_statistics + write_reference")
+    if not zipfile.is_zipfile(path):  # a single .npy array, a pickle, anything else
+        raise ValueError(f"{path} is not an .npz file (a zip archive) with keys {STATS_KEYS} "
+                         f"or {IMAGES_KEY!r}: give an ADM reference batch or statistics "
+                         "written by --mode=reference_stats")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path!r} is not a readable .npz file: {err}") from err
-    if not hasattr(npz, "files"):  # np.load gives a bare array for a .npy file
-        raise ValueError(f"{path!r} is a single .npy array, not an .npz with keys "
-                         f"{STATS_KEYS} or {IMAGES_KEY!r}")
     with npz:
         keys = set(npz.files)
         present = [k for k in STATS_KEYS if k in keys]

@@ -59,7 +59,7 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
-    """Records `settings` in a new part directory, or refuses one made with others."""
+    """Refuses a part directory made with other settings (reads only)."""
     path = os.path.join(part_dir, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -68,8 +68,14 @@ def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
             diff = settings_differences(old, settings)
             raise ValueError(f"{part_dir} holds samples made with other settings ({diff}); "
                              "set another config.eval.name, or delete the directory")
-        return
-    save_json(path, settings)
+
+
+def record_settings(part_dir: str, settings: dict[str, Any]) -> None:
+    """Writes `settings` into a new part directory (`check_settings` first)."""
+    path = os.path.join(part_dir, "settings.json")
+    if not os.path.exists(path):
+        os.makedirs(part_dir, exist_ok=True)
+        save_json(path, settings)
 
 
 def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: SampleConfig, *,

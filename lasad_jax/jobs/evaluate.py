@@ -34,9 +34,10 @@ from lasad_jax.evaluation.sample_batch import (
     batch_settings,
     check_settings,
     generate_parts,
+    record_settings,
     settings_differences,
 )
-from lasad_jax.evaluation.weights import load_network
+from lasad_jax.evaluation.weights import describe_network, load_network
 from lasad_jax.files import require_writable, save_json
 from lasad_jax.jobs.sample import restore_model
 from lasad_jax.tokenizers import Tokenizer, build_tokenizer
@@ -55,7 +56,7 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
             f"VIRTUAL_imagenet256_labeled.npz ({ADM_REFERENCE_URL}) or make statistics of "
             "the training images first with --mode=reference_stats and the same --workdir")
     reference = load_reference(ref_path)
-    network, described = load_network(ev.inception, ev.preprocess)
+    described = describe_network(ev.inception)
     if reference.inception is not None and (
             reference.inception.startswith("random") != described.startswith("random")):
         raise ValueError(f"{reference.path} was made with Inception {reference.inception!r} "
@@ -82,8 +83,10 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
             logging.info("%s holds this evaluation already", results)
             _log_table(old, step, ev.num_samples, config.sample.cfg_scale)
             return old
-    require_writable(part_dir)
     check_settings(part_dir, settings)
+    network, _ = load_network(ev.inception, ev.preprocess)
+    require_writable(part_dir)
+    record_settings(part_dir, settings)
     generate_parts(model, tokenizer, ev, config.sample, num_classes=config.data.num_classes,
                    part_dir=part_dir, mesh=mesh)
     if jax.process_index() != 0:
@@ -101,6 +104,10 @@ def _check_reference(reference: Reference, config: GeneratorRun, tokenizer: Toke
     embedded datasets (whose images pass through the tokenizer), the tokenizer: samples
     must be compared with images of the same size and grey levels."""
     made = reference.settings or {}
+    if made.get("preprocess") not in (None, config.eval.preprocess):
+        raise ValueError(f"{reference.path} was made with Inception preprocessing "
+                         f"{made['preprocess']!r}, but config.eval.preprocess is "
+                         f"{config.eval.preprocess!r}; make them agree")
     size = list(tokenizer.image_shape[:2])
     if made.get("image_size") not in (None, size):
         raise ValueError(f"{reference.path} holds statistics of {made['image_size']} images, "

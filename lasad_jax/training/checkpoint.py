@@ -98,19 +98,24 @@ def _path_name(path: tuple) -> str:
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+    return {_path_name(path).removesuffix(".value"): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in leaves}
 
 
 def shape_differences(stored: Any, target: Any) -> list[str]:
-    """The arrays of `target` (an abstract tree) that the checkpoint's tree metadata
-    `stored` lacks or holds with another shape."""
+    """How the checkpoint's tree metadata `stored` differs from `target` (the abstract
+    tree to restore) within the parts `target` restores (`{"ema_params": ...}` compares
+    only the EMA weights): arrays missing on either side, or of another shape."""
     have, want = _shapes(stored), _shapes(target)
+    parts = {name.split(".")[0] for name in want}
+    have = {name: shape for name, shape in have.items() if name.split(".")[0] in parts}
     lines = []
     for name, shape in want.items():
         if name not in have:
             lines.append(f"{name} is missing there")
         elif have[name] != shape:
             lines.append(f"{name} is {have[name]} there, {shape} here")
+    lines += [f"{name} is there, not here" for name in have if name not in want]
     return lines
 
 
@@ -148,14 +153,19 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def require_space(self, state: Any, what: str) -> None:
+        """`OutputError` unless the disk has room for one more checkpoint of `state`
+        (Orbax deletes the oldest only after the new one is complete); each process
+        writes its share."""
+        require_space(self.directory, tree_bytes(state) // jax.process_count(), what)
+
     def save(self, step: int, state: Any, data_iterator: Any | None = None, *,
              force: bool = False) -> bool:
-        """Saves asynchronously; first checks that the disk has room for one more
-        checkpoint (Orbax deletes the oldest only after the new one is complete), so a
-        full disk stops the run with one line instead of failing in a background thread."""
+        """Saves asynchronously, after checking the disk has room (`require_space`), so
+        a full disk stops the run with one line instead of failing in Orbax's
+        background thread."""
         if force or self.manager.should_save(step):
-            require_space(self.directory, tree_bytes(state) // jax.process_count(),
-                          f"checkpoint step {step}")
+            self.require_space(state, f"checkpoint step {step}")
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -357,9 +367,6 @@ def resume_or_start(workdir: str, loop: LoopConfig, init: Callable[[], Any] | An
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
     else:
         state, shardings = place_state(init, mesh)
-        # A full disk is found now, not at the first save after hours of training.
-        require_space(checkpointer.directory, tree_bytes(state) // jax.process_count(),
-                      "the first checkpoint")
     return checkpointer, state, start, shardings
 
 

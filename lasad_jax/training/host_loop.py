@@ -113,6 +113,8 @@ def train_loop(state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
                      start, stop)
         checkpointer.close()
         return LoopResult(state=state, metrics={}, preempted=False, step=start)
+    # A full disk stops the run now, before anything is written, not at its first save.
+    checkpointer.require_space(state, "the checkpoints of this run")
     writer = create_writer(workdir, resume_step=start)
     if start == 0 and hparams:
         writer.write_hparams(hparams)
