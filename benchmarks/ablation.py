@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import glob
 import json
 import os
 import pathlib
@@ -77,7 +78,7 @@ def train_one(dataset: str, mixer: str, seed: int, steps: int, out_dir: pathlib.
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]
         if seed == 0:
-            shutil.copy(os.path.join(workdir, "samples.png"),
+            shutil.copy(glob.glob(os.path.join(workdir, "samples-step*.png"))[0],
                         out_dir / "grids" / f"{dataset}_{mixer}.png")
     if not rows or rows[-1]["step"] != steps:  # e.g. SIGTERM: the loop saved and returned
         raise RuntimeError(f"{dataset} {mixer} seed {seed} ended at step "

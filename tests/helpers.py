@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import runpy
+from typing import Any
 
 import numpy as np
 from ml_collections import config_dict
@@ -90,4 +91,28 @@ def hash_tree(*roots) -> dict[str, str]:
                 path = os.path.join(directory, name)
                 with open(path, "rb") as f:
                     found[path] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def tensorboard(workdir) -> dict[str, list[tuple[int, Any]]]:
+    """`{tag: [(step, value)]}` of the TensorBoard event files in `workdir`, read with
+    TensorBoard's own reader: scalars as floats, images as uint8 `[H, W, C]` arrays."""
+    import io
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    events = EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    events.Reload()
+    found: dict[str, list[tuple[int, Any]]] = {}
+    for tag in events.Tags()["tensors"]:
+        if tag.startswith("_hparams_"):
+            continue
+        for event in events.Tensors(tag):
+            value = make_ndarray(event.tensor_proto)
+            if value.dtype == object:  # an image summary: width, height, PNG bytes
+                value = np.asarray(Image.open(io.BytesIO(value[2])))
+            else:
+                value = float(value)
+            found.setdefault(tag, []).append((event.step, value))
     return found

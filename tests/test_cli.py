@@ -3,6 +3,8 @@ ImageNet config's fail-fast check."""
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import re
 import subprocess
@@ -13,7 +15,8 @@ import pytest
 from PIL import Image
 
 from lasad_jax.config import parse
-from tests.helpers import ROOT, load_config, write_image_folder
+from lasad_jax.main import cli
+from tests.helpers import ROOT, hash_tree, load_config, write_image_folder
 
 SMALL = ["--config.num_steps=4", "--config.batch_size=16", "--config.model.num_layers=1",
          "--config.model.dim=32", "--config.model.num_heads=2", "--config.model.gate_rank=8",
@@ -35,20 +38,34 @@ def test_cli_train_then_sample(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     assert "validation" in train.stderr and "bits/token" in train.stderr
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
-    assert not (tmp_path / "samples.png").exists()
+    assert not glob.glob(str(tmp_path / "samples*"))
 
     sample = run_main(tmp_path, "--mode=sample", "--config.sample.classes=(3, 7)")
     assert sample.returncode == 0, sample.stderr[-3000:]
     assert "restored step 4 (EMA weights)" in sample.stderr
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]  # sampling is read-only
-    with np.load(tmp_path / "samples.npz") as f:
-        images, labels = f["arr_0"], f["labels"]
+    # Named by the checkpoint step and a digest of the settings, which the files record.
+    [npz] = glob.glob(str(tmp_path / "samples-step4-*.npz"))
+    with np.load(npz) as f:
+        images, labels, settings = f["arr_0"], f["labels"], json.loads(str(f["settings"]))
     assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(labels, [3, 3, 7, 7])
+    assert settings["classes"] == [3, 7] and settings["checkpoint_step"] == 4
     # Decoded intensity levels: multiples of 255/16, rounded.
     assert set(np.unique(images)) <= {round(level * 255 / 16) for level in range(17)}
-    grid = np.asarray(Image.open(tmp_path / "samples.png"))
+    with Image.open(npz.replace(".npz", ".png")) as png:
+        grid = np.asarray(png)
+        assert json.loads(png.text["lasad_sample_settings"]) == settings
     assert grid.shape == (2 + 2 * (16 + 2), 2 + 2 * (16 + 2))  # 2 classes x 2 samples, scale 2
+
+    # The same draw again writes nothing; another seed is another pair of files.
+    before = hash_tree(tmp_path)
+    argv = [f"--config={ROOT / 'configs' / 'demo.py'}", f"--workdir={tmp_path}", *SMALL,
+            "--mode=sample", "--config.sample.classes=(3, 7)"]
+    assert cli(["lasad_jax.main", *argv]) == 0
+    assert hash_tree(tmp_path) == before
+    assert cli(["lasad_jax.main", *argv, "--config.sample.seed=1"]) == 0
+    assert len(glob.glob(str(tmp_path / "samples-step4-*.npz"))) == 2
 
 
 def test_cli_rejects_bad_override(tmp_path):

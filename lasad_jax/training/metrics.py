@@ -12,6 +12,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from lasad_jax.files import write_atomically
+
 
 class JsonlWriter(metric_writers.MetricWriter):
     """Appends `{"step": s, name: value, ...}` lines; one line per `write_scalars` call.
@@ -76,9 +78,7 @@ def _truncate_after(path: str, step: int) -> None:
         if row_step <= step:
             kept.append(line if line.endswith("\n") else line + "\n")
     if len(kept) != len(lines):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        write_atomically(path, "".join(kept).encode("utf-8"))
 
 
 def flat_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

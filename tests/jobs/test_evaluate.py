@@ -18,7 +18,7 @@ from lasad_jax.config import parse
 from lasad_jax.evaluation import metrics as eval_metrics
 from lasad_jax.evaluation.reference import load_reference
 from lasad_jax.jobs import evaluate, reference_stats, train
-from tests.helpers import tiny_demo_config
+from tests.helpers import hash_tree, tiny_demo_config
 
 
 def problems(config, mode):
@@ -96,6 +96,15 @@ def test_reference_stats_then_evaluate_then_resume(trained):
     with np.load(os.path.join(out, "eval.npz")) as npz:
         np.testing.assert_array_equal(npz["arr_0"], images)
     assert again["fid"] == pytest.approx(result["fid"], rel=1e-6)
+
+    # The same evaluation, and the same statistics, again: nothing is written.
+    before = hash_tree(trained)
+    assert run_evaluation(config, trained) == again
+    assert reference_stats.run(parse(config, "reference_stats"), trained) == path
+    assert hash_tree(trained) == before
+    with open(os.path.join(out, "eval", "settings.json")) as f:
+        recorded = json.load(f)
+    assert recorded["checkpoint_step"] == 4 and recorded["tokenizer"].startswith("sha256:")
 
     # Other settings never mix into the same directory.
     changed = eval_config()

@@ -4,7 +4,9 @@ and a divergence keeps the last good checkpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from lasad_jax.config import parse
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.generator import make_state
-from tests.helpers import tiny_demo_config, train
+from tests.helpers import hash_tree, tensorboard, tiny_demo_config, train
 
 
 def final_state(workdir, steps=6):
@@ -63,3 +65,31 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path):
     ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=2, save_every=1)
     assert ckpt.latest_step() == 3
     ckpt.close()
+
+
+def test_one_steps_per_sec_sample_grids_in_tensorboard_and_a_rerun_changes_nothing(
+        tmp_path, caplog):
+    """The progress line, metrics.jsonl and TensorBoard give the same steps_per_sec; each
+    evaluation puts a sample grid into TensorBoard; the run ends with a summary line; the
+    same command again changes no file at all."""
+    config = tiny_demo_config(eval_every=3)  # evaluations at steps 3 and 6
+    with caplog.at_level(logging.INFO, logger="absl"):
+        train(config, str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = tensorboard(tmp_path)
+    assert [s for s, _ in events["steps_per_sec"]] == [r["step"] for r in rows] == list(range(1, 7))
+    for (_, logged), row in zip(events["steps_per_sec"], rows):
+        assert logged == pytest.approx(row["steps_per_sec"], rel=1e-6)  # float32 in the file
+    messages = [r.getMessage() for r in caplog.records]
+    progress = [re.match(r"step (\d)/6 \(\d+\.\d%\): ([\d.]+) steps/s, ETA", m) for m in messages]
+    progress = [(int(m.group(1)), m.group(2)) for m in progress if m]
+    assert progress == [(r["step"], f"{r['steps_per_sec']:.2f}") for r in rows]
+    assert messages[-1].startswith("finished at step 6/6: 6 steps in ")
+    # One row per class (8 of the 10 shown), 4 samples each: 8 x 8 digits, 2 px apart.
+    grids = events["samples"]
+    assert [s for s, _ in grids] == [3, 6]
+    assert grids[0][1].shape == (2 + 8 * 10, 2 + 4 * 10) and grids[0][1].dtype == np.uint8  # grey
+
+    before = hash_tree(tmp_path)
+    train(config, str(tmp_path))
+    assert hash_tree(tmp_path) == before

@@ -14,7 +14,7 @@ from lasad_jax.jobs import train_tokenizer as job
 from lasad_jax.tokenizers.vq16 import VQ16Tokenizer
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.vq.step import make_vq_state
-from tests.helpers import tiny_vq_config
+from tests.helpers import hash_tree, tensorboard, tiny_vq_config
 
 
 def train_tokenizer(config, workdir):
@@ -45,6 +45,14 @@ def test_tokenizer_training_logs_resumes_and_exports(tmp_path):
     assert rows[0]["disc_loss"] == 0.0 and rows[-1]["disc_loss"] > 0.0
     assert 0.0 < rows[-1]["val_codebook_used"] <= 1.0 and rows[-1]["val_psnr"] > 0.0
     assert (straight / "reconstructions.png").is_file()
+    # Each evaluation (here the last step) shows inputs over reconstructions in
+    # TensorBoard: 8 images of 16 px, shown 3 times larger, on two rows, 2 px apart.
+    images = tensorboard(straight)["reconstructions"]
+    assert [s for s, _ in images] == [4] and images[0][1].shape == (2 + 2 * 50, 2 + 8 * 50, 3)
+    # The same command again changes no file (nothing trained, exported or logged).
+    before = hash_tree(straight)
+    train_tokenizer(tiny_vq_config(), str(straight))
+    assert hash_tree(straight) == before
 
     split = tmp_path / "split"
     train_tokenizer(tiny_vq_config(stop_after=2), str(split))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,9 +24,11 @@ import pytest
 
 from lasad_jax import ops
 from lasad_jax.config import parse
+from lasad_jax.jobs.sample import load_or_train
+from lasad_jax.main import cli
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.generator import make_state
-from tests.helpers import ROOT, tiny_demo_config, train
+from tests.helpers import ROOT, flag_config, tiny_demo_config, train
 
 STEPS = 30
 RUN = ["--config.batch_size=16", "--config.model.num_layers=1", "--config.model.dim=32",
@@ -139,12 +142,26 @@ def corrupt(step_dir):
             os.truncate(path, os.path.getsize(path) // 3)
 
 
-def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     workdir = tmp_path / "run"
     run(workdir, "--config.train.checkpoint_every=10", "--config.train.keep_checkpoints=2")
     ckpts = workdir / "checkpoints"
     assert sorted(int(d) for d in os.listdir(ckpts)) == [20, 30]
     corrupt(ckpts / "30")
+
+    # Sampling and the notebook's loader restore through the same path: the same
+    # warning, the previous step, and the unreadable step left where it is.
+    sample = command(workdir, "--mode=sample", "--config.sample.per_class=1",
+                     "--config.sample.batch_size=10")[3:]
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        assert cli(["lasad_jax.main", *sample]) == 0
+    assert any(r.getMessage().startswith(f"checkpoint step 30 in {ckpts} cannot be restored")
+               for r in caplog.records)
+    assert glob.glob(str(workdir / "samples-step20-*.npz"))
+    assert sorted(os.listdir(ckpts)) == ["20", "30"]
+    model, step = load_or_train(parse(flag_config(*sample), "sample"), str(workdir),
+                                str(tmp_path / "unused"))
+    assert step == 20 and sorted(os.listdir(ckpts)) == ["20", "30"]
     out = run(workdir, f"--config.num_steps={STEPS + 1}",
               "--config.train.checkpoint_every=1000", "--config.train.keep_checkpoints=2")
     assert "checkpoint step 30 in" in out.stderr and "cannot be restored" in out.stderr
