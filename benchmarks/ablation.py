@@ -23,8 +23,8 @@ run about 6 min; the README reports the measured table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import glob
+import importlib.util
 import json
 import os
 import pathlib
