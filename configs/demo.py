@@ -8,8 +8,9 @@
 Trains a 4-layer, 0.47M-parameter LASAD model for 1,000 steps on the 1,618 training
 digits (the 8x8 images that ship with scikit-learn, 17 intensity levels, one token per
 pixel; a few minutes on 2 CPU cores), reports validation bits per token on the 179
-held-out digits, and writes `samples.png` (one row per class, guidance 2.0) and
-`samples.npz` into the workdir. `--mode=sample` then draws again from the checkpoint.
+held-out digits, and writes `samples-step1000-<digest>.png` (one row per class, guidance
+2.0) and `.npz` into the workdir. `--mode=sample` then draws from the checkpoint (with
+other settings, into new files: the names hold the step and a digest of the settings).
 
 Every field starts at the run's default (`default_config`: LlamaGen's recipe, listed in
 docs/configuration.md); below is only what the demo changes.

@@ -617,3 +617,33 @@ def test_a_real_full_disk_and_a_real_read_only_disk(paths, tmp_path):
     lines = _error_lines(ro.stderr)
     assert len(lines) == 1 and f"cannot write {tmp_path}/ro/run: read-only file system" in \
         lines[0], out
+
+
+def test_a_full_disk_inside_the_checkpoint_library_is_one_line():
+    """Should the disk fill between the free-space check and a save, Orbax's error (the
+    text of TensorStore's, after its own logged tracebacks) still ends as one line."""
+    from lasad_jax.main import user_message
+
+    orbax = ValueError('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at '
+                       'local file "/w/checkpoints/3.orbax-checkpoint-tmp/state/": Failed to '
+                       "write 220635 bytes to file 6: No space left on device "
+                       "[os_error_code='28']")
+    wrapped = RuntimeError("Save Finalize thread (save_finalize) failed.")
+    wrapped.__cause__ = orbax
+    assert user_message(wrapped) == (
+        "cannot write /w/checkpoints/3.orbax-checkpoint-tmp/state/: no space left on device; "
+        "free space or make it writable, or use a --workdir on another disk")
+    assert user_message(PermissionError(errno.EACCES, "Permission denied", "/w/x.json")) == (
+        "cannot write /w/x.json: permission denied; make it writable or use a --workdir (or "
+        "output path) that is")
+    assert user_message(KeyError("a bug")) is None  # keeps its traceback
+
+
+def test_a_config_file_may_take_an_argument(tmp_path):
+    from lasad_jax.config import load_config_file
+
+    path = tmp_path / "sized.py"
+    path.write_text("from lasad_jax.config import default_config\n\n"
+                    "def get_config(steps):\n    config = default_config()\n"
+                    "    config.num_steps = int(steps)\n    return config\n")
+    assert load_config_file(f"{path}:7").num_steps == 7
