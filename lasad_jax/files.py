@@ -122,6 +122,10 @@ def as_output_error(err: OSError, path: str | os.PathLike, needed: int | None = 
         return no_space(path, needed, what)
     if err.errno in NOT_WRITABLE:
         return not_writable(path, os.strerror(err.errno).lower())
+    if err.errno == errno.ENOTDIR:
+        return OutputError(errno.ENOTDIR, f"cannot write {os.fspath(path)}: a part of that "
+                           "path is a file, not a directory; choose another --workdir (or "
+                           "output path)")
     return err
 
 

@@ -59,6 +59,8 @@ def test_checks_before_a_long_job(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(files.OutputError, match="a_file is a file, not a directory"):
         files.require_writable(tmp_path / "a_file")
+    with pytest.raises(files.OutputError, match="a part of that path is a file"):
+        files.require_writable(tmp_path / "a_file" / "run")
     files.require_writable(tmp_path / "new" / "dir")  # made, and left empty
     assert os.listdir(tmp_path / "new" / "dir") == []
     assert files.free_bytes("gs://bucket/run") is None  # no local check for a URL

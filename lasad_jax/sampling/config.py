@@ -2,7 +2,9 @@
 
 `per_class` images of each class in `classes` (all classes when empty), generated in
 batches of `batch_size`; guidance `cfg_scale` (1.0: off), `temperature`, `top_k` (0:
-off), `top_p` (1.0: off); EMA or raw weights; files `{name}.png` and `{name}.npz`.
+off), `top_p` (1.0: off); EMA or raw weights; files `{name}-step{step}-{digest}.png`
+and `.npz` (`lasad_jax.sampling.sampler.sample_paths`). The checks on the sampling values
+are `lasad_jax.sampling.checks`, which `generate` applies too.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Images are generated class by class (`per_class` of each class in `sample.classe
 classes when empty), in fixed-size batches so one compiled program serves every batch.
 Batch `i` draws from `fold_in(PRNGKey(sample.seed), i)`: the same config, seed and batch
 size give the same images.
+
+The files are named by the checkpoint step and a digest of the settings
+(`sample_paths`) and record the settings, so a draw never replaces another, and the same
+draw again (a finished training run restarted, `--mode=sample` repeated) writes nothing.
+`sample_grid` is the small grid training shows in TensorBoard at each evaluation.
 """
 
 from __future__ import annotations

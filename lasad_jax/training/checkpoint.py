@@ -187,11 +187,11 @@ class Checkpointer:
         """Raises `CheckpointMismatch` when step `step` was written by another run:
         its recorded identity differs from this run's (naming the fields), or, for a
         checkpoint without one, its arrays' shapes differ from `target`'s (the abstract
-        tree to restore, as `{"state": ...}` items). Unreadable metadata passes: the
-        restore itself then fails and the previous step is tried."""
+        tree restored from the `state` item). Unreadable metadata passes: the restore
+        itself then fails and the previous step is tried."""
         recorded = self.recorded_identity(step)
         where = f"the checkpoint at step {step} in {self.directory}"
-        fix = ("use the config it was trained with, or another --workdir for this one")
+        fix = "use the config it was trained with, or another --workdir for this one"
         if recorded is not None and self.identity is not None:
             diff = identity_differences(recorded, self.identity)
             if diff:
