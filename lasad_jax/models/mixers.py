@@ -138,8 +138,7 @@ class LinearAttentionMixer(nnx.Module):
         fn = {"lasad": ops.lasad_decode_step, "lasad_row": ops.lasad_row_decode_step,
               "linear_1d": ops.linear_1d_decode_step,
               "linear": ops.linear_decode_step}[self.cfg.mixer]
-        impl = {"impl": self.cfg.decode_impl} if self.cfg.mixer == "lasad" else {}
-        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix, **impl)
+        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix)
         return self._output(o, x), cache
 
 
@@ -163,25 +162,32 @@ class SoftmaxMixer(nnx.Module):
         return self.out(o.reshape(x.shape))
 
     def init_cache(self, batch: int) -> dict[str, jax.Array]:
-        """Keys and values of every slot the sampler can feed (prefix + grid - 1)."""
+        """Keys and values of every slot the sampler can feed (prefix + grid - 1), in the
+        compute dtype, `[batch, heads, slot, head_dim]`: batch and heads lead, so both
+        products of a step are plain batched matmuls over the cache as it lies. With the
+        slot axis first XLA transposed the whole cache at every token (CPU, float32)."""
         cfg = self.cfg
-        shape = (batch, cfg.num_prefix + cfg.num_tokens, cfg.num_heads, cfg.head_dim)
-        return {"k": jnp.zeros(shape, self.qkv.dtype or jnp.float32),
-                "v": jnp.zeros(shape, self.qkv.dtype or jnp.float32)}
+        shape = (batch, cfg.num_heads, cfg.num_prefix + cfg.num_tokens, cfg.head_dim)
+        dtype = self.qkv.dtype or jnp.float32
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
     def decode(self, cache: dict[str, jax.Array], x: jax.Array,
                slot: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Attends over the whole fixed-size cache with the unwritten slots masked (one
+        program for every position). Products run in the cache's dtype and accumulate in
+        float32 (`preferred_element_type`), so a bf16 cache is never converted as a whole.
+        The cache is written in place, then only the written version is read."""
         q, k, v = self._qkv(x, slot)
-        ck = jax.lax.dynamic_update_slice_in_dim(cache["k"], k[:, None].astype(cache["k"].dtype),
-                                                 slot, axis=1)
-        cv = jax.lax.dynamic_update_slice_in_dim(cache["v"], v[:, None].astype(cache["v"].dtype),
-                                                 slot, axis=1)
-        scores = jnp.einsum("bhd,bthd->bht", q.astype(jnp.float32), ck.astype(jnp.float32))
-        scores = scores / math.sqrt(self.cfg.head_dim)
-        valid = jnp.arange(ck.shape[1]) <= slot
+        dt = cache["k"].dtype
+        ck = jax.lax.dynamic_update_index_in_dim(cache["k"], k.astype(dt), slot, 2)
+        cv = jax.lax.dynamic_update_index_in_dim(cache["v"], v.astype(dt), slot, 2)
+        scores = jnp.einsum("bhd,bhtd->bht", q.astype(dt), ck,
+                            preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / math.sqrt(self.cfg.head_dim))
+        valid = jnp.arange(ck.shape[2]) <= slot
         probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
-        o = jnp.einsum("bht,bthd->bhd", probs, cv.astype(jnp.float32)).astype(x.dtype)
-        return self.out(o.reshape(x.shape)), {"k": ck, "v": cv}
+        o = jnp.einsum("bht,bhtd->bhd", probs.astype(dt), cv, preferred_element_type=jnp.float32)
+        return self.out(o.astype(x.dtype).reshape(x.shape)), {"k": ck, "v": cv}
 
 
 def make_mixer(cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:

@@ -1,29 +1,28 @@
-"""Recurrent decoding: one slot at a time with a constant-size state, no KV cache.
+"""Recurrent decoding: one slot at a time with a fixed-size state, no KV cache.
 
 Slots come in the order of the parallel form (prefix slots, then image tokens in raster
-order). Each state records its own position `pos` (a scalar shared by the batch), so a
-step knows whether it is in the prefix, and which row and column it is at, without being
-told. Steps are pure functions of `(state, q, k, v)`: they work under `jax.jit` and as the
-body of `jax.lax.scan`. States are float32 whatever the input dtype; the output has q's
-dtype.
+order). Each state records its own position `pos` (an int32 scalar shared by the batch),
+so a step knows whether it is in the prefix, and which row and column it is at, without
+being told. Steps are pure functions of `(state, q, k, v)`: they run under `jax.jit` and
+as the body of `jax.lax.scan`. States are float32 unless asked otherwise; the output has
+q's dtype. docs/decoding.md explains the states and derives the `lasad` one.
 
-State per batch element and head (`D = Dk x Dv` matrices):
+State per batch element and head (`D = Dk x Dv` matrices, `w` the grid width):
 
-| variant     | fields                                  | size           |
-|-------------|-----------------------------------------|----------------|
-| `lasad`     | prefix, grid (2 per column), row        | `(2 w + 2) D`  |
-| `lasad_row` | prefix, above, row_sum, row             | `4 D`          |
-| `linear_1d` | prefix, run                             | `2 D`          |
-| `linear`    | prefix, run                             | `2 D`          |
+| variant     | arrays                                            | numbers                       |
+|-------------|---------------------------------------------------|-------------------------------|
+| `lasad`     | cols `[w + 1]` (column states, prefix); two grid rows of keys and values | `(w + 1) D + 2 w (Dk + Dv)` |
+| `lasad_row` | prefix, above, row_sum, row                       | `4 D`                         |
+| `linear_1d` | prefix, run                                       | `2 D`                         |
+| `linear`    | prefix, run                                       | `2 D`                         |
 
-The `prefix` state is kept apart from the decayed ones because prefix slots are never
-decayed (DESIGN.md §1). A step touches `O(D)` memory, except the `lasad` row start, which
-rewrites the whole grid once per row. Steps are branch-free except that row start:
-prefix slots simply add a zero key-value product to the image states. The row start is a
-`lax.cond` on the single `grid` array, updated in place before it is read; with several
-state arrays in the branch, or a read before the in-place update, XLA copies the whole
-grid at every step (an earlier version of this file did, and was 30x slower per token
-at w = 128 on CPU; benchmarks/RESULTS.md).
+Rules every step keeps, because XLA copies a whole loop-carried array at every token
+when they are broken (measured on GPU; jax-ml/jax issue 38145): no `lax.cond` or
+`lax.switch` (prefix slots and row starts are selected by arithmetic on single-column
+values); arrays with more than one column are updated by one `dynamic_update_slice` on
+their leading axis, directly on the carried array (no reshape in between), and only
+their updated version is read after the update. `lasad_jax.sampling.hlo_check` verifies
+this on the compiled sampler.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from lasad_jax.ops.decay import smooth_columns
+F32 = jnp.float32
 
 
 def _state(*meta: str):
@@ -49,14 +48,21 @@ def _state(*meta: str):
 
 @_state()
 class LasadState:
-    """`grid[:, :, c, 0]` = earlier rows decayed to the current row, plus this row's keys so
-    far (column c); `grid[:, :, c, 1]` = the cross-column smoothing `T_b` of the earlier-rows
-    part, frozen for the current row; `row` = this row's keys decayed along the row."""
+    """`cols[c]` (`c < w`): the smoothed state `H(c) = sum_c' b^|c - c'| A(c')` of every
+    earlier grid row, at the row where column `c` was last touched (one row behind until
+    the token of column `c` brings it up to date); `cols[w]`: the prefix state (prefix
+    slots are never decayed). `keys`, `values`: the raw keys and values of the current and
+    the previous grid row, row `r` in slots `(r % 2) * w + c`."""
 
     pos: jax.Array  # int32 scalar: slots consumed so far
-    prefix: jax.Array  # [B, H, Dk, Dv]
-    grid: jax.Array  # [B, H, w, 2, Dk, Dv]
-    row: jax.Array  # [B, H, Dk, Dv]
+    cols: jax.Array  # [w + 1, B, H, Dk, Dv]
+    keys: jax.Array  # [2 w, B, H, Dk]
+    values: jax.Array  # [2 w, B, H, Dv]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """(batch, heads, Dk, Dv)."""
+        return tuple(self.cols.shape[1:])
 
 
 @_state("width")
@@ -68,6 +74,10 @@ class LasadRowState:
     row: jax.Array  # this row's keys decayed along the row
     width: int  # grid width (static)
 
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.prefix.shape)
+
 
 @_state()
 class LinearState:
@@ -75,31 +85,40 @@ class LinearState:
     prefix: jax.Array  # [B, H, Dk, Dv]
     run: jax.Array  # image keys decayed in raster order
 
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.prefix.shape)
+
 
 replace = dataclasses.replace
 
 
-def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32) -> LasadState:
-    mat = (batch, heads, dk, dv)
-    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype),
-                      jnp.zeros((batch, heads, width, 2, dk, dv), dtype), jnp.zeros(mat, dtype))
+def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=F32) -> LasadState:
+    lead = (batch, heads)
+    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros((width + 1, *lead, dk, dv), dtype),
+                      jnp.zeros((2 * width, *lead, dk), dtype),
+                      jnp.zeros((2 * width, *lead, dv), dtype))
 
 
-def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=jnp.float32) -> LinearState:
+def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=F32) -> LinearState:
     mat = (batch, heads, dk, dv)
     return LinearState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype), jnp.zeros(mat, dtype))
 
 
-def lasad_row_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32):
+def lasad_row_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=F32):
     mat = (batch, heads, dk, dv)
     zeros = [jnp.zeros(mat, dtype) for _ in range(4)]
     return LasadRowState(jnp.zeros((), jnp.int32), *zeros, width=width)
 
 
+def _outer(k: jax.Array, v: jax.Array) -> jax.Array:
+    return jnp.einsum("bhd,bhe->bhde", k.astype(F32), v.astype(F32))
+
+
 def _split(state, q, k, v, num_prefix: int):
     """The slot's key-value product for the prefix state and for the image states (the
     other one is zero), the new prefix state, and the image position (0 in the prefix)."""
-    kv = jnp.einsum("bhd,bhe->bhde", k.astype(jnp.float32), v.astype(jnp.float32))
+    kv = _outer(k, v)
     in_prefix = state.pos < num_prefix
     zero = jnp.zeros_like(kv)
     prefix = state.prefix + jnp.where(in_prefix, kv, zero).astype(state.prefix.dtype)
@@ -107,40 +126,64 @@ def _split(state, q, k, v, num_prefix: int):
 
 
 def _read(q: jax.Array, state: jax.Array) -> jax.Array:
-    return jnp.einsum("bhd,bhde->bhe", q.astype(jnp.float32), state.astype(jnp.float32))
+    return jnp.einsum("bhd,bhde->bhe", q.astype(F32), state.astype(F32))
 
 
 def _decays(log_row, log_col):
     return (jnp.exp(log_row)[None, :, None, None], jnp.exp(log_col)[None, :, None, None])
 
 
-def start_row(grid: jax.Array, col: jax.Array, log_row, log_col) -> jax.Array:
-    """The grid of column states at a row start (`col == 0`), unchanged elsewhere.
-
-    `grid[..., 0]` holds `A_{r-1} + KV(row r-1)`; decaying it by `a` gives `A_r`, and
-    slot 1 gets its cross-column smoothing `T_b A_r`, frozen for the row. Prefix slots see
-    `col == 0` as well; the grid is still all zeros then, so this is a no-op for them.
-    Shared by the XLA step below and the fused Pallas step (`ops.pallas.decode`).
-    """
-    a = jnp.exp(log_row)[None, :, None, None, None]
-
-    def new_row(grid):
-        cols = a * grid[:, :, :, 0]
-        return jnp.stack([cols, smooth_columns(cols, log_col)], axis=3).astype(grid.dtype)
-
-    return jax.lax.cond(col == 0, new_row, lambda g: g, grid)
-
-
 def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int):
-    _, b = _decays(log_row, log_col)
-    kv, prefix, p = _split(state, q, k, v, num_prefix)
-    col = p % state.grid.shape[2]
-    grid = start_row(state.grid, col, log_row, log_col)
-    grid = grid.at[:, :, col, 0].add(kv.astype(grid.dtype))
-    above = jax.lax.dynamic_index_in_dim(grid, col, axis=2, keepdims=False)[:, :, 1]
-    row = (jnp.where(col == 0, 0.0, b * state.row) + kv).astype(state.row.dtype)
-    o = _read(q, prefix + above + row)
-    return o.astype(q.dtype), replace(state, pos=state.pos + 1, prefix=prefix, grid=grid, row=row)
+    """One slot of `lasad`; docs/decoding.md derives it.
+
+    Image token `(r, c)`: `H(c)` was last brought up to date at `(r - 1, c)`, so one
+    update `H(c) <- a (H(c) + sum_c' b^|c - c'| k_{r-1,c'} v_{r-1,c'}^T)` (a `[Dk x w] @
+    [w x Dv]` product over the previous row's keys and values) makes it current; then
+    `o = q.(S_prefix + H(c)) + sum_{c' <= c} b^(c - c') (q.k_{r,c'}) v_{r,c'}`. A prefix
+    slot instead adds `k v^T` to `cols[w]`. Row 0 needs no special case: the previous-row
+    slots and `H` start at zero, so its update adds nothing.
+
+    Order matters to XLA: each array is updated first and only its updated version is read
+    afterwards. The old version is read once, by the update itself (the column `new` is
+    computed from); a second reader of the old buffer after the update (XLA duplicates
+    cheap producers into each consumer, so reusing `new` for the output would be one)
+    forces a copy of the whole array at every token.
+    """
+    w = state.keys.shape[0] // 2
+    dt = state.cols.dtype
+    in_prefix = state.pos < num_prefix
+    p = jnp.maximum(state.pos - num_prefix, 0)
+    col = p % w
+    cur = (p // w) % 2 * w  # first ring slot of this row; the previous row starts at w - cur
+    # A prefix slot stores a zero key and value in the ring (slot 0 of row 0, which the
+    # first image token overwrites), so it adds nothing to any column state.
+    k_img = jnp.where(in_prefix, 0.0, k.astype(F32))
+    v_img = jnp.where(in_prefix, 0.0, v.astype(F32))
+    keys = jax.lax.dynamic_update_index_in_dim(state.keys, k_img.astype(dt), cur + col, 0)
+    values = jax.lax.dynamic_update_index_in_dim(state.values, v_img.astype(dt), cur + col, 0)
+
+    # Cross-column weights b^|c - c'|, and this row's causal part b^(c - c') for c' <= c.
+    c = jnp.arange(w)
+    across = jnp.exp(jnp.abs(c - col)[:, None] * log_col[None, :])  # [w, H]
+    along = jnp.where((c <= col)[:, None], across, 0.0)
+
+    k_prev = jax.lax.dynamic_slice_in_dim(keys, w - cur, w).astype(F32)
+    v_prev = jax.lax.dynamic_slice_in_dim(values, w - cur, w).astype(F32)
+    last_row = jnp.einsum("ch,cbhd,cbhe->bhde", across, k_prev, v_prev)
+    target = jnp.where(in_prefix, w, col)  # the one matrix this slot writes
+    old = jax.lax.dynamic_index_in_dim(state.cols, target, 0, keepdims=False).astype(F32)
+    a = jnp.exp(log_row)[None, :, None, None]
+    new = jnp.where(in_prefix, old + _outer(k, v), a * (old + last_row))
+    cols = jax.lax.dynamic_update_index_in_dim(state.cols, new.astype(dt), target, 0)
+
+    # S_prefix + H(c); in the prefix H(0) is still zero, so this is S_prefix alone.
+    seen = jax.lax.dynamic_index_in_dim(cols, col, 0, keepdims=False).astype(F32)
+    seen = seen + cols[w].astype(F32)
+    k_row = jax.lax.dynamic_slice_in_dim(keys, cur, w).astype(F32)
+    v_row = jax.lax.dynamic_slice_in_dim(values, cur, w).astype(F32)
+    scores = jnp.einsum("bhd,cbhd->cbh", q.astype(F32), k_row) * along[:, None, :]
+    o = _read(q, seen) + jnp.einsum("cbh,cbhe->bhe", scores, v_row)
+    return o.astype(q.dtype), LasadState(state.pos + 1, cols, keys, values)
 
 
 def lasad_row_step(state: LasadRowState, q, k, v, *, log_row, log_col, num_prefix: int):

@@ -1,9 +1,12 @@
 """Whole-batch generation in one jitted program.
 
 `generate` runs `jax.lax.scan` over the token positions, carrying the model's decoding
-cache: the recurrent states of the linear mixers (constant size) or the KV cache of the
-softmax mixer. Classifier-free guidance runs the conditional and the null-class rows as
-one doubled batch and feeds the sampled token to both halves (DESIGN.md §4).
+cache: the recurrent states of the linear mixers (fixed size; docs/decoding.md) or the KV
+cache of the softmax mixer. Classifier-free guidance runs the conditional and the
+null-class rows as one doubled batch and feeds the sampled token to both halves.
+
+The cache is carried through the scan and updated in place; nothing in the loop may copy
+it (`lasad_jax.sampling.hlo_check` reads the compiled program to make sure).
 """
 
 from __future__ import annotations
@@ -67,10 +70,25 @@ def check_sampling_args(*, cfg_scale: float, temperature: float, top_k: int,
         raise ValueError(f"cfg_scale must be >= 0 (1.0: no guidance), got {cfg_scale}")
 
 
-def _split_batch(x: jax.Array) -> jax.Array:
-    """Keeps a decoding-cache entry split by batch over the mesh (a no-op without one):
-    every cache array leads with the batch axis; scalars (the slot) are replicated."""
-    return constrain(x, ("batch",) + (None,) * (x.ndim - 1)) if x.ndim else x
+def cache_batch_axes(init_cache, batch: int):
+    """The batch axis of every array of `init_cache(batch)` (-1 for scalars), found by
+    comparing its shapes with `init_cache(batch + 1)` (no arrays are made). Cache arrays
+    that are updated one slot at a time lead with that slot axis, not the batch."""
+    small = jax.eval_shape(lambda: init_cache(batch))
+    large = jax.eval_shape(lambda: init_cache(batch + 1))
+
+    def axis(a, b):
+        return next((i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n), -1)
+
+    return jax.tree.map(axis, small, large)
+
+
+def _split_batch(x: jax.Array, axis: int) -> jax.Array:
+    """Keeps a decoding-cache entry split by batch over the mesh (a no-op without one);
+    scalars (the slot counters) are replicated."""
+    if axis < 0:
+        return x
+    return constrain(x, tuple("batch" if i == axis else None for i in range(x.ndim)))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg_scale", "temperature", "top_k",
@@ -91,12 +109,13 @@ def _generate(graphdef, params, labels, key, *, cfg_scale, temperature, top_k, t
         return model.token_embed(jnp.concatenate([token, token]) if guided else token)
 
     keys = jax.random.split(key, cfg.num_tokens)
+    axes = cache_batch_axes(model.init_cache, labels.shape[0])
     logits, cache = model.decode_step(model.init_cache(labels.shape[0]),
                                       model.class_embed(labels))
 
     def body(carry, step_key):
         cache, logits = carry
-        cache = jax.tree.map(_split_batch, cache)
+        cache = jax.tree.map(_split_batch, cache, axes)
         token = pick(step_key, logits)
         logits, cache = model.decode_step(cache, feed(token))
         return (cache, logits), token
