@@ -32,7 +32,6 @@ def get_config() -> config_dict.ConfigDict:
         preset="", num_layers=4, num_heads=4, dim=96,
         mixer="lasad", feature_map="silu", gate="sigmoid", gate_rank=32,
         pos_encoding="rope2d", dtype="float32", impl="auto", chunk_size=None,
-        decode_impl="auto",  # the sampling step: "xla", or "pallas" (one fused kernel)
     )
     config.optimizer = dict(
         lr=4e-3,  # per 256 images: 1e-3 at batch 64

@@ -55,7 +55,6 @@ def get_config() -> config_dict.ConfigDict:
         preset="L", num_layers=None, num_heads=None, dim=None,
         mixer="lasad", feature_map="silu", gate="sigmoid", gate_rank=64,
         pos_encoding="rope2d", dtype="bfloat16", impl="auto", chunk_size=None,
-        decode_impl="auto",  # the sampling step: "xla", or "pallas" (one fused kernel)
     )
     config.optimizer = dict(
         lr=1e-4,  # per 256 images
