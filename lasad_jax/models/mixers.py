@@ -128,7 +128,10 @@ class LinearAttentionMixer(nnx.Module):
     def init_cache(self, batch: int) -> Any:
         cfg, h, d = self.cfg, self.cfg.num_heads, self.cfg.head_dim
         if cfg.mixer == "lasad":
-            return ops.lasad_decode_init(batch, h, d, d, cfg.grid[1])
+            # Raw keys and values are kept in the compute dtype: exact, and half the bytes
+            # in bfloat16; the column states stay float32.
+            return ops.lasad_decode_init(batch, h, d, d, cfg.grid[1], prefix_slots=cfg.num_prefix,
+                                         kv_dtype=self.dtype)
         if cfg.mixer == "lasad_row":
             return ops.lasad_row_decode_init(batch, h, d, d, cfg.grid[1])
         return ops.linear_decode_init(batch, h, d, d)

@@ -176,14 +176,24 @@ def _check_init(batch, heads, dk, dv, dtype, width=1):
 
 
 def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
-                      dtype: Any = jnp.float32) -> decode.LasadState:
-    """Empty LASAD decoding state for a grid of `width` columns: `(width + 1) * Dk * Dv +
-    2 * width * (Dk + Dv)` numbers per batch element and head (the column states, the
-    prefix state and two grid rows of keys and values; docs/decoding.md). Keep `dtype`
-    float32: the column states are sums over the whole image (bfloat16 storage costs
-    about 1e-2 of the output, docs/decoding.md)."""
+                      dtype: Any = jnp.float32, *, prefix_slots: int = 1,
+                      kv_dtype: Any = None) -> decode.LasadState:
+    """Empty LASAD decoding state for a grid of `width` columns: `width * Dk * Dv +
+    (2 * width + prefix_slots) * (Dk + Dv)` numbers per batch element and head (one
+    state per column, and the raw keys and values of two grid rows and of up to
+    `prefix_slots` prefix slots; docs/decoding.md).
+
+    Keep `dtype` float32: the column states are sums over the whole image (bfloat16
+    storage costs up to about 1% of the output, docs/decoding.md). `kv_dtype` (default:
+    `dtype`) stores the raw keys and values; the input dtype loses nothing.
+    """
     _check_init(batch, heads, dk, dv, dtype, width)
-    return decode.lasad_init(batch, heads, dk, dv, width, dtype)
+    check_int("prefix_slots", prefix_slots, minimum=0)
+    kv_dtype = dtype if kv_dtype is None else kv_dtype
+    if not jnp.issubdtype(jnp.dtype(kv_dtype), jnp.floating):
+        raise ValueError(f"kv_dtype must be a floating dtype, got {kv_dtype}")
+    return decode.lasad_init(batch, heads, dk, dv, width, dtype, prefix_slots=prefix_slots,
+                             kv_dtype=kv_dtype)
 
 
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -193,6 +203,10 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
     and writes one column state and reads two grid rows of keys and values, wherever the
     token lies in the image."""
     h, num_prefix = _check_step(state, q, k, v, num_prefix)
+    if num_prefix > state.prefix_slots:
+        raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "
+                         f"(prefix_slots={state.prefix_slots}); pass "
+                         f"prefix_slots={num_prefix} to lasad_decode_init")
     return decode.lasad_step(state, q, k, v, num_prefix=num_prefix,
                              log_row=check_decay("row_decay", row_decay, h),
                              log_col=check_decay("col_decay", col_decay, h))

@@ -4,17 +4,19 @@ Slots come in the order of the parallel form (prefix slots, then image tokens in
 order). Each state records its own position `pos` (an int32 scalar shared by the batch),
 so a step knows whether it is in the prefix, and which row and column it is at, without
 being told. Steps are pure functions of `(state, q, k, v)`: they run under `jax.jit` and
-as the body of `jax.lax.scan`. States are float32 unless asked otherwise; the output has
+as the body of `jax.lax.scan`. States are float32 unless asked otherwise (the raw keys and
+values of `lasad` may be kept in the input dtype, which loses nothing); the output has
 q's dtype. docs/decoding.md explains the states and derives the `lasad` one.
 
-State per batch element and head (`D = Dk x Dv` matrices, `w` the grid width):
+State per batch element and head (`D = Dk x Dv` matrices, `w` the grid width, `P` the
+prefix slots the `lasad` state has room for):
 
-| variant     | arrays                                            | numbers                       |
-|-------------|---------------------------------------------------|-------------------------------|
-| `lasad`     | cols `[w + 1]` (column states, prefix); two grid rows of keys and values | `(w + 1) D + 2 w (Dk + Dv)` |
-| `lasad_row` | prefix, above, row_sum, row                       | `4 D`                         |
-| `linear_1d` | prefix, run                                       | `2 D`                         |
-| `linear`    | prefix, run                                       | `2 D`                         |
+| variant     | arrays                                                  | numbers                   |
+|-------------|---------------------------------------------------------|---------------------------|
+| `lasad`     | `cols` (one `D` per column), `keys` and `values` (two grid rows + `P` prefix slots) | `w D + (2 w + P)(Dk + Dv)` |
+| `lasad_row` | prefix, above, row_sum, row                             | `4 D`                     |
+| `linear_1d` | prefix, run                                             | `2 D`                     |
+| `linear`    | prefix, run                                             | `2 D`                     |
 
 Rules every step keeps, because XLA copies a whole loop-carried array at every token
 when they are broken (measured on GPU; jax-ml/jax issue 38145): no `lax.cond` or
@@ -48,21 +50,25 @@ def _state(*meta: str):
 
 @_state()
 class LasadState:
-    """`cols[c]` (`c < w`): the smoothed state `H(c) = sum_c' b^|c - c'| A(c')` of every
-    earlier grid row, at the row where column `c` was last touched (one row behind until
-    the token of column `c` brings it up to date); `cols[w]`: the prefix state (prefix
-    slots are never decayed). `keys`, `values`: the raw keys and values of the current and
-    the previous grid row, row `r` in slots `(r % 2) * w + c`."""
+    """`cols[c]`: the smoothed state `H(c) = sum_c' b^|c - c'| A(c')` of the grid rows
+    above, at the row where column `c` was last touched (one row behind until the token of
+    column `c` brings it up to date). `keys`, `values`: raw keys and values, the grid row
+    `r` in slots `(r % 2) * w + c` (the current and the previous row), prefix slot `j` in
+    slot `2 w + j` (prefix slots are never decayed, and there are few: LASADGen has one)."""
 
     pos: jax.Array  # int32 scalar: slots consumed so far
-    cols: jax.Array  # [w + 1, B, H, Dk, Dv]
-    keys: jax.Array  # [2 w, B, H, Dk]
-    values: jax.Array  # [2 w, B, H, Dv]
+    cols: jax.Array  # [w, B, H, Dk, Dv]
+    keys: jax.Array  # [2 w + prefix_slots, B, H, Dk]
+    values: jax.Array  # [2 w + prefix_slots, B, H, Dv]
 
     @property
     def dims(self) -> tuple[int, ...]:
         """(batch, heads, Dk, Dv)."""
         return tuple(self.cols.shape[1:])
+
+    @property
+    def prefix_slots(self) -> int:
+        return self.keys.shape[0] - 2 * self.cols.shape[0]
 
 
 @_state("width")
@@ -93,11 +99,13 @@ class LinearState:
 replace = dataclasses.replace
 
 
-def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=F32) -> LasadState:
-    lead = (batch, heads)
-    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros((width + 1, *lead, dk, dv), dtype),
-                      jnp.zeros((2 * width, *lead, dk), dtype),
-                      jnp.zeros((2 * width, *lead, dv), dtype))
+def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=F32, *,
+               prefix_slots: int = 1, kv_dtype=None) -> LasadState:
+    lead, slots = (batch, heads), 2 * width + prefix_slots
+    kv_dtype = dtype if kv_dtype is None else kv_dtype
+    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros((width, *lead, dk, dv), dtype),
+                      jnp.zeros((slots, *lead, dk), kv_dtype),
+                      jnp.zeros((slots, *lead, dv), kv_dtype))
 
 
 def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=F32) -> LinearState:
@@ -139,28 +147,26 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int)
     Image token `(r, c)`: `H(c)` was last brought up to date at `(r - 1, c)`, so one
     update `H(c) <- a (H(c) + sum_c' b^|c - c'| k_{r-1,c'} v_{r-1,c'}^T)` (a `[Dk x w] @
     [w x Dv]` product over the previous row's keys and values) makes it current; then
-    `o = q.(S_prefix + H(c)) + sum_{c' <= c} b^(c - c') (q.k_{r,c'}) v_{r,c'}`. A prefix
-    slot instead adds `k v^T` to `cols[w]`. Row 0 needs no special case: the previous-row
-    slots and `H` start at zero, so its update adds nothing.
+    `o = q.H(c) + sum_{c' <= c} b^(c - c') (q.k_{r,c'}) v_{r,c'} + sum_j (q.k_j) v_j`, the
+    last sum over the prefix slots. No case needs a branch: in the prefix (and in grid
+    row 0) the previous-row slots and `H` are still zero, so the update writes zero into
+    `H(0)` and only the prefix sum is non-zero.
 
     Order matters to XLA: each array is updated first and only its updated version is read
-    afterwards. The old version is read once, by the update itself (the column `new` is
-    computed from); a second reader of the old buffer after the update (XLA duplicates
-    cheap producers into each consumer, so reusing `new` for the output would be one)
-    forces a copy of the whole array at every token.
+    afterwards. The old version is read once, by the update itself; a second reader of the
+    old buffer after the update forces a copy of the whole array at every token (XLA
+    duplicates cheap producers into each consumer, so even using `new` for the output
+    would add one; the output reads the column back instead).
     """
-    w = state.keys.shape[0] // 2
-    dt = state.cols.dtype
+    w = state.cols.shape[0]
     in_prefix = state.pos < num_prefix
     p = jnp.maximum(state.pos - num_prefix, 0)
     col = p % w
     cur = (p // w) % 2 * w  # first ring slot of this row; the previous row starts at w - cur
-    # A prefix slot stores a zero key and value in the ring (slot 0 of row 0, which the
-    # first image token overwrites), so it adds nothing to any column state.
-    k_img = jnp.where(in_prefix, 0.0, k.astype(F32))
-    v_img = jnp.where(in_prefix, 0.0, v.astype(F32))
-    keys = jax.lax.dynamic_update_index_in_dim(state.keys, k_img.astype(dt), cur + col, 0)
-    values = jax.lax.dynamic_update_index_in_dim(state.values, v_img.astype(dt), cur + col, 0)
+    slot = jnp.where(in_prefix, 2 * w + state.pos, cur + col)
+    keys = jax.lax.dynamic_update_index_in_dim(state.keys, k.astype(state.keys.dtype), slot, 0)
+    values = jax.lax.dynamic_update_index_in_dim(state.values, v.astype(state.values.dtype),
+                                                 slot, 0)
 
     # Cross-column weights b^|c - c'|, and this row's causal part b^(c - c') for c' <= c.
     c = jnp.arange(w)
@@ -170,19 +176,19 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int)
     k_prev = jax.lax.dynamic_slice_in_dim(keys, w - cur, w).astype(F32)
     v_prev = jax.lax.dynamic_slice_in_dim(values, w - cur, w).astype(F32)
     last_row = jnp.einsum("ch,cbhd,cbhe->bhde", across, k_prev, v_prev)
-    target = jnp.where(in_prefix, w, col)  # the one matrix this slot writes
-    old = jax.lax.dynamic_index_in_dim(state.cols, target, 0, keepdims=False).astype(F32)
     a = jnp.exp(log_row)[None, :, None, None]
-    new = jnp.where(in_prefix, old + _outer(k, v), a * (old + last_row))
-    cols = jax.lax.dynamic_update_index_in_dim(state.cols, new.astype(dt), target, 0)
+    old = jax.lax.dynamic_index_in_dim(state.cols, col, 0, keepdims=False).astype(F32)
+    cols = jax.lax.dynamic_update_index_in_dim(
+        state.cols, (a * (old + last_row)).astype(state.cols.dtype), col, 0)
 
-    # S_prefix + H(c); in the prefix H(0) is still zero, so this is S_prefix alone.
-    seen = jax.lax.dynamic_index_in_dim(cols, col, 0, keepdims=False).astype(F32)
-    seen = seen + cols[w].astype(F32)
+    q32 = q.astype(F32)
+    current = jax.lax.dynamic_index_in_dim(cols, col, 0, keepdims=False)
     k_row = jax.lax.dynamic_slice_in_dim(keys, cur, w).astype(F32)
     v_row = jax.lax.dynamic_slice_in_dim(values, cur, w).astype(F32)
-    scores = jnp.einsum("bhd,cbhd->cbh", q.astype(F32), k_row) * along[:, None, :]
-    o = _read(q, seen) + jnp.einsum("cbh,cbhe->bhe", scores, v_row)
+    row = jnp.einsum("bhd,cbhd->cbh", q32, k_row) * along[:, None, :]
+    prefix = jnp.einsum("bhd,jbhd->jbh", q32, keys[2 * w:].astype(F32))
+    o = (_read(q32, current) + jnp.einsum("cbh,cbhe->bhe", row, v_row)
+         + jnp.einsum("jbh,jbhe->bhe", prefix, values[2 * w:].astype(F32)))
     return o.astype(q.dtype), LasadState(state.pos + 1, cols, keys, values)
 
 

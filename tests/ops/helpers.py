@@ -49,7 +49,7 @@ def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DE
     dv = v.shape[-1]
     row, col = jnp.asarray(row), jnp.asarray(col)
     if variant == "lasad":
-        state = ops.lasad_decode_init(b, h, dk, dv, width)
+        state = ops.lasad_decode_init(b, h, dk, dv, width, prefix_slots=num_prefix)
         step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
                                                   num_prefix=num_prefix)
     elif variant == "lasad_row":

@@ -10,19 +10,23 @@ import numpy as np
 import pytest
 
 from lasad_jax import ops
-from tests.ops.helpers import DK, DV, HEADS, PARALLEL, decay_kwargs, decode_all, random_qkv, rel_err
+from tests.ops.helpers import (COL_DECAY, DK, DV, HEADS, PARALLEL, ROW_DECAY, decay_kwargs, decode_all,
+                              random_qkv, rel_err)
 
 
 def test_lasad_state_layout_and_size():
     b, w = 2, 7
     state = ops.lasad_decode_init(b, HEADS, DK, DV, w)
     # The axis a step updates leads, so one column or one ring slot is one contiguous block.
-    assert state.cols.shape == (w + 1, b, HEADS, DK, DV)
-    assert state.keys.shape == (2 * w, b, HEADS, DK)
-    assert state.values.shape == (2 * w, b, HEADS, DV)
+    assert state.cols.shape == (w, b, HEADS, DK, DV)
+    assert state.keys.shape == (2 * w + 1, b, HEADS, DK)  # room for one prefix slot
+    assert state.values.shape == (2 * w + 1, b, HEADS, DV)
     numbers = sum(x.size for x in jax.tree.leaves(state) if x.ndim)
-    assert numbers == b * HEADS * ((w + 1) * DK * DV + 2 * w * (DK + DV))
+    assert numbers == b * HEADS * (w * DK * DV + (2 * w + 1) * (DK + DV))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state) if x.ndim)
+    small = ops.lasad_decode_init(b, HEADS, DK, DV, w, prefix_slots=3, kv_dtype=jnp.bfloat16)
+    assert small.keys.shape[0] == 2 * w + 3 and small.keys.dtype == jnp.bfloat16
+    assert small.cols.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("variant", ["lasad", "lasad_row"])
@@ -53,7 +57,8 @@ def test_bfloat16_state_storage(variant):
     ref = PARALLEL[variant](q, k, v, num_prefix=num_prefix, impl="reference",
                             **decay_kwargs(variant, width))
     b, _, h, dk = q.shape
-    init = {"lasad": lambda: ops.lasad_decode_init(b, h, dk, DV, width, jnp.bfloat16),
+    init = {"lasad": lambda: ops.lasad_decode_init(b, h, dk, DV, width, jnp.bfloat16,
+                                                   prefix_slots=num_prefix),
             "lasad_row": lambda: ops.lasad_row_decode_init(b, h, dk, DV, width, jnp.bfloat16),
             "linear_1d": lambda: ops.linear_1d_decode_init(b, h, dk, DV, jnp.bfloat16),
             "linear": lambda: ops.linear_decode_init(b, h, dk, DV, jnp.bfloat16)}[variant]
@@ -70,6 +75,27 @@ def test_step_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match=r"state's \[batch, heads, Dk, Dv\] = \(2, 3, 4, 6\)"):
         ops.lasad_decode_step(state, q, q, jnp.zeros((2, HEADS, DV + 1)),
                               row_decay=jnp.ones(HEADS), col_decay=jnp.ones(HEADS))
+    with pytest.raises(ValueError, match="num_prefix=2 is more than the state has room for"):
+        ops.lasad_decode_step(state, q, q, jnp.zeros((2, HEADS, DV)), num_prefix=2,
+                              row_decay=jnp.ones(HEADS), col_decay=jnp.ones(HEADS))
     with pytest.raises(ValueError, match="col_decay values must lie in"):
         ops.lasad_decode_step(state, q, q, jnp.zeros((2, HEADS, DV)),
                               row_decay=jnp.ones(HEADS), col_decay=jnp.zeros(HEADS))
+
+
+def test_bfloat16_keys_and_values_are_stored_exactly():
+    """bf16 inputs: keys and values kept in bf16 give the same outputs as kept in float32."""
+    q, k, v = random_qkv(5, 2, 1 + 5 * 4 + 2, dtype=jnp.bfloat16)
+    row, col = jnp.asarray(ROW_DECAY), jnp.asarray(COL_DECAY)
+
+    def run(kv_dtype):
+        state = ops.lasad_decode_init(2, HEADS, DK, DV, 4, kv_dtype=kv_dtype)
+        step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
+                                                  num_prefix=1)[::-1]
+        final, o = jax.lax.scan(step, state, tuple(x.swapaxes(0, 1) for x in (q, k, v)))
+        return o, final
+
+    o16, final = jax.jit(run, static_argnums=0)(jnp.bfloat16)
+    o32, _ = jax.jit(run, static_argnums=0)(jnp.float32)
+    assert final.keys.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(o16, np.float32), np.asarray(o32, np.float32))

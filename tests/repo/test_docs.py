@@ -31,8 +31,8 @@ def _numbers(state) -> int:
 
 def test_decoding_state_sizes_match_the_docs():
     b, h, dk, dv, w = 1, 1, 8, 4, 16
-    # Column states and the prefix state, and two grid rows of keys and values.
-    want = (w + 1) * dk * dv + 2 * w * (dk + dv)
+    # One state per column, and keys and values of two grid rows and one prefix slot.
+    want = w * dk * dv + (2 * w + 1) * (dk + dv)
     assert _numbers(ops.lasad_decode_init(b, h, dk, dv, w)) == want
     assert _numbers(ops.lasad_row_decode_init(b, h, dk, dv, w)) == 4 * dk * dv
     assert _numbers(ops.linear_1d_decode_init(b, h, dk, dv)) == 2 * dk * dv
