@@ -84,19 +84,20 @@ def cache_bytes(preset: str, mixer: str, grid: int, dtype: str = "bfloat16") -> 
 
 def token_traffic(preset: str, grid: int) -> dict[str, int]:
     """Bytes of decoding state one token step reads and writes, per image, from the state
-    layouts (a count, not a measurement; docs/decoding.md). Per layer and head, LASAD
-    reads two grid rows of keys and values (`2 w (Dk + Dv)`), reads and writes one column
-    state, reads it back with the prefix state (`4 Dk Dv`) and writes one ring slot, all
-    float32; softmax as implemented here reads its whole fixed-size bf16 cache
-    (`2 (1 + h w) D`) every token, and a cache that grew with the position would read
-    half of that on average over the image."""
+    layouts of the bf16 model (a count, not a measurement; docs/decoding.md). Per layer
+    and head, LASAD reads one float32 column state, writes it and reads it back
+    (`3 Dk Dv`), reads the bf16 keys and values of two grid rows and the class slot
+    (`(2 w + 1)(Dk + Dv)`) and writes one slot; softmax as implemented here reads its whole
+    fixed-size bf16 cache (`2 (1 + h w) D`) every token and writes one slot, and a cache
+    that grew with the position would read half of it on average over the image."""
     from lasad_jax.models.config import PRESETS
 
     layers, heads, dim = PRESETS[preset]
     d, w, n = dim // heads, grid, 1 + grid * grid
-    per_head = {"lasad": 4 * (4 * d * d + 2 * w * 2 * d + 2 * d), "softmax": 2 * 2 * n * d}
+    per_head = {"lasad": 4 * 3 * d * d + 2 * (2 * w + 2) * 2 * d,
+                "softmax": 2 * 2 * (n + 1) * d}
     out = {k: layers * heads * v for k, v in per_head.items()}
-    out["softmax_growing"] = out["softmax"] // 2
+    out["softmax_growing"] = layers * heads * 2 * 2 * (n // 2 + 1) * d
     return out
 
 
@@ -109,13 +110,14 @@ def decode_memory(path: pathlib.Path) -> list[dict]:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
     px = [r["pixels"] for r in rows]
     ax.plot(px, [r["lasad"] / 2**20 for r in rows], "o-",
-            label="LASAD state (float32): (w+1) Dk Dv + 2w (Dk+Dv)")
+            label="LASAD: w Dk Dv (float32) + (2w+1)(Dk+Dv) (bf16)")
     ax.plot(px, [r["softmax"] / 2**20 for r in rows], "o-",
             label="softmax KV cache (bf16): 2 (1 + h w) D")
     ax.set_ylabel("MiB held per image (per row of the batch)")
     ax.set_title("decoding state held", fontsize=10)
     t = [r["per_token"] for r in rows]
-    bx.plot(px, [x["lasad"] / 2**20 for x in t], "o-", label="LASAD: ~4 Dk Dv + 2w (Dk+Dv)")
+    bx.plot(px, [x["lasad"] / 2**20 for x in t], "o-",
+            label="LASAD: 3 Dk Dv (float32) + (2w+2)(Dk+Dv) (bf16)")
     bx.plot(px, [x["softmax"] / 2**20 for x in t], "o-",
             label="softmax, fixed-size cache (this repo)")
     bx.plot(px, [x["softmax_growing"] / 2**20 for x in t], "o--",

@@ -149,11 +149,11 @@ def test_device_check_script_runs_every_stage(tmp_path):
     proc = subprocess.run(["bash", str(script), str(tmp_path), "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for stage in ("tests", "softmax", "masked_probe", "kernels", "decode_step"):
+    for stage in ("tests", "softmax", "masked_probe", "kernels", "sampling"):
         assert f"== {stage}: exit 0" in proc.stdout
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["decode_step_cpu.json", "device.txt", "kernels_cpu.json", "log.txt",
-                     "masked_probe_cpu.json", "softmax_cpu.json"]
+    assert files == ["device.txt", "kernels_cpu.json", "log.txt", "masked_probe_cpu.json",
+                     "sampling_cpu.json", "softmax_cpu.json"]
     kernels = json.loads((tmp_path / "kernels_cpu.json").read_text())
     assert kernels["complete"]
     # The softmax rows timed by their own stage join the LASAD stage's speedups.
