@@ -166,11 +166,13 @@ class SoftmaxMixer(nnx.Module):
 
     def init_cache(self, batch: int) -> dict[str, jax.Array]:
         """Keys and values of every slot the sampler can feed (prefix + grid - 1), in the
-        compute dtype, `[batch, heads, slot, head_dim]`: batch and heads lead, so both
-        products of a step are plain batched matmuls over the cache as it lies. With the
-        slot axis first XLA transposed the whole cache at every token (CPU, float32)."""
+        compute dtype, `[batch * heads, slot, head_dim]`: both products of a step are then
+        batched matmuls over the cache as it lies, at every batch size. Other layouts made
+        XLA rewrite the whole cache at every token (CPU, float32; docs/decoding.md): with
+        the slot axis first or second it transposed the cache, and with a batch axis of
+        size one (one image, no guidance) it copied it."""
         cfg = self.cfg
-        shape = (batch, cfg.num_heads, cfg.num_prefix + cfg.num_tokens, cfg.head_dim)
+        shape = (batch * cfg.num_heads, cfg.num_prefix + cfg.num_tokens, cfg.head_dim)
         dtype = self.qkv.dtype or jnp.float32
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
@@ -182,14 +184,15 @@ class SoftmaxMixer(nnx.Module):
         The cache is written in place, then only the written version is read."""
         q, k, v = self._qkv(x, slot)
         dt = cache["k"].dtype
-        ck = jax.lax.dynamic_update_index_in_dim(cache["k"], k.astype(dt), slot, 2)
-        cv = jax.lax.dynamic_update_index_in_dim(cache["v"], v.astype(dt), slot, 2)
-        scores = jnp.einsum("bhd,bhtd->bht", q.astype(dt), ck,
-                            preferred_element_type=jnp.float32)
+        rows = q.shape[0] * q.shape[1]
+        q, k, v = (t.reshape(rows, t.shape[-1]).astype(dt) for t in (q, k, v))
+        ck = jax.lax.dynamic_update_index_in_dim(cache["k"], k, slot, 1)
+        cv = jax.lax.dynamic_update_index_in_dim(cache["v"], v, slot, 1)
+        scores = jnp.einsum("nd,ntd->nt", q, ck, preferred_element_type=jnp.float32)
         scores = scores * (1.0 / math.sqrt(self.cfg.head_dim))
-        valid = jnp.arange(ck.shape[2]) <= slot
+        valid = jnp.arange(ck.shape[1]) <= slot
         probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
-        o = jnp.einsum("bht,bhtd->bhd", probs.astype(dt), cv, preferred_element_type=jnp.float32)
+        o = jnp.einsum("nt,ntd->nd", probs.astype(dt), cv, preferred_element_type=jnp.float32)
         return self.out(o.astype(x.dtype).reshape(x.shape)), {"k": ck, "v": cv}
 
 

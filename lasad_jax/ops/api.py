@@ -184,8 +184,8 @@ def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
     `prefix_slots` prefix slots; docs/decoding.md).
 
     Keep `dtype` float32: the column states are sums over the whole image (bfloat16
-    storage costs up to about 1% of the output, docs/decoding.md). `kv_dtype` (default:
-    `dtype`) stores the raw keys and values; the input dtype loses nothing.
+    storage costs about 5e-3 of the largest output, docs/decoding.md). `kv_dtype`
+    (default: `dtype`) stores the raw keys and values; the input dtype loses nothing.
     """
     _check_init(batch, heads, dk, dv, dtype, width)
     check_int("prefix_slots", prefix_slots, minimum=0)

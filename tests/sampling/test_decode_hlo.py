@@ -4,7 +4,7 @@ array and nothing in the loop body copies or rebuilds one (lasad_jax.sampling.hl
 On 2026-12-04 this failed on the previous `ops/decode.py` (a `lax.cond` row start over a
 `[B, H, w, 2, Dk, Dv]` grid: the conditional and a concatenate rebuilding the grid at
 every token) and on the previous softmax cache (`[batch, slot, heads, D]`: two transposes
-of each cache array per token).
+of each cache array per token), and on a `[batch, heads, slot, D]` cache at batch 1.
 """
 
 from __future__ import annotations
@@ -24,17 +24,22 @@ CFG = dict(vocab_size=11, num_classes=3, grid=(5, 8), num_layers=2, num_heads=2,
            gate_rank=4)
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
-def test_sampler_loop_updates_the_cache_in_place(mixer):
+@pytest.mark.parametrize("mixer,batch,cfg_scale",
+                         [(m, 3, 2.0) for m in MIXERS] + [("lasad", 1, 1.0), ("softmax", 1, 1.0)])
+def test_sampler_loop_updates_the_cache_in_place(mixer, batch, cfg_scale):
+    """Guided batches, and one image without guidance: a batch axis of size one changed
+    XLA's layout decisions (a [B, H, slot, D] KV cache was copied there, not at B >= 2)."""
     model = LASADGen(ModelConfig(mixer=mixer, **CFG), rngs=nnx.Rngs(0))
-    problems, text = sampler_problems(model, 3, cfg_scale=2.0)
+    problems, text = sampler_problems(model, batch, cfg_scale=cfg_scale)
     assert problems == []
     assert " while(" in text
     if mixer in ("lasad", "softmax"):  # the check is not vacuous: it guards their arrays
         from lasad_jax.sampling.generate import cache_batch_axes
 
-        cache = jax.eval_shape(lambda: model.init_cache(6))
-        guarded = guarded_arrays(cache, cache_batch_axes(model.init_cache, 6), 6 * 2 * 16 * 16)
+        rows = batch * (2 if cfg_scale != 1.0 else 1)
+        cache = jax.eval_shape(lambda: model.init_cache(rows))
+        column = rows * 2 * 16 * 16
+        guarded = guarded_arrays(cache, cache_batch_axes(model.init_cache, rows), column)
         assert len(guarded) == {"lasad": 6, "softmax": 4}[mixer]
 
 
