@@ -116,7 +116,7 @@ def measure(args, preset: str, grid: int, mixer: str) -> dict:
     compiled = _generate.lower(graphdef, params, labels, key, **sampling).compile()
     compile_s = time.perf_counter() - t0
     cache = jax.eval_shape(lambda: model.init_cache(rows))
-    twin = build(args, preset, grid, "softmax") if mixer != "softmax" else model
+    twin = nnx.eval_shape(lambda: build(args, preset, grid, "softmax"))  # no weights made
     row = dict(preset=preset, grid=grid, pixels=16 * grid, mixer=mixer, batch=args.batch,
                rows=rows, layers=model.cfg.num_layers, heads=model.cfg.num_heads,
                dim=model.cfg.dim, compile_s=compile_s, state_bytes=tree_bytes(cache),
