@@ -172,7 +172,7 @@ def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]]) -> list[st
                             continue
                     what = "copies" if instr.op.startswith("copy") else f"{instr.op} rewrites"
                     problems.append(f"{comp}: %{instr.name} {what} a whole {names[key]} "
-                                    f"({instr.shape.split('{')[0]}) at every iteration")
+                                    f"({instr.shape.split('{')[0]}) inside the loop")
     return problems
 
 
