@@ -12,8 +12,8 @@ float32 and return q's dtype.
 * `"pallas"`: the Pallas kernels (`lasad_jax.ops.pallas`), `lasad` variant only; TPU and
   GPU, interpret mode on CPU. Not chosen by `"auto"`: slower than `"chunked"` where timed.
 
-`lasad_decode_step` has its own switch, `DECODE_IMPLS`: `"xla"` (`ops.decode`), `"pallas"`
-(the fused one-kernel step, `ops.pallas.decode`) and `"auto"` (`DECODE_AUTO_TABLE`).
+Decoding forms (`*_decode_init`, `*_decode_step`) feed one slot at a time through a
+fixed-size state (`ops.decode`; docs/decoding.md); they have one implementation, in XLA.
 """
 
 from __future__ import annotations
@@ -39,24 +39,6 @@ IMPLS = ("auto", "reference", "chunked", "pallas")
 # Pallas kernel enters this table for a platform and length once benchmarks/kernels.py
 # shows it faster there; until then "auto" runs the XLA chunked form everywhere.
 AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
-
-
-DECODE_IMPLS = ("auto", "xla", "pallas")
-
-# impl="auto" for `lasad_decode_step`: (platform, impl), first match wins. The fused
-# Pallas step is exact (tests/ops/test_pallas_decode.py) but on an H200 (2026-12-04,
-# `benchmarks/decode_step.py --impls xla pallas`) no faster than the XLA step: 4 us slower
-# per token at batch 1, within 0.5% at batch 8 and 64. It enters here for a platform once
-# that benchmark shows it faster there. On CPU Pallas only interprets.
-DECODE_AUTO_TABLE: tuple[tuple[str, str], ...] = (("*", "xla"),)
-
-
-def select_decode_impl(platform: str) -> str:
-    """The decoding step `impl="auto"` runs on a platform ("cpu", "gpu", "tpu")."""
-    for plat, impl in DECODE_AUTO_TABLE:
-        if plat in ("*", platform):
-            return impl
-    return "xla"
 
 
 def select_impl(platform: str, num_tokens: int) -> str:
@@ -177,7 +159,7 @@ def linear_attention(
 def _check_step(state: Any, q, k, v, num_prefix) -> tuple[int, int]:
     """Checks one decoding slot against its state; returns (heads, num_prefix)."""
     b, _, h, dk, dv = check_qkv(q, k, v, token_axis=False)
-    want = tuple(state.prefix.shape)
+    want = state.dims
     if (b, h, dk, dv) != want:
         raise ValueError(
             f"q/k/v of shapes {tuple(q.shape)}/{tuple(k.shape)}/{tuple(v.shape)} do not match "
@@ -194,37 +176,40 @@ def _check_init(batch, heads, dk, dv, dtype, width=1):
 
 
 def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
-                      dtype: Any = jnp.float32) -> decode.LasadState:
-    """Empty LASAD decoding state for a grid of `width` columns: `(2 * width + 2) * Dk * Dv`
-    numbers per batch element and head. Keep `dtype` float32: the states are sums over
-    the whole image."""
+                      dtype: Any = jnp.float32, *, prefix_slots: int = 1,
+                      kv_dtype: Any = None) -> decode.LasadState:
+    """Empty LASAD decoding state for a grid of `width` columns: `width * Dk * Dv +
+    (2 * width + prefix_slots) * (Dk + Dv)` numbers per batch element and head (one
+    state per column, and the raw keys and values of two grid rows and of up to
+    `prefix_slots` prefix slots; docs/decoding.md).
+
+    Keep `dtype` float32: the column states are sums over the whole image (bfloat16
+    storage costs about 5e-3 of the largest output, docs/decoding.md). `kv_dtype`
+    (default: `dtype`) stores the raw keys and values; the input dtype loses nothing.
+    """
     _check_init(batch, heads, dk, dv, dtype, width)
-    return decode.lasad_init(batch, heads, dk, dv, width, dtype)
+    check_int("prefix_slots", prefix_slots, minimum=0)
+    kv_dtype = dtype if kv_dtype is None else kv_dtype
+    if not jnp.issubdtype(jnp.dtype(kv_dtype), jnp.floating):
+        raise ValueError(f"kv_dtype must be a floating dtype, got {kv_dtype}")
+    return decode.lasad_init(batch, heads, dk, dv, width, dtype, prefix_slots=prefix_slots,
+                             kv_dtype=kv_dtype)
 
 
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
-                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0,
-                      impl: str = "auto"):
+                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
     """Consumes the next slot (`q, k: [batch, heads, Dk]`, `v: [batch, heads, Dv]`) and
-    returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype.
-
-    `impl` in `DECODE_IMPLS`: "xla", "pallas" (one fused kernel per step; TPU, GPU with
-    power-of-two Dk and Dv, interpret mode on CPU) or "auto" (`select_decode_impl`).
-    """
+    returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype. Per token it reads
+    and writes one column state and reads two grid rows of keys and values, wherever the
+    token lies in the image."""
     h, num_prefix = _check_step(state, q, k, v, num_prefix)
-    logs = dict(log_row=check_decay("row_decay", row_decay, h),
-                log_col=check_decay("col_decay", col_decay, h))
-    check_choice("impl", impl, DECODE_IMPLS)
-    platform = jax.default_backend()
-    if impl == "auto":
-        impl = select_decode_impl(platform)
-    if impl == "xla":
-        return decode.lasad_step(state, q, k, v, num_prefix=num_prefix, **logs)
-    from lasad_jax.ops.pallas.decode import lasad_step_fused  # Pallas imports are not free
-
-    return lasad_step_fused(state, q, k, v, num_prefix=num_prefix,
-                            backend="gpu" if platform == "gpu" else "tpu",
-                            interpret=platform == "cpu", **logs)
+    if num_prefix > state.prefix_slots:
+        raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "
+                         f"(prefix_slots={state.prefix_slots}); pass "
+                         f"prefix_slots={num_prefix} to lasad_decode_init")
+    return decode.lasad_step(state, q, k, v, num_prefix=num_prefix,
+                             log_row=check_decay("row_decay", row_decay, h),
+                             log_col=check_decay("col_decay", col_decay, h))
 
 
 def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,

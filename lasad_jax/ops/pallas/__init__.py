@@ -10,20 +10,16 @@ Two kernels, both exact, both with Pallas backward passes behind `jax.custom_vjp
   GPU: an in-kernel loop over chunks with the states in the loop carry, on a grid padded to
   Triton's power-of-two sizes (exact). Linear work, for long T.
 
-And, for sampling, `lasad_step_fused` (decode.py): a whole `lasad` decoding step in one
-kernel, the states updated in place (`ops.lasad_decode_step(impl="pallas")`).
-
 Measured so far, and only this (benchmarks/RESULTS.md): all kernels, on both backends,
 match `lasad_jax.ops.reference` on CPU in Pallas' interpret mode (values and all
 gradients) and lower for TPU (Mosaic) and CUDA (Triton IR). On an NVIDIA H200 (JAX 0.11.2,
 2026-12-04) the GPU kernels compile and match the reference within 1e-4 in float32
-(tests/ops/test_pallas_api.py), the fused decoding step matches the XLA step within 2e-7, and,
+(tests/ops/test_pallas_api.py), and,
 with the IEEE float32 dots they then used for every input, the masked kernel was 25 to 50
 times slower than the XLA chunked form at T = 256 and 1024; the dots now follow the input
 dtype (`precision.py`: TF32 for bfloat16 inputs, 23x faster in a forward-only probe), not
 yet timed end to end. The chunked GPU kernel has not been timed, no TPU has run any of
-them, and the fused step is no faster than XLA's. So `impl="auto"` does not pick them
-(`ops.api.AUTO_TABLE`, `ops.api.DECODE_AUTO_TABLE`).
+them. So `impl="auto"` does not pick them (`ops.api.AUTO_TABLE`).
 """
 
 from __future__ import annotations
