@@ -2,15 +2,18 @@
 
 Parallel forms take `q, k: [batch, T, heads, Dk]`, `v: [batch, T, heads, Dv]`; slots
 `0..num_prefix-1` are prefix memory and the `T - num_prefix` image tokens fill a grid of
-`width` columns in raster order (the last row may be partial). All forms compute in
-float32 and return q's dtype.
+`width` columns in raster order (the last row may be partial). They return q's dtype;
+matmuls run in the input dtype with float32 accumulation, states are float32
+(docs/operator.md, "Numerics").
 
-`impl`:
+`impl` (docs/operator.md, "Implementations"):
 * `"reference"`: the quadratic masked form, `O(T^2)`; the spec in code.
-* `"chunked"`: row chunks and a `lax.scan` over per-column states, `O(T)`.
-* `"auto"`: `select_impl`'s choice for the platform and length.
-* `"pallas"`: the Pallas kernels (`lasad_jax.ops.pallas`), `lasad` variant only; TPU and
-  GPU, interpret mode on CPU. Not chosen by `"auto"`: slower than `"chunked"` where timed.
+* `"chunked"`: the chunkwise-parallel form (`ops/chunked.py`), `O(T)`: every chunk's
+  intra-chunk products, chunk sums and inter-chunk reads at once, a short pass over the
+  chunk-boundary states in between.
+* `"pallas"`: the same split as fused Pallas kernels (`lasad_jax.ops.pallas`), `lasad`
+  variant only; TPU and GPU, interpret mode on CPU.
+* `"auto"`: `select_impl`'s choice for the platform and length (`AUTO_TABLE`).
 
 `lasad_decode_step` has its own switch, `DECODE_IMPLS`: `"xla"` (`ops.decode`), `"pallas"`
 (the fused one-kernel step, `ops.pallas.decode`) and `"auto"` (`DECODE_AUTO_TABLE`).

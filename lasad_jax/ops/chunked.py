@@ -1,46 +1,74 @@
-"""The chunked parallel form: exact, linear in the number of rows, one `lax.scan`.
+"""The chunkwise-parallel form: exact, linear in the number of rows, parallel over chunks.
 
-The image tokens are cut into chunks of about `chunk_size` tokens. For the 2D variants a
-chunk is `R` whole grid rows (`R = chunk_size // width`, at least one), so that rows never
-straddle chunks. A `jax.lax.scan` walks the chunks. Each step runs the exact masked
-quadratic form inside its chunk (two matmuls) and reads the decayed key-value states that
-summarise every earlier chunk:
+This is the training form of docs/operator.md ("Chunkwise-parallel form"), the split of
+every fast linear-attention kernel. The image tokens are cut into chunks of about
+`chunk_size` tokens; for the 2D variants a chunk is `R` whole grid rows
+(`R = chunk_size // width`, at least one), so rows never straddle chunks and one mask of
+relative positions serves every chunk. Then, with no loop over chunks except step 3:
 
-* `lasad` keeps one `Dk x Dv` state per grid column, `A(c) = sum_{earlier rows} a^(r0-r) k v^T`.
-  A query at row `r0 + dr`, column `c`, adds `a^dr q . H(c)` with `H = T_b A` the
-  cross-column smoothing (`b^|c - c'|`), so every earlier-chunk key gets exactly
-  `a^(r_i - r_j) b^|c_i - c_j|`.
-* `lasad_row` ignores the column across rows, so its state is the column sum.
-* `linear_1d` and `linear` are ordinary chunked linear attention with one state.
+1. intra-chunk, all chunks at once: the exact masked quadratic form `((q k^T) * D) v`
+   inside each chunk, two batched matmuls in the input dtype with float32 accumulation;
+2. chunk sums, all chunks at once: `S_n = sum_{token in chunk n} a^(tau_end - tau) k v^T`
+   per state column (one per grid column for `lasad`, a single one otherwise);
+3. state pass, short and sequential over the `N` chunks only: for `lasad` the sums are
+   first smoothed across columns (`T_b S_n`, a `w x w` Toeplitz matmul, all chunks at
+   once; by linearity this equals smoothing the states), then
+   `H_{n+1} = a^(tau_chunk) H_n + T_b S_n` (`STATE_PASSES`: a `lax.scan` of elementwise
+   updates, or one lower-triangular decay-matrix product over chunks);
+4. inter-chunk, all chunks at once: a token at decay clock `tau` in chunk `n` adds
+   `a^tau q . H_n(column)`, one batched `[G x Dk] @ [Dk x Dv]` matmul per state column.
 
-All cases are one engine: a chunk is a `[G, S]` block of tokens (`S` = state columns),
-`tau[g, s]` is the token's decay clock inside the chunk (row offset for the 2D variants,
-token offset for the 1D ones), and the state decays by `a^chunk_tau` per chunk.
+Variants share the engine: a chunk is a `[G, S]` block of tokens (`S` state columns),
+`tau[g, s]` is a token's decay clock inside its chunk (row offset for the 2D variants,
+token offset for `linear_1d`), and a chunk spans `tau_chunk` ticks of the clock. `lasad`:
+`G = R` rows, `S = w` columns. `lasad_row`: its state ignores the column across rows, so
+`S = 1` and the clock is the row offset. `linear_1d`: `S = 1`, clock = token offset.
+`linear`: the same with a decay of 1.
 
-Cost per token and head, chunk of `C` tokens: `2 C (Dk + Dv)` for the intra-chunk part,
-about `4 Dk Dv` for the states and, for `lasad`, `2 w^2 Dk Dv / C` for the smoothing. For a
-fixed width that is constant, so time is linear in the number of rows. For square grids
-(`w = sqrt(T)`) the state terms grow with `w`; with `C = 1024` they stay below the
-intra-chunk work up to `w = 128` (T = 16384), see benchmarks/RESULTS.md. Each chunk is
-rematerialised in the backward pass, so memory is one carried state per chunk boundary
-(`w Dk Dv` per head for `lasad`) plus one chunk's `C x C` scores at a time.
+Dtypes: matmul operands stay in the input dtype (bfloat16 in training) with float32
+accumulation (`preferred_element_type`); the decay-weighted scores, the decayed keys and
+queries and the states are rounded to the input dtype just before their matmul, as
+flash-style kernels round P. States are accumulated and passed in float32. With float32
+inputs every step is float32, exact to rounding against `reference.masked_attention`.
+
+Memory: autodiff would keep each chunk's `C x C` scores and the `N x w x Dk x Dv`
+chunk-boundary states for the backward pass (for `lasad` the states alone are
+`Dk Dv / R` numbers per token and head, ten times q, k and v at `R = 8`, `D = 64`).
+`REMAT_POLICIES` chooses what the backward keeps; the default (`DEFAULT_REMAT`, chosen by
+benchmarks/chunk_design.py, see docs/operator.md) keeps only q, k, v and the decays and
+recomputes the rest.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
-from lasad_jax.ops.decay import decay_mask, smooth_columns
+from lasad_jax.ops.decay import column_toeplitz, decay_mask
 from lasad_jax.ops.reference import masked_attention
 
-# Tokens per chunk when the caller does not choose. 1024 keeps every sequence of a 256 px
-# or 384 px model (T <= 577) in one chunk, i.e. the plain masked form, and keeps the time
-# linear in T up to 16k-token square grids (benchmarks/RESULTS.md has the sweep).
-DEFAULT_CHUNK_SIZE = 1024
+F32 = jnp.float32
+
+# Tokens per chunk when the caller does not choose: measured on CPU
+# (benchmarks/op_scaling.py --chunk_sizes, docs/operator.md "Chunk size"). A whole
+# 256 px image (T = 257) is one chunk, i.e. the plain masked form.
+DEFAULT_CHUNK_SIZE = 256
+
+# How the states are passed from chunk to chunk (step 3); both exact.
+STATE_PASSES = ("scan", "matmul")
+DEFAULT_STATE_PASS = "scan"
+
+# What the backward pass keeps: "none" (autodiff keeps every residual: scores and
+# states), "states" (keeps the chunk-boundary states, recomputes the intra-chunk scores),
+# "inputs" (keeps q, k, v and the decays only; recomputes the whole forward).
+REMAT_POLICIES = ("none", "states", "inputs")
+DEFAULT_REMAT = "inputs"
+_STATES_NAME = "lasad_chunk_states"
 
 
 class ChunkLayout(NamedTuple):
@@ -66,6 +94,31 @@ def chunk_layout(variant: str, width: int, chunk_size: int, num_image: int) -> C
     return ChunkLayout(tokens, tokens, 1, np.arange(tokens)[:, None], tokens)
 
 
+def with_prefix(image_fn: Callable, q: jax.Array, k: jax.Array, v: jax.Array,
+                num_prefix: int) -> jax.Array:
+    """Prefix slots around an image-token operator; returns float32 `[B, T, H, Dv]`.
+
+    Prefix slots are undecayed global memory: among themselves they are causal linear
+    attention (`P` slots, the masked form), and every image token reads their sum
+    `sum_j k_j v_j^T` with weight 1. `image_fn(q, k, v)` does the image tokens.
+    """
+    num_image = q.shape[1] - num_prefix
+    outs = []
+    if num_prefix:
+        qp, kp, vp = q[:, :num_prefix], k[:, :num_prefix], v[:, :num_prefix]
+        zero = jnp.zeros((q.shape[2],), F32)
+        outs.append(masked_attention("linear", qp, kp, vp, width=1, num_prefix=0,
+                                     log_row=zero, log_col=zero))
+    if num_image:
+        qi, ki, vi = q[:, num_prefix:], k[:, num_prefix:], v[:, num_prefix:]
+        o = image_fn(qi, ki, vi).astype(F32)
+        if num_prefix:
+            s_prefix = jnp.einsum("bjhd,bjhe->bhde", kp, vp, preferred_element_type=F32)
+            o = o + jnp.einsum("bihd,bhde->bihe", qi.astype(F32), s_prefix)
+        outs.append(o)
+    return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+
+
 def chunked_attention(
     variant: str,
     q: jax.Array,
@@ -77,38 +130,36 @@ def chunked_attention(
     log_row: jax.Array,
     log_col: jax.Array,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    remat: bool = True,
+    state_pass: str = DEFAULT_STATE_PASS,
+    remat: str = DEFAULT_REMAT,
 ) -> jax.Array:
     """Same result as `reference.masked_attention`, in time linear in the number of rows;
     returns float32.
 
-    `remat=False` keeps every chunk's residuals for the backward pass instead of
-    recomputing them; it exists to measure that choice (benchmarks/chunk_design.py).
+    `state_pass` (`STATE_PASSES`) and `remat` (`REMAT_POLICIES`) exist to measure those
+    choices (benchmarks/chunk_design.py); the defaults are the measured ones.
     """
-    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    num_image = q.shape[1] - num_prefix
-    outs = []
-    if num_prefix:
-        qp, kp, vp = q[:, :num_prefix], k[:, :num_prefix], v[:, :num_prefix]
-        # Prefix slots see each other causally and undecayed: the `linear` mask.
-        outs.append(
-            masked_attention(
-                "linear", qp, kp, vp, width=1, num_prefix=0, log_row=log_row, log_col=log_col
-            )
-        )
-    if num_image:
-        qi, ki, vi = q[:, num_prefix:], k[:, num_prefix:], v[:, num_prefix:]
-        o = _image_attention(
-            variant, qi, ki, vi, width, log_row, log_col, chunk_size, remat
-        )
-        if num_prefix:
-            # Every image token sees every prefix slot with weight 1.
-            o = o + jnp.einsum("bihd,bjhd,bjhe->bihe", qi, kp, vp)
-        outs.append(o)
-    return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+    if state_pass not in STATE_PASSES:
+        raise ValueError(f"state_pass must be one of {STATE_PASSES}, got {state_pass!r}")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
+    image = functools.partial(_image_attention, variant, width=width, chunk_size=chunk_size,
+                              state_pass=state_pass)
+    if remat == "inputs":
+        image = jax.checkpoint(image, policy=jax.checkpoint_policies.nothing_saveable)
+    elif remat == "states":
+        image = jax.checkpoint(
+            image, policy=jax.checkpoint_policies.save_only_these_names(_STATES_NAME))
+    log_row, log_col = log_row.astype(F32), log_col.astype(F32)
+    return with_prefix(lambda q, k, v: image(q, k, v, log_row, log_col), q, k, v, num_prefix)
 
 
-def _image_attention(variant, q, k, v, width, log_row, log_col, chunk_size, remat):
+def _mm(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """A batched matmul in the dtype of `b` (the input dtype), accumulated in float32."""
+    return jnp.einsum(spec, a.astype(b.dtype), b, preferred_element_type=F32)
+
+
+def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size, state_pass):
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
     lay = chunk_layout(variant, width, chunk_size, num_image)
@@ -119,47 +170,62 @@ def _image_attention(variant, q, k, v, width, log_row, log_col, chunk_size, rema
         # Padding sits after the last real token, so causality already hides it; zeros
         # keep it out of the states as well.
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-    # Chunk-major, head-major layout [n, B, H, C, D]: each einsum below is a batched matmul
-    # whose operands and result need no transpose of state-sized arrays.
-    qc, kc, vc = (x.reshape(b, n, c, h, -1).transpose(1, 0, 3, 2, 4) for x in (q, k, v))
-    # A chunk starts on a row boundary (2D variants), so one mask of relative positions
-    # serves every chunk.
-    mask = decay_mask(variant, c, 0, width, log_row, log_col)[None]  # [1, H, C, C]
+    # Head-major, chunk-major blocks [B, H, N, C, D]: every matmul below is batched over
+    # (B, H, N) or (B, H, N, S).
+    qc, kc, vc = (x.reshape(b, n, c, h, -1).transpose(0, 3, 1, 2, 4) for x in (q, k, v))
 
-    def intra(qn, kn, vn):
-        scores = jnp.einsum("bhtd,bhsd->bhts", qn, kn) * mask
-        return jnp.einsum("bhts,bhse->bhte", scores, vn)
+    # 1. Intra-chunk. A chunk starts on a row boundary (2D variants), so one mask of
+    #    relative positions serves every chunk.
+    mask = decay_mask(variant, c, 0, width, log_row, log_col)[:, None]  # [H, 1, C, C]
+    scores = _mm("bhnid,bhnjd->bhnij", qc, kc) * mask
+    out = _mm("bhnij,bhnje->bhnie", scores, vc)
 
-    if n == 1:
-        out = intra(qc[0], kc[0], vc[0])[None]
-    else:
+    if n > 1:
         log_a = log_row if variant != "linear" else jnp.zeros_like(log_row)
-        tau = jnp.asarray(lay.tau.T, jnp.float32)[..., None]  # [S, G, 1]
-        la = log_a[:, None, None, None]  # [H, 1, 1, 1]
-        q_decay = jnp.exp(tau * la)  # a query's decay back to its chunk's start
-        k_decay = jnp.exp((lay.chunk_tau - tau) * la)  # a key's decay to its chunk's end
-        chunk_decay = jnp.exp(lay.chunk_tau * log_a)[:, None, None, None]
+        la = log_a[:, None, None, None, None]  # [H, 1, 1, 1, 1] against [S, G, 1] clocks
+        tau = jnp.asarray(lay.tau.T, F32)[..., None]  # [S, G, 1]; products are [H, 1, S, G, 1]
 
-        def body(state, x):
-            # state: [B, H, S, Dk, Dv], the keys of all earlier chunks decayed to this
-            # chunk's start, one state per column (lasad) or a single one.
-            qn, kn, vn = x  # [B, H, C, D]
-            out = intra(qn, kn, vn)
-            # Token blocks as [B, H, S, G, D]: the tokens of each state column together.
-            qg, kg, vg = (y.reshape(b, h, g, s, -1).swapaxes(2, 3) for y in (qn, kn, vn))
-            seen = state
-            if variant == "lasad":
-                seen = smooth_columns(state, log_col)
-            inter = jnp.einsum("bhsgd,bhsde->bhsge", qg * q_decay, seen)
-            out = out + inter.swapaxes(2, 3).reshape(b, h, c, dv)
-            chunk_kv = jnp.einsum("bhsgd,bhsge->bhsde", kg * k_decay, vg)
-            return chunk_decay * state + chunk_kv, out
+        def by_column(x):  # [B, H, N', C, D] -> [B, H, N', S, G, D]
+            return x.reshape(*x.shape[:3], g, s, x.shape[-1]).swapaxes(3, 4)
 
-        # Rematerialise each chunk in the backward pass: only the carried states are kept
-        # per chunk instead of the C x C scores. It is also faster on CPU, where writing
-        # and re-reading the saved scores is memory-bound (benchmarks/RESULTS.md).
-        if remat:
-            body = jax.checkpoint(body)
-        init = jnp.zeros((b, h, s, dk, dv), jnp.float32)
-        _, out = jax.lax.scan(body, init, (qc, kc, vc))
-    return out.transpose(1, 0, 3, 2, 4).reshape(b, n * c, h, dv)[:, :num_image]
+        # 2. Chunk sums of every chunk but the last (no later chunk reads it): each key
+        #    decayed to its chunk's end.
+        k_end = by_column(kc[:, :, :-1]).astype(F32) * jnp.exp((lay.chunk_tau - tau) * la)
+        sums = _mm("bhnsgd,bhnsge->bhnsde", k_end, by_column(vc[:, :, :-1]))
+        # 3. Smoothing across columns, then the state pass: states[:, :, i] = H_{i+1},
+        #    what chunk i + 1 reads.
+        if variant == "lasad":
+            # Broadcast over (B, N) so the contraction is a plain batched matmul and XLA
+            # never transposes the (large) sums.
+            toe = jnp.broadcast_to(column_toeplitz(width, log_col)[:, None], (b, h, n - 1, s, s))
+            flat = sums.reshape(b, h, n - 1, s, dk * dv)
+            sums = jnp.einsum("bhnij,bhnjf->bhnif", toe, flat).reshape(sums.shape)
+        states = _pass_states(sums, lay.chunk_tau * log_a, state_pass)
+        states = checkpoint_name(states, _STATES_NAME)
+        # 4. Inter-chunk, chunks 1..N-1: each query decayed back to its chunk's start.
+        q_start = by_column(qc[:, :, 1:]).astype(F32) * jnp.exp(tau * la)
+        inter = jnp.einsum("bhnsgd,bhnsde->bhnsge", q_start.astype(q.dtype),
+                           states.astype(q.dtype), preferred_element_type=F32)
+        inter = inter.swapaxes(3, 4).reshape(b, h, n - 1, c, dv)
+        out = jnp.concatenate([out[:, :, :1], out[:, :, 1:] + inter], axis=2)
+    return out.transpose(0, 2, 3, 1, 4).reshape(b, n * c, h, dv)[:, :num_image]
+
+
+def _pass_states(sums: jax.Array, log_decay: jax.Array, method: str) -> jax.Array:
+    """Inclusive decayed prefix sum over the chunk axis (axis 2) of `sums: [B, H, N, ...]`:
+    `out[:, :, i] = sum_{m <= i} exp((i - m) log_decay) sums[:, :, m]`, `log_decay: [H]`."""
+    if method == "matmul":
+        i = jnp.arange(sums.shape[2], dtype=F32)
+        dist = i[:, None] - i[None, :]
+        expo = jnp.where(dist >= 0, dist, 0.0)[None] * log_decay[:, None, None]
+        tri = jnp.where(dist >= 0, jnp.exp(expo), 0.0)  # [H, N, N]
+        flat = sums.reshape(*sums.shape[:3], -1)
+        return jnp.einsum("hij,bhjf->bhif", tri, flat).reshape(sums.shape)
+    decay = jnp.exp(log_decay).reshape(1, -1, *([1] * (sums.ndim - 3)))
+
+    def step(carry, x):
+        carry = decay * carry + x
+        return carry, carry
+
+    _, out = jax.lax.scan(step, jnp.zeros_like(sums[:, :, 0]), jnp.moveaxis(sums, 2, 0))
+    return jnp.moveaxis(out, 0, 2)
