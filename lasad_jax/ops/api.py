@@ -34,13 +34,14 @@ from lasad_jax.ops.validation import check_choice, check_decay, check_int, check
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
 # impl="auto": (platform, longest T for which the choice holds, impl), first match wins.
-# On CPU the chunked form is as fast as the reference already at T = 256 (a single chunk
-# *is* the masked quadratic form) and much faster beyond; see benchmarks/RESULTS.md. On an
-# H200 (2026-12-04, bf16, 16 heads, D = 64) the chunked form took 0.088 / 0.208 ms (forward /
-# forward+backward) at T = 256 and 0.193 / 0.482 ms at T = 1024, the Pallas masked kernel (then
-# with IEEE float32 dots) 2.2 / 8.0 ms and 9.5 ms (forward); longer T was not reached. A
-# Pallas kernel enters this table for a platform and length once benchmarks/kernels.py
-# shows it faster there; until then "auto" runs the XLA chunked form everywhere.
+# The one place where measurements choose an implementation (docs/operator.md, "The impl
+# switch"). Today: the chunkwise-parallel XLA form everywhere. On CPU it is the measured
+# choice (benchmarks/RESULTS.md, "Operator scaling, CPU"; for T <= chunk_size it is a
+# single chunk, i.e. the masked form). On GPU and TPU nothing else has been timed: the
+# Pallas split (`impl="pallas"`) enters a row here for a platform and range of T once
+# `benchmarks/kernels.py` (run by benchmarks/device_check.sh) shows it faster than the XLA
+# form there, with the measurement cited in benchmarks/RESULTS.md. The kernels it replaced
+# lost to the XLA form on an H200 (2026-12-04; RESULTS.md, "Before").
 AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
 
 

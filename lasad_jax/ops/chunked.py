@@ -195,12 +195,8 @@ def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size, s
         # 3. Smoothing across columns, then the state pass: states[:, :, i] = H_{i+1},
         #    what chunk i + 1 reads.
         if variant == "lasad":
-            # Broadcast over (B, N) so the contraction is a plain batched matmul and XLA
-            # never transposes the (large) sums.
-            toe = jnp.broadcast_to(column_toeplitz(width, log_col)[:, None], (b, h, n - 1, s, s))
-            flat = sums.reshape(b, h, n - 1, s, dk * dv)
-            sums = jnp.einsum("bhnij,bhnjf->bhnif", toe, flat).reshape(sums.shape)
-        states = _pass_states(sums, lay.chunk_tau * log_a, state_pass)
+            sums = smooth_sums(sums, log_col)
+        states = pass_states(sums, lay.chunk_tau * log_a, state_pass)
         states = checkpoint_name(states, _STATES_NAME)
         # 4. Inter-chunk, chunks 1..N-1: each query decayed back to its chunk's start.
         q_start = by_column(qc[:, :, 1:]).astype(F32) * jnp.exp(tau * la)
@@ -211,7 +207,18 @@ def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size, s
     return out.transpose(0, 2, 3, 1, 4).reshape(b, n * c, h, dv)[:, :num_image]
 
 
-def _pass_states(sums: jax.Array, log_decay: jax.Array, method: str) -> jax.Array:
+def smooth_sums(sums: jax.Array, log_col: jax.Array) -> jax.Array:
+    """`T_b` across the grid columns of `sums: [B, H, N, w, Dk, Dv]` (float32), all chunks
+    at once: one `w x w` Toeplitz matmul per (batch, head, chunk), the Toeplitz matrix
+    broadcast over (B, N) so that the contraction is a plain batched matmul and XLA never
+    transposes the (large) sums."""
+    b, h, n, w, dk, dv = sums.shape
+    toe = jnp.broadcast_to(column_toeplitz(w, log_col)[:, None], (b, h, n, w, w))
+    flat = sums.reshape(b, h, n, w, dk * dv)
+    return jnp.einsum("bhnij,bhnjf->bhnif", toe, flat).reshape(sums.shape)
+
+
+def pass_states(sums: jax.Array, log_decay: jax.Array, method: str) -> jax.Array:
     """Inclusive decayed prefix sum over the chunk axis (axis 2) of `sums: [B, H, N, ...]`:
     `out[:, :, i] = sum_{m <= i} exp((i - m) log_decay) sums[:, :, m]`, `log_decay: [H]`."""
     if method == "matmul":
