@@ -170,69 +170,69 @@ def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size, s
         # Padding sits after the last real token, so causality already hides it; zeros
         # keep it out of the states as well.
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-    # Head-major, chunk-major blocks [B, H, N, C, D]: every matmul below is batched over
-    # (B, H, N) or (B, H, N, S).
-    qc, kc, vc = (x.reshape(b, n, c, h, -1).transpose(0, 3, 1, 2, 4) for x in (q, k, v))
+    # Chunk-major blocks [N, B, H, C, D]: every matmul below is batched over (N, B, H) or
+    # (N, B, H, S), and the state pass walks the leading axis without a transpose.
+    qc, kc, vc = (x.reshape(b, n, c, h, -1).transpose(1, 0, 3, 2, 4) for x in (q, k, v))
 
     # 1. Intra-chunk. A chunk starts on a row boundary (2D variants), so one mask of
     #    relative positions serves every chunk.
-    mask = decay_mask(variant, c, 0, width, log_row, log_col)[:, None]  # [H, 1, C, C]
-    scores = _mm("bhnid,bhnjd->bhnij", qc, kc) * mask
-    out = _mm("bhnij,bhnje->bhnie", scores, vc)
+    mask = decay_mask(variant, c, 0, width, log_row, log_col)  # [H, C, C]
+    scores = _mm("nbhid,nbhjd->nbhij", qc, kc) * mask
+    out = _mm("nbhij,nbhje->nbhie", scores, vc)
 
     if n > 1:
         log_a = log_row if variant != "linear" else jnp.zeros_like(log_row)
-        la = log_a[:, None, None, None, None]  # [H, 1, 1, 1, 1] against [S, G, 1] clocks
-        tau = jnp.asarray(lay.tau.T, F32)[..., None]  # [S, G, 1]; products are [H, 1, S, G, 1]
+        la = log_a[:, None, None, None]  # [H, 1, 1, 1] against [S, G, 1] clocks
+        tau = jnp.asarray(lay.tau.T, F32)[..., None]  # [S, G, 1]; products are [H, S, G, 1]
 
-        def by_column(x):  # [B, H, N', C, D] -> [B, H, N', S, G, D]
+        def by_column(x):  # [N', B, H, C, D] -> [N', B, H, S, G, D]
             return x.reshape(*x.shape[:3], g, s, x.shape[-1]).swapaxes(3, 4)
 
         # 2. Chunk sums of every chunk but the last (no later chunk reads it): each key
         #    decayed to its chunk's end.
-        k_end = by_column(kc[:, :, :-1]).astype(F32) * jnp.exp((lay.chunk_tau - tau) * la)
-        sums = _mm("bhnsgd,bhnsge->bhnsde", k_end, by_column(vc[:, :, :-1]))
-        # 3. Smoothing across columns, then the state pass: states[:, :, i] = H_{i+1},
-        #    what chunk i + 1 reads.
+        k_end = by_column(kc[:-1]).astype(F32) * jnp.exp((lay.chunk_tau - tau) * la)
+        sums = _mm("nbhsgd,nbhsge->nbhsde", k_end, by_column(vc[:-1]))
+        # 3. Smoothing across columns, then the state pass: states[i] = H_{i+1}, what
+        #    chunk i + 1 reads.
         if variant == "lasad":
             sums = smooth_sums(sums, log_col)
         states = pass_states(sums, lay.chunk_tau * log_a, state_pass)
         states = checkpoint_name(states, _STATES_NAME)
         # 4. Inter-chunk, chunks 1..N-1: each query decayed back to its chunk's start.
-        q_start = by_column(qc[:, :, 1:]).astype(F32) * jnp.exp(tau * la)
-        inter = jnp.einsum("bhnsgd,bhnsde->bhnsge", q_start.astype(q.dtype),
+        q_start = by_column(qc[1:]).astype(F32) * jnp.exp(tau * la)
+        inter = jnp.einsum("nbhsgd,nbhsde->nbhsge", q_start.astype(q.dtype),
                            states.astype(q.dtype), preferred_element_type=F32)
-        inter = inter.swapaxes(3, 4).reshape(b, h, n - 1, c, dv)
-        out = jnp.concatenate([out[:, :, :1], out[:, :, 1:] + inter], axis=2)
-    return out.transpose(0, 2, 3, 1, 4).reshape(b, n * c, h, dv)[:, :num_image]
+        inter = inter.swapaxes(3, 4).reshape(n - 1, b, h, c, dv)
+        out = jnp.concatenate([out[:1], out[1:] + inter], axis=0)
+    return out.transpose(1, 0, 3, 2, 4).reshape(b, n * c, h, dv)[:, :num_image]
 
 
 def smooth_sums(sums: jax.Array, log_col: jax.Array) -> jax.Array:
-    """`T_b` across the grid columns of `sums: [B, H, N, w, Dk, Dv]` (float32), all chunks
-    at once: one `w x w` Toeplitz matmul per (batch, head, chunk), the Toeplitz matrix
-    broadcast over (B, N) so that the contraction is a plain batched matmul and XLA never
+    """`T_b` across the grid columns of `sums: [N, B, H, w, Dk, Dv]` (float32), all chunks
+    at once: one `w x w` Toeplitz matmul per (chunk, batch, head), the Toeplitz matrix
+    broadcast over (N, B) so that the contraction is a plain batched matmul and XLA never
     transposes the (large) sums."""
-    b, h, n, w, dk, dv = sums.shape
-    toe = jnp.broadcast_to(column_toeplitz(w, log_col)[:, None], (b, h, n, w, w))
-    flat = sums.reshape(b, h, n, w, dk * dv)
-    return jnp.einsum("bhnij,bhnjf->bhnif", toe, flat).reshape(sums.shape)
+    n, b, h, w, dk, dv = sums.shape
+    toe = jnp.broadcast_to(column_toeplitz(w, log_col), (n, b, h, w, w))
+    flat = sums.reshape(n, b, h, w, dk * dv)
+    return jnp.einsum("nbhij,nbhjf->nbhif", toe, flat).reshape(sums.shape)
 
 
 def pass_states(sums: jax.Array, log_decay: jax.Array, method: str) -> jax.Array:
-    """Inclusive decayed prefix sum over the chunk axis (axis 2) of `sums: [B, H, N, ...]`:
-    `out[:, :, i] = sum_{m <= i} exp((i - m) log_decay) sums[:, :, m]`, `log_decay: [H]`."""
+    """Inclusive decayed prefix sum over the leading chunk axis of `sums: [N, B, H, ...]`:
+    `out[i] = sum_{m <= i} exp((i - m) log_decay) sums[m]`, `log_decay: [H]`."""
+    n = sums.shape[0]
     if method == "matmul":
-        i = jnp.arange(sums.shape[2], dtype=F32)
+        i = jnp.arange(n, dtype=F32)
         dist = i[:, None] - i[None, :]
         expo = jnp.where(dist >= 0, dist, 0.0)[None] * log_decay[:, None, None]
         tri = jnp.where(dist >= 0, jnp.exp(expo), 0.0)  # [H, N, N]
         flat = sums.reshape(*sums.shape[:3], -1)
-        return jnp.einsum("hij,bhjf->bhif", tri, flat).reshape(sums.shape)
-    decay = jnp.exp(log_decay).reshape(1, -1, *([1] * (sums.ndim - 3)))
+        return jnp.einsum("hij,jbhf->ibhf", tri, flat).reshape(sums.shape)
+    decay = jnp.exp(log_decay).reshape(-1, *([1] * (sums.ndim - 3)))  # against [B, H, ...]
 
     def step(carry, x):
         carry = decay * carry + x
         return carry, carry
 
-    _, out = jax.lax.scan(step, jnp.zeros_like(sums[:, :, 0]), jnp.moveaxis(sums, 2, 0))
-    return jnp.moveaxis(out, 0, 2)
+    return jax.lax.scan(step, jnp.zeros_like(sums[0]), sums)[1]

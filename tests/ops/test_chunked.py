@@ -170,7 +170,7 @@ def test_chunks_run_in_parallel_and_only_the_state_pass_loops():
     assert not _dots(scans[0].params["jaxpr"].jaxpr)
     # Every image matmul carries the chunk axis (4 chunks, or 3 for sums / reads).
     image = [e for e in _dots(jaxpr) if e.invars[0].aval.ndim >= 5]
-    assert all(e.outvars[0].aval.shape[2] in (3, 4) for e in image)
+    assert all(e.outvars[0].aval.shape[0] in (3, 4) for e in image)
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -17,7 +17,7 @@ With one chunk (e.g. a 256 px image, or `chunk_size >= T`) only step 1 runs. Pre
 are handled by `chunked.with_prefix`, as in the XLA form.
 
 Layout: step 1 reads `[B*H, T, D]` (raster order); steps 2 and 4 read column-major chunks
-`[B*H*(N-1), W, R', D]` (`R'` >= R rows), built by XLA transposes of q, k, v (one pass
+`[(N-1)*B*H, W, R', D]` (`R'` >= R rows), built by XLA transposes of q, k, v (one pass
 each, small next to the states). On GPU the row, column and feature sides are padded with
 zeros to powers of two with matmul sides of at least 16 (Triton's `tl.dot`); exact, see
 `columns.py`.
@@ -105,28 +105,29 @@ def _image(q, k, v, log_row, log_col, *, width, chunk_size, interpret, backend, 
                                dtype=jnp.dtype(q.dtype).name)
 
     def by_column(x, chunks: slice, depth: int):
-        """[B, L, H, D] -> [B*H*n', W', R', depth]: column-major chunks, zero padded."""
+        """[B, L, H, D] -> [n'*B*H, W', R', depth]: column-major chunks, zero padded."""
         x = jnp.pad(x, ((0, 0), (0, n * c - num_image), (0, 0), (0, 0)))
         x = x.reshape(b, n, rows, width, h, -1)[:, chunks]
-        x = x.transpose(0, 4, 1, 3, 2, 5)  # [B, H, n', w, R, D]
+        x = x.transpose(1, 0, 4, 3, 2, 5)  # [n', B, H, w, R, D]
         x = jnp.pad(x, ((0, 0),) * 3 + ((0, wp - width), (0, rp - rows),
                                          (0, depth - x.shape[-1])))
         return x.reshape(-1, wp, rp, depth)
 
-    # log a per row of the column kernels' [B*H*(N-1)] axis.
-    la = jnp.broadcast_to(log_row[None, :, None], (b, h, n - 1)).reshape(-1, 1, 1)
+    # log a per row of the column kernels' [(N-1)*B*H] axis.
+    la = jnp.broadcast_to(log_row, (n - 1, b, h)).reshape(-1, 1, 1)
     # 2. Chunk sums of chunks 0..N-2 (no later chunk reads the last one).
     kt = by_column(k, slice(0, n - 1), dkp).swapaxes(-1, -2)
-    sums = columns.column_outer(cfg, "end", kt, by_column(v.astype(q.dtype), slice(0, n - 1), dvp), la)
-    sums = sums.reshape(b, h, n - 1, wp, dkp, dvp)[:, :, :, :width, :dk, :dv]
-    # 3. Smoothing and state pass (XLA, float32): states[:, :, i] is what chunk i+1 reads.
+    vc = by_column(v.astype(q.dtype), slice(0, n - 1), dvp)
+    sums = columns.column_outer(cfg, "end", kt, vc, la)
+    sums = sums.reshape(n - 1, b, h, wp, dkp, dvp)[:, :, :, :width, :dk, :dv]
+    # 3. Smoothing and state pass (XLA, float32): states[i] is what chunk i+1 reads.
     states = chunked.pass_states(chunked.smooth_sums(sums, log_col), rows * log_row,
                                  chunked.DEFAULT_STATE_PASS)
     states = jnp.pad(states, ((0, 0),) * 3 + ((0, wp - width), (0, dkp - dk), (0, dvp - dv)))
     # 4. Inter-chunk reads of chunks 1..N-1.
     inter = columns.column_apply(cfg, "start", False, by_column(q, slice(1, n), dkp),
                                  states.reshape(-1, wp, dkp, dvp), la)
-    inter = inter.reshape(b, h, n - 1, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
-    inter = inter.transpose(0, 2, 4, 3, 1, 5).reshape(b, (n - 1) * c, h, dv)
+    inter = inter.reshape(n - 1, b, h, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
+    inter = inter.transpose(1, 0, 4, 3, 2, 5).reshape(b, (n - 1) * c, h, dv)
     inter = jnp.pad(inter, ((0, 0), (c, 0), (0, 0), (0, 0)))[:, :num_image]
     return out + inter
