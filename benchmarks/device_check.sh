@@ -37,25 +37,29 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
+# What each stage measures; the sizes follow (tiny with --smoke).
+core=(--ops lasad_chunked softmax --modes fwd_bwd fwd)
+pallas=(--ops lasad_pallas --modes fwd_bwd fwd)
+sweep=(--ops lasad_chunked --modes fwd_bwd --remats inputs none)
+rest=(--ops lasad_chunked softmax --modes fwd_bwd)
 if [[ -n $smoke ]]; then
     limits=(240 240 120 240 240 240 120)
     tests=(-k "other_variants or auto_does_not")
-    core=(--smoke --ops lasad_chunked softmax)
-    pallas=(--smoke --modes fwd)
-    sweep=(--smoke --tokens 64 --chunk_sizes 16 32 --remats inputs none --modes fwd_bwd)
-    rest=(--smoke --shapes 2:16 --tokens 16)
+    core+=(--smoke)
+    pallas+=(--smoke)
+    sweep+=(--smoke --tokens 64 --chunk_sizes 16 32)
+    rest+=(--smoke --shapes 2:16 --tokens 16)
     train=(--smoke)
     decode_args=(--widths 2 --rows 2 --batch 1 --heads 2 --dim 4 --min_seconds 0)
 else
     limits=(100 110 40 50 30 30 90)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
-    core=(--batch 1 --dims 64 --modes fwd_bwd fwd --ops lasad_chunked softmax "${timing[@]}")
-    pallas=(--batch 1 --dims 64 --ops lasad_pallas "${timing[@]}")
-    sweep=(--batch 1 --dims 64 --tokens 4096 16384 --ops lasad_chunked --modes fwd_bwd
-           --chunk_sizes 256 512 1024 2048 --remats inputs none "${timing[@]}")
-    rest=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 --ops lasad_chunked softmax
-          --modes fwd_bwd "${timing[@]}")
+    core+=(--batch 1 --dims 64 "${timing[@]}")
+    pallas+=(--batch 1 --dims 64 "${timing[@]}")
+    sweep+=(--batch 1 --dims 64 --tokens 4096 16384 --chunk_sizes 256 512 1024 2048
+            "${timing[@]}")
+    rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
     train=(--steps 5 --min_seconds 1)
     decode_args=(--widths 16 64 128 --batch 1 8 64 --heads 16 --min_seconds 0.2)
 fi

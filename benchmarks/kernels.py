@@ -109,7 +109,7 @@ def check_fn(width: int, tokens: int, check_tokens: int):
         return (lambda q, k, v, row, col: masked_attention(
             "lasad", q, k, v, width=width, num_prefix=0, log_row=jnp.log(row),
             log_col=jnp.log(col))), "reference"
-    c = 2 * chunked.DEFAULT_CHUNK_SIZE
+    c = 2 * chunked.defaults().chunk_size
     return (lambda q, k, v, row, col: chunked.chunked_attention(
         "lasad", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
         width=width, num_prefix=0, log_row=jnp.log(row), log_col=jnp.log(col),
@@ -145,7 +145,7 @@ def variants(args) -> list[tuple[str, str, dict]]:
         for c in args.chunk_sizes:
             for remat in (args.remats if op == "lasad_chunked" else [None]):
                 for sp in (args.state_passes if op == "lasad_chunked" else [None]):
-                    opts = dict(chunk_size=c or chunked.DEFAULT_CHUNK_SIZE,
+                    opts = dict(chunk_size=c or chunked.defaults().chunk_size,
                                 remat=remat or chunked.DEFAULT_REMAT,
                                 state_pass=sp or chunked.DEFAULT_STATE_PASS)
                     label = f"C={opts['chunk_size']}"
@@ -286,10 +286,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       f"kernels_{jax.default_backend()}.json"))
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.tokens, args.dims, args.batch, args.heads = [16, 64], [8], [1], 2
-        args.softmax_impl, args.repeats, args.min_seconds = "xla", 1, 0.0
-        args.chunk_sizes = [c if c else 16 for c in args.chunk_sizes]
+    if args.smoke:  # tiny defaults; flags given explicitly still win
+        parser.set_defaults(tokens=[16, 64], dims=[8], batch=[1], heads=2,
+                            softmax_impl="xla", repeats=1, min_seconds=0.0, chunk_sizes=[16])
+        args = parser.parse_args(argv)
     for t in args.tokens:
         if int(round(math.sqrt(t))) ** 2 != t:
             raise SystemExit(f"--tokens must be perfect squares (square grids), got {t}")

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
 from lasad_jax.models.config import PRESETS  # noqa: E402
-from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE  # noqa: E402
+from lasad_jax.ops.chunked import defaults  # noqa: E402
 from lasad_jax.ops.pallas.chunked import chunk_rows  # noqa: E402
 from lasad_jax.training.optimizer import make_optimizer, make_schedule  # noqa: E402
 from lasad_jax.training.step import create_train_state, make_train_step  # noqa: E402
@@ -87,7 +87,7 @@ def attn_flops_per_token(cfg: ModelConfig, chunk_size: int | None) -> float:
     if cfg.mixer == "softmax":
         return 12.0 * cfg.num_layers * cfg.dim * t
     width = cfg.grid[1]
-    rows, n = chunk_rows(width, chunk_size or DEFAULT_CHUNK_SIZE, t - 1)
+    rows, n = chunk_rows(width, chunk_size or defaults().chunk_size, t - 1)
     c = rows * width if n > 1 else t
     d = cfg.head_dim
     states = 0.0 if n == 1 else 2 * 2 * d * d + 2 * width * d * d / rows

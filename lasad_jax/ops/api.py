@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from lasad_jax.ops import decode
-from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE, chunked_attention
+from lasad_jax.ops.chunked import chunked_attention, defaults
 from lasad_jax.ops.reference import masked_attention
 from lasad_jax.ops.validation import check_choice, check_decay, check_int, check_qkv
 
@@ -81,9 +81,8 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
     num_prefix = check_int("num_prefix", num_prefix, minimum=0)
     if num_prefix > t:
         raise ValueError(f"num_prefix must be <= T = {t} (q.shape[1]), got {num_prefix}")
-    chunk_size = check_int(
-        "chunk_size", DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, minimum=1
-    )
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     logs = [check_decay(name, value, h) for name, value in decays.items()]
     no_decay = jnp.zeros((h,), jnp.float32)
     log_row, log_col = (logs[0], logs[-1]) if logs else (no_decay, no_decay)
@@ -99,7 +98,7 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
     elif impl == "pallas":
         from lasad_jax.ops.pallas import pallas_attention  # Pallas imports are not free
 
-        out = pallas_attention(q, k, v, chunk_size=chunk_size, **kw)
+        out = pallas_attention(q, k, v, chunk_size=chunk_size or defaults().chunk_size, **kw)
     else:
         out = chunked_attention(variant, q, k, v, chunk_size=chunk_size, **kw)
     return out.astype(q.dtype)
@@ -120,8 +119,9 @@ def lasad_attention(
     """LASAD: image key `j` weighs `row_decay^(r_i - r_j) * col_decay^|c_i - c_j|` for query `i`.
 
     `row_decay`, `col_decay`: `[heads]` in (0, 1]. `chunk_size` (tokens per chunk of the
-    chunked form, rounded down to whole rows) trades intra-chunk matmul work (grows with
-    it) against state traffic (shrinks with it); `None` uses the measured default.
+    chunked and Pallas forms, rounded down to whole rows) trades intra-chunk matmul work
+    (grows with it) against the chunk-boundary states (shrink with it); `None` uses the
+    platform's measured default (`ops.chunked.defaults`).
     """
     return _parallel("lasad", q, k, v, width=width, num_prefix=num_prefix, impl=impl,
                      chunk_size=chunk_size, row_decay=row_decay, col_decay=col_decay)

@@ -4,19 +4,26 @@ This is the training form of docs/operator.md ("Chunkwise-parallel form"), the s
 every fast linear-attention kernel. The image tokens are cut into chunks of about
 `chunk_size` tokens; for the 2D variants a chunk is `R` whole grid rows
 (`R = chunk_size // width`, at least one), so rows never straddle chunks and one mask of
-relative positions serves every chunk. Then, with no loop over chunks except step 3:
+relative positions serves every chunk. Then, for a step of chunks at once:
 
-1. intra-chunk, all chunks at once: the exact masked quadratic form `((q k^T) * D) v`
-   inside each chunk, two batched matmuls in the input dtype with float32 accumulation;
-2. chunk sums, all chunks at once: `S_n = sum_{token in chunk n} a^(tau_end - tau) k v^T`
-   per state column (one per grid column for `lasad`, a single one otherwise);
-3. state pass, short and sequential over the `N` chunks only: for `lasad` the sums are
-   first smoothed across columns (`T_b S_n`, a `w x w` Toeplitz matmul, all chunks at
-   once; by linearity this equals smoothing the states), then
-   `H_{n+1} = a^(tau_chunk) H_n + T_b S_n` (`STATE_PASSES`: a `lax.scan` of elementwise
-   updates, or one lower-triangular decay-matrix product over chunks);
-4. inter-chunk, all chunks at once: a token at decay clock `tau` in chunk `n` adds
-   `a^tau q . H_n(column)`, one batched `[G x Dk] @ [Dk x Dv]` matmul per state column.
+1. intra-chunk: the exact masked quadratic form `((q k^T) * D) v` inside each chunk, two
+   batched matmuls in the input dtype with float32 accumulation;
+2. chunk sums: `S_n = sum_{token in chunk n} a^(tau_end - tau) k v^T` per state column
+   (one per grid column for `lasad`, a single one otherwise);
+3. state pass: for `lasad` the sums are first smoothed across columns (`T_b S_n`, a
+   `w x w` Toeplitz matmul; by linearity this equals smoothing the states), then
+   `H_{n+1} = a^(tau_chunk) H_n + T_b S_n`, short and sequential over the chunks only
+   (`STATE_PASSES`: a `lax.scan` of elementwise updates, or one lower-triangular
+   decay-matrix product over chunks);
+4. inter-chunk: a token at decay clock `tau` in chunk `n` adds `a^tau q . H_n(column)`,
+   one batched `[G x Dk] @ [Dk x Dv]` matmul per state column.
+
+`chunks_per_step` (0: all) sets how many chunks a step takes. With all of them, steps 1, 2
+and 4 are each one batched matmul over every chunk and the only loop is the elementwise
+state pass: the shape of flash-linear-attention's chunk kernels and Mamba-2's SSD, what an
+accelerator wants. With fewer, a `lax.scan` walks the steps carrying `H` between them, which
+bounds the working set; a 2-core CPU is memory-bound and prefers that (docs/operator.md,
+"Defaults"). The result is the same either way (tests/ops/test_chunked.py).
 
 Variants share the engine: a chunk is a `[G, S]` block of tokens (`S` state columns),
 `tau[g, s]` is a token's decay clock inside its chunk (row offset for the 2D variants,
@@ -31,12 +38,11 @@ queries and the states are rounded to the input dtype just before their matmul, 
 flash-style kernels round P. States are accumulated and passed in float32. With float32
 inputs every step is float32, exact to rounding against `reference.masked_attention`.
 
-Memory: autodiff would keep each chunk's `C x C` scores and the `N x w x Dk x Dv`
+Memory: autodiff would keep each chunk's `C x C` scores and the `w x Dk x Dv`
 chunk-boundary states for the backward pass (for `lasad` the states alone are
-`Dk Dv / R` numbers per token and head, ten times q, k and v at `R = 8`, `D = 64`).
-`REMAT_POLICIES` chooses what the backward keeps; the default (`DEFAULT_REMAT`, chosen by
-benchmarks/chunk_design.py, see docs/operator.md) keeps only q, k, v and the decays and
-recomputes the rest.
+`Dk Dv / R` numbers per token and head, eight times q, k and v at `R = 8`, `D = 64`).
+`REMAT_POLICIES` chooses what the backward keeps of each step (docs/operator.md,
+"Memory").
 """
 
 from __future__ import annotations
@@ -54,10 +60,33 @@ from lasad_jax.ops.reference import masked_attention
 
 F32 = jnp.float32
 
-# Tokens per chunk when the caller does not choose: measured on CPU
-# (benchmarks/op_scaling.py --chunk_sizes, docs/operator.md "Chunk size"). A whole
-# 256 px image (T = 257) is one chunk, i.e. the plain masked form.
-DEFAULT_CHUNK_SIZE = 256
+
+
+class Defaults(NamedTuple):
+    """The form's parameters when the caller does not choose them."""
+
+    chunk_size: int  # tokens per chunk (rounded down to whole grid rows)
+    chunks_per_step: int  # chunks in parallel per step; 0: all of them
+
+
+# Measured defaults per platform ("*": the others), docs/operator.md "Defaults". CPU:
+# benchmarks/op_scaling.py --chunk_sizes and benchmarks/chunk_design.py on the 2-core
+# development machine (benchmarks/RESULTS.md, "Chunk size, CPU"). Elsewhere nothing is
+# timed yet: all chunks at once (the chunkwise-parallel shape) and 1024-token chunks,
+# which keep a 512 px image (T = 1025) in one chunk and the chunk-boundary states of a
+# 128-wide grid at `Dk Dv / 8` numbers per token and head; benchmarks/device_check.sh
+# sweeps both on a GPU.
+DEFAULTS: dict[str, Defaults] = {
+    "cpu": Defaults(chunk_size=1024, chunks_per_step=1),
+    "*": Defaults(chunk_size=1024, chunks_per_step=0),
+}
+
+
+def defaults(platform: str | None = None) -> Defaults:
+    """The measured defaults for `platform` (default: JAX's default backend)."""
+    platform = jax.default_backend() if platform is None else platform
+    return DEFAULTS.get(platform, DEFAULTS["*"])
+
 
 # How the states are passed from chunk to chunk (step 3); both exact.
 STATE_PASSES = ("scan", "matmul")
@@ -129,13 +158,15 @@ def chunked_attention(
     num_prefix: int,
     log_row: jax.Array,
     log_col: jax.Array,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
+    chunks_per_step: int | None = None,
     state_pass: str = DEFAULT_STATE_PASS,
     remat: str = DEFAULT_REMAT,
 ) -> jax.Array:
     """Same result as `reference.masked_attention`, in time linear in the number of rows;
     returns float32.
 
+    `chunk_size`, `chunks_per_step`: `None` takes `defaults()` of the platform.
     `state_pass` (`STATE_PASSES`) and `remat` (`REMAT_POLICIES`) exist to measure those
     choices (benchmarks/chunk_design.py); the defaults are the measured ones.
     """
@@ -143,13 +174,12 @@ def chunked_attention(
         raise ValueError(f"state_pass must be one of {STATE_PASSES}, got {state_pass!r}")
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
+    default = defaults()
+    chunk_size = default.chunk_size if chunk_size is None else chunk_size
+    chunks_per_step = default.chunks_per_step if chunks_per_step is None else chunks_per_step
     image = functools.partial(_image_attention, variant, width=width, chunk_size=chunk_size,
-                              state_pass=state_pass)
-    if remat == "inputs":
-        image = jax.checkpoint(image, policy=jax.checkpoint_policies.nothing_saveable)
-    elif remat == "states":
-        image = jax.checkpoint(
-            image, policy=jax.checkpoint_policies.save_only_these_names(_STATES_NAME))
+                              chunks_per_step=chunks_per_step, state_pass=state_pass,
+                              remat=remat)
     log_row, log_col = log_row.astype(F32), log_col.astype(F32)
     return with_prefix(lambda q, k, v: image(q, k, v, log_row, log_col), q, k, v, num_prefix)
 
@@ -159,52 +189,94 @@ def _mm(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a.astype(b.dtype), b, preferred_element_type=F32)
 
 
-def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size, state_pass):
+def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size,
+                     chunks_per_step, state_pass, remat):
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
     lay = chunk_layout(variant, width, chunk_size, num_image)
-    c, g, s = lay.tokens, lay.groups, lay.state_cols
+    c = lay.tokens
     n = -(-num_image // c)
-    pad = n * c - num_image
+    per_step = n if chunks_per_step in (0, None) or chunks_per_step >= n else chunks_per_step
+    steps = -(-n // per_step)
+    pad = steps * per_step * c - num_image
     if pad:
         # Padding sits after the last real token, so causality already hides it; zeros
         # keep it out of the states as well.
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-    # Chunk-major blocks [N, B, H, C, D]: every matmul below is batched over (N, B, H) or
-    # (N, B, H, S), and the state pass walks the leading axis without a transpose.
-    qc, kc, vc = (x.reshape(b, n, c, h, -1).transpose(1, 0, 3, 2, 4) for x in (q, k, v))
+    # Chunk-major blocks [steps, chunks per step, B, H, C, D]: every matmul of a step is
+    # batched over (chunks, B, H) or (chunks, B, H, S).
+    qc, kc, vc = (x.reshape(b, steps, per_step, c, h, -1).transpose(1, 2, 0, 4, 3, 5)
+                  for x in (q, k, v))
+    body = functools.partial(_step, variant, lay, width, state_pass)
+    if remat == "inputs":
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    elif remat == "states":
+        body = jax.checkpoint(
+            body, policy=jax.checkpoint_policies.save_only_these_names(_STATES_NAME))
+    if steps == 1:
+        _, out = body(None, (qc[0], kc[0], vc[0]), log_row, log_col)
+        out = out[None]
+    else:
+        s = lay.state_cols
+        carry = jnp.zeros((b, h, s, dk, dv), F32)
+        _, out = jax.lax.scan(lambda st, x: body(st, x, log_row, log_col), carry, (qc, kc, vc))
+    out = out.reshape(steps * per_step, b, h, c, dv)
+    return out.transpose(1, 0, 3, 2, 4).reshape(b, -1, h, dv)[:, :num_image]
 
+
+def _step(variant, lay: ChunkLayout, width: int, state_pass: str, carry, x, log_row,
+          log_col):
+    """One step of `P` chunks: `carry` is `H` entering the first (`[B, H, S, Dk, Dv]`, or
+    `None` for the first step of a single-step run); returns `(H after the last, out)`."""
+    qc, kc, vc = x  # [P, B, H, C, D]
+    p, b, h, c, _ = qc.shape
+    g, s = lay.groups, lay.state_cols
     # 1. Intra-chunk. A chunk starts on a row boundary (2D variants), so one mask of
     #    relative positions serves every chunk.
     mask = decay_mask(variant, c, 0, width, log_row, log_col)  # [H, C, C]
-    scores = _mm("nbhid,nbhjd->nbhij", qc, kc) * mask
-    out = _mm("nbhij,nbhje->nbhie", scores, vc)
+    scores = _mm("pbhid,pbhjd->pbhij", qc, kc) * mask
+    out = _mm("pbhij,pbhje->pbhie", scores, vc)
+    last = carry is None  # a single step: no chunk after the last one reads its sums
+    if p == 1 and last:
+        return None, out
 
-    if n > 1:
-        log_a = log_row if variant != "linear" else jnp.zeros_like(log_row)
-        la = log_a[:, None, None, None]  # [H, 1, 1, 1] against [S, G, 1] clocks
-        tau = jnp.asarray(lay.tau.T, F32)[..., None]  # [S, G, 1]; products are [H, S, G, 1]
+    log_a = log_row if variant != "linear" else jnp.zeros_like(log_row)
+    la = log_a[:, None, None, None]  # [H, 1, 1, 1] against [S, G, 1] clocks
+    tau = jnp.asarray(lay.tau.T, F32)[..., None]  # [S, G, 1]; products are [H, S, G, 1]
 
-        def by_column(x):  # [N', B, H, C, D] -> [N', B, H, S, G, D]
-            return x.reshape(*x.shape[:3], g, s, x.shape[-1]).swapaxes(3, 4)
+    def by_column(x):  # [P', B, H, C, D] -> [P', B, H, S, G, D]
+        return x.reshape(*x.shape[:3], g, s, x.shape[-1]).swapaxes(3, 4)
 
-        # 2. Chunk sums of every chunk but the last (no later chunk reads it): each key
-        #    decayed to its chunk's end.
-        k_end = by_column(kc[:-1]).astype(F32) * jnp.exp((lay.chunk_tau - tau) * la)
-        sums = _mm("nbhsgd,nbhsge->nbhsde", k_end, by_column(vc[:-1]))
-        # 3. Smoothing across columns, then the state pass: states[i] = H_{i+1}, what
-        #    chunk i + 1 reads.
-        if variant == "lasad":
-            sums = smooth_sums(sums, log_col)
-        states = pass_states(sums, lay.chunk_tau * log_a, state_pass)
-        states = checkpoint_name(states, _STATES_NAME)
-        # 4. Inter-chunk, chunks 1..N-1: each query decayed back to its chunk's start.
-        q_start = by_column(qc[1:]).astype(F32) * jnp.exp(tau * la)
-        inter = jnp.einsum("nbhsgd,nbhsde->nbhsge", q_start.astype(q.dtype),
-                           states.astype(q.dtype), preferred_element_type=F32)
-        inter = inter.swapaxes(3, 4).reshape(n - 1, b, h, c, dv)
-        out = jnp.concatenate([out[:1], out[1:] + inter], axis=0)
-    return out.transpose(1, 0, 3, 2, 4).reshape(b, n * c, h, dv)[:, :num_image]
+    # 2. Chunk sums, each key decayed to its chunk's end.
+    kk, vv = (kc[:-1], vc[:-1]) if last else (kc, vc)
+    k_end = by_column(kk).astype(F32) * jnp.exp((lay.chunk_tau - tau) * la)
+    sums = _mm("pbhsgd,pbhsge->pbhsde", k_end, by_column(vv))
+    # 3. Smoothing across columns, then the state pass: `inclusive[i]` sums chunks <= i of
+    #    this step, decayed to the end of chunk i.
+    if variant == "lasad":
+        sums = smooth_sums(sums, log_col)
+    inclusive = pass_states(sums, lay.chunk_tau * log_a, state_pass)
+    # The states entering each chunk: the carry decayed over the chunks before it, plus
+    # this step's earlier chunks. A single step skips chunk 0, which reads nothing.
+    if last:
+        states = inclusive
+        new_carry = None
+    else:
+        decay = jnp.exp(lay.chunk_tau * log_a)[:, None, None, None]  # [H, 1, 1, 1]
+        lead = jnp.exp(jnp.arange(p, dtype=F32)[:, None] * lay.chunk_tau * log_a)  # [P, H]
+        entering = lead[:, None, :, None, None, None] * carry[None]
+        states = entering + jnp.concatenate([jnp.zeros_like(inclusive[:1]), inclusive[:-1]])
+        new_carry = decay * states[-1] + sums[-1]
+    states = checkpoint_name(states, _STATES_NAME)
+    # 4. Inter-chunk: each query decayed back to its chunk's start.
+    qq = qc[1:] if last else qc
+    q_start = by_column(qq).astype(F32) * jnp.exp(tau * la)
+    inter = jnp.einsum("pbhsgd,pbhsde->pbhsge", q_start.astype(qc.dtype),
+                       states.astype(qc.dtype), preferred_element_type=F32)
+    inter = inter.swapaxes(3, 4).reshape(*qq.shape[:4], -1)
+    if last:
+        return None, jnp.concatenate([out[:1], out[1:] + inter], axis=0)
+    return new_carry, out + inter
 
 
 def smooth_sums(sums: jax.Array, log_col: jax.Array) -> jax.Array:

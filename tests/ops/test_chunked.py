@@ -26,12 +26,12 @@ VARIANTS = ("lasad", "lasad_row", "linear_1d", "linear")
 LOG_ROW = jnp.log(jnp.asarray(ROW_DECAY))
 LOG_COL = jnp.log(jnp.asarray(COL_DECAY))
 
-# (width, image tokens, prefix slots, chunk size, state pass)
+# (width, image tokens, prefix slots, chunk size, state pass, chunks per step)
 CASES = [
-    (5, 23, 1, 10, "scan"),  # partial last row, 2 rows per chunk: 3 chunks, last partial
-    (3, 19, 2, 3, "matmul"),  # one row per chunk: 7 chunks
-    (16, 53, 0, 40, "scan"),  # power-of-two width, chunk rounded down to 2 rows
-    (7, 30, 0, 1000, "scan"),  # a single chunk: the masked form
+    (5, 23, 1, 10, "scan", 0),  # partial last row, 2 rows per chunk: 3 chunks, all at once
+    (3, 19, 2, 3, "matmul", 2),  # one row per chunk: 7 chunks in steps of 2 (last padded)
+    (16, 53, 0, 40, "scan", 1),  # power-of-two width, 2-row chunks one at a time
+    (7, 30, 0, 1000, "scan", 0),  # a single chunk: the masked form
 ]
 
 
@@ -53,12 +53,14 @@ def _reference(variant, width, num_prefix):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("width, num_image, num_prefix, chunk_size, state_pass", CASES)
+@pytest.mark.parametrize("width, num_image, num_prefix, chunk_size, state_pass, per_step",
+                         CASES)
 def test_values_match_reference(variant, width, num_image, num_prefix, chunk_size,
-                                state_pass):
+                                state_pass, per_step):
     q, k, v = random_qkv(width + num_image, 2, num_prefix + num_image)
     args = (q, k, v, *_logs(variant))
-    out = _chunked(variant, width, num_prefix, chunk_size, state_pass=state_pass)(*args)
+    out = _chunked(variant, width, num_prefix, chunk_size, state_pass=state_pass,
+                   chunks_per_step=per_step)(*args)
     assert out.shape == v.shape and out.dtype == jnp.float32
     assert rel_err(out, _reference(variant, width, num_prefix)(*args)) < 1e-5
 
@@ -75,11 +77,12 @@ def _grads(fn, args, cotangent):
 ])
 def test_gradients_match_reference(variant, remat, case):
     """All five gradients (q, k, v, both log decays) within 1e-4, every remat policy."""
-    width, num_image, num_prefix, chunk_size, state_pass = case
+    width, num_image, num_prefix, chunk_size, state_pass, per_step = case
     q, k, v = random_qkv(7 + width, 2, num_prefix + num_image)
     args = (q, k, v, *_logs(variant))
     ct = jnp.asarray(np.random.default_rng(3).normal(size=v.shape), jnp.float32)
-    fn = _chunked(variant, width, num_prefix, chunk_size, state_pass=state_pass, remat=remat)
+    fn = _chunked(variant, width, num_prefix, chunk_size, state_pass=state_pass, remat=remat,
+                  chunks_per_step=per_step)
     out, got = _grads(fn, args, ct)
     _, want = _grads(_reference(variant, width, num_prefix), args, ct)
     names = ("q", "k", "v", "log_row", "log_col")
@@ -92,13 +95,16 @@ def test_gradients_match_reference(variant, remat, case):
         assert np.all(np.abs(np.asarray(got[4])) > 0)
 
 
-def test_state_passes_agree_on_many_chunks():
-    """The scan and the decay-matrix product over 24 chunks, decays down to 0.25^2 per
-    chunk: the same states to float32 rounding."""
+def test_state_passes_and_steps_agree_on_many_chunks():
+    """24 chunks, decays down to 0.25^2 per chunk: the scan and the decay-matrix product,
+    all chunks at once or in steps of 1, 5 (the last step partial) and 24, give the same
+    result to float32 rounding."""
     q, k, v = random_qkv(1, 1, 2 * 24 * 4)
-    runs = [_chunked("lasad", 4, 0, 8, state_pass=p)(q, k, v, LOG_ROW, LOG_COL)
-            for p in chunked.STATE_PASSES]
-    assert rel_err(runs[1], runs[0]) < 1e-6
+    runs = [_chunked("lasad", 4, 0, 8, state_pass=p, chunks_per_step=n)(q, k, v, LOG_ROW,
+                                                                       LOG_COL)
+            for p in chunked.STATE_PASSES for n in (0, 1, 5, 24)]
+    for run in runs[1:]:
+        assert rel_err(run, runs[0]) < 1e-6
 
 
 # bfloat16 inputs against the float32 reference on the same (rounded) inputs. The form
@@ -146,7 +152,7 @@ def test_bfloat16_matmuls_take_bfloat16_operands():
     operands into float32 (the old form cast q, k, v to float32 first)."""
     q, k, v = random_qkv(0, 1, 1 + 5 * 6, dtype=jnp.bfloat16)
     fn = functools.partial(chunked_attention, "lasad", width=5, num_prefix=1, chunk_size=10,
-                           log_row=LOG_ROW, log_col=LOG_COL)
+                           log_row=LOG_ROW, log_col=LOG_COL, chunks_per_step=0)
     # The prefix's own tiny products and the Toeplitz smoothing of float32 states aside.
     dots = [e for e in _dots(jax.make_jaxpr(fn)(q, k, v).jaxpr)
             if e.outvars[0].aval.shape[-2:] != (5, 4 * 6)]
@@ -158,12 +164,14 @@ def test_bfloat16_matmuls_take_bfloat16_operands():
 
 
 def test_chunks_run_in_parallel_and_only_the_state_pass_loops():
-    """The only loop is the state pass, whose body is elementwise: intra-chunk products,
-    chunk sums and inter-chunk reads are batched over all chunks (the old form ran every
-    chunk's matmuls in one sequential `lax.scan`)."""
+    """All chunks at once (`chunks_per_step=0`, the default off CPU): the only loop is the
+    state pass, whose body is elementwise; intra-chunk products, chunk sums and inter-chunk
+    reads are batched over all chunks (the old form ran every chunk's matmuls in one
+    sequential `lax.scan`)."""
     q, k, v = random_qkv(0, 1, 8 * 4)
     fn = functools.partial(chunked_attention, "lasad", width=4, num_prefix=0, chunk_size=8,
-                           log_row=LOG_ROW, log_col=LOG_COL, state_pass="scan")
+                           log_row=LOG_ROW, log_col=LOG_COL, state_pass="scan",
+                           chunks_per_step=0)
     jaxpr = jax.make_jaxpr(fn)(q, k, v).jaxpr
     scans = _scans(jaxpr)
     assert len(scans) == 1 and scans[0].params["length"] == 3  # 4 chunks, 3 boundaries
