@@ -4,9 +4,11 @@
     python benchmarks/chunk_design.py --tests steps --tokens 4096
 
 Every row is forward+backward of `ops.chunked.chunked_attention("lasad", ...)` (gradients
-for q, k, v and both decays; 8 heads, Dk = Dv = 64, float32, a square grid), its median
-time and XLA's memory figure for the compiled program, one option changed at a time from
-the platform's defaults (`ops.chunked.defaults`):
+for q, k, v and both decays; 8 heads, Dk = Dv = 64, float32, a square grid), its time and
+XLA's memory figure for the compiled program, one option changed at a time from the
+platform's defaults (`ops.chunked.defaults`). The rows of one length are compiled first
+and then timed in `--rounds` interleaved rounds (each a median of two runs); a row reports
+its best round, so a comparison is between programs timed side by side on a shared machine:
 
 1. `steps`: chunks per step, 1 (a `lax.scan` over chunks), 2, 4 and all (0: every chunk's
    matmuls batched together, only the state pass loops);
@@ -92,13 +94,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tests", nargs="+", default=list(TESTS), choices=TESTS)
-    p.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384],
+    p.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384],
                    help="square-grid lengths for the chunked-form rows")
     p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128],
                    help="grid widths for the smoothing comparison")
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--min_seconds", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds of the chunked-form rows")
+    p.add_argument("--min_seconds", type=float, default=1.0, help="smoothing rows")
     p.add_argument("--out", default="benchmarks/results/chunk_design_cpu.json")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -116,6 +120,8 @@ def main(argv=None):
         width = math.isqrt(tokens)
         q, k, v = (jnp.asarray(rng.normal(size=(1, tokens, heads, dim)) / 8, jnp.float32)
                    for _ in range(3))
+        args_ = (q, k, v, row_decay, col_decay)
+        programs = []
         for test, opts in form_rows(tokens, heads, dim, args.tests):
             def loss(q, k, v, row, col, opts=opts):
                 return chunked.chunked_attention("lasad", q, k, v, width=width, num_prefix=0,
@@ -123,13 +129,21 @@ def main(argv=None):
                                                  **opts).sum()
 
             fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
-            compiled = fn.lower(q, k, v, row_decay, col_decay).compile()
-            ms = median_ms(compiled, q, k, v, row_decay, col_decay, repeats=3,
-                           min_seconds=args.min_seconds)
+            programs.append((test, opts, fn.lower(*args_).compile()))
+        # Interleaved rounds: on a shared machine the load drifts, and a comparison is only
+        # fair between programs timed side by side. Each round times every program once
+        # (median of a few runs); the row reports the best round and all of them.
+        times = [[] for _ in programs]
+        for _ in range(args.rounds):
+            for i, (_, _, compiled) in enumerate(programs):
+                times[i].append(median_ms(compiled, *args_, repeats=2, min_seconds=0.0))
+        for (test, opts, compiled), ms in zip(programs, times):
             nbytes = compiled_bytes(compiled)
-            save(dict(test=test, tokens=tokens, fwd_bwd_ms=ms, bytes=nbytes, **opts))
-            print(f"{test:10s} T={tokens:<6} {opts}  fwd+bwd {ms:9.1f} ms  "
-                  f"{(nbytes or 0) / 2**20:8.0f} MiB", flush=True)
+            save(dict(test=test, tokens=tokens, fwd_bwd_ms=min(ms), rounds_ms=ms, bytes=nbytes,
+                      **opts))
+            print(f"{test:10s} T={tokens:<6} {opts}  fwd+bwd {min(ms):9.1f} ms (rounds "
+                  f"{', '.join(f'{x:.0f}' for x in ms)})  {(nbytes or 0) / 2**20:8.0f} MiB",
+                  flush=True)
 
     if "smoothing" in args.tests:
         for width in args.widths:

@@ -60,7 +60,7 @@ else
     sweep+=(--batch 1 --dims 64 --tokens 4096 16384 --chunk_sizes 256 512 1024 2048
             "${timing[@]}")
     rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
-    train=(--steps 5 --min_seconds 1)
+    train=(--steps 5 --min_seconds 1 --pallas)
     decode_args=(--widths 16 64 128 --batch 1 8 64 --heads 16 --min_seconds 0.2)
 fi
 

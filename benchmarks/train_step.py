@@ -12,8 +12,9 @@ and the train step are imported. Batches are random codes (the time does not dep
 them); the state is donated, as in training.
 
 Rows: each `--rows` entry is `grid:batch` (grid 16 = 256 px, 32 = 512 px with the VQ-16
-tokenizer), run for each `--mixers` entry, the LASAD mixer with `impl="auto"` and its
-default chunk unless `--impl` / `--chunk_size` say otherwise.
+tokenizer), run for each `--mixers` entry, the LASAD mixer with the operator's `impl="auto"`
+and default chunk unless `--chunk_size` says otherwise. `--pallas` adds, after all of
+those, a LASAD row per `grid:batch` with `impl="pallas"` (the Pallas kernels).
 
 FLOPs. `mfu` is the 6N rule, `6 * N * tokens/s / peak`, with `N` the parameters that
 multiply activations (all but the two embedding tables): the same numerator per token for
@@ -64,12 +65,12 @@ OPTIMIZER = _Fields(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_
 CLASS_DROPOUT, EMA_DECAY = 0.1, 0.9999
 
 
-def model_config(args, mixer: str, grid: int) -> ModelConfig:
+def model_config(args, mixer: str, grid: int, impl: str = "auto") -> ModelConfig:
     layers, heads, dim = PRESETS[args.preset] if args.preset in PRESETS else (
         args.layers, args.heads, args.dim)
     return ModelConfig(vocab_size=args.vocab, num_classes=args.classes, grid=(grid, grid),
                        num_layers=layers, num_heads=heads, dim=dim, mixer=mixer,
-                       dtype="bfloat16", impl=args.impl, chunk_size=args.chunk_size,
+                       dtype="bfloat16", impl=impl, chunk_size=args.chunk_size,
                        gate_rank=min(64, dim))
 
 
@@ -94,8 +95,9 @@ def attn_flops_per_token(cfg: ModelConfig, chunk_size: int | None) -> float:
     return 12.0 * cfg.num_layers * cfg.dim * c + 3.0 * cfg.num_layers * cfg.num_heads * states
 
 
-def measure(args, mixer: str, grid: int, batch: int, peak: float | None) -> dict:
-    cfg = model_config(args, mixer, grid)
+def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
+            impl: str = "auto") -> dict:
+    cfg = model_config(args, mixer, grid, impl)
     model = LASADGen(cfg, rngs=nnx.Rngs(0))
     n_matmul = matmul_params(model)
     schedule = make_schedule(OPTIMIZER, batch_size=batch, total_steps=1000)
@@ -139,29 +141,35 @@ def measure(args, mixer: str, grid: int, batch: int, peak: float | None) -> dict
 
 def print_row(r: dict) -> None:
     mfu = "" if r["mfu"] is None else f"  MFU {100 * r['mfu']:.1f}% ({100 * r['mfu_with_attn']:.1f}% with attn)"
-    print(f"{r['mixer']:8s} {r['image_px']:4d} px batch {r['batch']:3d}: step {r['step_ms']:9.2f} ms"
+    print(f"{r['mixer']:8s} {r['impl']:6s} {r['image_px']:4d} px batch {r['batch']:3d}: "
+          f"step {r['step_ms']:9.2f} ms"
           f"  {r['tokens_per_s']:12,.0f} tokens/s  compile {r['compile_s']:6.1f} s{mfu}",
           flush=True)
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| mixer | px | batch | step ms | tokens/s | MFU 6N | MFU 6N + attn | compile s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| mixer | impl | px | batch | step ms | tokens/s | MFU 6N | MFU 6N + attn "
+          "| compile s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
     for r in rows:
         if "step_ms" not in r:
-            print(f"| {r['mixer']} | {r['image_px']} | {r['batch']} | {r['status']} | | | | |")
+            print(f"| {r['mixer']} | {r['impl']} | {r['image_px']} | {r['batch']} | "
+                  f"{r['status']} | | | | |")
             continue
-        print(f"| {r['mixer']} | {r['image_px']} | {r['batch']} | {r['step_ms']:.2f} | "
+        print(f"| {r['mixer']} | {r['impl']} | {r['image_px']} | {r['batch']} | "
+              f"{r['step_ms']:.2f} | "
               f"{r['tokens_per_s']:,.0f} | {pct(r['mfu'])} | {pct(r['mfu_with_attn'])} | "
               f"{r['compile_s']:.1f} |")
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """LASAD step time over softmax step time per (grid, batch)."""
-    by = {(r["mixer"], r["grid"], r["batch"]): r["step_ms"] for r in rows if "step_ms" in r}
-    return [dict(grid=g, batch=b, lasad_over_softmax=ms / by[("softmax", g, b)])
-            for (m, g, b), ms in by.items() if m == "lasad" and ("softmax", g, b) in by]
+    """LASAD step time over softmax step time per (impl, grid, batch)."""
+    by = {(r["mixer"], r["impl"], r["grid"], r["batch"]): r["step_ms"] for r in rows
+          if "step_ms" in r}
+    return [dict(impl=i, grid=g, batch=b, lasad_over_softmax=ms / by[("softmax", "auto", g, b)])
+            for (m, i, g, b), ms in by.items()
+            if m == "lasad" and ("softmax", "auto", g, b) in by]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -176,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--vocab", type=int, default=16384)
     p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--impl", default="auto")
+    p.add_argument("--pallas", action="store_true",
+                   help="also LASAD with impl='pallas', after the other rows")
     p.add_argument("--chunk_size", type=int, default=None)
     p.add_argument("--steps", type=int, default=10, help="at least this many timed steps")
     p.add_argument("--min_seconds", type=float, default=2.0, help="and at least this long")
@@ -194,25 +203,27 @@ def main(argv: list[str] | None = None) -> dict:
     def result(complete: bool) -> dict:
         return dict(info=info, complete=complete, rows=rows, ratios=ratios(rows))
 
-    for spec in args.rows:
+    runs = [(spec, mixer, "auto") for spec in args.rows for mixer in args.mixers]
+    if args.pallas:
+        runs += [(spec, "lasad", "pallas") for spec in args.rows]
+    for spec, mixer, impl in runs:
         grid, batch = (int(x) for x in spec.split(":"))
-        for mixer in args.mixers:
-            print(f"{mixer} grid {grid} batch {batch}: compiling "
-                  f"({time.strftime('%H:%M:%S')})", flush=True)
-            try:
-                row = measure(args, mixer, grid, batch, peak)
-            except Exception as e:  # out of memory, or a compile this device refuses
-                row = dict(mixer=mixer, grid=grid, image_px=16 * grid, batch=batch,
-                           status=f"failed: {type(e).__name__}: {str(e)[:200]}")
-                print(row["status"], flush=True)
-            else:
-                print_row(row)
-            rows.append(row)
-            write_json(args.out, result(False), quiet=True)
+        print(f"{mixer} ({impl}) grid {grid} batch {batch}: compiling "
+              f"({time.strftime('%H:%M:%S')})", flush=True)
+        try:
+            row = measure(args, mixer, grid, batch, peak, impl)
+        except Exception as e:  # out of memory, or a compile this device refuses
+            row = dict(mixer=mixer, impl=impl, grid=grid, image_px=16 * grid, batch=batch,
+                       status=f"failed: {type(e).__name__}: {str(e)[:200]}")
+            print(row["status"], flush=True)
+        else:
+            print_row(row)
+        rows.append(row)
+        write_json(args.out, result(False), quiet=True)
     final = result(True)
     print_table(rows)
     for r in final["ratios"]:
-        print(f"lasad / softmax step time, {16 * r['grid']} px batch {r['batch']}: "
+        print(f"lasad ({r['impl']}) / softmax step time, {16 * r['grid']} px batch {r['batch']}: "
               f"{r['lasad_over_softmax']:.2f}")
     write_json(args.out, final)
     return final

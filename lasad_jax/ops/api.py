@@ -34,14 +34,16 @@ from lasad_jax.ops.validation import check_choice, check_decay, check_int, check
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
 # impl="auto": (platform, longest T for which the choice holds, impl), first match wins.
-# The one place where measurements choose an implementation (docs/operator.md, "The impl
-# switch"). Today: the chunkwise-parallel XLA form everywhere. On CPU it is the measured
-# choice (benchmarks/RESULTS.md, "Operator scaling, CPU"; for T <= chunk_size it is a
-# single chunk, i.e. the masked form). On GPU and TPU nothing else has been timed: the
+# The one place where measurements choose an implementation (docs/operator.md,
+# "Implementations and the impl switch"; the chunked form's own per-platform parameters
+# are `ops.chunked.DEFAULTS`). Today: the chunkwise-parallel XLA form everywhere. On CPU
+# that is measured (benchmarks/RESULTS.md, "Operator scaling, CPU": faster than the
+# quadratic reference from T = 4096, equal below, where a single chunk is the masked
+# form). On GPU and TPU nothing else has been timed since the kernels were rebuilt: the
 # Pallas split (`impl="pallas"`) enters a row here for a platform and range of T once
 # `benchmarks/kernels.py` (run by benchmarks/device_check.sh) shows it faster than the XLA
-# form there, with the measurement cited in benchmarks/RESULTS.md. The kernels it replaced
-# lost to the XLA form on an H200 (2026-12-04; RESULTS.md, "Before").
+# form there, cited from benchmarks/RESULTS.md. The kernels it replaced lost to the XLA
+# form on an H200 (2026-12-04; RESULTS.md, "Before").
 AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
 
 

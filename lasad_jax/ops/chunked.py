@@ -61,7 +61,6 @@ from lasad_jax.ops.reference import masked_attention
 F32 = jnp.float32
 
 
-
 class Defaults(NamedTuple):
     """The form's parameters when the caller does not choose them."""
 
@@ -69,13 +68,14 @@ class Defaults(NamedTuple):
     chunks_per_step: int  # chunks in parallel per step; 0: all of them
 
 
-# Measured defaults per platform ("*": the others), docs/operator.md "Defaults". CPU:
-# benchmarks/op_scaling.py --chunk_sizes and benchmarks/chunk_design.py on the 2-core
-# development machine (benchmarks/RESULTS.md, "Chunk size, CPU"). Elsewhere nothing is
-# timed yet: all chunks at once (the chunkwise-parallel shape) and 1024-token chunks,
-# which keep a 512 px image (T = 1025) in one chunk and the chunk-boundary states of a
-# 128-wide grid at `Dk Dv / 8` numbers per token and head; benchmarks/device_check.sh
-# sweeps both on a GPU.
+# Measured defaults per platform ("*": the others), docs/operator.md "Defaults". CPU (the
+# 2-core development machine, benchmarks/RESULTS.md): 1024-token chunks, the best at
+# T = 16384 and linear from 1k to 16k tokens ("Chunk size, CPU", "Operator scaling,
+# CPU"), one chunk per step, the fastest at every length with the least memory ("Inside
+# the chunked form, CPU"). Elsewhere nothing is timed yet: all chunks at once (the
+# chunkwise-parallel shape accelerators want) and 1024-token chunks, which keep a 512 px
+# image (T = 1025) in one chunk and the chunk-boundary states of a 128-wide grid at
+# `Dk Dv / 8` numbers per token and head; benchmarks/device_check.sh sweeps both on a GPU.
 DEFAULTS: dict[str, Defaults] = {
     "cpu": Defaults(chunk_size=1024, chunks_per_step=1),
     "*": Defaults(chunk_size=1024, chunks_per_step=0),
@@ -208,6 +208,11 @@ def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size,
     qc, kc, vc = (x.reshape(b, steps, per_step, c, h, -1).transpose(1, 2, 0, 4, 3, 5)
                   for x in (q, k, v))
     body = functools.partial(_step, variant, lay, width, state_pass)
+    if n == 1:
+        # One chunk is the masked form: no states, and its only residual is the `C x C`
+        # scores, which the reference keeps too; recomputing them cost time on CPU
+        # (docs/operator.md, "Defaults").
+        remat = "none"
     if remat == "inputs":
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
     elif remat == "states":

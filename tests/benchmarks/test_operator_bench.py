@@ -81,9 +81,10 @@ def test_train_step_smoke_times_both_mixers(tmp_path, capsys):
     import train_step
 
     out = tmp_path / "train.json"
-    result = train_step.main(["--smoke", "--out", str(out)])
-    rows = {r["mixer"]: r for r in result["rows"]}
-    assert set(rows) == {"lasad", "softmax"}
+    result = train_step.main(["--smoke", "--pallas", "--out", str(out)])
+    assert [(r["mixer"], r["impl"]) for r in result["rows"]] == [
+        ("lasad", "auto"), ("softmax", "auto"), ("lasad", "pallas")]
+    rows = {r["mixer"]: r for r in result["rows"] if r["impl"] == "auto"}
     for r in rows.values():
         assert r["step_ms"] > 0 and r["compile_s"] > 0 and r["tokens"] == 2 * 16
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / (r["step_ms"] / 1e3))
@@ -93,9 +94,14 @@ def test_train_step_smoke_times_both_mixers(tmp_path, capsys):
     assert rows["lasad"]["flops_6n_per_token"] == 6 * rows["lasad"]["matmul_params"]
     # Softmax mixing, PaLM's count: 12 * layers * dim * T (T = 16 slots), fwd + bwd.
     assert rows["softmax"]["attn_flops_per_token"] == 12 * 1 * 32 * 16
-    assert result["ratios"][0]["lasad_over_softmax"] > 0
+    assert [r["impl"] for r in result["ratios"]] == ["auto", "pallas"]
+    assert all(r["lasad_over_softmax"] > 0 for r in result["ratios"])
+    # The Pallas step trains the same model: the same first loss (interpret mode on CPU).
+    pallas = result["rows"][2]
+    assert pallas["step_ms"] > 0 and pallas["loss"] == pytest.approx(rows["lasad"]["loss"],
+                                                                      rel=1e-3)
     assert json.loads(out.read_text())["complete"]
-    assert "| lasad | 64 | 2 |" in capsys.readouterr().out
+    assert "| lasad | auto | 64 | 2 |" in capsys.readouterr().out
 
 
 def test_train_step_imports_no_package_the_gpu_image_lacks():
@@ -118,11 +124,13 @@ def test_chunk_design_runs(tmp_path):
 
     out = tmp_path / "design.json"
     rows = chunk_design.main(["--tokens", "64", "--widths", "4", "--heads", "2", "--dim", "4",
-                              "--min_seconds", "0", "--out", str(out)])
+                              "--rounds", "2", "--min_seconds", "0", "--out", str(out)])
     assert {r["test"] for r in rows} == set(chunk_design.TESTS)
     steps = [r["chunks_per_step"] for r in rows if r["test"] == "steps"]
     assert steps == [1, 2, 4, 0]
     assert all(r["fwd_bwd_ms"] > 0 for r in rows)
+    assert all(len(r["rounds_ms"]) == 2 and r["fwd_bwd_ms"] == min(r["rounds_ms"])
+               for r in rows if r["test"] != "smoothing")
     assert all(r["rel_err_vs_toeplitz"] < 1e-5 for r in rows if r["test"] == "smoothing")
     assert json.loads(out.read_text())["rows"] == rows
 

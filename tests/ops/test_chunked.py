@@ -73,7 +73,7 @@ def _grads(fn, args, cotangent):
 @pytest.mark.parametrize("variant, remat, case", [
     ("lasad", "inputs", CASES[0]), ("lasad", "states", CASES[1]), ("lasad", "none", CASES[2]),
     ("lasad_row", "inputs", CASES[1]), ("linear_1d", "inputs", CASES[0]),
-    ("linear", "inputs", CASES[1]),
+    ("linear", "inputs", CASES[3]),  # a single chunk keeps its scores (no remat)
 ])
 def test_gradients_match_reference(variant, remat, case):
     """All five gradients (q, k, v, both log decays) within 1e-4, every remat policy."""
@@ -109,9 +109,11 @@ def test_state_passes_and_steps_agree_on_many_chunks():
 
 # bfloat16 inputs against the float32 reference on the same (rounded) inputs. The form
 # rounds the decay-weighted scores, the decayed keys and queries and the states to
-# bfloat16 before their matmuls (2^-9 each) and the output once; measured over the shapes
-# of benchmarks/numerics.py: see docs/operator.md ("Numerics").
-BF16_TOL = 2.0**-6
+# bfloat16 before their matmuls (2^-9 each) and the output once. Measured
+# (benchmarks/numerics.py, 2026-12-04, 8 heads, D = 64, T = 257 to 4097, all variants):
+# outputs <= 3.8e-3 of their largest magnitude, gradients <= 9.9e-3 (docs/operator.md,
+# "Numerics"). The output bound sits at twice the measurement.
+BF16_TOL = 2.0**-7
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
