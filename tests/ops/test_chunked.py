@@ -33,6 +33,8 @@ CASES = [
     (16, 53, 0, 40, "scan", 1),  # power-of-two width, 2-row chunks one at a time
     (7, 30, 0, 1000, "scan", 0),  # a single chunk: the masked form
 ]
+# The inner-loop tier (-m "not slow") runs the first two cases; the others are `slow`.
+VALUE_CASES = CASES[:2] + [pytest.param(*c, marks=pytest.mark.slow) for c in CASES[2:]]
 
 
 def _logs(variant):
@@ -54,7 +56,7 @@ def _reference(variant, width, num_prefix):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("width, num_image, num_prefix, chunk_size, state_pass, per_step",
-                         CASES)
+                         VALUE_CASES)
 def test_values_match_reference(variant, width, num_image, num_prefix, chunk_size,
                                 state_pass, per_step):
     q, k, v = random_qkv(width + num_image, 2, num_prefix + num_image)
@@ -71,8 +73,10 @@ def _grads(fn, args, cotangent):
 
 
 @pytest.mark.parametrize("variant, remat, case", [
-    ("lasad", "inputs", CASES[0]), ("lasad", "states", CASES[1]), ("lasad", "none", CASES[2]),
-    ("lasad_row", "inputs", CASES[1]), ("linear_1d", "inputs", CASES[0]),
+    ("lasad", "inputs", CASES[0]), ("lasad", "states", CASES[1]),
+    pytest.param("lasad", "none", CASES[2], marks=pytest.mark.slow),
+    pytest.param("lasad_row", "inputs", CASES[1], marks=pytest.mark.slow),
+    pytest.param("linear_1d", "inputs", CASES[0], marks=pytest.mark.slow),
     ("linear", "inputs", CASES[3]),  # a single chunk keeps its scores (no remat)
 ])
 def test_gradients_match_reference(variant, remat, case):

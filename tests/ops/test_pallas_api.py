@@ -64,7 +64,7 @@ def _gpu(width: int, num_prefix: int, chunk_size: int, interpret: bool = True):
 
 @pytest.mark.parametrize("width, image_tokens, num_prefix, chunk_size", [
     (5, 37, 1, 10),  # 2 rows per chunk (padded to 16), 8 columns per program (3 padding)
-    (3, 50, 0, 3),  # one row per chunk: 17 chunks, partial last row
+    pytest.param(3, 50, 0, 3, marks=pytest.mark.slow),  # one row per chunk: 17 chunks
 ])
 def test_gpu_kernels_match_reference(width, image_tokens, num_prefix, chunk_size):
     """The Triton path in the generic interpreter: values and the five gradients."""
@@ -87,6 +87,7 @@ def test_gpu_kernels_match_reference(width, image_tokens, num_prefix, chunk_size
 BF16_TOL, BF16_GRAD_TOL = 2.0**-7, 2.0**-6
 
 
+@pytest.mark.slow
 def test_bfloat16_inputs():
     width, num_prefix, chunk_size = 5, 1, 10
     q, k, v = random_qkv(7, 1, 1 + 37, jnp.bfloat16)
