@@ -9,18 +9,18 @@
 # Stages, each a process under its own time limit, so one slow compile cannot take the
 # others' results with it; every JSON is rewritten per row, and each row is printed as it
 # goes. Most important rows first. Operator stages (at most 360 s together):
-# 1. core (100 s): benchmarks/kernels.py, the chunked XLA form against cuDNN flash
+# 1. core (90 s): benchmarks/kernels.py, the chunked XLA form against cuDNN flash
 #    attention, D = 64, batch 1, T = 256 ... 16384, forward+backward then forward, every
 #    LASAD row first checked against the float32 reference: the issue's targets.
 # 2. train_step (110 s): benchmarks/train_step.py, one jitted step of LASADGen-L, LASAD
-#    against softmax, 256 px batch 64 then 512 px batch 16.
-# 3. pallas_tests (40 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
+#    against softmax, 256 px batch 64 then 512 px batch 16, then LASAD with impl="pallas".
+# 3. pallas_tests (60 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
 #    device, float32 values and five gradients against the quadratic reference.
-# 4. pallas (50 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
+# 4. pallas (45 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
 #    1's softmax rows join its speedups.
 # 5. chunk_sweep (30 s): kernels.py, chunk size x remat policy of the XLA form,
 #    forward+backward at T = 4096 and 16384 (the data for ops.chunked's defaults on GPU).
-# 6. rest (30 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
+# 6. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
 # Then the decoding stage. Files back: device.txt, log.txt (every stage), five operator
 # JSON and one decoding JSON: the tool's limit is eight.
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.
@@ -52,7 +52,7 @@ if [[ -n $smoke ]]; then
     train=(--smoke)
     decode_args=(--widths 2 --rows 2 --batch 1 --heads 2 --dim 4 --min_seconds 0)
 else
-    limits=(100 110 40 50 30 30 90)
+    limits=(90 110 60 45 30 25 90)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
     core+=(--batch 1 --dims 64 "${timing[@]}")

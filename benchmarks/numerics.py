@@ -4,9 +4,10 @@
 
 q, k and v are drawn in float32, rounded to bfloat16, and fed to the chunked form (chunks
 of 4 grid rows, so states pass between many chunks); the reference runs in float32 on the
-same rounded values, so the error shown is what the bfloat16 path adds: the products run
-on bf16 operands (scores, decayed keys and queries and the states rounded to bf16 before
-their matmul), states accumulate in float32, the output is rounded to bf16. Gradients:
+same rounded values, so the error shown is what the bfloat16 path adds: the intra-chunk
+products and chunk sums run on bf16 operands (scores and decayed keys rounded to bf16
+before their matmul), states and the inter-chunk read stay float32, the output is rounded
+to bf16. Gradients:
 of `sum(out * ct)` for a random float32 `ct`, to q, k, v (bf16) and the decays (float32).
 Error is max |x - ref| / max |ref| per output (the forward's median relative error per
 entry too). Prints a table and writes JSON to `--out`.

@@ -32,11 +32,13 @@ token offset for `linear_1d`), and a chunk spans `tau_chunk` ticks of the clock.
 `S = 1` and the clock is the row offset. `linear_1d`: `S = 1`, clock = token offset.
 `linear`: the same with a decay of 1.
 
-Dtypes: matmul operands stay in the input dtype (bfloat16 in training) with float32
-accumulation (`preferred_element_type`); the decay-weighted scores, the decayed keys and
-queries and the states are rounded to the input dtype just before their matmul, as
-flash-style kernels round P. States are accumulated and passed in float32. With float32
-inputs every step is float32, exact to rounding against `reference.masked_attention`.
+Dtypes: the intra-chunk products and the chunk sums take operands in the input dtype
+(bfloat16 in training) with float32 accumulation (`preferred_element_type`); the
+decay-weighted scores and the decayed keys are rounded to the input dtype just before
+their matmul, as flash-style kernels round P. States are accumulated, passed and read in
+float32 (the inter-chunk read is a float32 product: `Dk x Dv` per token, small next to the
+intra-chunk work, and the states are sums over many rows). With float32 inputs every step
+is float32, exact to rounding against `reference.masked_attention`.
 
 Memory: autodiff would keep each chunk's `C x C` scores and the `w x Dk x Dv`
 chunk-boundary states for the backward pass (for `lasad` the states alone are
@@ -179,18 +181,19 @@ def chunked_attention(
     chunks_per_step = default.chunks_per_step if chunks_per_step is None else chunks_per_step
     image = functools.partial(_image_attention, variant, width=width, chunk_size=chunk_size,
                               chunks_per_step=chunks_per_step, state_pass=state_pass,
-                              remat=remat)
+                              remat=remat, dtype=jnp.dtype(q.dtype))
     log_row, log_col = log_row.astype(F32), log_col.astype(F32)
     return with_prefix(lambda q, k, v: image(q, k, v, log_row, log_col), q, k, v, num_prefix)
 
 
-def _mm(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """A batched matmul in the dtype of `b` (the input dtype), accumulated in float32."""
-    return jnp.einsum(spec, a.astype(b.dtype), b, preferred_element_type=F32)
+def _mm(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """A batched matmul on operands rounded to `dtype` (the input dtype), accumulated in
+    float32."""
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=F32)
 
 
 def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size,
-                     chunks_per_step, state_pass, remat):
+                     chunks_per_step, state_pass, remat, dtype):
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
     lay = chunk_layout(variant, width, chunk_size, num_image)
@@ -204,10 +207,15 @@ def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size,
         # keep it out of the states as well.
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
     # Chunk-major blocks [steps, chunks per step, B, H, C, D]: every matmul of a step is
-    # batched over (chunks, B, H) or (chunks, B, H, S).
+    # batched over (chunks, B, H) or (chunks, B, H, S). The blocks are then viewed in
+    # float32; each product rounds them back to `dtype`, which is exact. Why: each of q, k, v
+    # feeds several products, and autodiff adds the cotangents of a value's uses in that
+    # value's dtype. Added in bfloat16, rounding every partial sum, the q gradient's error
+    # doubled (T = 16384, no decay); added in float32 it is rounded once, at the layout
+    # transpose back (docs/operator.md, "Numerics").
     qc, kc, vc = (x.reshape(b, steps, per_step, c, h, -1).transpose(1, 2, 0, 4, 3, 5)
-                  for x in (q, k, v))
-    body = functools.partial(_step, variant, lay, width, state_pass)
+                  .astype(F32) for x in (q, k, v))
+    body = functools.partial(_step, variant, lay, width, state_pass, dtype)
     if n == 1:
         # One chunk is the masked form: no states, and its only residual is the `C x C`
         # scores, which the reference keeps too; recomputing them cost time on CPU
@@ -229,7 +237,7 @@ def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size,
     return out.transpose(1, 0, 3, 2, 4).reshape(b, -1, h, dv)[:, :num_image]
 
 
-def _step(variant, lay: ChunkLayout, width: int, state_pass: str, carry, x, log_row,
+def _step(variant, lay: ChunkLayout, width: int, state_pass: str, dtype, carry, x, log_row,
           log_col):
     """One step of `P` chunks: `carry` is `H` entering the first (`[B, H, S, Dk, Dv]`, or
     `None` for the first step of a single-step run); returns `(H after the last, out)`."""
@@ -239,8 +247,8 @@ def _step(variant, lay: ChunkLayout, width: int, state_pass: str, carry, x, log_
     # 1. Intra-chunk. A chunk starts on a row boundary (2D variants), so one mask of
     #    relative positions serves every chunk.
     mask = decay_mask(variant, c, 0, width, log_row, log_col)  # [H, C, C]
-    scores = _mm("pbhid,pbhjd->pbhij", qc, kc) * mask
-    out = _mm("pbhij,pbhje->pbhie", scores, vc)
+    scores = _mm("pbhid,pbhjd->pbhij", qc, kc, dtype) * mask
+    out = _mm("pbhij,pbhje->pbhie", scores, vc, dtype)
     last = carry is None  # a single step: no chunk after the last one reads its sums
     if p == 1 and last:
         return None, out
@@ -254,8 +262,8 @@ def _step(variant, lay: ChunkLayout, width: int, state_pass: str, carry, x, log_
 
     # 2. Chunk sums, each key decayed to its chunk's end.
     kk, vv = (kc[:-1], vc[:-1]) if last else (kc, vc)
-    k_end = by_column(kk).astype(F32) * jnp.exp((lay.chunk_tau - tau) * la)
-    sums = _mm("pbhsgd,pbhsge->pbhsde", k_end, by_column(vv))
+    k_end = by_column(kk) * jnp.exp((lay.chunk_tau - tau) * la)
+    sums = _mm("pbhsgd,pbhsge->pbhsde", k_end, by_column(vv), dtype)
     # 3. Smoothing across columns, then the state pass: `inclusive[i]` sums chunks <= i of
     #    this step, decayed to the end of chunk i.
     if variant == "lasad":
@@ -275,9 +283,11 @@ def _step(variant, lay: ChunkLayout, width: int, state_pass: str, carry, x, log_
     states = checkpoint_name(states, _STATES_NAME)
     # 4. Inter-chunk: each query decayed back to its chunk's start.
     qq = qc[1:] if last else qc
-    q_start = by_column(qq).astype(F32) * jnp.exp(tau * la)
-    inter = jnp.einsum("pbhsgd,pbhsde->pbhsge", q_start.astype(qc.dtype),
-                       states.astype(qc.dtype), preferred_element_type=F32)
+    q_start = by_column(qq) * jnp.exp(tau * la)
+    # The read multiplies float32 queries and states: the states are sums over many rows,
+    # and rounding them to bfloat16 here took the q gradient's error from 5.5e-3 to 8.6e-3
+    # of its largest magnitude (T = 16384, no decay; docs/operator.md, "Numerics").
+    inter = jnp.einsum("pbhsgd,pbhsde->pbhsge", q_start, states, preferred_element_type=F32)
     inter = inter.swapaxes(3, 4).reshape(*qq.shape[:4], -1)
     if last:
         return None, jnp.concatenate([out[:1], out[1:] + inter], axis=0)

@@ -81,9 +81,9 @@ def test_gpu_kernels_match_reference(width, image_tokens, num_prefix, chunk_size
 
 
 # bfloat16 inputs against the float32 reference on the same (rounded) inputs: the
-# products round scores, decayed keys / queries and states to bf16 (2^-9 each), the
-# output is rounded once. Measured on this case (seeds 0-2): output <= 3.6e-3 of its
-# largest magnitude, gradients <= 7.3e-3 (v), 5.1e-3 (q, k, log decays).
+# products round scores and decayed keys to bf16 (2^-9 each), the state reads multiply
+# float32, the output is rounded once. Measured on this case (seeds 0-2): output <= 3.6e-3
+# of its largest magnitude, gradients <= 7.3e-3 (v), 5.1e-3 (q, k, log decays).
 BF16_TOL, BF16_GRAD_TOL = 2.0**-7, 2.0**-6
 
 

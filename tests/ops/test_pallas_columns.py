@@ -81,8 +81,8 @@ def test_column_apply(backend, cols, clock, transpose):
 
 
 def test_bfloat16_operands_float32_results():
-    """bf16 inputs: the products run on bf16 operands (the state rounded to bf16 for the
-    read), accumulate in float32 and return float32."""
+    """bf16 inputs: the chunk sums multiply bf16 operands (the decayed x rounded to bf16)
+    into float32; the state read multiplies float32 (the state is not rounded)."""
     x, y, mat, la = _inputs(4, jnp.bfloat16)
     cfg = _cfg("gpu", 2, jnp.bfloat16)
     sums = columns.column_outer(cfg, "end", x.swapaxes(-1, -2), y, la)
@@ -92,8 +92,7 @@ def test_bfloat16_operands_float32_results():
     # Only the decayed x is rounded to bf16 (2^-9 relative) before the product.
     assert rel_err(sums, want) < 2.0**-8
     read = columns.column_apply(cfg, "start", False, x, mat, la)
-    want = jnp.einsum("mr,mwrd,mwde->mwre", _weights("start", la), x.astype(jnp.float32),
-                      mat.astype(jnp.bfloat16).astype(jnp.float32))
+    want = jnp.einsum("mr,mwrd,mwde->mwre", _weights("start", la), x.astype(jnp.float32), mat)
     assert read.dtype == jnp.float32 and rel_err(read, want) < 1e-5
 
 

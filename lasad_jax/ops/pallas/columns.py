@@ -22,8 +22,9 @@ takes `x` transposed (`[M, W, D, R']`), so neither kernel needs a transposed-LHS
 A program handles `cols` columns of one chunk. For Triton every block side is a power of
 two and every matmul side at least 16: the caller pads rows, columns and features with
 zeros (exact: zero keys, values and queries add and read nothing; padded rows get `e = 0`).
-Products run in the input dtype (bfloat16 in training) with float32 accumulation; the
-states (`S`, `M`) are float32 and rounded to the input dtype for the read.
+`column_outer` multiplies operands in the input dtype (bfloat16 in training) with float32
+accumulation; `column_apply` multiplies in float32 (its matrix is a float32 state, or a
+state's cotangent), at the precision of `cfg.precision` (TF32 on GPUs for 16-bit inputs).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def _apply_kernel(la_ref, x_ref, m_ref, o_ref, *, cfg: ColumnConfig, clock: str,
     e = _decay(cfg, clock, (rp, 1), 0, la_ref[...])  # [R', 1], along x's rows
     contract = (((1,), (1,)), ((), ())) if transpose else (((1,), (0,)), ((), ()))
     for c in range(cfg.cols):
-        prod = lax.dot_general(x_ref[c].astype(cfg.dtype), m_ref[c].astype(cfg.dtype),
-                               contract, precision=cfg.precision, preferred_element_type=F32)
+        # float32 operands: `m` is a state (or its cotangent), a sum over many rows that a
+        # rounding to bfloat16 would cost precision (ops/chunked.py, step 4).
+        prod = lax.dot_general(x_ref[c].astype(F32), m_ref[c].astype(F32), contract,
+                               precision=cfg.precision, preferred_element_type=F32)
         o_ref[c] = prod * e
 
 
