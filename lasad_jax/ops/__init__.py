@@ -1,7 +1,8 @@
 """The LASAD operator and its variants (docs/operator.md).
 
 Parallel forms (training, scoring): `lasad_attention`, `lasad_row_attention`,
-`linear_1d_attention`, `linear_attention`, each with `impl` in `IMPLS`.
+`linear_1d_attention`, `linear_attention`, each with `impl` in `IMPLS` ("reference", the
+chunkwise-parallel "chunked", "pallas", "auto" from `AUTO_TABLE` / `select_impl`).
 Decoding forms (sampling, one slot at a time, constant-size state): `*_decode_init` and
 `*_decode_step` for the same four variants (docs/decoding.md).
 """

@@ -2,15 +2,18 @@
 
 Parallel forms take `q, k: [batch, T, heads, Dk]`, `v: [batch, T, heads, Dv]`; slots
 `0..num_prefix-1` are prefix memory and the `T - num_prefix` image tokens fill a grid of
-`width` columns in raster order (the last row may be partial). All forms compute in
-float32 and return q's dtype.
+`width` columns in raster order (the last row may be partial). They return q's dtype;
+matmuls run in the input dtype with float32 accumulation, states are float32
+(docs/operator.md, "Numerics").
 
-`impl`:
+`impl` (docs/operator.md, "Implementations"):
 * `"reference"`: the quadratic masked form, `O(T^2)`; the spec in code.
-* `"chunked"`: row chunks and a `lax.scan` over per-column states, `O(T)`.
-* `"auto"`: `select_impl`'s choice for the platform and length.
-* `"pallas"`: the Pallas kernels (`lasad_jax.ops.pallas`), `lasad` variant only; TPU and
-  GPU, interpret mode on CPU. Not chosen by `"auto"`: slower than `"chunked"` where timed.
+* `"chunked"`: the chunkwise-parallel form (`ops/chunked.py`), `O(T)`: every chunk's
+  intra-chunk products, chunk sums and inter-chunk reads at once, a short pass over the
+  chunk-boundary states in between.
+* `"pallas"`: the same split as fused Pallas kernels (`lasad_jax.ops.pallas`), `lasad`
+  variant only; TPU and GPU, interpret mode on CPU.
+* `"auto"`: `select_impl`'s choice for the platform and length (`AUTO_TABLE`).
 
 Decoding forms (`*_decode_init`, `*_decode_step`) feed one slot at a time through a
 fixed-size state (`ops.decode`; docs/decoding.md); they have one implementation, in XLA.
@@ -24,20 +27,23 @@ import jax
 import jax.numpy as jnp
 
 from lasad_jax.ops import decode
-from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE, chunked_attention
+from lasad_jax.ops.chunked import chunked_attention, defaults
 from lasad_jax.ops.reference import masked_attention
 from lasad_jax.ops.validation import check_choice, check_decay, check_int, check_qkv
 
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
 # impl="auto": (platform, longest T for which the choice holds, impl), first match wins.
-# On CPU the chunked form is as fast as the reference already at T = 256 (a single chunk
-# *is* the masked quadratic form) and much faster beyond; see benchmarks/RESULTS.md. On an
-# H200 (2026-12-04, bf16, 16 heads, D = 64) the chunked form took 0.088 / 0.208 ms (forward /
-# forward+backward) at T = 256 and 0.193 / 0.482 ms at T = 1024, the Pallas masked kernel (then
-# with IEEE float32 dots) 2.2 / 8.0 ms and 9.5 ms (forward); longer T was not reached. A
-# Pallas kernel enters this table for a platform and length once benchmarks/kernels.py
-# shows it faster there; until then "auto" runs the XLA chunked form everywhere.
+# The one place where measurements choose an implementation (docs/operator.md,
+# "Implementations and the impl switch"; the chunked form's own per-platform parameters
+# are `ops.chunked.DEFAULTS`). Today: the chunkwise-parallel XLA form everywhere. On CPU
+# that is measured (benchmarks/RESULTS.md, "Operator scaling, CPU": faster than the
+# quadratic reference from T = 4096, equal below, where a single chunk is the masked
+# form). On GPU and TPU nothing else has been timed since the kernels were rebuilt: the
+# Pallas split (`impl="pallas"`) enters a row here for a platform and range of T once
+# `benchmarks/kernels.py` (run by benchmarks/device_check.sh) shows it faster than the XLA
+# form there, cited from benchmarks/RESULTS.md. The kernels it replaced lost to the XLA
+# form on an H200 (2026-12-04; RESULTS.md, "Before").
 AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
 
 
@@ -59,9 +65,8 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
     num_prefix = check_int("num_prefix", num_prefix, minimum=0)
     if num_prefix > t:
         raise ValueError(f"num_prefix must be <= T = {t} (q.shape[1]), got {num_prefix}")
-    chunk_size = check_int(
-        "chunk_size", DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, minimum=1
-    )
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     logs = [check_decay(name, value, h) for name, value in decays.items()]
     no_decay = jnp.zeros((h,), jnp.float32)
     log_row, log_col = (logs[0], logs[-1]) if logs else (no_decay, no_decay)
@@ -77,7 +82,7 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
     elif impl == "pallas":
         from lasad_jax.ops.pallas import pallas_attention  # Pallas imports are not free
 
-        out = pallas_attention(q, k, v, chunk_size=chunk_size, **kw)
+        out = pallas_attention(q, k, v, chunk_size=chunk_size or defaults().chunk_size, **kw)
     else:
         out = chunked_attention(variant, q, k, v, chunk_size=chunk_size, **kw)
     return out.astype(q.dtype)
@@ -98,8 +103,9 @@ def lasad_attention(
     """LASAD: image key `j` weighs `row_decay^(r_i - r_j) * col_decay^|c_i - c_j|` for query `i`.
 
     `row_decay`, `col_decay`: `[heads]` in (0, 1]. `chunk_size` (tokens per chunk of the
-    chunked form, rounded down to whole rows) trades intra-chunk matmul work (grows with
-    it) against state traffic (shrinks with it); `None` uses the measured default.
+    chunked and Pallas forms, rounded down to whole rows) trades intra-chunk matmul work
+    (grows with it) against the chunk-boundary states (shrink with it); `None` uses the
+    platform's measured default (`ops.chunked.defaults`).
     """
     return _parallel("lasad", q, k, v, width=width, num_prefix=num_prefix, impl=impl,
                      chunk_size=chunk_size, row_decay=row_decay, col_decay=col_decay)
