@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# Every accelerator check of the [kernels] issue in one command that fits one call of the
-# device tool (10 minutes; a lent task has 15 minutes of device time in all, and starting
-# the machine took from 30 s to 5 min on 2026-12-04). From the repository root, on the GPU:
+# Every accelerator check in one command that fits one call of the device tool (10 minutes;
+# a lent task has 15 minutes of device time in all, and starting the machine took from 30 s
+# to 5 min on 2026-12-04). From the repository root, on the GPU:
 #
 #   bash benchmarks/device_check.sh "$OUT"          # results and logs land in $OUT
-#   bash benchmarks/device_check.sh DIR --smoke     # tiny sizes: checks the script (CPU, ~1 min)
+#   bash benchmarks/device_check.sh DIR --smoke     # tiny sizes: checks the script (CPU)
 #
-# Stages, each a process under its own time limit (at most 90 + 45 + 60 + 200 + 90 s), so
-# one slow compile cannot take the others' results with it; every JSON is rewritten per row:
-# 1. tests/ops/test_pallas_api.py, float32 values and gradients against the quadratic reference
-#    through the public API, the kernels compiled for the device (45 s on an H200).
-# 2. benchmarks/kernels.py --ops softmax: cuDNN flash attention, the baseline (12 s).
-# 3. benchmarks/masked_probe.py: the masked kernel's tile sizes and matmul precisions.
-# 4. benchmarks/kernels.py, the LASAD operators (chunked XLA, Pallas), every Pallas row first
-#    checked against the chunked form; stage 2's rows join its table and speedups.
-# 5. benchmarks/decode_step.py: the XLA decoding step against the fused Pallas step, the
-#    fused step's tokens first checked against the XLA step's.
-# Files back: device.txt, log.txt (every stage) and four JSON, within the tool's 8.
-# Only jax, numpy and pytest are needed: the device image has them.
+# Stages, each a process under its own time limit, so one slow compile cannot take the
+# others' results with it; every JSON is rewritten per row, and each row is printed as it
+# goes. Most important rows first. Operator stages (at most 360 s together):
+# 1. core (90 s): benchmarks/kernels.py, the chunked XLA form against cuDNN flash
+#    attention, D = 64, batch 1, T = 256 ... 16384, forward+backward then forward, every
+#    LASAD row first checked against the float32 reference: the issue's targets.
+# 2. train_step (110 s): benchmarks/train_step.py, one jitted step of LASADGen-L, LASAD
+#    against softmax, 256 px batch 64 then 512 px batch 16, then LASAD with impl="pallas".
+# 3. pallas_tests (60 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
+#    device, float32 values and five gradients against the quadratic reference.
+# 4. pallas (45 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
+#    1's softmax rows join its speedups.
+# 5. chunk_sweep (30 s): kernels.py, chunk size x remat policy of the XLA form,
+#    forward+backward at T = 4096 and 16384 (the data for ops.chunked's defaults on GPU).
+# 6. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
+# 7. sampling (150 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
+#    LASADGen-L and -B, lasad against softmax (bf16, batch 64, CFG 2.0), per-token time by
+#    quarter, state and KV-cache bytes, compile time; each compiled sampler is first checked
+#    for copies of its decoding cache (lasad_jax.sampling.hlo_check: XLA's GPU pipeline
+#    inserts copies the CPU one does not). Rows run in order of importance (L 256 px,
+#    B 256 px, L 512 px, ...): the limit cuts the last ones.
+# At most 510 s in all. Files back: device.txt, log.txt (every stage), five operator JSON
+# and one sampling JSON: the tool's limit is eight.
+# Only jax, numpy, optax, flax and pytest are needed: the device image has them.
 set -uo pipefail
 
 usage="usage: bash benchmarks/device_check.sh OUT_DIR [--smoke]"
@@ -31,18 +43,31 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
+# What each stage measures; the sizes follow (tiny with --smoke).
+core=(--ops lasad_chunked softmax --modes fwd_bwd fwd)
+pallas=(--ops lasad_pallas --modes fwd_bwd fwd)
+sweep=(--ops lasad_chunked --modes fwd_bwd --remats inputs none)
+rest=(--ops lasad_chunked softmax --modes fwd_bwd)
 if [[ -n $smoke ]]; then
-    limits=(120 120 120 120 120)
-    tests=(-k other_variants)
-    sizes=(--tokens 16 --dims 8 --heads 2 --softmax_impl xla --repeats 1 --min_seconds 0)
-    probe_args=(--tokens 16 --dim 8 --heads 2 --blocks 16 --min_seconds 0)
-    decode_args=(--widths 2 --rows 2 --batch 1 --heads 2 --dim 4 --min_seconds 0)
+    limits=(240 240 120 240 240 240 120)
+    tests=(-k "other_variants or auto_does_not")
+    core+=(--smoke)
+    pallas+=(--smoke)
+    sweep+=(--smoke --tokens 64 --chunk_sizes 16 32)
+    rest+=(--smoke --shapes 2:16 --tokens 16)
+    train=(--smoke)
+    sampling_args=(--smoke)
 else
-    limits=(90 45 60 200 90)
+    limits=(90 110 60 45 30 25 150)
     tests=()
-    sizes=(--repeats 5 --min_seconds 0.2)
-    probe_args=(--tokens 256 1024 --blocks 32 64 128)
-    decode_args=(--widths 16 64 128 --batch 1 8 64 --heads 16 --min_seconds 0.2)
+    timing=(--repeats 5 --min_seconds 0.2)
+    core+=(--batch 1 --dims 64 "${timing[@]}")
+    pallas+=(--batch 1 --dims 64 "${timing[@]}")
+    sweep+=(--batch 1 --dims 64 --tokens 4096 16384 --chunk_sizes 256 512 1024 2048
+            "${timing[@]}")
+    rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
+    train=(--steps 5 --min_seconds 1 --pallas)
+    sampling_args=(--repeats 2)
 fi
 
 failed=0
@@ -61,14 +86,17 @@ backend=$("$py" -c 'import jax; print(jax.default_backend(), jax.__version__, ja
 { date -u; nvidia-smi -L 2>/dev/null; echo "jax backend, version, devices: $backend"; } \
     | tee "$out/device.txt"
 backend=${backend%% *}
-JAX_DEFAULT_MATMUL_PRECISION=highest stage tests "${limits[0]}" \
+kernels=("$py" benchmarks/kernels.py)
+stage core "${limits[0]}" "${kernels[@]}" "${core[@]}" --out "$out/kernels_core_$backend.json"
+stage train_step "${limits[1]}" "$py" benchmarks/train_step.py "${train[@]}" \
+    --out "$out/train_step_$backend.json"
+JAX_DEFAULT_MATMUL_PRECISION=highest stage pallas_tests "${limits[2]}" \
     "$py" -m pytest -q -p no:cacheprovider tests/ops/test_pallas_api.py "${tests[@]}"
-stage softmax "${limits[1]}" "$py" benchmarks/kernels.py --ops softmax "${sizes[@]}" \
-    --out "$out/softmax_$backend.json"
-stage masked_probe "${limits[2]}" "$py" benchmarks/masked_probe.py "${probe_args[@]}" \
-    --out "$out/masked_probe_$backend.json"
-stage kernels "${limits[3]}" "$py" benchmarks/kernels.py --ops lasad_chunked lasad_pallas \
-    "${sizes[@]}" --baseline "$out/softmax_$backend.json" --out "$out/kernels_$backend.json"
-stage decode_step "${limits[4]}" "$py" benchmarks/decode_step.py --variants lasad \
-    --impls xla pallas "${decode_args[@]}" --out "$out/decode_step_$backend.json"
+stage pallas "${limits[3]}" "${kernels[@]}" "${pallas[@]}" \
+    --baseline "$out/kernels_core_$backend.json" --out "$out/kernels_pallas_$backend.json"
+stage chunk_sweep "${limits[4]}" "${kernels[@]}" "${sweep[@]}" \
+    --out "$out/kernels_sweep_$backend.json"
+stage rest "${limits[5]}" "${kernels[@]}" "${rest[@]}" --out "$out/kernels_rest_$backend.json"
+stage sampling "${limits[6]}" "$py" benchmarks/sampling.py --hlo_check "${sampling_args[@]}" \
+    --out "$out/sampling_$backend.json"
 exit $failed

@@ -26,11 +26,10 @@ the total per image (sum of the per-position medians), the whole-image time of t
 the decoding state's size (bytes of every array in the cache pytree), and XLA's memory
 figure for the compiled token step (`Compiled.memory_analysis()`).
 
-The quarters leave out slot 0: it runs the other program, and with it the first quarter
-would hold one more LASAD row start than the last. Without it both quarters span the
-same number of grid rows (a LASAD step at a row start decays and smooths the whole
-per-column state and costs a few times an ordinary step; those spikes are real and stay
-in the series, the mean and the total).
+The quarters leave out slot 0: it runs the other program (the class embedding). Every
+LASAD step does the same work wherever it lies in the grid (docs/decoding.md), so the
+series should be flat; a design with a per-row pass would show a spike at each row start.
+`benchmarks/sampling.py` times the same question inside the one-scan sampler, by quarter.
 
 Read the softmax rows with care. This repository's softmax decode step writes into a
 KV cache of fixed size (`1 + rows * cols` slots) and attends over all of it with a mask,

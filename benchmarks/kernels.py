@@ -1,23 +1,33 @@
-"""LASAD kernels against flash attention on an accelerator: ms, TFLOP/s, share of peak.
+"""LASAD against flash attention on an accelerator: ms, TFLOP/s, share of peak and of HBM
+bandwidth, every LASAD row checked before it is timed.
 
-    python benchmarks/kernels.py                      # the [kernels] table (GPU; ~10 min)
-    python benchmarks/kernels.py --tokens 256 1024 --dims 64 --ops lasad_chunked softmax
+    python benchmarks/kernels.py                          # the whole table (GPU; long)
+    python benchmarks/kernels.py --batch 1 --dims 64 --ops lasad_chunked softmax
+    python benchmarks/kernels.py --smoke                  # CPU: tiny sizes, checks the script
 
-Shapes: batch 1, 16 heads, bf16 inputs, a square grid (width = sqrt(T)), T in `--tokens`,
-Dk = Dv in `--dims`. Operators:
-- `lasad_pallas`: `lasad_attention(impl="pallas")`; reported as unavailable (not timed)
-  while this JAX build or this version of the package has no Pallas path for the device;
-- `lasad_chunked`: `impl="chunked"` (XLA, `lax.scan` over chunks);
+Shapes: bf16 inputs, `--heads` heads (16), a square grid (width = sqrt(T)), T in
+`--tokens`, Dk = Dv in `--dims`, batch in `--batch`. Operators:
+- `lasad_chunked`: the chunkwise-parallel XLA form (`ops.chunked.chunked_attention`, what
+  `impl="chunked"` runs), for each `--chunk_sizes` x `--remats` x `--state_passes`
+  (default: the library's defaults), so one run can sweep its design choices;
+- `lasad_pallas`: `impl="pallas"` (`ops.pallas.lasad_pallas`), for each `--chunk_sizes`;
 - `softmax`: `jax.nn.dot_product_attention(is_causal=True, implementation=...)`, cuDNN's
   flash attention on NVIDIA GPUs (`--softmax_impl cudnn`), XLA elsewhere.
+
+Checks: before a LASAD row is timed, its outputs (forward) or its loss and five gradients
+(forward+backward) are compared with the quadratic reference form in float32 on the same
+bf16 inputs (T <= `--check_tokens`), or, beyond that, with the chunked form in float32 at
+twice the default chunk (an exact identity, tested against the reference at small sizes):
+the largest difference over the largest magnitude, per output. A row above `CHECK_TOL`
+reads "mismatch" and is left out of the speedups: a wrong kernel's speed means nothing.
 
 FLOPs are counted the flash-attention way for every operator, so the TFLOP/s column
 compares work done per second on the same problem: causal attention costs
 `2 * B * H * T^2 * (Dk + Dv) / 2` forward, and 2.5 times that again for the backward
-(3.5 times in all for forward+backward).
-Bytes are one read of q, k, v and one write of o (forward; three times that with the
-backward), against the device's HBM bandwidth. Peaks come from `PEAKS` by device kind;
-an unknown device leaves the share columns empty rather than guessing.
+(3.5 times in all for forward+backward). Bytes are one read of q, k, v and one write of o
+(forward; three times that with the backward), against the device's HBM bandwidth; `mem`
+is XLA's figure for the compiled program. Peaks come from `PEAKS` by device kind; an
+unknown device leaves the share columns empty rather than guessing.
 """
 
 from __future__ import annotations
@@ -36,9 +46,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from lasad_jax import ops  # noqa: E402
+from lasad_jax.ops import chunked  # noqa: E402
+from lasad_jax.ops.reference import masked_attention  # noqa: E402
 from common import median_ms, run_info, write_json  # noqa: E402
-from op_scaling import compiled_bytes, make_inputs, programs  # noqa: E402
+from op_scaling import compiled_bytes, programs  # noqa: E402
 
 # Dense bf16 tensor-core peak (TFLOP/s) and HBM bandwidth (TB/s), vendor figures.
 PEAKS = {
@@ -46,14 +57,13 @@ PEAKS = {
     "NVIDIA H100": (989.0, 3.35),
     "NVIDIA H200": (989.0, 4.8),
 }
-# The chunked XLA form runs first: the Pallas rows are checked against its results.
 OPS = ("lasad_chunked", "lasad_pallas", "softmax")
-# Largest relative difference (to the largest magnitude of each output and gradient) of the
-# Pallas kernels from the chunked form, both on the same bf16 inputs, for a row to count.
-# Both round their bf16 outputs once (2^-9 of the value); the margin covers the different
-# f32 summation orders over up to 16,384 keys. A row beyond it reads "mismatch" and is left
-# out of the speedups: a wrong kernel's speed means nothing.
-AGREEMENT_TOL = 1e-2
+# Largest difference (over the largest magnitude, per output and gradient) of a bf16 LASAD
+# row from the float32 check, for the row to count. The bf16 forms round scores, decayed
+# keys and outputs to bf16 (2^-9 relative each); measured on CPU (benchmarks/numerics.py,
+# 2026-12-04): at most 3.0e-3 (outputs) and 7.9e-3 (gradients) up to T = 4097, all
+# variants. The bound leaves room for longer sums at T = 16384.
+CHECK_TOL = 3e-2
 
 
 def device_peaks() -> tuple[float | None, float | None]:
@@ -64,22 +74,55 @@ def device_peaks() -> tuple[float | None, float | None]:
     return None, None
 
 
-def operator(name: str, width: int, softmax_impl: str | None):
-    if name == "softmax":
-        return lambda q, k, v, row, col: jax.nn.dot_product_attention(
-            q, k, v, is_causal=True, implementation=softmax_impl)
-    impl = {"lasad_pallas": "pallas", "lasad_chunked": "chunked"}[name]
-    return lambda q, k, v, row, col: ops.lasad_attention(
-        q, k, v, width=width, row_decay=row, col_decay=col, impl=impl)
+def make_inputs(batch: int, tokens: int, heads: int, dim: int, dtype):
+    rng = np.random.default_rng(0)
+    # Scaled so that outputs stay O(1) for every operator and T.
+    shape = (batch, tokens, heads, dim)
+    q, k, v = (jnp.asarray(rng.normal(size=shape) / math.sqrt(dim), dtype) for _ in range(3))
+    row = jnp.linspace(0.5, 0.99, heads).astype(jnp.float32)
+    col = jnp.linspace(0.6, 0.95, heads).astype(jnp.float32)
+    return q, k, v, row, col
 
 
-def attention_flops(tokens: int, heads: int, dim: int, mode: str) -> float:
-    fwd = 2.0 * heads * tokens * tokens * (2 * dim) / 2
+def lasad_fn(name: str, width: int, chunk_size: int, remat: str, state_pass: str):
+    """`f(q, k, v, row_decay, col_decay)` of a LASAD form, output in q's dtype."""
+    if name == "lasad_pallas":
+        from lasad_jax.ops.pallas import pallas_attention
+
+        return lambda q, k, v, row, col: pallas_attention(
+            q, k, v, width=width, num_prefix=0, log_row=jnp.log(row), log_col=jnp.log(col),
+            chunk_size=chunk_size)
+    return lambda q, k, v, row, col: chunked.chunked_attention(
+        "lasad", q, k, v, width=width, num_prefix=0, log_row=jnp.log(row),
+        log_col=jnp.log(col), chunk_size=chunk_size, remat=remat,
+        state_pass=state_pass).astype(q.dtype)
+
+
+def softmax_fn(impl: str | None):
+    return lambda q, k, v, row, col: jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation=impl)
+
+
+def check_fn(width: int, tokens: int, check_tokens: int):
+    """The float32 form a row is checked against, and its name."""
+    if tokens <= check_tokens:
+        return (lambda q, k, v, row, col: masked_attention(
+            "lasad", q, k, v, width=width, num_prefix=0, log_row=jnp.log(row),
+            log_col=jnp.log(col))), "reference"
+    c = 2 * chunked.defaults().chunk_size
+    return (lambda q, k, v, row, col: chunked.chunked_attention(
+        "lasad", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+        width=width, num_prefix=0, log_row=jnp.log(row), log_col=jnp.log(col),
+        chunk_size=c)), f"chunked float32, C={c}"
+
+
+def attention_flops(tokens: int, heads: int, dim: int, mode: str, batch: int = 1) -> float:
+    fwd = 2.0 * batch * heads * tokens * tokens * (2 * dim) / 2
     return fwd if mode == "fwd" else 3.5 * fwd
 
 
-def io_bytes(tokens: int, heads: int, dim: int, mode: str) -> float:
-    once = 4.0 * tokens * heads * dim * 2  # q, k, v read, o written, bf16
+def io_bytes(tokens: int, heads: int, dim: int, mode: str, batch: int = 1) -> float:
+    once = 4.0 * batch * tokens * heads * dim * 2  # q, k, v read, o written, bf16
     return once if mode == "fwd" else 3 * once
 
 
@@ -92,124 +135,174 @@ def max_rel_diff(got, want) -> float:
     return max(errs)
 
 
+def variants(args) -> list[tuple[str, str, dict]]:
+    """(op, label, options) for every operator and design choice to time."""
+    out = []
+    for op in sorted(args.ops, key=OPS.index):
+        if op == "softmax":
+            out.append((op, args.softmax_impl, {}))
+            continue
+        for c in args.chunk_sizes:
+            for remat in (args.remats if op == "lasad_chunked" else [None]):
+                for sp in (args.state_passes if op == "lasad_chunked" else [None]):
+                    opts = dict(chunk_size=c or chunked.defaults().chunk_size,
+                                remat=remat or chunked.DEFAULT_REMAT,
+                                state_pass=sp or chunked.DEFAULT_STATE_PASS)
+                    label = f"C={opts['chunk_size']}"
+                    if op == "lasad_chunked":
+                        label += f" remat={opts['remat']} pass={opts['state_pass']}"
+                    out.append((op, label, opts))
+    return out
+
+
 def run(args, save=None) -> list[dict]:
-    """Compile, check and time each (dim, T, op, mode); `save(rows)` after every row."""
+    """Compile, check and time every (batch, dim, T, op, mode); `save(rows)` after each."""
     peak_flops, peak_bw = device_peaks()
     softmax_impl = None if args.softmax_impl == "xla_default" else args.softmax_impl
     rows = []
-    for dim in args.dims:
+    shapes = ([tuple(int(x) for x in s.split(":")) for s in args.shapes] if args.shapes
+              else [(b, d) for b in args.batch for d in args.dims])
+    for batch, dim in shapes:
         for tokens in args.tokens:
             width = int(round(math.sqrt(tokens)))
-            inputs = make_inputs(tokens, args.heads, dim, jnp.bfloat16)
-            chunked_results = {}
-            for name in sorted(args.ops, key=OPS.index):
-                fn = operator(name, width, softmax_impl)
-                for mode, prog in programs(fn).items():
-                    row = dict(op=name, dim=dim, tokens=tokens, mode=mode)
-                    tag = f"{name:14s} D={dim:<4d} T={tokens:<6d} {mode:8s}"
-                    # Said before the compile: a row that never finishes still shows in the log.
+            inputs = make_inputs(batch, tokens, args.heads, dim, jnp.bfloat16)
+            checks = {}  # mode -> (results, name): computed once, on the first LASAD row
+            for op, label, opts in variants(args):
+                fn = softmax_fn(softmax_impl) if op == "softmax" else lasad_fn(
+                    op, width, **opts)
+                progs = programs(fn)
+                for mode in args.modes:  # in the order asked: the important mode first
+                    prog = progs[mode]
+                    row = dict(op=op, variant=label, batch=batch, dim=dim, tokens=tokens,
+                               mode=mode, **opts)
+                    tag = f"{op:13s} {label:30s} B={batch} D={dim:<4d} T={tokens:<6d} {mode:8s}"
+                    # Said before the compile: a row that never finishes still shows.
                     print(f"{tag} compiling ({time.strftime('%H:%M:%S')})", flush=True)
                     try:
                         compiled = prog.lower(*inputs).compile()
-                    except Exception as e:  # no Pallas path, or no cuDNN on this device
-                        row.update(status=f"unavailable: {type(e).__name__}: {str(e)[:120]}")
-                        # The whole error goes to the log: it is what a fix starts from.
-                        traceback.print_exc(limit=-8)
+                        status = "ok"
+                        if op != "softmax":
+                            if mode not in checks:
+                                ref_fn, name = check_fn(width, tokens, args.check_tokens)
+                                checks[mode] = (programs(ref_fn)[mode](*inputs), name)
+                            want, name = checks[mode]
+                            err = max_rel_diff(compiled(*inputs), want)
+                            row.update(err=err, check=name)
+                            if not err <= CHECK_TOL:
+                                status = f"mismatch: {err:.2e} from the {name} form"
+                                print(f"{tag} {status}", flush=True)
+                        ms = median_ms(compiled, *inputs, repeats=args.repeats,
+                                       min_seconds=args.min_seconds)
+                    except Exception as e:  # no Pallas path or cuDNN here, out of memory
+                        row.update(status=f"unavailable: {type(e).__name__}: {str(e)[:160]}")
+                        traceback.print_exc(limit=-6)  # what a fix starts from
+                        print(f"{tag} {row['status']}", flush=True)
                         rows.append(row)
-                        print(f"{tag} {row['status']}")
                         if save:
                             save(rows)
                         continue
-                    status = "ok"
-                    if name == "lasad_chunked":
-                        chunked_results[mode] = compiled(*inputs)
-                    elif name == "lasad_pallas" and mode in chunked_results:
-                        err = max_rel_diff(compiled(*inputs), chunked_results[mode])
-                        row["err_vs_chunked"] = err
-                        if not err <= AGREEMENT_TOL:
-                            status = f"mismatch: {err:.2e} from the chunked form"
-                            print(f"{tag} {status}")
-                    ms = median_ms(compiled, *inputs, repeats=args.repeats,
-                                   min_seconds=args.min_seconds)
-                    tflops = attention_flops(tokens, args.heads, dim, mode) / (ms * 1e-3) / 1e12
-                    tbps = io_bytes(tokens, args.heads, dim, mode) / (ms * 1e-3) / 1e12
+                    flops = attention_flops(tokens, args.heads, dim, mode, batch)
+                    tflops = flops / (ms * 1e-3) / 1e12
+                    tbps = io_bytes(tokens, args.heads, dim, mode, batch) / (ms * 1e-3) / 1e12
                     row.update(status=status, ms=ms, tflops=tflops, tb_per_s=tbps,
                                peak_share=tflops / peak_flops if peak_flops else None,
                                bandwidth_share=tbps / peak_bw if peak_bw else None,
                                bytes=compiled_bytes(compiled))
                     rows.append(row)
-                    check = (f"  max rel diff {row['err_vs_chunked']:.1e}"
-                             if "err_vs_chunked" in row else "")
-                    print(f"{tag} {ms:9.3f} ms "
-                          f"{tflops:7.1f} TFLOP/s{check}", flush=True)
+                    check = f"  diff {row['err']:.1e} vs {row['check']}" if "err" in row else ""
+                    print(f"{tag} {ms:9.3f} ms {tflops:7.1f} TFLOP/s{check}", flush=True)
                     if save:
                         save(rows)
-            del chunked_results  # free the device before the next T's inputs
+            del checks  # free the device before the next shape's inputs
     return rows
 
 
 def speedups(rows: list[dict]) -> list[dict]:
-    """Softmax time / LASAD time per (dim, T, mode), for each LASAD operator."""
-    ok = {(r["op"], r["dim"], r["tokens"], r["mode"]): r["ms"] for r in rows
-          if r.get("status") == "ok"}
+    """Softmax time / LASAD time per (batch, dim, T, mode), for each LASAD variant."""
+    ok = {(r["op"], r["variant"], r["batch"], r["dim"], r["tokens"], r["mode"]): r["ms"]
+          for r in rows if r.get("status") == "ok"}
+    soft = {(b, d, t, m): ms for (op, _, b, d, t, m), ms in ok.items() if op == "softmax"}
     out = []
-    for (op, dim, tokens, mode), ms in sorted(ok.items()):
-        ref = ok.get(("softmax", dim, tokens, mode))
+    for (op, label, b, d, t, m), ms in sorted(ok.items()):
+        ref = soft.get((b, d, t, m))
         if op != "softmax" and ref:
-            out.append(dict(op=op, dim=dim, tokens=tokens, mode=mode, speedup=ref / ms))
+            out.append(dict(op=op, variant=label, batch=b, dim=d, tokens=t, mode=m,
+                            speedup=ref / ms))
     return out
 
 
 def print_table(rows: list[dict], ratios: list[dict]) -> None:
-    print("\n| op | D | T | mode | ms | TFLOP/s | % bf16 peak | % HBM BW | diff vs chunked |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("\n| op | variant | B | D | T | mode | ms | TFLOP/s | % bf16 peak | % HBM BW "
+          "| MiB | diff vs check |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    share = lambda x: f"{100 * x:.1f}" if x is not None else "-"
     for r in rows:
-        diff = f"{r['err_vs_chunked']:.1e}" if "err_vs_chunked" in r else ""
+        head = (f"| {r['op']} | {r['variant']} | {r['batch']} | {r['dim']} | {r['tokens']} | "
+                f"{r['mode']} |")
         if "ms" not in r:
-            print(f"| {r['op']} | {r['dim']} | {r['tokens']} | {r['mode']} | "
-                  f"{r['status'].split(':')[0]} | | | | |")
+            print(f"{head} {r['status'].split(':')[0]} | | | | | |")
             continue
-        share = lambda x: f"{100 * x:.1f}" if x is not None else "-"
+        diff = f"{r['err']:.1e}" if "err" in r else ""
         ms = f"{r['ms']:.3f}" + ("" if r["status"] == "ok" else " (mismatch)")
-        print(f"| {r['op']} | {r['dim']} | {r['tokens']} | {r['mode']} | {ms} | "
-              f"{r['tflops']:.1f} | {share(r['peak_share'])} | {share(r['bandwidth_share'])} | "
-              f"{diff} |")
+        mem = f"{r['bytes'] / 2**20:,.0f}" if r.get("bytes") else "?"
+        print(f"{head} {ms} | {r['tflops']:.1f} | {share(r['peak_share'])} | "
+              f"{share(r['bandwidth_share'])} | {mem} | {diff} |")
     if ratios:
-        print("\n| op | D | T | mode | speedup over softmax |")
-        print("|---|---:|---:|---|---:|")
+        print("\n| op | variant | B | D | T | mode | speedup over softmax |")
+        print("|---|---|---:|---:|---:|---|---:|")
         for r in ratios:
-            print(f"| {r['op']} | {r['dim']} | {r['tokens']} | {r['mode']} | "
-                  f"{r['speedup']:.2f}x |")
+            print(f"| {r['op']} | {r['variant']} | {r['batch']} | {r['dim']} | {r['tokens']} "
+                  f"| {r['mode']} | {r['speedup']:.2f}x |")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, XLA softmax, one repeat: checks the script (CPU)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--shapes", nargs="+", default=None,
+                        help="batch:dim pairs, instead of every --batch x --dims")
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"],
+                        choices=["fwd", "fwd_bwd"])
+    parser.add_argument("--chunk_sizes", type=int, nargs="+", default=[0],
+                        help="tokens per chunk of the LASAD forms (0: the default)")
+    parser.add_argument("--remats", nargs="+", default=[chunked.DEFAULT_REMAT],
+                        choices=chunked.REMAT_POLICIES)
+    parser.add_argument("--state_passes", nargs="+", default=[chunked.DEFAULT_STATE_PASS],
+                        choices=chunked.STATE_PASSES)
+    parser.add_argument("--check_tokens", type=int, default=4096,
+                        help="longest T checked against the quadratic reference")
     parser.add_argument("--softmax_impl", default="cudnn", choices=("cudnn", "xla",
                                                                    "xla_default"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--min_seconds", type=float, default=1.0)
     parser.add_argument("--baseline", default=None,
                         help="JSON of an earlier run whose softmax rows join this run's "
-                             "table and speedups (device_check.sh times softmax apart)")
+                             "table and speedups")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       f"kernels_{jax.default_backend()}.json"))
     args = parser.parse_args(argv)
+    if args.smoke:  # tiny defaults; flags given explicitly still win
+        parser.set_defaults(tokens=[16, 64], dims=[8], batch=[1], heads=2,
+                            softmax_impl="xla", repeats=1, min_seconds=0.0, chunk_sizes=[16])
+        args = parser.parse_args(argv)
     for t in args.tokens:
         if int(round(math.sqrt(t))) ** 2 != t:
             raise SystemExit(f"--tokens must be perfect squares (square grids), got {t}")
     info = run_info(heads=args.heads, dtype="bfloat16", softmax_impl=args.softmax_impl,
-                    agreement_tol=AGREEMENT_TOL)
+                    check_tol=CHECK_TOL, check_tokens=args.check_tokens)
 
     baseline = []
     if args.baseline:
         try:
             with open(args.baseline) as f:
-                baseline = [dict(r, source=args.baseline) for r in json.load(f)["rows"]
-                            if r["op"] == "softmax"]
+                baseline = [dict(r, source=args.baseline, batch=r.get("batch", 1),
+                                 variant=r.get("variant", args.softmax_impl))
+                            for r in json.load(f)["rows"] if r["op"] == "softmax"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--baseline {args.baseline}: not a kernels.py result JSON "
                              f"({type(e).__name__}: {e})") from e

@@ -1,16 +1,16 @@
-"""Where the time of the masked Pallas kernel goes on a GPU: tile size and matmul precision.
+"""The intra-chunk Pallas kernel on a GPU: tile size and matmul precision.
 
     python benchmarks/masked_probe.py --out benchmarks/results/masked_probe_gpu.json
 
-Why: on an H200 (2026-12-04) `lasad_attention(impl="pallas")` took 2.2 ms at T = 256
-(16 heads, D = 64) where the XLA chunked form took 0.07 ms. This times the forward of
-the masked kernel alone (`masked.lasad_masked_pallas`, the same call `impl="pallas"`
-makes) for each tile size and for two matmul precisions of the kernel's dots, passed
-explicitly: `highest` (IEEE float32, what the 1e-4 agreement of the float32 tests assumes)
-and `default` (TF32 on Ampere and later); without the argument `ops.pallas.precision`
-picks by input dtype. Each row is first checked against the chunked XLA form.
-On CPU the kernel only interprets: the timings then say nothing (`--tokens 16` checks the
-script).
+Why: the tile size of `ops.pallas.masked.default_block` was chosen on an H200
+(2026-12-04) for the kernel as it then was (tiles cast to float32, TF32 dots); the kernel
+now multiplies bf16 tiles directly. This times the forward of the kernel alone
+(`masked.intra_attention` with one chunk: a 256 px image's whole operator; the same call
+`impl="pallas"` makes there) for each tile size and for two matmul precisions of its dots,
+passed explicitly: `default` (bf16 operands into float32 for bf16 inputs) and `highest`;
+without the argument `ops.pallas.precision` picks by input dtype. Each row is first checked
+against the chunked XLA form. On CPU the kernel only interprets: the timings then say
+nothing (`--tokens 16` checks the script).
 """
 
 from __future__ import annotations
@@ -53,12 +53,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         q, k, v, row, col = make_inputs(tokens, args.heads, args.dim, jnp.bfloat16)
         logs = dict(log_row=jnp.log(row), log_col=jnp.log(col))
         want = jax.jit(lambda q, k, v: ops.lasad_attention(
-            q, k, v, width=width, row_decay=row, col_decay=col, impl="chunked"))(q, k, v)
+            q, k, v, width=width, row_decay=row, col_decay=col, impl="chunked",
+            chunk_size=tokens))(q, k, v)
         for prec_name, prec in PRECISIONS.items():
             for block in args.blocks:
-                fn = jax.jit(lambda q, k, v, b=block, p=prec: masked.lasad_masked_pallas(
-                    q, k, v, width=width, num_prefix=0, block_q=b, block_k=b, precision=p,
-                    interpret=platform == "cpu", backend=backend, **logs))
+                fn = jax.jit(lambda q, k, v, b=block, p=prec: masked.intra_attention(
+                    q, k, v, width=width, block_q=b, block_k=b, precision=p,
+                    interpret=platform == "cpu", backend=backend, **logs).astype(q.dtype))
                 r = dict(tokens=tokens, dim=args.dim, precision=prec_name, block=block)
                 try:
                     r["err_vs_chunked"] = max_rel_diff(fn(q, k, v), want)

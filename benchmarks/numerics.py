@@ -1,12 +1,16 @@
-"""bfloat16 inputs against the float32 reference, for every variant.
+"""bfloat16 inputs against the float32 reference, for every variant, outputs and gradients.
 
-    python benchmarks/numerics.py                # ~30 s on a 2-core CPU
+    python benchmarks/numerics.py                # ~5 min on a 2-core CPU
 
-q, k and v are drawn in float32, rounded to bfloat16, and fed to the chunked form; the
-reference runs in float32 on the same rounded values, so the error shown is what the
-bfloat16 path adds (states stay float32; the output is rounded to bfloat16). Error is
-reported as max |out - ref| / max |ref| and as the median relative error per entry.
-Prints a table and writes JSON to `--out`.
+q, k and v are drawn in float32, rounded to bfloat16, and fed to the chunked form (chunks
+of 4 grid rows, so states pass between many chunks); the reference runs in float32 on the
+same rounded values, so the error shown is what the bfloat16 path adds: the intra-chunk
+products and chunk sums run on bf16 operands (scores and decayed keys rounded to bf16
+before their matmul), states and the inter-chunk read stay float32, the output is rounded
+to bf16. Gradients:
+of `sum(out * ct)` for a random float32 `ct`, to q, k, v (bf16) and the decays (float32).
+Error is max |x - ref| / max |ref| per output (the forward's median relative error per
+entry too). Prints a table and writes JSON to `--out`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -36,6 +41,11 @@ def call(variant, q, k, v, width, row, col, impl):
     return ops.linear_attention(q, k, v, **kw)
 
 
+def worst(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096],
@@ -52,22 +62,39 @@ def main(argv=None):
     row = jnp.linspace(0.5, 1.0, args.heads)
     col = jnp.linspace(0.3, 1.0, args.heads)
     rows = []
-    print(f"{'variant':<10} {'T':>6} {'max err / max |ref|':>20} {'median rel err':>15}")
+    print(f"{'variant':<10} {'T':>6} {'out':>9} {'median':>9} {'dq':>9} {'dk':>9} {'dv':>9} "
+          f"{'d row':>9} {'d col':>9}   (max err / max |ref|)")
     for tokens in args.tokens:
         width = math.isqrt(tokens)
         shape = (2, 1 + tokens, args.heads, args.dim)
         q, k, v = (jnp.asarray(rng.normal(size=shape) / math.sqrt(args.dim), jnp.bfloat16)
                    for _ in range(3))
+        ct = jnp.asarray(rng.normal(size=shape), jnp.float32)
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
         for variant in ops.VARIANTS:
-            ref = np.asarray(call(variant, *f32, width, row, col, "reference"), np.float64)
-            out = np.asarray(call(variant, q, k, v, width, row, col, "chunked"), np.float64)
-            err = np.abs(out - ref)
-            worst = float(err.max() / np.abs(ref).max())
-            median = float(np.median(err / np.maximum(np.abs(ref), 1e-6)))
-            rows.append(dict(variant=variant, tokens=1 + tokens, max_err_over_max_ref=worst,
-                             median_rel_err=median))
-            print(f"{variant:<10} {1 + tokens:>6} {worst:20.2e} {median:15.2e}", flush=True)
+            def run(impl, q, k, v, row, col, variant=variant):
+                out, pullback = jax.vjp(
+                    lambda q, k, v, row, col: call(variant, q, k, v, width, row, col, impl),
+                    q, k, v, row, col)
+                return out, pullback(ct.astype(out.dtype))
+
+            ref, ref_grads = jax.jit(run, static_argnums=0)("reference", *f32, row, col)
+            out, grads = jax.jit(run, static_argnums=0)("chunked", q, k, v, row, col)
+            ref64 = np.asarray(ref, np.float64)
+            median = float(np.median(np.abs(np.asarray(out, np.float64) - ref64)
+                                     / np.maximum(np.abs(ref64), 1e-6)))
+            errs = [worst(g, r) for g, r in zip(grads, ref_grads)]
+            if variant in ("linear_1d", "linear"):
+                errs[3] = None  # no row decay (linear_1d's one decay is `col`)
+            if variant == "linear":
+                errs[4] = None
+            names = ("dq", "dk", "dv", "d_row_decay", "d_col_decay")
+            row_ = dict(variant=variant, tokens=1 + tokens, max_err_over_max_ref=worst(out, ref),
+                        median_rel_err=median, **dict(zip(names, errs)))
+            rows.append(row_)
+            cells = " ".join(f"{x:9.2e}" if x is not None else f"{'-':>9}" for x in errs)
+            print(f"{variant:<10} {1 + tokens:>6} {row_['max_err_over_max_ref']:9.2e} "
+                  f"{median:9.2e} {cells}", flush=True)
     write_json(args.out, dict(info=run_info(heads=args.heads, dim=args.dim), rows=rows))
 
 

@@ -10,7 +10,10 @@ and causal softmax attention (`jax.nn.dot_product_attention`, XLA or cuDNN). Sha
 Memory is XLA's own figure for the compiled program (arguments + outputs + temporaries,
 from `Compiled.memory_analysis()`): the peak the program can reach, independent of
 allocator caching. Programs whose figure exceeds `--memory_budget_gb` are compiled but not
-run, and reported as such. Times are medians over at least `--repeats` runs and one second, after two warm-ups.
+run, and reported as such. Every program is compiled first, then all are timed in
+`--rounds` interleaved rounds (each the median of at least `--repeats` runs and
+`--min_seconds`, after two warm-ups); a row reports its best round, so rows of different
+lengths were timed side by side even on a shared machine.
 Prints a table and writes JSON (and the device and date) to `--out`.
 """
 
@@ -73,8 +76,12 @@ def compiled_bytes(compiled) -> int | None:
 
 
 def run(args) -> list[dict]:
+    """Compiles every (T, op, mode) program, then times them all in `args.rounds`
+    interleaved rounds: on a shared machine the load drifts over minutes, and a ratio
+    between lengths (the linearity check) is only fair between programs timed side by
+    side. A row reports its best round (`ms`) and every round (`rounds_ms`)."""
     dtype = jnp.dtype(args.dtype)
-    rows = []
+    rows, runs = [], []
     for tokens in args.tokens:
         width = int(round(math.sqrt(tokens)))
         if width * width != tokens:
@@ -92,14 +99,19 @@ def run(args) -> list[dict]:
                 compiled = prog.lower(*inputs).compile()
                 nbytes = compiled_bytes(compiled)
                 row = dict(op=name, mode=mode, tokens=tokens, width=width, chunk_size=chunk,
-                           bytes=nbytes, ms=None, note="")
+                           bytes=nbytes, ms=None, rounds_ms=[], note="")
                 if nbytes is not None and nbytes > args.memory_budget_gb * 2**30:
                     row["note"] = f"not run: needs {nbytes / 2**30:.1f} GiB > budget"
                 else:
-                    row["ms"] = median_ms(compiled, *inputs, repeats=args.repeats,
-                                          min_seconds=args.min_seconds)
+                    runs.append((row, compiled, inputs))
                 rows.append(row)
-                print(format_row(row), flush=True)
+    for _ in range(args.rounds):
+        for row, compiled, inputs in runs:
+            row["rounds_ms"].append(median_ms(compiled, *inputs, repeats=args.repeats,
+                                              min_seconds=args.min_seconds))
+            row["ms"] = min(row["rounds_ms"])
+    for row in rows:
+        print(format_row(row), flush=True)
     return rows
 
 
@@ -155,8 +167,10 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64, help="Dk = Dv")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=5, help="at least this many timed runs")
-    p.add_argument("--min_seconds", type=float, default=1.0, help="and at least this long")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="at least this many timed runs per round")
+    p.add_argument("--min_seconds", type=float, default=0.3, help="and at least this long")
     p.add_argument("--memory_budget_gb", type=float, default=12.0)
     p.add_argument("--out", default="benchmarks/results/op_scaling_cpu.json")
     args = p.parse_args(argv)

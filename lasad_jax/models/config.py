@@ -8,6 +8,7 @@ the modules then take plain typed values.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 from lasad_jax import ops
@@ -18,6 +19,14 @@ FEATURE_MAPS = ("identity", "silu", "elu1", "relu")
 GATES = ("sigmoid", "silu", "none")
 POS_ENCODINGS = ("rope2d", "none")
 DTYPES = ("float32", "bfloat16")
+
+# Fields older configs may still carry, accepted with a warning and ignored: the model
+# config is read from the config file at every start (checkpoints hold arrays only), so
+# an old config file must keep working.
+REMOVED_FIELDS = {
+    "decode_impl": "sampling has one decoding step since the fused Pallas step was "
+                   "removed on 2026-12-04",
+}
 
 # name -> (layers, heads, dim). B..3B are LlamaGen's GPT presets (docs/model.md); `tiny`
 # is ours, for CPU tests, the demo and benchmarks.
@@ -57,7 +66,6 @@ class ModelConfig:
     dtype: str = "float32"
     impl: str = "auto"
     chunk_size: int | None = None
-    decode_impl: str = "auto"
 
     num_prefix: int = dataclasses.field(default=1, init=False)
 
@@ -93,11 +101,9 @@ class ModelConfig:
         p.one_of("pos_encoding", self.pos_encoding, POS_ENCODINGS)
         p.one_of("dtype", self.dtype, DTYPES)
         p.one_of("impl", self.impl, ops.IMPLS)
-        p.one_of("decode_impl", self.decode_impl, ops.DECODE_IMPLS)
-        for name in ("impl", "decode_impl"):
-            p.check(getattr(self, name) != "pallas" or self.mixer == "lasad", name,
-                    f"='pallas' has kernels for mixer 'lasad' only, got mixer {self.mixer!r}; "
-                    "use 'auto'")
+        p.check(self.impl != "pallas" or self.mixer == "lasad", "impl",
+                f"='pallas' has kernels for mixer 'lasad' only, got mixer {self.mixer!r}; "
+                "use 'auto'")
         if sizes and p.check(self.dim % self.num_heads == 0, "dim",
                              f"({self.dim}) must be divisible by model.num_heads "
                              f"({self.num_heads})"):
@@ -126,6 +132,11 @@ class ModelConfig:
             for name, value in zip(("num_layers", "num_heads", "dim"), PRESETS[preset]):
                 if fields.get(name) is None:
                     fields[name] = value
+        for name, why in REMOVED_FIELDS.items():
+            if name in fields:
+                fields.pop(name)
+                warnings.warn(f"model.{name} is no longer used ({why}); ignoring it. Delete "
+                              f"it from the config.", stacklevel=2)
         fields = {k: v for k, v in fields.items() if v is not None or k == "chunk_size"}
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = set(fields) - known

@@ -128,7 +128,10 @@ class LinearAttentionMixer(nnx.Module):
     def init_cache(self, batch: int) -> Any:
         cfg, h, d = self.cfg, self.cfg.num_heads, self.cfg.head_dim
         if cfg.mixer == "lasad":
-            return ops.lasad_decode_init(batch, h, d, d, cfg.grid[1])
+            # Raw keys and values are kept in the compute dtype: exact, and half the bytes
+            # in bfloat16; the column states stay float32.
+            return ops.lasad_decode_init(batch, h, d, d, cfg.grid[1], prefix_slots=cfg.num_prefix,
+                                         kv_dtype=self.dtype)
         if cfg.mixer == "lasad_row":
             return ops.lasad_row_decode_init(batch, h, d, d, cfg.grid[1])
         return ops.linear_decode_init(batch, h, d, d)
@@ -138,8 +141,7 @@ class LinearAttentionMixer(nnx.Module):
         fn = {"lasad": ops.lasad_decode_step, "lasad_row": ops.lasad_row_decode_step,
               "linear_1d": ops.linear_1d_decode_step,
               "linear": ops.linear_decode_step}[self.cfg.mixer]
-        impl = {"impl": self.cfg.decode_impl} if self.cfg.mixer == "lasad" else {}
-        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix, **impl)
+        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix)
         return self._output(o, x), cache
 
 
@@ -163,25 +165,35 @@ class SoftmaxMixer(nnx.Module):
         return self.out(o.reshape(x.shape))
 
     def init_cache(self, batch: int) -> dict[str, jax.Array]:
-        """Keys and values of every slot the sampler can feed (prefix + grid - 1)."""
+        """Keys and values of every slot the sampler can feed (prefix + grid - 1), in the
+        compute dtype, `[batch * heads, slot, head_dim]`: both products of a step are then
+        batched matmuls over the cache as it lies, at every batch size. Other layouts made
+        XLA rewrite the whole cache at every token (CPU, float32; docs/decoding.md): with
+        the slot axis first or second it transposed the cache, and with a batch axis of
+        size one (one image, no guidance) it copied it."""
         cfg = self.cfg
-        shape = (batch, cfg.num_prefix + cfg.num_tokens, cfg.num_heads, cfg.head_dim)
-        return {"k": jnp.zeros(shape, self.qkv.dtype or jnp.float32),
-                "v": jnp.zeros(shape, self.qkv.dtype or jnp.float32)}
+        shape = (batch * cfg.num_heads, cfg.num_prefix + cfg.num_tokens, cfg.head_dim)
+        dtype = self.qkv.dtype or jnp.float32
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
     def decode(self, cache: dict[str, jax.Array], x: jax.Array,
                slot: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Attends over the whole fixed-size cache with the unwritten slots masked (one
+        program for every position). Products run in the cache's dtype and accumulate in
+        float32 (`preferred_element_type`), so a bf16 cache is never converted as a whole.
+        The cache is written in place, then only the written version is read."""
         q, k, v = self._qkv(x, slot)
-        ck = jax.lax.dynamic_update_slice_in_dim(cache["k"], k[:, None].astype(cache["k"].dtype),
-                                                 slot, axis=1)
-        cv = jax.lax.dynamic_update_slice_in_dim(cache["v"], v[:, None].astype(cache["v"].dtype),
-                                                 slot, axis=1)
-        scores = jnp.einsum("bhd,bthd->bht", q.astype(jnp.float32), ck.astype(jnp.float32))
-        scores = scores / math.sqrt(self.cfg.head_dim)
+        dt = cache["k"].dtype
+        rows = q.shape[0] * q.shape[1]
+        q, k, v = (t.reshape(rows, t.shape[-1]).astype(dt) for t in (q, k, v))
+        ck = jax.lax.dynamic_update_index_in_dim(cache["k"], k, slot, 1)
+        cv = jax.lax.dynamic_update_index_in_dim(cache["v"], v, slot, 1)
+        scores = jnp.einsum("nd,ntd->nt", q, ck, preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / math.sqrt(self.cfg.head_dim))
         valid = jnp.arange(ck.shape[1]) <= slot
         probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
-        o = jnp.einsum("bht,bthd->bhd", probs, cv.astype(jnp.float32)).astype(x.dtype)
-        return self.out(o.reshape(x.shape)), {"k": ck, "v": cv}
+        o = jnp.einsum("nt,ntd->nd", probs.astype(dt), cv, preferred_element_type=jnp.float32)
+        return self.out(o.astype(x.dtype).reshape(x.shape)), {"k": ck, "v": cv}
 
 
 def make_mixer(cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:

@@ -1,16 +1,14 @@
-"""The LASAD operator and its variants (DESIGN.md §1).
+"""The LASAD operator and its variants (docs/operator.md).
 
 Parallel forms (training, scoring): `lasad_attention`, `lasad_row_attention`,
-`linear_1d_attention`, `linear_attention`, each with `impl` in `IMPLS`.
+`linear_1d_attention`, `linear_attention`, each with `impl` in `IMPLS` ("reference", the
+chunkwise-parallel "chunked", "pallas", "auto" from `AUTO_TABLE` / `select_impl`).
 Decoding forms (sampling, one slot at a time, constant-size state): `*_decode_init` and
-`*_decode_step` for the same four variants; `lasad_decode_step` with `impl` in
-`DECODE_IMPLS`.
+`*_decode_step` for the same four variants (docs/decoding.md).
 """
 
 from lasad_jax.ops.api import (
     AUTO_TABLE,
-    DECODE_AUTO_TABLE,
-    DECODE_IMPLS,
     IMPLS,
     lasad_attention,
     lasad_decode_init,
@@ -24,15 +22,12 @@ from lasad_jax.ops.api import (
     linear_attention,
     linear_decode_init,
     linear_decode_step,
-    select_decode_impl,
     select_impl,
 )
 from lasad_jax.ops.decay import VARIANTS
 
 __all__ = [
     "AUTO_TABLE",
-    "DECODE_AUTO_TABLE",
-    "DECODE_IMPLS",
     "IMPLS",
     "VARIANTS",
     "lasad_attention",
@@ -47,6 +42,5 @@ __all__ = [
     "linear_attention",
     "linear_decode_init",
     "linear_decode_step",
-    "select_decode_impl",
     "select_impl",
 ]

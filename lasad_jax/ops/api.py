@@ -2,18 +2,21 @@
 
 Parallel forms take `q, k: [batch, T, heads, Dk]`, `v: [batch, T, heads, Dv]`; slots
 `0..num_prefix-1` are prefix memory and the `T - num_prefix` image tokens fill a grid of
-`width` columns in raster order (the last row may be partial). All forms compute in
-float32 and return q's dtype.
+`width` columns in raster order (the last row may be partial). They return q's dtype;
+matmuls run in the input dtype with float32 accumulation, states are float32
+(docs/operator.md, "Numerics").
 
-`impl`:
+`impl` (docs/operator.md, "Implementations"):
 * `"reference"`: the quadratic masked form, `O(T^2)`; the spec in code.
-* `"chunked"`: row chunks and a `lax.scan` over per-column states, `O(T)`.
-* `"auto"`: `select_impl`'s choice for the platform and length.
-* `"pallas"`: the Pallas kernels (`lasad_jax.ops.pallas`), `lasad` variant only; TPU and
-  GPU, interpret mode on CPU. Not chosen by `"auto"`: slower than `"chunked"` where timed.
+* `"chunked"`: the chunkwise-parallel form (`ops/chunked.py`), `O(T)`: every chunk's
+  intra-chunk products, chunk sums and inter-chunk reads at once, a short pass over the
+  chunk-boundary states in between.
+* `"pallas"`: the same split as fused Pallas kernels (`lasad_jax.ops.pallas`), `lasad`
+  variant only; TPU and GPU, interpret mode on CPU.
+* `"auto"`: `select_impl`'s choice for the platform and length (`AUTO_TABLE`).
 
-`lasad_decode_step` has its own switch, `DECODE_IMPLS`: `"xla"` (`ops.decode`), `"pallas"`
-(the fused one-kernel step, `ops.pallas.decode`) and `"auto"` (`DECODE_AUTO_TABLE`).
+Decoding forms (`*_decode_init`, `*_decode_step`) feed one slot at a time through a
+fixed-size state (`ops.decode`; docs/decoding.md); they have one implementation, in XLA.
 """
 
 from __future__ import annotations
@@ -24,39 +27,24 @@ import jax
 import jax.numpy as jnp
 
 from lasad_jax.ops import decode
-from lasad_jax.ops.chunked import DEFAULT_CHUNK_SIZE, chunked_attention
+from lasad_jax.ops.chunked import chunked_attention, defaults
 from lasad_jax.ops.reference import masked_attention
 from lasad_jax.ops.validation import check_choice, check_decay, check_int, check_qkv
 
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
 # impl="auto": (platform, longest T for which the choice holds, impl), first match wins.
-# On CPU the chunked form is as fast as the reference already at T = 256 (a single chunk
-# *is* the masked quadratic form) and much faster beyond; see benchmarks/RESULTS.md. On an
-# H200 (2026-12-04, bf16, 16 heads, D = 64) the chunked form took 0.088 / 0.208 ms (forward /
-# forward+backward) at T = 256 and 0.193 / 0.482 ms at T = 1024, the Pallas masked kernel (then
-# with IEEE float32 dots) 2.2 / 8.0 ms and 9.5 ms (forward); longer T was not reached. A
-# Pallas kernel enters this table for a platform and length once benchmarks/kernels.py
-# shows it faster there; until then "auto" runs the XLA chunked form everywhere.
+# The one place where measurements choose an implementation (docs/operator.md,
+# "Implementations and the impl switch"; the chunked form's own per-platform parameters
+# are `ops.chunked.DEFAULTS`). Today: the chunkwise-parallel XLA form everywhere. On CPU
+# that is measured (benchmarks/RESULTS.md, "Operator scaling, CPU": faster than the
+# quadratic reference from T = 4096, equal below, where a single chunk is the masked
+# form). On GPU and TPU nothing else has been timed since the kernels were rebuilt: the
+# Pallas split (`impl="pallas"`) enters a row here for a platform and range of T once
+# `benchmarks/kernels.py` (run by benchmarks/device_check.sh) shows it faster than the XLA
+# form there, cited from benchmarks/RESULTS.md. The kernels it replaced lost to the XLA
+# form on an H200 (2026-12-04; RESULTS.md, "Before").
 AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
-
-
-DECODE_IMPLS = ("auto", "xla", "pallas")
-
-# impl="auto" for `lasad_decode_step`: (platform, impl), first match wins. The fused
-# Pallas step is exact (tests/ops/test_pallas_decode.py) but on an H200 (2026-12-04,
-# `benchmarks/decode_step.py --impls xla pallas`) no faster than the XLA step: 4 us slower
-# per token at batch 1, within 0.5% at batch 8 and 64. It enters here for a platform once
-# that benchmark shows it faster there. On CPU Pallas only interprets.
-DECODE_AUTO_TABLE: tuple[tuple[str, str], ...] = (("*", "xla"),)
-
-
-def select_decode_impl(platform: str) -> str:
-    """The decoding step `impl="auto"` runs on a platform ("cpu", "gpu", "tpu")."""
-    for plat, impl in DECODE_AUTO_TABLE:
-        if plat in ("*", platform):
-            return impl
-    return "xla"
 
 
 def select_impl(platform: str, num_tokens: int) -> str:
@@ -77,9 +65,8 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
     num_prefix = check_int("num_prefix", num_prefix, minimum=0)
     if num_prefix > t:
         raise ValueError(f"num_prefix must be <= T = {t} (q.shape[1]), got {num_prefix}")
-    chunk_size = check_int(
-        "chunk_size", DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, minimum=1
-    )
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     logs = [check_decay(name, value, h) for name, value in decays.items()]
     no_decay = jnp.zeros((h,), jnp.float32)
     log_row, log_col = (logs[0], logs[-1]) if logs else (no_decay, no_decay)
@@ -95,7 +82,7 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
     elif impl == "pallas":
         from lasad_jax.ops.pallas import pallas_attention  # Pallas imports are not free
 
-        out = pallas_attention(q, k, v, chunk_size=chunk_size, **kw)
+        out = pallas_attention(q, k, v, chunk_size=chunk_size or defaults().chunk_size, **kw)
     else:
         out = chunked_attention(variant, q, k, v, chunk_size=chunk_size, **kw)
     return out.astype(q.dtype)
@@ -116,8 +103,9 @@ def lasad_attention(
     """LASAD: image key `j` weighs `row_decay^(r_i - r_j) * col_decay^|c_i - c_j|` for query `i`.
 
     `row_decay`, `col_decay`: `[heads]` in (0, 1]. `chunk_size` (tokens per chunk of the
-    chunked form, rounded down to whole rows) trades intra-chunk matmul work (grows with
-    it) against state traffic (shrinks with it); `None` uses the measured default.
+    chunked and Pallas forms, rounded down to whole rows) trades intra-chunk matmul work
+    (grows with it) against the chunk-boundary states (shrink with it); `None` uses the
+    platform's measured default (`ops.chunked.defaults`).
     """
     return _parallel("lasad", q, k, v, width=width, num_prefix=num_prefix, impl=impl,
                      chunk_size=chunk_size, row_decay=row_decay, col_decay=col_decay)
@@ -177,7 +165,7 @@ def linear_attention(
 def _check_step(state: Any, q, k, v, num_prefix) -> tuple[int, int]:
     """Checks one decoding slot against its state; returns (heads, num_prefix)."""
     b, _, h, dk, dv = check_qkv(q, k, v, token_axis=False)
-    want = tuple(state.prefix.shape)
+    want = state.dims
     if (b, h, dk, dv) != want:
         raise ValueError(
             f"q/k/v of shapes {tuple(q.shape)}/{tuple(k.shape)}/{tuple(v.shape)} do not match "
@@ -194,37 +182,40 @@ def _check_init(batch, heads, dk, dv, dtype, width=1):
 
 
 def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
-                      dtype: Any = jnp.float32) -> decode.LasadState:
-    """Empty LASAD decoding state for a grid of `width` columns: `(2 * width + 2) * Dk * Dv`
-    numbers per batch element and head. Keep `dtype` float32: the states are sums over
-    the whole image."""
+                      dtype: Any = jnp.float32, *, prefix_slots: int = 1,
+                      kv_dtype: Any = None) -> decode.LasadState:
+    """Empty LASAD decoding state for a grid of `width` columns: `width * Dk * Dv +
+    (2 * width + prefix_slots) * (Dk + Dv)` numbers per batch element and head (one
+    state per column, and the raw keys and values of two grid rows and of up to
+    `prefix_slots` prefix slots; docs/decoding.md).
+
+    Keep `dtype` float32: the column states are sums over the whole image (bfloat16
+    storage costs about 5e-3 of the largest output, docs/decoding.md). `kv_dtype`
+    (default: `dtype`) stores the raw keys and values; the input dtype loses nothing.
+    """
     _check_init(batch, heads, dk, dv, dtype, width)
-    return decode.lasad_init(batch, heads, dk, dv, width, dtype)
+    check_int("prefix_slots", prefix_slots, minimum=0)
+    kv_dtype = dtype if kv_dtype is None else kv_dtype
+    if not jnp.issubdtype(jnp.dtype(kv_dtype), jnp.floating):
+        raise ValueError(f"kv_dtype must be a floating dtype, got {kv_dtype}")
+    return decode.lasad_init(batch, heads, dk, dv, width, dtype, prefix_slots=prefix_slots,
+                             kv_dtype=kv_dtype)
 
 
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
-                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0,
-                      impl: str = "auto"):
+                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
     """Consumes the next slot (`q, k: [batch, heads, Dk]`, `v: [batch, heads, Dv]`) and
-    returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype.
-
-    `impl` in `DECODE_IMPLS`: "xla", "pallas" (one fused kernel per step; TPU, GPU with
-    power-of-two Dk and Dv, interpret mode on CPU) or "auto" (`select_decode_impl`).
-    """
+    returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype. Per token it reads
+    and writes one column state and reads two grid rows of keys and values, wherever the
+    token lies in the image."""
     h, num_prefix = _check_step(state, q, k, v, num_prefix)
-    logs = dict(log_row=check_decay("row_decay", row_decay, h),
-                log_col=check_decay("col_decay", col_decay, h))
-    check_choice("impl", impl, DECODE_IMPLS)
-    platform = jax.default_backend()
-    if impl == "auto":
-        impl = select_decode_impl(platform)
-    if impl == "xla":
-        return decode.lasad_step(state, q, k, v, num_prefix=num_prefix, **logs)
-    from lasad_jax.ops.pallas.decode import lasad_step_fused  # Pallas imports are not free
-
-    return lasad_step_fused(state, q, k, v, num_prefix=num_prefix,
-                            backend="gpu" if platform == "gpu" else "tpu",
-                            interpret=platform == "cpu", **logs)
+    if num_prefix > state.prefix_slots:
+        raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "
+                         f"(prefix_slots={state.prefix_slots}); pass "
+                         f"prefix_slots={num_prefix} to lasad_decode_init")
+    return decode.lasad_step(state, q, k, v, num_prefix=num_prefix,
+                             log_row=check_decay("row_decay", row_decay, h),
+                             log_col=check_decay("col_decay", col_decay, h))
 
 
 def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,

@@ -1,10 +1,11 @@
 """How each attention variant weights a key by its position relative to a query.
 
-This module is the single statement of the decay rules of DESIGN.md §1. The quadratic
-reference builds its whole `T x T` mask here, the chunked form builds its intra-chunk mask
-here, and both the chunked form and the decoder smooth their per-column states with
-`smooth_columns`. Everything is computed in log space (`exp(n * log a)`), never as a ratio
-of powers, so decays of 1.0 and long distances stay finite and differentiable.
+This module is the single statement of the decay rules of docs/operator.md ("What it
+computes"). The quadratic reference builds its whole `T x T` mask here, the chunked form
+builds its intra-chunk mask and the column Toeplitz matrix of its smoothing here, and the
+decoder smooths its per-column states with `smooth_columns`. Everything is computed in
+log space (`exp(n * log a)`), never as a ratio of powers, so decays of 1.0 and long
+distances stay finite and differentiable.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Variants of the decayed linear attention family (DESIGN.md §1). `softmax` is not here:
+# Variants of the decayed linear attention family (docs/operator.md, "Variants"). `softmax` is not here:
 # it is ordinary attention and lives with the model.
 VARIANTS = ("lasad", "lasad_row", "linear_1d", "linear")
 
@@ -25,7 +26,7 @@ def decay_mask(
     log_row: jax.Array,
     log_col: jax.Array,
 ) -> jax.Array:
-    """Returns the `[heads, T, T]` float32 weights `M[i, j]` of DESIGN.md §1.
+    """Returns the `[heads, T, T]` float32 weights `M[i, j]` of docs/operator.md.
 
     Slots `0..num_prefix-1` are prefix memory (weight 1, causal among themselves); the rest
     are image tokens in raster order on a grid of `width` columns. `log_row` and `log_col`
@@ -72,11 +73,9 @@ def smooth_columns(states: jax.Array, log_col: jax.Array) -> jax.Array:
     """`H(c) = sum_c' b^|c - c'| A(c')` for `states: [..., heads, width, Dk, Dv]`.
 
     One `w x w` Toeplitz matmul per head (`w` multiply-adds per state entry). Two
-    first-order scans across the columns would need only a few per entry, but on the
-    platforms we measured the matmul is the faster up to the widest grid we target (w = 128,
-    8 heads of 64 x 64 states, forward+backward on the 2-core CPU: 24 ms, against 49 ms for
-    a sequential `lax.scan` and 85 ms for `lax.associative_scan`; see
-    benchmarks/chunk_design.py and benchmarks/RESULTS.md).
+    first-order scans across the columns would need only a few per entry, but on the 2-core
+    CPU the matmul is the faster up to the widest grid we target (w = 128; see
+    benchmarks/chunk_design.py, "smoothing", and benchmarks/RESULTS.md).
     The Toeplitz matrix is broadcast to every batch dim of `states` so that the contraction
     is a plain batched matmul and XLA never transposes the (large) states.
     """

@@ -1,29 +1,30 @@
-"""Recurrent decoding: one slot at a time with a constant-size state, no KV cache.
+"""Recurrent decoding: one slot at a time with a fixed-size state, no KV cache.
 
 Slots come in the order of the parallel form (prefix slots, then image tokens in raster
-order). Each state records its own position `pos` (a scalar shared by the batch), so a
-step knows whether it is in the prefix, and which row and column it is at, without being
-told. Steps are pure functions of `(state, q, k, v)`: they work under `jax.jit` and as the
-body of `jax.lax.scan`. States are float32 whatever the input dtype; the output has q's
-dtype.
+order). Each state records its own position `pos` (an int32 scalar shared by the batch),
+so a step knows whether it is in the prefix, and which row and column it is at, without
+being told. Steps are pure functions of `(state, q, k, v)`: they run under `jax.jit` and
+as the body of `jax.lax.scan`. States are float32 unless asked otherwise (the raw keys and
+values of `lasad` may be kept in the input dtype, which loses nothing); the output has
+q's dtype. docs/decoding.md explains the states and derives the `lasad` one.
 
-State per batch element and head (`D = Dk x Dv` matrices):
+State per batch element and head (`D = Dk x Dv` matrices, `w` the grid width, `P` the
+prefix slots the `lasad` state has room for):
 
-| variant     | fields                                  | size           |
-|-------------|-----------------------------------------|----------------|
-| `lasad`     | prefix, grid (2 per column), row        | `(2 w + 2) D`  |
-| `lasad_row` | prefix, above, row_sum, row             | `4 D`          |
-| `linear_1d` | prefix, run                             | `2 D`          |
-| `linear`    | prefix, run                             | `2 D`          |
+| variant     | arrays                                                  | numbers                   |
+|-------------|---------------------------------------------------------|---------------------------|
+| `lasad`     | `cols` (one `D` per column), `keys` and `values` (two grid rows + `P` prefix slots) | `w D + (2 w + P)(Dk + Dv)` |
+| `lasad_row` | prefix, above, row_sum, row                             | `4 D`                     |
+| `linear_1d` | prefix, run                                             | `2 D`                     |
+| `linear`    | prefix, run                                             | `2 D`                     |
 
-The `prefix` state is kept apart from the decayed ones because prefix slots are never
-decayed (DESIGN.md §1). A step touches `O(D)` memory, except the `lasad` row start, which
-rewrites the whole grid once per row. Steps are branch-free except that row start:
-prefix slots simply add a zero key-value product to the image states. The row start is a
-`lax.cond` on the single `grid` array, updated in place before it is read; with several
-state arrays in the branch, or a read before the in-place update, XLA copies the whole
-grid at every step (an earlier version of this file did, and was 30x slower per token
-at w = 128 on CPU; benchmarks/RESULTS.md).
+Rules every step keeps, because XLA copies a whole loop-carried array at every token
+when they are broken (measured on GPU; jax-ml/jax issue 38145): no `lax.cond` or
+`lax.switch` (prefix slots and row starts are selected by arithmetic on single-column
+values); arrays with more than one column are updated by one `dynamic_update_slice` on
+their leading axis, directly on the carried array (no reshape in between), and only
+their updated version is read after the update. `lasad_jax.sampling.hlo_check` verifies
+this on the compiled sampler.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from lasad_jax.ops.decay import smooth_columns
+F32 = jnp.float32
 
 
 def _state(*meta: str):
@@ -49,14 +50,25 @@ def _state(*meta: str):
 
 @_state()
 class LasadState:
-    """`grid[:, :, c, 0]` = earlier rows decayed to the current row, plus this row's keys so
-    far (column c); `grid[:, :, c, 1]` = the cross-column smoothing `T_b` of the earlier-rows
-    part, frozen for the current row; `row` = this row's keys decayed along the row."""
+    """`cols[c]`: the smoothed state `H(c) = sum_c' b^|c - c'| A(c')` of the grid rows
+    above, at the row where column `c` was last touched (one row behind until the token of
+    column `c` brings it up to date). `keys`, `values`: raw keys and values, the grid row
+    `r` in slots `(r % 2) * w + c` (the current and the previous row), prefix slot `j` in
+    slot `2 w + j` (prefix slots are never decayed, and there are few: LASADGen has one)."""
 
     pos: jax.Array  # int32 scalar: slots consumed so far
-    prefix: jax.Array  # [B, H, Dk, Dv]
-    grid: jax.Array  # [B, H, w, 2, Dk, Dv]
-    row: jax.Array  # [B, H, Dk, Dv]
+    cols: jax.Array  # [w, B, H, Dk, Dv]
+    keys: jax.Array  # [2 w + prefix_slots, B, H, Dk]
+    values: jax.Array  # [2 w + prefix_slots, B, H, Dv]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """(batch, heads, Dk, Dv)."""
+        return tuple(self.cols.shape[1:])
+
+    @property
+    def prefix_slots(self) -> int:
+        return self.keys.shape[0] - 2 * self.cols.shape[0]
 
 
 @_state("width")
@@ -68,6 +80,10 @@ class LasadRowState:
     row: jax.Array  # this row's keys decayed along the row
     width: int  # grid width (static)
 
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.prefix.shape)
+
 
 @_state()
 class LinearState:
@@ -75,31 +91,42 @@ class LinearState:
     prefix: jax.Array  # [B, H, Dk, Dv]
     run: jax.Array  # image keys decayed in raster order
 
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.prefix.shape)
+
 
 replace = dataclasses.replace
 
 
-def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32) -> LasadState:
-    mat = (batch, heads, dk, dv)
-    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype),
-                      jnp.zeros((batch, heads, width, 2, dk, dv), dtype), jnp.zeros(mat, dtype))
+def lasad_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=F32, *,
+               prefix_slots: int = 1, kv_dtype=None) -> LasadState:
+    lead, slots = (batch, heads), 2 * width + prefix_slots
+    kv_dtype = dtype if kv_dtype is None else kv_dtype
+    return LasadState(jnp.zeros((), jnp.int32), jnp.zeros((width, *lead, dk, dv), dtype),
+                      jnp.zeros((slots, *lead, dk), kv_dtype),
+                      jnp.zeros((slots, *lead, dv), kv_dtype))
 
 
-def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=jnp.float32) -> LinearState:
+def linear_init(batch: int, heads: int, dk: int, dv: int, dtype=F32) -> LinearState:
     mat = (batch, heads, dk, dv)
     return LinearState(jnp.zeros((), jnp.int32), jnp.zeros(mat, dtype), jnp.zeros(mat, dtype))
 
 
-def lasad_row_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=jnp.float32):
+def lasad_row_init(batch: int, heads: int, dk: int, dv: int, width: int, dtype=F32):
     mat = (batch, heads, dk, dv)
     zeros = [jnp.zeros(mat, dtype) for _ in range(4)]
     return LasadRowState(jnp.zeros((), jnp.int32), *zeros, width=width)
 
 
+def _outer(k: jax.Array, v: jax.Array) -> jax.Array:
+    return jnp.einsum("bhd,bhe->bhde", k.astype(F32), v.astype(F32))
+
+
 def _split(state, q, k, v, num_prefix: int):
     """The slot's key-value product for the prefix state and for the image states (the
     other one is zero), the new prefix state, and the image position (0 in the prefix)."""
-    kv = jnp.einsum("bhd,bhe->bhde", k.astype(jnp.float32), v.astype(jnp.float32))
+    kv = _outer(k, v)
     in_prefix = state.pos < num_prefix
     zero = jnp.zeros_like(kv)
     prefix = state.prefix + jnp.where(in_prefix, kv, zero).astype(state.prefix.dtype)
@@ -107,40 +134,62 @@ def _split(state, q, k, v, num_prefix: int):
 
 
 def _read(q: jax.Array, state: jax.Array) -> jax.Array:
-    return jnp.einsum("bhd,bhde->bhe", q.astype(jnp.float32), state.astype(jnp.float32))
+    return jnp.einsum("bhd,bhde->bhe", q.astype(F32), state.astype(F32))
 
 
 def _decays(log_row, log_col):
     return (jnp.exp(log_row)[None, :, None, None], jnp.exp(log_col)[None, :, None, None])
 
 
-def start_row(grid: jax.Array, col: jax.Array, log_row, log_col) -> jax.Array:
-    """The grid of column states at a row start (`col == 0`), unchanged elsewhere.
-
-    `grid[..., 0]` holds `A_{r-1} + KV(row r-1)`; decaying it by `a` gives `A_r`, and
-    slot 1 gets its cross-column smoothing `T_b A_r`, frozen for the row. Prefix slots see
-    `col == 0` as well; the grid is still all zeros then, so this is a no-op for them.
-    Shared by the XLA step below and the fused Pallas step (`ops.pallas.decode`).
-    """
-    a = jnp.exp(log_row)[None, :, None, None, None]
-
-    def new_row(grid):
-        cols = a * grid[:, :, :, 0]
-        return jnp.stack([cols, smooth_columns(cols, log_col)], axis=3).astype(grid.dtype)
-
-    return jax.lax.cond(col == 0, new_row, lambda g: g, grid)
-
-
 def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int):
-    _, b = _decays(log_row, log_col)
-    kv, prefix, p = _split(state, q, k, v, num_prefix)
-    col = p % state.grid.shape[2]
-    grid = start_row(state.grid, col, log_row, log_col)
-    grid = grid.at[:, :, col, 0].add(kv.astype(grid.dtype))
-    above = jax.lax.dynamic_index_in_dim(grid, col, axis=2, keepdims=False)[:, :, 1]
-    row = (jnp.where(col == 0, 0.0, b * state.row) + kv).astype(state.row.dtype)
-    o = _read(q, prefix + above + row)
-    return o.astype(q.dtype), replace(state, pos=state.pos + 1, prefix=prefix, grid=grid, row=row)
+    """One slot of `lasad`; docs/decoding.md derives it.
+
+    Image token `(r, c)`: `H(c)` was last brought up to date at `(r - 1, c)`, so one
+    update `H(c) <- a (H(c) + sum_c' b^|c - c'| k_{r-1,c'} v_{r-1,c'}^T)` (a `[Dk x w] @
+    [w x Dv]` product over the previous row's keys and values) makes it current; then
+    `o = q.H(c) + sum_{c' <= c} b^(c - c') (q.k_{r,c'}) v_{r,c'} + sum_j (q.k_j) v_j`, the
+    last sum over the prefix slots. No case needs a branch: in the prefix (and in grid
+    row 0) the previous-row slots and `H` are still zero, so the update writes zero into
+    `H(0)` and only the prefix sum is non-zero.
+
+    Order matters to XLA: each array is updated first and only its updated version is read
+    afterwards. The old version is read once, by the update itself; a second reader of the
+    old buffer after the update forces a copy of the whole array at every token (XLA
+    duplicates cheap producers into each consumer, so even using `new` for the output
+    would add one; the output reads the column back instead).
+    """
+    w = state.cols.shape[0]
+    in_prefix = state.pos < num_prefix
+    p = jnp.maximum(state.pos - num_prefix, 0)
+    col = p % w
+    cur = (p // w) % 2 * w  # first ring slot of this row; the previous row starts at w - cur
+    slot = jnp.where(in_prefix, 2 * w + state.pos, cur + col)
+    keys = jax.lax.dynamic_update_index_in_dim(state.keys, k.astype(state.keys.dtype), slot, 0)
+    values = jax.lax.dynamic_update_index_in_dim(state.values, v.astype(state.values.dtype),
+                                                 slot, 0)
+
+    # Cross-column weights b^|c - c'|, and this row's causal part b^(c - c') for c' <= c.
+    c = jnp.arange(w)
+    across = jnp.exp(jnp.abs(c - col)[:, None] * log_col[None, :])  # [w, H]
+    along = jnp.where((c <= col)[:, None], across, 0.0)
+
+    k_prev = jax.lax.dynamic_slice_in_dim(keys, w - cur, w).astype(F32)
+    v_prev = jax.lax.dynamic_slice_in_dim(values, w - cur, w).astype(F32)
+    last_row = jnp.einsum("ch,cbhd,cbhe->bhde", across, k_prev, v_prev)
+    a = jnp.exp(log_row)[None, :, None, None]
+    old = jax.lax.dynamic_index_in_dim(state.cols, col, 0, keepdims=False).astype(F32)
+    cols = jax.lax.dynamic_update_index_in_dim(
+        state.cols, (a * (old + last_row)).astype(state.cols.dtype), col, 0)
+
+    q32 = q.astype(F32)
+    current = jax.lax.dynamic_index_in_dim(cols, col, 0, keepdims=False)
+    k_row = jax.lax.dynamic_slice_in_dim(keys, cur, w).astype(F32)
+    v_row = jax.lax.dynamic_slice_in_dim(values, cur, w).astype(F32)
+    row = jnp.einsum("bhd,cbhd->cbh", q32, k_row) * along[:, None, :]
+    prefix = jnp.einsum("bhd,jbhd->jbh", q32, keys[2 * w:].astype(F32))
+    o = (_read(q32, current) + jnp.einsum("cbh,cbhe->bhe", row, v_row)
+         + jnp.einsum("jbh,jbhe->bhe", prefix, values[2 * w:].astype(F32)))
+    return o.astype(q.dtype), LasadState(state.pos + 1, cols, keys, values)
 
 
 def lasad_row_step(state: LasadRowState, q, k, v, *, log_row, log_col, num_prefix: int):

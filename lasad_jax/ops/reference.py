@@ -1,8 +1,7 @@
-"""The quadratic masked form: the spec of DESIGN.md §1 written as code.
+"""The quadratic masked form: the spec of docs/operator.md ("What it computes") as code.
 
 It materialises the `[heads, T, T]` weight mask, so it costs `O(T^2)` time and memory. It
-is the oracle the chunked, decoding and (later) Pallas forms are tested against, and it is
-fast for short sequences.
+is the oracle the chunked, decoding and Pallas forms are tested against.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Whole-batch generation in one jitted program.
 
 `generate` runs `jax.lax.scan` over the token positions, carrying the model's decoding
-cache: the recurrent states of the linear mixers (constant size) or the KV cache of the
-softmax mixer. Classifier-free guidance runs the conditional and the null-class rows as
-one doubled batch and feeds the sampled token to both halves (DESIGN.md §4).
+cache: the recurrent states of the linear mixers (fixed size; docs/decoding.md) or the KV
+cache of the softmax mixer. Classifier-free guidance runs the conditional and the
+null-class rows as one doubled batch and feeds the sampled token to both halves.
+
+The cache is carried through the scan and updated in place; nothing in the loop may copy
+it (`lasad_jax.sampling.hlo_check` reads the compiled program to make sure).
 """
 
 from __future__ import annotations
@@ -56,10 +59,56 @@ def sample_logits(key: jax.Array, logits: jax.Array, *, temperature: float, top_
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def _split_batch(x: jax.Array) -> jax.Array:
-    """Keeps a decoding-cache entry split by batch over the mesh (a no-op without one):
-    every cache array leads with the batch axis; scalars (the slot) are replicated."""
-    return constrain(x, ("batch",) + (None,) * (x.ndim - 1)) if x.ndim else x
+def cache_batch_axes(init_cache, batch: int):
+    """The batch axis of every array of `init_cache(batch)` (-1 for scalars), found by
+    comparing its shapes with `init_cache(batch + 1)` (no arrays are made). Cache arrays
+    that are updated one slot at a time lead with that slot axis, not the batch."""
+    small = jax.eval_shape(lambda: init_cache(batch))
+    large = jax.eval_shape(lambda: init_cache(batch + 1))
+
+    def axis(a, b):
+        return next((i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n), -1)
+
+    return jax.tree.map(axis, small, large)
+
+
+def _split_batch(x: jax.Array, axis: int) -> jax.Array:
+    """Keeps a decoding-cache entry split by batch over the mesh (a no-op without one);
+    scalars (the slot counters) are replicated."""
+    if axis < 0:
+        return x
+    return constrain(x, tuple("batch" if i == axis else None for i in range(x.ndim)))
+
+
+def start(model: nnx.Module, labels: jax.Array, *, cfg_scale: float):
+    """The empty cache fed the class slot: `(cache, logits)` for the first image token.
+    With guidance the null-class rows follow the conditional ones (a doubled batch)."""
+    if cfg_scale != 1.0:
+        labels = jnp.concatenate([labels, jnp.full_like(labels, model.null_class)])
+    logits, cache = model.decode_step(model.init_cache(labels.shape[0]),
+                                      model.class_embed(labels))
+    return cache, logits
+
+
+def decode_loop(model: nnx.Module, cache, logits: jax.Array, keys: jax.Array, *,
+                cfg_scale: float, temperature: float, top_k: int, top_p: float):
+    """The sampler's loop: for each key, draws the next token from `logits` (guided) and
+    feeds it. One `lax.scan` carrying the cache; returns `(cache, logits, tokens [n, B])`.
+    `generate` runs it over a whole image, `benchmarks/sampling.py` over parts of one."""
+    guided = cfg_scale != 1.0
+    draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    axes = cache_batch_axes(model.init_cache, logits.shape[0])
+
+    def body(carry, step_key):
+        cache, logits = carry
+        cache = jax.tree.map(_split_batch, cache, axes)
+        token = draw(step_key, guide(logits, cfg_scale) if guided else logits)
+        x = model.token_embed(jnp.concatenate([token, token]) if guided else token)
+        logits, cache = model.decode_step(cache, x)
+        return (cache, logits), token
+
+    (cache, logits), tokens = jax.lax.scan(body, (cache, logits), keys)
+    return cache, logits, tokens
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg_scale", "temperature", "top_k",
@@ -67,33 +116,15 @@ def _split_batch(x: jax.Array) -> jax.Array:
 def _generate(graphdef, params, labels, key, *, cfg_scale, temperature, top_k, top_p):
     model = nnx.merge(graphdef, params)
     cfg = model.cfg
-    guided = cfg_scale != 1.0
-    batch = labels.shape[0]
-    if guided:
-        labels = jnp.concatenate([labels, jnp.full_like(labels, model.null_class)])
-    draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
-
-    def pick(key, logits):
-        return draw(key, guide(logits, cfg_scale) if guided else logits)
-
-    def feed(token):
-        return model.token_embed(jnp.concatenate([token, token]) if guided else token)
-
+    sampling = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
     keys = jax.random.split(key, cfg.num_tokens)
-    logits, cache = model.decode_step(model.init_cache(labels.shape[0]),
-                                      model.class_embed(labels))
-
-    def body(carry, step_key):
-        cache, logits = carry
-        cache = jax.tree.map(_split_batch, cache)
-        token = pick(step_key, logits)
-        logits, cache = model.decode_step(cache, feed(token))
-        return (cache, logits), token
-
-    # The last token is drawn after the scan: nothing is ever fed after it.
-    (_, logits), tokens = jax.lax.scan(body, (cache, logits), keys[:-1])
-    tokens = jnp.concatenate([tokens.T, pick(keys[-1], logits)[:, None]], axis=1)
-    return tokens.reshape(batch, *cfg.grid)
+    cache, logits = start(model, labels, cfg_scale=cfg_scale)
+    _, logits, tokens = decode_loop(model, cache, logits, keys[:-1], **sampling)
+    # The last token is drawn after the loop: nothing is ever fed after it.
+    guided = guide(logits, cfg_scale) if cfg_scale != 1.0 else logits
+    last = sample_logits(keys[-1], guided, temperature=temperature, top_k=top_k, top_p=top_p)
+    tokens = jnp.concatenate([tokens.T, last[:, None]], axis=1)
+    return tokens.reshape(labels.shape[0], *cfg.grid)
 
 
 def generate(model: nnx.Module, labels: jax.Array, key: jax.Array, *, cfg_scale: float = 1.0,

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from lasad_jax.models import LASADGen, ModelConfig
+
+
+# A batch for the small models: tokens of an 11-token sequence, one real class and the
+# null class (3, for `small_config`'s 3 classes).
+TOKENS = jax.random.randint(jax.random.key(7), (2, 11), 0, 11)
+LABELS = jnp.array([0, 3])
 
 
 def small_config(mixer: str, **overrides) -> ModelConfig:
@@ -24,3 +31,19 @@ def perturbed_model(cfg: ModelConfig, seed: int = 0) -> LASADGen:
     leaves = [x + 0.3 * jax.random.normal(k, x.shape) if x.ndim >= 2 else x
               for x, k in zip(leaves, keys)]
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def decode_logits(model: LASADGen, labels, tokens) -> jax.Array:
+    """Every logit of `model(labels, tokens)`, one jitted decoding step at a time."""
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def step(params, cache, x):
+        return nnx.merge(graphdef, params).decode_step(cache, x)
+
+    logits, cache = step(params, model.init_cache(labels.shape[0]), model.class_embed(labels))
+    out = [logits]
+    for i in range(tokens.shape[1]):
+        logits, cache = step(params, cache, model.token_embed(tokens[:, i]))
+        out.append(logits)
+    return jnp.stack(out, axis=1)

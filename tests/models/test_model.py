@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,21 +9,8 @@ from flax import nnx
 
 from lasad_jax.models import MIXERS, LASADGen, ModelConfig, param_count
 from lasad_jax.models.presets import LLAMAGEN_PARAMS, preset_config
-from tests.models.helpers import perturbed_model, small_config
+from tests.models.helpers import LABELS, TOKENS, decode_logits, perturbed_model, small_config
 
-
-def decode_logits(model: LASADGen, labels, tokens) -> jax.Array:
-    cache = model.init_cache(labels.shape[0])
-    logits, cache = model.decode_step(cache, model.class_embed(labels))
-    out = [logits]
-    for i in range(tokens.shape[1]):
-        logits, cache = model.decode_step(cache, model.token_embed(tokens[:, i]))
-        out.append(logits)
-    return jnp.stack(out, axis=1)
-
-
-TOKENS = jax.random.randint(jax.random.key(7), (2, 11), 0, 11)
-LABELS = jnp.array([0, 3])  # 3 is the null class
 
 
 @pytest.mark.parametrize("mixer", MIXERS)

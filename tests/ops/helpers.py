@@ -40,13 +40,16 @@ PARALLEL = {
 }
 
 
-def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DECAY, col=COL_DECAY):
-    """Feeds every slot through the decoding step inside one jitted `lax.scan`."""
+def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DECAY, col=COL_DECAY,
+               state=None):
+    """Feeds every slot through the decoding step inside one jitted `lax.scan`, from
+    `state` (default: the variant's empty float32 state)."""
+    initial = state
     b, _, h, dk = q.shape
     dv = v.shape[-1]
     row, col = jnp.asarray(row), jnp.asarray(col)
     if variant == "lasad":
-        state = ops.lasad_decode_init(b, h, dk, dv, width)
+        state = ops.lasad_decode_init(b, h, dk, dv, width, prefix_slots=num_prefix)
         step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
                                                   num_prefix=num_prefix)
     elif variant == "lasad_row":
@@ -59,6 +62,8 @@ def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DE
     else:
         state = ops.linear_decode_init(b, h, dk, dv)
         step = lambda s, x: ops.linear_decode_step(s, *x, num_prefix=num_prefix)
+
+    state = state if initial is None else initial
 
     @jax.jit
     def run(state, q, k, v):

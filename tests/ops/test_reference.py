@@ -1,4 +1,4 @@
-"""The quadratic reference against a plain numpy double loop over the spec (DESIGN.md §1).
+"""The quadratic reference against a plain numpy double loop over the spec (docs/operator.md).
 
 The numpy loop is written independently of `lasad_jax.ops.decay`: it walks slot pairs and
 applies the rules as stated, so a mistake in the shared mask builder shows up here.

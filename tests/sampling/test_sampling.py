@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lasad_jax.models import MIXERS
 from lasad_jax.sampling import filter_logits, generate, guide, sample_logits
 from lasad_jax.sampling.images import make_grid
 from lasad_jax.sampling.sampler import class_list
@@ -79,7 +80,7 @@ def greedy_parallel(model, labels, cfg_scale: float) -> np.ndarray:
     return np.asarray(tokens).reshape(labels.shape[0], *cfg.grid)
 
 
-@pytest.mark.parametrize("mixer", ["lasad", "softmax"])
+@pytest.mark.parametrize("mixer", MIXERS)
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_generate_top1_equals_greedy_parallel(mixer, cfg_scale):
     model = perturbed_model(small_config(mixer, grid=(3, 3)))

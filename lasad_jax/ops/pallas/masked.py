@@ -1,14 +1,16 @@
-"""Flash-style masked LASAD as Pallas kernels, with a Pallas backward (`jax.custom_vjp`).
+"""The intra-chunk output kernel: flash-style masked tiles, with a Pallas backward.
 
-This is the quadratic form of DESIGN.md §1 tiled over (query block, key block) with the
-decay mask rebuilt per tile from indices (`masked_kernels.py`), for the short and medium
-sequences where one chunk is the whole image (e.g. 256 tokens). Long sequences want the
-chunked kernel, which carries per-column states between row chunks.
+The intra-chunk term of the chunkwise-parallel form (docs/operator.md) tiled over (query
+block, key block), the decay mask rebuilt per tile from indices (`masked_kernels.py`), so
+no `T x T` or `C x C` array is ever in memory. With `rows_per_chunk=None` the whole image
+is one chunk: the plain masked form, the whole operator for a 256 px image.
 
-The custom VJP sits on the kernel layout (`[batch * heads, Tp, D]`, log decays per
-`batch * head`); the head transpose, padding, dtype casts and the tiling of the per-head
-log decays over the batch are ordinary JAX outside it, so autodiff sums the decay
-gradients over the batch and chains `d a = d(log a) / a` for callers that pass decays.
+Three kernels behind one `jax.custom_vjp`: the forward; `dq`, which is the forward with
+`(q, k, v) -> (do, v, k)`; and `dk, dv` with each key block's share of the two log-decay
+gradients. The custom VJP sits on the kernel layout (`[batch * heads, Tp, D]`, log decays
+per `batch * head`); the head transpose, padding and the tiling of the per-head log
+decays over the batch are ordinary JAX outside it, so autodiff sums the decay gradients
+over the batch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lasad_jax.ops.pallas import masked_kernels as kern
 from lasad_jax.ops.pallas.precision import precision as matmul_precision
 
 BACKENDS = ("tpu", "gpu")
-# Rows and columns are derived in float32 inside the kernels; exact below this many slots.
+# Rows and columns are derived in float32 inside the kernels; exact below this many tokens.
 MAX_TOKENS = 2**22
 
 
@@ -37,7 +39,7 @@ class _Config:
     """Everything static about one call (hashable: it is a `nondiff_argnums` of the VJP)."""
 
     width: int
-    num_prefix: int
+    rows_per_chunk: int | None
     block_q: int
     block_k: int
     interpret: bool
@@ -45,17 +47,21 @@ class _Config:
     precision: lax.Precision  # of every matmul in the kernels
 
 
-def _call(cfg: _Config, kernel, grid, in_specs, out_specs, out_shape):
+def compiler_params(backend: str, axes: int):
+    """The backend's compiler parameters for a grid of `axes` parallel axes."""
+    if backend == "tpu":
+        # Every grid point writes its own output blocks: all axes can be split over cores.
+        return pltpu.CompilerParams(dimension_semantics=("parallel",) * axes)
+    return plt.CompilerParams(num_warps=4, num_stages=2)
+
+
+def call(backend: str, interpret: bool, kernel, grid, in_specs, out_specs, out_shape):
     """`pl.pallas_call` with the backend's compiler params and interpreter."""
-    if cfg.backend == "tpu":
-        # Every grid point writes its own output blocks: both axes can be split over cores.
-        params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
-        interpret = pltpu.InterpretParams() if cfg.interpret else False
-    else:
-        params = plt.CompilerParams(num_warps=4, num_stages=2)
-        interpret = cfg.interpret
-    return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
-                          out_shape=out_shape, compiler_params=params, interpret=interpret)
+    return pl.pallas_call(
+        kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+        compiler_params=compiler_params(backend, len(grid)),
+        interpret=(pltpu.InterpretParams() if backend == "tpu" else True) if interpret
+        else False)
 
 
 def _blocked(block: int, depth: int) -> pl.BlockSpec:
@@ -75,26 +81,27 @@ def _forward(cfg: _Config, q, k, v, lr, lc):
     bh, tp, dk = q.shape
     dv = v.shape[-1]
     kernel = functools.partial(kern.forward_kernel, block_k=cfg.block_k, prec=cfg.precision,
-                               num_prefix=cfg.num_prefix, width=cfg.width)
-    return _call(
-        cfg, kernel, (bh, tp // cfg.block_q),
+                               width=cfg.width, rows_per_chunk=cfg.rows_per_chunk)
+    return call(
+        cfg.backend, cfg.interpret, kernel, (bh, tp // cfg.block_q),
         [_LOG_SPEC, _LOG_SPEC, _blocked(cfg.block_q, dk), _whole(tp, dk), _whole(tp, dv)],
-        _blocked(cfg.block_q, dv), jax.ShapeDtypeStruct((bh, tp, dv), q.dtype),
+        _blocked(cfg.block_q, dv), jax.ShapeDtypeStruct((bh, tp, dv), jnp.float32),
     )(lr, lc, q, k, v)
 
 
 def _backward(cfg: _Config, q, k, v, lr, lc, do):
     bh, tp, dk = q.shape
     dv = v.shape[-1]
-    statics = dict(num_prefix=cfg.num_prefix, width=cfg.width, prec=cfg.precision)
+    do = do.astype(q.dtype)  # the products run in the input dtype
+    statics = dict(width=cfg.width, rows_per_chunk=cfg.rows_per_chunk, prec=cfg.precision)
     # dq = sum_j M (do . v_j) k_j is the forward pass with (q, k, v) -> (do, v, k).
-    dq = _forward(cfg, do, v, k, lr, lc)
+    dq = _forward(cfg, do, v, k, lr, lc).astype(q.dtype)
     n_k = tp // cfg.block_k
     part = jax.ShapeDtypeStruct((bh, n_k, 1, 1), jnp.float32)
     part_spec = pl.BlockSpec((None, None, 1, 1), lambda b, n: (b, n, 0, 0))
-    dk_, dv_, dlr, dlc = _call(
-        cfg, functools.partial(kern.dkv_kernel, block_q=cfg.block_q, **statics),
-        (bh, n_k),
+    dk_, dv_, dlr, dlc = call(
+        cfg.backend, cfg.interpret,
+        functools.partial(kern.dkv_kernel, block_q=cfg.block_q, **statics), (bh, n_k),
         [_LOG_SPEC, _LOG_SPEC, _whole(tp, dk), _blocked(cfg.block_k, dk),
          _blocked(cfg.block_k, dv), _whole(tp, dv)],
         [_blocked(cfg.block_k, dk), _blocked(cfg.block_k, dv), part_spec, part_spec],
@@ -130,9 +137,11 @@ def default_block(backend: str, dtype) -> int:
     """Tokens per tile when the caller names none.
 
     GPU, from `benchmarks/masked_probe.py` on an H200 (2026-12-04, T = 256, D = 64, 16
-    heads, forward): 16-bit inputs (TF32 dots) 0.140 / 0.096 / 0.129 ms at 32 / 64 / 128
-    tokens, so 64; float32 inputs (IEEE float32 dots, which Triton spills at large tiles)
-    0.143 / 0.722 / 2.232 ms, so 32. TPU: 128, the MXU's side; not yet timed.
+    heads, forward, the kernel then casting tiles to float32): 16-bit inputs (TF32 dots)
+    0.140 / 0.096 / 0.129 ms at 32 / 64 / 128 tokens, so 64; float32 inputs (IEEE float32
+    dots, which Triton spills at large tiles) 0.143 / 0.722 / 2.232 ms, so 32. The kernel
+    now multiplies 16-bit tiles directly (bf16 tensor-core products): the probe stage of
+    benchmarks/device_check.sh re-times the tile sizes. TPU: 128, the MXU's side; not timed.
     """
     if backend == "gpu":
         return 32 if jnp.dtype(dtype).itemsize >= 4 else 64
@@ -154,31 +163,38 @@ def _fit_block(block: int, tokens: int, backend: str) -> int:
     return min(block, _round_up(tokens, 16))
 
 
-def lasad_masked_pallas(
+def feature_size(d: int, backend: str) -> int:
+    """A feature size on the kernels' grid: Triton needs powers of two of at least 16 (zero
+    features change no dot product); Mosaic takes the size as it is."""
+    return max(16, pl.next_power_of_2(d)) if backend == "gpu" else d
+
+
+def intra_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
     *,
     width: int,
-    num_prefix: int,
     log_row: jax.Array,
     log_col: jax.Array,
+    rows_per_chunk: int | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool = False,
     backend: str = "tpu",
     precision: lax.Precision | None = None,
 ) -> jax.Array:
-    """LASAD `o_i = sum_{j<=i} M[i, j] (q_i . k_j) v_j` (DESIGN.md §1) as Pallas kernels.
+    """`o_i = sum_{j <= i, same chunk} M[i, j] (q_i . k_j) v_j` over image tokens, as Pallas
+    kernels; returns float32 `[B, T, H, Dv]`.
 
-    `q, k: [B, T, H, Dk]`, `v: [B, T, H, Dv]`; `log_row`, `log_col`: `[H]` logs (<= 0) of the
-    row and column decays. Computes in float32 and returns q's dtype. Differentiable in q, k,
-    v, `log_row` and `log_col`, with a Pallas backward. `backend` picks the lowering
-    ("tpu": Mosaic; "gpu": Triton); `interpret=True` runs it on CPU (TPU:
-    `pltpu.InterpretParams`, GPU: the generic interpreter). Arguments are assumed checked by
-    the caller (`lasad_jax.ops.api`); only the kernel-specific limits are checked here.
-    `block_q`, `block_k`: tokens per tile; `None` takes `default_block`. `precision` of the
-    matmuls; `None` takes `precision.precision(q.dtype)` (benchmarks/masked_probe.py sets it).
+    `q, k: [B, T, H, Dk]`, `v: [B, T, H, Dv]`: image tokens in raster order on a grid of
+    `width` columns, no prefix slots. `log_row`, `log_col`: `[H]` logs (<= 0) of the row
+    and column decays. `rows_per_chunk`: chunks of that many whole grid rows (`None`: one
+    chunk). Differentiable in q, k, v, `log_row` and `log_col`, with a Pallas backward.
+    `backend` picks the lowering ("tpu": Mosaic; "gpu": Triton); `interpret=True` runs it on
+    CPU (TPU: `pltpu.InterpretParams`, GPU: the generic interpreter). `block_q`, `block_k`:
+    tokens per tile; `None` takes `default_block`. `precision` of the matmuls; `None` takes
+    `precision.precision(q.dtype)` (benchmarks/masked_probe.py sets it).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -189,10 +205,7 @@ def lasad_masked_pallas(
     block = default_block(backend, q.dtype)
     bq, bk = (_fit_block(block if x is None else x, t, backend) for x in (block_q, block_k))
     tp = _round_up(t, math.lcm(bq, bk))
-    # Triton needs power-of-two feature dims of at least 16: zero features change no dot
-    # product, and the extra output columns of v are dropped.
-    dk_p, dv_p = ((max(16, pl.next_power_of_2(d)) for d in (dk, dv)) if backend == "gpu"
-                  else (dk, dv))
+    dk_p, dv_p = feature_size(dk, backend), feature_size(dv, backend)
 
     def to_kernel(x: jax.Array, depth: int) -> jax.Array:
         x = x.transpose(0, 2, 1, 3).reshape(b * h, t, x.shape[-1])
@@ -202,10 +215,9 @@ def lasad_masked_pallas(
     def per_bh(log: jax.Array) -> jax.Array:
         return jnp.tile(log.astype(jnp.float32), b).reshape(b * h, 1, 1)
 
-    cfg = _Config(width=width, num_prefix=num_prefix, block_q=bq, block_k=bk,
+    cfg = _Config(width=width, rows_per_chunk=rows_per_chunk, block_q=bq, block_k=bk,
                   interpret=bool(interpret), backend=backend,
                   precision=matmul_precision(q.dtype) if precision is None else precision)
-    out = _masked_core(cfg, to_kernel(q, dk_p), to_kernel(k, dk_p), to_kernel(v, dv_p),
+    out = _masked_core(cfg, to_kernel(q, dk_p), to_kernel(k, dk_p), to_kernel(v.astype(q.dtype), dv_p),
                        per_bh(log_row), per_bh(log_col))
-    out = out[:, :t, :dv].reshape(b, h, t, dv).transpose(0, 2, 1, 3)
-    return out.astype(q.dtype)
+    return out[:, :t, :dv].reshape(b, h, t, dv).transpose(0, 2, 1, 3)

@@ -1,0 +1,238 @@
+"""Sampling speed of LASADGen against its softmax twin: images/s of `generate`, time per
+token by position, decoding memory, compile time, and the HLO check of each program.
+
+    python benchmarks/sampling.py                       # GPU: B and L, 256/384/512 px
+    python benchmarks/sampling.py --smoke               # CPU, tiny models (CI, ~1 min)
+    python benchmarks/sampling.py --presets tiny --grids 16 32 --batch 4 --dtype float32
+
+Per row (preset, grid, mixer), with classifier-free guidance (`--cfg_scale` 2.0 doubles
+the rows the model runs: `--batch` 64 images are 128 rows), compute in `--dtype`:
+* `compile_s`: lowering and compiling `lasad_jax.sampling.generate`'s program (the
+  first call's extra cost); `ms_per_batch` and `images_per_s`: the compiled program run
+  `--repeats` times after one warm-up, median; sampling (top-k 0, top-p 1) included.
+* `first_quarter_ms_per_token` / `last_quarter_ms_per_token` (mixers in `--quarters`):
+  the same sampling loop (`generate.decode_loop`) compiled for a quarter of the image,
+  run four times in a row on one cache, each quarter timed on its own (median over
+  `--repeats` passes). A step that costs the same everywhere gives a ratio of 1.
+* `state_bytes`: the decoding cache `generate` carries (every array), and
+  `kv_cache_bytes`: the softmax twin's KV cache for the same batch, from `eval_shape`.
+* `hlo_problems` (with `--hlo_check`): `lasad_jax.sampling.hlo_check` on the compiled
+  program; any problem makes the script exit 1 after the table.
+
+Rows run grid by grid, presets inside, so a time limit cuts the least important last.
+Each row is printed as it finishes and the JSON (`--out`) is rewritten. At the end the
+LASAD / softmax speedups are checked against the targets (>= 1.0x at 16x16 tokens, 1.5x
+at 24x24, 2x at 32x32; LASAD last/first quarter <= 1.1). Weights are a fresh init (the
+output head is zero, so sampling draws uniformly: the cost does not depend on it).
+Imports only jax, flax, numpy and the model: runs on the bare GPU image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
+from lasad_jax.models.config import PRESETS  # noqa: E402
+from lasad_jax.sampling.generate import _generate, cache_batch_axes, decode_loop, start  # noqa: E402
+from lasad_jax.sampling.hlo_check import guarded_arrays, loop_problems  # noqa: E402
+from common import run_info, write_json  # noqa: E402
+
+# LASAD images/s over softmax's, by grid side (VQ-16: 256, 384, 512 px); per-token ratio.
+TARGET_SPEEDUP = {16: 1.0, 24: 1.5, 32: 2.0}
+TARGET_QUARTER_RATIO = 1.1
+SMOKE = ["--presets", "tiny", "--layers", "2", "--heads", "2", "--dim", "32", "--vocab", "64",
+         "--classes", "4", "--grids", "4", "6", "--batch", "2", "--repeats", "1",
+         "--dtype", "float32", "--hlo_check"]
+
+
+def tree_bytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def build(args, preset: str, grid: int, mixer: str) -> LASADGen:
+    layers, heads, dim = PRESETS[preset]
+    cfg = ModelConfig(vocab_size=args.vocab, num_classes=args.classes, grid=(grid, grid),
+                      num_layers=args.layers or layers, num_heads=args.heads or heads,
+                      dim=args.dim or dim, mixer=mixer, dtype=args.dtype)
+    return LASADGen(cfg, rngs=nnx.Rngs(0))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg_scale"), donate_argnums=(2,))
+def _quarter(graphdef, params, cache, logits, keys, *, cfg_scale):
+    model = nnx.merge(graphdef, params)
+    cache, logits, _ = decode_loop(model, cache, logits, keys, cfg_scale=cfg_scale,
+                                   temperature=1.0, top_k=0, top_p=1.0)
+    return cache, logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg_scale"))
+def _start(graphdef, params, labels, *, cfg_scale):
+    return start(nnx.merge(graphdef, params), labels, cfg_scale=cfg_scale)
+
+
+def quarter_times(model, labels, cfg_scale: float, repeats: int) -> list[float]:
+    """ms per token of each quarter of the image-token steps, median over `repeats`
+    passes after a warm-up pass. The steps left over by the division (at most 3, at
+    the very end) are not run."""
+    graphdef, params = nnx.split(model)
+    span = (model.cfg.num_tokens - 1) // 4
+    keys = jax.random.split(jax.random.key(1), 4 * span).reshape(4, span)
+    passes = []
+    for _ in range(repeats + 1):
+        cache, logits = _start(graphdef, params, labels, cfg_scale=cfg_scale)
+        jax.block_until_ready(logits)
+        times = []
+        for quarter in range(4):
+            t0 = time.perf_counter()
+            cache, logits = _quarter(graphdef, params, cache, logits, keys[quarter],
+                                     cfg_scale=cfg_scale)
+            jax.block_until_ready(logits)
+            times.append(1e3 * (time.perf_counter() - t0) / span)
+        passes.append(times)
+        del cache
+    return [statistics.median(p[q] for p in passes[1:]) for q in range(4)]
+
+
+def measure(args, preset: str, grid: int, mixer: str) -> dict:
+    model = build(args, preset, grid, mixer)
+    graphdef, params = nnx.split(model)
+    labels = jnp.arange(args.batch, dtype=jnp.int32) % args.classes
+    rows = args.batch * (2 if args.cfg_scale != 1.0 else 1)
+    sampling = dict(cfg_scale=args.cfg_scale, temperature=1.0, top_k=0, top_p=1.0)
+    key = jax.random.key(0)
+
+    t0 = time.perf_counter()
+    compiled = _generate.lower(graphdef, params, labels, key, **sampling).compile()
+    compile_s = time.perf_counter() - t0
+    cache = jax.eval_shape(lambda: model.init_cache(rows))
+    twin = nnx.eval_shape(lambda: build(args, preset, grid, "softmax"))  # no weights made
+    row = dict(preset=preset, grid=grid, pixels=16 * grid, mixer=mixer, batch=args.batch,
+               rows=rows, layers=model.cfg.num_layers, heads=model.cfg.num_heads,
+               dim=model.cfg.dim, compile_s=compile_s, state_bytes=tree_bytes(cache),
+               kv_cache_bytes=tree_bytes(jax.eval_shape(lambda: twin.init_cache(rows))),
+               weight_bytes=tree_bytes(params))
+    if args.hlo_check:
+        column = rows * model.cfg.num_heads * model.cfg.head_dim ** 2
+        axes = cache_batch_axes(model.init_cache, rows)
+        row["hlo_problems"] = loop_problems(compiled.as_text(),
+                                            guarded_arrays(cache, axes, column))
+
+    jax.block_until_ready(compiled(params, labels, key))  # warm-up
+    times = []
+    for i in range(args.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(params, labels, jax.random.key(i + 1)))
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    row.update(ms_per_batch=1e3 * seconds, images_per_s=args.batch / seconds,
+               ms_per_token=1e3 * seconds / model.cfg.num_tokens)
+    del compiled
+    if mixer in args.quarters:
+        q = quarter_times(model, labels, args.cfg_scale, args.repeats)
+        row.update(quarter_ms_per_token=q, first_quarter_ms_per_token=q[0],
+                   last_quarter_ms_per_token=q[-1], quarter_ratio=q[-1] / q[0])
+    return row
+
+
+def verdict(rows: list[dict]) -> list[dict]:
+    """LASAD / softmax images/s for every (preset, grid) with both, against the targets."""
+    out = []
+    for r in rows:
+        if r["mixer"] != "lasad" or "images_per_s" not in r:
+            continue
+        twin = next((s for s in rows if s["mixer"] == "softmax" and s["preset"] == r["preset"]
+                     and s["grid"] == r["grid"] and "images_per_s" in s), None)
+        entry = dict(preset=r["preset"], grid=r["grid"], quarter_ratio=r.get("quarter_ratio"))
+        if twin:
+            entry["speedup"] = r["images_per_s"] / twin["images_per_s"]
+            target = TARGET_SPEEDUP.get(r["grid"])
+            entry["target"] = target
+            if target is not None:
+                entry["met"] = (entry["speedup"] >= target and
+                                (r.get("quarter_ratio") or 0) <= TARGET_QUARTER_RATIO)
+        out.append(entry)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["L", "B"], choices=list(PRESETS))
+    p.add_argument("--grids", type=int, nargs="+", default=[16, 32, 24],
+                   help="tokens per side (VQ-16: 16 = 256 px, 24 = 384 px, 32 = 512 px)")
+    p.add_argument("--mixers", nargs="+", default=["lasad", "softmax"])
+    p.add_argument("--quarters", nargs="*", default=["lasad"],
+                   help="mixers whose time per token is also measured by quarter")
+    p.add_argument("--batch", type=int, default=64, help="images per call (x2 rows with CFG)")
+    p.add_argument("--cfg_scale", type=float, default=2.0)
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--layers", type=int, default=0, help="override the preset's (0: keep)")
+    p.add_argument("--heads", type=int, default=0)
+    p.add_argument("--dim", type=int, default=0)
+    p.add_argument("--vocab", type=int, default=16384)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hlo_check", action="store_true",
+                   help="check each compiled program for copies of the decoding cache")
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run: " + " ".join(SMOKE))
+    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/"
+                                               "sampling_<backend>.json)")
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    if args.smoke:  # the smoke settings, then anything given on the command line
+        args = p.parse_args(SMOKE + argv)
+    out = args.out or f"benchmarks/results/sampling_{jax.default_backend()}.json"
+    info = run_info(batch=args.batch, cfg_scale=args.cfg_scale, dtype=args.dtype,
+                    repeats=args.repeats, smoke=args.smoke)
+    rows: list[dict] = []
+
+    def save(complete: bool = False) -> dict:
+        result = dict(info=info, complete=complete, rows=rows, verdict=verdict(rows))
+        write_json(out, result, quiet=not complete)
+        return result
+
+    print("| preset | tokens | mixer | batch | compile s | ms/batch | images/s | first 1/4 "
+          "ms/token | last 1/4 | last/first | state MiB | KV cache MiB | HLO |", flush=True)
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
+    for grid in args.grids:
+        for preset in args.presets:
+            for mixer in args.mixers:
+                row = measure(args, preset, grid, mixer)
+                rows.append(row)
+                save()
+                q = [f"{row[k]:.3f}" if k in row else "" for k in
+                     ("first_quarter_ms_per_token", "last_quarter_ms_per_token", "quarter_ratio")]
+                hlo = ("ok" if not row["hlo_problems"] else f"{len(row['hlo_problems'])} "
+                       "problems") if "hlo_problems" in row else ""
+                print(f"| {preset} | {grid}x{grid} | {mixer} | {args.batch} | "
+                      f"{row['compile_s']:.1f} | {row['ms_per_batch']:.1f} | "
+                      f"{row['images_per_s']:.2f} | {' | '.join(q)} | "
+                      f"{row['state_bytes'] / 2**20:.1f} | {row['kv_cache_bytes'] / 2**20:.1f} | "
+                      f"{hlo} |", flush=True)
+                for problem in row.get("hlo_problems", []):
+                    print(f"    HLO: {problem}", flush=True)
+    result = save(complete=True)
+    for v in result["verdict"]:
+        speed = f"{v['speedup']:.2f}x softmax" if "speedup" in v else "no softmax row"
+        target = f" (target {v['target']}x, ratio <= {TARGET_QUARTER_RATIO}: " \
+                 f"{'met' if v.get('met') else 'missed'})" if v.get("target") else ""
+        ratio = f", last/first {v['quarter_ratio']:.3f}" if v.get("quarter_ratio") else ""
+        print(f"{v['preset']} {v['grid']}x{v['grid']}: LASAD {speed}{ratio}{target}")
+    if any(r.get("hlo_problems") for r in rows):
+        raise SystemExit("the HLO check found copies of the decoding cache (rows above)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

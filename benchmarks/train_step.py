@@ -1,0 +1,233 @@
+"""One jitted training step of LASADGen, LASAD against softmax attention: step time,
+tokens/s, model FLOPs utilisation, first-call compile time.
+
+    python benchmarks/train_step.py                     # GPU: L at 256 px / 64 and 512 px / 16
+    python benchmarks/train_step.py --smoke             # CPU: a tiny model, checks the script
+
+The step is the trainer's own: `lasad_jax.training.step.make_train_step` with the
+optimizer of `lasad_jax.training.optimizer` (AdamW after global-norm clipping, EMA,
+class dropout), bf16 compute, the settings of configs/imagenet256.py (copied here:
+config files import ml_collections, which the GPU image lacks). Only the model, the ops
+and the train step are imported. Batches are random codes (the time does not depend on
+them); the state is donated, as in training.
+
+Rows: each `--rows` entry is `grid:batch` (grid 16 = 256 px, 32 = 512 px with the VQ-16
+tokenizer), run for each `--mixers` entry, the LASAD mixer with the operator's `impl="auto"`
+and default chunk unless `--chunk_size` says otherwise. `--pallas` adds, after all of
+those, a LASAD row per `grid:batch` with `impl="pallas"` (the Pallas kernels).
+
+FLOPs. `mfu` is the 6N rule, `6 * N * tokens/s / peak`, with `N` the parameters that
+multiply activations (all but the two embedding tables): the same numerator per token for
+both mixers, so it ranks like tokens/s. `attn_flops_per_token` states what the token mixer
+adds on top, forward and backward (3x the forward), counted the PaLM way (matmuls only):
+softmax `12 * layers * dim * T` (full `T x T` scores, as PaLM counts, not halved for
+causality); LASAD the chunkwise-parallel form's matmuls: the intra-chunk scores over the
+`C` tokens of a chunk (`12 * layers * dim * C`, the same count with `T -> C`), plus per
+head the chunk sums and state reads (`2 * 2 * Dk * Dv`) and the smoothing
+(`2 * w * Dk * Dv / R`) times 3. `mfu_with_attn` adds it. Peaks as benchmarks/kernels.py.
+Each row is printed as it finishes and the JSON is rewritten per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
+from lasad_jax.models.config import PRESETS  # noqa: E402
+from lasad_jax.ops.chunked import defaults  # noqa: E402
+from lasad_jax.ops.pallas.chunked import chunk_rows  # noqa: E402
+from lasad_jax.training.optimizer import make_optimizer, make_schedule  # noqa: E402
+from lasad_jax.training.step import create_train_state, make_train_step  # noqa: E402
+from common import run_info, write_json  # noqa: E402
+from kernels import device_peaks  # noqa: E402
+
+
+class _Fields(dict):
+    """Attribute access to a dict: what the optimizer factories read from a config."""
+
+    __getattr__ = dict.__getitem__
+
+
+# configs/imagenet256.py: optimizer and train blocks.
+OPTIMIZER = _Fields(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip=1.0,
+                    schedule="constant", warmup_steps=0, end_lr_fraction=1.0)
+CLASS_DROPOUT, EMA_DECAY = 0.1, 0.9999
+
+
+def model_config(args, mixer: str, grid: int, impl: str = "auto") -> ModelConfig:
+    layers, heads, dim = PRESETS[args.preset] if args.preset in PRESETS else (
+        args.layers, args.heads, args.dim)
+    return ModelConfig(vocab_size=args.vocab, num_classes=args.classes, grid=(grid, grid),
+                       num_layers=layers, num_heads=heads, dim=dim, mixer=mixer,
+                       dtype="bfloat16", impl=impl, chunk_size=args.chunk_size,
+                       gate_rank=min(64, dim))
+
+
+def matmul_params(model: LASADGen) -> int:
+    """Parameters that multiply activations: everything but the embedding tables."""
+    params = nnx.state(model, nnx.Param)
+    total = sum(x.size for x in jax.tree.leaves(params))
+    tables = model.class_embed.embedding[...].size + model.token_embed.embedding[...].size
+    return int(total - tables)
+
+
+def attn_flops_per_token(cfg: ModelConfig, chunk_size: int | None) -> float:
+    """Token-mixer matmul FLOPs per token, forward and backward (module docstring)."""
+    t = cfg.num_tokens  # slots: the class slot plus all image tokens but the last
+    if cfg.mixer == "softmax":
+        return 12.0 * cfg.num_layers * cfg.dim * t
+    width = cfg.grid[1]
+    rows, n = chunk_rows(width, chunk_size or defaults().chunk_size, t - 1)
+    c = rows * width if n > 1 else t
+    d = cfg.head_dim
+    states = 0.0 if n == 1 else 2 * 2 * d * d + 2 * width * d * d / rows
+    return 12.0 * cfg.num_layers * cfg.dim * c + 3.0 * cfg.num_layers * cfg.num_heads * states
+
+
+def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
+            impl: str = "auto") -> dict:
+    cfg = model_config(args, mixer, grid, impl)
+    model = LASADGen(cfg, rngs=nnx.Rngs(0))
+    n_matmul = matmul_params(model)
+    schedule = make_schedule(OPTIMIZER, batch_size=batch, total_steps=1000)
+    tx = make_optimizer(OPTIMIZER, schedule)
+    graphdef, state = create_train_state(model, tx, seed=0)
+    del model
+    step = make_train_step(graphdef, tx, schedule, class_dropout=CLASS_DROPOUT,
+                           null_class=cfg.num_classes, ema_decay=EMA_DECAY)
+    rng = np.random.default_rng(0)
+    batch_arrays = {
+        "label": jnp.asarray(rng.integers(0, cfg.num_classes, (batch,)), jnp.int32),
+        "tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, (batch, cfg.num_tokens)),
+                              jnp.int32),
+    }
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch_arrays).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(2):  # warm-up
+        state, metrics = compiled(state, batch_arrays)
+    jax.block_until_ready(metrics)
+    times = []
+    while len(times) < args.steps or (sum(times) < args.min_seconds and len(times) < 200):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch_arrays)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    tokens = batch * cfg.num_tokens
+    attn = attn_flops_per_token(cfg, args.chunk_size)
+    row = dict(mixer=mixer, grid=grid, image_px=16 * grid, batch=batch, tokens=tokens,
+               layers=cfg.num_layers, dim=cfg.dim, heads=cfg.num_heads, impl=cfg.impl,
+               chunk_size=cfg.chunk_size, step_ms=1e3 * step_s,
+               tokens_per_s=tokens / step_s, compile_s=compile_s, matmul_params=n_matmul,
+               flops_6n_per_token=6.0 * n_matmul, attn_flops_per_token=attn,
+               loss=float(metrics["loss"]), mfu=None, mfu_with_attn=None)
+    if peak:
+        row["mfu"] = 6.0 * n_matmul * tokens / step_s / (peak * 1e12)
+        row["mfu_with_attn"] = (6.0 * n_matmul + attn) * tokens / step_s / (peak * 1e12)
+    return row
+
+
+def print_row(r: dict) -> None:
+    mfu = "" if r["mfu"] is None else f"  MFU {100 * r['mfu']:.1f}% ({100 * r['mfu_with_attn']:.1f}% with attn)"
+    print(f"{r['mixer']:8s} {r['impl']:6s} {r['image_px']:4d} px batch {r['batch']:3d}: "
+          f"step {r['step_ms']:9.2f} ms"
+          f"  {r['tokens_per_s']:12,.0f} tokens/s  compile {r['compile_s']:6.1f} s{mfu}",
+          flush=True)
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| mixer | impl | px | batch | step ms | tokens/s | MFU 6N | MFU 6N + attn "
+          "| compile s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+    for r in rows:
+        if "step_ms" not in r:
+            print(f"| {r['mixer']} | {r['impl']} | {r['image_px']} | {r['batch']} | "
+                  f"{r['status']} | | | | |")
+            continue
+        print(f"| {r['mixer']} | {r['impl']} | {r['image_px']} | {r['batch']} | "
+              f"{r['step_ms']:.2f} | "
+              f"{r['tokens_per_s']:,.0f} | {pct(r['mfu'])} | {pct(r['mfu_with_attn'])} | "
+              f"{r['compile_s']:.1f} |")
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """LASAD step time over softmax step time per (impl, grid, batch)."""
+    by = {(r["mixer"], r["impl"], r["grid"], r["batch"]): r["step_ms"] for r in rows
+          if "step_ms" in r}
+    return [dict(impl=i, grid=g, batch=b, lasad_over_softmax=ms / by[("softmax", "auto", g, b)])
+            for (m, i, g, b), ms in by.items()
+            if m == "lasad" and ("softmax", "auto", g, b) in by]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny model and batch (CPU check)")
+    p.add_argument("--rows", nargs="+", default=["16:64", "32:16"],
+                   help="grid:batch pairs (grid 16 = 256 px, 32 = 512 px)")
+    p.add_argument("--mixers", nargs="+", default=["lasad", "softmax"])
+    p.add_argument("--preset", default="L")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=16384)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--pallas", action="store_true",
+                   help="also LASAD with impl='pallas', after the other rows")
+    p.add_argument("--chunk_size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=10, help="at least this many timed steps")
+    p.add_argument("--min_seconds", type=float, default=2.0, help="and at least this long")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                 f"train_step_{jax.default_backend()}.json"))
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.preset, args.vocab, args.classes = "custom", 32, 4
+        args.rows, args.steps, args.min_seconds = ["4:2"], 2, 0.0
+    peak, _ = device_peaks()
+    info = run_info(preset=args.preset, dtype="bfloat16", optimizer=dict(OPTIMIZER),
+                    peak_tflops=peak)
+    rows = []
+
+    def result(complete: bool) -> dict:
+        return dict(info=info, complete=complete, rows=rows, ratios=ratios(rows))
+
+    runs = [(spec, mixer, "auto") for spec in args.rows for mixer in args.mixers]
+    if args.pallas:
+        runs += [(spec, "lasad", "pallas") for spec in args.rows]
+    for spec, mixer, impl in runs:
+        grid, batch = (int(x) for x in spec.split(":"))
+        print(f"{mixer} ({impl}) grid {grid} batch {batch}: compiling "
+              f"({time.strftime('%H:%M:%S')})", flush=True)
+        try:
+            row = measure(args, mixer, grid, batch, peak, impl)
+        except Exception as e:  # out of memory, or a compile this device refuses
+            row = dict(mixer=mixer, impl=impl, grid=grid, image_px=16 * grid, batch=batch,
+                       status=f"failed: {type(e).__name__}: {str(e)[:200]}")
+            print(row["status"], flush=True)
+        else:
+            print_row(row)
+        rows.append(row)
+        write_json(args.out, result(False), quiet=True)
+    final = result(True)
+    print_table(rows)
+    for r in final["ratios"]:
+        print(f"lasad ({r['impl']}) / softmax step time, {16 * r['grid']} px batch {r['batch']}: "
+              f"{r['lasad_over_softmax']:.2f}")
+    write_json(args.out, final)
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Per-column kernels of the chunkwise-parallel `lasad` form: chunk sums and state reads.
+
+Between chunks, `lasad` keeps one `Dk x Dv` state per grid column (docs/operator.md). Both
+places where tokens meet those states are, for one chunk and one column, a product over
+the chunk's `R` rows of that column:
+
+* `column_outer` (the chunk sums, step 2): `S[c] = sum_r e_r x[c, r]^T y[c, r]`, with
+  `x = k`, `y = v` and `e_r = a^(R - r)` (each key decayed to its chunk's end);
+* `column_apply` (the inter-chunk read, step 4): `o[c, r] = e_r x[c, r] @ M[c]`, with
+  `x = q`, `M = H` (the smoothed states) and `e_r = a^r` (each query decayed back to its
+  chunk's start).
+
+Each is the other's backward: `column_outer`'s gradients are two `column_apply` calls and
+`column_apply`'s are one of each, so both sit behind a `jax.custom_vjp` whose backward runs
+kernels too; the decay gradient is an elementwise identity (`d log a = sum_r tick_r
+<x_r, dx_r>`). The decay `e_r` is built in the kernel from the row index.
+
+Layout: `[M, W, R', D]` blocks, `M` = batch * heads * chunks, `W` the grid columns and
+`R'` the rows of one chunk, so each column of each chunk is a `[R', D]` tile and every
+product is a 2-D matmul (`[Dk, R'] @ [R', Dv]` or `[R', Dk] @ [Dk, Dv]`). `column_outer`
+takes `x` transposed (`[M, W, D, R']`), so neither kernel needs a transposed-LHS matmul.
+A program handles `cols` columns of one chunk. For Triton every block side is a power of
+two and every matmul side at least 16: the caller pads rows, columns and features with
+zeros (exact: zero keys, values and queries add and read nothing; padded rows get `e = 0`).
+`column_outer` multiplies operands in the input dtype (bfloat16 in training) with float32
+accumulation; `column_apply` multiplies in float32 (its matrix is a float32 state, or a
+state's cotangent), at the precision of `cfg.precision` (TF32 on GPUs for 16-bit inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from lasad_jax.ops.pallas.masked import call
+
+F32 = jnp.float32
+CLOCKS = ("end", "start")  # e_r = a^(R - r) (to the chunk's end) or a^r (from its start)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnConfig:
+    """Static facts of one call (hashable: `nondiff_argnums` of the VJPs)."""
+
+    rows: int  # R, the real rows of a chunk; rows r >= R are padding (e_r = 0)
+    cols: int  # columns per program; divides W
+    interpret: bool
+    backend: str
+    precision: lax.Precision
+    dtype: str  # the input dtype, in which the products run
+
+
+def _ticks(cfg: ColumnConfig, clock: str, shape: tuple[int, int], axis: int):
+    """`(tick_r, valid_r)`: the decay exponent of row r in units of `log a`, and r < R."""
+    r = lax.broadcasted_iota(jnp.int32, shape, axis)
+    tick = (cfg.rows - r) if clock == "end" else r
+    return tick.astype(F32), r < cfg.rows
+
+
+def _decay(cfg: ColumnConfig, clock: str, shape, axis, la):
+    tick, valid = _ticks(cfg, clock, shape, axis)
+    # Padded rows: exponent zeroed before exp (it may be positive), weight 0.
+    return jnp.where(valid, jnp.exp(jnp.where(valid, tick, 0.0) * la), 0.0)
+
+
+def _outer_kernel(la_ref, xt_ref, y_ref, o_ref, *, cfg: ColumnConfig, clock: str):
+    """`o[c] = (xt[c] * e) @ y[c]` for the program's `cols` columns."""
+    rp = xt_ref.shape[-1]
+    e = _decay(cfg, clock, (1, rp), 1, la_ref[...])  # [1, R'], along xt's last axis
+    for c in range(cfg.cols):
+        xt = (xt_ref[c].astype(F32) * e).astype(cfg.dtype)
+        o_ref[c] = lax.dot_general(xt, y_ref[c].astype(cfg.dtype), (((1,), (0,)), ((), ())),
+                                   precision=cfg.precision, preferred_element_type=F32)
+
+
+def _apply_kernel(la_ref, x_ref, m_ref, o_ref, *, cfg: ColumnConfig, clock: str,
+                  transpose: bool):
+    """`o[c] = e * (x[c] @ m[c])` (or `m[c]^T`) for the program's `cols` columns."""
+    rp = x_ref.shape[-2]
+    e = _decay(cfg, clock, (rp, 1), 0, la_ref[...])  # [R', 1], along x's rows
+    contract = (((1,), (1,)), ((), ())) if transpose else (((1,), (0,)), ((), ()))
+    for c in range(cfg.cols):
+        # float32 operands: `m` is a state (or its cotangent), a sum over many rows that a
+        # rounding to bfloat16 would cost precision (ops/chunked.py, step 4).
+        prod = lax.dot_general(x_ref[c].astype(F32), m_ref[c].astype(F32), contract,
+                               precision=cfg.precision, preferred_element_type=F32)
+        o_ref[c] = prod * e
+
+
+def _la_spec():
+    return pl.BlockSpec((None, 1, 1), lambda m, w: (m, 0, 0))
+
+
+def _cols_spec(cfg: ColumnConfig, a: int, b: int):
+    return pl.BlockSpec((None, cfg.cols, a, b), lambda m, w: (m, w, 0, 0))
+
+
+def _outer_call(cfg: ColumnConfig, clock: str, xt, y, la):
+    m, w, dx, rp = xt.shape
+    dy = y.shape[-1]
+    kernel = functools.partial(_outer_kernel, cfg=cfg, clock=clock)
+    return call(cfg.backend, cfg.interpret, kernel, (m, w // cfg.cols),
+                [_la_spec(), _cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy)],
+                _cols_spec(cfg, dx, dy), jax.ShapeDtypeStruct((m, w, dx, dy), F32))(la, xt, y)
+
+
+def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la):
+    m, w, rp, dx = x.shape
+    dy = mat.shape[-2] if transpose else mat.shape[-1]
+    kernel = functools.partial(_apply_kernel, cfg=cfg, clock=clock, transpose=transpose)
+    return call(cfg.backend, cfg.interpret, kernel, (m, w // cfg.cols),
+                [_la_spec(), _cols_spec(cfg, rp, dx), _cols_spec(cfg, *mat.shape[-2:])],
+                _cols_spec(cfg, rp, dy), jax.ShapeDtypeStruct((m, w, rp, dy), F32))(la, x, mat)
+
+
+def _d_log(cfg: ColumnConfig, clock: str, x, dx, rows_axis: int):
+    """`d log a` per program row m: `sum tick_r <x_r, dx_r>` (`dx` = gradient to `x`)."""
+    shape = [1] * x.ndim
+    shape[rows_axis] = x.shape[rows_axis]
+    tick, valid = _ticks(cfg, clock, tuple(shape), rows_axis)
+    prod = jnp.where(valid, tick, 0.0) * x.astype(F32) * dx
+    return prod.sum(axis=tuple(range(1, x.ndim))).reshape(-1, 1, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def column_outer(cfg: ColumnConfig, clock: str, xt, y, la):
+    """`S[m, c] = sum_r e_r xt[m, c, :, r] y[m, c, r]^T`: `xt [M, W, Dx, R']`,
+    `y [M, W, R', Dy]`, `la [M, 1, 1]` (log a per row of M); float32 `[M, W, Dx, Dy]`."""
+    return _outer_call(cfg, clock, xt, y, la)
+
+
+def _outer_fwd(cfg, clock, xt, y, la):
+    return _outer_call(cfg, clock, xt, y, la), (xt, y, la)
+
+
+def _outer_bwd(cfg, clock, res, ds):
+    xt, y, la = res
+    # d y_r = e_r x_r @ dS ; d x_r = e_r y_r @ dS^T, both as column_apply on [R', D] rows.
+    dy = _apply_call(cfg, clock, False, xt.swapaxes(-1, -2), ds, la)
+    dx = _apply_call(cfg, clock, True, y, ds, la)
+    dla = _d_log(cfg, clock, y, dy, 2)  # <y_r, dy_r> = e_r x_r dS y_r^T: same tick sum
+    return dx.swapaxes(-1, -2).astype(xt.dtype), dy.astype(y.dtype), dla
+
+
+column_outer.defvjp(_outer_fwd, _outer_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def column_apply(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la):
+    """`o[m, c, r] = e_r x[m, c, r] @ mat[m, c]` (`mat^T` with `transpose`): `x [M, W, R', Dx]`,
+    `mat [M, W, Dx, Dy]` (float32 states), `la [M, 1, 1]`; float32 `[M, W, R', Dy]`."""
+    return _apply_call(cfg, clock, transpose, x, mat, la)
+
+
+def _apply_fwd(cfg, clock, transpose, x, mat, la):
+    return _apply_call(cfg, clock, transpose, x, mat, la), (x, mat, la)
+
+
+def _apply_bwd(cfg, clock, transpose, res, do):
+    x, mat, la = res
+    do_in = do.astype(x.dtype)  # the products run in the input dtype
+    dx = _apply_call(cfg, clock, not transpose, do_in, mat, la)
+    # d mat = sum_r e_r x_r^T do_r (or its transpose): a column_outer over the rows.
+    if transpose:
+        dmat = _outer_call(cfg, clock, do_in.swapaxes(-1, -2), x, la)
+    else:
+        dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la)
+    dla = _d_log(cfg, clock, x, dx, 2)
+    return dx.astype(x.dtype), dmat.astype(mat.dtype), dla
+
+
+column_apply.defvjp(_apply_fwd, _apply_bwd)

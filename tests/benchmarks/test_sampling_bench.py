@@ -1,0 +1,113 @@
+"""The decoding benchmarks run end to end at tiny sizes and report what they promise:
+benchmarks/sampling.py (the GPU sampling comparison), benchmarks/decode_step.py and the
+decode-memory figure."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_sampling_smoke_reports_every_row(tmp_path, capsys):
+    import sampling
+
+    out = tmp_path / "sampling.json"
+    result = sampling.main(["--smoke", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["complete"] and result["info"]["backend"] == "cpu"
+    rows = {(r["grid"], r["mixer"]): r for r in result["rows"]}
+    assert set(rows) == {(g, m) for g in (4, 6) for m in ("lasad", "softmax")}
+    layers, heads, head_dim, batch_rows = 2, 2, 16, 4  # batch 2, doubled by guidance
+    for (grid, mixer), r in rows.items():
+        assert r["rows"] == batch_rows and r["hlo_problems"] == []
+        assert r["compile_s"] > 0 and r["ms_per_batch"] > 0
+        assert r["images_per_s"] == pytest.approx(2 / (r["ms_per_batch"] / 1e3))
+        # float32 model: softmax keeps keys and values of 1 + grid^2 slots per layer.
+        kv = 4 * 2 * layers * batch_rows * heads * (1 + grid * grid) * head_dim + 4
+        assert r["kv_cache_bytes"] == kv
+        if mixer == "softmax":
+            assert r["state_bytes"] == kv and "quarter_ratio" not in r
+        else:  # one state per column, keys and values of two rows and the class slot
+            per_head = grid * head_dim**2 + (2 * grid + 1) * 2 * head_dim
+            assert r["state_bytes"] == 4 * layers * batch_rows * heads * per_head + 4 * 3
+            assert len(r["quarter_ms_per_token"]) == 4 and r["quarter_ratio"] > 0
+    assert [v["grid"] for v in result["verdict"]] == [4, 6]
+    assert all(v["speedup"] > 0 and v["target"] is None for v in result["verdict"])
+    printed = capsys.readouterr().out
+    assert "| tiny | 6x6 | lasad | 2 |" in printed and "LASAD" in printed
+
+
+def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):
+    import sampling
+
+    monkeypatch.setattr(sampling, "loop_problems", lambda text, guarded: ["body: %copy.1 copies"])
+    with pytest.raises(SystemExit, match="HLO check found copies"):
+        sampling.main(["--smoke", "--grids", "4", "--mixers", "lasad", "--quarters",
+                       "--out", str(tmp_path / "s.json")])
+    assert "HLO: body: %copy.1 copies" in capsys.readouterr().out
+
+
+def test_sampling_verdict_applies_the_targets():
+    import sampling
+
+    rows = [dict(preset="L", grid=g, mixer=m, images_per_s=ips, **extra)
+            for g, m, ips, extra in [(16, "lasad", 10.0, {"quarter_ratio": 1.05}),
+                                     (16, "softmax", 9.0, {}),
+                                     (32, "lasad", 10.0, {"quarter_ratio": 1.05}),
+                                     (32, "softmax", 6.0, {}),
+                                     (24, "lasad", 10.0, {"quarter_ratio": 1.3}),
+                                     (24, "softmax", 1.0, {})]]
+    got = {v["grid"]: v for v in sampling.verdict(rows)}
+    assert got[16]["met"] and got[16]["speedup"] == pytest.approx(10 / 9)
+    assert not got[32]["met"]  # 1.67x < 2x
+    assert not got[24]["met"]  # 10x, but the last quarter is 1.3x slower than the first
+
+
+@pytest.mark.slow
+def test_decode_step_reports_state_sizes_and_bf16_error(tmp_path):
+    import decode_step
+
+    out = tmp_path / "decode.json"
+    decode_step.main(["--widths", "2", "--rows", "2", "3", "--batch", "1", "--heads", "2",
+                      "--dim", "4", "--min_seconds", "0", "--state_dtypes", "float32",
+                      "bfloat16", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"lasad", "lasad_row", "linear_1d", "linear"}
+    assert {(r["rows"], r["state_dtype"]) for r in rows} == {
+        (n, d) for n in (2, 3) for d in ("float32", "bfloat16")}
+    for r in rows:
+        assert r["us_per_token"] > 0
+        if r["state_dtype"] == "float32":
+            assert r["err_vs_float32_state"] == 0
+        else:
+            assert 0 < r["err_vs_float32_state"] < 0.05
+    lasad = next(r for r in rows if r["variant"] == "lasad" and r["state_dtype"] == "float32")
+    # w Dk Dv + (2 w + 1)(Dk + Dv) float32 numbers per head, two heads, and the position.
+    assert lasad["state_bytes"] == 4 * 2 * (2 * 4 * 4 + (2 * 2 + 1) * 8) + 4
+
+
+@pytest.mark.slow
+def test_decode_memory_figure_is_the_state_formula(tmp_path):
+    """LASADGen-L (bf16 compute): per layer and head a float32 state per grid column and
+    the bf16 keys and values of two grid rows and the class slot, plus int32 counters;
+    softmax: bf16 keys and values of every slot."""
+    import figures
+
+    rows = figures.main(["--docs_dir", str(tmp_path), "--json", str(tmp_path / "m.json"),
+                         "--figures", "decode_memory"])
+    layers, heads, d = 24, 16, 64
+    for r in rows:
+        w = r["grid"]
+        lasad = layers * heads * (4 * w * d * d + 2 * (2 * w + 1) * 2 * d)
+        assert r["lasad"] == lasad + 4 * (layers + 1)
+        assert r["softmax"] == 2 * 2 * layers * heads * (1 + w * w) * d + 4
+        assert r["per_token"]["lasad"] < r["per_token"]["softmax"]
+    assert (tmp_path / "decode_memory.png").stat().st_size > 0
+    assert not (tmp_path / "op_scaling.png").exists()

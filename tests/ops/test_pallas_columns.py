@@ -1,0 +1,106 @@
+"""The per-column kernels (`pallas.columns`: chunk sums and state reads) against einsums.
+
+Interpret mode on CPU, both backends. Each kernel's custom VJP (whose backward runs the
+kernels) is checked against XLA's autodiff of the same einsum, for the inputs and the log
+decay, with padded rows (`R < R'`, weight 0) and several columns per program.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lasad_jax.ops.pallas import columns
+from tests.ops.helpers import rel_err, vjp_at
+
+M, W, RP, DX, DY = 3, 4, 16, 16, 32  # 3 (batch*head*chunk) rows, 4 columns, 16 padded rows
+ROWS = 5  # real rows per chunk
+
+
+def _cfg(backend: str, cols: int, dtype=jnp.float32):
+    prec = lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
+    return columns.ColumnConfig(rows=ROWS, cols=cols, interpret=True, backend=backend,
+                                precision=prec, dtype=jnp.dtype(dtype).name)
+
+
+def _weights(clock: str, la):
+    r = jnp.arange(RP, dtype=jnp.float32)
+    tick = ROWS - r if clock == "end" else r
+    return jnp.where(r < ROWS, jnp.exp(tick[None] * la.reshape(-1, 1)), 0.0)  # [M, R']
+
+
+def _inputs(seed: int, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(M, W, RP, DX)), dtype)
+    y = jnp.asarray(rng.normal(size=(M, W, RP, DY)), dtype)
+    mat = jnp.asarray(rng.normal(size=(M, W, DX, DY)), jnp.float32)
+    la = jnp.log(jnp.asarray([1.0, 0.7, 0.2], jnp.float32)).reshape(M, 1, 1)
+    return x, y, mat, la
+
+
+@pytest.mark.parametrize("backend, cols, clock", [("tpu", 4, "end"), ("gpu", 2, "start")])
+def test_column_outer(backend, cols, clock):
+    x, y, _, la = _inputs(0)
+    xt = x.swapaxes(-1, -2)
+
+    def want(xt, y, la):
+        e = _weights(clock, la)
+        return jnp.einsum("mwdr,mr,mwre->mwde", xt, e, y)
+
+    fn = jax.jit(lambda xt, y, la: columns.column_outer(_cfg(backend, cols), clock, xt, y, la))
+    ct = jnp.asarray(np.random.default_rng(1).normal(size=(M, W, DX, DY)), jnp.float32)
+    out, grads = vjp_at(fn, (xt, y, la), ct)
+    ref, ref_grads = vjp_at(want, (xt, y, la), ct)
+    assert rel_err(out, ref) < 1e-5
+    for name, g, r in zip(("x", "y", "log_a"), grads, ref_grads):
+        assert g.shape == r.shape and rel_err(g, r) < 1e-5, (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("backend, cols, clock, transpose", [
+    ("tpu", 2, "start", False), ("gpu", 4, "end", True)])
+def test_column_apply(backend, cols, clock, transpose):
+    x, _, mat, la = _inputs(2)
+    if transpose:  # mat [M, W, Dy, Dx]: x @ mat^T
+        mat = mat.swapaxes(-1, -2)
+
+    def want(x, mat, la):
+        m = mat.swapaxes(-1, -2) if transpose else mat
+        return jnp.einsum("mr,mwrd,mwde->mwre", _weights(clock, la), x, m)
+
+    fn = jax.jit(lambda x, mat, la: columns.column_apply(_cfg(backend, cols), clock, transpose,
+                                                         x, mat, la))
+    ct = jnp.asarray(np.random.default_rng(3).normal(size=(M, W, RP, DY)), jnp.float32)
+    out, grads = vjp_at(fn, (x, mat, la), ct)
+    ref, ref_grads = vjp_at(want, (x, mat, la), ct)
+    assert rel_err(out, ref) < 1e-5
+    for name, g, r in zip(("x", "mat", "log_a"), grads, ref_grads):
+        assert g.shape == r.shape and rel_err(g, r) < 1e-5, (name, rel_err(g, r))
+
+
+def test_bfloat16_operands_float32_results():
+    """bf16 inputs: the chunk sums multiply bf16 operands (the decayed x rounded to bf16)
+    into float32; the state read multiplies float32 (the state is not rounded)."""
+    x, y, mat, la = _inputs(4, jnp.bfloat16)
+    cfg = _cfg("gpu", 2, jnp.bfloat16)
+    sums = columns.column_outer(cfg, "end", x.swapaxes(-1, -2), y, la)
+    want = jnp.einsum("mwrd,mr,mwre->mwde", x.astype(jnp.float32), _weights("end", la),
+                      y.astype(jnp.float32))
+    assert sums.dtype == jnp.float32
+    # Only the decayed x is rounded to bf16 (2^-9 relative) before the product.
+    assert rel_err(sums, want) < 2.0**-8
+    read = columns.column_apply(cfg, "start", False, x, mat, la)
+    want = jnp.einsum("mr,mwrd,mwde->mwre", _weights("start", la), x.astype(jnp.float32), mat)
+    assert read.dtype == jnp.float32 and rel_err(read, want) < 1e-5
+
+
+def test_padded_rows_carry_no_weight_even_for_tiny_decays():
+    """Rows r >= R are padding: weight 0 there even where `exp(tick * log a)` would
+    overflow (a = 1e-30, tick < 0 for the 'end' clock), so no inf * 0 = nan appears."""
+    x, y, _, _ = _inputs(5)
+    la = jnp.full((M, 1, 1), jnp.log(1e-30), jnp.float32)
+    y = y.at[:, :, ROWS:].set(1.0)  # nonzero padding, to see any leak
+    sums = columns.column_outer(_cfg("gpu", 4), "end", x.swapaxes(-1, -2), y, la)
+    assert np.all(np.isfinite(np.asarray(sums)))

@@ -1,0 +1,49 @@
+"""Model decoding beyond float32 exactness (tests/models): a bfloat16 model decodes what its
+parallel form computes, and an old config that still sets `model.decode_impl` loads."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lasad_jax.models import LASADGen, ModelConfig
+from tests.models.helpers import LABELS, TOKENS, decode_logits, perturbed_model, small_config
+
+
+
+@pytest.mark.parametrize("mixer", ["lasad", "softmax"])
+def test_bfloat16_model_decodes_like_its_parallel_form(mixer):
+    """bf16 activations, weights shared with a float32 twin. Decoding (bf16 cache products
+    with float32 accumulation for softmax, float32 states for lasad) stays as close to the
+    bf16 parallel form as the bf16 parallel form is to float32."""
+    m32 = perturbed_model(small_config(mixer))
+    m16 = nnx.merge(nnx.split(LASADGen(small_config(mixer, dtype="bfloat16"),
+                                       rngs=nnx.Rngs(0)))[0], nnx.split(m32)[1])
+    cache = jax.eval_shape(lambda: m16.init_cache(2))
+    if mixer == "softmax":  # the KV cache is kept in the compute dtype
+        assert {x.dtype for x in jax.tree.leaves(cache) if x.ndim} == {jnp.dtype(jnp.bfloat16)}
+    exact = m32(LABELS, TOKENS)
+    parallel = m16(LABELS, TOKENS)
+    decoded = decode_logits(m16, LABELS, TOKENS)
+    scale = float(jnp.max(jnp.abs(exact)))
+    bf16_err = float(jnp.max(jnp.abs(parallel - exact))) / scale
+    assert 0 < bf16_err < 0.05
+    assert float(jnp.max(jnp.abs(decoded - parallel))) / scale < 2 * bf16_err
+
+
+def test_old_config_with_decode_impl_still_loads():
+    from ml_collections import config_dict
+
+    fields = dict(preset="", num_layers=2, num_heads=2, dim=16, mixer="lasad",
+                  decode_impl="pallas")
+    with pytest.warns(UserWarning, match="model.decode_impl is no longer used"):
+        cfg = ModelConfig.from_config(config_dict.ConfigDict(fields), vocab_size=11,
+                                      grid=(3, 4), num_classes=3)
+    assert not hasattr(cfg, "decode_impl") and cfg.num_layers == 2
+    with pytest.raises(TypeError):  # the dataclass itself has no such field any more
+        ModelConfig(decode_impl="xla")
+    np.testing.assert_array_equal(LASADGen(cfg, rngs=nnx.Rngs(0))(LABELS[:1], TOKENS[:1, :3]).shape,
+                                  (1, 4, 11))
