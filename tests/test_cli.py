@@ -33,6 +33,7 @@ def run_main(workdir, *args: str, config=ROOT / "configs" / "demo.py"):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_cli_train_then_sample(tmp_path):
     train = run_main(tmp_path, "--config.train.sample_at_end=False")
     assert train.returncode == 0, train.stderr[-3000:]
@@ -68,6 +69,7 @@ def test_cli_train_then_sample(tmp_path):
     assert len(glob.glob(str(tmp_path / "samples-step4-*.npz"))) == 2
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_override(tmp_path):
     bad = run_main(tmp_path, "--config.model.mixer=mamba")
     assert bad.returncode != 0
@@ -75,6 +77,7 @@ def test_cli_rejects_bad_override(tmp_path):
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_sample_without_checkpoint_says_so(tmp_path):
     out = run_main(tmp_path, "--mode=sample")
     assert out.returncode != 0 and "train first" in out.stderr
@@ -116,6 +119,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow
 def test_cli_extract_then_train_on_an_image_folder(tmp_path):
     """The ImageNet route at toy scale: a class-per-folder dataset is encoded once into
     augmented code shards, then the trainer reads them."""
@@ -135,6 +139,7 @@ def test_cli_extract_then_train_on_an_image_folder(tmp_path):
     assert (tmp_path / "work" / "checkpoints" / "4").is_dir()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     """Preemption: SIGTERM mid-run checkpoints the step in flight and exits 0; the same
     command then resumes from that step."""

@@ -5,12 +5,14 @@ decode through the same tokenizer."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lasad_jax.config import parse
 from lasad_jax.jobs import extract, sample, train, train_tokenizer
 from tests.helpers import load_config, tiny_vq_config, write_image_folder
 
 
+@pytest.mark.slow
 def test_tokenizer_extract_train_sample(tmp_path):
     # 16 px -> 8 x 8 codes, 32 codes
     train_tokenizer.run(parse(tiny_vq_config(), "train"), str(tmp_path / "vq"))

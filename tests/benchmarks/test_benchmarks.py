@@ -32,6 +32,7 @@ def test_op_scaling_writes_table_and_json(tmp_path, capsys):
     assert "| lasad_chunked | 64 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_generation_times_every_position_for_both_mixers(tmp_path, capsys):
     import generation
 
@@ -57,6 +58,7 @@ def test_generation_times_every_position_for_both_mixers(tmp_path, capsys):
     assert "| tiny | 4x4 | lasad |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_ablation_runs(tmp_path, capsys):
     import demo_ablation
 
@@ -110,6 +112,7 @@ def test_device_check_script_runs_every_stage(tmp_path):
         assert lint.returncode == 0, lint.stdout
 
 
+@pytest.mark.slow
 def test_mixer_ablation_runs_caches_and_summarises(tmp_path, capsys):
     import ablation
 
@@ -131,6 +134,7 @@ def test_mixer_ablation_runs_caches_and_summarises(tmp_path, capsys):
     assert {p: p.stat().st_mtime for p in (tmp_path / "runs").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_figures_draws_op_scaling(tmp_path):
     import figures
 

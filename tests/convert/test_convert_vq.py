@@ -18,6 +18,7 @@ from lasad_jax.convert import llamagen_vq as conv
 from lasad_jax.tokenizers.vq import VQConfig, abstract_model, param_count
 from tests.convert.helpers import llamagen_keys
 
+@pytest.mark.slow
 def test_full_vq16_checkpoint_converts_completely():
     keys = llamagen_keys()
     assert len(keys) == 344

@@ -55,6 +55,7 @@ def cheap_frechet(monkeypatch):
     monkeypatch.setattr(eval_metrics, "frechet_distance", stand_in)
 
 
+@pytest.mark.slow
 def test_evaluate_needs_reference_first(trained, tmp_path):
     config = eval_config(reference=str(tmp_path / "missing.npz"))
     assert any("config.eval.reference" in p for p in problems(config, "evaluate"))
@@ -63,6 +64,7 @@ def test_evaluate_needs_reference_first(trained, tmp_path):
         run_evaluation(config, str(tmp_path))  # a workdir without statistics
 
 
+@pytest.mark.slow
 def test_reference_stats_then_evaluate_then_resume(trained):
     config = eval_config()
     path = reference_stats.run(parse(config, "reference_stats"), trained)

@@ -57,6 +57,7 @@ def test_sampling_an_old_checkpoint_draws_the_old_images(workdir):
         np.testing.assert_array_equal(new["labels"], old["labels"])
 
 
+@pytest.mark.slow
 def test_resuming_an_old_workdir_continues_the_old_run(workdir):
     train.run(old_run_config("train"), workdir)
     with open(pathlib.Path(workdir) / "metrics.jsonl") as f:

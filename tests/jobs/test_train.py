@@ -29,6 +29,7 @@ def final_state(workdir, steps=6):
     return out
 
 
+@pytest.mark.slow
 def test_resumed_run_reproduces_uninterrupted_run(tmp_path):
     """Stop after 3 of 6 steps, resume: final parameters, optimizer and EMA equal those of
     a straight 6-step run (data order, dropout keys and Adam moments all restored)."""
@@ -54,6 +55,7 @@ def test_resumed_run_reproduces_uninterrupted_run(tmp_path):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(straight))
 
 
+@pytest.mark.slow
 def test_divergence_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_demo_config()
     cfg.train.stop_after = 3
@@ -67,6 +69,7 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path):
     ckpt.close()
 
 
+@pytest.mark.slow
 def test_one_steps_per_sec_sample_grids_in_tensorboard_and_a_rerun_changes_nothing(
         tmp_path, caplog):
     """The progress line, metrics.jsonl and TensorBoard give the same steps_per_sec; each

@@ -7,6 +7,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from lasad_jax.config import parse
 from lasad_jax.data.image_batches import DigitImages
@@ -32,6 +33,7 @@ def final_state(workdir):
     return state
 
 
+@pytest.mark.slow
 def test_tokenizer_training_logs_resumes_and_exports(tmp_path):
     straight = tmp_path / "straight"
     train_tokenizer(tiny_vq_config(), str(straight))

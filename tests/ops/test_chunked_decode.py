@@ -18,7 +18,8 @@ from tests.ops.helpers import PARALLEL, decay_kwargs, decode_all, random_qkv, re
 
 # (width, image tokens): each last row is partial except width 1 and the 2 x 2 grid.
 GRIDS = [(1, 6), (2, 4), (2, 7), (5, 13), (16, 53)]
-PREFIXES = [0, 1, 2]
+# The inner loop (-m "not slow") keeps one prefix slot, the model's case.
+PREFIXES = [pytest.param(0, marks=pytest.mark.slow), 1, pytest.param(2, marks=pytest.mark.slow)]
 
 
 def parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size=None, **decays):

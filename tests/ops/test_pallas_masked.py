@@ -62,7 +62,8 @@ def _kernel(backend: str, width: int, rows, bq: int, bk: int):
     return f
 
 
-@pytest.mark.parametrize("t, width, rows, bq, bk", CASES)
+@pytest.mark.parametrize("t, width, rows, bq, bk",
+                         CASES[:1] + [pytest.param(*c, marks=pytest.mark.slow) for c in CASES[1:]])
 def test_forward_tpu_interpret(t, width, rows, bq, bk):
     q, k, v = random_qkv(t, 2, t)
     args = (q, k, v, LOG_ROW, LOG_COL)
@@ -73,8 +74,8 @@ def test_forward_tpu_interpret(t, width, rows, bq, bk):
 
 
 @pytest.mark.parametrize("backend, case", [
-    ("gpu", CASES[1]), ("gpu", CASES[3]),
-    ("tpu", CASES[0]), ("tpu", CASES[2]),
+    ("gpu", CASES[1]), pytest.param("gpu", CASES[3], marks=pytest.mark.slow),
+    ("tpu", CASES[0]), pytest.param("tpu", CASES[2], marks=pytest.mark.slow),
 ])
 def test_gradients_match_reference(backend, case):
     """Forward and the five gradients (q, k, v, log a, log b) from the Pallas backward."""

@@ -115,6 +115,8 @@ def measured(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.multidevice
 @pytest.mark.parametrize("mesh", ["8x1x1", "2x4x1", "2x2x2"])
 def test_one_step_on_a_mesh_equals_one_device(measured, mesh):
     assert measured["devices"] == 8
@@ -124,6 +126,8 @@ def test_one_step_on_a_mesh_equals_one_device(measured, mesh):
     assert r["max_param_diff"] < 1e-5 and r["max_ema_diff"] < 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.multidevice
 def test_fsdp_and_tensor_axes_really_split_the_state(measured):
     steps = measured["one_step"]
     assert steps["8x1x1"]["w_gate_spec"] == "P(None, None)"  # pure data parallel
@@ -136,6 +140,8 @@ def test_fsdp_and_tensor_axes_really_split_the_state(measured):
     assert steps["2x2x2"]["opt_leaves_sharded"] > 20
 
 
+@pytest.mark.slow
+@pytest.mark.multidevice
 def test_resume_on_another_mesh_continues_the_run(measured):
     """Saved at step 5 on (8,1,1), resumed on (2,2,2): the next 5 losses (and the final
     validation) match a run that never stopped."""
@@ -147,6 +153,8 @@ def test_resume_on_another_mesh_continues_the_run(measured):
     assert abs(val["split"]["10"] - val["full"]["10"]) < 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.multidevice
 def test_sharded_sampling_draws_the_same_images(measured):
     sampling = measured["sampling"]
     assert sampling["distinct_tokens"] > 5  # not a degenerate model

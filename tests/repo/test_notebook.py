@@ -74,6 +74,7 @@ def _tiny_config(steps: int):
     return config
 
 
+@pytest.mark.slow
 def test_load_or_train_then_fetch_from_a_url(tmp_path):
     """Trains when no checkpoint is given; a `file://` URL goes through the same copy as
     `gs://` (tf.io.gfile) and restores the same weights."""
@@ -93,6 +94,8 @@ def test_load_or_train_then_fetch_from_a_url(tmp_path):
         fetch_workdir(str(tmp_path / "nothing"), str(cache))
 
 
+@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_runs_end_to_end(tmp_path):
     """Executes every cell on CPU, the demo trained for 60 steps; no cell may fail."""
     nbformat = pytest.importorskip("nbformat")

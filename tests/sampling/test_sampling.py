@@ -80,6 +80,7 @@ def greedy_parallel(model, labels, cfg_scale: float) -> np.ndarray:
     return np.asarray(tokens).reshape(labels.shape[0], *cfg.grid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer", MIXERS)
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_generate_top1_equals_greedy_parallel(mixer, cfg_scale):

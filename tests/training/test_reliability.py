@@ -89,6 +89,7 @@ def uninterrupted(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_0_and_the_resumed_run_continues_exactly(
         tmp_path, uninterrupted):
     code, log = interrupt(tmp_path, signal.SIGTERM, 7, "--config.train.checkpoint_every=1000")
@@ -104,6 +105,7 @@ def test_sigterm_checkpoints_exits_0_and_the_resumed_run_continues_exactly(
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted):
     # Saving every step keeps an asynchronous save in flight most of the time.
     code, log = interrupt(tmp_path, signal.SIGKILL, 9, "--config.train.checkpoint_every=1",
@@ -117,6 +119,7 @@ def test_sigkill_mid_save_resumes_from_the_last_complete_checkpoint(tmp_path, un
     assert leftovers == [], leftovers  # no temporary directories left to clean by hand
 
 
+@pytest.mark.slow
 def test_a_half_written_checkpoint_is_never_picked(tmp_path, uninterrupted):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
@@ -142,6 +145,7 @@ def corrupt(step_dir):
             os.truncate(path, os.path.getsize(path) // 3)
 
 
+@pytest.mark.slow
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     workdir = tmp_path / "run"
     run(workdir, "--config.train.checkpoint_every=10", "--config.train.keep_checkpoints=2")
@@ -198,6 +202,7 @@ def nan_at_step_3(monkeypatch):
     monkeypatch.setattr(loop, "global_batch", poisoned)
 
 
+@pytest.mark.slow
 def test_nonfinite_update_is_skipped_and_logged(tmp_path, nan_at_step_3, caplog):
     config = tiny_demo_config(nonfinite="skip", checkpoint_every=2)
     train(config, str(tmp_path))
@@ -220,6 +225,7 @@ def test_nonfinite_update_is_skipped_and_logged(tmp_path, nan_at_step_3, caplog)
     reader.close()
 
 
+@pytest.mark.slow
 def test_nonfinite_update_halts_before_anything_is_saved(tmp_path, nan_at_step_3):
     config = tiny_demo_config(nonfinite="halt", checkpoint_every=2)
     with pytest.raises(FloatingPointError, match="step 3"):
@@ -227,6 +233,7 @@ def test_nonfinite_update_halts_before_anything_is_saved(tmp_path, nan_at_step_3
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_without_traceback(tmp_path):
     proc = subprocess.run(command(tmp_path, "--config.sample.top_p=2.0",
                                   "--config.train.sample_at_end=True"),

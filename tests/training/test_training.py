@@ -51,6 +51,7 @@ def test_schedule_warmup_then_cosine():
         make_schedule(OptimizerConfig(warmup_steps=6), batch_size=1, total_steps=5)
 
 
+@pytest.mark.slow
 def test_weight_decay_only_on_matrices():
     """With zero gradients AdamW only decays: >= 2-D parameters shrink by lr * wd, norm
     scales and decay logits (1-D) stay put."""
@@ -72,6 +73,7 @@ def test_class_dropout_rate():
     assert abs(float(jnp.mean(dropped == 10)) - 0.1) < 0.01
 
 
+@pytest.mark.slow
 def test_overfits_a_fixed_batch():
     config = tiny_demo_config()
     config.model.update(num_layers=2, dim=64, num_heads=4)
@@ -90,6 +92,7 @@ def test_overfits_a_fixed_batch():
     assert final < 0.2, final  # measured 0.06 nats/token (log 17 = 2.83 at the start)
 
 
+@pytest.mark.slow
 def test_save_restore_identical_params_and_next_loss(tmp_path):
     config = tiny_demo_config()
     parts = make_state(config, total_steps=10)
@@ -121,6 +124,7 @@ def test_eval_step_ignores_padding():
     np.testing.assert_allclose(float(total), 2 * math.log(17), rtol=1e-5)  # uniform start
 
 
+@pytest.mark.slow
 def test_bfloat16_training_step_tracks_float32():
     """bf16 compute (float32 parameters and optimizer) gives nearly the float32 loss."""
     batch = fixed_batch(tiny_demo_config())

@@ -272,6 +272,7 @@ def test_lpips_matches_torch():
 
 # --- PatchGAN discriminator -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_discriminator_shape_size_and_gradients():
     real, fake = images(6, 4), images(7, 4)
     shape = lambda **kw: nnx.eval_shape(lambda: PatchGANDiscriminator(rngs=nnx.Rngs(0), **kw)(real))
