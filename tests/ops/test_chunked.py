@@ -132,24 +132,14 @@ def test_bfloat16_inputs(variant):
     assert rel_err(out, ref) < BF16_TOL
 
 
-def _dots(jaxpr) -> list:
-    """Every dot_general in a jaxpr, nested jaxprs (scan, remat) included."""
+def _eqns(jaxpr, primitive: str) -> list:
+    """Every equation of `primitive` in a jaxpr, nested jaxprs (scan, remat) included."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
+        if eqn.primitive.name == primitive:
             found.append(eqn)
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            found += _dots(sub)
-    return found
-
-
-def _scans(jaxpr) -> list:
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            found.append(eqn)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            found += _scans(sub)
+            found += _eqns(sub, primitive)
     return found
 
 
@@ -161,7 +151,7 @@ def test_bfloat16_matmuls_take_bfloat16_operands():
     fn = functools.partial(chunked_attention, "lasad", width=5, num_prefix=1, chunk_size=10,
                            log_row=LOG_ROW, log_col=LOG_COL, chunks_per_step=0)
     # The prefix's own tiny products and the Toeplitz smoothing of float32 states aside.
-    dots = [e for e in _dots(jax.make_jaxpr(fn)(q, k, v).jaxpr)
+    dots = [e for e in _eqns(jax.make_jaxpr(fn)(q, k, v).jaxpr, "dot_general")
             if e.outvars[0].aval.shape[-2:] != (5, 4 * 6)]
     image = [e for e in dots if e.invars[0].aval.ndim >= 5]
     dtypes = sorted(tuple(x.aval.dtype.name for x in e.invars) for e in image)
@@ -180,11 +170,11 @@ def test_chunks_run_in_parallel_and_only_the_state_pass_loops():
                            log_row=LOG_ROW, log_col=LOG_COL, state_pass="scan",
                            chunks_per_step=0)
     jaxpr = jax.make_jaxpr(fn)(q, k, v).jaxpr
-    scans = _scans(jaxpr)
+    scans = _eqns(jaxpr, "scan")
     assert len(scans) == 1 and scans[0].params["length"] == 3  # 4 chunks, 3 boundaries
-    assert not _dots(scans[0].params["jaxpr"].jaxpr)
+    assert not _eqns(scans[0].params["jaxpr"].jaxpr, "dot_general")
     # Every image matmul carries the chunk axis (4 chunks, or 3 for sums / reads).
-    image = [e for e in _dots(jaxpr) if e.invars[0].aval.ndim >= 5]
+    image = [e for e in _eqns(jaxpr, "dot_general") if e.invars[0].aval.ndim >= 5]
     assert all(e.outvars[0].aval.shape[0] in (3, 4) for e in image)
 
 
