@@ -10,12 +10,10 @@ import subprocess
 import sys
 
 import numpy as np
+import op_scaling  # benchmarks/ (tests/benchmarks/conftest.py puts it on the path)
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import op_scaling  # noqa: E402
 
 
 def test_op_scaling_writes_table_and_json(tmp_path, capsys):

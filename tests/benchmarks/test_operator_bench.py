@@ -8,13 +8,11 @@ import json
 import pathlib
 import sys
 
+import kernels  # benchmarks/ (tests/benchmarks/conftest.py puts it on the path)
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import kernels  # noqa: E402
 
 
 @pytest.mark.slow

@@ -5,13 +5,8 @@ decode-memory figure."""
 from __future__ import annotations
 
 import json
-import pathlib
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow

@@ -41,6 +41,15 @@ def _inputs(seed: int, dtype=jnp.float32):
     return x, y, mat, la
 
 
+
+def _assert_vjps_agree(fn, want, args: dict, ct) -> None:
+    """The kernel's value and the gradient of each argument equal the einsum form's."""
+    out, grads = vjp_at(fn, tuple(args.values()), ct)
+    ref, ref_grads = vjp_at(want, tuple(args.values()), ct)
+    assert rel_err(out, ref) < 1e-5
+    for name, g, r in zip(args, grads, ref_grads):
+        assert g.shape == r.shape and rel_err(g, r) < 1e-5, (name, rel_err(g, r))
+
 @pytest.mark.parametrize("backend, cols, clock", [("tpu", 4, "end"), ("gpu", 2, "start")])
 def test_column_outer(backend, cols, clock):
     x, y, _, la = _inputs(0)
@@ -52,11 +61,7 @@ def test_column_outer(backend, cols, clock):
 
     fn = jax.jit(lambda xt, y, la: columns.column_outer(_cfg(backend, cols), clock, xt, y, la))
     ct = jnp.asarray(np.random.default_rng(1).normal(size=(M, W, DX, DY)), jnp.float32)
-    out, grads = vjp_at(fn, (xt, y, la), ct)
-    ref, ref_grads = vjp_at(want, (xt, y, la), ct)
-    assert rel_err(out, ref) < 1e-5
-    for name, g, r in zip(("x", "y", "log_a"), grads, ref_grads):
-        assert g.shape == r.shape and rel_err(g, r) < 1e-5, (name, rel_err(g, r))
+    _assert_vjps_agree(fn, want, dict(x=xt, y=y, log_a=la), ct)
 
 
 @pytest.mark.parametrize("backend, cols, clock, transpose", [
@@ -73,11 +78,7 @@ def test_column_apply(backend, cols, clock, transpose):
     fn = jax.jit(lambda x, mat, la: columns.column_apply(_cfg(backend, cols), clock, transpose,
                                                          x, mat, la))
     ct = jnp.asarray(np.random.default_rng(3).normal(size=(M, W, RP, DY)), jnp.float32)
-    out, grads = vjp_at(fn, (x, mat, la), ct)
-    ref, ref_grads = vjp_at(want, (x, mat, la), ct)
-    assert rel_err(out, ref) < 1e-5
-    for name, g, r in zip(("x", "mat", "log_a"), grads, ref_grads):
-        assert g.shape == r.shape and rel_err(g, r) < 1e-5, (name, rel_err(g, r))
+    _assert_vjps_agree(fn, want, dict(x=x, mat=mat, log_a=la), ct)
 
 
 def test_bfloat16_operands_float32_results():
