@@ -102,16 +102,17 @@ def test_bfloat16_inputs():
 
 def test_lowers_to_triton_for_cuda(monkeypatch):
     """Forward and backward lower on a CPU-only machine at the 384 px grid width (24) and a
-    real head size, bf16. Forward: intra-chunk, chunk sums, state reads. Backward adds dq
-    and dk/dv (intra), two reads for the chunk sums' gradients, a read and a sum for the
-    state reads'. This checks the Pallas-to-Triton-IR lowering only: XLA's Triton
-    compilation (Triton passes, register allocation, PTX) needs a GPU build."""
+    real head size, bf16. Forward: intra-chunk, chunk sums, state pass, state reads.
+    Backward adds dq and dk/dv (intra), two reads for the chunk sums' gradients, the
+    reverse state pass, a read and a sum for the state reads'. This checks the
+    Pallas-to-Triton-IR lowering only: XLA's Triton compilation (Triton passes, register
+    allocation, PTX) needs a GPU build."""
     q = jnp.zeros((1, 1 + 24 * 40, 2, 64), jnp.bfloat16)
     f = _gpu(24, 1, 24 * 16, interpret=False)
     args = (q, q, q, LOG_ROW[:2], LOG_COL[:2])
-    assert triton_lowering(f, args, monkeypatch) == 3
+    assert triton_lowering(f, args, monkeypatch) == 4
     grad = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=range(5))
-    assert triton_lowering(grad, args, monkeypatch) == 9
+    assert triton_lowering(grad, args, monkeypatch) == 11
 
 
 def test_lowers_for_tpu():
@@ -125,7 +126,7 @@ def test_lowers_for_tpu():
     grad = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=range(5))
     text = jax.jit(grad).trace(q, q, q, LOG_ROW[:2], LOG_COL[:2]).lower(
         lowering_platforms=("tpu",)).as_text()
-    assert text.count("custom_call @tpu_custom_call") == 9
+    assert text.count("custom_call @tpu_custom_call") == 11
 
 
 def test_pallas_on_gpu_runs_the_triton_kernels(monkeypatch):
@@ -138,7 +139,7 @@ def test_pallas_on_gpu_runs_the_triton_kernels(monkeypatch):
                                    col_decay=jnp.asarray(COL_DECAY), num_prefix=1,
                                    impl="pallas", chunk_size=20)
 
-    assert triton_lowering(f, (q, k, v), monkeypatch) == 3
+    assert triton_lowering(f, (q, k, v), monkeypatch) == 4
 
 
 def test_pallas_other_variants_say_what_to_use():

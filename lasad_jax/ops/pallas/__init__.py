@@ -8,7 +8,8 @@ docs/operator.md with kernels, each behind a `jax.custom_vjp` whose backward run
   is the whole operator;
 * `columns.column_outer` (chunk sums) and `columns.column_apply` (inter-chunk reads of the
   smoothed column states): per (chunk, column) products over the chunk's rows;
-* between them, the state pass of the XLA form (smoothing and an `N`-step elementwise pass).
+* between them, `states.smooth_and_pass`: the column smoothing and the pass over the chunks
+  in one walk per (batch * head, feature tile), each state written once.
 
 Status (benchmarks/RESULTS.md): every kernel matches `lasad_jax.ops.reference` on CPU in
 Pallas' interpret mode, both backends (values and all five gradients,

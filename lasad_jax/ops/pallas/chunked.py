@@ -7,20 +7,24 @@ where a kernel can avoid memory traffic that XLA cannot:
    the decay mask built from indices in registers (no `C x C` scores in memory), with
    its own Pallas backward (dq; dk, dv and the decay gradients);
 2. chunk sums: `columns.column_outer` (`S_n(c) = sum_r a^(R - r) k v^T` per column);
-3. smoothing and state pass: the XLA code of the chunked form (`chunked.smooth_sums`,
-   `chunked.pass_states`): a batched Toeplitz matmul and an `N`-step elementwise pass;
+3. smoothing and state pass: `states.smooth_and_pass`, one kernel that walks the chunks
+   with each program's running states on chip (`H_n = a^R H_{n-1} + T_b S_n`), reading
+   each chunk's sums once and writing each state once;
 4. inter-chunk reads: `columns.column_apply` (`a^r q . H_n(c)` per column).
 
 Autodiff composes the pieces: each kernel sits behind its own `jax.custom_vjp` whose
-backward runs kernels, and XLA differentiates the glue (layouts, smoothing, state pass).
+backward runs kernels, and XLA differentiates the glue (layouts, padding, the prefix).
 With one chunk (e.g. a 256 px image, or `chunk_size >= T`) only step 1 runs. Prefix slots
 are handled by `chunked.with_prefix`, as in the XLA form.
 
 Layout: step 1 reads `[B*H, T, D]` (raster order); steps 2 and 4 read column-major chunks
 `[(N-1)*B*H, W, R', D]` (`R'` >= R rows), built by XLA transposes of q, k, v (one pass
-each, small next to the states). On GPU the row, column and feature sides are padded with
-zeros to powers of two with matmul sides of at least 16 (Triton's `tl.dot`); exact, see
-`columns.py`.
+each, small next to the states). Steps 2 to 4 keep the states in one layout,
+`[N-1, B*H, W', Dk', Dv']`, padded as the kernels need it: no slice, pad or transpose of a
+state between them. On GPU the row, column and feature sides are padded with zeros to
+powers of two with matmul sides of at least 16 (Triton's `tl.dot` and loads; the grid
+width too, for the state kernel's `[W', W']` Toeplitz product); exact, see `columns.py`
+and `states.py`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from lasad_jax.ops import chunked
-from lasad_jax.ops.pallas import columns
+from lasad_jax.ops.pallas import columns, states
 from lasad_jax.ops.pallas.masked import BACKENDS, feature_size, intra_attention
 from lasad_jax.ops.pallas.precision import precision
 
@@ -48,8 +52,10 @@ def chunk_rows(width: int, chunk_size: int, num_image: int) -> tuple[int, int]:
 def _column_layout(backend: str, width: int, rows: int) -> tuple[int, int, int]:
     """`(R', W', cols)`: padded rows per chunk, padded columns, columns per program."""
     if backend == "gpu":
+        # Columns padded to a power of two of at least 16 (the state kernel's Toeplitz
+        # product); a multiple of `cols`, which is a smaller power of two.
         cols = min(COLS_PER_PROGRAM, pl.next_power_of_2(width))
-        return max(16, pl.next_power_of_2(rows)), -(-width // cols) * cols, cols
+        return max(16, pl.next_power_of_2(rows)), max(16, pl.next_power_of_2(width)), cols
     cols = min(COLS_PER_PROGRAM, width)
     return rows, -(-width // cols) * cols, cols
 
@@ -118,15 +124,21 @@ def _image(q, k, v, log_row, log_col, *, width, chunk_size, interpret, backend, 
     # 2. Chunk sums of chunks 0..N-2 (no later chunk reads the last one).
     kt = by_column(k, slice(0, n - 1), dkp).swapaxes(-1, -2)
     vc = by_column(v.astype(q.dtype), slice(0, n - 1), dvp)
-    sums = columns.column_outer(cfg, "end", kt, vc, la)
-    sums = sums.reshape(n - 1, b, h, wp, dkp, dvp)[:, :, :, :width, :dk, :dv]
-    # 3. Smoothing and state pass (XLA, float32): states[i] is what chunk i+1 reads.
-    states = chunked.pass_states(chunked.smooth_sums(sums, log_col), rows * log_row,
-                                 chunked.DEFAULT_STATE_PASS)
-    states = jnp.pad(states, ((0, 0),) * 3 + ((0, wp - width), (0, dkp - dk), (0, dvp - dv)))
+    sums = columns.column_outer(cfg, "end", kt, vc, la)  # [(N-1)*B*H, W', Dk', Dv']
+    # 3. Smoothing and state pass (float32): states[i] is what chunk i+1 reads.
+    features = dkp * dvp
+    pass_cfg = states.PassConfig(tile=states.feature_tile(backend, features),
+                                 interpret=bool(interpret), backend=backend,
+                                 precision=cfg.precision)
+
+    def per_bh(log: jax.Array) -> jax.Array:
+        return jnp.broadcast_to(log, (b, h)).reshape(-1, 1, 1)
+
+    entering = states.smooth_and_pass(pass_cfg, sums.reshape(n - 1, b * h, wp, features),
+                                      per_bh(rows * log_row), per_bh(log_col))
     # 4. Inter-chunk reads of chunks 1..N-1.
     inter = columns.column_apply(cfg, "start", False, by_column(q, slice(1, n), dkp),
-                                 states.reshape(-1, wp, dkp, dvp), la)
+                                 entering.reshape(-1, wp, dkp, dvp), la)
     inter = inter.reshape(n - 1, b, h, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
     inter = inter.transpose(1, 0, 4, 3, 2, 5).reshape(b, (n - 1) * c, h, dv)
     inter = jnp.pad(inter, ((0, 0), (c, 0), (0, 0), (0, 0)))[:, :num_image]

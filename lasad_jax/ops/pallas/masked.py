@@ -218,6 +218,6 @@ def intra_attention(
     cfg = _Config(width=width, rows_per_chunk=rows_per_chunk, block_q=bq, block_k=bk,
                   interpret=bool(interpret), backend=backend,
                   precision=matmul_precision(q.dtype) if precision is None else precision)
-    out = _masked_core(cfg, to_kernel(q, dk_p), to_kernel(k, dk_p), to_kernel(v.astype(q.dtype), dv_p),
-                       per_bh(log_row), per_bh(log_col))
+    out = _masked_core(cfg, to_kernel(q, dk_p), to_kernel(k, dk_p),
+                       to_kernel(v.astype(q.dtype), dv_p), per_bh(log_row), per_bh(log_col))
     return out[:, :t, :dv].reshape(b, h, t, dv).transpose(0, 2, 1, 3)

@@ -90,7 +90,7 @@ def _slice(ref, start, size: int) -> jax.Array:
     return ref[pl.ds(pl.multiple_of(start, size), size), :]
 
 
-def _sum11(x: jax.Array) -> jax.Array:
+def sum11(x: jax.Array) -> jax.Array:
     """Sum of a 2-D tile kept as a `(1, 1)` array (one axis at a time, which every lowering
     supports)."""
     return jnp.sum(jnp.sum(x, axis=1, keepdims=True), axis=0, keepdims=True)
@@ -148,7 +148,7 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
         g = s_t * dp_t * w.m
         return (dk + _dot((dp_t * w.m).astype(q.dtype), q, prec),
                 dv + _dot((s_t * w.m).astype(do.dtype), do, prec),
-                dlr + _sum11(w.dr * g), dlc + _sum11(w.dc * g))
+                dlr + sum11(w.dr * g), dlc + sum11(w.dc * g))
 
     n_q = q_ref.shape[0] // block_q
     first = lax.div(k0, block_q)  # causal skip: query blocks wholly before this key block
