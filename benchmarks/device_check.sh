@@ -5,6 +5,11 @@
 #
 #   bash benchmarks/device_check.sh "$OUT"          # results and logs land in $OUT
 #   bash benchmarks/device_check.sh DIR --smoke     # tiny sizes: checks the script (CPU)
+#   bash benchmarks/device_check.sh "$OUT" --stages pallas,train_step   # a second call
+#
+# `--stages` (comma-separated names below) runs only those stages, in their usual order:
+# the whole script fills most of one 10-minute call, so the call after a change re-measures
+# only what the change touched. Without the core stage, the pallas stage times cuDNN itself.
 #
 # Stages, each a process under its own time limit, so one slow compile cannot take the
 # others' results with it; every JSON is rewritten per row, and each row is printed as it
@@ -32,20 +37,40 @@
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.
 set -uo pipefail
 
-usage="usage: bash benchmarks/device_check.sh OUT_DIR [--smoke]"
+all_stages=(core train_step pallas_tests pallas chunk_sweep rest sampling)
+usage="usage: bash benchmarks/device_check.sh OUT_DIR [--smoke] [--stages NAME,...]"
 out=${1:?$usage}
-smoke=${2:-}
-if [[ -n $smoke && $smoke != --smoke ]]; then
-    echo "$usage (got '$smoke')" >&2
-    exit 2
-fi
+shift
+smoke=
+only=
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --smoke) smoke=--smoke ;;
+        --stages)
+            only=${2:-}
+            shift
+            for name in ${only//,/ }; do
+                if [[ " ${all_stages[*]} " != *" $name "* ]]; then
+                    echo "--stages: unknown stage '$name'; valid: ${all_stages[*]}" >&2
+                    exit 2
+                fi
+            done
+            if [[ -z $only ]]; then
+                echo "--stages takes a comma-separated list of: ${all_stages[*]}" >&2
+                exit 2
+            fi
+            ;;
+        *) echo "$usage (got '$1')" >&2; exit 2 ;;
+    esac
+    shift
+done
 py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
 # What each stage measures; the sizes follow (tiny with --smoke).
 core=(--ops lasad_chunked softmax --modes fwd_bwd fwd)
-pallas=(--ops lasad_pallas --modes fwd_bwd fwd)
+pallas=(--modes fwd_bwd fwd)
 sweep=(--ops lasad_chunked --modes fwd_bwd --remats inputs none)
 rest=(--ops lasad_chunked softmax --modes fwd_bwd)
 if [[ -n $smoke ]]; then
@@ -74,6 +99,10 @@ failed=0
 stage() {  # stage NAME LIMIT CMD...: runs CMD with a time limit, appends to $out/log.txt
     local name=$1 limit=$2 rc
     shift 2
+    if [[ -n $only && ",$only," != *",$name,"* ]]; then
+        echo "== $name: skipped (--stages $only)" | tee -a "$out/log.txt"
+        return
+    fi
     echo "== $name: $* (limit ${limit}s, $(date -u +%T))" | tee -a "$out/log.txt"
     timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -e "DeprecationWarning: The Pallas Triton" \
         -e "return rule(ctx" | tee -a "$out/log.txt"
@@ -92,8 +121,13 @@ stage train_step "${limits[1]}" "$py" benchmarks/train_step.py "${train[@]}" \
     --out "$out/train_step_$backend.json"
 JAX_DEFAULT_MATMUL_PRECISION=highest stage pallas_tests "${limits[2]}" \
     "$py" -m pytest -q -p no:cacheprovider tests/ops/test_pallas_api.py "${tests[@]}"
-stage pallas "${limits[3]}" "${kernels[@]}" "${pallas[@]}" \
-    --baseline "$out/kernels_core_$backend.json" --out "$out/kernels_pallas_$backend.json"
+if [[ -f $out/kernels_core_$backend.json ]]; then  # the core stage's cuDNN rows
+    pallas_ops=(--ops lasad_pallas --baseline "$out/kernels_core_$backend.json")
+else  # no core stage in this call: cuDNN is timed here
+    pallas_ops=(--ops lasad_pallas softmax)
+fi
+stage pallas "${limits[3]}" "${kernels[@]}" "${pallas_ops[@]}" "${pallas[@]}" \
+    --out "$out/kernels_pallas_$backend.json"
 stage chunk_sweep "${limits[4]}" "${kernels[@]}" "${sweep[@]}" \
     --out "$out/kernels_sweep_$backend.json"
 stage rest "${limits[5]}" "${kernels[@]}" "${rest[@]}" --out "$out/kernels_rest_$backend.json"

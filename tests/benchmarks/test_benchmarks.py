@@ -101,9 +101,22 @@ def test_device_check_script_runs_every_stage(tmp_path):
         (16, "inputs"), (16, "none"), (32, "inputs"), (32, "none")}
     train = json.loads((tmp_path / "train_step_cpu.json").read_text())
     assert {r["mixer"] for r in train["rows"]} == {"lasad", "softmax"}
-    bad = subprocess.run(["bash", str(script), str(tmp_path), "--fast"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--smoke" in bad.stderr
+    for args, says in ((["--fast"], "--smoke"), (["--stages", "core,pallass"], "pallass"),
+                       (["--stages"], "comma-separated")):
+        bad = subprocess.run(["bash", str(script), str(tmp_path / "bad"), *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and says in bad.stderr, (args, bad.stderr)
+    # A second call re-runs chosen stages; without the core stage's JSON the pallas stage
+    # times cuDNN (here XLA softmax) itself.
+    again = tmp_path / "again"
+    proc = subprocess.run(["bash", str(script), str(again), "--smoke", "--stages", "pallas"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== pallas: exit 0" in proc.stdout
+    assert all(f"== {s}: skipped" in proc.stdout for s in stages if s != "pallas")
+    pallas = json.loads((again / "kernels_pallas_cpu.json").read_text())
+    assert {r["op"] for r in pallas["speedups"]} == {"lasad_pallas"}
+    assert all("source" not in r for r in pallas["rows"])  # measured here, not a baseline
     if shutil.which("shellcheck"):
         lint = subprocess.run(["shellcheck", "--severity=style", str(script)],
                               capture_output=True, text=True, timeout=60)
