@@ -167,7 +167,18 @@ def run(args, save=None) -> list[dict]:
             width = int(round(math.sqrt(tokens)))
             inputs = make_inputs(batch, tokens, args.heads, dim, jnp.bfloat16)
             checks = {}  # mode -> (results, name): computed once, on the first LASAD row
+            layouts = {}  # (op, rows per chunk, remat, pass) -> the label that timed it
             for op, label, opts in variants(args):
+                if op != "softmax":
+                    # Chunk sizes that cut this grid alike run the same program: time once.
+                    rows_per_chunk = min(max(1, opts["chunk_size"] // width),
+                                         -(-tokens // width))
+                    key = (op, rows_per_chunk, opts["remat"], opts["state_pass"])
+                    if key in layouts:
+                        print(f"{op:13s} {label:30s} T={tokens:<6d} same chunks as "
+                              f"{layouts[key]}: not timed again", flush=True)
+                        continue
+                    layouts[key] = label
                 fn = softmax_fn(softmax_impl) if op == "softmax" else lasad_fn(
                     op, width, **opts)
                 progs = programs(fn)

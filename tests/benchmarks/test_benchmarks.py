@@ -30,6 +30,20 @@ def test_op_scaling_writes_table_and_json(tmp_path, capsys):
     assert "| lasad_chunked | 64 |" in capsys.readouterr().out
 
 
+def test_kernels_times_each_chunk_layout_once(tmp_path):
+    """Chunk sizes that cut a grid into the same chunks (every size >= T is one chunk) run
+    the same program: one row for them, under the first size's label."""
+    import kernels
+
+    result = kernels.main(["--smoke", "--ops", "lasad_chunked", "--modes", "fwd",
+                           "--chunk_sizes", "16", "32", "64", "--out",
+                           str(tmp_path / "k.json")])
+    timed = sorted((r["tokens"], r["chunk_size"]) for r in result["rows"])
+    # T = 16 (4 x 4): one chunk at every size. T = 64 (8 x 8): 2, 4 and 8 rows per chunk.
+    assert timed == [(16, 16), (64, 16), (64, 32), (64, 64)]
+    assert all(r["status"] == "ok" for r in result["rows"])
+
+
 @pytest.mark.slow
 def test_generation_times_every_position_for_both_mixers(tmp_path, capsys):
     import generation
