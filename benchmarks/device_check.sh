@@ -28,13 +28,14 @@
 # 5. chunk_sweep (30 s): kernels.py, chunk size x remat policy of the XLA form,
 #    forward+backward at T = 4096 and 16384 (the data for ops.chunked's defaults on GPU).
 # 6. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
-# 7. sampling (150 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
+# 7. sampling (170 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
 #    LASADGen-L and -B, lasad against softmax (bf16, batch 64, CFG 2.0), per-token time by
 #    quarter, state and KV-cache bytes, compile time; each compiled sampler is first checked
 #    for copies of its decoding cache (lasad_jax.sampling.hlo_check: XLA's GPU pipeline
 #    inserts copies the CPU one does not). Rows run in order of importance (L 256 px,
-#    B 256 px, L 512 px, ...): the limit cuts the last ones.
-# At most 525 s in all. Files back: device.txt, log.txt (every stage), five operator JSON
+#    B 256 px, L 512 px, ...), then LASAD again with bfloat16 column states
+#    (model.decode_state_dtype, half the state bytes per token): the limit cuts the last.
+# At most 545 s in all. Files back: device.txt, log.txt (every stage), five operator JSON
 # and one sampling JSON: the tool's limit is eight.
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.
 set -uo pipefail
@@ -85,7 +86,7 @@ if [[ -n $smoke ]]; then
     train=(--smoke)
     sampling_args=(--smoke)
 else
-    limits=(90 110 60 60 30 25 150)
+    limits=(90 110 60 60 30 25 170)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
     core+=(--batch 1 --dims 64 "${timing[@]}")
@@ -95,7 +96,7 @@ else
             "${timing[@]}")
     rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
     train=(--steps 5 --min_seconds 1 --pallas)
-    sampling_args=(--repeats 2)
+    sampling_args=(--repeats 2 --state_dtypes float32 bfloat16)
 fi
 
 failed=0

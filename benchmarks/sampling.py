@@ -5,7 +5,7 @@ token by position, decoding memory, compile time, and the HLO check of each prog
     python benchmarks/sampling.py --smoke               # CPU, tiny models (CI, ~1 min)
     python benchmarks/sampling.py --presets tiny --grids 16 32 --batch 4 --dtype float32
 
-Per row (preset, grid, mixer), with classifier-free guidance (`--cfg_scale` 2.0 doubles
+Per row (preset, grid, mixer, state dtype), with classifier-free guidance (`--cfg_scale` 2.0 doubles
 the rows the model runs: `--batch` 64 images are 128 rows), compute in `--dtype`:
 * `compile_s`: lowering and compiling `lasad_jax.sampling.generate`'s program (the
   first call's extra cost); `ms_per_batch` and `images_per_s`: the compiled program run
@@ -16,6 +16,9 @@ the rows the model runs: `--batch` 64 images are 128 rows), compute in `--dtype`
   `--repeats` passes). A step that costs the same everywhere gives a ratio of 1.
 * `state_bytes`: the decoding cache `generate` carries (every array), and
   `kv_cache_bytes`: the softmax twin's KV cache for the same batch, from `eval_shape`.
+  `--state_dtypes float32 bfloat16` also runs the linear mixers with their recurrent
+  states stored in bfloat16 (`model.decode_state_dtype`: half the state bytes a token
+  moves); those rows come after every float32 row.
 * `hlo_problems` (with `--hlo_check`): `lasad_jax.sampling.hlo_check` on the compiled
   program; any problem makes the script exit 1 after the table.
 
@@ -60,11 +63,12 @@ def tree_bytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def build(args, preset: str, grid: int, mixer: str) -> LASADGen:
+def build(args, preset: str, grid: int, mixer: str, state_dtype: str = "float32") -> LASADGen:
     layers, heads, dim = PRESETS[preset]
     cfg = ModelConfig(vocab_size=args.vocab, num_classes=args.classes, grid=(grid, grid),
                       num_layers=args.layers or layers, num_heads=args.heads or heads,
-                      dim=args.dim or dim, mixer=mixer, dtype=args.dtype)
+                      dim=args.dim or dim, mixer=mixer, dtype=args.dtype,
+                      decode_state_dtype=state_dtype)
     return LASADGen(cfg, rngs=nnx.Rngs(0))
 
 
@@ -104,8 +108,8 @@ def quarter_times(model, labels, cfg_scale: float, repeats: int) -> list[float]:
     return [statistics.median(p[q] for p in passes[1:]) for q in range(4)]
 
 
-def measure(args, preset: str, grid: int, mixer: str) -> dict:
-    model = build(args, preset, grid, mixer)
+def measure(args, preset: str, grid: int, mixer: str, state_dtype: str) -> dict:
+    model = build(args, preset, grid, mixer, state_dtype)
     graphdef, params = nnx.split(model)
     labels = jnp.arange(args.batch, dtype=jnp.int32) % args.classes
     rows = args.batch * (2 if args.cfg_scale != 1.0 else 1)
@@ -117,8 +121,8 @@ def measure(args, preset: str, grid: int, mixer: str) -> dict:
     compile_s = time.perf_counter() - t0
     cache = jax.eval_shape(lambda: model.init_cache(rows))
     twin = nnx.eval_shape(lambda: build(args, preset, grid, "softmax"))  # no weights made
-    row = dict(preset=preset, grid=grid, pixels=16 * grid, mixer=mixer, batch=args.batch,
-               rows=rows, layers=model.cfg.num_layers, heads=model.cfg.num_heads,
+    row = dict(preset=preset, grid=grid, pixels=16 * grid, mixer=mixer,
+               state_dtype=state_dtype, batch=args.batch, rows=rows, layers=model.cfg.num_layers, heads=model.cfg.num_heads,
                dim=model.cfg.dim, compile_s=compile_s, state_bytes=tree_bytes(cache),
                kv_cache_bytes=tree_bytes(jax.eval_shape(lambda: twin.init_cache(rows))),
                weight_bytes=tree_bytes(params))
@@ -153,7 +157,8 @@ def verdict(rows: list[dict]) -> list[dict]:
             continue
         twin = next((s for s in rows if s["mixer"] == "softmax" and s["preset"] == r["preset"]
                      and s["grid"] == r["grid"] and "images_per_s" in s), None)
-        entry = dict(preset=r["preset"], grid=r["grid"], quarter_ratio=r.get("quarter_ratio"))
+        entry = dict(preset=r["preset"], grid=r["grid"], state_dtype=r["state_dtype"],
+                     quarter_ratio=r.get("quarter_ratio"))
         if twin:
             entry["speedup"] = r["images_per_s"] / twin["images_per_s"]
             target = TARGET_SPEEDUP.get(r["grid"])
@@ -172,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--grids", type=int, nargs="+", default=[16, 32, 24],
                    help="tokens per side (VQ-16: 16 = 256 px, 24 = 384 px, 32 = 512 px)")
     p.add_argument("--mixers", nargs="+", default=["lasad", "softmax"])
+    p.add_argument("--state_dtypes", nargs="+", default=["float32"],
+                   choices=("float32", "bfloat16"),
+                   help="storage of the linear mixers' decoding states, a row per dtype")
     p.add_argument("--quarters", nargs="*", default=["lasad"],
                    help="mixers whose time per token is also measured by quarter")
     p.add_argument("--batch", type=int, default=64, help="images per call (x2 rows with CFG)")
@@ -202,33 +210,41 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(out, result, quiet=not complete)
         return result
 
-    print("| preset | tokens | mixer | batch | compile s | ms/batch | images/s | first 1/4 "
-          "ms/token | last 1/4 | last/first | state MiB | KV cache MiB | HLO |", flush=True)
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
-    for grid in args.grids:
-        for preset in args.presets:
-            for mixer in args.mixers:
-                row = measure(args, preset, grid, mixer)
-                rows.append(row)
-                save()
-                q = [f"{row[k]:.3f}" if k in row else "" for k in
-                     ("first_quarter_ms_per_token", "last_quarter_ms_per_token", "quarter_ratio")]
-                hlo = ("ok" if not row["hlo_problems"] else f"{len(row['hlo_problems'])} "
-                       "problems") if "hlo_problems" in row else ""
-                print(f"| {preset} | {grid}x{grid} | {mixer} | {args.batch} | "
-                      f"{row['compile_s']:.1f} | {row['ms_per_batch']:.1f} | "
-                      f"{row['images_per_s']:.2f} | {' | '.join(q)} | "
-                      f"{row['state_bytes'] / 2**20:.1f} | {row['kv_cache_bytes'] / 2**20:.1f} | "
-                      f"{hlo} |", flush=True)
-                for problem in row.get("hlo_problems", []):
-                    print(f"    HLO: {problem}", flush=True)
+    print("| preset | tokens | mixer | state | batch | compile s | ms/batch | images/s | "
+          "first 1/4 ms/token | last 1/4 | last/first | state MiB | KV cache MiB | HLO |",
+          flush=True)
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
+    # First every grid and preset with the first state dtype (the comparison the targets
+    # are about), then the linear mixers again with each other one: a time limit cuts the
+    # extra rows first.
+    passes = [[(m, args.state_dtypes[0]) for m in args.mixers]] + [
+        [(m, d) for m in args.mixers if m != "softmax"] for d in args.state_dtypes[1:]]
+    cases = [(grid, preset, mixer, state_dtype) for runs in passes for grid in args.grids
+             for preset in args.presets for mixer, state_dtype in runs]
+    for grid, preset, mixer, state_dtype in cases:
+        row = measure(args, preset, grid, mixer, state_dtype)
+        rows.append(row)
+        save()
+        q = [f"{row[k]:.3f}" if k in row else "" for k in
+             ("first_quarter_ms_per_token", "last_quarter_ms_per_token", "quarter_ratio")]
+        hlo = ("ok" if not row["hlo_problems"] else f"{len(row['hlo_problems'])} "
+               "problems") if "hlo_problems" in row else ""
+        state = "" if mixer == "softmax" else state_dtype
+        print(f"| {preset} | {grid}x{grid} | {mixer} | {state} | {args.batch} | "
+              f"{row['compile_s']:.1f} | {row['ms_per_batch']:.1f} | "
+              f"{row['images_per_s']:.2f} | {' | '.join(q)} | "
+              f"{row['state_bytes'] / 2**20:.1f} | {row['kv_cache_bytes'] / 2**20:.1f} | "
+              f"{hlo} |", flush=True)
+        for problem in row.get("hlo_problems", []):
+            print(f"    HLO: {problem}", flush=True)
     result = save(complete=True)
     for v in result["verdict"]:
         speed = f"{v['speedup']:.2f}x softmax" if "speedup" in v else "no softmax row"
         target = f" (target {v['target']}x, ratio <= {TARGET_QUARTER_RATIO}: " \
                  f"{'met' if v.get('met') else 'missed'})" if v.get("target") else ""
         ratio = f", last/first {v['quarter_ratio']:.3f}" if v.get("quarter_ratio") else ""
-        print(f"{v['preset']} {v['grid']}x{v['grid']}: LASAD {speed}{ratio}{target}")
+        print(f"{v['preset']} {v['grid']}x{v['grid']}: LASAD ({v['state_dtype']} states) "
+              f"{speed}{ratio}{target}")
     if any(r.get("hlo_problems") for r in rows):
         raise SystemExit("the HLO check found copies of the decoding cache (rows above)")
     return result

@@ -66,6 +66,10 @@ class ModelConfig:
     dtype: str = "float32"
     impl: str = "auto"
     chunk_size: int | None = None
+    # Storage of the linear mixers' decoding states (the column states of `lasad`); the
+    # steps compute in float32 either way. bfloat16 halves the state bytes a token moves,
+    # at about 5e-3 of the largest output (docs/decoding.md, "State dtype").
+    decode_state_dtype: str = "float32"
 
     num_prefix: int = dataclasses.field(default=1, init=False)
 
@@ -100,6 +104,7 @@ class ModelConfig:
         p.one_of("gate", self.gate, GATES)
         p.one_of("pos_encoding", self.pos_encoding, POS_ENCODINGS)
         p.one_of("dtype", self.dtype, DTYPES)
+        p.one_of("decode_state_dtype", self.decode_state_dtype, DTYPES)
         p.one_of("impl", self.impl, ops.IMPLS)
         p.check(self.impl != "pallas" or self.mixer == "lasad", "impl",
                 f"='pallas' has kernels for mixer 'lasad' only, got mixer {self.mixer!r}; "

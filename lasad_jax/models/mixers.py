@@ -127,14 +127,15 @@ class LinearAttentionMixer(nnx.Module):
 
     def init_cache(self, batch: int) -> Any:
         cfg, h, d = self.cfg, self.cfg.num_heads, self.cfg.head_dim
+        state = jnp.dtype(cfg.decode_state_dtype)
         if cfg.mixer == "lasad":
             # Raw keys and values are kept in the compute dtype: exact, and half the bytes
-            # in bfloat16; the column states stay float32.
-            return ops.lasad_decode_init(batch, h, d, d, cfg.grid[1], prefix_slots=cfg.num_prefix,
-                                         kv_dtype=self.dtype)
+            # in bfloat16; the column states in `decode_state_dtype` (float32 by default).
+            return ops.lasad_decode_init(batch, h, d, d, cfg.grid[1], state,
+                                         prefix_slots=cfg.num_prefix, kv_dtype=self.dtype)
         if cfg.mixer == "lasad_row":
-            return ops.lasad_row_decode_init(batch, h, d, d, cfg.grid[1])
-        return ops.linear_decode_init(batch, h, d, d)
+            return ops.lasad_row_decode_init(batch, h, d, d, cfg.grid[1], state)
+        return ops.linear_decode_init(batch, h, d, d, state)
 
     def decode(self, cache: Any, x: jax.Array, slot: jax.Array) -> tuple[jax.Array, Any]:
         q, k, v = self._qkv(x, slot)

@@ -18,6 +18,7 @@ def test_sampling_smoke_reports_every_row(tmp_path, capsys):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["complete"] and result["info"]["backend"] == "cpu"
     rows = {(r["grid"], r["mixer"]): r for r in result["rows"]}
+    assert {r["state_dtype"] for r in result["rows"]} == {"float32"}
     assert set(rows) == {(g, m) for g in (4, 6) for m in ("lasad", "softmax")}
     layers, heads, head_dim, batch_rows = 2, 2, 16, 4  # batch 2, doubled by guidance
     for (grid, mixer), r in rows.items():
@@ -36,7 +37,28 @@ def test_sampling_smoke_reports_every_row(tmp_path, capsys):
     assert [v["grid"] for v in result["verdict"]] == [4, 6]
     assert all(v["speedup"] > 0 and v["target"] is None for v in result["verdict"])
     printed = capsys.readouterr().out
-    assert "| tiny | 6x6 | lasad | 2 |" in printed and "LASAD" in printed
+    assert "| tiny | 6x6 | lasad | float32 | 2 |" in printed and "LASAD" in printed
+
+
+@pytest.mark.slow
+def test_sampling_state_dtypes_add_bfloat16_state_rows(tmp_path):
+    """`--state_dtypes float32 bfloat16`: after the float32 comparison of a grid, the LASAD
+    model again with bf16 column states (half their bytes; keys and values stay in the
+    compute dtype), with its own verdict entry. No HLO check here: on CPU, XLA widens bf16
+    buffers around each update, which the check rightly reports (docs/decoding.md)."""
+    import sampling
+
+    tiny = [a for a in sampling.SMOKE if a != "--hlo_check"]
+    result = sampling.main(tiny + ["--grids", "4", "--quarters", "--state_dtypes", "float32",
+                                   "bfloat16", "--out", str(tmp_path / "s.json")])
+    order = [(r["mixer"], r["state_dtype"]) for r in result["rows"]]
+    assert order == [("lasad", "float32"), ("softmax", "float32"), ("lasad", "bfloat16")]
+    f32, bf16 = result["rows"][0], result["rows"][2]
+    layers, rows, heads, w, d = 2, 4, 2, 4, 16
+    cols = layers * rows * heads * w * d * d
+    assert f32["state_bytes"] - bf16["state_bytes"] == 2 * cols  # 4 -> 2 bytes each
+    assert [(v["state_dtype"], v["speedup"] > 0) for v in result["verdict"]] == [
+        ("float32", True), ("bfloat16", True)]
 
 
 def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):
@@ -52,7 +74,7 @@ def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):
 def test_sampling_verdict_applies_the_targets():
     import sampling
 
-    rows = [dict(preset="L", grid=g, mixer=m, images_per_s=ips, **extra)
+    rows = [dict(preset="L", grid=g, mixer=m, state_dtype="float32", images_per_s=ips, **extra)
             for g, m, ips, extra in [(16, "lasad", 10.0, {"quarter_ratio": 1.05}),
                                      (16, "softmax", 9.0, {}),
                                      (32, "lasad", 10.0, {"quarter_ratio": 1.05}),
