@@ -45,7 +45,7 @@ from lasad_jax.ops.pallas.masked_kernels import sum11
 F32 = jnp.float32
 # Feature-axis tile per program. GPU: a small tile bounds what each program carries from
 # chunk to chunk (its `w x f` float32 states, 16 KiB at w = 128) and gives `B*H*F/32`
-# programs (8192 at B = 1, 16 heads, D = 64); the smallest side `tl.dot` takes is 16. Not
+# programs (2048 at B = 1, 16 heads, D = 64); the smallest side `tl.dot` takes is 16. Not
 # timed yet (benchmarks/device_check.sh, stage "pallas"). TPU: one lane width (128), or
 # the whole `F` when it is not a multiple of 128.
 GPU_TILE = 32
