@@ -9,6 +9,7 @@ Decoding forms (sampling, one slot at a time, constant-size state): `*_decode_in
 
 from lasad_jax.ops.api import (
     AUTO_TABLE,
+    Auto,
     IMPLS,
     lasad_attention,
     lasad_decode_init,
@@ -28,6 +29,7 @@ from lasad_jax.ops.decay import VARIANTS
 
 __all__ = [
     "AUTO_TABLE",
+    "Auto",
     "IMPLS",
     "VARIANTS",
     "lasad_attention",

@@ -21,7 +21,7 @@ fixed-size state (`ops.decode`; docs/decoding.md); they have one implementation,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,26 +33,39 @@ from lasad_jax.ops.validation import check_choice, check_decay, check_int, check
 
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
-# impl="auto": (platform, longest T for which the choice holds, impl), first match wins.
-# The one place where measurements choose an implementation (docs/operator.md,
-# "Implementations and the impl switch"; the chunked form's own per-platform parameters
-# are `ops.chunked.DEFAULTS`). Today: the chunkwise-parallel XLA form everywhere. On CPU
-# that is measured (benchmarks/RESULTS.md, "Operator scaling, CPU": faster than the
-# quadratic reference from T = 4096, equal below, where a single chunk is the masked
-# form). On GPU and TPU nothing else has been timed since the kernels were rebuilt: the
-# Pallas split (`impl="pallas"`) enters a row here for a platform and range of T once
-# `benchmarks/kernels.py` (run by benchmarks/device_check.sh) shows it faster than the XLA
-# form there, cited from benchmarks/RESULTS.md. The kernels it replaced lost to the XLA
-# form on an H200 (2026-12-04; RESULTS.md, "Before").
-AUTO_TABLE: tuple[tuple[str, float, str], ...] = (("*", float("inf"), "chunked"),)
+class Auto(NamedTuple):
+    """One row of `AUTO_TABLE`: on `platform` ("*": any), up to `max_tokens` slots, run
+    `impl` with `chunk_size` tokens per chunk (`None`: `ops.chunked.defaults()`). A caller's
+    own `chunk_size` wins over the row's."""
+
+    platform: str
+    max_tokens: float
+    impl: str
+    chunk_size: int | None = None
 
 
-def select_impl(platform: str, num_tokens: int) -> str:
-    """The implementation `impl="auto"` runs for a platform ("cpu", "gpu", "tpu") and T."""
-    for plat, max_t, impl in AUTO_TABLE:
-        if plat in ("*", platform) and num_tokens <= max_t:
-            return impl
-    return "chunked"
+# impl="auto": the first row that matches the platform and T wins. The one place where
+# measurements choose an implementation and its chunk (docs/operator.md, "Implementations
+# and the impl switch"; the chunked form's other per-platform parameters are
+# `ops.chunked.DEFAULTS`). Today: the chunkwise-parallel XLA form everywhere. On CPU that
+# is measured (benchmarks/RESULTS.md, "Operator scaling, CPU": faster than the quadratic
+# reference from T = 4096, equal below, where a single chunk is the masked form). On GPU
+# and TPU nothing else has been timed since the kernels were rebuilt: a row for
+# `impl="pallas"` (with the chunk it was fastest at) enters for a platform and range of T
+# once `benchmarks/kernels.py` (run by benchmarks/device_check.sh) shows it faster than the
+# XLA form there, cited from benchmarks/RESULTS.md; `benchmarks/auto_table.py` reads those
+# measurements and prints the rows they support. The kernels the Pallas split replaced
+# lost to the XLA form on an H200 (2026-12-04; RESULTS.md, "Before").
+AUTO_TABLE: tuple[Auto, ...] = (Auto("*", float("inf"), "chunked"),)
+
+
+def select_impl(platform: str, num_tokens: int) -> Auto:
+    """The `AUTO_TABLE` row `impl="auto"` follows for a platform ("cpu", "gpu", "tpu") and
+    T: its `impl` and `chunk_size`."""
+    for row in AUTO_TABLE:
+        if row.platform in ("*", platform) and num_tokens <= row.max_tokens:
+            return row
+    return Auto("*", float("inf"), "chunked")
 
 
 def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays) -> jax.Array:
@@ -75,7 +88,9 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
         raise ValueError(f"impl='pallas' has kernels for the 'lasad' variant only; use "
                          f"impl='chunked' (or 'auto') for {variant!r}")
     if impl == "auto":
-        impl = select_impl(jax.default_backend(), t)
+        auto = select_impl(jax.default_backend(), t)
+        impl = auto.impl
+        chunk_size = auto.chunk_size if chunk_size is None else chunk_size
     kw = dict(width=width, num_prefix=num_prefix, log_row=log_row, log_col=log_col)
     if impl == "reference":
         out = masked_attention(variant, q, k, v, **kw)

@@ -44,6 +44,53 @@ def test_kernels_times_each_chunk_layout_once(tmp_path):
     assert all(r["status"] == "ok" for r in result["rows"])
 
 
+def _kernels_json(path, backend: str, rows: list[dict]) -> str:
+    base = dict(batch=1, dim=64, mode="fwd_bwd", status="ok", remat="inputs",
+                state_pass="scan")
+    path.write_text(json.dumps({"info": {"backend": backend},
+                                "rows": [dict(base, **r) for r in rows]}))
+    return str(path)
+
+
+def test_auto_table_rows_follow_the_fastest_checked_form(tmp_path, capsys):
+    """Per T the fastest LASAD row that passed its check; equal neighbours merge, the last
+    range is open. Faster rows that failed their check, or use a remat the table cannot
+    choose, or another shape, do not count."""
+    import auto_table
+
+    def row(op, t, c, ms, **extra):
+        return dict(op=op, tokens=t, chunk_size=c, ms=ms, **extra)
+
+    core = _kernels_json(tmp_path / "core.json", "gpu", [
+        row("lasad_chunked", 256, 1024, 0.20), row("softmax", 256, None, 0.17),
+        row("lasad_chunked", 1024, 1024, 0.30), row("softmax", 1024, None, 0.28),
+        row("lasad_chunked", 4096, 1024, 0.90), row("softmax", 4096, None, 0.68),
+        row("lasad_chunked", 16384, 1024, 4.00), row("softmax", 16384, None, 5.09),
+        row("lasad_chunked", 4096, 512, 0.10, remat="none"),  # a choice the table lacks
+        row("lasad_chunked", 1024, 1024, 0.01, dim=128),  # another shape
+    ])
+    pallas = _kernels_json(tmp_path / "pallas.json", "gpu", [
+        row("lasad_pallas", 256, 1024, 0.25), row("lasad_pallas", 1024, 1024, 0.29),
+        row("lasad_pallas", 4096, 1024, 0.40), row("lasad_pallas", 4096, 2048, 0.35),
+        row("lasad_pallas", 16384, 2048, 1.00),
+        row("lasad_pallas", 16384, 4096, 0.50, status="mismatch: 1e-1"),
+    ])
+    out = tmp_path / "auto.json"
+    result = auto_table.main([core, pallas, "--out", str(out)])
+    assert [(r["max_tokens"], r["impl"], r["chunk_size"]) for r in result["auto_table"]] == [
+        (256, "chunked", 1024), (1024, "pallas", 1024), (None, "pallas", 2048)]
+    assert json.loads(out.read_text())["auto_table"][-1]["max_tokens"] is None
+    printed = capsys.readouterr().out
+    assert "Auto('gpu', 1024, 'pallas', 1024)," in printed
+    assert "Auto('gpu', float(\"inf\"), 'pallas', 2048)," in printed
+    assert "| 16384 | pallas C=2048 | 1.000 | chunked C=1024 | 4.000 | 5.090 | 5.09x |" in printed
+    other = _kernels_json(tmp_path / "cpu.json", "cpu", [row("lasad_chunked", 256, 1024, 1.0)])
+    with pytest.raises(SystemExit, match="backends"):
+        auto_table.main([core, other])
+    with pytest.raises(SystemExit, match="no checked LASAD rows"):
+        auto_table.main([core, "--dim", "32"])
+
+
 @pytest.mark.slow
 def test_generation_times_every_position_for_both_mixers(tmp_path, capsys):
     import generation

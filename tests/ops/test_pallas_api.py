@@ -149,6 +149,34 @@ def test_pallas_other_variants_say_what_to_use():
 
 
 def test_auto_does_not_pick_pallas_where_it_was_not_timed_faster():
-    assert {impl for _, _, impl in ops.AUTO_TABLE} == {"chunked"}
-    assert np.all([ops.select_impl(p, t) == "chunked" for p in ("cpu", "gpu", "tpu")
+    assert {row.impl for row in ops.AUTO_TABLE} == {"chunked"}
+    assert np.all([ops.select_impl(p, t).impl == "chunked" for p in ("cpu", "gpu", "tpu")
                    for t in (256, 16384)])
+
+
+def test_auto_follows_the_first_matching_row_and_its_chunk(monkeypatch):
+    """A row's platform and length bound pick it; its chunk size is used unless the caller
+    gives one."""
+    from lasad_jax.ops import api
+
+    table = (api.Auto("gpu", 1024, "pallas", 2048), api.Auto("cpu", 64, "chunked", 8),
+             api.Auto("*", float("inf"), "chunked"))
+    monkeypatch.setattr(api, "AUTO_TABLE", table)
+    assert api.select_impl("gpu", 1024) == table[0]
+    assert api.select_impl("gpu", 1025) == table[2] == api.select_impl("tpu", 10)
+    assert api.select_impl("cpu", 64).chunk_size == 8
+    seen, original = [], api.chunked_attention
+
+    def chunked(*args, chunk_size, **kwargs):
+        seen.append(chunk_size)
+        return original(*args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(api, "chunked_attention", chunked)
+    q, k, v = random_qkv(0, batch=1, tokens=1 + 40)
+    decays = decay_kwargs("lasad", 5)
+    base = ops.lasad_attention(q, k, v, num_prefix=1, **decays)  # cpu, T = 41: the 8 row
+    ops.lasad_attention(q, k, v, num_prefix=1, chunk_size=20, **decays)
+    ops.lasad_attention(q[:, :1], k[:, :1], v[:, :1], num_prefix=1, **decays)
+    assert seen == [8, 20, 8]
+    want = ops.lasad_attention(q, k, v, num_prefix=1, impl="reference", **decays)
+    assert rel_err(base, want) < 1e-5
