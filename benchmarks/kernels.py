@@ -25,8 +25,9 @@ FLOPs are counted the flash-attention way for every operator, so the TFLOP/s col
 compares work done per second on the same problem: causal attention costs
 `2 * B * H * T^2 * (Dk + Dv) / 2` forward, and 2.5 times that again for the backward
 (3.5 times in all for forward+backward). Bytes are one read of q, k, v and one write of o
-(forward; three times that with the backward), against the device's HBM bandwidth; `mem`
-is XLA's figure for the compiled program. Peaks come from `PEAKS` by device kind; an
+(forward; three times that with the backward), against the device's HBM bandwidth;
+`xla_bytes_accessed` is XLA's cost-model count for the compiled program (`compiled_cost`),
+the traffic the XLA forms really cause; `mem` is XLA's memory figure for the program. Peaks come from `PEAKS` by device kind; an
 unknown device leaves the share columns empty rather than guessing.
 """
 
@@ -126,6 +127,19 @@ def io_bytes(tokens: int, heads: int, dim: int, mode: str, batch: int = 1) -> fl
     return once if mode == "fwd" else 3 * once
 
 
+def compiled_cost(compiled) -> tuple[float | None, float | None]:
+    """XLA's own count of a compiled program's flops and bytes accessed, for where the time
+    goes: bytes over time against the HBM bandwidth says how memory-bound a row is. It is
+    XLA's cost model, not a profile: it may count a loop's body once, and it does not look
+    inside custom calls (Pallas kernels, cuDNN)."""
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return cost.get("flops"), cost.get("bytes accessed")
+    except Exception:  # some backends do not report
+        return None, None
+
+
 def max_rel_diff(got, want) -> float:
     """Largest |got - want| over each leaf's largest |want|, the worst leaf."""
     errs = []
@@ -219,6 +233,10 @@ def run(args, save=None) -> list[dict]:
                                peak_share=tflops / peak_flops if peak_flops else None,
                                bandwidth_share=tbps / peak_bw if peak_bw else None,
                                bytes=compiled_bytes(compiled))
+                    xla_flops, moved = compiled_cost(compiled)
+                    row.update(xla_flops=xla_flops, xla_bytes_accessed=moved,
+                               xla_bandwidth_share=(moved / (ms * 1e-3) / 1e12 / peak_bw
+                                                    if moved and peak_bw else None))
                     rows.append(row)
                     check = f"  diff {row['err']:.1e} vs {row['check']}" if "err" in row else ""
                     print(f"{tag} {ms:9.3f} ms {tflops:7.1f} TFLOP/s{check}", flush=True)
@@ -244,20 +262,22 @@ def speedups(rows: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict], ratios: list[dict]) -> None:
     print("\n| op | variant | B | D | T | mode | ms | TFLOP/s | % bf16 peak | % HBM BW "
-          "| MiB | diff vs check |")
-    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+          "| XLA GB moved (% BW) | MiB | diff vs check |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     share = lambda x: f"{100 * x:.1f}" if x is not None else "-"
     for r in rows:
         head = (f"| {r['op']} | {r['variant']} | {r['batch']} | {r['dim']} | {r['tokens']} | "
                 f"{r['mode']} |")
         if "ms" not in r:
-            print(f"{head} {r['status'].split(':')[0]} | | | | | |")
+            print(f"{head} {r['status'].split(':')[0]} | | | | | | |")
             continue
         diff = f"{r['err']:.1e}" if "err" in r else ""
         ms = f"{r['ms']:.3f}" + ("" if r["status"] == "ok" else " (mismatch)")
         mem = f"{r['bytes'] / 2**20:,.0f}" if r.get("bytes") else "?"
+        moved = (f"{r['xla_bytes_accessed'] / 1e9:.2f} ({share(r['xla_bandwidth_share'])})"
+                 if r.get("xla_bytes_accessed") else "?")
         print(f"{head} {ms} | {r['tflops']:.1f} | {share(r['peak_share'])} | "
-              f"{share(r['bandwidth_share'])} | {mem} | {diff} |")
+              f"{share(r['bandwidth_share'])} | {moved} | {mem} | {diff} |")
     if ratios:
         print("\n| op | variant | B | D | T | mode | speedup over softmax |")
         print("|---|---|---:|---:|---:|---|---:|")

@@ -42,6 +42,9 @@ def test_kernels_times_each_chunk_layout_once(tmp_path):
     # T = 16 (4 x 4): one chunk at every size. T = 64 (8 x 8): 2, 4 and 8 rows per chunk.
     assert timed == [(16, 16), (64, 16), (64, 32), (64, 64)]
     assert all(r["status"] == "ok" for r in result["rows"])
+    # XLA's count of the traffic: more bytes for the longer sequence at the same chunk.
+    moved = {(r["tokens"], r["chunk_size"]): r["xla_bytes_accessed"] for r in result["rows"]}
+    assert 0 < moved[(16, 16)] < moved[(64, 16)]
 
 
 def _kernels_json(path, backend: str, rows: list[dict]) -> str:
