@@ -60,7 +60,13 @@ def programs(fn: Callable):
         return fn(q, k, v, row, col)
 
     def loss(q, k, v, row, col):
-        return jnp.sum(fn(q, k, v, row, col).astype(jnp.float32))
+        # Half the sum of squares: the output's cotangent is the output itself, data as in
+        # training. With a plain sum it would be all ones, and XLA simplifies the products
+        # with a broadcast of ones in the backward (measured: 28% fewer bytes accessed for
+        # the chunked form at T = 16384), a shortcut no training step gets and a custom
+        # call (cuDNN, Pallas) cannot take.
+        o = fn(q, k, v, row, col).astype(jnp.float32)
+        return 0.5 * jnp.sum(o * o)
 
     # Gradients for q, k, v and (LASAD) the decays, as in training.
     fwd_bwd = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
