@@ -10,8 +10,9 @@ float32 reference first) names an implementation and a chunk size. Lengths in a 
 pick the same pair merge into one range: a table row `Auto(platform, longest T, impl,
 chunk)`, the last one open-ended (`max_tokens` null in the JSON). The script prints the
 evidence (fastest, runner-up and cuDNN per T) and the rows as Python to paste into
-`lasad_jax/ops/api.py`; it changes no file but `--out`. The chunked form's remat policy and state pass are its defaults
-(`ops.chunked`): rows timed with others are left out, since the table cannot choose them.
+`lasad_jax/ops/api.py`; it changes no file but `--out`. The chunked form's remat policy
+and state pass are its defaults (`ops.chunked`): rows timed with others are left out,
+since the table cannot choose them.
 """
 
 from __future__ import annotations

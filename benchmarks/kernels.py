@@ -27,8 +27,9 @@ compares work done per second on the same problem: causal attention costs
 (3.5 times in all for forward+backward). Bytes are one read of q, k, v and one write of o
 (forward; three times that with the backward), against the device's HBM bandwidth;
 `xla_bytes_accessed` is XLA's cost-model count for the compiled program (`compiled_cost`),
-the traffic the XLA forms really cause; `mem` is XLA's memory figure for the program. Peaks come from `PEAKS` by device kind; an
-unknown device leaves the share columns empty rather than guessing.
+the traffic the XLA forms really cause; `mem` is XLA's memory figure for the program.
+Peaks come from `PEAKS` by device kind; an unknown device leaves the share columns empty
+rather than guessing.
 """
 
 from __future__ import annotations
@@ -185,9 +186,9 @@ def run(args, save=None) -> list[dict]:
             for op, label, opts in variants(args):
                 if op != "softmax":
                     # Chunk sizes that cut this grid alike run the same program: time once.
-                    rows_per_chunk = min(max(1, opts["chunk_size"] // width),
-                                         -(-tokens // width))
-                    key = (op, rows_per_chunk, opts["remat"], opts["state_pass"])
+                    grid_rows = chunked.chunk_layout("lasad", width, opts["chunk_size"],
+                                                     tokens).groups
+                    key = (op, grid_rows, opts["remat"], opts["state_pass"])
                     if key in layouts:
                         print(f"{op:13s} {label:30s} T={tokens:<6d} same chunks as "
                               f"{layouts[key]}: not timed again", flush=True)

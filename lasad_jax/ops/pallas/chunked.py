@@ -43,10 +43,10 @@ COLS_PER_PROGRAM = 8
 
 
 def chunk_rows(width: int, chunk_size: int, num_image: int) -> tuple[int, int]:
-    """`(R, N)`: whole grid rows per chunk and the number of chunks, as the XLA form."""
-    rows_needed = max(1, -(-num_image // width))
-    rows = max(1, min(chunk_size // width, rows_needed))
-    return rows, -(-rows_needed // rows)
+    """`(R, N)`: whole grid rows per chunk and the number of chunks: the XLA form's
+    layout (`chunked.chunk_layout`)."""
+    layout = chunked.chunk_layout("lasad", width, chunk_size, num_image)
+    return layout.groups, max(1, -(-num_image // layout.tokens))
 
 
 def _column_layout(backend: str, width: int, rows: int) -> tuple[int, int, int]:

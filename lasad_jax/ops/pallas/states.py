@@ -23,10 +23,11 @@ and `G_i = g_i + d G_{i+1}` (the cotangent gathered over every later chunk):
     d T_b = sum_i G_i S_i^T,   d log b = sum_{c, c'} |c - c'| T_b[c, c'] dT_b[c, c']
 
 Each program returns its share of `d log d` and of `dT_b` (`[w, w]`); XLA sums the shares
-and forms `d log b` (tiny arrays). The kernel layout is chunk-major, `[N, M, W, F]` (`M`
-= batch * heads, `F = Dk * Dv` flattened), which is the layout `column_outer` writes and
-`column_apply` reads: no transpose on either side. Padded columns (zero sums) add nothing
-to the real columns; their own states are read only by zero (padded) queries.
+and pulls `dT_b` back through `decay.column_toeplitz` for `d log b` (tiny arrays). The
+kernel layout is chunk-major, `[N, M, W, F]` (`M` = batch * heads, `F = Dk * Dv`
+flattened), which is the layout `column_outer` writes and `column_apply` reads: no
+transpose on either side. Padded columns (zero sums) add nothing to the real columns;
+their own states are read only by zero (padded) queries.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from lasad_jax.ops.decay import column_toeplitz
 from lasad_jax.ops.pallas.masked import call
 from lasad_jax.ops.pallas.masked_kernels import sum11
 
@@ -151,9 +153,9 @@ def _backward(cfg: PassConfig, sums, states, lk, lb, g):
         [jax.ShapeDtypeStruct(sums.shape, F32), jax.ShapeDtypeStruct((m, tiles, 1, 1), F32),
          jax.ShapeDtypeStruct((m, tiles, w, w), F32)],
     )(lk, lb, sums, states, g.astype(F32))
-    dist = jnp.abs(jnp.arange(w, dtype=F32)[:, None] - jnp.arange(w, dtype=F32)[None])
-    toe = jnp.exp(dist * lb)  # [M, w, w]
-    dlb = jnp.sum(dt.sum(axis=1) * dist * toe, axis=(1, 2)).reshape(m, 1, 1)
+    # d log b from dT_b: the pullback of the library's Toeplitz matrix (`decay.py`).
+    _, pullback = jax.vjp(functools.partial(column_toeplitz, w), lb.reshape(m))
+    dlb = pullback(dt.sum(axis=1))[0].reshape(m, 1, 1)
     return ds, dlk.sum(axis=1), dlb
 
 
