@@ -47,7 +47,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
 from lasad_jax.models.config import PRESETS  # noqa: E402
-from lasad_jax.sampling.generate import _generate, cache_batch_axes, decode_loop, start  # noqa: E402
+from lasad_jax.sampling.generate import (  # noqa: E402
+    _generate, cache_batch_axes, cast_weights, decode_loop, start)
 from lasad_jax.sampling.hlo_check import guarded_arrays, loop_problems  # noqa: E402
 from common import run_info, write_json  # noqa: E402
 
@@ -74,7 +75,7 @@ def build(args, preset: str, grid: int, mixer: str, state_dtype: str = "float32"
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg_scale"), donate_argnums=(2,))
 def _quarter(graphdef, params, cache, logits, keys, *, cfg_scale):
-    model = nnx.merge(graphdef, params)
+    model = cast_weights(nnx.merge(graphdef, params))
     cache, logits, _ = decode_loop(model, cache, logits, keys, cfg_scale=cfg_scale,
                                    temperature=1.0, top_k=0, top_p=1.0)
     return cache, logits

@@ -80,6 +80,27 @@ def _split_batch(x: jax.Array, axis: int) -> jax.Array:
     return constrain(x, tuple("batch" if i == axis else None for i in range(x.ndim)))
 
 
+def cast_weights(model: nnx.Module) -> nnx.Module:
+    """Casts every projection kernel and embedding table of `model` to its layer's compute
+    dtype, in place, and returns the model; call it on the traced copy a sampling program
+    merges, before the loop.
+
+    Why: layers keep float32 parameters and cast them at each use. Inside the sampling
+    loop that cast happens at every token: compiled for an H200, the bf16 LASADGen-B
+    program converted each projection in a kernel of its own (reading 4 bytes and writing
+    2 per parameter, then the product read the 2 again), and the softmax twin read every
+    float32 weight inside its matmuls (benchmarks/gpu_aot.py). Cast once, a token reads 2
+    bytes per parameter. The results do not change: each layer casts to the same dtype
+    anyway. Float32 parameters used in float32 (norm scales, decays) are left alone.
+    """
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Linear) and module.dtype is not None:
+            module.kernel.set_value(module.kernel[...].astype(module.dtype))
+        elif isinstance(module, nnx.Embed) and module.dtype is not None:
+            module.embedding.set_value(module.embedding[...].astype(module.dtype))
+    return model
+
+
 def start(model: nnx.Module, labels: jax.Array, *, cfg_scale: float):
     """The empty cache fed the class slot: `(cache, logits)` for the first image token.
     With guidance the null-class rows follow the conditional ones (a doubled batch)."""
@@ -114,7 +135,7 @@ def decode_loop(model: nnx.Module, cache, logits: jax.Array, keys: jax.Array, *,
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg_scale", "temperature", "top_k",
                                              "top_p"))
 def _generate(graphdef, params, labels, key, *, cfg_scale, temperature, top_k, top_p):
-    model = nnx.merge(graphdef, params)
+    model = cast_weights(nnx.merge(graphdef, params))
     cfg = model.cfg
     sampling = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
     keys = jax.random.split(key, cfg.num_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 
 from lasad_jax.models import MIXERS
+from flax import nnx
+
 from lasad_jax.sampling import filter_logits, generate, guide, sample_logits
+from lasad_jax.sampling.generate import cast_weights, start
 from lasad_jax.sampling.images import make_grid
 from lasad_jax.sampling.sampler import class_list
 from tests.models.helpers import perturbed_model, small_config
@@ -89,6 +93,31 @@ def test_generate_top1_equals_greedy_parallel(mixer, cfg_scale):
     got = generate(model, labels, jax.random.key(0), cfg_scale=cfg_scale, top_k=1)
     assert got.shape == (3, 3, 3) and got.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(got), greedy_parallel(model, labels, cfg_scale))
+
+
+@pytest.mark.parametrize("mixer", ["lasad", "softmax"])
+def test_cast_weights_is_exact(mixer):
+    """Casting the weights once before the loop gives the very logits of casting them at
+    every use (bfloat16 model): projections and tables become bf16, and only they."""
+    model = perturbed_model(small_config(mixer, dtype="bfloat16"))
+    graphdef, params = nnx.split(model)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def first_logits(params, cast: bool):
+        m = nnx.merge(graphdef, params)
+        m = cast_weights(m) if cast else m
+        cache, logits = start(m, jnp.array([0, 2]), cfg_scale=2.0)
+        x = m.token_embed(jnp.array([3, 5, 3, 5]))
+        return logits, m.decode_step(cache, x)[0], nnx.state(m, nnx.Param)
+
+    plain, plain_next, _ = first_logits(params, False)
+    cast, cast_next, state = first_logits(params, True)
+    np.testing.assert_array_equal(np.asarray(cast), np.asarray(plain))
+    np.testing.assert_array_equal(np.asarray(cast_next), np.asarray(plain_next))
+    dtypes = {jax.tree_util.keystr(path): x.dtype
+              for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    assert dtypes and all((d == jnp.bfloat16) == ("kernel" in p or "embedding" in p)
+                          for p, d in dtypes.items()), dtypes
 
 
 def test_generate_seeds_and_classes():
