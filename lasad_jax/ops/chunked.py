@@ -58,6 +58,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from lasad_jax.ops.decay import column_toeplitz, decay_mask
+from lasad_jax.ops.platform import target_platform
 from lasad_jax.ops.reference import masked_attention
 
 F32 = jnp.float32
@@ -85,8 +86,8 @@ DEFAULTS: dict[str, Defaults] = {
 
 
 def defaults(platform: str | None = None) -> Defaults:
-    """The measured defaults for `platform` (default: JAX's default backend)."""
-    platform = jax.default_backend() if platform is None else platform
+    """The measured defaults for `platform` (default: `platform.target_platform()`)."""
+    platform = target_platform() if platform is None else platform
     return DEFAULTS.get(platform, DEFAULTS["*"])
 
 

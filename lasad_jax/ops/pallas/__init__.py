@@ -25,6 +25,7 @@ from __future__ import annotations
 import jax
 
 from lasad_jax.ops.pallas.chunked import lasad_pallas
+from lasad_jax.ops.platform import target_platform
 from lasad_jax.ops.pallas.masked import intra_attention
 
 
@@ -32,7 +33,7 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, width: int, nu
                      log_row: jax.Array, log_col: jax.Array, chunk_size: int) -> jax.Array:
     """`impl="pallas"` for the `lasad` variant on the current platform: Triton on GPU,
     Mosaic on TPU, the TPU kernels in Pallas' interpret mode on CPU (exact, slow, tests)."""
-    platform = jax.default_backend()
+    platform = target_platform()
     return lasad_pallas(q, k, v, width=width, num_prefix=num_prefix, log_row=log_row,
                         log_col=log_col, chunk_size=chunk_size,
                         interpret=platform == "cpu",
