@@ -47,7 +47,7 @@ class Instr:
     root: bool
 
 
-def _arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
+def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
     """(dtype, dims) of every array in a shape text, tuple elements in order."""
     return [(d, tuple(int(x) for x in dims.split(",") if x)) for d, dims in _ARRAY.findall(shape)]
 
@@ -98,7 +98,8 @@ def parse_hlo(text: str) -> dict[str, list[Instr]]:
     return comps
 
 
-def _called(instr: Instr, key: str) -> list[str]:
+def called(instr: Instr, key: str) -> list[str]:
+    """The computations an instruction names under `key` (`body`, `calls`, ...)."""
     m = re.search(key + r"=\{?([^}]*?)\}?(?:,\s*[\w\-]+=|$)", instr.attrs)
     return re.findall(r"%([\w.\-]+)", m.group(1)) if m else []
 
@@ -132,14 +133,14 @@ def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]]) -> list[st
     comps = parse_hlo(hlo_text)
 
     def hits(shape: str) -> list[tuple[int, tuple[int, ...]]]:
-        keys = [tuple(sorted(dims)) for _, dims in _arrays(shape)]
+        keys = [tuple(sorted(dims)) for _, dims in arrays(shape)]
         return [(i, k) for i, k in enumerate(keys) if k in names]
 
     loops = [i for instrs in comps.values() for i in instrs if i.op == "while" and hits(i.shape)]
     problems: list[str] = []
     seen: set[str] = set()
     for loop in loops:
-        stack = _called(loop, "body")
+        stack = called(loop, "body")
         while stack:  # the body and what it runs (nested loops, branches, calls)
             comp = stack.pop()
             if comp in seen or comp not in comps:
@@ -149,24 +150,24 @@ def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]]) -> list[st
             for instr in comps[comp]:
                 read = {k for op in instr.operands for _, k in hits(symbols.get(op, ""))}
                 if instr.op == "while":
-                    stack += _called(instr, "body") + _called(instr, "condition")
+                    stack += called(instr, "body") + called(instr, "condition")
                 elif instr.op == "conditional":
-                    stack += (_called(instr, "branch_computations")
-                              + _called(instr, "true_computation")
-                              + _called(instr, "false_computation"))
+                    stack += (called(instr, "branch_computations")
+                              + called(instr, "true_computation")
+                              + called(instr, "false_computation"))
                     if read:
                         carried = ", ".join(sorted(names[k] for k in read))
                         problems.append(f"{comp}: conditional %{instr.name} passes {carried} "
                                         f"through a branch")
                 elif instr.op == "call":
-                    stack += _called(instr, "to_apply")
+                    stack += called(instr, "to_apply")
                 if instr.op in _NO_BUFFER or instr.op == "dynamic-update-slice":
                     continue
                 for index, key in hits(instr.shape):
                     if key not in read:
                         continue
                     if instr.op == "fusion":
-                        fused = comps.get(next(iter(_called(instr, "calls")), ""), [])
+                        fused = comps.get(next(iter(called(instr, "calls")), ""), [])
                         tuple_out = instr.shape.startswith("(")
                         if _writes_in_place(fused, index if tuple_out else None):
                             continue

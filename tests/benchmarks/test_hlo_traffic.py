@@ -1,0 +1,112 @@
+"""benchmarks/hlo_traffic.py counts what each kernel of a compiled program moves: the
+counts are checked on hand-written HLO, where every byte is known, and on a program XLA
+compiles here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from hlo_traffic import nbytes, summary, traffic  # benchmarks/ (conftest puts it on the path)
+
+# A loop of 10 iterations carrying a [100, 64] float32 buffer: each iteration reads one
+# row of it (a fusion that slices) and writes one row back in place (a fusion whose root
+# is a dynamic-update-slice of the carried buffer). Outside the loop, one elementwise
+# fusion over the whole buffer.
+LOOP_HLO = """
+HloModule synthetic
+
+%read_row (p0: f32[100,64], p1: s32[]) -> f32[1,64] {
+  %p0 = f32[100,64]{1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %c0 = s32[] constant(0)
+  %ds = f32[1,64]{1,0} dynamic-slice(%p0, %p1, %c0), dynamic_slice_sizes={1,64}
+  ROOT %neg = f32[1,64]{1,0} negate(%ds)
+}
+
+%write_row (q0: f32[100,64], q1: f32[1,64], q2: s32[]) -> f32[100,64] {
+  %q0 = f32[100,64]{1,0} parameter(0)
+  %q1 = f32[1,64]{1,0} parameter(1)
+  %q2 = s32[] parameter(2)
+  %z = s32[] constant(0)
+  ROOT %dus = f32[100,64]{1,0} dynamic-update-slice(%q0, %q1, %q2, %z)
+}
+
+%double (r0: f32[100,64]) -> f32[100,64] {
+  %r0 = f32[100,64]{1,0} parameter(0)
+  ROOT %add = f32[100,64]{1,0} add(%r0, %r0)
+}
+
+%body (t: (s32[], f32[100,64])) -> (s32[], f32[100,64]) {
+  %t = (s32[], f32[100,64]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %buf = f32[100,64]{1,0} get-tuple-element(%t), index=1
+  %row = f32[1,64]{1,0} fusion(%buf, %i), kind=kLoop, calls=%read_row
+  %new = f32[100,64]{1,0} fusion(%buf, %row, %i), kind=kLoop, calls=%write_row
+  ROOT %out = (s32[], f32[100,64]{1,0}) tuple(%i, %new)
+}
+
+%cond (u: (s32[], f32[100,64])) -> pred[] {
+  %u = (s32[], f32[100,64]{1,0}) parameter(0)
+  ROOT %yes = pred[] constant(true)
+}
+
+ENTRY %main (x: f32[100,64]) -> f32[100,64] {
+  %x = f32[100,64]{1,0} parameter(0)
+  %twice = f32[100,64]{1,0} fusion(%x), kind=kLoop, calls=%double
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[100,64]{1,0}) tuple(%zero, %twice)
+  %loop = (s32[], f32[100,64]{1,0}) while(%init), condition=%cond, body=%body, \
+backend_config={"known_trip_count":{"n":"10"}}
+  ROOT %res = f32[100,64]{1,0} get-tuple-element(%loop), index=1
+}
+"""
+
+
+def test_shape_bytes():
+    assert nbytes("f32[100,64]{1,0}") == 25600
+    assert nbytes("(bf16[8,4], s32[], pred[3])") == 64 + 4 + 3
+
+
+def test_slices_in_place_updates_and_loops_on_known_hlo():
+    kernels = {k.name: k for k in traffic(LOOP_HLO)}
+    assert set(kernels) == {"twice", "row", "new"}
+    twice, row, new = kernels["twice"], kernels["row"], kernels["new"]
+    assert (twice.runs, twice.read, twice.written) == (1, 25600, 25600)
+    assert (row.runs, row.read, row.written) == (10, 256 + 4, 256)  # one row and the index
+    assert (new.runs, new.read, new.written) == (10, 256 + 4, 256)  # in place: the row only
+    assert new.loop == "loop"
+    whole = summary(list(kernels.values()))
+    assert whole["bytes"] == 2 * 25600 + 10 * (260 + 256) * 2 and whole["launches"] == 21
+    step = summary(list(kernels.values()), loop=True)  # per iteration of the loop
+    assert step["bytes"] == 2 * (260 + 256) and step["launches"] == 2
+
+
+def test_a_compiled_elementwise_program():
+    """One fused elementwise kernel over 1024 float32 numbers: 4 KiB in, 4 KiB out."""
+    text = jax.jit(lambda x: jnp.tanh(x) * 2.0 + 1.0).lower(
+        jnp.zeros((1024,), jnp.float32)).compile().as_text()
+    total = summary(traffic(text))
+    assert total["launches"] == 1 and total["bytes"] == 2 * 4096, total
+
+
+def test_gpu_aot_says_what_it_needs(tmp_path):
+    """Without JAX's CUDA plugin (CI), benchmarks/gpu_aot.py stops with one line naming
+    the package to install, and rejects unknown stages naming the valid ones."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_aot.py"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    bad = subprocess.run([sys.executable, str(script), "--stages", "decode,fast"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "valid: decode, ops" in bad.stderr
+    if importlib.util.find_spec("jax_plugins") is not None:
+        pytest.skip("the CUDA plugin is installed here: gpu_aot.py would compile")
+    out = tmp_path / "aot.json"
+    run = subprocess.run([sys.executable, str(script), "--out", str(out)], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "jax[cuda12]" in run.stderr and not out.exists()
