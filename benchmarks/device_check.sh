@@ -19,23 +19,25 @@
 #    LASAD row first checked against the float32 reference: the issue's targets.
 # 2. train_step (110 s): benchmarks/train_step.py, one jitted step of LASADGen-L, LASAD
 #    against softmax, 256 px batch 64 then 512 px batch 16, then LASAD with impl="pallas".
-# 3. pallas_tests (60 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
+# 3. pallas_tests (50 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
 #    device, float32 values and five gradients against the quadratic reference.
 # 4. pallas (60 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
 #    1's softmax rows join its speedups. Chunks of 1024, 2048 and 4096 tokens (the kernels
 #    write no C x C scores, so longer chunks than the XLA form's may pay: fewer states);
 #    T = 4096 and 16384 first, where chunks differ and the targets are widest.
-# 5. chunk_sweep (30 s): kernels.py, chunk size x remat policy of the XLA form,
+# 5. chunk_sweep (25 s): kernels.py, chunk size x remat policy of the XLA form,
 #    forward+backward at T = 4096 and 16384 (the data for ops.chunked's defaults on GPU).
 # 6. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
-# 7. sampling (170 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
+# 7. sampling (200 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
 #    LASADGen-L and -B, lasad against softmax (bf16, batch 64, CFG 2.0), per-token time by
 #    quarter, state and KV-cache bytes, compile time; each compiled sampler is first checked
 #    for copies of its decoding cache (lasad_jax.sampling.hlo_check: XLA's GPU pipeline
 #    inserts copies the CPU one does not). Rows run in order of importance (L 256 px,
-#    B 256 px, L 512 px, ...), then LASAD again with bfloat16 column states
+#    B 256 px, L 512 px, ...), then LASAD again with the fused Pallas column update
+#    (model.decode_impl="pallas", a third of the XLA step's bytes per token as compiled
+#    for an H200 by benchmarks/gpu_aot.py), then both steps with bfloat16 column states
 #    (model.decode_state_dtype, half the state bytes per token): the limit cuts the last.
-# At most 545 s in all. Files back: device.txt, log.txt (every stage), five operator JSON
+# At most 560 s in all. Files back: device.txt, log.txt (every stage), five operator JSON
 # and one sampling JSON: the tool's limit is eight.
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.
 set -uo pipefail
@@ -84,9 +86,9 @@ if [[ -n $smoke ]]; then
     sweep+=(--smoke --tokens 64 --chunk_sizes 16 32)
     rest+=(--smoke --shapes 2:16 --tokens 16)
     train=(--smoke)
-    sampling_args=(--smoke)
+    sampling_args=(--smoke --decode_impls xla pallas)
 else
-    limits=(90 110 60 60 30 25 170)
+    limits=(90 110 50 60 25 25 200)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
     core+=(--batch 1 --dims 64 "${timing[@]}")
@@ -96,7 +98,7 @@ else
             "${timing[@]}")
     rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
     train=(--steps 5 --min_seconds 1 --pallas)
-    sampling_args=(--repeats 2 --state_dtypes float32 bfloat16)
+    sampling_args=(--repeats 2 --state_dtypes float32 bfloat16 --decode_impls xla pallas)
 fi
 
 failed=0

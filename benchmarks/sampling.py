@@ -5,8 +5,9 @@ token by position, decoding memory, compile time, and the HLO check of each prog
     python benchmarks/sampling.py --smoke               # CPU, tiny models (CI, ~1 min)
     python benchmarks/sampling.py --presets tiny --grids 16 32 --batch 4 --dtype float32
 
-Per row (preset, grid, mixer, state dtype), with classifier-free guidance (`--cfg_scale` 2.0 doubles
-the rows the model runs: `--batch` 64 images are 128 rows), compute in `--dtype`:
+Per row (preset, grid, mixer, state dtype, decoding step), with classifier-free guidance
+(`--cfg_scale` 2.0 doubles the rows the model runs: `--batch` 64 images are 128 rows),
+compute in `--dtype`:
 * `compile_s`: lowering and compiling `lasad_jax.sampling.generate`'s program (the
   first call's extra cost); `ms_per_batch` and `images_per_s`: the compiled program run
   `--repeats` times after one warm-up, median; sampling (top-k 0, top-p 1) included.
@@ -18,9 +19,12 @@ the rows the model runs: `--batch` 64 images are 128 rows), compute in `--dtype`
   `kv_cache_bytes`: the softmax twin's KV cache for the same batch, from `eval_shape`.
   `--state_dtypes float32 bfloat16` also runs the linear mixers with their recurrent
   states stored in bfloat16 (`model.decode_state_dtype`: half the state bytes a token
-  moves); those rows come after every float32 row.
+  moves), and `--decode_impls xla pallas` runs `lasad` with each decoding step
+  (`model.decode_impl`; "pallas": the fused column update, GPU); those rows come after
+  every row of the first dtype and step.
 * `hlo_problems` (with `--hlo_check`): `lasad_jax.sampling.hlo_check` on the compiled
-  program; any problem makes the script exit 1 after the table.
+  program; any problem makes the script exit 1 after the table. Not on the Pallas
+  interpreter's program (CPU), which is not the one a GPU runs.
 
 Rows run grid by grid, presets inside, so a time limit cuts the least important last.
 Each row is printed as it finishes and the JSON (`--out`) is rewritten. At the end the
@@ -47,6 +51,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
 from lasad_jax.models.config import PRESETS  # noqa: E402
+from lasad_jax.ops import select_decode_impl  # noqa: E402
+from lasad_jax.ops.platform import target_platform  # noqa: E402
 from lasad_jax.sampling.generate import (  # noqa: E402
     _generate, cache_batch_axes, cast_weights, decode_loop, start)
 from lasad_jax.sampling.hlo_check import guarded_arrays, loop_problems  # noqa: E402
@@ -64,12 +70,14 @@ def tree_bytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def build(args, preset: str, grid: int, mixer: str, state_dtype: str = "float32") -> LASADGen:
+def build(args, preset: str, grid: int, mixer: str, state_dtype: str = "float32",
+          decode_impl: str = "auto") -> LASADGen:
     layers, heads, dim = PRESETS[preset]
     cfg = ModelConfig(vocab_size=args.vocab, num_classes=args.classes, grid=(grid, grid),
                       num_layers=args.layers or layers, num_heads=args.heads or heads,
                       dim=args.dim or dim, mixer=mixer, dtype=args.dtype,
-                      decode_state_dtype=state_dtype)
+                      decode_state_dtype=state_dtype,
+                      decode_impl=decode_impl if mixer == "lasad" else "auto")
     return LASADGen(cfg, rngs=nnx.Rngs(0))
 
 
@@ -109,8 +117,11 @@ def quarter_times(model, labels, cfg_scale: float, repeats: int) -> list[float]:
     return [statistics.median(p[q] for p in passes[1:]) for q in range(4)]
 
 
-def measure(args, preset: str, grid: int, mixer: str, state_dtype: str) -> dict:
-    model = build(args, preset, grid, mixer, state_dtype)
+def measure(args, preset: str, grid: int, mixer: str, state_dtype: str,
+            decode_impl: str) -> dict:
+    if decode_impl == "auto":  # the row names the step that ran
+        decode_impl = select_decode_impl(target_platform())
+    model = build(args, preset, grid, mixer, state_dtype, decode_impl)
     graphdef, params = nnx.split(model)
     labels = jnp.arange(args.batch, dtype=jnp.int32) % args.classes
     rows = args.batch * (2 if args.cfg_scale != 1.0 else 1)
@@ -123,11 +134,15 @@ def measure(args, preset: str, grid: int, mixer: str, state_dtype: str) -> dict:
     cache = jax.eval_shape(lambda: model.init_cache(rows))
     twin = nnx.eval_shape(lambda: build(args, preset, grid, "softmax"))  # no weights made
     row = dict(preset=preset, grid=grid, pixels=16 * grid, mixer=mixer,
-               state_dtype=state_dtype, batch=args.batch, rows=rows, layers=model.cfg.num_layers, heads=model.cfg.num_heads,
+               state_dtype=state_dtype, decode_impl=model.cfg.decode_impl, batch=args.batch,
+               rows=rows, layers=model.cfg.num_layers, heads=model.cfg.num_heads,
                dim=model.cfg.dim, compile_s=compile_s, state_bytes=tree_bytes(cache),
                kv_cache_bytes=tree_bytes(jax.eval_shape(lambda: twin.init_cache(rows))),
                weight_bytes=tree_bytes(params))
-    if args.hlo_check:
+    # Pallas' CPU interpreter runs a kernel's grid as an XLA loop that carries the whole
+    # aliased state, so that program copies it; the GPU one does not (gpu_aot.py checks it).
+    interpreted = decode_impl == "pallas" and target_platform() == "cpu"
+    if args.hlo_check and not interpreted:
         column = rows * model.cfg.num_heads * model.cfg.head_dim ** 2
         axes = cache_batch_axes(model.init_cache, rows)
         row["hlo_problems"] = loop_problems(compiled.as_text(),
@@ -159,7 +174,7 @@ def verdict(rows: list[dict]) -> list[dict]:
         twin = next((s for s in rows if s["mixer"] == "softmax" and s["preset"] == r["preset"]
                      and s["grid"] == r["grid"] and "images_per_s" in s), None)
         entry = dict(preset=r["preset"], grid=r["grid"], state_dtype=r["state_dtype"],
-                     quarter_ratio=r.get("quarter_ratio"))
+                     decode_impl=r.get("decode_impl"), quarter_ratio=r.get("quarter_ratio"))
         if twin:
             entry["speedup"] = r["images_per_s"] / twin["images_per_s"]
             target = TARGET_SPEEDUP.get(r["grid"])
@@ -181,6 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--state_dtypes", nargs="+", default=["float32"],
                    choices=("float32", "bfloat16"),
                    help="storage of the linear mixers' decoding states, a row per dtype")
+    p.add_argument("--decode_impls", nargs="+", default=["auto"],
+                   choices=("auto", "xla", "pallas"),
+                   help="the lasad decoding step's column update (model.decode_impl), a row "
+                        "per choice")
     p.add_argument("--quarters", nargs="*", default=["lasad"],
                    help="mixers whose time per token is also measured by quarter")
     p.add_argument("--batch", type=int, default=64, help="images per call (x2 rows with CFG)")
@@ -211,26 +230,29 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(out, result, quiet=not complete)
         return result
 
-    print("| preset | tokens | mixer | state | batch | compile s | ms/batch | images/s | "
+    print("| preset | tokens | mixer | state, step | batch | compile s | ms/batch | images/s | "
           "first 1/4 ms/token | last 1/4 | last/first | state MiB | KV cache MiB | HLO |",
           flush=True)
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
-    # First every grid and preset with the first state dtype (the comparison the targets
-    # are about), then the linear mixers again with each other one: a time limit cuts the
-    # extra rows first.
-    passes = [[(m, args.state_dtypes[0]) for m in args.mixers]] + [
-        [(m, d) for m in args.mixers if m != "softmax"] for d in args.state_dtypes[1:]]
-    cases = [(grid, preset, mixer, state_dtype) for runs in passes for grid in args.grids
-             for preset in args.presets for mixer, state_dtype in runs]
-    for grid, preset, mixer, state_dtype in cases:
-        row = measure(args, preset, grid, mixer, state_dtype)
+    # First every grid and preset with the first state dtype and decoding step (the
+    # comparison the targets are about), then the linear mixers again with each other
+    # (state dtype, step), the other steps first: a time limit cuts the extra rows first.
+    variants = [(d, i) for d in args.state_dtypes for i in args.decode_impls]
+    passes = [[(m, *variants[0]) for m in args.mixers]] + [
+        [(m, d, i) for m in args.mixers if m != "softmax"] for d, i in variants[1:]]
+    cases = [(grid, preset, *run) for runs in passes for grid in args.grids
+             for preset in args.presets for run in runs]
+    for grid, preset, mixer, state_dtype, decode_impl in cases:
+        row = measure(args, preset, grid, mixer, state_dtype, decode_impl)
         rows.append(row)
         save()
         q = [f"{row[k]:.3f}" if k in row else "" for k in
              ("first_quarter_ms_per_token", "last_quarter_ms_per_token", "quarter_ratio")]
         hlo = ("ok" if not row["hlo_problems"] else f"{len(row['hlo_problems'])} "
                "problems") if "hlo_problems" in row else ""
-        state = "" if mixer == "softmax" else state_dtype
+        if args.hlo_check and "hlo_problems" not in row:
+            hlo = "interpreted, not checked"
+        state = "" if mixer == "softmax" else f"{state_dtype} {row['decode_impl']}"
         print(f"| {preset} | {grid}x{grid} | {mixer} | {state} | {args.batch} | "
               f"{row['compile_s']:.1f} | {row['ms_per_batch']:.1f} | "
               f"{row['images_per_s']:.2f} | {' | '.join(q)} | "
@@ -244,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
         target = f" (target {v['target']}x, ratio <= {TARGET_QUARTER_RATIO}: " \
                  f"{'met' if v.get('met') else 'missed'})" if v.get("target") else ""
         ratio = f", last/first {v['quarter_ratio']:.3f}" if v.get("quarter_ratio") else ""
-        print(f"{v['preset']} {v['grid']}x{v['grid']}: LASAD ({v['state_dtype']} states) "
+        print(f"{v['preset']} {v['grid']}x{v['grid']}: LASAD ({v['state_dtype']} states, "
+              f"{v['decode_impl']} step) "
               f"{speed}{ratio}{target}")
     if any(r.get("hlo_problems") for r in rows):
         raise SystemExit("the HLO check found copies of the decoding cache (rows above)")

@@ -8,7 +8,6 @@ the modules then take plain typed values.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 from lasad_jax import ops
@@ -19,14 +18,6 @@ FEATURE_MAPS = ("identity", "silu", "elu1", "relu")
 GATES = ("sigmoid", "silu", "none")
 POS_ENCODINGS = ("rope2d", "none")
 DTYPES = ("float32", "bfloat16")
-
-# Fields older configs may still carry, accepted with a warning and ignored: the model
-# config is read from the config file at every start (checkpoints hold arrays only), so
-# an old config file must keep working.
-REMOVED_FIELDS = {
-    "decode_impl": "sampling has one decoding step since the fused Pallas step was "
-                   "removed on 2026-12-04",
-}
 
 # name -> (layers, heads, dim). B..3B are LlamaGen's GPT presets (docs/model.md); `tiny`
 # is ours, for CPU tests, the demo and benchmarks.
@@ -70,6 +61,9 @@ class ModelConfig:
     # steps compute in float32 either way. bfloat16 halves the state bytes a token moves,
     # at about 5e-3 of the largest output (docs/decoding.md, "State dtype").
     decode_state_dtype: str = "float32"
+    # The `lasad` decoding step's column update (ops.DECODE_IMPLS): "xla", the fused GPU
+    # kernel "pallas", or "auto" (ops.select_decode_impl: what was measured faster).
+    decode_impl: str = "auto"
 
     num_prefix: int = dataclasses.field(default=1, init=False)
 
@@ -105,6 +99,10 @@ class ModelConfig:
         p.one_of("pos_encoding", self.pos_encoding, POS_ENCODINGS)
         p.one_of("dtype", self.dtype, DTYPES)
         p.one_of("decode_state_dtype", self.decode_state_dtype, DTYPES)
+        p.one_of("decode_impl", self.decode_impl, ops.DECODE_IMPLS)
+        p.check(self.decode_impl != "pallas" or self.mixer == "lasad", "decode_impl",
+                f"='pallas' has a kernel for mixer 'lasad' only, got mixer {self.mixer!r}; "
+                "use 'auto'")
         p.one_of("impl", self.impl, ops.IMPLS)
         p.check(self.impl != "pallas" or self.mixer == "lasad", "impl",
                 f"='pallas' has kernels for mixer 'lasad' only, got mixer {self.mixer!r}; "
@@ -137,11 +135,6 @@ class ModelConfig:
             for name, value in zip(("num_layers", "num_heads", "dim"), PRESETS[preset]):
                 if fields.get(name) is None:
                     fields[name] = value
-        for name, why in REMOVED_FIELDS.items():
-            if name in fields:
-                fields.pop(name)
-                warnings.warn(f"model.{name} is no longer used ({why}); ignoring it. Delete "
-                              f"it from the config.", stacklevel=2)
         fields = {k: v for k, v in fields.items() if v is not None or k == "chunk_size"}
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = set(fields) - known

@@ -142,7 +142,8 @@ class LinearAttentionMixer(nnx.Module):
         fn = {"lasad": ops.lasad_decode_step, "lasad_row": ops.lasad_row_decode_step,
               "linear_1d": ops.linear_1d_decode_step,
               "linear": ops.linear_decode_step}[self.cfg.mixer]
-        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix)
+        impl = {"impl": self.cfg.decode_impl} if self.cfg.mixer == "lasad" else {}
+        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix, **impl)
         return self._output(o, x), cache
 
 

@@ -16,11 +16,13 @@ matmuls run in the input dtype with float32 accumulation, states are float32
 * `"auto"`: `select_impl`'s choice for the platform and length (`AUTO_TABLE`).
 
 Decoding forms (`*_decode_init`, `*_decode_step`) feed one slot at a time through a
-fixed-size state (`ops.decode`; docs/decoding.md); they have one implementation, in XLA.
+fixed-size state (`ops.decode`; docs/decoding.md), in XLA; the `lasad` step's column
+update also has a fused GPU kernel (`decode_impl="pallas"`, `ops.pallas.decode`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 
 from lasad_jax.ops import decode
 from lasad_jax.ops.chunked import chunked_attention, defaults
+from lasad_jax.ops.platform import target_platform
 from lasad_jax.ops.reference import masked_attention
 from lasad_jax.ops.validation import check_choice, check_decay, check_int, check_qkv
 
@@ -88,7 +91,7 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
         raise ValueError(f"impl='pallas' has kernels for the 'lasad' variant only; use "
                          f"impl='chunked' (or 'auto') for {variant!r}")
     if impl == "auto":
-        auto = select_impl(jax.default_backend(), t)
+        auto = select_impl(target_platform(), t)
         impl = auto.impl
         chunk_size = auto.chunk_size if chunk_size is None else chunk_size
     kw = dict(width=width, num_prefix=num_prefix, log_row=log_row, log_col=log_col)
@@ -217,20 +220,54 @@ def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
                              kv_dtype=kv_dtype)
 
 
+DECODE_IMPLS = ("auto", "xla", "pallas")
+
+# decode_impl="auto": the first row whose platform matches ("*": any) picks the `lasad`
+# decoding step's column update. Today the XLA step everywhere: the fused kernel
+# (`ops.pallas.decode`, GPU) compiles for an H200 and moves about a third of the XLA
+# step's bytes per token there (benchmarks/RESULTS.md, "Compiled for an H200 without
+# one"), but nothing has timed it; a ("gpu", "pallas") row enters once
+# benchmarks/sampling.py --decode_impls xla pallas (a stage of benchmarks/device_check.sh)
+# shows it faster on a GPU.
+DECODE_AUTO_TABLE: tuple[tuple[str, str], ...] = (("*", "xla"),)
+
+
+def select_decode_impl(platform: str) -> str:
+    """The `lasad` decoding step `decode_impl="auto"` runs on a platform."""
+    return next((impl for p, impl in DECODE_AUTO_TABLE if p in ("*", platform)), "xla")
+
+
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
-                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
+                      row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0,
+                      impl: str = "auto"):
     """Consumes the next slot (`q, k: [batch, heads, Dk]`, `v: [batch, heads, Dv]`) and
     returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype. Per token it reads
     and writes one column state and reads two grid rows of keys and values, wherever the
-    token lies in the image."""
+    token lies in the image.
+
+    `impl` (`DECODE_IMPLS`): "xla", "pallas" (the column update and every read as one
+    fused kernel, `ops.pallas.decode`: GPU, or the interpreter on CPU) or "auto"
+    (`select_decode_impl`)."""
     h, num_prefix = _check_step(state, q, k, v, num_prefix)
     if num_prefix > state.prefix_slots:
         raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "
                          f"(prefix_slots={state.prefix_slots}); pass "
                          f"prefix_slots={num_prefix} to lasad_decode_init")
+    check_choice("impl", impl, DECODE_IMPLS)
+    platform = target_platform()
+    impl = select_decode_impl(platform) if impl == "auto" else impl
+    update = decode.xla_token_update
+    if impl == "pallas":
+        if platform not in ("gpu", "cpu"):
+            raise ValueError(f"decode_impl='pallas' has a GPU (Triton) kernel only; on "
+                             f"{platform!r} use decode_impl='xla' (or 'auto')")
+        from lasad_jax.ops.pallas.decode import token_update  # Pallas imports are not free
+
+        update = functools.partial(token_update, interpret=platform == "cpu")
     return decode.lasad_step(state, q, k, v, num_prefix=num_prefix,
                              log_row=check_decay("row_decay", row_decay, h),
-                             log_col=check_decay("col_decay", col_decay, h))
+                             log_col=check_decay("col_decay", col_decay, h),
+                             token_update=update)
 
 
 def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,

@@ -141,33 +141,23 @@ def _decays(log_row, log_col):
     return (jnp.exp(log_row)[None, :, None, None], jnp.exp(log_col)[None, :, None, None])
 
 
-def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int):
-    """One slot of `lasad`; docs/decoding.md derives it.
+def xla_token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Array,
+                     log_row: jax.Array, log_col: jax.Array, col: jax.Array,
+                     cur_row: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The reads of the `lasad` token at column `col` of the grid row in ring row
+    `cur_row`, in XLA: brings `H(col)` of `cols: [w, B, H, Dk, Dv]` up to date with the
+    previous grid row and returns `(cols, o)`, `o` float32 `[B, H, Dv]` (docs/decoding.md,
+    steps 2-4). `keys, values: [2w + P, B, H, D]` hold the ring with this token written.
+    `ops.pallas.decode.token_update` is the same contract as one fused kernel.
 
-    Image token `(r, c)`: `H(c)` was last brought up to date at `(r - 1, c)`, so one
-    update `H(c) <- a (H(c) + sum_c' b^|c - c'| k_{r-1,c'} v_{r-1,c'}^T)` (a `[Dk x w] @
-    [w x Dv]` product over the previous row's keys and values) makes it current; then
-    `o = q.H(c) + sum_{c' <= c} b^(c - c') (q.k_{r,c'}) v_{r,c'} + sum_j (q.k_j) v_j`, the
-    last sum over the prefix slots. No case needs a branch: in the prefix (and in grid
-    row 0) the previous-row slots and `H` are still zero, so the update writes zero into
-    `H(0)` and only the prefix sum is non-zero.
-
-    Order matters to XLA: each array is updated first and only its updated version is read
+    Order matters to XLA: the state is updated first and only its updated version is read
     afterwards. The old version is read once, by the update itself; a second reader of the
     old buffer after the update forces a copy of the whole array at every token (XLA
-    duplicates cheap producers into each consumer, so even using `new` for the output
-    would add one; the output reads the column back instead).
+    duplicates cheap producers into each consumer, so even using `new` for the read would
+    add one; the read loads the column back instead).
     """
-    w = state.cols.shape[0]
-    in_prefix = state.pos < num_prefix
-    p = jnp.maximum(state.pos - num_prefix, 0)
-    col = p % w
-    cur = (p // w) % 2 * w  # first ring slot of this row; the previous row starts at w - cur
-    slot = jnp.where(in_prefix, 2 * w + state.pos, cur + col)
-    keys = jax.lax.dynamic_update_index_in_dim(state.keys, k.astype(state.keys.dtype), slot, 0)
-    values = jax.lax.dynamic_update_index_in_dim(state.values, v.astype(state.values.dtype),
-                                                 slot, 0)
-
+    w = cols.shape[0]
+    cur = cur_row * w  # first ring slot of this row; the previous row starts at w - cur
     # Cross-column weights b^|c - c'|, and this row's causal part b^(c - c') for c' <= c.
     c = jnp.arange(w)
     across = jnp.exp(jnp.abs(c - col)[:, None] * log_col[None, :])  # [w, H]
@@ -177,9 +167,9 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int)
     v_prev = jax.lax.dynamic_slice_in_dim(values, w - cur, w).astype(F32)
     last_row = jnp.einsum("ch,cbhd,cbhe->bhde", across, k_prev, v_prev)
     a = jnp.exp(log_row)[None, :, None, None]
-    old = jax.lax.dynamic_index_in_dim(state.cols, col, 0, keepdims=False).astype(F32)
+    old = jax.lax.dynamic_index_in_dim(cols, col, 0, keepdims=False).astype(F32)
     cols = jax.lax.dynamic_update_index_in_dim(
-        state.cols, (a * (old + last_row)).astype(state.cols.dtype), col, 0)
+        cols, (a * (old + last_row)).astype(cols.dtype), col, 0)
 
     q32 = q.astype(F32)
     current = jax.lax.dynamic_index_in_dim(cols, col, 0, keepdims=False)
@@ -189,6 +179,33 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int)
     prefix = jnp.einsum("bhd,jbhd->jbh", q32, keys[2 * w:].astype(F32))
     o = (_read(q32, current) + jnp.einsum("cbh,cbhe->bhe", row, v_row)
          + jnp.einsum("jbh,jbhe->bhe", prefix, values[2 * w:].astype(F32)))
+    return cols, o
+
+
+def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int,
+               token_update=xla_token_update):
+    """One slot of `lasad`; docs/decoding.md derives it.
+
+    Image token `(r, c)`: `H(c)` was last brought up to date at `(r - 1, c)`, so one
+    update `H(c) <- a (H(c) + sum_c' b^|c - c'| k_{r-1,c'} v_{r-1,c'}^T)` (a `[Dk x w] @
+    [w x Dv]` product over the previous row's keys and values) makes it current; then
+    `o = q.H(c) + sum_{c' <= c} b^(c - c') (q.k_{r,c'}) v_{r,c'} + sum_j (q.k_j) v_j`, the
+    last sum over the prefix slots. No case needs a branch: in the prefix (and in grid
+    row 0) the previous-row slots and `H` are still zero, so the update writes zero into
+    `H(0)` and only the prefix sum is non-zero. This function writes the token's key and
+    value into the ring; `token_update` does the rest (`xla_token_update`, or the fused
+    kernel of `ops.pallas.decode`). The ring is updated before it is read, for the same
+    reason as the column states (`xla_token_update`).
+    """
+    w = state.cols.shape[0]
+    in_prefix = state.pos < num_prefix
+    p = jnp.maximum(state.pos - num_prefix, 0)
+    col, cur_row = p % w, (p // w) % 2
+    slot = jnp.where(in_prefix, 2 * w + state.pos, cur_row * w + col)
+    keys = jax.lax.dynamic_update_index_in_dim(state.keys, k.astype(state.keys.dtype), slot, 0)
+    values = jax.lax.dynamic_update_index_in_dim(state.values, v.astype(state.values.dtype),
+                                                 slot, 0)
+    cols, o = token_update(state.cols, keys, values, q, log_row, log_col, col, cur_row)
     return o.astype(q.dtype), LasadState(state.pos + 1, cols, keys, values)
 
 

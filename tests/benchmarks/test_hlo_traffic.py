@@ -110,3 +110,29 @@ def test_gpu_aot_says_what_it_needs(tmp_path):
     run = subprocess.run([sys.executable, str(script), "--out", str(out)], env=env,
                          capture_output=True, text=True)
     assert run.returncode == 1 and "jax[cuda12]" in run.stderr and not out.exists()
+
+
+def test_named_pallas_kernels_take_the_callers_figures():
+    """A Triton custom call is opaque: all operands and results count, unless the caller
+    describes the kernel by its name (here: one row of an aliased [100, 64] state)."""
+    text = """
+HloModule opaque
+
+ENTRY %main (s: f32[100,64], x: f32[64]) -> f32[100,64] {
+  %s = f32[100,64]{1,0} parameter(0)
+  %x = f32[64]{0} parameter(1)
+  ROOT %k = f32[100,64]{1,0} custom-call(%s, %x), custom_call_target="__gpu$xla.gpu.triton", \
+output_to_operand_aliasing={{}: (0, {})}, backend_config={grid_x = 100 : i32, name = "row_kernel"}
+}
+"""
+    [whole] = traffic(text)
+    assert (whole.read, whole.written) == (25600 + 256, 25600)
+
+    def one_row(operands, results, shapes):
+        assert shapes[0].startswith("f32[100,64]")
+        return operands[0] // 100 + operands[1], results[0] // 100
+
+    [row] = traffic(text, {"row_kernel": one_row})
+    assert (row.read, row.written, row.kind) == (256 + 256, 256, "__gpu$xla.gpu.triton")
+    [other] = traffic(text, {"another_kernel": one_row})
+    assert other.read == whole.read

@@ -37,7 +37,7 @@ def test_sampling_smoke_reports_every_row(tmp_path, capsys):
     assert [v["grid"] for v in result["verdict"]] == [4, 6]
     assert all(v["speedup"] > 0 and v["target"] is None for v in result["verdict"])
     printed = capsys.readouterr().out
-    assert "| tiny | 6x6 | lasad | float32 | 2 |" in printed and "LASAD" in printed
+    assert "| tiny | 6x6 | lasad | float32 xla | 2 |" in printed and "LASAD" in printed
 
 
 @pytest.mark.slow
@@ -59,6 +59,21 @@ def test_sampling_state_dtypes_add_bfloat16_state_rows(tmp_path):
     assert f32["state_bytes"] - bf16["state_bytes"] == 2 * cols  # 4 -> 2 bytes each
     assert [(v["state_dtype"], v["speedup"] > 0) for v in result["verdict"]] == [
         ("float32", True), ("bfloat16", True)]
+
+
+def test_sampling_decode_impls_add_fused_step_rows(tmp_path):
+    """`--decode_impls xla pallas`: after the comparison with the XLA step, LASAD again with
+    the fused column update and its own verdict entry. The interpreter's program (CPU)
+    is not HLO-checked: its grid loop carries the whole state (benchmarks/gpu_aot.py
+    checks the GPU program)."""
+    import sampling
+
+    result = sampling.main(sampling.SMOKE + ["--grids", "4", "--quarters", "--decode_impls",
+                                             "xla", "pallas", "--out", str(tmp_path / "s.json")])
+    order = [(r["mixer"], r["decode_impl"]) for r in result["rows"]]
+    assert order == [("lasad", "xla"), ("softmax", "auto"), ("lasad", "pallas")]
+    assert [r.get("hlo_problems") for r in result["rows"]] == [[], [], None]
+    assert [v["decode_impl"] for v in result["verdict"]] == ["xla", "pallas"]
 
 
 def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):

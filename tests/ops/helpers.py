@@ -41,9 +41,9 @@ PARALLEL = {
 
 
 def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DECAY, col=COL_DECAY,
-               state=None):
+               state=None, impl: str = "auto"):
     """Feeds every slot through the decoding step inside one jitted `lax.scan`, from
-    `state` (default: the variant's empty float32 state)."""
+    `state` (default: the variant's empty float32 state); `impl` is the `lasad` step's."""
     initial = state
     b, _, h, dk = q.shape
     dv = v.shape[-1]
@@ -51,7 +51,7 @@ def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DE
     if variant == "lasad":
         state = ops.lasad_decode_init(b, h, dk, dv, width, prefix_slots=num_prefix)
         step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
-                                                  num_prefix=num_prefix)
+                                                  num_prefix=num_prefix, impl=impl)
     elif variant == "lasad_row":
         state = ops.lasad_row_decode_init(b, h, dk, dv, width)
         step = lambda s, x: ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,

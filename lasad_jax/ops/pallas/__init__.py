@@ -11,10 +11,16 @@ docs/operator.md with kernels, each behind a `jax.custom_vjp` whose backward run
 * between them, `states.smooth_and_pass`: the column smoothing and the pass over the chunks
   in one walk per (batch * head, feature tile), each state written once.
 
+And for sampling, `decode.token_update` (`decode_impl="pallas"`, GPU): the `lasad`
+decoding step's column update and reads as one kernel that reads and writes one column
+state in place (docs/decoding.md, "The fused decoding step").
+
 Status (benchmarks/RESULTS.md): every kernel matches `lasad_jax.ops.reference` on CPU in
 Pallas' interpret mode, both backends (values and all five gradients,
-tests/ops/test_pallas_*.py), and lowers for TPU (Mosaic) and CUDA (Triton IR). This split
-has not run on a GPU or TPU yet; the kernels it replaced (a sequential in-kernel loop over
+tests/ops/test_pallas_*.py), lowers for TPU (Mosaic) and CUDA (Triton IR), and compiles
+to GPU code for an H200 without one (benchmarks/gpu_aot.py: XLA's deviceless GPU
+compile, which also checks each kernel's shared memory). This split has not run on a GPU
+or TPU yet; the kernels it replaced (a sequential in-kernel loop over
 chunks) were slower than the XLA form where timed on an H200. `impl="auto"` picks a Pallas
 kernel only where benchmarks/kernels.py has timed it faster than the XLA form
 (`ops.api.AUTO_TABLE`).

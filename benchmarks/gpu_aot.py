@@ -1,0 +1,254 @@
+"""Compiles the sampler and the operator for a GPU that is not here, and reads the result.
+
+    pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
+    JAX_PLATFORMS=cpu python benchmarks/gpu_aot.py --out benchmarks/results/gpu_aot_h200.json
+    python benchmarks/gpu_aot.py --stages decode --presets B --grids 16   # one row pair
+
+XLA compiles for a described GPU without one (deviceless compilation: the device is a
+`GpuTargetConfigProto`, `--target`, by default benchmarks/gpu_targets/h200.txtpb). That
+runs the real GPU pipeline on a CPU machine: fusion, layout assignment, copy insertion
+and the Triton compile of every Pallas kernel (whose shared-memory limits it checks).
+Only the CUDA plugin is needed, no GPU. Nothing runs, so nothing here is a time: the
+figures are what the compiled program moves through memory (benchmarks/hlo_traffic.py)
+and how many kernels it launches, and the time those bytes alone would take at the
+device's HBM bandwidth (a floor). A GPU run (benchmarks/device_check.sh) measures; this
+says, before one is lent, where the bytes go and what the device may not reject.
+
+Stages (`--stages`):
+* `decode`: `sampling.generate`'s program for presets B and L at 16x16, 24x24 and 32x32
+  tokens (256, 384, 512 px), `lasad` (float32 and bfloat16 states; the XLA step and the
+  fused Pallas column update, `decode_impl`) and `softmax`, bf16, batch 64 with
+  guidance 2.0 (128 rows). Per row: `sampling.hlo_check` on the GPU
+  program (a problem makes the script exit 1), HBM bytes and kernel launches per token,
+  the bandwidth floor per batch, and LASAD's floor over softmax's.
+* `ops`: forward+backward of `lasad` (bf16, batch 1, 16 heads, D = 64, square grids) at
+  T = 256, 1024, 4096 and 16384: the XLA chunked form (all chunks at once, the GPU
+  default) and the Pallas split, chunks of 1024, 2048 and 4096 tokens (a chunk >= T is one
+  chunk: run once). Per row: HBM bytes, launches, XLA's temporary buffer, the floor.
+
+Prints each row as it is compiled and rewrites `--out` after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from common import run_info, write_json  # noqa: E402
+from hlo_traffic import summary, traffic  # noqa: E402
+
+STAGES = ("decode", "ops")
+SHORT = {"float32": "f32", "bfloat16": "bf16"}
+# (mixer, state dtype, decode_impl) of each decode row, per preset and grid.
+DECODE_ROWS = (("lasad", "float32", "xla"), ("lasad", "bfloat16", "xla"),
+               ("lasad", "float32", "pallas"), ("lasad", "bfloat16", "pallas"),
+               ("softmax", "float32", "auto"))
+TARGET = os.path.join(os.path.dirname(__file__), "gpu_targets", "h200.txtpb")
+
+
+def gpu_device(target: str):
+    """A compile-only GPU device described by the target config at `target`; also made
+    the default device, because Pallas' Triton lowering asks the default device which
+    GPU it compiles for."""
+    from jax.experimental import topologies
+
+    with open(target) as f:
+        config = f.read()
+    try:
+        topo = topologies.get_topology_desc("aot", "cuda", target_config=config,
+                                            topology="1x1x1")
+    except (NotImplementedError, RuntimeError, ValueError) as err:
+        sys.exit(f"gpu_aot.py needs JAX's CUDA plugin (pip install 'jax[cuda12]=="
+                 f"{jax.__version__}'); no GPU is needed. Could not make the device: {err}")
+    device = topo.devices[0]
+    jax.config.update("jax_default_device", device)
+    return device
+
+
+def bandwidth(target: str) -> float:
+    """HBM bytes per second, from the target config."""
+    with open(target) as f:
+        for line in f:
+            if line.strip().startswith("memory_bandwidth:"):
+                return float(line.split(":")[1])
+    raise ValueError(f"{target} gives no memory_bandwidth")
+
+
+def abstract(tree, device):
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        tree)
+
+
+def _decode_token_bytes(operands: list[int], results: list[int],
+                        shapes: list[str]) -> tuple[int, int]:
+    """What `ops.pallas.decode.token_kernel` moves: one column of the aliased state
+    `[w, B*H, Dk, Dv]` (operand 1, result 0) read and written, its other operands read
+    whole, its output written."""
+    from hlo_traffic import arrays
+
+    width = arrays(shapes[1])[0][1][0]
+    return sum(operands) - operands[1] + operands[1] // width, results[0] // width + results[1]
+
+
+# Pallas kernels the HLO cannot see into, by their Triton name (hlo_traffic.traffic).
+KERNELS = {"lasad_decode_token": _decode_token_bytes}
+
+
+def _save(hlo_dir: str | None, name: str, text: str) -> None:
+    if hlo_dir:
+        os.makedirs(hlo_dir, exist_ok=True)
+        with open(os.path.join(hlo_dir, name + ".hlo"), "w") as f:
+            f.write(text)
+
+
+def decode_row(device, preset: str, grid: int, mixer: str, state_dtype: str, decode_impl: str,
+               batch: int, bw: float, hlo_dir: str | None = None) -> dict:
+    from flax import nnx
+
+    from lasad_jax.models import LASADGen, ModelConfig
+    from lasad_jax.models.config import PRESETS
+    from lasad_jax.sampling.generate import _generate, cache_batch_axes
+    from lasad_jax.sampling.hlo_check import guarded_arrays, loop_problems
+
+    layers, heads, dim = PRESETS[preset]
+    cfg = ModelConfig(vocab_size=16384, num_classes=1000, grid=(grid, grid), num_layers=layers,
+                      num_heads=heads, dim=dim, mixer=mixer, dtype="bfloat16",
+                      decode_state_dtype=state_dtype, decode_impl=decode_impl)
+    model = nnx.eval_shape(lambda: LASADGen(cfg, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(model)
+    rows = 2 * batch
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    t0 = time.perf_counter()
+    compiled = _generate.lower(
+        graphdef, abstract(params, device), abstract(jax.ShapeDtypeStruct((batch,), jnp.int32),
+                                                     device),
+        abstract(key, device), cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0).compile()
+    compile_s = time.perf_counter() - t0
+    text = compiled.as_text()
+    _save(hlo_dir, f"decode_{preset}_{grid}_{mixer}_{decode_impl}_{state_dtype}", text)
+    cache = jax.eval_shape(lambda: model.init_cache(rows))
+    column = rows * heads * cfg.head_dim ** 2
+    problems = loop_problems(text, guarded_arrays(cache, cache_batch_axes(model.init_cache,
+                                                                          rows), column))
+    step = summary(traffic(text, KERNELS), loop=True)
+    tokens = cfg.num_tokens
+    floor_s = step["bytes"] / bw * tokens
+    return dict(preset=preset, grid=grid, pixels=16 * grid, mixer=mixer,
+                state_dtype=state_dtype, decode_impl=decode_impl, batch=batch, rows=rows,
+                compile_s=compile_s,
+                hlo_problems=problems, bytes_per_token=step["bytes"],
+                launches_per_token=step["launches"], bytes_by_kind=step["bytes_by_kind"],
+                floor_ms_per_token=1e3 * step["bytes"] / bw,
+                ceiling_images_per_s=batch / floor_s,
+                state_bytes=sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
+
+
+def ops_row(device, tokens: int, impl: str, chunk: int, bw: float,
+            hlo_dir: str | None = None) -> dict:
+    from lasad_jax.ops.chunked import chunked_attention
+    from lasad_jax.ops.pallas.chunked import lasad_pallas
+
+    width, heads, d = math.isqrt(tokens), 16, 64
+
+    def loss(q, k, v, log_row, log_col):
+        kw = dict(width=width, num_prefix=0, log_row=log_row, log_col=log_col, chunk_size=chunk)
+        if impl == "pallas":
+            o = lasad_pallas(q, k, v, backend="gpu", **kw)
+        else:
+            o = chunked_attention("lasad", q, k, v, chunks_per_step=0, **kw)
+        o = o.astype(jnp.float32)
+        return 0.5 * jnp.sum(o * o)  # cotangent = output, as in benchmarks/kernels.py
+
+    x = jax.ShapeDtypeStruct((1, tokens, heads, d), jnp.bfloat16)
+    decay = jax.ShapeDtypeStruct((heads,), jnp.float32)
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))).lower(
+        *abstract((x, x, x, decay, decay), device)).compile()
+    compile_s = time.perf_counter() - t0
+    _save(hlo_dir, f"ops_{tokens}_{impl}_{chunk}", compiled.as_text())
+    total = summary(traffic(compiled.as_text()))
+    memory = compiled.memory_analysis()
+    return dict(tokens=tokens, impl=impl, chunk_size=chunk, batch=1, heads=heads, head_dim=d,
+                compile_s=compile_s, bytes=total["bytes"], launches=total["launches"],
+                bytes_by_kind=total["bytes_by_kind"], floor_ms=1e3 * total["bytes"] / bw,
+                temp_bytes=getattr(memory, "temp_size_in_bytes", None))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", default=TARGET, help="GpuTargetConfigProto text file")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated, from {STAGES}")
+    p.add_argument("--presets", nargs="+", default=["B", "L"])
+    p.add_argument("--grids", nargs="+", type=int, default=[16, 24, 32])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--tokens", nargs="+", type=int, default=[256, 1024, 4096, 16384])
+    p.add_argument("--chunks", nargs="+", type=int, default=[1024, 2048, 4096])
+    p.add_argument("--out", default="benchmarks/results/gpu_aot_h200.json")
+    p.add_argument("--hlo_dir", default=None,
+                   help="also write each compiled program's HLO text here, to read it with "
+                        "benchmarks/hlo_traffic.py")
+    args = p.parse_args()
+    stages = args.stages.split(",")
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        sys.exit(f"--stages: unknown {bad}; valid: {', '.join(STAGES)}")
+    device = gpu_device(args.target)
+    bw = bandwidth(args.target)
+    result = dict(info=run_info(compiled_for=device.device_kind,
+                                target=os.path.relpath(args.target),
+                                hbm_bytes_per_s=bw, note="compiled only: bytes and "
+                                "launches of the GPU program, no timings"),
+                  decode=[], ops=[])
+    problems = 0
+    if "decode" in stages:
+        print(f"{'row':30s} {'GB/token':>9s} {'launches':>9s} {'floor ms/tok':>12s} "
+              f"{'img/s ceiling':>13s}  hlo check")
+        for grid in args.grids:
+            for preset in args.presets:
+                for mixer, sd, impl in DECODE_ROWS:
+                    row = decode_row(device, preset, grid, mixer, sd, impl, args.batch, bw,
+                                     args.hlo_dir)
+                    result["decode"].append(row)
+                    problems += len(row["hlo_problems"])
+                    label = f"{preset} {16 * grid}px {mixer}" + (
+                        f" {impl} {SHORT[sd]}" if mixer == "lasad" else "")
+                    found = row["hlo_problems"]
+                    check = "ok" if not found else f"{len(found)} problems, e.g. {found[0][:150]}"
+                    print(f"{label:30s} {row['bytes_per_token'] / 1e9:9.3f} "
+                          f"{row['launches_per_token']:9d} {row['floor_ms_per_token']:12.3f} "
+                          f"{row['ceiling_images_per_s']:13.1f}  {check}", flush=True)
+                    write_json(args.out, result, quiet=True)
+    if "ops" in stages:
+        print(f"\n{'T':>6s} {'impl':8s} {'chunk':>6s} {'GB':>8s} {'launches':>9s} "
+              f"{'floor ms':>9s} {'temp GB':>8s}")
+        for tokens in args.tokens:
+            for impl in ("chunked", "pallas"):
+                done = False
+                for chunk in args.chunks:
+                    if done:
+                        break
+                    done = chunk >= tokens  # longer chunks compile the same program
+                    row = ops_row(device, tokens, impl, chunk, bw, args.hlo_dir)
+                    result["ops"].append(row)
+                    temp = row["temp_bytes"] / 1e9 if row["temp_bytes"] is not None else math.nan
+                    print(f"{tokens:6d} {impl:8s} {chunk:6d} {row['bytes'] / 1e9:8.3f} "
+                          f"{row['launches']:9d} {row['floor_ms']:9.3f} {temp:8.2f}",
+                          flush=True)
+                    write_json(args.out, result, quiet=True)
+    write_json(args.out, result)
+    if problems:
+        sys.exit(f"{problems} HLO check problem(s) in the GPU-compiled sampler (see above)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The `lasad` decoding step's reads as one fused GPU kernel (Triton).
+
+Per token `(r, c)`, after its key and value are written into the ring,
+`ops.decode.lasad_step` brings one column state up to date and reads three things:
+
+    U = sum_c' b^|c - c'| k_{r-1,c'} v_{r-1,c'}^T,   H(c) <- a (H(c) + U),
+    o = q . H(c) + sum_{c' <= c} b^(c - c') (q . k_{r,c'}) v_{r,c'} + sum_j (q . k_j) v_j
+
+for every (batch row, head). Compiled by XLA for an H200 (benchmarks/gpu_aot.py) the XLA
+step is about a dozen kernels per layer: `U` is a matmul whose float32 result goes to
+memory, the update reads the old column and `U` and writes the new column to a temporary
+in another layout, a second kernel copies it into the state, the read loads it once
+more, and the row and prefix terms and their sum are kernels of their own. Here one
+program per (batch row, head) loads the old `Dk x Dv` state, the two grid rows of keys
+and values and the prefix slots, forms `U` on chip, writes the new state in place (the
+state buffer is aliased to the output) and returns `o`: the column is read once and
+written once, and a layer's step is two kernels (this one and the relayout of the ring
+rows it reads).
+
+`U` is a float32 product at full precision (`HIGHEST`: `2 w Dk Dv` multiply-adds per
+program, nothing next to the memory traffic) and the weights `b^|c - c'|` are formed from
+indices in the kernel, so it matches the XLA step to float32 rounding whatever the state
+dtype. GPU only: the kernel indexes the state at the token's column inside the kernel
+(Triton has no scalar prefetch, so the column is a runtime offset into the whole state);
+on CPU it runs in Pallas' interpreter (tests). `ops.api.DECODE_AUTO_TABLE` chooses it
+only where benchmarks/sampling.py has timed it faster than the XLA step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+F32 = jnp.float32
+
+
+def _pow2(n: int, least: int) -> int:
+    """The power of two (at least `least`) that a Triton load of `n` slots takes."""
+    return max(least, 1 << (n - 1).bit_length())
+
+
+def token_kernel(at_ref, cols_ref, k_ref, v_ref, log_ref, q_ref, new_ref, o_ref, *,
+                 width: int, window: int, prefix_load: int):
+    """One (batch row, head). `cols_ref`/`new_ref`: the whole aliased state
+    `[w, B*H, Dk, Dv]`; `at_ref`: (column, first ring slot of the current grid row);
+    `k_ref`, `v_ref`: this program's ring `[S, D]` (grid rows at slots 0 and w, prefix
+    slots from 2w); `log_ref`: `[1, 2]` (log a, log b) of its head.
+
+    Triton loads power-of-two blocks, so a grid row is read as `window >= w` slots that
+    end inside the ring (shifted back from the row's start where they would run past
+    it), and every slot's weight is zero unless it belongs to the row: no padding of the
+    ring, which XLA would have to copy at every token."""
+    col, cur = at_ref[0], at_ref[1]
+    at = (pl.ds(col, 1), pl.ds(pl.program_id(0), 1), slice(None), slice(None))
+    log_a, log_b = log_ref[0:1, 0:1], log_ref[0:1, 1:2]  # [1, 1] each
+    slots = k_ref.shape[0]
+    q = q_ref[...].astype(F32)  # [1, Dk]
+
+    def grid_row(start):
+        """Keys, values `[window, D]` of the grid row from ring slot `start`, and each
+        loaded slot's column `c'` (outside `[0, w)`: not in the row)."""
+        load = jnp.minimum(start, slots - window)
+        rows = (pl.ds(load, window), slice(None))
+        cols = lax.broadcasted_iota(jnp.int32, (window, 1), 0) + (load - start)
+        return k_ref[rows].astype(F32), v_ref[rows].astype(F32), cols
+
+    def across(cols):  # b^|c - c'| for slots of the row, 0 elsewhere
+        inside = (cols >= 0) & (cols < width)
+        return jnp.where(inside, jnp.exp(jnp.abs(cols - col).astype(F32) * log_b), 0.0)
+
+    # The column state, brought up to date with the previous grid row.
+    k_prev, v_prev, cols = grid_row(width - cur)
+    u = lax.dot_general(k_prev * across(cols), v_prev, (((0,), (0,)), ((), ())),
+                        precision=lax.Precision.HIGHEST, preferred_element_type=F32)
+    new = jnp.exp(log_a) * (cols_ref[at][0, 0].astype(F32) + u)  # [Dk, Dv]
+    new_ref[at] = new[None, None].astype(new_ref.dtype)
+    o = jnp.sum(q.reshape(-1, 1) * new, axis=0, keepdims=True)  # [1, Dv]
+    # This grid row up to the token (c' <= c) ...
+    k_row, v_row, cols = grid_row(cur)
+    along = jnp.where(cols <= col, across(cols), 0.0)
+    scores = jnp.sum(k_row * q, axis=1, keepdims=True) * along  # [window, 1]
+    o += jnp.sum(scores * v_row, axis=0, keepdims=True)
+    # ... and the prefix slots, weight 1 (slots not yet written hold zeros).
+    load = min(2 * width, slots - prefix_load)
+    mine = lax.broadcasted_iota(jnp.int32, (prefix_load, 1), 0) + load >= 2 * width
+    rows = (pl.ds(load, prefix_load), slice(None))
+    prefix = jnp.where(mine, jnp.sum(k_ref[rows].astype(F32) * q, axis=1, keepdims=True), 0.0)
+    o_ref[...] = o + jnp.sum(prefix * v_ref[rows].astype(F32), axis=0, keepdims=True)
+
+
+def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Array,
+                 log_row: jax.Array, log_col: jax.Array, col: jax.Array, cur_row: jax.Array,
+                 *, interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+    """`(cols with column col updated, o)` for one `lasad` decoding token, `o` float32
+    `[B, H, Dv]` without its own dtype cast. The same contract as
+    `ops.decode.xla_token_update`.
+
+    `cols: [w, B, H, Dk, Dv]` (updated in place when donated); `keys, values: [2w + P, B,
+    H, D]` the ring with this token already written (grid row `r` in ring row `r % 2`,
+    `cur_row`, slots `cur_row * w + c`; prefix slots from `2w`); `q: [B, H, Dk]`;
+    `log_row, log_col: [H]`; `col`, `cur_row`: int32 scalars. The kernel takes the ring
+    per (batch row, head), `[B*H, slots, D]`; inside the sampling loop XLA then keeps the
+    carried ring in that layout and writes each token's slot into it, so no transpose
+    runs per token (seen in the program compiled for an H200, benchmarks/gpu_aot.py).
+    """
+    w, b, h, dk, dv = cols.shape
+    if not interpret:
+        for name, d in (("Dk", dk), ("Dv", dv)):
+            if d < 16 or d & (d - 1):
+                raise ValueError(f"decode_impl='pallas' needs {name} a power of two >= 16 "
+                                 f"on GPU (Triton tiles), got {d}; use decode_impl='xla'")
+    rows, window = b * h, _pow2(w, 16)
+    prefix = keys.shape[0] - 2 * w
+    prefix_load = _pow2(max(prefix, 1), 1)
+    # Zero slots only where the ring is shorter than one load (grids under ~8 columns).
+    pad = max(0, window - (2 * w + prefix), prefix_load - prefix)
+
+    def ring(x: jax.Array) -> jax.Array:  # [2w + P, B, H, D] -> [B*H, 2w + P (+ pad), D]
+        x = x.transpose(1, 2, 0, 3).reshape(rows, 2 * w + prefix, x.shape[-1])
+        return jnp.pad(x, ((0, 0), (0, pad), (0, 0))) if pad else x
+
+    logs = jnp.stack([log_row, log_col], axis=-1).astype(F32).reshape(h, 1, 2)
+    at = jnp.stack([col, cur_row * w]).astype(jnp.int32)
+    state = cols.reshape(w, rows, dk, dv)  # a bitcast: (B, H) are adjacent
+    whole = pl.BlockSpec(state.shape, lambda i: (0, 0, 0, 0))
+    slots = 2 * w + prefix + pad
+
+    def mine(*shape: int) -> pl.BlockSpec:
+        return pl.BlockSpec((None, *shape), lambda i: (i,) + (0,) * len(shape))
+
+    new, o = pl.pallas_call(
+        functools.partial(token_kernel, width=w, window=window, prefix_load=prefix_load),
+        grid=(rows,),
+        in_specs=[pl.BlockSpec((2,), lambda i: (0,)), whole, mine(slots, dk), mine(slots, dv),
+                  pl.BlockSpec((None, 1, 2), lambda i: (i % h, 0, 0)), mine(1, dk)],
+        out_specs=[whole, mine(1, dv)],
+        out_shape=[jax.ShapeDtypeStruct(state.shape, state.dtype),
+                   jax.ShapeDtypeStruct((rows, 1, dv), F32)],
+        input_output_aliases={1: 0},
+        compiler_params=plt.CompilerParams(num_warps=4, num_stages=1),
+        interpret=interpret,
+        name="lasad_decode_token",
+    )(at, state, ring(keys), ring(values), logs, q.reshape(rows, 1, dk))
+    return new.reshape(cols.shape), o.reshape(b, h, dv)

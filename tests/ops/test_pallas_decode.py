@@ -1,0 +1,90 @@
+"""The fused `lasad` decoding step (`decode_impl="pallas"`, lasad_jax/ops/pallas/decode.py)
+against the quadratic reference and the XLA step, in Pallas' interpreter; and its Triton
+lowering for CUDA.
+
+Grid as the XLA step's tests (tests/ops/test_chunked_decode.py): widths 1, 2 and 5 (a
+ring shorter than one 16-slot load: padded), 16, and 24 (32-slot loads shifted back from
+the row's start), partial last rows, 0-3 prefix slots (3: a 4-slot prefix load shifted
+into the grid rows), decays 1.0, in between and <= 0.3, Dk != Dv.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lasad_jax import ops
+from lasad_jax.ops import decode
+from lasad_jax.ops.pallas.decode import token_update
+from tests.ops.helpers import (COL_DECAY, DK, DV, HEADS, ROW_DECAY, decay_kwargs, decode_all,
+                               random_qkv, rel_err, triton_lowering)
+
+GRIDS = [(1, 6, 1), (2, 7, 0), (5, 13, 1), (16, 53, 2), (24, 60, 1), (24, 55, 3)]
+
+
+@pytest.mark.parametrize("width,num_image,num_prefix", GRIDS)
+def test_pallas_step_matches_reference_and_xla_step(width, num_image, num_prefix):
+    q, k, v = random_qkv(width + num_prefix, 2, num_prefix + num_image)
+    ref = ops.lasad_attention(q, k, v, num_prefix=num_prefix, impl="reference",
+                              **decay_kwargs("lasad", width))
+    fused, fused_state = decode_all("lasad", q, k, v, width=width, num_prefix=num_prefix,
+                                    impl="pallas")
+    xla, xla_state = decode_all("lasad", q, k, v, width=width, num_prefix=num_prefix,
+                                impl="xla")
+    assert rel_err(fused, ref) < 1e-5, rel_err(fused, ref)
+    assert rel_err(fused_state.cols, xla_state.cols) < 1e-6
+    np.testing.assert_array_equal(np.asarray(fused_state.keys), np.asarray(xla_state.keys))
+    assert int(fused_state.pos) == num_prefix + num_image
+    assert rel_err(fused, xla) < 1e-6
+
+
+def test_pallas_step_with_bfloat16_states_and_inputs():
+    """bf16 model inputs, bf16 keys and column states: the fused update rounds the new
+    column once, as the XLA step does, so the two agree to bf16 rounding of the state."""
+    width, num_image = 5, 17
+    q, k, v = random_qkv(3, 2, 1 + num_image, dtype=np.float32)
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    outs = {}
+    for impl in ("xla", "pallas"):
+        state = ops.lasad_decode_init(2, HEADS, DK, DV, width, jnp.bfloat16, prefix_slots=1,
+                                      kv_dtype=jnp.bfloat16)
+        outs[impl], final = decode_all("lasad", q, k, v, width=width, num_prefix=1,
+                                       state=state, impl=impl)
+        assert final.cols.dtype == jnp.bfloat16 and outs[impl].dtype == jnp.bfloat16
+    assert rel_err(outs["pallas"], outs["xla"]) < 2e-2, rel_err(outs["pallas"], outs["xla"])
+
+
+def test_auto_runs_the_measured_step():
+    """Nothing has timed the fused step faster yet: "auto" is the XLA step everywhere."""
+    assert ops.DECODE_AUTO_TABLE == (("*", "xla"),)
+    assert ops.select_decode_impl("gpu") == ops.select_decode_impl("tpu") == "xla"
+    state = ops.lasad_decode_init(1, HEADS, DK, DV, 3)
+    x = jnp.ones((1, HEADS, DK))
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'xla', 'pallas'\)"):
+        ops.lasad_decode_step(state, x, x, jnp.ones((1, HEADS, DV)), row_decay=ROW_DECAY,
+                              col_decay=COL_DECAY, impl="triton")
+
+
+def test_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
+    """One Triton kernel per token at the model's head size; nothing else is Pallas."""
+    b, h, d, w = 2, 4, 64, 16
+    state = ops.lasad_decode_init(b, h, d, d, w, prefix_slots=1, kv_dtype=jnp.bfloat16)
+    x = jnp.ones((b, h, d), jnp.bfloat16)
+    step = functools.partial(decode.lasad_step, num_prefix=1,
+                             token_update=functools.partial(token_update, interpret=False))
+    logs = jnp.log(jnp.full((h,), 0.5))
+    fn = lambda s, q: step(s, q, q, q, log_row=logs, log_col=logs)
+    texts: list[str] = []
+    assert triton_lowering(fn, (state, x), monkeypatch, texts) == 1
+    assert "tt.dot" in texts[0]  # the previous row's product runs as one on-chip matmul
+
+
+def test_gpu_kernel_needs_power_of_two_heads():
+    state = ops.lasad_decode_init(1, 2, 24, 24, 4)
+    x = jnp.ones((1, 2, 24))
+    with pytest.raises(ValueError, match="Dk a power of two >= 16"):
+        token_update(state.cols, state.keys, state.values, x, jnp.zeros((2,)),
+                     jnp.zeros((2,)), jnp.int32(0), jnp.int32(0), interpret=False)
