@@ -16,6 +16,5 @@ def target_platform() -> str:
     device = jax.config.jax_default_device
     if device is None:
         return jax.default_backend()
-    if isinstance(device, str):
-        return device
-    return "gpu" if device.platform in ("cuda", "rocm") else device.platform
+    platform = device if isinstance(device, str) else device.platform
+    return "gpu" if platform in ("cuda", "rocm") else platform

@@ -88,3 +88,23 @@ def test_gpu_kernel_needs_power_of_two_heads():
     with pytest.raises(ValueError, match="Dk a power of two >= 16"):
         token_update(state.cols, state.keys, state.values, x, jnp.zeros((2,)),
                      jnp.zeros((2,)), jnp.int32(0), jnp.int32(0), interpret=False)
+
+
+def test_kernels_follow_the_default_device(monkeypatch):
+    """`ops.platform.target_platform`: the configured default device's platform when one
+    is set (a GPU compiled for ahead of time: "cuda" -> "gpu"), else the default
+    backend."""
+    import types
+
+    from lasad_jax.ops import platform
+
+    def configured(device):
+        fake = types.SimpleNamespace(config=types.SimpleNamespace(jax_default_device=device),
+                                     default_backend=lambda: "cpu")
+        monkeypatch.setattr(platform, "jax", fake)
+        return platform.target_platform()
+
+    assert configured(None) == "cpu"
+    assert configured(types.SimpleNamespace(platform="cuda")) == "gpu"
+    assert configured(types.SimpleNamespace(platform="tpu")) == "tpu"
+    assert configured("rocm") == "gpu"
