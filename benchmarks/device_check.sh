@@ -20,7 +20,8 @@
 # 2. train_step (110 s): benchmarks/train_step.py, one jitted step of LASADGen-L, LASAD
 #    against softmax, 256 px batch 64 then 512 px batch 16, then LASAD with impl="pallas".
 # 3. pallas_tests (50 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
-#    device, float32 values and five gradients against the quadratic reference.
+#    device, float32 values and five gradients against the quadratic reference; and the
+#    fused decoding step's kernel against it (tests/ops/test_pallas_decode.py, head sizes).
 # 4. pallas (60 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
 #    1's softmax rows join its speedups. Chunks of 1024, 2048 and 4096 tokens (the kernels
 #    write no C x C scores, so longer chunks than the XLA form's may pay: fewer states);
@@ -126,7 +127,8 @@ stage core "${limits[0]}" "${kernels[@]}" "${core[@]}" --out "$out/kernels_core_
 stage train_step "${limits[1]}" "$py" benchmarks/train_step.py "${train[@]}" \
     --out "$out/train_step_$backend.json"
 JAX_DEFAULT_MATMUL_PRECISION=highest stage pallas_tests "${limits[2]}" \
-    "$py" -m pytest -q -p no:cacheprovider tests/ops/test_pallas_api.py "${tests[@]}"
+    "$py" -m pytest -q -p no:cacheprovider tests/ops/test_pallas_api.py \
+    tests/ops/test_pallas_decode.py::test_pallas_step_at_kernel_head_sizes "${tests[@]}"
 if [[ -f $out/kernels_core_$backend.json ]]; then  # the core stage's cuDNN rows
     pallas_ops=(--ops lasad_pallas --baseline "$out/kernels_core_$backend.json")
 else  # no core stage in this call: cuDNN is timed here

@@ -41,6 +41,24 @@ def test_pallas_step_matches_reference_and_xla_step(width, num_image, num_prefix
     assert rel_err(fused, xla) < 1e-6
 
 
+@pytest.mark.parametrize("width,num_image", [(5, 13), (24, 60)])
+def test_pallas_step_at_kernel_head_sizes(width, num_image):
+    """Head sizes the GPU kernel takes (Dk = 16, Dv = 32: powers of two >= 16), so this
+    test runs the Triton kernel itself on a GPU (benchmarks/device_check.sh, stage
+    pallas_tests) and the interpreter on CPU."""
+    rng = np.random.default_rng(width)
+    b, h, dk, dv, num_prefix = 2, 3, 16, 32, 1
+    t = num_prefix + num_image
+    q, k = (jnp.asarray(rng.normal(size=(b, t, h, dk)), jnp.float32) for _ in range(2))
+    v = jnp.asarray(rng.normal(size=(b, t, h, dv)), jnp.float32)
+    ref = ops.lasad_attention(q, k, v, num_prefix=num_prefix, impl="reference",
+                              **decay_kwargs("lasad", width))
+    fused, final = decode_all("lasad", q, k, v, width=width, num_prefix=num_prefix,
+                              impl="pallas")
+    assert rel_err(fused, ref) < 1e-5, rel_err(fused, ref)
+    assert int(final.pos) == t
+
+
 def test_pallas_step_with_bfloat16_states_and_inputs():
     """bf16 model inputs, bf16 keys and column states: the fused update rounds the new
     column once, as the XLA step does, so the two agree to bf16 rounding of the state."""
