@@ -34,10 +34,10 @@
 #    quarter, state and KV-cache bytes, compile time; each compiled sampler is first checked
 #    for copies of its decoding cache (lasad_jax.sampling.hlo_check: XLA's GPU pipeline
 #    inserts copies the CPU one does not). Rows run in order of importance (L 256 px,
-#    B 256 px, L 512 px, ...), then LASAD again with the fused Pallas column update
-#    (model.decode_impl="pallas", a third of the XLA step's bytes per token as compiled
-#    for an H200 by benchmarks/gpu_aot.py), then both steps with bfloat16 column states
-#    (model.decode_state_dtype, half the state bytes per token): the limit cuts the last.
+#    B 256 px, L 512 px, ...), each with LASAD's XLA step, its fused Pallas step
+#    (model.decode_impl="pallas", under half the XLA step's bytes per token as compiled
+#    for an H200 by benchmarks/gpu_aot.py) and softmax; then both LASAD steps with
+#    bfloat16 column states (model.decode_state_dtype): the limit cuts the last.
 # At most 560 s in all. Files back: device.txt, log.txt (every stage), five operator JSON
 # and one sampling JSON: the tool's limit is eight.
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.

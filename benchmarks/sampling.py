@@ -20,8 +20,8 @@ compute in `--dtype`:
   `--state_dtypes float32 bfloat16` also runs the linear mixers with their recurrent
   states stored in bfloat16 (`model.decode_state_dtype`: half the state bytes a token
   moves), and `--decode_impls xla pallas` runs `lasad` with each decoding step
-  (`model.decode_impl`; "pallas": the fused column update, GPU); those rows come after
-  every row of the first dtype and step.
+  (`model.decode_impl`; "pallas": the fused kernel, GPU). Every step of the first dtype
+  runs with softmax grid by grid; the other dtypes' rows come after all of those.
 * `hlo_problems` (with `--hlo_check`): `lasad_jax.sampling.hlo_check` on the compiled
   program; any problem makes the script exit 1 after the table. Not on the Pallas
   interpreter's program (CPU), which is not the one a GPU runs.
@@ -234,12 +234,13 @@ def main(argv: list[str] | None = None) -> dict:
           "first 1/4 ms/token | last 1/4 | last/first | state MiB | KV cache MiB | HLO |",
           flush=True)
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
-    # First every grid and preset with the first state dtype and decoding step (the
-    # comparison the targets are about), then the linear mixers again with each other
-    # (state dtype, step), the other steps first: a time limit cuts the extra rows first.
-    variants = [(d, i) for d in args.state_dtypes for i in args.decode_impls]
-    passes = [[(m, *variants[0]) for m in args.mixers]] + [
-        [(m, d, i) for m in args.mixers if m != "softmax"] for d, i in variants[1:]]
+    # First every grid and preset with the first state dtype, every decoding step and
+    # softmax (the comparisons the targets are about), then the linear mixers again with
+    # each other state dtype: a time limit cuts the extra rows first.
+    passes = [[(m, d, i) for m in args.mixers
+               for i in (args.decode_impls[:1] if m == "softmax" else args.decode_impls)
+               if n == 0 or m != "softmax"]
+              for n, d in enumerate(args.state_dtypes)]
     cases = [(grid, preset, *run) for runs in passes for grid in args.grids
              for preset in args.presets for run in runs]
     for grid, preset, mixer, state_dtype, decode_impl in cases:

@@ -62,8 +62,8 @@ def test_sampling_state_dtypes_add_bfloat16_state_rows(tmp_path):
 
 
 def test_sampling_decode_impls_add_fused_step_rows(tmp_path):
-    """`--decode_impls xla pallas`: after the comparison with the XLA step, LASAD again with
-    the fused column update and its own verdict entry. The interpreter's program (CPU)
+    """`--decode_impls xla pallas`: LASAD with the XLA step and with the fused kernel next
+    to softmax at each grid, each with its own verdict entry. The interpreter's program (CPU)
     is not HLO-checked: its grid loop carries the whole state (benchmarks/gpu_aot.py
     checks the GPU program)."""
     import sampling
@@ -71,8 +71,8 @@ def test_sampling_decode_impls_add_fused_step_rows(tmp_path):
     result = sampling.main(sampling.SMOKE + ["--grids", "4", "--quarters", "--decode_impls",
                                              "xla", "pallas", "--out", str(tmp_path / "s.json")])
     order = [(r["mixer"], r["decode_impl"]) for r in result["rows"]]
-    assert order == [("lasad", "xla"), ("softmax", "auto"), ("lasad", "pallas")]
-    assert [r.get("hlo_problems") for r in result["rows"]] == [[], [], None]
+    assert order == [("lasad", "xla"), ("lasad", "pallas"), ("softmax", "auto")]
+    assert [r.get("hlo_problems") for r in result["rows"]] == [[], None, []]
     assert [v["decode_impl"] for v in result["verdict"]] == ["xla", "pallas"]
 
 

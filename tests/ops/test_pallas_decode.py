@@ -41,13 +41,14 @@ def test_pallas_step_matches_reference_and_xla_step(width, num_image, num_prefix
     assert rel_err(fused, xla) < 1e-6
 
 
-@pytest.mark.parametrize("width,num_image", [(5, 13), (24, 60)])
-def test_pallas_step_at_kernel_head_sizes(width, num_image):
-    """Head sizes the GPU kernel takes (Dk = 16, Dv = 32: powers of two >= 16), so this
+@pytest.mark.parametrize("width,num_image,dk,dv", [(5, 13, 16, 32), (24, 60, 16, 32),
+                                                   (32, 70, 64, 64)])
+def test_pallas_step_at_kernel_head_sizes(width, num_image, dk, dv):
+    """Head sizes the GPU kernel takes (powers of two >= 16; 64 is LASADGen's), so this
     test runs the Triton kernel itself on a GPU (benchmarks/device_check.sh, stage
     pallas_tests) and the interpreter on CPU."""
     rng = np.random.default_rng(width)
-    b, h, dk, dv, num_prefix = 2, 3, 16, 32, 1
+    b, h, num_prefix = 2, 3, 1
     t = num_prefix + num_image
     q, k = (jnp.asarray(rng.normal(size=(b, t, h, dk)), jnp.float32) for _ in range(2))
     v = jnp.asarray(rng.normal(size=(b, t, h, dv)), jnp.float32)
