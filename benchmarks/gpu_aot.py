@@ -25,6 +25,11 @@ Stages (`--stages`):
   T = 256, 1024, 4096 and 16384: the XLA chunked form (all chunks at once, the GPU
   default) and the Pallas split, chunks of 1024, 2048 and 4096 tokens (a chunk >= T is one
   chunk: run once). Per row: HBM bytes, launches, XLA's temporary buffer, the floor.
+* `train`: one training step of LASADGen-L as benchmarks/train_step.py builds it, 256 px
+  batch 64 and 512 px batch 16: `lasad` with `impl="auto"` (the XLA chunked form on
+  GPU), `lasad` with `impl="pallas"`, and `softmax` (`jax.nn.dot_product_attention`,
+  whose choice of XLA or cuDNN attention the row records). Per row: bytes, launches,
+  the floor and XLA's temporary buffer; matmul time is not in a byte floor.
 
 Prints each row as it is compiled and rewrites `--out` after each.
 """
@@ -45,7 +50,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import run_info, write_json  # noqa: E402
 from hlo_traffic import summary, traffic  # noqa: E402
 
-STAGES = ("decode", "ops")
+STAGES = ("decode", "ops", "train")
 SHORT = {"float32": "f32", "bfloat16": "bf16"}
 # (mixer, state dtype, decode_impl) of each decode row, per preset and grid.
 DECODE_ROWS = (("lasad", "float32", "xla"), ("lasad", "bfloat16", "xla"),
@@ -183,6 +188,42 @@ def ops_row(device, tokens: int, impl: str, chunk: int, bw: float,
                 temp_bytes=getattr(memory, "temp_size_in_bytes", None))
 
 
+def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float,
+              hlo_dir: str | None = None) -> dict:
+    """One jitted training step of LASADGen-L as benchmarks/train_step.py builds it (the
+    trainer's step, AdamW, EMA, bf16), compiled for the device."""
+    from flax import nnx
+
+    import train_step
+    from lasad_jax.models import LASADGen
+    from lasad_jax.training.optimizer import make_optimizer, make_schedule
+    from lasad_jax.training.step import create_train_state, make_train_step
+
+    settings = argparse.Namespace(preset="L", vocab=16384, classes=1000, chunk_size=None)
+    cfg = train_step.model_config(settings, mixer, grid, impl)
+    schedule = make_schedule(train_step.OPTIMIZER, batch_size=batch, total_steps=1000)
+    tx = make_optimizer(train_step.OPTIMIZER, schedule)
+    model = nnx.eval_shape(lambda: LASADGen(cfg, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(model, nnx.Param)
+    state = jax.eval_shape(
+        lambda: create_train_state(LASADGen(cfg, rngs=nnx.Rngs(0)), tx, seed=0)[1])
+    step = make_train_step(graphdef, tx, schedule, class_dropout=train_step.CLASS_DROPOUT,
+                           null_class=cfg.num_classes, ema_decay=train_step.EMA_DECAY)
+    batch_arrays = {"label": jax.ShapeDtypeStruct((batch,), jnp.int32),
+                    "tokens": jax.ShapeDtypeStruct((batch, cfg.num_tokens), jnp.int32)}
+    t0 = time.perf_counter()
+    compiled = step.lower(abstract(state, device), abstract(batch_arrays, device)).compile()
+    compile_s = time.perf_counter() - t0
+    text = compiled.as_text()
+    _save(hlo_dir, f"train_{mixer}_{impl}_{grid}_{batch}", text)
+    total = summary(traffic(text))
+    memory = compiled.memory_analysis()
+    return dict(mixer=mixer, impl=impl, grid=grid, pixels=16 * grid, batch=batch,
+                compile_s=compile_s, bytes=total["bytes"], launches=total["launches"],
+                floor_ms=1e3 * total["bytes"] / bw, cudnn_attention="__cudnn$fmha" in text,
+                temp_bytes=getattr(memory, "temp_size_in_bytes", None))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default=TARGET, help="GpuTargetConfigProto text file")
@@ -208,7 +249,7 @@ def main() -> None:
                                 target=os.path.relpath(args.target),
                                 hbm_bytes_per_s=bw, note="compiled only: bytes and "
                                 "launches of the GPU program, no timings"),
-                  decode=[], ops=[])
+                  decode=[], ops=[], train=[])
     problems = 0
     if "decode" in stages:
         print(f"{'row':30s} {'GB/token':>9s} {'launches':>9s} {'floor ms/tok':>12s} "
@@ -245,6 +286,20 @@ def main() -> None:
                           f"{row['launches']:9d} {row['floor_ms']:9.3f} {temp:8.2f}",
                           flush=True)
                     write_json(args.out, result, quiet=True)
+    if "train" in stages:
+        print(f"\n{'LASADGen-L step':30s} {'GB':>8s} {'launches':>9s} {'floor ms':>9s} "
+              f"{'temp GB':>8s}  attention")
+        for grid, batch in ((16, 64), (32, 16)):
+            for mixer, impl in (("lasad", "auto"), ("lasad", "pallas"), ("softmax", "auto")):
+                row = train_row(device, mixer, impl, grid, batch, bw, args.hlo_dir)
+                result["train"].append(row)
+                label = f"{16 * grid}px/{batch} {mixer}" + (f" {impl}" if mixer == "lasad" else "")
+                attention = ("cuDNN" if row["cudnn_attention"] else "XLA") if mixer == "softmax" \
+                    else ""
+                print(f"{label:30s} {row['bytes'] / 1e9:8.1f} {row['launches']:9d} "
+                      f"{row['floor_ms']:9.1f} {row['temp_bytes'] / 1e9:8.1f}  {attention}",
+                      flush=True)
+                write_json(args.out, result, quiet=True)
     write_json(args.out, result)
     if problems:
         sys.exit(f"{problems} HLO check problem(s) in the GPU-compiled sampler (see above)")

@@ -218,12 +218,71 @@ def summary(kernels: list[Kernel], loop: bool = False) -> dict:
                                                             key=lambda kv: -kv[1])})
 
 
+def _table(text: str, name: str) -> str:
+    """The body of one of the HLO text's source tables (`FileNames`, ...)."""
+    m = re.search(rf"^{name}\n(.*?)(?:\n\n|\Z)", text, re.M | re.S)
+    return m.group(1) if m else ""
+
+
+def by_source(hlo_text: str, kernels: list[Kernel], package: str = "lasad_jax/") -> dict:
+    """Bytes per source function: each kernel goes to the innermost function of its stack
+    (JAX records one per op) whose file path contains `package`; "?" when none does
+    (XLA's own copies, or ops without a recorded stack). Sorted, largest first."""
+    files = dict(re.findall(r'^(\d+) "(.*)"$', _table(hlo_text, "FileNames"), re.M))
+    funcs = dict(re.findall(r'^(\d+) "(.*)"$', _table(hlo_text, "FunctionNames"), re.M))
+    locs = {a: (files.get(f, "?"), funcs.get(g, "?")) for a, f, g in re.findall(
+        r"^(\d+) \{file_name_id=(\d+) function_name_id=(\d+)",
+        _table(hlo_text, "FileLocations"), re.M)}
+    frames = dict((a, (loc, parent)) for a, loc, parent in re.findall(
+        r"^(\d+) \{file_location_id=(\d+) parent_frame_id=(\d+)",
+        _table(hlo_text, "StackFrames"), re.M))
+    comps = parse_hlo(hlo_text)
+    instrs = {i.name: i for c in comps.values() for i in c}
+
+    def frame_of(instr: Instr | None) -> str | None:
+        if instr is None:
+            return None
+        m = re.search(r"stack_frame_id=(\d+)", instr.attrs)
+        if m:
+            return m.group(1)
+        for comp in called(instr, "calls"):  # a fusion: its ops carry the stacks
+            for inner in reversed(comps.get(comp, [])):
+                m = re.search(r"stack_frame_id=(\d+)", inner.attrs)
+                if m:
+                    return m.group(1)
+        return None
+
+    def source(frame: str | None) -> str:
+        seen = set()
+        while frame in frames and frame not in seen:
+            seen.add(frame)
+            loc, parent = frames[frame]
+            path, func = locs.get(loc, ("?", "?"))
+            if package in path:
+                return f"{path.split(package)[-1]}:{func}"
+            frame = parent
+        return "?"
+
+    totals: dict[str, int] = {}
+    for k in kernels:
+        key = source(frame_of(instrs.get(k.name)))
+        totals[key] = totals.get(key, 0) + k.total
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def main(argv: list[str]) -> None:
-    """`python benchmarks/hlo_traffic.py PROGRAM.hlo [N]`: the N heaviest kernels."""
-    kernels = traffic(open(argv[0]).read())
-    top = int(argv[1]) if len(argv) > 1 else 15
+    """`python benchmarks/hlo_traffic.py PROGRAM.hlo [N] [--by_source]`: the N heaviest
+    kernels, or the bytes per lasad_jax source function."""
+    text = open(argv[0]).read()
+    kernels = traffic(text)
+    numbers = [a for a in argv[1:] if a.isdigit()]
+    top = int(numbers[0]) if numbers else 15
     s = summary(kernels)
     print(f"{s['bytes'] / 1e9:.3f} GB in {s['launches']} kernel launches")
+    if "--by_source" in argv:
+        for key, total in list(by_source(text, kernels).items())[:top]:
+            print(f"{total / 1e9:9.3f} GB  {key}")
+        return
     for k in sorted(kernels, key=lambda k: -k.total)[:top]:
         print(f"{k.total / 1e9:9.3f} GB  x{k.runs:<5} {k.kind:22s} {k.name:36s} {k.shape[:60]}")
 

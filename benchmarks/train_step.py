@@ -11,6 +11,11 @@ config files import ml_collections, which the GPU image lacks). Only the model, 
 and the train step are imported. Batches are random codes (the time does not depend on
 them); the state is donated, as in training.
 
+The softmax model runs cuDNN's flash attention on an NVIDIA GPU (bf16;
+`lasad_jax.models.mixers.attention_impl`, recorded as `attention` per row). Until
+2026-12-05 it ran XLA's attention, which writes the `T x T` scores: the "Before" figures
+in benchmarks/RESULTS.md compare against that weaker baseline.
+
 Rows: each `--rows` entry is `grid:batch` (grid 16 = 256 px, 32 = 512 px with the VQ-16
 tokenizer), run for each `--mixers` entry, the LASAD mixer with the operator's `impl="auto"`
 and default chunk unless `--chunk_size` says otherwise. `--pallas` adds, after all of
@@ -45,6 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
 from lasad_jax.models.config import PRESETS  # noqa: E402
+from lasad_jax.models.mixers import attention_impl  # noqa: E402
 from lasad_jax.ops.chunked import defaults  # noqa: E402
 from lasad_jax.ops.pallas.chunked import chunk_rows  # noqa: E402
 from lasad_jax.training.optimizer import make_optimizer, make_schedule  # noqa: E402
@@ -72,6 +78,13 @@ def model_config(args, mixer: str, grid: int, impl: str = "auto") -> ModelConfig
                        num_layers=layers, num_heads=heads, dim=dim, mixer=mixer,
                        dtype="bfloat16", impl=impl, chunk_size=args.chunk_size,
                        gate_rank=min(64, dim))
+
+
+def attention_impl_of(cfg: ModelConfig) -> str | None:
+    """The softmax model's attention kernel for this config on this platform."""
+    q = jax.ShapeDtypeStruct((1, cfg.num_tokens, cfg.num_heads, cfg.head_dim),
+                             jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
+    return attention_impl(q)
 
 
 def matmul_params(model: LASADGen) -> int:
@@ -132,7 +145,8 @@ def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
                chunk_size=cfg.chunk_size, step_ms=1e3 * step_s,
                tokens_per_s=tokens / step_s, compile_s=compile_s, matmul_params=n_matmul,
                flops_6n_per_token=6.0 * n_matmul, attn_flops_per_token=attn,
-               loss=float(metrics["loss"]), mfu=None, mfu_with_attn=None)
+               loss=float(metrics["loss"]), mfu=None, mfu_with_attn=None,
+               attention=(attention_impl_of(cfg) or "xla") if mixer == "softmax" else None)
     if peak:
         row["mfu"] = 6.0 * n_matmul * tokens / step_s / (peak * 1e12)
         row["mfu_with_attn"] = (6.0 * n_matmul + attn) * tokens / step_s / (peak * 1e12)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lasad_jax import ops
+from lasad_jax.ops.platform import target_platform
 from lasad_jax.models.config import ModelConfig
 from lasad_jax.models.layers import linear, rope_2d
 
@@ -147,6 +148,21 @@ class LinearAttentionMixer(nnx.Module):
         return self._output(o, x), cache
 
 
+def attention_impl(q: jax.Array) -> str | None:
+    """The softmax baseline's attention kernel: cuDNN's flash attention on NVIDIA GPUs for
+    16-bit inputs and head sizes it takes, else XLA's (`None`).
+
+    Why: a comparison against softmax attention is only as honest as that attention is
+    fast. `jax.nn.dot_product_attention` left to itself runs XLA's, which writes the full
+    `T x T` scores (JAX 0.11: "defaults to XLA for now"); LlamaGen trains with fused
+    attention. Compiled for an H200 (benchmarks/gpu_aot.py, stage train), the choice is
+    recorded per row."""
+    d = q.shape[-1]
+    fused = (target_platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+             and d <= 128 and d % 8 == 0)
+    return "cudnn" if fused else None
+
+
 class SoftmaxMixer(nnx.Module):
     """Causal softmax attention with 2D RoPE: LlamaGen's baseline, for comparisons."""
 
@@ -163,7 +179,8 @@ class SoftmaxMixer(nnx.Module):
 
     def __call__(self, x: jax.Array, slots: jax.Array) -> jax.Array:
         q, k, v = self._qkv(x, slots)
-        o = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                         implementation=attention_impl(q))
         return self.out(o.reshape(x.shape))
 
     def init_cache(self, batch: int) -> dict[str, jax.Array]:

@@ -136,3 +136,25 @@ output_to_operand_aliasing={{}: (0, {})}, backend_config={grid_x = 100 : i32, na
     assert (row.read, row.written, row.kind) == (256 + 256, 256, "__gpu$xla.gpu.triton")
     [other] = traffic(text, {"another_kernel": one_row})
     assert other.read == whole.read
+
+
+def _inner_square(x):
+    return jnp.tanh(x) * x
+
+
+def test_bytes_by_source_function():
+    """Each kernel's bytes go to the innermost function of its recorded stack inside the
+    named package (here: this test module's folder); the split adds up to the total."""
+    from hlo_traffic import by_source
+
+    def outer(x, y):
+        return _inner_square(x).sum() + (y * 3.0).sum()
+
+    text = jax.jit(outer).lower(jnp.zeros((4096,), jnp.float32),
+                                jnp.zeros((1024,), jnp.float32)).compile().as_text()
+    kernels = traffic(text)
+    sources = by_source(text, kernels, package="tests/benchmarks/")
+    assert sum(sources.values()) == summary(kernels)["bytes"]
+    # XLA may fuse both sums into one kernel; it is attributed to a function of this module.
+    named = {k: v for k, v in sources.items() if k.startswith("test_hlo_traffic.py:")}
+    assert named and max(named.values()) >= 4 * 4096, sources

@@ -113,3 +113,17 @@ def test_too_many_tokens_rejected():
     model = LASADGen(small_config("lasad"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="N <= 11"):
         model(LABELS, jnp.zeros((2, 12), jnp.int32))
+
+
+def test_softmax_baseline_uses_fused_attention_on_gpu(monkeypatch):
+    """The softmax baseline runs cuDNN's flash attention where it can (an NVIDIA GPU, 16-bit
+    inputs, head size <= 128 and a multiple of 8) and XLA's elsewhere."""
+    from lasad_jax.models import mixers
+
+    bf16 = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
+    assert mixers.attention_impl(bf16) is None  # CPU
+    monkeypatch.setattr(mixers, "target_platform", lambda: "gpu")
+    assert mixers.attention_impl(bf16) == "cudnn"
+    assert mixers.attention_impl(bf16.astype(jnp.float32)) is None
+    assert mixers.attention_impl(jnp.zeros((1, 8, 2, 160), jnp.bfloat16)) is None
+    assert mixers.attention_impl(jnp.zeros((1, 8, 2, 36), jnp.bfloat16)) is None
