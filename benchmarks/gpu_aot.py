@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from common import run_info, write_json  # noqa: E402
 from hlo_traffic import summary, traffic  # noqa: E402
+from sampling import tree_bytes  # noqa: E402
 
 STAGES = ("decode", "ops", "train")
 SHORT = {"float32": "f32", "bfloat16": "bf16"}
@@ -65,6 +66,9 @@ def gpu_device(target: str):
     GPU it compiles for."""
     from jax.experimental import topologies
 
+    if not os.path.isfile(target):
+        sys.exit(f"--target: no such file {target!r} (a GpuTargetConfigProto text file, "
+                 f"e.g. {os.path.relpath(TARGET)})")
     with open(target) as f:
         config = f.read()
     try:
@@ -154,29 +158,25 @@ def decode_row(device, preset: str, grid: int, mixer: str, state_dtype: str, dec
                 launches_per_token=step["launches"], bytes_by_kind=step["bytes_by_kind"],
                 floor_ms_per_token=1e3 * step["bytes"] / bw,
                 ceiling_images_per_s=batch / floor_s,
-                state_bytes=sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
+                state_bytes=tree_bytes(cache))
 
 
 def ops_row(device, tokens: int, impl: str, chunk: int, bw: float,
             hlo_dir: str | None = None) -> dict:
-    from lasad_jax.ops.chunked import chunked_attention
-    from lasad_jax.ops.pallas.chunked import lasad_pallas
+    """Forward+backward of `lasad` as benchmarks/kernels.py times it on a GPU (its
+    `lasad_fn` and `op_scaling.programs`), compiled for the device."""
+    from kernels import lasad_fn
+    from op_scaling import programs
+
+    from lasad_jax.ops import chunked
 
     width, heads, d = math.isqrt(tokens), 16, 64
-
-    def loss(q, k, v, log_row, log_col):
-        kw = dict(width=width, num_prefix=0, log_row=log_row, log_col=log_col, chunk_size=chunk)
-        if impl == "pallas":
-            o = lasad_pallas(q, k, v, backend="gpu", **kw)
-        else:
-            o = chunked_attention("lasad", q, k, v, chunks_per_step=0, **kw)
-        o = o.astype(jnp.float32)
-        return 0.5 * jnp.sum(o * o)  # cotangent = output, as in benchmarks/kernels.py
-
+    fn = lasad_fn(f"lasad_{impl}", width, chunk, chunked.DEFAULT_REMAT,
+                  chunked.DEFAULT_STATE_PASS)
     x = jax.ShapeDtypeStruct((1, tokens, heads, d), jnp.bfloat16)
     decay = jax.ShapeDtypeStruct((heads,), jnp.float32)
     t0 = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))).lower(
+    compiled = programs(fn)["fwd_bwd"].lower(
         *abstract((x, x, x, decay, decay), device)).compile()
     compile_s = time.perf_counter() - t0
     _save(hlo_dir, f"ops_{tokens}_{impl}_{chunk}", compiled.as_text())

@@ -61,8 +61,8 @@ class ModelConfig:
     # steps compute in float32 either way. bfloat16 halves the state bytes a token moves,
     # at about 5e-3 of the largest output (docs/decoding.md, "State dtype").
     decode_state_dtype: str = "float32"
-    # The `lasad` decoding step's column update (ops.DECODE_IMPLS): "xla", the fused GPU
-    # kernel "pallas", or "auto" (ops.select_decode_impl: what was measured faster).
+    # The `lasad` decoding step (ops.DECODE_IMPLS): "xla", the fused GPU kernel "pallas",
+    # or "auto" (ops.select_decode_impl: what was measured faster).
     decode_impl: str = "auto"
 
     num_prefix: int = dataclasses.field(default=1, init=False)

@@ -158,3 +158,12 @@ def test_bytes_by_source_function():
     # XLA may fuse both sums into one kernel; it is attributed to a function of this module.
     named = {k: v for k, v in sources.items() if k.startswith("test_hlo_traffic.py:")}
     assert named and max(named.values()) >= 4 * 4096, sources
+
+
+def test_gpu_aot_names_a_missing_target(tmp_path):
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_aot.py"
+    run = subprocess.run([sys.executable, str(script), "--target", str(tmp_path / "no.txtpb"),
+                          "--out", str(tmp_path / "aot.json")],
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and "--target: no such file" in run.stderr
