@@ -228,6 +228,15 @@ def by_source(hlo_text: str, kernels: list[Kernel], package: str = "lasad_jax/")
     """Bytes per source function: each kernel goes to the innermost function of its stack
     (JAX records one per op) whose file path contains `package`; "?" when none does
     (XLA's own copies, or ops without a recorded stack). Sorted, largest first."""
+    totals: dict[str, int] = {}
+    for k, key in zip(kernels, kernel_sources(hlo_text, kernels, package)):
+        totals[key] = totals.get(key, 0) + k.total
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def kernel_sources(hlo_text: str, kernels: list[Kernel],
+                   package: str = "lasad_jax/") -> list[str]:
+    """Each kernel's source function, as `by_source` attributes it."""
     files = dict(re.findall(r'^(\d+) "(.*)"$', _table(hlo_text, "FileNames"), re.M))
     funcs = dict(re.findall(r'^(\d+) "(.*)"$', _table(hlo_text, "FunctionNames"), re.M))
     locs = {a: (files.get(f, "?"), funcs.get(g, "?")) for a, f, g in re.findall(
@@ -263,11 +272,7 @@ def by_source(hlo_text: str, kernels: list[Kernel], package: str = "lasad_jax/")
             frame = parent
         return "?"
 
-    totals: dict[str, int] = {}
-    for k in kernels:
-        key = source(frame_of(instrs.get(k.name)))
-        totals[key] = totals.get(key, 0) + k.total
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+    return [source(frame_of(instrs.get(k.name))) for k in kernels]
 
 
 def main(argv: list[str]) -> None:

@@ -98,10 +98,11 @@ def rel_err(x, ref) -> float:
     return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
-def triton_lowering(fn, args, monkeypatch, texts: list | None = None) -> int:
+def triton_lowering(fn, args, monkeypatch, texts: list | None = None,
+                    program: list | None = None) -> int:
     """Lowers `jax.jit(fn)` for CUDA on this CPU machine; returns how many Triton kernels
     it emitted, each verified as a Triton IR module (shapes and types). `texts`, when
-    given, receives each module's IR as text."""
+    given, receives each module's IR as text; `program`, the lowered program's (StableHLO)."""
     from jax._src.pallas.triton import pallas_call_registration as registration
 
     modules = []
@@ -125,4 +126,6 @@ def triton_lowering(fn, args, monkeypatch, texts: list | None = None) -> int:
     assert n_calls == len(modules)
     if texts is not None:
         texts.extend(str(m) for m in modules)
+    if program is not None:
+        program.append(text)
     return n_calls

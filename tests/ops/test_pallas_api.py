@@ -115,6 +115,22 @@ def test_lowers_to_triton_for_cuda(monkeypatch):
     assert triton_lowering(grad, args, monkeypatch) == 11
 
 
+def test_one_chunk_on_gpu_is_the_kernels_alone(monkeypatch):
+    """A 256 px training shape (the class slot and 255 image tokens, bf16, D = 64): forward
+    and backward on GPU are the three Triton kernels reading and writing the model's
+    `[B, T, H, D]` arrays; no op moves q, k, v, o or their gradients around them (no
+    transpose, concatenate, pad or slice anywhere in the program)."""
+    q = jnp.zeros((2, 256, 2, 64), jnp.bfloat16)
+    f = _gpu(16, 1, 1024, interpret=False)
+    grad = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=range(5))
+    program = []
+    assert triton_lowering(grad, (q, q, q, LOG_ROW[:2], LOG_COL[:2]), monkeypatch,
+                           program=program) == 3
+    ops_used = {op for op in ("transpose", "concatenate", "pad", "slice")
+                if f"stablehlo.{op}" in program[0]}
+    assert not ops_used, ops_used
+
+
 def test_lowers_for_tpu():
     """The same program lowers to Mosaic (not a compilation, which needs a TPU)."""
     q = jnp.zeros((1, 1 + 24 * 40, 2, 64), jnp.bfloat16)

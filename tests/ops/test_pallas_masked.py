@@ -6,7 +6,8 @@ simulator), the GPU path through the generic interpreter (which also exercises i
 feature padding to Triton's power-of-two sizes). Shapes are small on purpose and chosen so
 the awkward cases appear: a partial last grid row, T not a multiple of the block, tiles
 that straddle chunk boundaries, a width that is not a power of two, Dk != Dv (4 vs 6),
-and decays of exactly 1.0 (log 0) next to sharp ones.
+0, 1 and 2 prefix slots (with chunks, their key block lies outside every later query's
+chunk), and decays of exactly 1.0 (log 0) next to sharp ones.
 """
 
 from __future__ import annotations
@@ -33,59 +34,66 @@ BF16_TOL = 2.0**-7
 BF16_GRAD_TOL = 2.0**-6
 
 
-def intra_reference(q, k, v, lr, lc, *, width: int, rows_per_chunk: int | None):
-    """The masked form with every pair in different chunks removed, in float32."""
+def intra_reference(q, k, v, lr, lc, *, width: int, rows_per_chunk: int | None,
+                    num_prefix: int = 0):
+    """The masked form (numpy-built mask of docs/operator.md) with every image pair in
+    different chunks removed, in float32; prefix keys weigh 1 for every later query."""
     t = q.shape[1]
-    mask = decay_mask("lasad", t, 0, width, lr, lc)
+    mask = decay_mask("lasad", t, num_prefix, width, lr, lc)
     if rows_per_chunk is not None:
-        chunk = (np.arange(t) // width) // rows_per_chunk
-        mask = mask * jnp.asarray(chunk[:, None] == chunk[None, :], jnp.float32)[None]
+        slot = np.arange(t)
+        chunk = ((slot - num_prefix) // width) // rows_per_chunk
+        keep = (chunk[:, None] == chunk[None, :]) | (slot[None, :] < num_prefix)
+        mask = mask * jnp.asarray(keep, jnp.float32)[None]
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     scores = jnp.einsum("bihd,bjhd->bhij", q, k) * mask[None]
     return jnp.einsum("bhij,bjhe->bihe", scores, v)
 
 
-# (T, width, rows_per_chunk, block_q, block_k)
+# (T, width, rows_per_chunk, block_q, block_k, num_prefix)
 CASES = [
-    (22, 5, None, 16, 16),  # one chunk; partial last row; T % block != 0
-    (70, 8, 3, 32, 16),  # chunks of 24 tokens: tiles straddle chunk boundaries
-    (40, 6, 2, 16, 32),  # key block larger than query block and than a chunk
-    (37, 3, 1, 16, 16),  # one row per chunk, partial last row
+    (22, 5, None, 16, 16, 1),  # one chunk; partial last row; T % block != 0; class slot
+    (70, 8, 3, 32, 16, 1),  # chunks of 24 tokens: tiles straddle chunk boundaries
+    (40, 6, 2, 16, 32, 0),  # key block larger than query block and than a chunk
+    (37, 3, 1, 16, 16, 2),  # one row per chunk, partial last row, two prefix slots
+    (54, 4, 2, 16, 16, 18),  # prefix keys over two blocks, the second shared with images
 ]
 
 
-def _kernel(backend: str, width: int, rows, bq: int, bk: int):
+def _kernel(backend: str, width: int, rows, bq: int, bk: int, num_prefix: int = 0, **kw):
     def f(q, k, v, lr, lc):
         return intra_attention(q, k, v, width=width, log_row=lr, log_col=lc,
-                               rows_per_chunk=rows, block_q=bq, block_k=bk, interpret=True,
-                               backend=backend)
+                               num_prefix=num_prefix, rows_per_chunk=rows, block_q=bq,
+                               block_k=bk, interpret=True, backend=backend, **kw)
     return f
 
 
-@pytest.mark.parametrize("t, width, rows, bq, bk",
-                         CASES[:1] + [pytest.param(*c, marks=pytest.mark.slow) for c in CASES[1:]])
-def test_forward_tpu_interpret(t, width, rows, bq, bk):
+@pytest.mark.parametrize("backend, case", [("tpu", CASES[0]), ("gpu", CASES[4])] + [
+    pytest.param("tpu", c, marks=pytest.mark.slow) for c in CASES[1:]])
+def test_forward_matches_reference(backend, case):
+    t, width, rows, bq, bk, num_prefix = case
     q, k, v = random_qkv(t, 2, t)
     args = (q, k, v, LOG_ROW, LOG_COL)
-    out = _kernel("tpu", width, rows, bq, bk)(*args)
+    out = _kernel(backend, width, rows, bq, bk, num_prefix)(*args)
     assert out.shape == v.shape and out.dtype == jnp.float32
-    want = intra_reference(*args, width=width, rows_per_chunk=rows)
+    want = intra_reference(*args, width=width, rows_per_chunk=rows, num_prefix=num_prefix)
     assert rel_err(out, want) < TOL
 
 
 @pytest.mark.parametrize("backend, case", [
     ("gpu", CASES[1]), pytest.param("gpu", CASES[3], marks=pytest.mark.slow),
+    pytest.param("gpu", CASES[4], marks=pytest.mark.slow),
     ("tpu", CASES[0]), pytest.param("tpu", CASES[2], marks=pytest.mark.slow),
 ])
 def test_gradients_match_reference(backend, case):
     """Forward and the five gradients (q, k, v, log a, log b) from the Pallas backward."""
-    t, width, rows, bq, bk = case
+    t, width, rows, bq, bk, num_prefix = case
     q, k, v = random_qkv(100 + t, 1, t)
     args = (q, k, v, LOG_ROW, LOG_COL)
     ct = jnp.asarray(np.random.default_rng(t).normal(size=v.shape), jnp.float32)
-    out, grads = vjp_at(jax.jit(_kernel(backend, width, rows, bq, bk)), args, ct)
-    ref, ref_grads = vjp_at(lambda *a: intra_reference(*a, width=width, rows_per_chunk=rows),
-                            args, ct)
+    out, grads = vjp_at(jax.jit(_kernel(backend, width, rows, bq, bk, num_prefix)), args, ct)
+    ref, ref_grads = vjp_at(lambda *a: intra_reference(
+        *a, width=width, rows_per_chunk=rows, num_prefix=num_prefix), args, ct)
     assert rel_err(out, ref) < TOL
     for name, g, r in zip(("q", "k", "v", "log_row", "log_col"), grads, ref_grads):
         assert g.shape == r.shape and g.dtype == r.dtype, name
@@ -96,15 +104,19 @@ def test_gradients_match_reference(backend, case):
     assert np.all(np.abs(np.asarray(grads[4])) > 0)
 
 
-def test_bfloat16_inputs():
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_bfloat16_inputs(out_dtype):
+    """bf16 in; the output in float32 (what the chunked split adds to) or in bf16 (the
+    whole operator with one chunk), the gradients in bf16 either way."""
     t, width, rows, bq, bk = 45, 5, 2, 16, 32
     q, k, v = random_qkv(7, 1, t, jnp.bfloat16)
     args = (q, k, v, LOG_ROW, LOG_COL)
     ct = jnp.asarray(np.random.default_rng(7).normal(size=v.shape), jnp.float32)
-    out, grads = vjp_at(jax.jit(_kernel("gpu", width, rows, bq, bk)), args, ct)
-    ref, ref_grads = vjp_at(lambda *a: intra_reference(*a, width=width, rows_per_chunk=rows),
-                            args, ct)
-    assert out.dtype == jnp.float32
+    f = _kernel("gpu", width, rows, bq, bk, 1, out_dtype=out_dtype)
+    out, grads = vjp_at(jax.jit(f), args, ct)
+    ref, ref_grads = vjp_at(lambda *a: intra_reference(
+        *a, width=width, rows_per_chunk=rows, num_prefix=1), args, ct)
+    assert out.dtype == out_dtype
     assert rel_err(out, ref) < BF16_TOL
     for name, g, r in zip(("q", "k", "v"), grads[:3], ref_grads[:3]):
         assert g.dtype == jnp.bfloat16 and rel_err(g, r) < BF16_GRAD_TOL, name

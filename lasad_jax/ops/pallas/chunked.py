@@ -5,7 +5,8 @@ where a kernel can avoid memory traffic that XLA cannot:
 
 1. intra-chunk: `masked.intra_attention`, flash-style tiles limited to each query's chunk,
    the decay mask built from indices in registers (no `C x C` scores in memory), with
-   its own Pallas backward (dq; dk, dv and the decay gradients);
+   its own Pallas backward (dq; dk, dv and the decay gradients); it also reads the
+   prefix slots, whose keys every later query sees with weight 1;
 2. chunk sums: `columns.column_outer` (`S_n(c) = sum_r a^(R - r) k v^T` per column);
 3. smoothing and state pass: `states.smooth_and_pass`, one kernel that walks the chunks
    with each program's running states on chip (`H_n = a^R H_{n-1} + T_b S_n`), reading
@@ -13,11 +14,12 @@ where a kernel can avoid memory traffic that XLA cannot:
 4. inter-chunk reads: `columns.column_apply` (`a^r q . H_n(c)` per column).
 
 Autodiff composes the pieces: each kernel sits behind its own `jax.custom_vjp` whose
-backward runs kernels, and XLA differentiates the glue (layouts, padding, the prefix).
-With one chunk (e.g. a 256 px image, or `chunk_size >= T`) only step 1 runs. Prefix slots
-are handled by `chunked.with_prefix`, as in the XLA form.
+backward runs kernels, and XLA differentiates the glue (layouts, padding). With one chunk
+(a 256 or 512 px image at the default chunk, or `chunk_size >= T`) only step 1 runs, on
+the caller's arrays as they lie (GPU), and writes the result in q's dtype.
 
-Layout: step 1 reads `[B*H, T, D]` (raster order); steps 2 and 4 read column-major chunks
+Layout: step 1 reads the whole sequence, `[B, T, H, D]` (`masked.py`); steps 2 and 4 read
+the image tokens' column-major chunks
 `[(N-1)*B*H, W, R', D]` (`R'` >= R rows), built by XLA transposes of q, k, v (one pass
 each, small next to the states). Steps 2 to 4 keep the states in one layout,
 `[N-1, B*H, W', Dk', Dv']`, padded as the kernels need it: no slice, pad or transpose of a
@@ -85,24 +87,27 @@ def lasad_pallas(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     log_row, log_col = log_row.astype(jnp.float32), log_col.astype(jnp.float32)
-
-    def image(qi, ki, vi):
-        return _image(qi, ki, vi, log_row, log_col, width=width, chunk_size=chunk_size,
-                      interpret=interpret, backend=backend, block_q=block_q, block_k=block_k)
-
-    return chunked.with_prefix(image, q, k, v, num_prefix).astype(q.dtype)
-
-
-def _image(q, k, v, log_row, log_col, *, width, chunk_size, interpret, backend, block_q,
-           block_k):
-    b, num_image, h, dk = q.shape
-    dv = v.shape[-1]
-    rows, n = chunk_rows(width, chunk_size, num_image)
-    out = intra_attention(q, k, v, width=width, log_row=log_row, log_col=log_col,
-                          rows_per_chunk=rows if n > 1 else None, block_q=block_q,
-                          block_k=block_k, interpret=interpret, backend=backend)
+    num_image = q.shape[1] - num_prefix
+    rows, n = chunk_rows(width, chunk_size, max(num_image, 1))
+    # With one chunk the kernel is the whole operator: its output is the result.
+    out = intra_attention(q, k, v, width=width, num_prefix=num_prefix, log_row=log_row,
+                          log_col=log_col, rows_per_chunk=rows if n > 1 else None,
+                          block_q=block_q, block_k=block_k, interpret=interpret,
+                          backend=backend, out_dtype=q.dtype if n == 1 else jnp.float32)
     if n == 1:
         return out
+    inter = _inter_chunk(q[:, num_prefix:], k[:, num_prefix:], v[:, num_prefix:], log_row,
+                         log_col, width=width, rows=rows, n=n, interpret=interpret,
+                         backend=backend)
+    inter = jnp.pad(inter, ((0, 0), (num_prefix, 0), (0, 0), (0, 0)))
+    return (out + inter).astype(q.dtype)
+
+
+def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backend):
+    """Steps 2 to 4 over the image tokens: what each token reads from the chunks before
+    its own, float32 `[B, num_image, H, Dv]` (zero in chunk 0)."""
+    b, num_image, h, dk = q.shape
+    dv = v.shape[-1]
     rp, wp, cols = _column_layout(backend, width, rows)
     dkp, dvp = feature_size(dk, backend), feature_size(dv, backend)
     c = rows * width
@@ -141,5 +146,4 @@ def _image(q, k, v, log_row, log_col, *, width, chunk_size, interpret, backend, 
                                  entering.reshape(-1, wp, dkp, dvp), la)
     inter = inter.reshape(n - 1, b, h, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
     inter = inter.transpose(1, 0, 4, 3, 2, 5).reshape(b, (n - 1) * c, h, dv)
-    inter = jnp.pad(inter, ((0, 0), (c, 0), (0, 0), (0, 0)))[:, :num_image]
-    return out + inter
+    return jnp.pad(inter, ((0, 0), (c, 0), (0, 0), (0, 0)))[:, :num_image]

@@ -2,15 +2,22 @@
 
 The intra-chunk term of the chunkwise-parallel form (docs/operator.md) tiled over (query
 block, key block), the decay mask rebuilt per tile from indices (`masked_kernels.py`), so
-no `T x T` or `C x C` array is ever in memory. With `rows_per_chunk=None` the whole image
-is one chunk: the plain masked form, the whole operator for a 256 px image.
+no `T x T` or `C x C` array is ever in memory. It takes the whole sequence, prefix slots
+included (their keys weigh 1 for every later query): with `rows_per_chunk=None` the image
+is one chunk and the kernel is the whole operator (a 256 or 512 px image at the default
+chunk), with no XLA work around it on GPU.
 
 Three kernels behind one `jax.custom_vjp`: the forward; `dq`, which is the forward with
 `(q, k, v) -> (do, v, k)`; and `dk, dv` with each key block's share of the two log-decay
-gradients. The custom VJP sits on the kernel layout (`[batch * heads, Tp, D]`, log decays
-per `batch * head`); the head transpose, padding and the tiling of the per-head log
-decays over the batch are ordinary JAX outside it, so autodiff sums the decay gradients
-over the batch.
+gradients. Grids are `(batch, heads, token blocks)`. On GPU the kernels read and write the
+caller's `[B, T, H, D]` arrays where they lie (a block is `[block, D]` at a stride of
+`H * D`), so nothing is transposed, split or concatenated; `T` and `D` are padded only
+where they are not already multiples of the block and powers of two. On TPU a block's
+last two sides must be tiles of the array's, so the arrays are moved to `[B, H, T, D]`
+first (the `layout` below). History: the first version took image tokens only, in a
+`[B * H, T, D]` layout, with float32 outputs; in a LASADGen-L training step compiled for
+an H200 the transposes, the split around the class slot and the float32 output moved
+about 43 GB of the step's 228 (benchmarks/RESULTS.md, "Compiled for an H200 without one").
 """
 
 from __future__ import annotations
@@ -39,12 +46,25 @@ class _Config:
     """Everything static about one call (hashable: it is a `nondiff_argnums` of the VJP)."""
 
     width: int
+    num_prefix: int
     rows_per_chunk: int | None
     block_q: int
     block_k: int
     interpret: bool
     backend: str
     precision: lax.Precision  # of every matmul in the kernels
+    out_dtype: str  # of the forward's output
+
+    @property
+    def layout(self) -> str:
+        """"bthd": the caller's `[B, T, H, D]` (GPU, interpreter); "bhtd": `[B, H, T, D]`
+        (TPU, whose blocks must span the array's last two sides or tile them)."""
+        return "bhtd" if self.backend == "tpu" else "bthd"
+
+    @property
+    def statics(self) -> dict:
+        return dict(width=self.width, num_prefix=self.num_prefix,
+                    rows_per_chunk=self.rows_per_chunk, prec=self.precision)
 
 
 def compiler_params(backend: str, axes: int):
@@ -64,62 +84,72 @@ def call(backend: str, interpret: bool, kernel, grid, in_specs, out_specs, out_s
         else False)
 
 
-def _blocked(block: int, depth: int) -> pl.BlockSpec:
-    """The grid's own block along the sequence."""
-    return pl.BlockSpec((None, block, depth), lambda b, n: (b, n, 0))
+def _seq_spec(layout: str, block: int, depth: int, whole: bool = False) -> pl.BlockSpec:
+    """One (batch, head)'s `[block, depth]` tokens at the grid's block index along the
+    sequence (`whole`: the whole padded sequence, which the kernel walks with `pl.ds`)."""
+    if layout == "bthd":
+        return pl.BlockSpec((None, block, None, depth),
+                            lambda b, h, n: (b, 0 if whole else n, h, 0))
+    return pl.BlockSpec((None, None, block, depth), lambda b, h, n: (b, h, 0 if whole else n, 0))
 
 
-def _whole(length: int, depth: int) -> pl.BlockSpec:
-    """The whole sequence of one (batch, head): the kernel loops over it with `pl.ds`."""
-    return pl.BlockSpec((None, length, depth), lambda b, n: (b, 0, 0))
+# The per-head log decays, `[H, 1, 1]`.
+_LOG_SPEC = pl.BlockSpec((None, 1, 1), lambda b, h, n: (h, 0, 0))
 
 
-_LOG_SPEC = pl.BlockSpec((None, 1, 1), lambda b, n: (b, 0, 0))
+def _dims(cfg: _Config, x: jax.Array) -> tuple[int, int, int]:
+    """(batch, heads, padded tokens) of an array in the kernel layout."""
+    if cfg.layout == "bthd":
+        return x.shape[0], x.shape[2], x.shape[1]
+    return x.shape[0], x.shape[1], x.shape[2]
 
 
-def _forward(cfg: _Config, q, k, v, lr, lc):
-    bh, tp, dk = q.shape
-    dv = v.shape[-1]
-    kernel = functools.partial(kern.forward_kernel, block_k=cfg.block_k, prec=cfg.precision,
-                               width=cfg.width, rows_per_chunk=cfg.rows_per_chunk)
+def _forward(cfg: _Config, q, k, v, lr, lc, out_dtype):
+    b, h, tp = _dims(cfg, q)
+    dk, dv = q.shape[-1], v.shape[-1]
+    kernel = functools.partial(kern.forward_kernel, block_k=cfg.block_k, **cfg.statics)
     return call(
-        cfg.backend, cfg.interpret, kernel, (bh, tp // cfg.block_q),
-        [_LOG_SPEC, _LOG_SPEC, _blocked(cfg.block_q, dk), _whole(tp, dk), _whole(tp, dv)],
-        _blocked(cfg.block_q, dv), jax.ShapeDtypeStruct((bh, tp, dv), jnp.float32),
+        cfg.backend, cfg.interpret, kernel, (b, h, tp // cfg.block_q),
+        [_LOG_SPEC, _LOG_SPEC, _seq_spec(cfg.layout, cfg.block_q, dk),
+         _seq_spec(cfg.layout, tp, dk, whole=True), _seq_spec(cfg.layout, tp, dv, whole=True)],
+        _seq_spec(cfg.layout, cfg.block_q, dv),
+        jax.ShapeDtypeStruct(v.shape, jnp.dtype(out_dtype)),
     )(lr, lc, q, k, v)
 
 
 def _backward(cfg: _Config, q, k, v, lr, lc, do):
-    bh, tp, dk = q.shape
-    dv = v.shape[-1]
+    b, h, tp = _dims(cfg, q)
+    dk, dv = q.shape[-1], v.shape[-1]
     do = do.astype(q.dtype)  # the products run in the input dtype
-    statics = dict(width=cfg.width, rows_per_chunk=cfg.rows_per_chunk, prec=cfg.precision)
     # dq = sum_j M (do . v_j) k_j is the forward pass with (q, k, v) -> (do, v, k).
-    dq = _forward(cfg, do, v, k, lr, lc).astype(q.dtype)
+    dq = _forward(cfg, do, v, k, lr, lc, q.dtype)
     n_k = tp // cfg.block_k
-    part = jax.ShapeDtypeStruct((bh, n_k, 1, 1), jnp.float32)
-    part_spec = pl.BlockSpec((None, None, 1, 1), lambda b, n: (b, n, 0, 0))
+    part = jax.ShapeDtypeStruct((b, h, n_k, 1, 1), jnp.float32)
+    part_spec = pl.BlockSpec((None, None, None, 1, 1), lambda b, h, n: (b, h, n, 0, 0))
+    lay = cfg.layout
     dk_, dv_, dlr, dlc = call(
         cfg.backend, cfg.interpret,
-        functools.partial(kern.dkv_kernel, block_q=cfg.block_q, **statics), (bh, n_k),
-        [_LOG_SPEC, _LOG_SPEC, _whole(tp, dk), _blocked(cfg.block_k, dk),
-         _blocked(cfg.block_k, dv), _whole(tp, dv)],
-        [_blocked(cfg.block_k, dk), _blocked(cfg.block_k, dv), part_spec, part_spec],
+        functools.partial(kern.dkv_kernel, block_q=cfg.block_q, **cfg.statics), (b, h, n_k),
+        [_LOG_SPEC, _LOG_SPEC, _seq_spec(lay, tp, dk, whole=True),
+         _seq_spec(lay, cfg.block_k, dk), _seq_spec(lay, cfg.block_k, dv),
+         _seq_spec(lay, tp, dv, whole=True)],
+        [_seq_spec(lay, cfg.block_k, dk), _seq_spec(lay, cfg.block_k, dv), part_spec, part_spec],
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
          part, part],
     )(lr, lc, q, k, v, do)
-    # Per-key-block partial sums of the decay gradients: the reduction is a tiny XLA op.
-    return dq, dk_, dv_, dlr.sum(axis=1), dlc.sum(axis=1)
+    # Per-(batch, key block) partial sums of the decay gradients: the reduction is a tiny
+    # XLA op.
+    return dq, dk_, dv_, dlr.sum(axis=(0, 2)), dlc.sum(axis=(0, 2))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _masked_core(cfg: _Config, q, k, v, lr, lc):
-    return _forward(cfg, q, k, v, lr, lc)
+    return _forward(cfg, q, k, v, lr, lc, cfg.out_dtype)
 
 
 def _core_fwd(cfg: _Config, q, k, v, lr, lc):
     # No softmax statistics to keep: the inputs are the whole residual.
-    return _forward(cfg, q, k, v, lr, lc), (q, k, v, lr, lc)
+    return _forward(cfg, q, k, v, lr, lc, cfg.out_dtype), (q, k, v, lr, lc)
 
 
 def _core_bwd(cfg: _Config, res, do):
@@ -177,20 +207,24 @@ def intra_attention(
     width: int,
     log_row: jax.Array,
     log_col: jax.Array,
+    num_prefix: int = 0,
     rows_per_chunk: int | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool = False,
     backend: str = "tpu",
     precision: lax.Precision | None = None,
+    out_dtype=jnp.float32,
 ) -> jax.Array:
-    """`o_i = sum_{j <= i, same chunk} M[i, j] (q_i . k_j) v_j` over image tokens, as Pallas
-    kernels; returns float32 `[B, T, H, Dv]`.
+    """`o_i = sum_{j <= i} M[i, j] (q_i . k_j) v_j` as Pallas kernels, where `M` is the
+    `lasad` mask (prefix keys weigh 1) cut to each query's chunk; returns `[B, T, H, Dv]`
+    in `out_dtype`.
 
-    `q, k: [B, T, H, Dk]`, `v: [B, T, H, Dv]`: image tokens in raster order on a grid of
-    `width` columns, no prefix slots. `log_row`, `log_col`: `[H]` logs (<= 0) of the row
-    and column decays. `rows_per_chunk`: chunks of that many whole grid rows (`None`: one
-    chunk). Differentiable in q, k, v, `log_row` and `log_col`, with a Pallas backward.
+    `q, k: [B, T, H, Dk]`, `v: [B, T, H, Dv]`: `num_prefix` prefix slots, then image
+    tokens in raster order on a grid of `width` columns. `log_row`, `log_col`: `[H]` logs
+    (<= 0) of the row and column decays. `rows_per_chunk`: image keys count only inside
+    their query's chunk of that many whole grid rows (`None`: one chunk, the whole
+    operator). Differentiable in q, k, v, `log_row` and `log_col`, with a Pallas backward.
     `backend` picks the lowering ("tpu": Mosaic; "gpu": Triton); `interpret=True` runs it on
     CPU (TPU: `pltpu.InterpretParams`, GPU: the generic interpreter). `block_q`, `block_k`:
     tokens per tile; `None` takes `default_block`. `precision` of the matmuls; `None` takes
@@ -206,18 +240,23 @@ def intra_attention(
     bq, bk = (_fit_block(block if x is None else x, t, backend) for x in (block_q, block_k))
     tp = _round_up(t, math.lcm(bq, bk))
     dk_p, dv_p = feature_size(dk, backend), feature_size(dv, backend)
+    cfg = _Config(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
+                  block_q=bq, block_k=bk, interpret=bool(interpret), backend=backend,
+                  precision=matmul_precision(q.dtype) if precision is None else precision,
+                  out_dtype=jnp.dtype(out_dtype).name)
 
     def to_kernel(x: jax.Array, depth: int) -> jax.Array:
-        x = x.transpose(0, 2, 1, 3).reshape(b * h, t, x.shape[-1])
-        # Zero padding: padded keys add nothing; padded query rows are sliced off below.
-        return jnp.pad(x, ((0, 0), (0, tp - t), (0, depth - x.shape[-1])))
+        # Zero padding, only where needed: padded keys add nothing; padded query rows
+        # are sliced off below.
+        if tp > t or depth > x.shape[-1]:
+            x = jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, depth - x.shape[-1])))
+        return x.transpose(0, 2, 1, 3) if cfg.layout == "bhtd" else x
 
-    def per_bh(log: jax.Array) -> jax.Array:
-        return jnp.tile(log.astype(jnp.float32), b).reshape(b * h, 1, 1)
+    def per_head(log: jax.Array) -> jax.Array:
+        return log.astype(jnp.float32).reshape(h, 1, 1)
 
-    cfg = _Config(width=width, rows_per_chunk=rows_per_chunk, block_q=bq, block_k=bk,
-                  interpret=bool(interpret), backend=backend,
-                  precision=matmul_precision(q.dtype) if precision is None else precision)
     out = _masked_core(cfg, to_kernel(q, dk_p), to_kernel(k, dk_p),
-                       to_kernel(v.astype(q.dtype), dv_p), per_bh(log_row), per_bh(log_col))
-    return out[:, :t, :dv].reshape(b, h, t, dv).transpose(0, 2, 1, 3)
+                       to_kernel(v.astype(q.dtype), dv_p), per_head(log_row), per_head(log_col))
+    if cfg.layout == "bhtd":
+        out = out.transpose(0, 2, 1, 3)
+    return out if out.shape == (b, t, h, dv) else out[:, :t, :, :dv]

@@ -5,10 +5,12 @@ The bodies are backend-neutral: they use only ref slicing with `pl.ds`, `pl.prog
 and the GPU (Triton) lowerings accept, so `masked.py` wires the same bodies to either.
 
 The decay weights of docs/operator.md ("The mask") are rebuilt per tile from token indices:
-a `T x T` or `C x C` array never exists in memory. Tokens are image tokens only (prefix
-slots are handled outside, `ops.chunked.with_prefix`). With `rows_per_chunk`, a key
-counts for a query only inside the query's chunk of `R` whole grid rows (the intra-chunk
-term of the chunkwise-parallel form); without it the whole sequence is one chunk (the
+a `T x T` or `C x C` array never exists in memory. Slots `0..P-1` are prefix memory (the
+class slot): a prefix key weighs 1 for every query at or after it, and its block is
+visited by every query block, so the kernels take the model's sequence as it is and no
+slicing or concatenation around them is needed. With `rows_per_chunk`, an image key
+counts for an image query only inside the query's chunk of `R` whole grid rows (the
+intra-chunk term of the chunkwise-parallel form); without it the image is one chunk (the
 plain masked form). Rows and columns are derived in float32 (`floor(p / width)`), which
 avoids vector integer division (poorly supported by Mosaic) and is exact while
 `p < 2**22` (checked by the caller).
@@ -16,9 +18,10 @@ avoids vector integer division (poorly supported by Mosaic) and is exact while
 Products: operands stay in the input dtype (bfloat16 in training: tensor-core products),
 accumulated in float32; the decay-weighted scores are rounded to the input dtype before
 their product with v (as flash attention rounds P). Layout inside every kernel: one
-(batch * head) per grid row, sequences `[Tp, D]` with `Tp` a multiple of both block
-sizes; log decays arrive as `(1, 1)` blocks so that they broadcast against tiles without
-any scalar extraction.
+(batch, head) per program pair, the token blocks on the last grid axis; each program sees
+`[Tp, D]` sequences with `Tp` a multiple of both block sizes (`masked.py` maps them onto
+the caller's array, which needs no transpose on GPU); log decays arrive as `(1, 1)` blocks
+so that they broadcast against tiles without any scalar extraction.
 """
 
 from __future__ import annotations
@@ -47,31 +50,38 @@ def _row_col(idx: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
     return row, p - row * float(width)
 
 
-def decay_weights(i, j, lr, lc, *, width: int, rows_per_chunk: int | None) -> Weights:
-    """Weights for query tokens `i` against key tokens `j` (broadcastable int32 arrays).
+def decay_weights(i, j, lr, lc, *, width: int, num_prefix: int,
+                  rows_per_chunk: int | None) -> Weights:
+    """Weights for query slots `i` against key slots `j` (broadcastable int32 arrays).
 
-    A pair counts when `j <= i` and, with `rows_per_chunk`, both lie in the same chunk;
-    it weighs `exp(dr log a + |dc| log b)`. Exponents of pairs that do not count are
-    zeroed before `exp`, so no inf can meet a zero in the backward pass.
+    A prefix key (`j < num_prefix`) weighs 1 for every query at or after it. An image pair
+    counts when `j <= i` and, with `rows_per_chunk`, both lie in the same chunk; it weighs
+    `exp(dr log a + |dc| log b)`. Exponents of pairs that are not image pairs are zeroed
+    before `exp`, so no inf can meet a zero in the backward pass, and their distances
+    are 0, so they add nothing to the decay gradients.
     """
-    ri, ci = _row_col(i, width)
-    rj, cj = _row_col(j, width)
-    counts = j <= i
+    ri, ci = _row_col(i - num_prefix, width)
+    rj, cj = _row_col(j - num_prefix, width)
+    causal = j <= i
+    image = causal & (j >= num_prefix) if num_prefix else causal
     if rows_per_chunk is not None:
         r = float(rows_per_chunk)
-        counts = counts & (jnp.floor(ri / r) == jnp.floor(rj / r))
-    dr = jnp.where(counts, ri - rj, 0.0)
-    dc = jnp.where(counts, jnp.abs(ci - cj), 0.0)
-    m = jnp.where(counts, jnp.exp(dr * lr + dc * lc), 0.0)
+        image = image & (jnp.floor(ri / r) == jnp.floor(rj / r))
+    dr = jnp.where(image, ri - rj, 0.0)
+    dc = jnp.where(image, jnp.abs(ci - cj), 0.0)
+    m = jnp.where(image, jnp.exp(dr * lr + dc * lc), 0.0)
+    if num_prefix:
+        m = jnp.where(causal & (j < num_prefix), 1.0, m)
     return Weights(m, dr, dc)
 
 
-def chunk_start(token, width: int, rows_per_chunk: int | None):
-    """First token of the chunk holding `token` (a scalar); 0 without chunks."""
+def chunk_start(slot, width: int, num_prefix: int, rows_per_chunk: int | None):
+    """First slot of the image chunk holding `slot` (a scalar; a prefix slot counts as
+    the first image slot); `num_prefix` without chunks."""
     if rows_per_chunk is None:
-        return 0
+        return num_prefix
     size = rows_per_chunk * width
-    return lax.div(token, size) * size
+    return num_prefix + lax.div(jnp.maximum(slot - num_prefix, 0), size) * size
 
 
 def _dot(a: jax.Array, b: jax.Array, prec: lax.Precision) -> jax.Array:
@@ -97,34 +107,39 @@ def sum11(x: jax.Array) -> jax.Array:
 
 
 def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, width: int,
-                   rows_per_chunk: int | None, prec: lax.Precision) -> None:
-    """One query block: `o = sum_kb ((q k^T) * M) v` over the key blocks from the query
-    block's chunk start up to the diagonal."""
+                   num_prefix: int, rows_per_chunk: int | None, prec: lax.Precision) -> None:
+    """One query block: `o = sum_kb ((q k^T) * M) v` over the prefix key blocks and the
+    key blocks from the query block's chunk start up to the diagonal."""
     bq = q_ref.shape[0]
-    q0 = pl.program_id(1) * bq
+    q0 = pl.program_id(2) * bq
     q = q_ref[...]
     lr, lc = lr_ref[...], lc_ref[...]
     i = q0 + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
+    statics = dict(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk)
 
     def body(kb, acc):
         k0 = kb * block_k
         j = k0 + lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
-        w = decay_weights(i, j, lr, lc, width=width, rows_per_chunk=rows_per_chunk)
+        w = decay_weights(i, j, lr, lc, **statics)
         s = _dot_nt(q, _slice(k_ref, k0, block_k), prec) * w.m
         v = _slice(v_ref, k0, block_k)
         return acc + _dot(s.astype(v.dtype), v, prec)
 
-    first = lax.div(chunk_start(q0, width, rows_per_chunk), block_k)
+    first = lax.div(chunk_start(q0, width, num_prefix, rows_per_chunk), block_k)
     n_k = lax.div(q0 + bq - 1, block_k) + 1  # causal skip: no key block past the diagonal
-    acc = lax.fori_loop(first, n_k, body, jnp.zeros((bq, v_ref.shape[-1]), F32))
+    acc = jnp.zeros((bq, v_ref.shape[-1]), F32)
+    if num_prefix:  # the prefix key blocks before the chunk's first
+        acc = lax.fori_loop(0, jnp.minimum(first, -(-num_prefix // block_k)), body, acc)
+    acc = lax.fori_loop(first, n_k, body, acc)
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
 def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_ref, dlc_ref,
-               *, block_q: int, width: int, rows_per_chunk: int | None,
+               *, block_q: int, width: int, num_prefix: int, rows_per_chunk: int | None,
                prec: lax.Precision) -> None:
     """One key block: dk, dv, and this block's share of the per-head log-decay gradients,
-    over the query blocks from the diagonal to the end of the key block's chunk.
+    over the query blocks from the diagonal to the end of the key block's chunk (to the
+    end of the sequence for a block holding prefix keys, which every later query reads).
 
     Tiles are built transposed (keys along rows) so every product is a plain `a @ b` or
     `a @ b.T`: no transposed-LHS matmul is needed from the lowering. With `S = q k^T` and
@@ -132,16 +147,17 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     since `dM / d log a = dr * M` there.
     """
     bk = k_ref.shape[0]
-    k0 = pl.program_id(1) * bk
+    k0 = pl.program_id(2) * bk
     k, v = k_ref[...], v_ref[...]
     lr, lc = lr_ref[...], lc_ref[...]
     j = k0 + lax.broadcasted_iota(jnp.int32, (bk, 1), 0)
+    statics = dict(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk)
 
     def body(qb, carry):
         dk, dv, dlr, dlc = carry
         q0 = qb * block_q
         i = q0 + lax.broadcasted_iota(jnp.int32, (1, block_q), 1)
-        w = decay_weights(i, j, lr, lc, width=width, rows_per_chunk=rows_per_chunk)
+        w = decay_weights(i, j, lr, lc, **statics)
         q, do = _slice(q_ref, q0, block_q), _slice(do_ref, q0, block_q)
         s_t = _dot_nt(k, q, prec)  # S^T
         dp_t = _dot_nt(v, do, prec)  # dP^T
@@ -153,8 +169,11 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     n_q = q_ref.shape[0] // block_q
     first = lax.div(k0, block_q)  # causal skip: query blocks wholly before this key block
     if rows_per_chunk is not None:  # ... and wholly after its chunk
-        end = chunk_start(k0 + bk - 1, width, rows_per_chunk) + rows_per_chunk * width
-        n_q = jnp.minimum(n_q, lax.div(end + block_q - 1, block_q))
+        end = chunk_start(k0 + bk - 1, width, num_prefix, rows_per_chunk) + rows_per_chunk * width
+        last = lax.div(end + block_q - 1, block_q)
+        if num_prefix:
+            last = jnp.where(k0 < num_prefix, n_q, last)
+        n_q = jnp.minimum(n_q, last)
     zero11 = jnp.zeros((1, 1), F32)
     init = (jnp.zeros(k.shape, F32), jnp.zeros(v.shape, F32), zero11, zero11)
     dk, dv, dlr, dlc = lax.fori_loop(first, n_q, body, init)
