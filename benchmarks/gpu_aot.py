@@ -100,12 +100,15 @@ def abstract(tree, device):
 def _decode_token_bytes(operands: list[int], results: list[int],
                         shapes: list[str]) -> tuple[int, int]:
     """What `ops.pallas.decode.token_kernel` moves: one column of the aliased state
-    `[w, B*H, Dk, Dv]` (operand 1, result 0) read and written, its other operands read
-    whole, its output written."""
+    `[w, B*H, Dk, Dv]` (operand 1, result 0) read and written, the aliased key and value
+    rings `[B*H, slots, D]` (operands 2, 3; results 1, 2) read whole and written one slot,
+    its other operands read whole, its output `o` (result 3) written."""
     from hlo_traffic import arrays
 
     width = arrays(shapes[1])[0][1][0]
-    return sum(operands) - operands[1] + operands[1] // width, results[0] // width + results[1]
+    slots = arrays(shapes[2])[0][1][1]
+    read = sum(operands) - operands[1] + operands[1] // width
+    return read, results[0] // width + (results[1] + results[2]) // slots + results[3]
 
 
 # Pallas kernels the HLO cannot see into, by their Triton name (hlo_traffic.traffic).

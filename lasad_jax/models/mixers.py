@@ -103,10 +103,13 @@ class LinearAttentionMixer(nnx.Module):
             q, k = rope_2d(q, slots, **pos), rope_2d(k, slots, **pos)
         return q, k, v
 
-    def _output(self, o: jax.Array, x: jax.Array) -> jax.Array:
-        """Per-head RMSNorm, gate, projection: `o: [..., heads, Dv]`, `x: [..., dim]`."""
+    def _output(self, o: jax.Array, x: jax.Array, normalized: bool = False) -> jax.Array:
+        """Per-head RMSNorm (already applied to `o` when `normalized`), gate, projection:
+        `o: [..., heads, Dv]`, `x: [..., dim]`."""
         o32 = o.astype(jnp.float32)
-        o32 = o32 * jax.lax.rsqrt(jnp.mean(o32 * o32, axis=-1, keepdims=True) + self.cfg.norm_eps)
+        if not normalized:
+            o32 = o32 * jax.lax.rsqrt(jnp.mean(o32 * o32, axis=-1, keepdims=True)
+                                      + self.cfg.norm_eps)
         o = (o32.reshape(*x.shape) * self.head_norm[...]).astype(self.dtype)
         if self.cfg.gate != "none":
             g = self.gate_up(self.gate_down(x) if self.cfg.gate_rank else x)
@@ -143,9 +146,11 @@ class LinearAttentionMixer(nnx.Module):
         fn = {"lasad": ops.lasad_decode_step, "lasad_row": ops.lasad_row_decode_step,
               "linear_1d": ops.linear_1d_decode_step,
               "linear": ops.linear_decode_step}[self.cfg.mixer]
-        impl = {"impl": self.cfg.decode_impl} if self.cfg.mixer == "lasad" else {}
-        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix, **impl)
-        return self._output(o, x), cache
+        # The `lasad` step applies the head norm itself (on chip in the fused kernel).
+        lasad = self.cfg.mixer == "lasad"
+        extra = {"impl": self.cfg.decode_impl, "norm_eps": self.cfg.norm_eps} if lasad else {}
+        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix, **extra)
+        return self._output(o, x, normalized=lasad), cache
 
 
 def attention_impl(q: jax.Array) -> str | None:

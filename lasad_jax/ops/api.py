@@ -238,7 +238,7 @@ def select_decode_impl(platform: str) -> str:
 
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
                       row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0,
-                      impl: str = "auto"):
+                      impl: str = "auto", norm_eps: float | None = None):
     """Consumes the next slot (`q, k: [batch, heads, Dk]`, `v: [batch, heads, Dv]`) and
     returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype. Per token it reads
     and writes one column state and reads two grid rows of keys and values, wherever the
@@ -246,8 +246,15 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
 
     `impl` (`DECODE_IMPLS`): "xla", "pallas" (the column update and every read as one
     fused kernel, `ops.pallas.decode`: GPU, or the interpreter on CPU) or "auto"
-    (`select_decode_impl`)."""
+    (`select_decode_impl`).
+
+    `norm_eps`: when given, `o` comes RMS-normalized over its `Dv` features per head,
+    `o / sqrt(mean(o^2) + norm_eps)` in float32 before the cast (the LASAD mixer's head
+    norm): the fused kernel does it on chip, which saves the sampler a kernel per layer
+    and token."""
     h, num_prefix = _check_step(state, q, k, v, num_prefix)
+    if norm_eps is not None and not float(norm_eps) > 0:
+        raise ValueError(f"norm_eps must be a positive float or None, got {norm_eps!r}")
     if num_prefix > state.prefix_slots:
         raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "
                          f"(prefix_slots={state.prefix_slots}); pass "
@@ -266,7 +273,8 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
     return decode.lasad_step(state, q, k, v, num_prefix=num_prefix,
                              log_row=check_decay("row_decay", row_decay, h),
                              log_col=check_decay("col_decay", col_decay, h),
-                             token_update=update)
+                             token_update=update,
+                             norm_eps=None if norm_eps is None else float(norm_eps))
 
 
 def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,

@@ -141,21 +141,34 @@ def _decays(log_row, log_col):
     return (jnp.exp(log_row)[None, :, None, None], jnp.exp(log_col)[None, :, None, None])
 
 
+def rms_normalize(o: jax.Array, eps: float | None) -> jax.Array:
+    """`o / sqrt(mean(o^2) + eps)` over the last axis in float32 (`eps=None`: `o`)."""
+    if eps is None:
+        return o
+    o = o.astype(F32)
+    return o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + eps)
+
+
 def xla_token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Array,
-                     log_row: jax.Array, log_col: jax.Array, col: jax.Array,
-                     cur_row: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The reads of the `lasad` token at column `col` of the grid row in ring row
-    `cur_row`, in XLA: brings `H(col)` of `cols: [w, B, H, Dk, Dv]` up to date with the
-    previous grid row and returns `(cols, o)`, `o` float32 `[B, H, Dv]` (docs/decoding.md,
-    steps 2-4). `keys, values: [2w + P, B, H, D]` hold the ring with this token written.
+                     k: jax.Array, v: jax.Array, log_row: jax.Array, log_col: jax.Array,
+                     col: jax.Array, cur_row: jax.Array, slot: jax.Array, *,
+                     norm_eps: float | None = None) -> tuple[jax.Array, ...]:
+    """The `lasad` token at column `col` of the grid row in ring row `cur_row`, in XLA:
+    writes its key and value into ring slot `slot` of `keys, values: [2w + P, B, H, D]`,
+    brings `H(col)` of `cols: [w, B, H, Dk, Dv]` up to date with the previous grid row and
+    returns `(cols, keys, values, o)`, `o` float32 `[B, H, Dv]` (docs/decoding.md, steps
+    2-4), RMS-normalized per head when `norm_eps` is given.
     `ops.pallas.decode.token_update` is the same contract as one fused kernel.
 
     Order matters to XLA: the state is updated first and only its updated version is read
     afterwards. The old version is read once, by the update itself; a second reader of the
     old buffer after the update forces a copy of the whole array at every token (XLA
     duplicates cheap producers into each consumer, so even using `new` for the read would
-    add one; the read loads the column back instead).
+    add one; the read loads the column back instead). The ring likewise is written before
+    it is read.
     """
+    keys = jax.lax.dynamic_update_index_in_dim(keys, k.astype(keys.dtype), slot, 0)
+    values = jax.lax.dynamic_update_index_in_dim(values, v.astype(values.dtype), slot, 0)
     w = cols.shape[0]
     cur = cur_row * w  # first ring slot of this row; the previous row starts at w - cur
     # Cross-column weights b^|c - c'|, and this row's causal part b^(c - c') for c' <= c.
@@ -179,11 +192,11 @@ def xla_token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax
     prefix = jnp.einsum("bhd,jbhd->jbh", q32, keys[2 * w:].astype(F32))
     o = (_read(q32, current) + jnp.einsum("cbh,cbhe->bhe", row, v_row)
          + jnp.einsum("jbh,jbhe->bhe", prefix, values[2 * w:].astype(F32)))
-    return cols, o
+    return cols, keys, values, rms_normalize(o, norm_eps)
 
 
 def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int,
-               token_update=xla_token_update):
+               token_update=xla_token_update, norm_eps: float | None = None):
     """One slot of `lasad`; docs/decoding.md derives it.
 
     Image token `(r, c)`: `H(c)` was last brought up to date at `(r - 1, c)`, so one
@@ -192,20 +205,19 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int,
     `o = q.H(c) + sum_{c' <= c} b^(c - c') (q.k_{r,c'}) v_{r,c'} + sum_j (q.k_j) v_j`, the
     last sum over the prefix slots. No case needs a branch: in the prefix (and in grid
     row 0) the previous-row slots and `H` are still zero, so the update writes zero into
-    `H(0)` and only the prefix sum is non-zero. This function writes the token's key and
-    value into the ring; `token_update` does the rest (`xla_token_update`, or the fused
-    kernel of `ops.pallas.decode`). The ring is updated before it is read, for the same
-    reason as the column states (`xla_token_update`).
+    `H(0)` and only the prefix sum is non-zero. This function finds the token's place;
+    `token_update` writes its key and value into the ring and does the rest
+    (`xla_token_update`, or the fused kernel of `ops.pallas.decode`), RMS-normalizing `o`
+    per head when `norm_eps` is given.
     """
     w = state.cols.shape[0]
     in_prefix = state.pos < num_prefix
     p = jnp.maximum(state.pos - num_prefix, 0)
     col, cur_row = p % w, (p // w) % 2
     slot = jnp.where(in_prefix, 2 * w + state.pos, cur_row * w + col)
-    keys = jax.lax.dynamic_update_index_in_dim(state.keys, k.astype(state.keys.dtype), slot, 0)
-    values = jax.lax.dynamic_update_index_in_dim(state.values, v.astype(state.values.dtype),
-                                                 slot, 0)
-    cols, o = token_update(state.cols, keys, values, q, log_row, log_col, col, cur_row)
+    cols, keys, values, o = token_update(state.cols, state.keys, state.values, q, k, v,
+                                         log_row, log_col, col, cur_row, slot,
+                                         norm_eps=norm_eps)
     return o.astype(q.dtype), LasadState(state.pos + 1, cols, keys, values)
 
 

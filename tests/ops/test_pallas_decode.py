@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -101,12 +102,37 @@ def test_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
     assert "tt.dot" in texts[0]  # the previous row's product runs as one on-chip matmul
 
 
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_norm_eps_returns_the_head_normalized_output(impl):
+    """`norm_eps`: each head's output RMS-normalized over Dv (the mixer's head norm, which
+    the fused kernel applies on chip), against the normalized quadratic reference; a
+    wrong value of it is one clear error."""
+    width, num_prefix, eps = 5, 1, 1e-3
+    q, k, v = random_qkv(3, 2, num_prefix + 13)
+    ref = ops.lasad_attention(q, k, v, num_prefix=num_prefix, impl="reference",
+                              **decay_kwargs("lasad", width))
+    ref = ref * jax.lax.rsqrt(jnp.mean(ref * ref, axis=-1, keepdims=True) + eps)
+    state = ops.lasad_decode_init(2, HEADS, DK, DV, width, prefix_slots=num_prefix)
+
+    def body(s, x):
+        o, s = ops.lasad_decode_step(s, *x, row_decay=ROW_DECAY, col_decay=COL_DECAY,
+                                     num_prefix=num_prefix, impl=impl, norm_eps=eps)
+        return s, o
+
+    _, o = jax.lax.scan(body, state, tuple(x.swapaxes(0, 1) for x in (q, k, v)))
+    assert rel_err(o.swapaxes(0, 1), ref) < 1e-5
+    with pytest.raises(ValueError, match="norm_eps must be a positive float or None"):
+        ops.lasad_decode_step(state, q[:, 0], k[:, 0], v[:, 0], row_decay=ROW_DECAY,
+                              col_decay=COL_DECAY, norm_eps=0.0)
+
+
 def test_gpu_kernel_needs_power_of_two_heads():
     state = ops.lasad_decode_init(1, 2, 24, 24, 4)
     x = jnp.ones((1, 2, 24))
     with pytest.raises(ValueError, match="Dk a power of two >= 16"):
-        token_update(state.cols, state.keys, state.values, x, jnp.zeros((2,)),
-                     jnp.zeros((2,)), jnp.int32(0), jnp.int32(0), interpret=False)
+        token_update(state.cols, state.keys, state.values, x, x, x, jnp.zeros((2,)),
+                     jnp.zeros((2,)), jnp.int32(0), jnp.int32(0), jnp.int32(0),
+                     interpret=False)
 
 
 def test_kernels_follow_the_default_device(monkeypatch):

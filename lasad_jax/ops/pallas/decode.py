@@ -44,30 +44,46 @@ def _pow2(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
-def token_kernel(at_ref, cols_ref, k_ref, v_ref, log_ref, q_ref, new_ref, o_ref, *,
-                 width: int, window: int, prefix_load: int):
+def token_kernel(at_ref, cols_ref, k_ref, v_ref, qkv_ref, new_ref, k_out, v_out, o_ref, *,
+                 width: int, window: int, prefix_load: int, dk: int, dv: int,
+                 norm_eps: float | None):
     """One (batch row, head). `cols_ref`/`new_ref`: the whole aliased state
-    `[w, B*H, Dk, Dv]`; `at_ref`: (column, first ring slot of the current grid row);
-    `k_ref`, `v_ref`: this program's ring `[S, D]` (grid rows at slots 0 and w, prefix
-    slots from 2w); `log_ref`: `[1, 2]` (log a, log b) of its head.
+    `[w, B*H, Dk, Dv]`; `at_ref`: (column, first ring slot of the current grid row, the
+    token's ring slot); `k_ref`, `v_ref` (aliased to `k_out`, `v_out`): this program's
+    ring `[S, D]` (grid rows at slots 0 and w, prefix slots from 2w) before the token;
+    `qkv_ref`: a float32 `[4, max(Dk, Dv)]` block holding the token's query, key and value
+    in rows 0 to 2 and its head's (log a, log b) at the start of row 3. With `norm_eps`, `o` is RMS-normalized over its features before it is
+    written.
 
     Triton loads power-of-two blocks, so a grid row is read as `window >= w` slots that
     end inside the ring (shifted back from the row's start where they would run past
     it), and every slot's weight is zero unless it belongs to the row: no padding of the
-    ring, which XLA would have to copy at every token."""
-    col, cur = at_ref[0], at_ref[1]
+    ring, which XLA would have to copy at every token. Every load takes the token's key
+    and value from registers at its slot and the ring's old contents elsewhere, so the
+    write of that slot (the kernel's last act) cannot race with the reads."""
+    col, cur, slot = at_ref[0], at_ref[1], at_ref[2]
     at = (pl.ds(col, 1), pl.ds(pl.program_id(0), 1), slice(None), slice(None))
-    log_a, log_b = log_ref[0:1, 0:1], log_ref[0:1, 1:2]  # [1, 1] each
+    log_a, log_b = qkv_ref[3:4, 0:1], qkv_ref[3:4, 1:2]  # [1, 1] each
     slots = k_ref.shape[0]
-    q = q_ref[...].astype(F32)  # [1, Dk]
+    q = qkv_ref[0:1, :dk]  # [1, Dk]
+    k_new = qkv_ref[1:2, :dk].astype(k_out.dtype)
+    v_new = qkv_ref[2:3, :dv].astype(v_out.dtype)
+
+    def ring(start, size):
+        """Ring slots `start .. start + size - 1` with the token's key and value at its
+        slot: `[size, D]` each, float32."""
+        index = lax.broadcasted_iota(jnp.int32, (size, 1), 0) + start
+        rows = (pl.ds(start, size), slice(None))
+        mine = index == slot
+        return (jnp.where(mine, k_new, k_ref[rows]).astype(F32),
+                jnp.where(mine, v_new, v_ref[rows]).astype(F32), index)
 
     def grid_row(start):
         """Keys, values `[window, D]` of the grid row from ring slot `start`, and each
         loaded slot's column `c'` (outside `[0, w)`: not in the row)."""
         load = jnp.minimum(start, slots - window)
-        rows = (pl.ds(load, window), slice(None))
-        cols = lax.broadcasted_iota(jnp.int32, (window, 1), 0) + (load - start)
-        return k_ref[rows].astype(F32), v_ref[rows].astype(F32), cols
+        k, v, index = ring(load, window)
+        return k, v, index - start
 
     def across(cols):  # b^|c - c'| for slots of the row, 0 elsewhere
         inside = (cols >= 0) & (cols < width)
@@ -86,27 +102,38 @@ def token_kernel(at_ref, cols_ref, k_ref, v_ref, log_ref, q_ref, new_ref, o_ref,
     scores = jnp.sum(k_row * q, axis=1, keepdims=True) * along  # [window, 1]
     o += jnp.sum(scores * v_row, axis=0, keepdims=True)
     # ... and the prefix slots, weight 1 (slots not yet written hold zeros).
-    load = min(2 * width, slots - prefix_load)
-    mine = lax.broadcasted_iota(jnp.int32, (prefix_load, 1), 0) + load >= 2 * width
-    rows = (pl.ds(load, prefix_load), slice(None))
-    prefix = jnp.where(mine, jnp.sum(k_ref[rows].astype(F32) * q, axis=1, keepdims=True), 0.0)
-    o_ref[...] = o + jnp.sum(prefix * v_ref[rows].astype(F32), axis=0, keepdims=True)
+    k_pre, v_pre, index = ring(min(2 * width, slots - prefix_load), prefix_load)
+    prefix = jnp.where(index >= 2 * width, jnp.sum(k_pre * q, axis=1, keepdims=True), 0.0)
+    o += jnp.sum(prefix * v_pre, axis=0, keepdims=True)
+    if norm_eps is not None:  # the mixer's per-head norm, on chip
+        o = o * lax.rsqrt(jnp.mean(o * o, axis=1, keepdims=True) + norm_eps)
+    o_ref[...] = o
+    k_out[pl.ds(slot, 1), :] = k_new
+    v_out[pl.ds(slot, 1), :] = v_new
 
 
 def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Array,
-                 log_row: jax.Array, log_col: jax.Array, col: jax.Array, cur_row: jax.Array,
-                 *, interpret: bool = False) -> tuple[jax.Array, jax.Array]:
-    """`(cols with column col updated, o)` for one `lasad` decoding token, `o` float32
-    `[B, H, Dv]` without its own dtype cast. The same contract as
+                 k: jax.Array, v: jax.Array, log_row: jax.Array, log_col: jax.Array,
+                 col: jax.Array, cur_row: jax.Array, slot: jax.Array, *,
+                 norm_eps: float | None = None,
+                 interpret: bool = False) -> tuple[jax.Array, ...]:
+    """`(cols with column col updated, keys, values with the token at slot, o)` for one
+    `lasad` decoding token, `o` float32 `[B, H, Dv]` without its own dtype cast,
+    RMS-normalized per head when `norm_eps` is given. The same contract as
     `ops.decode.xla_token_update`.
 
     `cols: [w, B, H, Dk, Dv]` (updated in place when donated); `keys, values: [2w + P, B,
-    H, D]` the ring with this token already written (grid row `r` in ring row `r % 2`,
-    `cur_row`, slots `cur_row * w + c`; prefix slots from `2w`); `q: [B, H, Dk]`;
-    `log_row, log_col: [H]`; `col`, `cur_row`: int32 scalars. The kernel takes the ring
-    per (batch row, head), `[B*H, slots, D]`; inside the sampling loop XLA then keeps the
-    carried ring in that layout and writes each token's slot into it, so no transpose
+    H, D]` the ring before the token (grid row `r` in ring row `r % 2`, `cur_row`, slots
+    `cur_row * w + c`; prefix slots from `2w`), also updated in place; `q, k: [B, H,
+    Dk]`, `v: [B, H, Dv]`; `log_row, log_col: [H]`; `col`, `cur_row`, `slot`: int32
+    scalars. The kernel takes the ring per (batch row, head), `[B*H, slots, D]`; inside
+    the sampling loop XLA then keeps the carried ring in that layout, so no transpose
     runs per token (seen in the program compiled for an H200, benchmarks/gpu_aot.py).
+    The token's query, key, value and its heads' log decays reach the kernel as one
+    float32 array, so XLA computes them (RoPE, feature map, decays) in one kernel:
+    separate operands took a kernel each, and writing the key and value into the ring in
+    XLA two more (compiled for an H200). Float32 keeps the log decays exact and costs a
+    few hundred bytes per (batch row, head).
     """
     w, b, h, dk, dv = cols.shape
     if not interpret:
@@ -115,35 +142,53 @@ def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Arr
                 raise ValueError(f"decode_impl='pallas' needs {name} a power of two >= 16 "
                                  f"on GPU (Triton tiles), got {d}; use decode_impl='xla'")
     rows, window = b * h, _pow2(w, 16)
-    prefix = keys.shape[0] - 2 * w
+    ring_slots = keys.shape[0]
+    prefix = ring_slots - 2 * w
     prefix_load = _pow2(max(prefix, 1), 1)
     # Zero slots only where the ring is shorter than one load (grids under ~8 columns).
     pad = max(0, window - (2 * w + prefix), prefix_load - prefix)
 
-    def ring(x: jax.Array) -> jax.Array:  # [2w + P, B, H, D] -> [B*H, 2w + P (+ pad), D]
-        x = x.transpose(1, 2, 0, 3).reshape(rows, 2 * w + prefix, x.shape[-1])
+    def to_kernel(x: jax.Array) -> jax.Array:  # [2w + P, B, H, D] -> [B*H, 2w + P (+ pad), D]
+        x = x.transpose(1, 2, 0, 3).reshape(rows, ring_slots, x.shape[-1])
         return jnp.pad(x, ((0, 0), (0, pad), (0, 0))) if pad else x
 
-    logs = jnp.stack([log_row, log_col], axis=-1).astype(F32).reshape(h, 1, 2)
-    at = jnp.stack([col, cur_row * w]).astype(jnp.int32)
+    def from_kernel(x: jax.Array) -> jax.Array:
+        x = x[:, :ring_slots] if pad else x
+        return x.reshape(b, h, ring_slots, x.shape[-1]).transpose(2, 0, 1, 3)
+
+    at = jnp.stack([col, cur_row * w, slot]).astype(jnp.int32)
     state = cols.reshape(w, rows, dk, dv)  # a bitcast: (B, H) are adjacent
     whole = pl.BlockSpec(state.shape, lambda i: (0, 0, 0, 0))
-    slots = 2 * w + prefix + pad
+    slots = ring_slots + pad
 
     def mine(*shape: int) -> pl.BlockSpec:
         return pl.BlockSpec((None, *shape), lambda i: (i,) + (0,) * len(shape))
 
-    new, o = pl.pallas_call(
-        functools.partial(token_kernel, width=w, window=window, prefix_load=prefix_load),
+    kr, vr = to_kernel(keys), to_kernel(values)
+    # [B*H, 4, D] float32: q, k, v (k, v rounded to the ring's dtype, as stored) and
+    # (log a, log b) of each head (Triton blocks have power-of-two sides).
+    d = max(dk, dv, 2)
+
+    def row(x: jax.Array, stored=F32) -> jax.Array:
+        x = x.astype(stored).astype(F32).reshape(rows, x.shape[-1])
+        return jnp.pad(x, ((0, 0), (0, d - x.shape[-1]))) if x.shape[-1] < d else x
+
+    logs = jnp.broadcast_to(jnp.stack([log_row, log_col], axis=-1), (b, h, 2))
+    qkv = jnp.stack([row(q), row(k, keys.dtype), row(v, values.dtype), row(logs)], axis=1)
+    new, kr, vr, o = pl.pallas_call(
+        functools.partial(token_kernel, width=w, window=window, prefix_load=prefix_load,
+                          dk=dk, dv=dv, norm_eps=norm_eps),
         grid=(rows,),
-        in_specs=[pl.BlockSpec((2,), lambda i: (0,)), whole, mine(slots, dk), mine(slots, dv),
-                  pl.BlockSpec((None, 1, 2), lambda i: (i % h, 0, 0)), mine(1, dk)],
-        out_specs=[whole, mine(1, dv)],
+        in_specs=[pl.BlockSpec((3,), lambda i: (0,)), whole, mine(slots, dk), mine(slots, dv),
+                  mine(4, d)],
+        out_specs=[whole, mine(slots, dk), mine(slots, dv), mine(1, dv)],
         out_shape=[jax.ShapeDtypeStruct(state.shape, state.dtype),
+                   jax.ShapeDtypeStruct(kr.shape, kr.dtype),
+                   jax.ShapeDtypeStruct(vr.shape, vr.dtype),
                    jax.ShapeDtypeStruct((rows, 1, dv), F32)],
-        input_output_aliases={1: 0},
+        input_output_aliases={1: 0, 2: 1, 3: 2},
         compiler_params=plt.CompilerParams(num_warps=4, num_stages=1),
         interpret=interpret,
         name="lasad_decode_token",
-    )(at, state, ring(keys), ring(values), logs, q.reshape(rows, 1, dk))
-    return new.reshape(cols.shape), o.reshape(b, h, dv)
+    )(at, state, kr, vr, qkv)
+    return new.reshape(cols.shape), from_kernel(kr), from_kernel(vr), o.reshape(b, h, dv)
