@@ -1,7 +1,7 @@
-"""The `lasad` decoding step's reads as one fused GPU kernel (Triton).
+"""The `lasad` decoding step as one fused GPU kernel (Triton).
 
-Per token `(r, c)`, after its key and value are written into the ring,
-`ops.decode.lasad_step` brings one column state up to date and reads three things:
+Per token `(r, c)` at ring slot `s`, `ops.decode.lasad_step` writes the token's key and
+value into the ring, brings one column state up to date and reads three things:
 
     U = sum_c' b^|c - c'| k_{r-1,c'} v_{r-1,c'}^T,   H(c) <- a (H(c) + U),
     o = q . H(c) + sum_{c' <= c} b^(c - c') (q . k_{r,c'}) v_{r,c'} + sum_j (q . k_j) v_j
@@ -13,10 +13,11 @@ in another layout, a second kernel copies it into the state, the read loads it o
 more, and the row and prefix terms and their sum are kernels of their own. Here one
 program per (batch row, head) loads the old `Dk x Dv` state, the two grid rows of keys
 and values and the prefix slots, forms `U` on chip, writes the new state in place (the
-state buffer is aliased to the output) and returns `o`: the column is read once and
-written once, and a layer's step is two kernels (this one and the relayout of the ring
-rows it reads).
-
+state buffer is aliased to the output), writes the token's key and value into the
+aliased rings, and returns `o`, RMS-normalized per head when asked (the mixer's head
+norm). The column is read once and written once, and a layer's step is two kernels: this
+one, and the XLA kernel that forms q, k, v (feature map, RoPE) and packs them with the
+log decays into the kernel's one input array.
 `U` is a float32 product at full precision (`HIGHEST`: `2 w Dk Dv` multiply-adds per
 program, nothing next to the memory traffic) and the weights `b^|c - c'|` are formed from
 indices in the kernel, so it matches the XLA step to float32 rounding whatever the state
