@@ -224,8 +224,8 @@ DECODE_IMPLS = ("auto", "xla", "pallas")
 
 # decode_impl="auto": the first row whose platform matches ("*": any) picks the `lasad`
 # decoding step. Today the XLA step everywhere: the fused kernel (`ops.pallas.decode`,
-# GPU) compiles for an H200 and moves under half of the XLA step's bytes per token there (benchmarks/RESULTS.md, "Compiled for an H200 without
-# one"), but nothing has timed it; a ("gpu", "pallas") row enters once
+# GPU) compiles for an H200 and moves under half of the XLA step's bytes per token there
+# (benchmarks/RESULTS.md, "Compiled for an H200 without one"), but nothing has timed it; a ("gpu", "pallas") row enters once
 # benchmarks/sampling.py --decode_impls xla pallas (a stage of benchmarks/device_check.sh)
 # shows it faster on a GPU.
 DECODE_AUTO_TABLE: tuple[tuple[str, str], ...] = (("*", "xla"),)

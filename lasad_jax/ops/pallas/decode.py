@@ -53,8 +53,8 @@ def token_kernel(at_ref, cols_ref, k_ref, v_ref, qkv_ref, new_ref, k_out, v_out,
     token's ring slot); `k_ref`, `v_ref` (aliased to `k_out`, `v_out`): this program's
     ring `[S, D]` (grid rows at slots 0 and w, prefix slots from 2w) before the token;
     `qkv_ref`: a float32 `[4, max(Dk, Dv)]` block holding the token's query, key and value
-    in rows 0 to 2 and its head's (log a, log b) at the start of row 3. With `norm_eps`, `o` is RMS-normalized over its features before it is
-    written.
+    in rows 0 to 2 and its head's (log a, log b) at the start of row 3. With `norm_eps`,
+    `o` is RMS-normalized over its features before it is written.
 
     Triton loads power-of-two blocks, so a grid row is read as `window >= w` slots that
     end inside the ring (shifted back from the row's start where they would run past
