@@ -92,6 +92,33 @@ def test_overfits_a_fixed_batch():
     assert final < 0.2, final  # measured 0.06 nats/token (log 17 = 2.83 at the start)
 
 
+def _finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+@pytest.mark.parametrize("nonfinite", ["halt", "skip"])
+def test_state_finite_says_whether_the_new_state_is_finite(nonfinite):
+    """`state_finite`, read off two norms, against a check of every array of the new
+    state: after a good step, and after one whose tokens are out of the vocabulary (the
+    embedding lookup gives NaN, so loss and gradients are NaN)."""
+    config = tiny_demo_config()
+    config.model.update(num_layers=1, dim=32, num_heads=2)
+    parts = make_state(config, total_steps=4)
+    graphdef, state, tx, schedule = parts
+    step = make_train_step(graphdef, tx, schedule, class_dropout=0.0,
+                           null_class=config.data.num_classes, ema_decay=0.9,
+                           nonfinite=nonfinite)
+    batch = fixed_batch(config, n=4)
+    state, metrics = step(state, batch)
+    assert bool(metrics["state_finite"]) and _finite(state)
+    poisoned = dict(batch, tokens=np.full_like(batch["tokens"], 17))
+    new, metrics = step(state, poisoned)
+    assert not np.isfinite(float(metrics["loss"]))
+    # halt: the update is applied and ruins the state; skip: the old state is kept.
+    assert bool(metrics["state_finite"]) == (nonfinite == "skip") == _finite(new)
+
+
 @pytest.mark.slow
 def test_save_restore_identical_params_and_next_loss(tmp_path):
     config = tiny_demo_config()
