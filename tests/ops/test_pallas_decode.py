@@ -42,12 +42,12 @@ def test_pallas_step_matches_reference_and_xla_step(width, num_image, num_prefix
     assert rel_err(fused, xla) < 1e-6
 
 
-@pytest.mark.parametrize("width,num_image,dk,dv", [(5, 13, 16, 32), (24, 60, 16, 32),
-                                                   (32, 70, 64, 64)])
-def test_pallas_step_at_kernel_head_sizes(width, num_image, dk, dv):
-    """Head sizes the GPU kernel takes (powers of two >= 16; 64 is LASADGen's), so this
-    test runs the Triton kernel itself on a GPU (benchmarks/device_check.sh, stage
-    pallas_tests) and the interpreter on CPU."""
+@pytest.mark.parametrize("width,num_image,dk,dv,norm_eps", [
+    (5, 13, 16, 32, None), (24, 60, 16, 32, None), (32, 70, 64, 64, 1e-5)])
+def test_pallas_step_at_kernel_head_sizes(width, num_image, dk, dv, norm_eps):
+    """Head sizes the GPU kernel takes (powers of two >= 16; 64 is LASADGen's, with the
+    head norm as the model runs it), so this test runs the Triton kernel itself on a GPU
+    (benchmarks/device_check.sh, stage pallas_tests) and the interpreter on CPU."""
     rng = np.random.default_rng(width)
     b, h, num_prefix = 2, 3, 1
     t = num_prefix + num_image
@@ -55,8 +55,10 @@ def test_pallas_step_at_kernel_head_sizes(width, num_image, dk, dv):
     v = jnp.asarray(rng.normal(size=(b, t, h, dv)), jnp.float32)
     ref = ops.lasad_attention(q, k, v, num_prefix=num_prefix, impl="reference",
                               **decay_kwargs("lasad", width))
+    if norm_eps is not None:
+        ref = ref * jax.lax.rsqrt(jnp.mean(ref * ref, axis=-1, keepdims=True) + norm_eps)
     fused, final = decode_all("lasad", q, k, v, width=width, num_prefix=num_prefix,
-                              impl="pallas")
+                              impl="pallas", norm_eps=norm_eps)
     assert rel_err(fused, ref) < 1e-5, rel_err(fused, ref)
     assert int(final.pos) == t
 
