@@ -9,7 +9,9 @@ chunk), with no XLA work around it on GPU.
 
 Three kernels behind one `jax.custom_vjp`: the forward; `dq`, which is the forward with
 `(q, k, v) -> (do, v, k)`; and `dk, dv` with each key block's share of the two log-decay
-gradients. Grids are `(batch, heads, token blocks)`. On GPU the kernels read and write the
+gradients. With chunks the prefix keys' `dk, dv` are two small XLA products instead
+(`_prefix_key_grads`): every later query reads those keys, so the program of their block
+would walk the whole sequence while every other walks one chunk. Grids are `(batch, heads, token blocks)`. On GPU the kernels read and write the
 caller's `[B, T, H, D]` arrays where they lie (a block is `[block, D]` at a stride of
 `H * D`), so nothing is transposed, split or concatenated; `T` and `D` are padded only
 where they are not already multiples of the block and powers of two. On TPU a block's
@@ -137,9 +139,41 @@ def _backward(cfg: _Config, q, k, v, lr, lc, do):
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
          part, part],
     )(lr, lc, q, k, v, do)
+    if cfg.rows_per_chunk is not None and cfg.num_prefix:
+        dk_, dv_ = _prefix_key_grads(cfg, q, k, v, do, dk_, dv_)
     # Per-(batch, key block) partial sums of the decay gradients: the reduction is a tiny
     # XLA op.
     return dq, dk_, dv_, dlr.sum(axis=(0, 2)), dlc.sum(axis=(0, 2))
+
+
+def _prefix_key_grads(cfg: _Config, q, k, v, do, dk_, dv_):
+    """Adds the gradients of the prefix keys and values, which the dk/dv kernel leaves out
+    when there are chunks. Prefix key `j` weighs 1 for every query `i >= j`, so with
+    `G_j = sum_{i >= j} q_i do_i^T` (`[Dk, Dv]`, float32): `dk_j = G_j v_j`,
+    `dv_j = G_j^T k_j`. `G` is one product over the sequence plus a suffix sum over the
+    few prefix slots."""
+    p, axis = cfg.num_prefix, 1 if cfg.layout == "bthd" else 2
+    spec = "btkd,btke->bkde" if cfg.layout == "bthd" else "bktd,bkte->bkde"
+    f32 = jnp.float32
+
+    def cut(x, lo, hi):
+        return lax.slice_in_dim(x, lo, hi, axis=axis)
+
+    def head(x):  # the prefix slots, [B, P, H, D] float32
+        return jnp.moveaxis(cut(x, 0, p), axis, 1).astype(f32)
+
+    image = jnp.einsum(spec, cut(q, p, q.shape[axis]), cut(do, p, do.shape[axis]),
+                       preferred_element_type=f32)  # [B, H, Dk, Dv]
+    outer = jnp.einsum("bphd,bphe->bphde", head(q), head(do))
+    g = image[:, None] + jnp.flip(jnp.cumsum(jnp.flip(outer, 1), axis=1), 1)  # G_j, j < P
+    dkp = jnp.einsum("bphde,bphe->bphd", g, head(v))
+    dvp = jnp.einsum("bphde,bphd->bphe", g, head(k))
+
+    def add(grad, extra):
+        first = cut(grad, 0, p).astype(f32) + jnp.moveaxis(extra, 1, axis)
+        return lax.dynamic_update_slice_in_dim(grad, first.astype(grad.dtype), 0, axis)
+
+    return add(dk_, dkp), add(dv_, dvp)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

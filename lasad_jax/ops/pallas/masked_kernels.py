@@ -51,10 +51,11 @@ def _row_col(idx: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
 
 
 def decay_weights(i, j, lr, lc, *, width: int, num_prefix: int,
-                  rows_per_chunk: int | None) -> Weights:
+                  rows_per_chunk: int | None, prefix_keys: bool = True) -> Weights:
     """Weights for query slots `i` against key slots `j` (broadcastable int32 arrays).
 
-    A prefix key (`j < num_prefix`) weighs 1 for every query at or after it. An image pair
+    A prefix key (`j < num_prefix`) weighs 1 for every query at or after it (0 with
+    `prefix_keys=False`, for a caller that handles those pairs itself). An image pair
     counts when `j <= i` and, with `rows_per_chunk`, both lie in the same chunk; it weighs
     `exp(dr log a + |dc| log b)`. Exponents of pairs that are not image pairs are zeroed
     before `exp`, so no inf can meet a zero in the backward pass, and their distances
@@ -70,7 +71,7 @@ def decay_weights(i, j, lr, lc, *, width: int, num_prefix: int,
     dr = jnp.where(image, ri - rj, 0.0)
     dc = jnp.where(image, jnp.abs(ci - cj), 0.0)
     m = jnp.where(image, jnp.exp(dr * lr + dc * lc), 0.0)
-    if num_prefix:
+    if num_prefix and prefix_keys:
         m = jnp.where(causal & (j < num_prefix), 1.0, m)
     return Weights(m, dr, dc)
 
@@ -138,8 +139,11 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
                *, block_q: int, width: int, num_prefix: int, rows_per_chunk: int | None,
                prec: lax.Precision) -> None:
     """One key block: dk, dv, and this block's share of the per-head log-decay gradients,
-    over the query blocks from the diagonal to the end of the key block's chunk (to the
-    end of the sequence for a block holding prefix keys, which every later query reads).
+    over the query blocks from the diagonal to the end of the key block's chunk. With
+    chunks, prefix keys get no share here: every later query reads them, so one program
+    would walk the whole sequence while the others walk a chunk; `masked.py` adds their
+    gradients with two small products instead. Without chunks every block walks to the end
+    anyway and prefix keys are done here.
 
     Tiles are built transposed (keys along rows) so every product is a plain `a @ b` or
     `a @ b.T`: no transposed-LHS matmul is needed from the lowering. With `S = q k^T` and
@@ -151,7 +155,8 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     k, v = k_ref[...], v_ref[...]
     lr, lc = lr_ref[...], lc_ref[...]
     j = k0 + lax.broadcasted_iota(jnp.int32, (bk, 1), 0)
-    statics = dict(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk)
+    statics = dict(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
+                   prefix_keys=rows_per_chunk is None)
 
     def body(qb, carry):
         dk, dv, dlr, dlc = carry
@@ -170,10 +175,7 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     first = lax.div(k0, block_q)  # causal skip: query blocks wholly before this key block
     if rows_per_chunk is not None:  # ... and wholly after its chunk
         end = chunk_start(k0 + bk - 1, width, num_prefix, rows_per_chunk) + rows_per_chunk * width
-        last = lax.div(end + block_q - 1, block_q)
-        if num_prefix:
-            last = jnp.where(k0 < num_prefix, n_q, last)
-        n_q = jnp.minimum(n_q, last)
+        n_q = jnp.minimum(n_q, lax.div(end + block_q - 1, block_q))
     zero11 = jnp.zeros((1, 1), F32)
     init = (jnp.zeros(k.shape, F32), jnp.zeros(v.shape, F32), zero11, zero11)
     dk, dv, dlr, dlc = lax.fori_loop(first, n_q, body, init)
