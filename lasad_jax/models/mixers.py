@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lasad_jax import ops
+from lasad_jax.ops.decode import rms_normalize
 from lasad_jax.ops.platform import target_platform
 from lasad_jax.models.config import ModelConfig
 from lasad_jax.models.layers import linear, rope_2d
@@ -106,10 +107,7 @@ class LinearAttentionMixer(nnx.Module):
     def _output(self, o: jax.Array, x: jax.Array, normalized: bool = False) -> jax.Array:
         """Per-head RMSNorm (already applied to `o` when `normalized`), gate, projection:
         `o: [..., heads, Dv]`, `x: [..., dim]`."""
-        o32 = o.astype(jnp.float32)
-        if not normalized:
-            o32 = o32 * jax.lax.rsqrt(jnp.mean(o32 * o32, axis=-1, keepdims=True)
-                                      + self.cfg.norm_eps)
+        o32 = o.astype(jnp.float32) if normalized else rms_normalize(o, self.cfg.norm_eps)
         o = (o32.reshape(*x.shape) * self.head_norm[...]).astype(self.dtype)
         if self.cfg.gate != "none":
             g = self.gate_up(self.gate_down(x) if self.cfg.gate_rank else x)

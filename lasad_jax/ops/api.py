@@ -225,9 +225,9 @@ DECODE_IMPLS = ("auto", "xla", "pallas")
 # decode_impl="auto": the first row whose platform matches ("*": any) picks the `lasad`
 # decoding step. Today the XLA step everywhere: the fused kernel (`ops.pallas.decode`,
 # GPU) compiles for an H200 and moves under half of the XLA step's bytes per token there
-# (benchmarks/RESULTS.md, "Compiled for an H200 without one"), but nothing has timed it; a ("gpu", "pallas") row enters once
-# benchmarks/sampling.py --decode_impls xla pallas (a stage of benchmarks/device_check.sh)
-# shows it faster on a GPU.
+# (benchmarks/RESULTS.md, "Compiled for an H200 without one"), but nothing has timed it;
+# a ("gpu", "pallas") row enters once benchmarks/sampling.py --decode_impls xla pallas (a
+# stage of benchmarks/device_check.sh) shows it faster on a GPU.
 DECODE_AUTO_TABLE: tuple[tuple[str, str], ...] = (("*", "xla"),)
 
 
@@ -253,7 +253,8 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
     norm): the fused kernel does it on chip, which saves the sampler a kernel per layer
     and token."""
     h, num_prefix = _check_step(state, q, k, v, num_prefix)
-    if norm_eps is not None and not float(norm_eps) > 0:
+    if norm_eps is not None and (isinstance(norm_eps, bool)
+                                 or not isinstance(norm_eps, (int, float)) or not norm_eps > 0):
         raise ValueError(f"norm_eps must be a positive float or None, got {norm_eps!r}")
     if num_prefix > state.prefix_slots:
         raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "

@@ -167,3 +167,21 @@ def test_gpu_aot_names_a_missing_target(tmp_path):
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
                          text=True)
     assert run.returncode == 1 and "--target: no such file" in run.stderr
+
+
+def test_fused_decode_kernel_bytes():
+    """gpu_aot's rule for the fused decoding kernel (`lasad_decode_token`), against the
+    bytes it moves counted by hand: one column of the aliased `[w, B*H, Dk, Dv]` state read
+    and written, both aliased rings read whole and written one slot, the packed q/k/v
+    input read, `o` written."""
+    import gpu_aot
+
+    w, rows, d, slots = 16, 96, 64, 33
+    state, ring = w * rows * d * d * 4, rows * slots * d * 2
+    packed, o, at = rows * 4 * d * 4, rows * d * 4, 3 * 4
+    shapes = ["s32[3]", f"f32[{w},{rows},{d},{d}]", f"bf16[{rows},{slots},{d}]",
+              f"bf16[{rows},{slots},{d}]", f"f32[{rows},4,{d}]"]
+    read, written = gpu_aot._decode_token_bytes([at, state, ring, ring, packed],
+                                                [state, ring, ring, o], shapes)
+    assert read == at + state // w + 2 * ring + packed
+    assert written == state // w + 2 * rows * d * 2 + o

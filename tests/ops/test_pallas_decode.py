@@ -128,6 +128,15 @@ def test_norm_eps_returns_the_head_normalized_output(impl):
                               col_decay=COL_DECAY, norm_eps=0.0)
 
 
+@pytest.mark.parametrize("bad", [0.0, -1e-5, True, "1e-5"])
+def test_norm_eps_rejects_what_is_not_a_positive_number(bad):
+    state = ops.lasad_decode_init(1, HEADS, DK, DV, 4)
+    x = jnp.ones((1, HEADS, DK))
+    with pytest.raises(ValueError, match="norm_eps must be a positive float or None"):
+        ops.lasad_decode_step(state, x, x, jnp.ones((1, HEADS, DV)), row_decay=ROW_DECAY,
+                              col_decay=COL_DECAY, norm_eps=bad)
+
+
 def test_gpu_kernel_needs_power_of_two_heads():
     state = ops.lasad_decode_init(1, 2, 24, 24, 4)
     x = jnp.ones((1, 2, 24))

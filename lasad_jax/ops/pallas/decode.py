@@ -18,6 +18,7 @@ aliased rings, and returns `o`, RMS-normalized per head when asked (the mixer's 
 norm). The column is read once and written once, and a layer's step is two kernels: this
 one, and the XLA kernel that forms q, k, v (feature map, RoPE) and packs them with the
 log decays into the kernel's one input array.
+
 `U` is a float32 product at full precision (`HIGHEST`: `2 w Dk Dv` multiply-adds per
 program, nothing next to the memory traffic) and the weights `b^|c - c'|` are formed from
 indices in the kernel, so it matches the XLA step to float32 rounding whatever the state
@@ -36,6 +37,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+
+from lasad_jax.ops.decode import rms_normalize
 
 F32 = jnp.float32
 
@@ -106,9 +109,7 @@ def token_kernel(at_ref, cols_ref, k_ref, v_ref, qkv_ref, new_ref, k_out, v_out,
     k_pre, v_pre, index = ring(min(2 * width, slots - prefix_load), prefix_load)
     prefix = jnp.where(index >= 2 * width, jnp.sum(k_pre * q, axis=1, keepdims=True), 0.0)
     o += jnp.sum(prefix * v_pre, axis=0, keepdims=True)
-    if norm_eps is not None:  # the mixer's per-head norm, on chip
-        o = o * lax.rsqrt(jnp.mean(o * o, axis=1, keepdims=True) + norm_eps)
-    o_ref[...] = o
+    o_ref[...] = rms_normalize(o, norm_eps)  # the mixer's per-head norm, on chip
     k_out[pl.ds(slot, 1), :] = k_new
     v_out[pl.ds(slot, 1), :] = v_new
 

@@ -11,9 +11,11 @@ Three kernels behind one `jax.custom_vjp`: the forward; `dq`, which is the forwa
 `(q, k, v) -> (do, v, k)`; and `dk, dv` with each key block's share of the two log-decay
 gradients. With chunks the prefix keys' `dk, dv` are two small XLA products instead
 (`_prefix_key_grads`): every later query reads those keys, so the program of their block
-would walk the whole sequence while every other walks one chunk. Grids are `(batch, heads, token blocks)`. On GPU the kernels read and write the
-caller's `[B, T, H, D]` arrays where they lie (a block is `[block, D]` at a stride of
-`H * D`), so nothing is transposed, split or concatenated; `T` and `D` are padded only
+would walk the whole sequence while every other walks one chunk.
+
+Grids are `(batch, heads, token blocks)`. On GPU the kernels read and write the caller's
+`[B, T, H, D]` arrays where they lie (a block is `[block, D]` at a stride of `H * D`), so
+nothing is transposed, split or concatenated; `T` and `D` are padded only
 where they are not already multiples of the block and powers of two. On TPU a block's
 last two sides must be tiles of the array's, so the arrays are moved to `[B, H, T, D]`
 first (the `layout` below). History: the first version took image tokens only, in a
