@@ -13,7 +13,7 @@
 #
 # Stages, each a process under its own time limit, so one slow compile cannot take the
 # others' results with it; every JSON is rewritten per row, and each row is printed as it
-# goes. Most important rows first. Operator stages (at most 375 s together):
+# goes. Most important rows first. Operator stages (at most 380 s together):
 # 1. core (90 s): benchmarks/kernels.py, the chunked XLA form against cuDNN flash
 #    attention, D = 64, batch 1, T = 256 ... 16384, forward+backward then forward, every
 #    LASAD row first checked against the float32 reference: the issue's targets.
@@ -26,10 +26,13 @@
 #    1's softmax rows join its speedups. Chunks of 1024, 2048 and 4096 tokens (the kernels
 #    write no C x C scores, so longer chunks than the XLA form's may pay: fewer states);
 #    T = 4096 and 16384 first, where chunks differ and the targets are widest.
-# 5. chunk_sweep (25 s): kernels.py, chunk size x remat policy of the XLA form,
+# 5. tiles (25 s): benchmarks/masked_probe.py, the intra-chunk kernel's tiles, warps and
+#    pipeline stages, forward+backward at the training shapes of stage 2 (256 and 1024
+#    tokens), each checked first: the data for ops.pallas.masked.default_tiles.
+# 6. chunk_sweep (20 s): kernels.py, chunk size x remat policy of the XLA form,
 #    forward+backward at T = 4096 and 16384 (the data for ops.chunked's defaults on GPU).
-# 6. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
-# 7. sampling (200 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
+# 7. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
+# 8. sampling (180 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
 #    LASADGen-L and -B, lasad against softmax (bf16, batch 64, CFG 2.0), per-token time by
 #    quarter, state and KV-cache bytes, compile time; each compiled sampler is first checked
 #    for copies of its decoding cache (lasad_jax.sampling.hlo_check: XLA's GPU pipeline
@@ -38,12 +41,12 @@
 #    (model.decode_impl="pallas", under half the XLA step's bytes per token as compiled
 #    for an H200 by benchmarks/gpu_aot.py) and softmax; then both LASAD steps with
 #    bfloat16 column states (model.decode_state_dtype): the limit cuts the last.
-# At most 560 s in all. Files back: device.txt, log.txt (every stage), five operator JSON
-# and one sampling JSON: the tool's limit is eight.
+# At most 560 s in all. Files back: log.txt (the device, then every stage) and one JSON per
+# stage but pallas_tests: seven, the tool's limit being eight.
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.
 set -uo pipefail
 
-all_stages=(core train_step pallas_tests pallas chunk_sweep rest sampling)
+all_stages=(core train_step pallas_tests pallas tiles chunk_sweep rest sampling)
 usage="usage: bash benchmarks/device_check.sh OUT_DIR [--smoke] [--stages NAME,...]"
 out=${1:?$usage}
 shift
@@ -80,16 +83,17 @@ pallas=(--modes fwd_bwd fwd)
 sweep=(--ops lasad_chunked --modes fwd_bwd --remats inputs none)
 rest=(--ops lasad_chunked softmax --modes fwd_bwd)
 if [[ -n $smoke ]]; then
-    limits=(240 240 120 240 240 240 120)
+    limits=(240 240 120 240 120 240 240 120)
     tests=(-k "other_variants or auto_does_not")
     core+=(--smoke)
     pallas+=(--smoke)
     sweep+=(--smoke --tokens 64 --chunk_sizes 16 32)
     rest+=(--smoke --shapes 2:16 --tokens 16)
     train=(--smoke)
+    tiles=(--smoke)
     sampling_args=(--smoke --decode_impls xla pallas)
 else
-    limits=(90 110 50 60 25 25 200)
+    limits=(90 110 50 60 25 20 25 180)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
     core+=(--batch 1 --dims 64 "${timing[@]}")
@@ -99,6 +103,7 @@ else
             "${timing[@]}")
     rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
     train=(--steps 5 --min_seconds 1 --pallas)
+    tiles=()
     sampling_args=(--repeats 2 --state_dtypes float32 bfloat16 --decode_impls xla pallas)
 fi
 
@@ -120,7 +125,7 @@ stage() {  # stage NAME LIMIT CMD...: runs CMD with a time limit, appends to $ou
 
 backend=$("$py" -c 'import jax; print(jax.default_backend(), jax.__version__, jax.devices())')
 { date -u; nvidia-smi -L 2>/dev/null; echo "jax backend, version, devices: $backend"; } \
-    | tee "$out/device.txt"
+    | tee "$out/log.txt"
 backend=${backend%% *}
 kernels=("$py" benchmarks/kernels.py)
 stage core "${limits[0]}" "${kernels[@]}" "${core[@]}" --out "$out/kernels_core_$backend.json"
@@ -136,9 +141,11 @@ else  # no core stage in this call: cuDNN is timed here
 fi
 stage pallas "${limits[3]}" "${kernels[@]}" "${pallas_ops[@]}" "${pallas[@]}" \
     --out "$out/kernels_pallas_$backend.json"
-stage chunk_sweep "${limits[4]}" "${kernels[@]}" "${sweep[@]}" \
+stage tiles "${limits[4]}" "$py" benchmarks/masked_probe.py "${tiles[@]}" \
+    --out "$out/kernels_tiles_$backend.json"
+stage chunk_sweep "${limits[5]}" "${kernels[@]}" "${sweep[@]}" \
     --out "$out/kernels_sweep_$backend.json"
-stage rest "${limits[5]}" "${kernels[@]}" "${rest[@]}" --out "$out/kernels_rest_$backend.json"
-stage sampling "${limits[6]}" "$py" benchmarks/sampling.py --hlo_check "${sampling_args[@]}" \
+stage rest "${limits[6]}" "${kernels[@]}" "${rest[@]}" --out "$out/kernels_rest_$backend.json"
+stage sampling "${limits[7]}" "$py" benchmarks/sampling.py --hlo_check "${sampling_args[@]}" \
     --out "$out/sampling_$backend.json"
 exit $failed

@@ -1,27 +1,32 @@
-"""The intra-chunk Pallas kernel on a GPU: tile size and matmul precision.
+"""The intra-chunk Pallas kernel's tiles on a GPU, at LASADGen's training shapes.
 
     python benchmarks/masked_probe.py --out benchmarks/results/masked_probe_gpu.json
+    python benchmarks/masked_probe.py --smoke --out /tmp/probe.json     # checks the script
 
-Why: the tile size of `ops.pallas.masked.default_block` was chosen on an H200
-(2026-12-04) for the kernel as it then was (tiles cast to float32, TF32 dots); the kernel
-now multiplies bf16 tiles directly. This times the forward of the kernel alone
-(`masked.intra_attention` with one chunk: a 256 px image's whole operator; the same call
-`impl="pallas"` makes there) for each tile size and for two matmul precisions of its dots,
-passed explicitly: `default` (bf16 operands into float32 for bf16 inputs) and `highest`;
-without the argument `ops.pallas.precision` picks by input dtype. Each row is first checked
-against the chunked XLA form. On CPU the kernel only interprets: the timings then say
-nothing (`--tokens 16` checks the script).
+Why: `ops.pallas.masked.default_tiles` (64-token tiles, 4 warps, 2 pipeline stages for
+bf16) was chosen on an H200 for the kernel as it was on 2026-12-04, forward only; the
+kernels now multiply bf16 tiles directly and the backward runs two more of them. At 256
+and 512 px the image is one chunk, so this kernel is the whole operator of a training
+step (`impl="pallas"`): its tiles decide how LASAD's step compares with softmax's.
+
+For each shape (`--shapes B:T`, default the training steps of `benchmarks/train_step.py`:
+batch 64 at 256 tokens and batch 16 at 1024, one class slot, square grids, 16 heads,
+D = 64, bf16) and each tile setting (`--tiles BQ:BK:WARPS:STAGES`, default first), it
+times forward+backward of `masked.intra_attention` (gradients of q, k, v and both log
+decays, as in training), after checking its output against the chunked XLA form. A
+setting that Triton refuses (shared memory, registers) is recorded as unavailable. On CPU
+the kernels only interpret, so the timings say nothing; `--smoke` runs tiny sizes there.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -31,44 +36,89 @@ from common import median_ms, run_info, write_json  # noqa: E402
 from kernels import max_rel_diff  # noqa: E402
 from op_scaling import make_inputs  # noqa: E402
 
-# Default first: the highest-precision kernels compile slowly (tens of seconds) on a GPU.
-PRECISIONS = {"default": lax.Precision.DEFAULT, "highest": lax.Precision.HIGHEST}
+# The default first, then larger tiles and more warps (bf16 tensor-core tiles of flash
+# attention kernels are 64-128 tokens, with 4-8 warps), then smaller ones.
+TILES = ["64:64:4:2", "128:64:4:2", "128:64:8:3", "64:64:4:3", "128:128:8:2", "32:32:4:2"]
+SHAPES = ["64:256", "16:1024"]
+# Forward+backward outputs whose error against the XLA form a bf16 run may show.
+MAX_ERR = 2e-2
+
+
+def parse(spec: str, names: tuple[str, ...], flag: str) -> dict[str, int]:
+    """`"a:b:..."` -> {name: int}; one clear line on anything else."""
+    parts = spec.split(":")
+    if len(parts) != len(names) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SystemExit(f"{flag}: expected {':'.join(n.upper() for n in names)} with positive "
+                         f"integers, got {spec!r}")
+    return dict(zip(names, map(int, parts)))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024])
-    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--shapes", nargs="+", default=SHAPES,
+                   help="BATCH:TOKENS, TOKENS = 1 + a square grid's tokens - 1 (as trained)")
+    p.add_argument("--tiles", nargs="+", default=None,
+                   help=f"BLOCK_Q:BLOCK_K:WARPS:STAGES (default {' '.join(TILES)})")
     p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--min_seconds", type=float, default=0.1)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--min_seconds", type=float, default=0.2)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny shapes and tiles (CPU: checks the script, times nothing real)")
     p.add_argument("--out", default="benchmarks/results/masked_probe.json")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.shapes, args.heads, args.dim, args.min_seconds = ["2:16"], 2, 8, 0.0
+        args.tiles = args.tiles or ["16:16:4:2", "16:16:8:3"]
+    args.tiles = args.tiles or TILES
+    shapes = [parse(s, ("batch", "tokens"), "--shapes") for s in args.shapes]
+    tiles = [parse(s, ("block_q", "block_k", "num_warps", "num_stages"), "--tiles")
+             for s in args.tiles]
     platform = jax.default_backend()
-    backend = "gpu" if platform == "gpu" else "tpu"
-    info = run_info(heads=args.heads)
-    rows = []
-    for tokens in args.tokens:
-        width = int(round(tokens**0.5))
-        q, k, v, row, col = make_inputs(tokens, args.heads, args.dim, jnp.bfloat16)
-        logs = dict(log_row=jnp.log(row), log_col=jnp.log(col))
+    backend = "tpu" if platform == "tpu" else "gpu"  # CPU: the GPU kernels, interpreted
+    if backend == "tpu":  # Mosaic has no warps or stages: the blocks alone
+        tiles = [dict(block_q=t["block_q"], block_k=t["block_k"]) for t in tiles]
+    info = run_info(heads=args.heads, dim=args.dim, dtype="bfloat16", num_prefix=1,
+                    mode="fwd_bwd", kernel_backend=backend)
+    rows: list[dict] = []
+    for shape in shapes:
+        b, t = shape["batch"], shape["tokens"]
+        width = math.isqrt(t)  # a class slot, then the grid's first width^2 - 1 tokens
+        if width * width != t:
+            raise SystemExit(f"--shapes: TOKENS must be a square (a grid's tokens fed with "
+                             f"one class slot), got {t}")
+        q, k, v, row, col = make_inputs(t, args.heads, args.dim, jnp.bfloat16)
+        q, k, v = (jnp.tile(x, (b, 1, 1, 1)) for x in (q, k, v))
+        logs = (jnp.log(row), jnp.log(col))
         want = jax.jit(lambda q, k, v: ops.lasad_attention(
-            q, k, v, width=width, row_decay=row, col_decay=col, impl="chunked",
-            chunk_size=tokens))(q, k, v)
-        for prec_name, prec in PRECISIONS.items():
-            for block in args.blocks:
-                fn = jax.jit(lambda q, k, v, b=block, p=prec: masked.intra_attention(
-                    q, k, v, width=width, block_q=b, block_k=b, precision=p,
-                    interpret=platform == "cpu", backend=backend, **logs).astype(q.dtype))
-                r = dict(tokens=tokens, dim=args.dim, precision=prec_name, block=block)
-                try:
-                    r["err_vs_chunked"] = max_rel_diff(fn(q, k, v), want)
-                    r["ms"] = median_ms(fn, q, k, v, repeats=5, min_seconds=args.min_seconds)
-                except Exception as e:  # a tile this lowering refuses
-                    r["status"] = f"unavailable: {type(e).__name__}: {str(e)[:200]}"
-                rows.append(r)
-                write_json(args.out, dict(info=info, complete=False, rows=rows), quiet=True)
-                print(r, flush=True)
+            q, k, v, width=width, row_decay=row, col_decay=col, num_prefix=1, impl="chunked",
+            chunk_size=t))(q, k, v)
+        base_ms = None
+        for tile in tiles:
+            def fwd(q, k, v, lr, lc, tile=tile):
+                return masked.intra_attention(q, k, v, width=width, log_row=lr, log_col=lc,
+                                              num_prefix=1, backend=backend,
+                                              interpret=platform == "cpu", out_dtype=q.dtype,
+                                              **tile)
+
+            def loss(q, k, v, lr, lc):
+                o = fwd(q, k, v, lr, lc).astype(jnp.float32)
+                return 0.5 * jnp.sum(o * o)  # the output is its own cotangent, as in training
+
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
+            r = dict(batch=b, tokens=t, **tile)
+            try:
+                r["err_vs_chunked"] = max_rel_diff(jax.jit(fwd)(q, k, v, *logs), want)
+                r["ms"] = median_ms(step, q, k, v, *logs, repeats=5,
+                                    min_seconds=args.min_seconds)
+                r["status"] = "ok" if r["err_vs_chunked"] < MAX_ERR else "wrong"
+            except Exception as e:  # a setting this lowering refuses
+                r["status"] = f"unavailable: {type(e).__name__}: {str(e)[:200]}"
+            if r["status"] == "ok":
+                base_ms = base_ms or r["ms"]  # the first setting that ran: the default
+                r["vs_first"] = round(base_ms / r["ms"], 3)
+            rows.append(r)
+            write_json(args.out, dict(info=info, complete=False, rows=rows), quiet=True)
+            print(r, flush=True)
     write_json(args.out, dict(info=info, complete=True, rows=rows))
     return rows
 

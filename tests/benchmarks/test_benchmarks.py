@@ -141,7 +141,7 @@ def test_device_check_script_runs_every_stage(tmp_path):
     proc = subprocess.run(["bash", str(script), str(tmp_path), "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    stages = ("core", "train_step", "pallas_tests", "pallas", "chunk_sweep", "rest",
+    stages = ("core", "train_step", "pallas_tests", "pallas", "tiles", "chunk_sweep", "rest",
               "sampling")
     for stage in stages:
         assert f"== {stage}: exit 0" in proc.stdout
@@ -149,9 +149,10 @@ def test_device_check_script_runs_every_stage(tmp_path):
     starts = [proc.stdout.index(f"== {s}: ") for s in stages]
     assert starts == sorted(starts)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["device.txt", "kernels_core_cpu.json", "kernels_pallas_cpu.json",
-                     "kernels_rest_cpu.json", "kernels_sweep_cpu.json", "log.txt",
+    assert files == ["kernels_core_cpu.json", "kernels_pallas_cpu.json", "kernels_rest_cpu.json",
+                     "kernels_sweep_cpu.json", "kernels_tiles_cpu.json", "log.txt",
                      "sampling_cpu.json", "train_step_cpu.json"]
+    assert "jax backend, version, devices: cpu" in (tmp_path / "log.txt").read_text()
     core = json.loads((tmp_path / "kernels_core_cpu.json").read_text())
     assert core["complete"] and {r["op"] for r in core["rows"]} == {"softmax", "lasad_chunked"}
     assert all(r["status"] == "ok" for r in core["rows"])
@@ -163,6 +164,8 @@ def test_device_check_script_runs_every_stage(tmp_path):
     sweep = json.loads((tmp_path / "kernels_sweep_cpu.json").read_text())
     assert {(r["chunk_size"], r["remat"]) for r in sweep["rows"]} == {
         (16, "inputs"), (16, "none"), (32, "inputs"), (32, "none")}
+    tiles = json.loads((tmp_path / "kernels_tiles_cpu.json").read_text())
+    assert tiles["complete"] and [r["status"] for r in tiles["rows"]] == ["ok", "ok"]
     train = json.loads((tmp_path / "train_step_cpu.json").read_text())
     assert {r["mixer"] for r in train["rows"]} == {"lasad", "softmax"}
     for args, says in ((["--fast"], "--smoke"), (["--stages", "core,pallass"], "pallass"),

@@ -150,9 +150,16 @@ def test_numerics_reports_bf16_rounding_only(tmp_path):
 
 
 def test_masked_probe_runs(tmp_path):
+    """The tile sweep of device_check.sh's `tiles` stage: every setting checked against
+    the XLA form and timed; a setting the kernels refuse is recorded, not fatal."""
     import masked_probe
 
-    rows = masked_probe.main(["--tokens", "16", "--dim", "8", "--heads", "2", "--blocks", "16",
-                              "--min_seconds", "0", "--out", str(tmp_path / "probe.json")])
-    assert [(r["precision"], r["block"]) for r in rows] == [("default", 16), ("highest", 16)]
-    assert all(r["err_vs_chunked"] < 1e-2 and r["ms"] > 0 for r in rows)
+    rows = masked_probe.main(["--smoke", "--tiles", "16:16:4:2", "16:16:8:3", "16:16:3:2",
+                              "--out", str(tmp_path / "probe.json")])
+    assert [(r["num_warps"], r["num_stages"]) for r in rows] == [(4, 2), (8, 3), (3, 2)]
+    assert [r["status"] for r in rows[:2]] == ["ok", "ok"]
+    assert all(r["err_vs_chunked"] < 1e-2 and r["ms"] > 0 for r in rows[:2])
+    assert rows[0]["vs_first"] == 1.0
+    assert rows[2]["status"].startswith("unavailable: ValueError: num_warps must be one of")
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert saved["complete"] and saved["rows"] == rows

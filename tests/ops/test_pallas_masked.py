@@ -12,6 +12,8 @@ chunk), and decays of exactly 1.0 (log 0) next to sharp ones.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,8 +136,11 @@ def test_decays_of_one_match_unit_mask():
     assert rel_err(out, jnp.einsum("bhij,bjhe->bihe", scores, v)) < TOL
 
 
-@pytest.mark.parametrize("kwargs", [dict(backend="cuda"), dict(backend="gpu", block_q=24),
-                                    dict(backend="tpu", block_k=12)])
+@pytest.mark.parametrize("kwargs", [
+    dict(backend="cuda"), dict(backend="gpu", block_q=24), dict(backend="tpu", block_k=12),
+    dict(backend="gpu", num_warps=3), dict(backend="gpu", num_warps=True),
+    dict(backend="gpu", num_stages=0), dict(backend="gpu", num_stages=2.0),
+    dict(backend="tpu", num_warps=4)])
 def test_bad_kernel_options_raise(kwargs):
     q, k, v = random_qkv(0, 1, 8)
     with pytest.raises(ValueError):
@@ -160,3 +165,22 @@ def test_gpu_products_and_tiles_follow_the_input_dtype(monkeypatch):
     assert all("inputPrecision" not in d and "tensor<32x32xf32>" in d for d in dots(f32))
     assert all("tensor<64x64xbf16> * tensor<64x16xbf16>" in d
                or "tensor<64x16xbf16> * tensor<16x64xbf16>" in d for d in dots(bf16)), dots(bf16)
+
+
+@pytest.mark.parametrize("launch", [{}, dict(num_warps=8, num_stages=3)])
+def test_triton_launch_settings_reach_every_kernel(monkeypatch, launch):
+    """`num_warps` and `num_stages` (the tile sweep of benchmarks/masked_probe.py) reach
+    the forward, dq and dk/dv kernels alike; without them, `default_tiles`' 4 and 2."""
+    q = jnp.zeros((1, 256, 2, 16), jnp.bfloat16)
+
+    def loss(q, k, v):
+        o = intra_attention(q, k, v, width=16, log_row=LOG_ROW[:2], log_col=LOG_COL[:2],
+                            num_prefix=1, backend="gpu", **launch)
+        return jnp.sum(o.astype(jnp.float32) ** 2)
+
+    program = []
+    assert triton_lowering(jax.grad(loss, argnums=(0, 1, 2)), (q, q, q), monkeypatch,
+                           program=program) == 3
+    want = (launch.get("num_warps", 4), launch.get("num_stages", 2))
+    assert [int(n) for n in re.findall(r"num_warps = (\d+) : i32", program[0])] == [want[0]] * 3
+    assert [int(n) for n in re.findall(r"num_stages = (\d+) : i32", program[0])] == [want[1]] * 3

@@ -82,7 +82,7 @@ def lasad_pallas(
     (`lasad_jax.ops.api`). `chunk_size`: tokens per chunk, rounded down to whole grid rows
     (as the XLA form). `backend`: "tpu" (Mosaic) or "gpu" (Triton); `interpret=True` runs
     the kernels in the Pallas interpreter (CPU tests). `block_q`, `block_k`: tiles of the
-    intra-chunk kernel (`masked.default_block` when `None`).
+    intra-chunk kernel (`masked.default_tiles` when `None`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,8 @@ class _Config:
     rows_per_chunk: int | None
     block_q: int
     block_k: int
+    num_warps: int  # Triton only: warps per program and pipeline stages of its loops
+    num_stages: int
     interpret: bool
     backend: str
     precision: lax.Precision  # of every matmul in the kernels
@@ -66,24 +69,30 @@ class _Config:
         return "bhtd" if self.backend == "tpu" else "bthd"
 
     @property
+    def launch(self) -> dict:
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages)
+
+    @property
     def statics(self) -> dict:
         return dict(width=self.width, num_prefix=self.num_prefix,
                     rows_per_chunk=self.rows_per_chunk, prec=self.precision)
 
 
-def compiler_params(backend: str, axes: int):
-    """The backend's compiler parameters for a grid of `axes` parallel axes."""
+def compiler_params(backend: str, axes: int, num_warps: int = 4, num_stages: int = 2):
+    """The backend's compiler parameters for a grid of `axes` parallel axes (`num_warps`,
+    `num_stages`: Triton's)."""
     if backend == "tpu":
         # Every grid point writes its own output blocks: all axes can be split over cores.
         return pltpu.CompilerParams(dimension_semantics=("parallel",) * axes)
-    return plt.CompilerParams(num_warps=4, num_stages=2)
+    return plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
-def call(backend: str, interpret: bool, kernel, grid, in_specs, out_specs, out_shape):
+def call(backend: str, interpret: bool, kernel, grid, in_specs, out_specs, out_shape,
+         num_warps: int = 4, num_stages: int = 2):
     """`pl.pallas_call` with the backend's compiler params and interpreter."""
     return pl.pallas_call(
         kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-        compiler_params=compiler_params(backend, len(grid)),
+        compiler_params=compiler_params(backend, len(grid), num_warps, num_stages),
         interpret=(pltpu.InterpretParams() if backend == "tpu" else True) if interpret
         else False)
 
@@ -117,7 +126,7 @@ def _forward(cfg: _Config, q, k, v, lr, lc, out_dtype):
         [_LOG_SPEC, _LOG_SPEC, _seq_spec(cfg.layout, cfg.block_q, dk),
          _seq_spec(cfg.layout, tp, dk, whole=True), _seq_spec(cfg.layout, tp, dv, whole=True)],
         _seq_spec(cfg.layout, cfg.block_q, dv),
-        jax.ShapeDtypeStruct(v.shape, jnp.dtype(out_dtype)),
+        jax.ShapeDtypeStruct(v.shape, jnp.dtype(out_dtype)), **cfg.launch,
     )(lr, lc, q, k, v)
 
 
@@ -139,7 +148,7 @@ def _backward(cfg: _Config, q, k, v, lr, lc, do):
          _seq_spec(lay, tp, dv, whole=True)],
         [_seq_spec(lay, cfg.block_k, dk), _seq_spec(lay, cfg.block_k, dv), part_spec, part_spec],
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
-         part, part],
+         part, part], **cfg.launch,
     )(lr, lc, q, k, v, do)
     if cfg.rows_per_chunk is not None and cfg.num_prefix:
         dk_, dv_ = _prefix_key_grads(cfg, q, k, v, do, dk_, dv_)
@@ -199,19 +208,31 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def default_block(backend: str, dtype) -> int:
-    """Tokens per tile when the caller names none.
+class Tiles(NamedTuple):
+    """How the kernels cut their work: tokens per query tile and per key tile, and, for
+    Triton, warps per program and software-pipeline stages of the tile loops."""
 
-    GPU, from `benchmarks/masked_probe.py` on an H200 (2026-12-04, T = 256, D = 64, 16
-    heads, forward, the kernel then casting tiles to float32): 16-bit inputs (TF32 dots)
-    0.140 / 0.096 / 0.129 ms at 32 / 64 / 128 tokens, so 64; float32 inputs (IEEE float32
-    dots, which Triton spills at large tiles) 0.143 / 0.722 / 2.232 ms, so 32. The kernel
-    now multiplies 16-bit tiles directly (bf16 tensor-core products): the probe stage of
-    benchmarks/device_check.sh re-times the tile sizes. TPU: 128, the MXU's side; not timed.
+    block_q: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def default_tiles(backend: str, dtype) -> Tiles:
+    """The tiles used when the caller names none.
+
+    GPU: 64-token tiles, 4 warps, 2 stages for 16-bit inputs; 32-token tiles for float32
+    (IEEE float32 dots, which Triton spills at large tiles). The tile size comes from
+    `benchmarks/masked_probe.py` on an H200 (2026-12-04, T = 256, D = 64, forward) for
+    the kernel as it then was (tiles cast to float32, TF32 dots): 0.140 / 0.096 / 0.129 ms
+    at 32 / 64 / 128 tokens; float32 0.143 / 0.722 / 2.232 ms. The kernels now multiply
+    16-bit tiles directly, which favours larger tiles; the `tiles` stage of
+    benchmarks/device_check.sh re-times tiles, warps and stages at LASADGen's training
+    shapes, forward and backward. TPU: 128, the MXU's side; not timed.
     """
     if backend == "gpu":
-        return 32 if jnp.dtype(dtype).itemsize >= 4 else 64
-    return 128
+        return Tiles(32, 32) if jnp.dtype(dtype).itemsize >= 4 else Tiles(64, 64)
+    return Tiles(128, 128)
 
 
 def _fit_block(block: int, tokens: int, backend: str) -> int:
@@ -247,6 +268,8 @@ def intra_attention(
     rows_per_chunk: int | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
     interpret: bool = False,
     backend: str = "tpu",
     precision: lax.Precision | None = None,
@@ -263,8 +286,9 @@ def intra_attention(
     operator). Differentiable in q, k, v, `log_row` and `log_col`, with a Pallas backward.
     `backend` picks the lowering ("tpu": Mosaic; "gpu": Triton); `interpret=True` runs it on
     CPU (TPU: `pltpu.InterpretParams`, GPU: the generic interpreter). `block_q`, `block_k`:
-    tokens per tile; `None` takes `default_block`. `precision` of the matmuls; `None` takes
-    `precision.precision(q.dtype)` (benchmarks/masked_probe.py sets it).
+    tokens per tile; `num_warps`, `num_stages`: Triton's launch settings (GPU only); each
+    `None` takes `default_tiles`. `precision` of the matmuls; `None` takes
+    `precision.precision(q.dtype)`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -272,12 +296,23 @@ def intra_attention(
     dv = v.shape[-1]
     if t >= MAX_TOKENS:
         raise ValueError(f"the masked Pallas kernel supports T < {MAX_TOKENS}, got {t}")
-    block = default_block(backend, q.dtype)
-    bq, bk = (_fit_block(block if x is None else x, t, backend) for x in (block_q, block_k))
+    tiles = default_tiles(backend, q.dtype)
+    if backend == "tpu" and (num_warps, num_stages) != (None, None):
+        raise ValueError("num_warps and num_stages are Triton settings (backend='gpu'), "
+                         f"got num_warps={num_warps!r}, num_stages={num_stages!r}")
+    warps = tiles.num_warps if num_warps is None else num_warps
+    stages = tiles.num_stages if num_stages is None else num_stages
+    if isinstance(warps, bool) or not isinstance(warps, int) or warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps must be one of 1, 2, 4, 8, 16, got {num_warps!r}")
+    if not isinstance(stages, int) or isinstance(stages, bool) or stages < 1:
+        raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
+    bq, bk = (_fit_block(default if x is None else x, t, backend)
+              for x, default in ((block_q, tiles.block_q), (block_k, tiles.block_k)))
     tp = _round_up(t, math.lcm(bq, bk))
     dk_p, dv_p = feature_size(dk, backend), feature_size(dv, backend)
     cfg = _Config(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
-                  block_q=bq, block_k=bk, interpret=bool(interpret), backend=backend,
+                  block_q=bq, block_k=bk, num_warps=warps, num_stages=stages,
+                  interpret=bool(interpret), backend=backend,
                   precision=matmul_precision(q.dtype) if precision is None else precision,
                   out_dtype=jnp.dtype(out_dtype).name)
 
