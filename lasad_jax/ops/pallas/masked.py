@@ -272,7 +272,6 @@ def intra_attention(
     num_stages: int | None = None,
     interpret: bool = False,
     backend: str = "tpu",
-    precision: lax.Precision | None = None,
     out_dtype=jnp.float32,
 ) -> jax.Array:
     """`o_i = sum_{j <= i} M[i, j] (q_i . k_j) v_j` as Pallas kernels, where `M` is the
@@ -287,8 +286,8 @@ def intra_attention(
     `backend` picks the lowering ("tpu": Mosaic; "gpu": Triton); `interpret=True` runs it on
     CPU (TPU: `pltpu.InterpretParams`, GPU: the generic interpreter). `block_q`, `block_k`:
     tokens per tile; `num_warps`, `num_stages`: Triton's launch settings (GPU only); each
-    `None` takes `default_tiles`. `precision` of the matmuls; `None` takes
-    `precision.precision(q.dtype)`.
+    `None` takes `default_tiles`. The matmuls' precision follows q's dtype
+    (`precision.precision`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -313,7 +312,7 @@ def intra_attention(
     cfg = _Config(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
                   block_q=bq, block_k=bk, num_warps=warps, num_stages=stages,
                   interpret=bool(interpret), backend=backend,
-                  precision=matmul_precision(q.dtype) if precision is None else precision,
+                  precision=matmul_precision(q.dtype),
                   out_dtype=jnp.dtype(out_dtype).name)
 
     def to_kernel(x: jax.Array, depth: int) -> jax.Array:
