@@ -117,9 +117,8 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
         skipped, last_skipped = state.skipped, state.last_skipped
         # Finite gradients (or, when skipping, a step that kept the old state) keep the
         # optimizer state and EMA finite; see the docstring.
-        moments_finite = jnp.isfinite(grad_norm)
+        moments_finite = jnp.array(True) if nonfinite == "skip" else jnp.isfinite(grad_norm)
         if nonfinite == "skip":
-            moments_finite = jnp.array(True)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
             def keep(new, old):

@@ -46,6 +46,16 @@ BACKENDS = ("tpu", "gpu")
 MAX_TOKENS = 2**22
 
 
+class Tiles(NamedTuple):
+    """How the kernels cut their work: tokens per query tile and per key tile, and, for
+    Triton, warps per program and software-pipeline stages of the tile loops."""
+
+    block_q: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class _Config:
     """Everything static about one call (hashable: it is a `nondiff_argnums` of the VJP)."""
@@ -53,10 +63,7 @@ class _Config:
     width: int
     num_prefix: int
     rows_per_chunk: int | None
-    block_q: int
-    block_k: int
-    num_warps: int  # Triton only: warps per program and pipeline stages of its loops
-    num_stages: int
+    tiles: Tiles  # with their blocks fitted to the sequence
     interpret: bool
     backend: str
     precision: lax.Precision  # of every matmul in the kernels
@@ -70,7 +77,8 @@ class _Config:
 
     @property
     def launch(self) -> dict:
-        return dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        """Triton's launch settings, as `call` takes them."""
+        return dict(num_warps=self.tiles.num_warps, num_stages=self.tiles.num_stages)
 
     @property
     def statics(self) -> dict:
@@ -78,7 +86,7 @@ class _Config:
                     rows_per_chunk=self.rows_per_chunk, prec=self.precision)
 
 
-def compiler_params(backend: str, axes: int, num_warps: int = 4, num_stages: int = 2):
+def compiler_params(backend: str, axes: int, num_warps: int, num_stages: int):
     """The backend's compiler parameters for a grid of `axes` parallel axes (`num_warps`,
     `num_stages`: Triton's)."""
     if backend == "tpu":
@@ -89,7 +97,8 @@ def compiler_params(backend: str, axes: int, num_warps: int = 4, num_stages: int
 
 def call(backend: str, interpret: bool, kernel, grid, in_specs, out_specs, out_shape,
          num_warps: int = 4, num_stages: int = 2):
-    """`pl.pallas_call` with the backend's compiler params and interpreter."""
+    """`pl.pallas_call` with the backend's compiler params and interpreter (Triton's
+    launch settings default to those of `Tiles`)."""
     return pl.pallas_call(
         kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
         compiler_params=compiler_params(backend, len(grid), num_warps, num_stages),
@@ -120,12 +129,13 @@ def _dims(cfg: _Config, x: jax.Array) -> tuple[int, int, int]:
 def _forward(cfg: _Config, q, k, v, lr, lc, out_dtype):
     b, h, tp = _dims(cfg, q)
     dk, dv = q.shape[-1], v.shape[-1]
-    kernel = functools.partial(kern.forward_kernel, block_k=cfg.block_k, **cfg.statics)
+    bq, bk = cfg.tiles.block_q, cfg.tiles.block_k
+    kernel = functools.partial(kern.forward_kernel, block_k=bk, **cfg.statics)
     return call(
-        cfg.backend, cfg.interpret, kernel, (b, h, tp // cfg.block_q),
-        [_LOG_SPEC, _LOG_SPEC, _seq_spec(cfg.layout, cfg.block_q, dk),
+        cfg.backend, cfg.interpret, kernel, (b, h, tp // bq),
+        [_LOG_SPEC, _LOG_SPEC, _seq_spec(cfg.layout, bq, dk),
          _seq_spec(cfg.layout, tp, dk, whole=True), _seq_spec(cfg.layout, tp, dv, whole=True)],
-        _seq_spec(cfg.layout, cfg.block_q, dv),
+        _seq_spec(cfg.layout, bq, dv),
         jax.ShapeDtypeStruct(v.shape, jnp.dtype(out_dtype)), **cfg.launch,
     )(lr, lc, q, k, v)
 
@@ -136,17 +146,17 @@ def _backward(cfg: _Config, q, k, v, lr, lc, do):
     do = do.astype(q.dtype)  # the products run in the input dtype
     # dq = sum_j M (do . v_j) k_j is the forward pass with (q, k, v) -> (do, v, k).
     dq = _forward(cfg, do, v, k, lr, lc, q.dtype)
-    n_k = tp // cfg.block_k
+    bq, bk = cfg.tiles.block_q, cfg.tiles.block_k
+    n_k = tp // bk
     part = jax.ShapeDtypeStruct((b, h, n_k, 1, 1), jnp.float32)
     part_spec = pl.BlockSpec((None, None, None, 1, 1), lambda b, h, n: (b, h, n, 0, 0))
     lay = cfg.layout
     dk_, dv_, dlr, dlc = call(
         cfg.backend, cfg.interpret,
-        functools.partial(kern.dkv_kernel, block_q=cfg.block_q, **cfg.statics), (b, h, n_k),
+        functools.partial(kern.dkv_kernel, block_q=bq, **cfg.statics), (b, h, n_k),
         [_LOG_SPEC, _LOG_SPEC, _seq_spec(lay, tp, dk, whole=True),
-         _seq_spec(lay, cfg.block_k, dk), _seq_spec(lay, cfg.block_k, dv),
-         _seq_spec(lay, tp, dv, whole=True)],
-        [_seq_spec(lay, cfg.block_k, dk), _seq_spec(lay, cfg.block_k, dv), part_spec, part_spec],
+         _seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv), _seq_spec(lay, tp, dv, whole=True)],
+        [_seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv), part_spec, part_spec],
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
          part, part], **cfg.launch,
     )(lr, lc, q, k, v, do)
@@ -208,16 +218,6 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-class Tiles(NamedTuple):
-    """How the kernels cut their work: tokens per query tile and per key tile, and, for
-    Triton, warps per program and software-pipeline stages of the tile loops."""
-
-    block_q: int
-    block_k: int
-    num_warps: int = 4
-    num_stages: int = 2
-
-
 def default_tiles(backend: str, dtype) -> Tiles:
     """The tiles used when the caller names none.
 
@@ -233,6 +233,10 @@ def default_tiles(backend: str, dtype) -> Tiles:
     if backend == "gpu":
         return Tiles(32, 32) if jnp.dtype(dtype).itemsize >= 4 else Tiles(64, 64)
     return Tiles(128, 128)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _fit_block(block: int, tokens: int, backend: str) -> int:
@@ -295,23 +299,22 @@ def intra_attention(
     dv = v.shape[-1]
     if t >= MAX_TOKENS:
         raise ValueError(f"the masked Pallas kernel supports T < {MAX_TOKENS}, got {t}")
-    tiles = default_tiles(backend, q.dtype)
     if backend == "tpu" and (num_warps, num_stages) != (None, None):
         raise ValueError("num_warps and num_stages are Triton settings (backend='gpu'), "
                          f"got num_warps={num_warps!r}, num_stages={num_stages!r}")
-    warps = tiles.num_warps if num_warps is None else num_warps
-    stages = tiles.num_stages if num_stages is None else num_stages
-    if isinstance(warps, bool) or not isinstance(warps, int) or warps not in (1, 2, 4, 8, 16):
+    given = dict(block_q=block_q, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    tiles = default_tiles(backend, q.dtype)._replace(
+        **{name: x for name, x in given.items() if x is not None})
+    if not _is_int(tiles.num_warps) or tiles.num_warps not in (1, 2, 4, 8, 16):
         raise ValueError(f"num_warps must be one of 1, 2, 4, 8, 16, got {num_warps!r}")
-    if not isinstance(stages, int) or isinstance(stages, bool) or stages < 1:
+    if not _is_int(tiles.num_stages) or tiles.num_stages < 1:
         raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
-    bq, bk = (_fit_block(default if x is None else x, t, backend)
-              for x, default in ((block_q, tiles.block_q), (block_k, tiles.block_k)))
-    tp = _round_up(t, math.lcm(bq, bk))
+    tiles = tiles._replace(block_q=_fit_block(tiles.block_q, t, backend),
+                           block_k=_fit_block(tiles.block_k, t, backend))
+    tp = _round_up(t, math.lcm(tiles.block_q, tiles.block_k))
     dk_p, dv_p = feature_size(dk, backend), feature_size(dv, backend)
     cfg = _Config(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
-                  block_q=bq, block_k=bk, num_warps=warps, num_stages=stages,
-                  interpret=bool(interpret), backend=backend,
+                  tiles=tiles, interpret=bool(interpret), backend=backend,
                   precision=matmul_precision(q.dtype),
                   out_dtype=jnp.dtype(out_dtype).name)
 
