@@ -1,10 +1,11 @@
 """The docs hold: their Python runs, their figures exist, and they cite only files a clone has.
 
 A citation is a repository path in the README, a docs page, `benchmarks/RESULTS.md`, a
-config, `launch/` or the package: a markdown link target (resolved from the citing file),
-or a path that starts at a top-level folder (`docs/`, `tests/`, `lasad_jax/`, ...) or at a
-subpackage of `lasad_jax` (`ops/chunked.py`), anywhere in the text. The design notes the
-project started from are not in the repository, so citing `DESIGN.md` is an error too.
+config, `launch/`, the notebook or the package: a markdown link target (resolved from the
+citing file), or a path that starts at a top-level folder (`docs/`, `tests/`, `lasad_jax/`,
+...) or at a subpackage of `lasad_jax` (`ops/chunked.py`), anywhere in the text. The design
+notes the project started from are not in the repository, so citing `DESIGN.md` is an error
+too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def _cited_files() -> list[pathlib.Path]:
     files += sorted((ROOT / "configs").glob("*.py")) + sorted((ROOT / "configs").glob("*.md"))
     files += sorted(p for p in (ROOT / "launch").rglob("*") if p.is_file())
     files += sorted((ROOT / "lasad_jax").rglob("*.py"))
+    files += sorted((ROOT / "notebooks").glob("*.ipynb"))
     return files
 
 
