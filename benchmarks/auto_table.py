@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no checked LASAD rows at batch {args.batch}, D = {args.dim}, "
                          f"{args.mode} in {args.files}")
     soft = softmax_ms(rows, **shape)
-    print(f"| T | fastest | ms | runner-up | ms | cuDNN ms | speedup |  ({platform}, "
+    # The softmax rows' variant is the attention kernel they ran (`kernels.py --softmax_impl`).
+    kinds = sorted({r.get("variant", "?") for r in rows if r.get("op") == "softmax"})
+    label = "cuDNN" if kinds == ["cudnn"] else f"softmax ({'/'.join(kinds) or 'none'})"
+    print(f"| T | fastest | ms | runner-up | ms | {label} ms | speedup |  ({platform}, "
           f"batch {args.batch}, D = {args.dim}, {args.mode})")
     print("|---:|---|---:|---|---:|---:|---:|")
     evidence = []

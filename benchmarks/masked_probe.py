@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="tiny shapes and tiles (CPU: checks the script, times nothing real)")
     p.add_argument("--out", default="benchmarks/results/masked_probe.json")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.shapes, args.heads, args.dim, args.min_seconds = ["2:16"], 2, 8, 0.0
-        args.tiles = args.tiles or ["16:16:4:2", "16:16:8:3"]
+    if args.smoke:  # tiny defaults; flags given explicitly still win
+        p.set_defaults(shapes=["2:16"], heads=2, dim=8, min_seconds=0.0,
+                       tiles=["16:16:4:2", "16:16:8:3"])
+        args = p.parse_args(argv)
     args.tiles = args.tiles or TILES
     shapes = [parse(s, ("batch", "tokens"), "--shapes") for s in args.shapes]
     tiles = [parse(s, ("block_q", "block_k", "num_warps", "num_stages"), "--tiles")

@@ -92,7 +92,9 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
                          f"impl='chunked' (or 'auto') for {variant!r}")
     if impl == "auto":
         auto = select_impl(target_platform(), t)
-        impl = auto.impl
+        # The table's rows are timings of `lasad`; the kernels compute its mask only, so
+        # the other variants take the chunked form where a row says "pallas".
+        impl = "chunked" if auto.impl == "pallas" and variant != "lasad" else auto.impl
         chunk_size = auto.chunk_size if chunk_size is None else chunk_size
     kw = dict(width=width, num_prefix=num_prefix, log_row=log_row, log_col=log_col)
     if impl == "reference":
@@ -180,8 +182,12 @@ def linear_attention(
 # ----------------------------------------------------------------------------- decoding
 
 
-def _check_step(state: Any, q, k, v, num_prefix) -> tuple[int, int]:
-    """Checks one decoding slot against its state; returns (heads, num_prefix)."""
+def _check_step(state: Any, kind: type, init: str, q, k, v, num_prefix) -> tuple[int, int]:
+    """Checks one decoding slot against its state (a `kind` made by `init`); returns
+    (heads, num_prefix)."""
+    if not isinstance(state, kind):
+        raise ValueError(f"state must be the {kind.__name__} that {init} returns, got "
+                         f"{type(state).__name__}")
     b, _, h, dk, dv = check_qkv(q, k, v, token_axis=False)
     want = state.dims
     if (b, h, dk, dv) != want:
@@ -245,14 +251,15 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
     token lies in the image.
 
     `impl` (`DECODE_IMPLS`): "xla", "pallas" (the column update and every read as one
-    fused kernel, `ops.pallas.decode`: GPU, or the interpreter on CPU) or "auto"
-    (`select_decode_impl`).
+    fused kernel, `ops.pallas.decode`: GPU, with Dk and Dv powers of two >= 16, or the
+    interpreter on CPU) or "auto" (`select_decode_impl`).
 
     `norm_eps`: when given, `o` comes RMS-normalized over its `Dv` features per head,
     `o / sqrt(mean(o^2) + norm_eps)` in float32 before the cast (the LASAD mixer's head
     norm): the fused kernel does it on chip, which saves the sampler a kernel per layer
     and token."""
-    h, num_prefix = _check_step(state, q, k, v, num_prefix)
+    h, num_prefix = _check_step(state, decode.LasadState, "lasad_decode_init", q, k, v,
+                                num_prefix)
     if norm_eps is not None and (isinstance(norm_eps, bool)
                                  or not isinstance(norm_eps, (int, float)) or not norm_eps > 0):
         raise ValueError(f"norm_eps must be a positive float or None, got {norm_eps!r}")
@@ -266,8 +273,8 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
     update = decode.xla_token_update
     if impl == "pallas":
         if platform not in ("gpu", "cpu"):
-            raise ValueError(f"decode_impl='pallas' has a GPU (Triton) kernel only; on "
-                             f"{platform!r} use decode_impl='xla' (or 'auto')")
+            raise ValueError(f"impl='pallas' (the model's decode_impl) has a GPU (Triton) "
+                             f"kernel only; on {platform!r} use 'xla' (or 'auto')")
         from lasad_jax.ops.pallas.decode import token_update  # Pallas imports are not free
 
         update = functools.partial(token_update, interpret=platform == "cpu")
@@ -288,7 +295,8 @@ def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
 def lasad_row_decode_step(state: decode.LasadRowState, q: jax.Array, k: jax.Array, v: jax.Array,
                           *, row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0):
     """As `lasad_decode_step`, for `lasad_row_attention`."""
-    h, num_prefix = _check_step(state, q, k, v, num_prefix)
+    h, num_prefix = _check_step(state, decode.LasadRowState, "lasad_row_decode_init", q, k, v,
+                                num_prefix)
     return decode.lasad_row_step(state, q, k, v, log_row=check_decay("row_decay", row_decay, h),
                                  log_col=check_decay("col_decay", col_decay, h),
                                  num_prefix=num_prefix)
@@ -305,7 +313,8 @@ def linear_1d_decode_init(batch: int, heads: int, dk: int, dv: int,
 def linear_1d_decode_step(state: decode.LinearState, q: jax.Array, k: jax.Array, v: jax.Array,
                           *, decay: jax.Array, num_prefix: int = 0):
     """As `lasad_decode_step`, for `linear_1d_attention`."""
-    h, num_prefix = _check_step(state, q, k, v, num_prefix)
+    h, num_prefix = _check_step(state, decode.LinearState, "linear_1d_decode_init", q, k, v,
+                                num_prefix)
     return decode.linear_step(state, q, k, v, log_decay=check_decay("decay", decay, h),
                               num_prefix=num_prefix)
 
@@ -316,6 +325,7 @@ linear_decode_init = linear_1d_decode_init
 def linear_decode_step(state: decode.LinearState, q: jax.Array, k: jax.Array, v: jax.Array,
                        *, num_prefix: int = 0):
     """As `lasad_decode_step`, for `linear_attention`."""
-    h, num_prefix = _check_step(state, q, k, v, num_prefix)
+    h, num_prefix = _check_step(state, decode.LinearState, "linear_decode_init", q, k, v,
+                                num_prefix)
     return decode.linear_step(state, q, k, v, log_decay=jnp.zeros((h,), jnp.float32),
                               num_prefix=num_prefix)

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lasad_jax.ops.decay import column_toeplitz, decay_mask
+from lasad_jax.ops.decay import decay_mask, smooth_columns
 from lasad_jax.ops.platform import target_platform
 from lasad_jax.ops.reference import masked_attention
 
@@ -268,7 +268,7 @@ def _step(variant, lay: ChunkLayout, width: int, state_pass: str, dtype, carry, 
     # 3. Smoothing across columns, then the state pass: `inclusive[i]` sums chunks <= i of
     #    this step, decayed to the end of chunk i.
     if variant == "lasad":
-        sums = smooth_sums(sums, log_col)
+        sums = smooth_columns(sums, log_col)
     inclusive = pass_states(sums, lay.chunk_tau * log_a, state_pass)
     # The states entering each chunk: the carry decayed over the chunks before it, plus
     # this step's earlier chunks. A single step skips chunk 0, which reads nothing.
@@ -293,17 +293,6 @@ def _step(variant, lay: ChunkLayout, width: int, state_pass: str, dtype, carry, 
     if last:
         return None, jnp.concatenate([out[:1], out[1:] + inter], axis=0)
     return new_carry, out + inter
-
-
-def smooth_sums(sums: jax.Array, log_col: jax.Array) -> jax.Array:
-    """`T_b` across the grid columns of `sums: [N, B, H, w, Dk, Dv]` (float32), all chunks
-    at once: one `w x w` Toeplitz matmul per (chunk, batch, head), the Toeplitz matrix
-    broadcast over (N, B) so that the contraction is a plain batched matmul and XLA never
-    transposes the (large) sums."""
-    n, b, h, w, dk, dv = sums.shape
-    toe = jnp.broadcast_to(column_toeplitz(w, log_col), (n, b, h, w, w))
-    flat = sums.reshape(n, b, h, w, dk * dv)
-    return jnp.einsum("nbhij,nbhjf->nbhif", toe, flat).reshape(sums.shape)
 
 
 def pass_states(sums: jax.Array, log_decay: jax.Array, method: str) -> jax.Array:

@@ -1,9 +1,9 @@
 """How each attention variant weights a key by its position relative to a query.
 
 This module is the single statement of the decay rules of docs/operator.md ("What it
-computes"). The quadratic reference builds its whole `T x T` mask here, the chunked form
-builds its intra-chunk mask and the column Toeplitz matrix of its smoothing here, and the
-decoder smooths its per-column states with `smooth_columns`. Everything is computed in
+computes"). The quadratic reference builds its whole `T x T` mask here, and the chunked
+form its intra-chunk mask and the smoothing of its per-chunk column sums across the grid
+columns (`smooth_columns`). Everything is computed in
 log space (`exp(n * log a)`), never as a ratio of powers, so decays of 1.0 and long
 distances stay finite and differentiable.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Variants of the decayed linear attention family (docs/operator.md, "Variants"). `softmax` is not here:
-# it is ordinary attention and lives with the model.
+# Variants of the decayed linear attention family (docs/operator.md, "Variants").
+# `softmax` is not here: it is ordinary attention and lives with the model.
 VARIANTS = ("lasad", "lasad_row", "linear_1d", "linear")
 
 
@@ -70,7 +70,8 @@ def column_toeplitz(width: int, log_col: jax.Array) -> jax.Array:
 
 
 def smooth_columns(states: jax.Array, log_col: jax.Array) -> jax.Array:
-    """`H(c) = sum_c' b^|c - c'| A(c')` for `states: [..., heads, width, Dk, Dv]`.
+    """`H(c) = sum_c' b^|c - c'| A(c')` for `states: [..., heads, width, Dk, Dv]` (the
+    chunked form's `[chunks, batch, heads, width, Dk, Dv]` column sums, all chunks at once).
 
     One `w x w` Toeplitz matmul per head (`w` multiply-adds per state entry). Two
     first-order scans across the columns would need only a few per entry, but on the 2-core

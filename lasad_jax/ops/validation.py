@@ -28,7 +28,8 @@ def check_float_array(name: str, x: Any, ndim: int, layout: str) -> jax.Array:
     if x.ndim != ndim:
         raise ValueError(f"{name} must have rank {ndim} ({layout}), got shape {tuple(x.shape)}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must have a floating dtype (float32, bfloat16, ...), got {x.dtype}")
+        raise ValueError(f"{name} must have a floating dtype (float32, bfloat16, ...), "
+                         f"got {x.dtype}")
     return x
 
 
@@ -52,6 +53,10 @@ def check_qkv(q: Any, k: Any, v: Any, *, token_axis: bool) -> tuple[int, int, in
         b, t, h, dk = q.shape
     else:
         (b, h, dk), t = q.shape, 1
+    if 0 in (b, h, dk, v.shape[-1]):
+        raise ValueError(f"q, k, v must hold at least one batch element, head and feature "
+                         f"(batch, heads, Dk, Dv >= 1), got q {tuple(q.shape)}, v "
+                         f"{tuple(v.shape)}")
     return b, t, h, dk, v.shape[-1]
 
 

@@ -62,6 +62,7 @@ def test_kernels_does_not_count_a_wrong_kernel(tmp_path, monkeypatch):
     result = kernels.main(["--smoke", "--tokens", "16", "--out", str(tmp_path / "k.json")])
     pallas = [r for r in result["rows"] if r["op"] == "lasad_pallas"]
     assert all(r["status"].startswith("mismatch") and r["err"] > 0.05 for r in pallas)
+    assert not any("ms" in r for r in pallas)  # not timed: no device time on a wrong kernel
     assert {r["op"] for r in result["speedups"]} == {"lasad_chunked"}  # wrong one left out
 
 
@@ -163,3 +164,12 @@ def test_masked_probe_runs(tmp_path):
     assert rows[2]["status"].startswith("unavailable: ValueError: num_warps must be one of")
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["complete"] and saved["rows"] == rows
+
+
+def test_masked_probe_smoke_keeps_explicit_flags(tmp_path):
+    """`--smoke` sets tiny defaults only: a shape given is used (here refused: 15 tokens
+    are no class slot plus a square grid's first tokens)."""
+    import masked_probe
+
+    with pytest.raises(SystemExit, match="TOKENS must be a square"):
+        masked_probe.main(["--smoke", "--shapes", "2:15", "--out", str(tmp_path / "p.json")])

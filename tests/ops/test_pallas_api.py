@@ -170,6 +170,21 @@ def test_auto_does_not_pick_pallas_where_it_was_not_timed_faster():
                    for t in (256, 16384)])
 
 
+def test_auto_pallas_row_runs_only_lasad_on_the_kernels(monkeypatch):
+    """The kernels compute `lasad`'s mask: where a row says "pallas", the other variants
+    run the chunked form and stay exact (the row is a timing of `lasad`)."""
+    from lasad_jax.ops import api
+
+    monkeypatch.setattr(api, "AUTO_TABLE", (api.Auto("*", float("inf"), "pallas", 8),))
+    q, k, v = random_qkv(0, batch=1, tokens=1 + 19)
+    for variant in ("lasad", "lasad_row", "linear_1d", "linear"):
+        fn = getattr(ops, f"{variant}_attention")
+        kw = decay_kwargs(variant, 4)
+        got = fn(q, k, v, num_prefix=1, **kw)  # impl="auto"
+        want = fn(q, k, v, num_prefix=1, impl="reference", **kw)
+        assert rel_err(got, want) < 1e-5, variant
+
+
 def test_auto_follows_the_first_matching_row_and_its_chunk(monkeypatch):
     """A row's platform and length bound pick it; its chunk size is used unless the caller
     gives one."""

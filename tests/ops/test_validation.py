@@ -41,6 +41,9 @@ CASES = [
     (dict(impl="fast"), ["impl", "reference", "chunked", "auto"]),
     (dict(chunk_size=0), ["chunk_size", ">= 1"]),
     (dict(q=Q[:, :0], k=K[:, :0], v=V[:, :0]), ["T = q.shape[1] >= 1"]),
+    (dict(q=Q[:0], k=K[:0], v=V[:0]), ["batch, heads, Dk, Dv >= 1", "(0, 9, 3, 4)"]),
+    (dict(q=Q[:, :, :0], k=K[:, :, :0], v=V[:, :, :0], row_decay=jnp.ones((0,)),
+          col_decay=jnp.ones((0,))), ["batch, heads, Dk, Dv >= 1"]),
 ]
 
 
@@ -80,3 +83,22 @@ def test_decode_rejects_bad_input():
         ops.lasad_decode_init(B, H, DK, DV, width=0)
     with pytest.raises(ValueError, match="dk must be a Python int"):
         ops.lasad_row_decode_init(B, H, "4", DV, width=3)
+
+
+@pytest.mark.parametrize("step,init,decays", [
+    (ops.lasad_row_decode_step, ops.lasad_decode_init, dict(row_decay=GOOD["row_decay"],
+                                                            col_decay=GOOD["col_decay"])),
+    (ops.linear_decode_step, ops.lasad_decode_init, {}),
+    (ops.lasad_decode_step, ops.linear_decode_init, dict(row_decay=GOOD["row_decay"],
+                                                         col_decay=GOOD["col_decay"])),
+    (ops.linear_1d_decode_step, None, dict(decay=GOOD["row_decay"])),
+], ids=["row<-lasad", "linear<-lasad", "lasad<-linear", "linear_1d<-None"])
+def test_decode_step_names_the_state_it_takes(step, init, decays):
+    """A state from another variant's init (or none) is refused naming the right init,
+    instead of failing on a missing attribute."""
+    if init is ops.lasad_decode_init:
+        state = init(B, H, DK, DV, width=3)
+    else:
+        state = init(B, H, DK, DV) if init else None
+    with pytest.raises(ValueError, match=r"state must be the \w+State that \w+_decode_init"):
+        step(state, Q[:, 0], K[:, 0], V[:, 0], **decays)

@@ -57,6 +57,8 @@ class ColumnConfig:
 
 def _ticks(cfg: ColumnConfig, clock: str, shape: tuple[int, int], axis: int):
     """`(tick_r, valid_r)`: the decay exponent of row r in units of `log a`, and r < R."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
     r = lax.broadcasted_iota(jnp.int32, shape, axis)
     tick = (cfg.rows - r) if clock == "end" else r
     return tick.astype(F32), r < cfg.rows

@@ -141,8 +141,9 @@ def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Arr
     if not interpret:
         for name, d in (("Dk", dk), ("Dv", dv)):
             if d < 16 or d & (d - 1):
-                raise ValueError(f"decode_impl='pallas' needs {name} a power of two >= 16 "
-                                 f"on GPU (Triton tiles), got {d}; use decode_impl='xla'")
+                raise ValueError(f"impl='pallas' (the model's decode_impl) needs {name} a "
+                                 f"power of two >= 16 on GPU (Triton tiles), got {d}; use "
+                                 f"'xla'")
     rows, window = b * h, _pow2(w, 16)
     ring_slots = keys.shape[0]
     prefix = ring_slots - 2 * w

@@ -4,9 +4,9 @@ Float32 inputs get `HIGHEST` (IEEE float32 products): the float32 tests promise 
 against the reference, which TF32 products would miss. 16-bit inputs get `DEFAULT`: the
 kernels multiply bf16 (or fp16) operands directly, which tensor cores and the MXU do
 exactly, into float32 accumulators. History: on an H200 (2026-12-04,
-`benchmarks/masked_probe.py` as it then was) the masked kernel, which then cast bf16 tiles to float32,
-took 2.23 ms forward at T = 256 (16 heads, D = 64) with IEEE float32 dots and 0.096 ms with
-TF32 ones, and its highest-precision backward took about 110 s to compile.
+`benchmarks/masked_probe.py` as it then was) the masked kernel, which then cast bf16 tiles
+to float32, took 2.23 ms forward at T = 256 (16 heads, D = 64) with IEEE float32 dots and
+0.096 ms with TF32 ones, and its highest-precision backward took about 110 s to compile.
 """
 
 from __future__ import annotations
