@@ -18,7 +18,11 @@ The recipe is the run's defaults (`default_config`, docs/configuration.md), Llam
 learning rate 1e-4 per 256 images held constant, gradient clipping 1.0, 300 epochs of
 batch 256, class dropout 0.1, EMA 0.9999, classifier-free guidance 2.0, VQ-16 codes of
 extracted ImageNet (one of ten crops and mirrors drawn per image per epoch). This file
-adds the model size, bf16 compute and FSDP over every device. The trainer stops at
+adds only the model size, bf16 compute and FSDP over every device. The run length is
+left to the trainer (`num_steps=0`): it counts the extracted training images (not their
+views) and runs `num_epochs` passes at `batch_size`, so `--config.batch_size=1024` or
+`--config.num_epochs=100` changes the step count with them (300 epochs of 1,281,167
+images: 1,501,368 steps at batch 256, 375,342 at 1024). The trainer stops at
 once, naming the field, when the codes or the tokenizer weights (`tokenizer.checkpoint`,
 converted from LlamaGen's `vq_ds16_c2i.pt`) are missing. With
 `data.image_source="imagefolder"` and `data.image_dir=ROOT` (`ROOT/train/<class>/*.JPEG`)
@@ -29,14 +33,11 @@ from ml_collections import config_dict
 
 from lasad_jax.config import default_config
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 
 def get_config() -> config_dict.ConfigDict:
     config = default_config("generator")
-    # 300 epochs of the 1.28M training images, whatever number of augmented views
-    # (flips, ten crops) the codes directory holds per image.
-    config.num_steps = -(-config.num_epochs * IMAGENET_TRAIN_IMAGES // config.batch_size)
+    # No num_steps here: a step count computed now would keep the batch size and epochs
+    # of this file and ignore their overrides; the trainer derives it from both (0).
     # FSDP over every device shards weights, Adam moments and EMA (needed from XL up).
     config.mesh.update(data=1, fsdp=-1)
     config.model.update(preset="L", dtype="bfloat16")

@@ -51,6 +51,7 @@ from lasad_jax.data.config import (
 )
 from lasad_jax.evaluation.config import EvalConfig, run_problems as eval_problems
 from lasad_jax.models import ModelConfig
+from lasad_jax.models.config import PRESET_FIELDS
 from lasad_jax.parallel.mesh import ALL_DATA, MeshConfig, batch_problems
 from lasad_jax.sampling.config import SampleConfig, class_problems
 from lasad_jax.tokenizers.config import TokenizerConfig, checkpoint_problems
@@ -71,7 +72,6 @@ TASKS = ("generator", "tokenizer")
 HEADER = "the config cannot run"
 # Model fields that come from the tokenizer and the dataset, never from the config.
 DERIVED_MODEL_FIELDS = ("vocab_size", "grid", "num_classes")
-PRESET_FIELDS = ("num_layers", "num_heads", "dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,12 +240,37 @@ def _field(config: config_dict.ConfigDict, path: str) -> tuple[Any, str, str | N
     return node, parts[-1], None
 
 
+def _nullable(block: config_dict.ConfigDict, name: str) -> bool:
+    """Whether the field was declared as None-able: `default_config` makes every field
+    whose default is None a typed placeholder (a FieldReference), and setting a value
+    keeps it one, so `--config.model.dim=None` can hand the field back to the preset."""
+    refs = dict(block.items(preserve_field_references=True))
+    return isinstance(refs.get(name), config_dict.FieldReference)
+
+
+def _split_words(value: tuple, text: str, current: Any) -> tuple:
+    """ml_collections reads an unquoted `(train,val)` as the one string '(train,val)';
+    for a field that holds a tuple of strings, split it into ('train', 'val') as meant.
+    Quoted tuples, and fields of numbers, are left as parsed."""
+    words = (isinstance(current, tuple) and current
+             and all(isinstance(x, str) for x in current))
+    if not (words and len(value) == 1 and value[0] == text):
+        return value
+    inner = text.strip()
+    if inner[:1] + inner[-1:] in ("()", "[]"):
+        inner = inner[1:-1]
+    parts = (part.strip().strip("'\"").strip() for part in inner.split(","))
+    return tuple(part for part in parts if part)
+
+
 def apply_overrides(config: config_dict.ConfigDict,
                     overrides: Sequence[tuple[str, str | None]]) -> None:
     """Sets each `(path, text)` of a `--config.PATH=TEXT` flag (text None: a bare
     `--config.PATH`, True for a bool; `--noconfig.PATH` comes as "false"), parsed as the
-    field's type. Every unknown field (with the nearest valid name) and every value of
-    the wrong type is reported at once, in one `ConfigError`, before any is set."""
+    field's type. `None` clears a field whose default is None (`model.dim`, ...); a
+    tuple of strings may be written unquoted (`(train,val)` or `train,val`). Every
+    unknown field (with the nearest valid name) and every value of the wrong type is
+    reported at once, in one `ConfigError`, before any is set."""
     problems, updates = [], []
     tuples: dict[str, tuple] = {}
     for path, text in overrides:
@@ -259,10 +284,14 @@ def apply_overrides(config: config_dict.ConfigDict,
         if text is None:
             problems.append(f"--config.{path} needs a value: --config.{path}=VALUE")
             continue
+        if text == "None" and _nullable(block, name):
+            updates.append((block, name, None, path, text))
+            continue
         try:
             value = _PARSERS[kind].parse(text) if kind in _PARSERS else text
             if kind is tuple:  # repeated tuple flags add up, as in ml_collections
-                value = tuples[path] = tuples.get(path, ()) + tuple(value)
+                value = _split_words(tuple(value), text, block[name])
+                value = tuples[path] = tuples.get(path, ()) + value
         except (ValueError, TypeError, SyntaxError):
             problems.append(f"--config.{path}={text}: {path} takes "
                             f"{_TYPE_NAMES.get(kind, kind.__name__)}, got {text!r}")

@@ -168,3 +168,35 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
                      "--config.train.sample_at_end=False")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"at step {step}" in again.stderr
+
+
+@pytest.mark.parametrize("flag, text, field, value", [
+    ("--config.seed", "-1", "seed", -1),
+    ("--config.sample.cfg_scale", "-1.5", "sample.cfg_scale", -1.5),
+    ("--config.sample.cfg_scale", "-.5", "sample.cfg_scale", -0.5),
+    ("--config.optimizer.lr", "-1e-3", "optimizer.lr", -1e-3),
+])
+def test_a_negative_number_after_a_space_is_the_value(flag, text, field, value):
+    """`--config.seed -1` used to leave `-1` to absl ("Unknown command line flag '1'");
+    a range check, not the parser, must be what refuses a bad negative value."""
+    from lasad_jax.main import parse_flags, split_overrides
+    from tests.helpers import flag_config
+
+    args = ["--config=configs/demo.py", "--workdir=/tmp/unused", flag, text, "--mode=sample"]
+    rest, overrides = split_overrides(args)
+    assert rest == ["--config=configs/demo.py", "--workdir=/tmp/unused", "--mode=sample"]
+    assert overrides == [(flag.removeprefix("--config."), text)]
+    assert parse_flags(["lasad_jax.main", *args])[-1] == f"{flag}={text}"
+    config = flag_config(f"--config={ROOT / 'configs' / 'demo.py'}", flag, text)
+    block, _, name = field.rpartition(".")
+    assert (config[block] if block else config)[name] == value
+
+
+def test_a_flag_after_a_bare_override_is_not_taken_as_its_value():
+    from lasad_jax.main import split_overrides
+
+    rest, overrides = split_overrides(["--config.train.sample_at_end", "--mode=sample",
+                                       "--config.train.sample_at_end", "-v",
+                                       "--config.train.sample_at_end", "--"])
+    assert rest == ["--mode=sample", "-v", "--"]
+    assert overrides == [("train.sample_at_end", None)] * 3

@@ -257,3 +257,96 @@ def test_the_configuration_page_lists_every_field_with_its_default():
         documented = {field: default for field, _, default in tables[name]}
         assert documented == {k: repr(v) for k, v in fields.items()}, name
     assert config_lib.MODES == ("train", "sample", "extract", "evaluate", "reference_stats")
+
+
+IMAGENET = f"--config={ROOT / 'configs' / 'imagenet256.py'}"
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@pytest.mark.parametrize("flags, steps", [
+    ((), 1_501_368),                                    # 300 epochs at batch 256
+    (("--config.batch_size=1024",), 375_342),           # the pod command: still 300 epochs
+    (("--config.batch_size=1024", "--config.num_epochs=100"), 125_114),
+    (("--config.num_steps=5000",), 5000),               # an explicit length still wins
+])
+def test_imagenet_run_length_follows_batch_and_epoch_overrides(flags, steps):
+    """The file leaves the length to the trainer, which divides the epochs' images by
+    the batch that is actually used (a count fixed in the file ignored both flags)."""
+    from lasad_jax.training.host_loop import run_length
+
+    config = flag_config(IMAGENET, *flags)
+    assert run_length(num_steps=config.num_steps, num_epochs=config.num_epochs,
+                      batch_size=config.batch_size,
+                      num_examples=IMAGENET_TRAIN_IMAGES) == steps
+
+
+def test_extracted_source_length_counts_images_not_views():
+    """The trainer's epoch is its source's length: ten views of 5 images are 5 examples,
+    so 300 epochs stay 300 passes over the images however many views were extracted."""
+    import numpy as np
+
+    from lasad_jax.data.extracted import ExtractedSource
+
+    codes = [np.zeros((3, 10, 2, 2), np.int16), np.zeros((2, 10, 2, 2), np.int16)]
+    labels = [np.zeros(3, np.int32), np.zeros(2, np.int32)]
+    assert len(ExtractedSource(codes, labels, num_views=10, grid=(2, 2))) == 5
+
+
+def test_a_preset_that_would_change_nothing_is_refused():
+    """The demo sets all three sizes, so a preset on top of it cannot take effect: one
+    line names the fields to clear; clearing them (`=None`) gives the preset's model,
+    and a preset over some set fields fills only the others."""
+    demo_file = f"--config={ROOT / 'configs' / 'demo.py'}"
+    with pytest.raises(ConfigError) as err:
+        parse(flag_config(demo_file, "--config.model.preset=XL"), "train")
+    hits = [p for p in err.value.problems if p.startswith("config.model.preset='XL'")]
+    assert len(hits) == 1 and "\n" not in hits[0], err.value.problems
+    for words in ("num_layers=4, num_heads=4, dim=96", "--config.model.num_layers=None "
+                  "--config.model.num_heads=None --config.model.dim=None"):
+        assert words in hits[0]
+    cleared = flag_config(demo_file, "--config.model.preset=XL", "--config.model.num_layers=None",
+                          "--config.model.num_heads=None", "--config.model.dim=None")
+    model = parse(cleared, "train").model
+    assert (model.num_layers, model.num_heads, model.dim) == (36, 20, 1280)
+    partial = flag_config(demo_file, "--config.model.preset=XL", "--config.model.dim=None")
+    model = parse(partial, "train").model
+    assert (model.num_layers, model.num_heads, model.dim) == (4, 4, 1280)
+    with pytest.raises(ConfigError, match="batch_size takes an int, got 'None'"):
+        flag_config(demo_file, "--config.batch_size=None")  # not a None-able field
+
+
+def test_a_grid_given_as_a_list_is_stored_as_a_tuple_and_generates():
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lasad_jax.sampling import generate
+    from tests.models.helpers import perturbed_model, small_config
+
+    listed = small_config("lasad", grid=[3, 4])
+    assert listed.grid == (3, 4) and isinstance(listed.grid, tuple)
+    assert listed == small_config("lasad") and hash(listed) == hash(small_config("lasad"))
+    labels = jnp.array([0, 2])
+    got = generate(perturbed_model(listed), labels, jax.random.key(3))
+    want = generate(perturbed_model(small_config("lasad")), labels, jax.random.key(3))
+    assert got.shape[0] == 2 and got.size == 2 * 12
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("text", ["(train,val)", "train,val", "('train', 'val')", "[train, val]"])
+def test_extract_splits_written_without_quotes_are_split(text):
+    config = flag_config(IMAGENET, f"--config.data.extract_splits={text}")
+    assert config.data.extract_splits == ("train", "val")
+    # a tuple of numbers is read as before
+    assert flag_config(IMAGENET, "--config.sample.classes=(1,2)").sample.classes == (1, 2)
+
+
+def test_a_malformed_split_name_is_refused_before_extraction():
+    from lasad_jax.data.config import DataConfig
+
+    for bad in (("(train,val)",), ("train", "a/b"), ()):
+        with pytest.raises(ValueError) as err:
+            DataConfig(extract_splits=bad)
+        (line,) = str(err.value).splitlines()[-1:]
+        assert "data.extract_splits must be a non-empty tuple of split names" in line, line
+        assert repr(bad) in line
+    assert DataConfig(extract_splits=("train", "val", "test-2")).extract_splits[-1] == "test-2"

@@ -96,7 +96,9 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
                         hparams=flat_hparams(dataclasses.asdict(config)))
 
     outputs = []
-    if config.train.sample_at_end and not result.preempted:
+    # Samples belong to the finished run: not to a preempted one, nor to a chunk that
+    # `train.stop_after` ends early (the run resumes later and samples at its end).
+    if config.train.sample_at_end and not result.preempted and result.step >= steps:
         # Every process takes part in generation (the batch is split over all devices);
         # process 0 writes the files. A finished run started again finds them drawn.
         paths = sample_to_files(model_of(result.state), build_tokenizer(config.tokenizer),

@@ -29,6 +29,7 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "XXL": (48, 24, 1536),
     "3B": (24, 32, 3200),
 }
+PRESET_FIELDS = ("num_layers", "num_heads", "dim")  # what a preset's numbers fill, in order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,11 @@ class ModelConfig:
         return -(-hidden // 256) * 256
 
     def __post_init__(self) -> None:
+        # A grid given as a list (from Python callers, or JSON) is stored as a tuple: the
+        # config is hashed (jit's static arguments, `generate`'s cache), and a list is not
+        # hashable.
+        if isinstance(self.grid, list):
+            object.__setattr__(self, "grid", tuple(self.grid))
         # Every problem is collected and raised together (lasad_jax.validation).
         p = Problems("model")
         sizes = all([p.positive_int(name, getattr(self, name))
@@ -122,7 +128,13 @@ class ModelConfig:
     def from_config(cls, cfg: Any, *, vocab_size: int, grid: tuple[int, int],
                     num_classes: int) -> "ModelConfig":
         """Builds from a `model` ConfigDict; a `preset` name fills layers, heads and dim
-        where those fields are None (a set field overrides the preset).
+        where those fields are None.
+
+        A field that is set wins over the preset, so `preset="L", num_layers=2` is a
+        2-layer model of L's width: a deliberate partial override. A preset whose three
+        fields are all set would change nothing, which is almost always a preset given
+        on the command line to a config that sizes its model itself (configs/demo.py):
+        that is refused, naming the fields to clear, rather than silently ignored.
 
         Vocabulary, grid and class count come from the tokenizer and the dataset, so a
         config cannot disagree with the data it trains on.
@@ -132,8 +144,15 @@ class ModelConfig:
         if preset:
             if preset not in PRESETS:
                 raise ValueError(f"model.preset must be one of {tuple(PRESETS)}, got {preset!r}")
-            for name, value in zip(("num_layers", "num_heads", "dim"), PRESETS[preset]):
-                if fields.get(name) is None:
+            sized = {name: fields.get(name) for name in PRESET_FIELDS}
+            if all(value is not None for value in sized.values()):
+                given = ", ".join(f"{name}={value}" for name, value in sized.items())
+                clear = " ".join(f"--config.model.{name}=None" for name in sized)
+                raise ValueError(f"model.preset={preset!r} would change nothing: the config "
+                                 f"already sets {given}; clear them ({clear}) to use the "
+                                 "preset, or drop the preset (--config.model.preset=)")
+            for name, value in zip(PRESET_FIELDS, PRESETS[preset]):
+                if sized[name] is None:
                     fields[name] = value
         fields = {k: v for k, v in fields.items() if v is not None or k == "chunk_size"}
         known = {f.name for f in dataclasses.fields(cls) if f.init}

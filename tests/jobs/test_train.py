@@ -29,19 +29,31 @@ def final_state(workdir, steps=6):
     return out
 
 
+def with_samples(config):
+    """`config` drawing one sample per class when the run ends."""
+    config.train.sample_at_end = True
+    config.sample.update(per_class=1, batch_size=16)
+    return config
+
+
 @pytest.mark.slow
 def test_resumed_run_reproduces_uninterrupted_run(tmp_path):
     """Stop after 3 of 6 steps, resume: final parameters, optimizer and EMA equal those of
-    a straight 6-step run (data order, dropout keys and Adam moments all restored)."""
+    a straight 6-step run (data order, dropout keys and Adam moments all restored). With
+    `sample_at_end`, the chunk that `stop_after` ends draws nothing; the end of the run
+    does."""
     straight = tmp_path / "straight"
     train(tiny_demo_config(), str(straight))
     split = tmp_path / "split"
-    cfg = tiny_demo_config()
+    cfg = with_samples(tiny_demo_config())
     cfg.train.stop_after = 3
     train(cfg, str(split))
     assert ckpt_lib.Checkpointer(str(split / "checkpoints"), keep=2,
                                  save_every=1).latest_step() == 3
-    train(tiny_demo_config(), str(split))
+    assert not [f for f in os.listdir(split) if f.startswith("samples-")]
+    train(with_samples(tiny_demo_config()), str(split))
+    samples = sorted(f for f in os.listdir(split) if f.startswith("samples-"))
+    assert [f.split("-")[1] for f in samples] == ["step6", "step6"]  # .npz and .png
 
     a, b = final_state(straight), final_state(split)
     assert int(a.step) == int(b.step) == 6
