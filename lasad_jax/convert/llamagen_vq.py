@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
+from lasad_jax.convert import torch_io
 from lasad_jax.tokenizers.vq import VQConfig, abstract_model
 from lasad_jax.tokenizers.vq.weights import (
     CONFIG_FILE,
@@ -45,36 +45,12 @@ DROPPED_KEYS = ("quantize.codebook_used",)
 
 
 def read_torch_state_dict(path: str, entry: str = "model") -> dict[str, np.ndarray]:
-    """Reads a PyTorch checkpoint into float32 numpy arrays keyed by state-dict name.
-
-    LlamaGen saves `{"model": state_dict, ...}`; `entry` picks the sub-dict (a bare state
-    dict is accepted too). Loading uses `weights_only=True`, so no code in the file runs.
-    """
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(
-            "reading a PyTorch checkpoint needs torch, which this package does not otherwise "
-            "require (conversion runs once, offline): pip install torch --index-url "
-            "https://download.pytorch.org/whl/cpu") from err
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path!r} does not exist; download "
-                                "vq_ds16_c2i.pt from LlamaGen's README")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path!r} holds Python objects besides tensors, which weights_only loading "
-            "refuses (it would run code from the file). If you trust the file, keep only its "
-            "state dict first: python -c \"import torch; torch.save(torch.load('IN', "
-            "weights_only=False)['model'], 'OUT')\" and convert OUT") from err
-    if isinstance(ckpt, dict) and entry in ckpt and isinstance(ckpt[entry], dict):
-        ckpt = ckpt[entry]
-    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
-        top = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path!r}: expected a state dict or a dict with a {entry!r} state "
-                         f"dict (argument entry), found {top}")
-    return {k: v.detach().to(torch.float32).numpy() for k, v in ckpt.items()}
+    """LlamaGen's checkpoint as float32 numpy arrays keyed by state-dict name, read by
+    `torch_io` (no code in the file runs). LlamaGen saves `{"model": state_dict, ...}`;
+    `entry` picks the sub-dict (a bare state dict is accepted too)."""
+    return torch_io.read_torch_state_dict(
+        path, expected="LlamaGen's VQ checkpoint vq_ds16_c2i.pt",
+        where_to_get="download vq_ds16_c2i.pt from LlamaGen's README", entry=entry)
 
 
 def torch_key(path: tuple[Any, ...]) -> str:

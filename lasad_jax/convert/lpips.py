@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vgg16", required=True, help="torchvision vgg16 ImageNet .pth")
     parser.add_argument("--lin", required=True, help="LPIPS vgg.pth (lin layer weights)")
-    parser.add_argument("--out", required=True, help="output .npz for config.loss.perceptual_weights")
+    parser.add_argument("--out", required=True,
+                        help="output .npz for config.loss.perceptual_weights")
     args = parser.parse_args(argv)
     arrays = convert_lpips(read_torch_state_dict(args.vgg16), read_torch_state_dict(args.lin),
                            vgg_source=args.vgg16, lin_source=args.lin)

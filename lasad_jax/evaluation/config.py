@@ -13,8 +13,9 @@ import dataclasses
 import os
 
 from lasad_jax.evaluation.inception import PREPROCESS_MODES
+from lasad_jax.evaluation.metrics import NEIGHBOURS_K
 from lasad_jax.evaluation.weights import CONVERT_COMMAND, RANDOM_INCEPTION, WEIGHTS_URL
-from lasad_jax.validation import Problems
+from lasad_jax.validation import Problems, is_int
 
 REFERENCE_SPLITS = ("train", "val")
 
@@ -38,6 +39,15 @@ class EvalConfig:
                 f"must be a non-empty file name, got {self.name!r}")
         for name in ("num_samples", "part_size", "inception_batch_size"):
             p.positive_int(name, getattr(self, name))
+        # Checked here, not after all the sampling: precision and recall take each
+        # feature's k-th nearest neighbour among the others.
+        least = NEIGHBOURS_K + 1
+        why = f"precision/recall need {NEIGHBOURS_K} nearest neighbours of each image"
+        p.check(not is_int(self.num_samples) or not 1 <= self.num_samples < least,
+                "num_samples", f"must be >= {least} ({why}), got {self.num_samples!r}")
+        p.check(not is_int(self.reference_limit) or not 1 <= self.reference_limit < least,
+                "reference_limit", f"must be 0 (all images) or >= {least} ({why}), got "
+                f"{self.reference_limit!r}")
         p.int_at_least("reference_limit", self.reference_limit, 0)
         p.check(isinstance(self.seed, int), "seed", f"must be an int, got {self.seed!r}")
         p.string("inception", self.inception)

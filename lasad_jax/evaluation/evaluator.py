@@ -121,7 +121,8 @@ def _check_preprocess(reference: Reference, model: InceptionV3) -> None:
 
 def metrics_from_features(sample: Mapping[str, np.ndarray], reference: Reference,
                           reference_pool: np.ndarray | None = None, *,
-                          split_size: int = 5000, k: int = 3) -> dict[str, float]:
+                          split_size: int = 5000,
+                          k: int = metrics.NEIGHBOURS_K) -> dict[str, float]:
     """fid, sfid, inception_score, precision, recall from precomputed sample features and a
     reference with statistics. Precision/recall need the reference's pool features
     (`reference_pool`, else `reference.pool`); without them both are NaN."""
@@ -146,7 +147,7 @@ def metrics_from_features(sample: Mapping[str, np.ndarray], reference: Reference
 
 def evaluate(sample_images: Images, reference: Reference | str | os.PathLike,
              inception_model: InceptionV3, *, batch_size: int = 200, split_size: int = 5000,
-             k: int = 3, check_preprocess: bool = True) -> dict[str, float]:
+             k: int = metrics.NEIGHBOURS_K, check_preprocess: bool = True) -> dict[str, float]:
     """The ADM protocol: {'fid', 'sfid', 'inception_score', 'precision', 'recall'} of
     `sample_images` (see `compute_features` for the accepted forms) against `reference`
     (a `Reference` or the path of an ADM reference batch or of our stats file).

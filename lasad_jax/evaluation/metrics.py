@@ -15,6 +15,10 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import linalg, special
 
+# ADM's k of improved precision and recall: each feature's manifold radius is the distance
+# to its k-th nearest neighbour, so a set needs at least k + 1 features.
+NEIGHBOURS_K = 3
+
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased, N - 1) covariance of [N, D] features, as ADM's
@@ -35,7 +39,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     is accepted when its diagonal's imaginary part is below 1e-3 (numerical noise) and its
     real part is used, else ValueError.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
+    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
     sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or \
@@ -101,7 +106,7 @@ def squared_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.maximum(uu - 2.0 * (u @ v.T) + vv, 0.0)
 
 
-def manifold_radii(features: np.ndarray, k: int = 3, block: int = 4096,
+def manifold_radii(features: np.ndarray, k: int = NEIGHBOURS_K, block: int = 4096,
                    dtype: type = np.float64) -> np.ndarray:
     """Squared distance from each feature vector to its k-th nearest other vector.
 
@@ -125,7 +130,7 @@ def manifold_radii(features: np.ndarray, k: int = 3, block: int = 4096,
     return radii
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, block: int = 4096,
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = NEIGHBOURS_K, block: int = 4096,
                      dtype: type = np.float64) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) as ADM computes them.
 

@@ -8,7 +8,10 @@ Decisions (the paper and ADM leave them open):
   restarted run skips finished parts. Batch `i` draws from `fold_in(key(eval.seed), i)`,
   so a resumed run gives the images an uninterrupted one would. A settings file in the
   directory (checkpoint step, tokenizer fingerprint, guidance, seed, ...) makes a run
-  with other settings refuse to mix its images in, naming what differs.
+  with other settings refuse to mix its images in, naming what differs. `generate_parts`
+  adds to it what only it sees: the model's numerics (dtype, decoding-state dtype and
+  step, which change the tokens without being part of the checkpoint) and the part
+  size (which decides what each part file holds).
 * `assemble` joins the parts into ADM's layout (`arr_0` uint8 NHWC plus `labels`)
   without holding the batch in memory.
 """
@@ -30,6 +33,7 @@ from lasad_jax.evaluation.config import EvalConfig
 from lasad_jax.files import as_output_error, require_space, save_json, save_npz, write_atomically
 from lasad_jax.sampling.config import SampleConfig
 from lasad_jax.sampling.generate import generate
+from lasad_jax.sampling.sampler import model_numerics
 from lasad_jax.tokenizers import Tokenizer
 
 
@@ -38,15 +42,19 @@ def eval_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 
 def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str,
-                   tokenizer: str) -> dict[str, Any]:
+                   tokenizer: str, model_cfg: Any = None) -> dict[str, Any]:
     """What makes a sample batch: the generator's checkpoint step, the fingerprint of the
-    tokenizer that decodes it, and the sampling settings. A run with other settings
-    must not add to it."""
-    return {"checkpoint_step": int(step), "num_samples": int(ev.num_samples),
-            "seed": int(ev.seed), "batch_size": int(s.batch_size),
-            "cfg_scale": float(s.cfg_scale), "temperature": float(s.temperature),
-            "top_k": int(s.top_k), "top_p": float(s.top_p), "use_ema": bool(s.use_ema),
-            "mixer": mixer, "tokenizer": tokenizer}
+    tokenizer that decodes it, and the sampling settings; with `model_cfg`, also the
+    model's numerics (`sampling.sampler.NUMERICS`), so the results file records them. A
+    run with other settings must not add to it."""
+    settings = {"checkpoint_step": int(step), "num_samples": int(ev.num_samples),
+                "seed": int(ev.seed), "batch_size": int(s.batch_size),
+                "cfg_scale": float(s.cfg_scale), "temperature": float(s.temperature),
+                "top_k": int(s.top_k), "top_p": float(s.top_p), "use_ema": bool(s.use_ema),
+                "mixer": mixer, "tokenizer": tokenizer}
+    if model_cfg is not None:
+        settings.update(model_numerics(model_cfg))
+    return settings
 
 
 def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -58,16 +66,23 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
                      if old.get(k) != v)
 
 
-def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
-    """Refuses a part directory made with other settings (reads only)."""
+def read_settings(part_dir: str) -> dict[str, Any] | None:
+    """The settings a part directory recorded (None for a new one)."""
     path = os.path.join(part_dir, "settings.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != settings:
-            diff = settings_differences(old, settings)
-            raise ValueError(f"{part_dir} holds samples made with other settings ({diff}); "
-                             "set another config.eval.name, or delete the directory")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
+    """Refuses a part directory made with other settings (reads only). Only the fields of
+    `settings` are compared: the ones `generate_parts` records are its own to check."""
+    old = read_settings(part_dir)
+    if old is not None and {k: old.get(k) for k in settings} != settings:
+        diff = settings_differences(old, settings)
+        raise ValueError(f"{part_dir} holds samples made with other settings ({diff}); "
+                         "set another config.eval.name, or delete the directory")
 
 
 def record_settings(part_dir: str, settings: dict[str, Any]) -> None:
@@ -80,7 +95,19 @@ def record_settings(part_dir: str, settings: dict[str, Any]) -> None:
 
 def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: SampleConfig, *,
                    num_classes: int, part_dir: str, mesh: Any) -> int:
-    """Generates the missing parts of the sample batch; returns how many were made."""
+    """Generates the missing parts of the sample batch; returns how many were made.
+
+    Before anything is generated, the model's numerics and `ev.part_size` are checked
+    against those the directory's settings recorded, and recorded where missing: parts
+    of another dtype hold other images, and parts of another size other sample ranges
+    (a resumed run would overlap them). A directory written before they were recorded
+    takes the current ones; `assemble` still counts its samples."""
+    own = {**model_numerics(model.cfg), "part_size": int(ev.part_size)}
+    old = read_settings(part_dir) or {}
+    check_settings(part_dir, {k: v for k, v in own.items() if k in old})
+    if jax.process_index() == 0 and any(k not in old for k in own):
+        os.makedirs(part_dir, exist_ok=True)
+        save_json(os.path.join(part_dir, "settings.json"), {**old, **own})
     n, bs = ev.num_samples, sample.batch_size
     per_part = max(1, ev.part_size // bs)   # batches per part
     num_batches = math.ceil(n / bs)
@@ -125,6 +152,17 @@ def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
     written to a memory-mapped `.npy`, then stored (uncompressed) into the `.npz`."""
     parts = sorted(f for f in os.listdir(part_dir) if f.startswith("part_")
                    and f.endswith(".npz") and ".tmp" not in f)
+    # The counts first (the labels are small): parts of another layout would overlap.
+    counts = []
+    for name in parts:
+        with np.load(os.path.join(part_dir, name)) as part:
+            counts.append(len(part["labels"]))
+    if sum(counts) != num_samples:
+        why = ("parts of another run are mixed in" if sum(counts) > num_samples
+               else "some parts are missing")
+        raise ValueError(f"{part_dir}: its {len(parts)} parts hold {sum(counts)} samples, "
+                         f"expected {num_samples} ({why}); delete the directory, or set "
+                         "another config.eval.name")
     with np.load(os.path.join(part_dir, parts[0])) as first:
         shape = (num_samples, *first["images"].shape[1:])
     needed = int(np.prod(shape))
@@ -143,8 +181,6 @@ def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
             images[at:at + k] = part["images"]
             labels[at:at + k] = part["labels"]
             at += k
-    if at != num_samples:
-        raise ValueError(f"{part_dir}: parts hold {at} samples, expected {num_samples}")
     images.flush()
     del images
 

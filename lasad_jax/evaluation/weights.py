@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -58,8 +59,28 @@ def load_inception(path: str | os.PathLike, preprocess: PreprocessMode = "adm") 
             f"Inception weights {os.fspath(path)!r} not found. Download {WEIGHTS_URL} and "
             f"convert it once: python -m lasad_jax.convert.inception "
             f"--torch_weights={WEIGHTS_FILE} --out={os.fspath(path)}")
-    with np.load(path) as npz:
-        stored = {k: npz[k] for k in npz.files}
+    # A pickle, a bare .npy or the unconverted .pth would otherwise get numpy's advice to
+    # load it with allow_pickle, which is neither safe nor the fix.
+    def refuse(what: str) -> ValueError:
+        return ValueError(f"eval.inception={os.fspath(path)!r} {what}; it must be the .npz "
+                          f"that `{CONVERT_COMMAND}` writes")
+
+    if not zipfile.is_zipfile(path):
+        raise refuse("is not an .npz file (a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile) as err:
+        raise refuse(f"is not a readable zip archive ({err})") from err
+    if any(name.endswith("data.pkl") for name in names):
+        raise refuse("is a PyTorch checkpoint, not converted weights")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stored = {k: npz[k] for k in npz.files}
+    except (OSError, zipfile.BadZipFile) as err:
+        raise refuse(f"is not a readable .npz file ({err})") from err
+    except ValueError as err:  # object arrays: pickled data
+        raise refuse("holds pickled objects, not arrays") from err
     if FORMAT_KEY not in stored:
         raise ValueError(f"{os.fspath(path)}: no {FORMAT_KEY!r} record; not written by "
                          "save_inception (convert the .pth with python -m "

@@ -8,30 +8,55 @@ config, `top_p` in a call; `sample.classes` or `labels`).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
 
-from lasad_jax.validation import ConfigError, is_int, is_number
+from lasad_jax.validation import ConfigError
+
+
+# The smallest temperature: the logits are divided by it in float32, and below about
+# 1e-37 they overflow to inf (NaN after the softmax), which draws a wrong token instead
+# of the most likely one. 1e-6 keeps any sane logit finite.
+MIN_TEMPERATURE = 1e-6
+
+
+def is_integer(value: Any) -> bool:
+    """An integer of any kind (Python's or numpy's) that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: Any) -> bool:
+    """A real number of any kind (numpy's scalars too) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def sampling_problems(*, cfg_scale: Any, temperature: Any, top_k: Any, top_p: Any) -> list[str]:
-    """One line per bad sampling argument (all of them, not the first only)."""
+    """One line per bad sampling argument (all of them, not the first only). numpy
+    scalars count as numbers: callers convert with int()/float()."""
     problems = []
-    if not (is_number(temperature) and temperature > 0):
+    if not (is_real(temperature) and temperature > 0):
         problems.append(f"temperature must be > 0 (use top_k=1 for greedy), got {temperature!r}")
-    if not (is_int(top_k) and top_k >= 0):
+    elif not math.isfinite(temperature):
+        problems.append(f"temperature must be finite, got {temperature!r}")
+    elif temperature < MIN_TEMPERATURE:
+        problems.append(f"temperature must be >= 1e-6 (smaller ones overflow the logits; for "
+                        f"greedy decoding use top_k=1), got {temperature!r}")
+    if not (is_integer(top_k) and top_k >= 0):
         problems.append(f"top_k must be an int >= 0 (0: off), got {top_k!r}")
-    if not (is_number(top_p) and 0.0 < top_p <= 1.0):
+    if not (is_real(top_p) and 0.0 < top_p <= 1.0):
         problems.append(f"top_p must be in (0, 1] (1.0: off), got {top_p!r}")
-    if not (is_number(cfg_scale) and cfg_scale >= 0):
-        problems.append(f"cfg_scale must be >= 0 (1.0: no guidance), got {cfg_scale!r}")
+    if not (is_real(cfg_scale) and math.isfinite(cfg_scale) and cfg_scale >= 0):
+        problems.append(f"cfg_scale must be finite and >= 0 (1.0: no guidance), "
+                        f"got {cfg_scale!r}")
     return problems
 
 
 def top_k_problems(top_k: Any, vocab_size: int, name: str = "top_k") -> list[str]:
     """Top-k must fit the vocabulary (a larger k would silently mean "off")."""
-    if is_int(top_k) and top_k > vocab_size:
+    if is_integer(top_k) and top_k > vocab_size:
         return [f"{name}={top_k} is larger than the vocabulary ({vocab_size} tokens); use 0 "
                 f"(off) or at most {vocab_size}"]
     return []

@@ -69,17 +69,30 @@ def sample_images(model: nnx.Module, tokenizer: Tokenizer, labels: np.ndarray,
     return np.concatenate(out)
 
 
+# The model fields outside the checkpoint identity (`training.generator.ARCHITECTURE`)
+# that still change the drawn tokens: the compute and decoding-state precision and the
+# decoding step. A bfloat16 draw of the same checkpoint is another draw, so they belong
+# in the settings that name and guard sample files.
+NUMERICS = ("dtype", "decode_state_dtype", "decode_impl")
+
+
+def model_numerics(model_cfg: Any) -> dict[str, str]:
+    """The `NUMERICS` fields of a ModelConfig, as recorded with the samples."""
+    return {name: str(getattr(model_cfg, name)) for name in NUMERICS}
+
+
 def sample_settings(cfg: SampleConfig, *, step: int, num_classes: int,
-                    tokenizer: Tokenizer) -> dict[str, Any]:
+                    tokenizer: Tokenizer, model_cfg: Any) -> dict[str, Any]:
     """Everything that decides the images of `sample_to_files` (and their grid): the
-    checkpoint step, the `sample` block and the tokenizer that decodes them."""
+    checkpoint step, the `sample` block, the model's numerics (`NUMERICS`: not part of
+    the checkpoint, yet they change the tokens) and the tokenizer that decodes them."""
     return {"checkpoint_step": int(step),
             "classes": [int(c) for c in (cfg.classes or range(num_classes))],
             "per_class": cfg.per_class, "batch_size": cfg.batch_size,
             "cfg_scale": float(cfg.cfg_scale), "temperature": float(cfg.temperature),
-            "top_k": cfg.top_k, "top_p": float(cfg.top_p), "seed": cfg.seed,
+            "top_k": int(cfg.top_k), "top_p": float(cfg.top_p), "seed": cfg.seed,
             "use_ema": cfg.use_ema, "grid_scale": cfg.grid_scale,
-            "tokenizer": tokenizer.fingerprint}
+            **model_numerics(model_cfg), "tokenizer": tokenizer.fingerprint}
 
 
 def sample_paths(out_dir: str, name: str, settings: dict[str, Any]) -> dict[str, str]:
@@ -98,11 +111,13 @@ def sample_to_files(model: nnx.Module, tokenizer: Tokenizer, cfg: SampleConfig, 
     `step`; writes `{cfg.name}-step{step}-{digest}.png` (one row per class) and `.npz`
     into `out_dir` (`sample_paths`) and returns their paths.
 
-    Files that already exist are the same draw (same step, settings and tokenizer):
-    nothing is generated or written, and their paths are returned. With several
-    processes all of them generate and process 0 alone writes (the others return {}).
+    Files that already exist are the same draw (same step, settings, model numerics and
+    tokenizer): nothing is generated or written, and their paths are returned. With
+    several processes all of them generate and process 0 alone writes (the others
+    return {}).
     """
-    settings = sample_settings(cfg, step=step, num_classes=num_classes, tokenizer=tokenizer)
+    settings = sample_settings(cfg, step=step, num_classes=num_classes, tokenizer=tokenizer,
+                               model_cfg=model.cfg)
     paths = sample_paths(out_dir, cfg.name, settings)
     if process_0_decides(all(os.path.exists(p) for p in paths.values())):
         logging.info("%s exists (the same checkpoint step and settings): nothing to draw",

@@ -60,12 +60,18 @@ def test_read_torch_state_dict(tmp_path):
     torch.save({"model": sd, "steps": 7}, tmp_path / "ck.pt")
     out = conv.read_torch_state_dict(str(tmp_path / "ck.pt"))
     assert set(out) == {"a.weight", "b.bias"} and out["b.bias"].dtype == np.float32
+    torch.save({"ema": sd, "steps": 7}, tmp_path / "ema.pt")
+    np.testing.assert_array_equal(
+        conv.read_torch_state_dict(str(tmp_path / "ema.pt"), entry="ema")["a.weight"],
+        np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"values are not tensors.*under 'ema'"):
+        conv.read_torch_state_dict(str(tmp_path / "ema.pt"))
     torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(ValueError, match=r"expected a state dict .*'model'.*found list"):
+    with pytest.raises(TypeError, match=r"expected a state dict .*'model', got list"):
         conv.read_torch_state_dict(str(tmp_path / "list.pt"))
 
 
 def test_reading_without_torch_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without torch
-    with pytest.raises(ImportError, match=r"needs torch.*pip install torch"):
+    with pytest.raises(ImportError, match=r"needs PyTorch.*pip install torch"):
         conv.read_torch_state_dict("vq_ds16_c2i.pt")

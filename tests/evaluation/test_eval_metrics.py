@@ -28,7 +28,8 @@ def _fd_by_eigenvalues(mu1, s1, mu2, s2) -> float:
     root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     eig = np.linalg.eigvalsh(root @ s2 @ root)
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+    root_trace = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * root_trace)
 
 
 def test_frechet_distance_matches_eigenvalue_formula():
@@ -209,7 +210,8 @@ def test_reference_errors_name_file_and_keys(tmp_path):
         load_reference(empty)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, **{**stats, "mu": np.zeros(100)})
-    with pytest.raises(ValueError, match=r"(?s)wrong.npz.*mu: expected shape \(2048,\), got \(100,\)"):
+    with pytest.raises(ValueError,
+                       match=r"(?s)wrong.npz.*mu: expected shape \(2048,\), got \(100,\)"):
         load_reference(wrong)
     text = tmp_path / "text.npz"
     text.write_text("not an npz")

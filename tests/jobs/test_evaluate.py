@@ -114,6 +114,16 @@ def test_reference_stats_then_evaluate_then_resume(trained):
     with pytest.raises(ValueError, match="cfg_scale"):
         run_evaluation(changed, trained)
 
+    # Nor those of another dtype, which the checkpoint does not fix but which changes the
+    # images: an interrupted batch resumed in bfloat16 is refused before any part is made.
+    os.remove(os.path.join(out, "eval", "part_00002.npz"))
+    os.remove(os.path.join(out, "eval.npz"))
+    changed = eval_config()
+    changed.model.dtype = "bfloat16"
+    with pytest.raises(ValueError, match=r"dtype: 'float32' -> 'bfloat16'"):
+        run_evaluation(changed, trained)
+    assert not os.path.exists(os.path.join(out, "eval", "part_00002.npz"))
+
 
 def test_eval_config_errors_name_the_field(tmp_path):
     config = eval_config(inception=str(tmp_path / "nope.npz"), num_samples=0,

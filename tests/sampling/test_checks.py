@@ -70,3 +70,32 @@ def test_labels_must_be_a_vector_of_integers(model):
         "labels must be a 1-D array of class ids, got shape (1, 2)",)
     assert api_problems(model, np.array([0.5, 1.0])) == (
         "labels must be integer class ids in [0, 10), got dtype float32",)
+
+
+def test_values_that_would_draw_garbage_are_refused(model):
+    # cfg_scale=inf makes NaN logits (every token 0); a temperature below ~1e-37 makes
+    # them overflow, and 1e-40 drew another token than the most likely one.
+    got = api_problems(model, [0], cfg_scale=float("inf"), temperature=1e-40)
+    assert got == (
+        "temperature must be >= 1e-6 (smaller ones overflow the logits; for greedy decoding "
+        "use top_k=1), got 1e-40",
+        "cfg_scale must be finite and >= 0 (1.0: no guidance), got inf")
+    assert api_problems(model, [0], temperature=float("inf")) == (
+        "temperature must be finite, got inf",)
+    assert without("", got) == without("config.sample.", cli_problems(
+        cfg_scale=float("inf"), temperature=1e-40))
+    # The floor itself is allowed.
+    assert generate(model, jnp.asarray([0]), jax.random.key(0), temperature=1e-6).shape == (
+        1, 2, 2)
+
+
+def test_numpy_scalars_are_numbers(model):
+    labels, key = jnp.asarray([0, 1, 2]), jax.random.key(3)
+    plain = generate(model, labels, key, cfg_scale=2.0, temperature=0.5, top_k=5, top_p=0.9)
+    from_numpy = generate(model, labels, key, cfg_scale=np.float32(2.0),
+                          temperature=np.float64(0.5), top_k=np.int64(5), top_p=np.float64(0.9))
+    np.testing.assert_array_equal(from_numpy, plain)
+    # bools are not numbers here, numpy's neither.
+    got = api_problems(model, [0], top_k=np.bool_(True), cfg_scale=True)
+    assert got == ("top_k must be an int >= 0 (0: off), got np.True_",
+                   "cfg_scale must be finite and >= 0 (1.0: no guidance), got True")

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lasad_jax.models import MIXERS
+from lasad_jax.models import MIXERS, LASADGen
 from flax import nnx
 
 from lasad_jax.sampling import filter_logits, generate, guide, sample_logits
 from lasad_jax.sampling.generate import cast_weights, start
 from lasad_jax.sampling.images import make_grid
-from lasad_jax.sampling.sampler import class_list
+from lasad_jax.sampling.config import SampleConfig
+from lasad_jax.sampling.sampler import class_list, sample_images, sample_to_files
+from lasad_jax.tokenizers import IntensityTokenizer
 from tests.models.helpers import perturbed_model, small_config
 
 NEG = -np.inf
@@ -135,7 +139,7 @@ def test_generate_seeds_and_classes():
     (dict(temperature=0.0), "temperature must be > 0"),
     (dict(top_k=-1), "top_k must be an int >= 0"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(cfg_scale=-1.0), "cfg_scale must be >= 0"),
+    (dict(cfg_scale=-1.0), "cfg_scale must be finite and >= 0"),
 ])
 def test_generate_rejects_bad_settings(kwargs, match):
     model = perturbed_model(small_config("linear"))
@@ -161,3 +165,34 @@ def test_class_list():
     with pytest.raises(ValueError, match="sample.per_class"):
         class_list((), 0, 3)
     assert math.isclose(len(class_list((), 50, 1000)), 50_000)
+
+
+def test_another_dtype_is_another_draw_with_its_own_files(tmp_path):
+    # dtype is not part of the checkpoint, yet it changes the tokens: the bfloat16 draw
+    # of the same weights must get its own files, not the float32 ones back.
+    tokenizer = IntensityTokenizer(levels=11, image_size=(3, 4), channels=1)
+    m32 = perturbed_model(small_config("lasad"))
+    m16 = LASADGen(small_config("lasad", dtype="bfloat16", decode_state_dtype="bfloat16"),
+                   rngs=nnx.Rngs(0))
+    nnx.update(m16, nnx.state(m32))
+    cfg = SampleConfig(per_class=4, batch_size=4, cfg_scale=3.0)
+    labels = class_list((), 4, 3)
+    want32 = sample_images(m32, tokenizer, labels, cfg, progress=False)
+    want16 = sample_images(m16, tokenizer, labels, cfg, progress=False)
+    assert (want32 != want16).any()  # else this test could not tell the draws apart
+
+    p32 = sample_to_files(m32, tokenizer, cfg, num_classes=3, out_dir=str(tmp_path), step=5)
+    p16 = sample_to_files(m16, tokenizer, cfg, num_classes=3, out_dir=str(tmp_path), step=5)
+    assert p32["npz"] != p16["npz"] and len(list(tmp_path.glob("*.npz"))) == 2
+    for paths, want, dtype in ((p32, want32, "float32"), (p16, want16, "bfloat16")):
+        with np.load(paths["npz"]) as f:
+            np.testing.assert_array_equal(f["arr_0"][..., :1], want)
+            settings = json.loads(str(f["settings"]))
+        assert (settings["dtype"], settings["decode_state_dtype"]) == (dtype, dtype)
+        assert settings["decode_impl"] == "auto"
+
+    # The same draw again finds its own file and writes nothing.
+    before = os.stat(p16["npz"]).st_mtime_ns
+    assert sample_to_files(m16, tokenizer, cfg, num_classes=3, out_dir=str(tmp_path),
+                           step=5) == p16
+    assert os.stat(p16["npz"]).st_mtime_ns == before

@@ -1,0 +1,192 @@
+"""The resumable ADM sample batch and the checks around evaluation: parts of another
+dtype or part size are refused before anything is generated, `assemble` counts before it
+writes, a square crop needs a square image size, unreadable Inception weights get one
+line, and too few samples for precision/recall fail when the config is read."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from lasad_jax.data.config import DataConfig
+from lasad_jax.evaluation.config import EvalConfig
+from lasad_jax.evaluation.real_images import dataset_images
+from lasad_jax.evaluation.sample_batch import (
+    assemble,
+    batch_settings,
+    check_settings,
+    generate_parts,
+    record_settings,
+)
+from lasad_jax.evaluation.weights import CONVERT_COMMAND, load_inception
+from lasad_jax.models import LASADGen
+from lasad_jax.sampling.config import SampleConfig
+from lasad_jax.tokenizers import IntensityTokenizer, TokenizerConfig
+from lasad_jax.validation import ConfigError
+from tests.models.helpers import perturbed_model, small_config
+
+TOKENIZER = IntensityTokenizer(levels=11, image_size=(3, 4), channels=1)
+SAMPLE = SampleConfig(batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return perturbed_model(small_config("lasad"))
+
+
+def parts(part_dir) -> list[str]:
+    return sorted(f for f in os.listdir(part_dir) if f.startswith("part_"))
+
+
+def run_parts(model, part_dir, **ev) -> int:
+    return generate_parts(model, TOKENIZER, EvalConfig(**{"num_samples": 20, **ev}), SAMPLE,
+                          num_classes=3, part_dir=str(part_dir), mesh=None)
+
+
+def test_a_resume_with_another_part_size_is_refused(model, tmp_path):
+    part_dir = tmp_path / "parts"
+    assert run_parts(model, part_dir, part_size=8) == 3  # batches of 4, two to a part
+    assert parts(part_dir) == ["part_00000.npz", "part_00001.npz", "part_00002.npz"]
+    with open(part_dir / "settings.json") as f:
+        assert json.load(f)["part_size"] == 8
+    os.remove(part_dir / "part_00001.npz")  # interrupted
+    # With part_size 4 part 1 would be samples 4-7, overlapping part 0's 0-7.
+    with pytest.raises(ValueError, match=r"other settings \(part_size: 8 -> 4\)"):
+        run_parts(model, part_dir, part_size=4)
+    assert parts(part_dir) == ["part_00000.npz", "part_00002.npz"]  # nothing was made
+    assert run_parts(model, part_dir, part_size=8) == 1
+    assemble(str(part_dir), str(tmp_path / "out.npz"), 20)
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_array_equal(out["labels"], np.arange(20) % 3)
+
+
+def test_a_resume_with_another_dtype_is_refused(model, tmp_path):
+    part_dir = tmp_path / "parts"
+    run_parts(model, part_dir, part_size=8)
+    os.remove(part_dir / "part_00002.npz")
+    bf16 = LASADGen(small_config("lasad", dtype="bfloat16"), rngs=nnx.Rngs(0))
+    nnx.update(bf16, nnx.state(model))
+    with pytest.raises(ValueError, match=r"other settings \(dtype: 'float32' -> 'bfloat16'\)"):
+        run_parts(bf16, part_dir, part_size=8)
+    assert parts(part_dir) == ["part_00000.npz", "part_00001.npz"]
+
+
+def test_the_job_settings_and_those_of_generate_parts_share_a_file(model, tmp_path):
+    # The job records its settings first; generate_parts adds the numerics and part size,
+    # and the job's own check on a rerun is not upset by them.
+    ev = EvalConfig(num_samples=20, part_size=8)
+    settings = batch_settings(ev, SAMPLE, step=4, mixer="lasad", tokenizer="sha256:x")
+    part_dir = str(tmp_path / "parts")
+    record_settings(part_dir, settings)
+    run_parts(model, part_dir, part_size=8)
+    with open(os.path.join(part_dir, "settings.json")) as f:
+        recorded = json.load(f)
+    assert recorded == {**settings, "dtype": "float32", "decode_state_dtype": "float32",
+                        "decode_impl": "auto", "part_size": 8}
+    check_settings(part_dir, settings)
+    with pytest.raises(ValueError, match=r"checkpoint_step: 4 -> 5"):
+        check_settings(part_dir, {**settings, "checkpoint_step": 5})
+    # Given the model config, the job's settings (and so its results file) hold them too.
+    full = batch_settings(ev, SAMPLE, step=4, mixer="lasad", tokenizer="sha256:x",
+                          model_cfg=small_config("lasad", decode_state_dtype="bfloat16"))
+    assert full == {**settings, "dtype": "float32", "decode_state_dtype": "bfloat16",
+                    "decode_impl": "auto"}
+    with pytest.raises(ValueError, match=r"decode_state_dtype: 'float32' -> 'bfloat16'"):
+        check_settings(part_dir, full)
+
+
+def _write_part(part_dir, index: int, first: int, count: int) -> None:
+    np.savez(os.path.join(part_dir, f"part_{index:05d}.npz"),
+             images=np.full((count, 2, 2, 3), index, np.uint8),
+             labels=np.arange(first, first + count, dtype=np.int32))
+
+
+def test_assemble_counts_before_writing(tmp_path):
+    part_dir = tmp_path / "parts"
+    part_dir.mkdir()
+    _write_part(part_dir, 0, 0, 8)   # samples 0-7 (part_size 8)
+    _write_part(part_dir, 1, 4, 4)   # samples 4-7 (part_size 4): an overlap
+    _write_part(part_dir, 2, 8, 4)
+    out = tmp_path / "out.npz"
+    with pytest.raises(ValueError) as err:
+        assemble(str(part_dir), str(out), 12)
+    assert str(err.value) == (
+        f"{part_dir}: its 3 parts hold 16 samples, expected 12 (parts of another run are "
+        "mixed in); delete the directory, or set another config.eval.name")
+    assert os.listdir(tmp_path) == ["parts"]  # nothing written, not even the memmap
+    os.remove(part_dir / "part_00001.npz")
+    os.remove(part_dir / "part_00002.npz")
+    with pytest.raises(ValueError, match=r"hold 8 samples, expected 12 \(some parts are "
+                                         r"missing\)"):
+        assemble(str(part_dir), str(out), 12)
+    _write_part(part_dir, 1, 8, 4)
+    assemble(str(part_dir), str(out), 12)
+    with np.load(out) as batch:
+        np.testing.assert_array_equal(batch["labels"], np.arange(12))
+        np.testing.assert_array_equal(batch["arr_0"][:, 0, 0, 0], [0] * 8 + [1] * 4)
+
+
+def test_image_folder_references_need_a_square_image_size(tmp_path):
+    for c in "ab":
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "train" / c / "0.png")
+    data = DataConfig(name="codes", image_source="imagefolder", image_dir=str(tmp_path),
+                      num_classes=2)
+    # Refused at the call, before any image is read.
+    with pytest.raises(ValueError) as err:
+        dataset_images(data, TokenizerConfig(name="intensity", image_size=(8, 12), channels=3),
+                       "train", 0)
+    assert str(err.value) == (
+        "tokenizer.image_size must be square (height == width) for reference images of an "
+        "image dataset (the ADM centre crop is square), got (8, 12)")
+    square = TokenizerConfig(name="intensity", image_size=(8, 8), channels=3)
+    [batch] = list(dataset_images(data, square, "train", 0))
+    assert batch.shape == (2, 8, 8, 3)
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("junk", "is not an .npz file (a zip archive)"),
+    ("pickle", "is not an .npz file (a zip archive)"),
+    ("torch", "is a PyTorch checkpoint, not converted weights"),
+    ("objects", "holds pickled objects, not arrays"),
+])
+def test_unreadable_inception_weights_get_one_line(tmp_path, kind, why):
+    path = tmp_path / "weights.bin"
+    if kind == "junk":
+        path.write_bytes(b"\x00garbage" * 100)
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"a": 1}))
+    elif kind == "torch":  # what torch.save writes: a zip around a pickle
+        import zipfile
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", b"x")
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError) as err:
+        load_inception(path)
+    assert str(err.value) == (f"eval.inception={str(path)!r} {why}; it must be the .npz "
+                              f"that `{CONVERT_COMMAND}` writes")
+    assert "allow_pickle" not in str(err.value)
+
+
+def test_too_few_samples_for_precision_recall_fail_when_the_config_is_read():
+    why = "precision/recall need 3 nearest neighbours of each image"
+    for n in (1, 3):
+        with pytest.raises(ConfigError) as err:
+            EvalConfig(num_samples=n)
+        assert err.value.problems == (f"eval.num_samples must be >= 4 ({why}), got {n}",)
+    with pytest.raises(ConfigError) as err:
+        EvalConfig(reference_limit=2)
+    assert err.value.problems == (
+        f"eval.reference_limit must be 0 (all images) or >= 4 ({why}), got 2",)
+    assert EvalConfig(num_samples=4, reference_limit=0).num_samples == 4
+    with pytest.raises(ConfigError) as err:  # one line for one bad value
+        EvalConfig(num_samples=0)
+    assert err.value.problems == ("eval.num_samples must be a positive int, got 0",)
