@@ -11,25 +11,44 @@ free; the command line prints it as one `error:` line. `require_space` and
 `require_writable` ask the same questions before a long job starts, so that it fails
 in its first second rather than after hours (the checkpoints, which Orbax writes, are
 checked this way before every save).
+
+Remote locations are `gs://` URLs only (`lasad_jax.validation.REMOTE_SCHEMES`). Outputs
+there are written through TensorFlow's `tf.io.gfile` (imported only when a remote path is
+met, so local runs never load TensorFlow): a Cloud Storage object appears whole when its
+writer closes, which gives the same all-or-nothing guarantee as the local rename. Remote
+inputs (codes, tokenizer weights) are copied once per host into a local cache
+(`local_copy`) and then read by the local readers, which memory-map files. Any other
+`scheme://` is refused in one line rather than written to a local folder named after
+the URL.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import numpy as np
+from absl import logging
 from PIL import Image, PngImagePlugin
+
+from lasad_jax.validation import location_problem, url_scheme
 
 # errno values that mean "this location cannot take the write": the user must act.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+# Written last into a local copy: a folder without it is an interrupted copy.
+COMPLETE = ".complete"
 
 
 class OutputError(OSError):
@@ -46,8 +65,101 @@ def human_bytes(n: float) -> str:
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    """A URL (`gs://...`): the local disk checks do not apply."""
-    return "://" in os.fspath(path)
+    """A supported URL (`gs://...`): read and written through tf.io.gfile, and the local
+    disk checks do not apply. Any other `scheme://` raises ValueError, because treating
+    it as local would write into a folder literally named `file:`."""
+    problem = location_problem("path", path)
+    if problem is not None:
+        raise ValueError(problem)
+    return url_scheme(path) is not None
+
+
+def tf_gfile() -> Any:
+    """`tf.io.gfile`, imported on first use: only remote paths need TensorFlow."""
+    import tensorflow as tf  # clu's dependency already
+
+    return tf.io.gfile
+
+
+class RemoteError(OSError):
+    """A remote location could not be read (missing, no credentials, no network); the
+    message names the URL and the cause in one line."""
+
+
+def _remote_failure(err: Exception, url: str, doing: str) -> OSError:
+    """TensorFlow's error for `url` as one line: FileNotFoundError when it is missing."""
+    kind = FileNotFoundError if type(err).__name__ == "NotFoundError" else RemoteError
+    return kind(f"cannot {doing} {url}: {_first_line(err)}; check the URL and that this "
+                "machine's Google credentials may read it")
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of TensorFlow's message (its `message` holds no traceback)."""
+    text = str(getattr(err, "message", "") or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _remote_errors() -> tuple[type[BaseException], ...]:
+    import tensorflow as tf
+
+    return (tf.errors.OpError,)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether `path` (local or a supported URL) exists; a remote lookup that fails
+    (credentials, network) raises `RemoteError`."""
+    if not is_remote(path):
+        return os.path.exists(path)
+    try:
+        return tf_gfile().exists(os.fspath(path))
+    except _remote_errors() as err:
+        raise _remote_failure(err, os.fspath(path), "look up") from err
+
+
+def isdir(path: str | os.PathLike) -> bool:
+    """Whether `path` (local or a supported URL) is a directory, as `exists`."""
+    if not is_remote(path):
+        return os.path.isdir(path)
+    try:
+        return tf_gfile().isdir(os.fspath(path))
+    except _remote_errors() as err:
+        raise _remote_failure(err, os.fspath(path), "look up") from err
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file `path` (local or a supported URL): for small files, such as a
+    config read while a run is validated, that are not worth a local copy."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            return f.read()
+    try:
+        with tf_gfile().GFile(path, "rb") as f:
+            return f.read()
+    except _remote_errors() as err:
+        raise _remote_failure(err, path, "read") from err
+
+
+def move(src: str, dst: str) -> None:
+    """Renames the file or directory `src` to `dst`. A remote directory is moved file by
+    file (a bucket has no directories to rename; Cloud Storage renames by copying)."""
+    if not is_remote(src):
+        os.rename(src, dst)
+        return
+    gfile = tf_gfile()
+    if not gfile.isdir(src):
+        gfile.rename(src, dst)
+        return
+    src, dst = src.rstrip("/"), dst.rstrip("/")
+    for directory, _, names in list(gfile.walk(src)):
+        # Cloud Storage lists subdirectories with a trailing "/": normalised here, since
+        # "a//b" would be another object name.
+        rel = directory[len(src):].strip("/")
+        target = f"{dst}/{rel}" if rel else dst
+        gfile.makedirs(target)
+        for name in names:
+            gfile.rename(f"{directory.rstrip('/')}/{name}", f"{target}/{name}")
+    gfile.rmtree(src)
 
 
 def _existing(path: str) -> str:
@@ -132,13 +244,19 @@ def as_output_error(err: OSError, path: str | os.PathLike, needed: int | None = 
 def write_atomically(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], Any], *,
                      nbytes: int | None = None) -> None:
     """Writes `data` (bytes, or a function that writes into a binary file) to exactly
-    `path`, atomically: a temporary file in the same directory, then `os.replace`.
+    `path`, atomically: a temporary file in the same directory, then `os.replace`; for a
+    remote path, one upload, which the store publishes whole when it completes.
 
     `nbytes` (the size when `data` is a function) is what a full disk's message says is
-    needed. A failure removes the temporary file and leaves `path` untouched.
+    needed. A failure removes the temporary file and leaves `path` untouched. The file
+    gets the permissions a plain `open` would give (0o666 less the umask), so others
+    may read outputs on a shared disk as they may read any other file written there.
     """
     path = os.fspath(path)
     size = len(data) if isinstance(data, (bytes, bytearray)) else nbytes
+    if is_remote(path):
+        _write_remote(path, data)
+        return
     tmp = None
     try:
         f, tmp = _temporary(path)
@@ -158,12 +276,40 @@ def write_atomically(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]]
 
 def _temporary(path: str) -> tuple[IO[bytes], str]:
     """The open temporary file `write_atomically` fills, next to `path` (tests replace
-    it with one whose writes fail as on a full disk)."""
+    it with one whose writes fail as on a full disk).
+
+    Created with mode 0o666 so that the kernel applies the umask, as for any file a
+    program opens: `tempfile.mkstemp`'s 0o600 would survive the rename and hide every
+    output from the other users of a shared disk."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
-    return os.fdopen(fd, "wb"), tmp
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        return os.fdopen(fd, "wb"), tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name next to", path)
+
+
+def _write_remote(path: str, data: bytes | Callable[[IO[bytes]], Any]) -> None:
+    """`data` uploaded to the URL `path` in one write: built in memory first, since a
+    writer function may seek, which an upload stream cannot."""
+    if callable(data):
+        buffer = io.BytesIO()
+        data(buffer)
+        data = buffer.getvalue()
+    gfile = tf_gfile()
+    try:
+        gfile.makedirs(path.rstrip("/").rsplit("/", 1)[0])
+        with gfile.GFile(path, "wb") as f:
+            f.write(data)
+    except _remote_errors() as err:
+        raise OutputError(errno.EIO, f"cannot write {path}: {_first_line(err)}; check that "
+                          "the bucket exists and this machine's credentials may write to it"
+                          ) from err
 
 
 def save_json(path: str | os.PathLike, obj: Any, *, indent: int = 1) -> None:
@@ -193,3 +339,171 @@ def save_png(path: str | os.PathLike, image: np.ndarray, text: dict[str, str] | 
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
         buffer, format="PNG", pnginfo=info)
     write_atomically(path, buffer.getvalue())
+
+
+def cache_root() -> str:
+    """Where remote inputs are copied: `$LASAD_CACHE`, else `~/.cache/lasad_jax`."""
+    return os.environ.get("LASAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "lasad_jax")
+
+
+def cache_name(url: str) -> str:
+    """The cache folder of `url`: its last part (readable) and 8 hex digits of its hash,
+    so that `gs://b/runA/codes` and `gs://b/runB/codes` never share a copy."""
+    url = url.rstrip("/")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
+    return f"{url.rsplit('/', 1)[-1] or 'root'}-{digest}"
+
+
+def _remote_files(url: str) -> Iterator[tuple[str, str, int]]:
+    """`(relative directory, file name, bytes)` of every file under the URL `url`."""
+    gfile = tf_gfile()
+    for directory, _, names in gfile.walk(url):
+        rel = directory[len(url):].strip("/")
+        if not names:
+            yield rel, "", 0  # an empty directory is copied too
+        for name in names:
+            yield rel, name, gfile.stat(f"{directory.rstrip('/')}/{name}").length
+
+
+def local_copy(url: str, what: str, *, part: str = "", cache: str | None = None) -> str:
+    """A local directory holding the remote directory `url` (or only its subdirectory
+    `part`, copied to the same place under the result); a local `url` is returned as it
+    is. The copy is made once per machine under `cache` (default `cache_root()`),
+    in a folder named by `cache_name(url)`, and reused while complete.
+
+    Readers memory-map codes and open weights with plain file calls, which a bucket
+    does not serve: copying once keeps every reader local and tested. The marker file
+    `COMPLETE` is written last, so an interrupted copy is removed and redone, never half
+    used; a lock keeps the processes of one machine from copying at the same time.
+    `what` names the config field in the messages (the URL missing, the disk too full).
+    """
+    if not is_remote(url):
+        return url
+    url = url.rstrip("/")
+    root = cache or cache_root()
+    dst = os.path.join(root, cache_name(url))
+    marker = os.path.join(dst, COMPLETE)
+    if os.path.exists(marker):
+        logging.info("reading %s from its local copy %s", url, dst)
+        return dst
+    os.makedirs(root, exist_ok=True)
+    with open(dst + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+        if os.path.exists(marker):  # another process of this machine copied it meanwhile
+            return dst
+        src = f"{url}/{part.strip('/')}" if part else url
+        try:
+            if not tf_gfile().isdir(src):
+                raise FileNotFoundError(f"{what}={url!r}: {src} is not a directory (or is "
+                                        "not readable with this machine's credentials)")
+            listing = list(_remote_files(src))
+        except _remote_errors() as err:
+            raise _remote_failure(err, src, f"list {what}") from err
+        if os.path.exists(dst):
+            logging.warning("removing the interrupted copy %s of %s; copying again", dst, url)
+            shutil.rmtree(dst)
+        total = sum(size for _, _, size in listing)
+        require_space(root, total, f"the local copy of {what} ({url})")
+        _copy_files(src, os.path.join(dst, part.strip("/")) if part else dst, listing, total)
+        with open(marker, "w") as f:
+            f.write(url + "\n")
+    return dst
+
+
+def _copy_files(src: str, dst: str, listing: list[tuple[str, str, int]], total: int) -> None:
+    """Copies the files of `listing` from `src` to `dst`, logging progress every 30 s."""
+    gfile = tf_gfile()
+    logging.info("copying %s (%d files, %s) to %s", src, len(listing), human_bytes(total), dst)
+    start = last = time.monotonic()
+    done = 0
+    for rel, name, size in listing:
+        os.makedirs(os.path.join(dst, rel), exist_ok=True)
+        if not name:
+            continue
+        remote = "/".join(x for x in (src, rel, name) if x)
+        try:
+            gfile.copy(remote, os.path.join(dst, rel, name), overwrite=True)
+        except _remote_errors() as err:
+            raise _remote_failure(err, remote, "copy") from err
+        done += size
+        if time.monotonic() - last > 30:
+            last = time.monotonic()
+            logging.info("copied %s of %s from %s", human_bytes(done), human_bytes(total), src)
+    logging.info("copied %s from %s to %s in %.0f s", human_bytes(total), src, dst,
+                 time.monotonic() - start)
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+    """The names in the directory `path` (local or a supported URL), without the trailing
+    "/" Cloud Storage gives subdirectories; a remote listing that fails raises as `exists`."""
+    if not is_remote(path):
+        return os.listdir(path)
+    try:
+        return [name.rstrip("/") for name in tf_gfile().listdir(os.fspath(path))]
+    except _remote_errors() as err:
+        raise _remote_failure(err, os.fspath(path), "list") from err
+
+
+def parent(path: str | os.PathLike) -> str:
+    """The directory holding `path`: absolute for a local path, the URL cut at its last
+    "/" for a remote one (`os.path.abspath` would make `gs://b/x` into `/cwd/gs:/b/x`)."""
+    path = os.fspath(path)
+    if is_remote(path):
+        return path.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(path))
+
+
+def upload_file(local: str | os.PathLike, url: str) -> None:
+    """Copies the local file `local` to the URL `url` in one upload, streamed from disk.
+
+    For outputs too large to build in memory, as `write_atomically` does for a URL (an
+    assembled sample batch is gigabytes); the object still appears whole when the upload
+    completes."""
+    gfile = tf_gfile()
+    try:
+        gfile.makedirs(parent(url))
+        gfile.copy(os.fspath(local), url, overwrite=True)
+    except _remote_errors() as err:
+        raise OutputError(errno.EIO, f"cannot write {url}: {_first_line(err)}; check that "
+                          "the bucket exists and this machine's credentials may write to it"
+                          ) from err
+
+
+def local_file(url: str, what: str, *, cache: str | None = None) -> str:
+    """A local copy of the single remote file `url` (a local path is returned as it is),
+    for readers that open files by path (zip members, memory maps).
+
+    The copy lives in `cache` (default `cache_root()`) under `cache_name(url)` and is
+    reused while the remote file keeps the size and modification time recorded next to
+    it (a file written again is copied again); it is written under a temporary name and
+    renamed, so an interrupted copy is never used. `what` names the input in messages."""
+    if not is_remote(url):
+        return url
+    gfile = tf_gfile()
+    directory = os.path.join(cache or cache_root(), cache_name(url))
+    dst = os.path.join(directory, url.rstrip("/").rsplit("/", 1)[-1])
+    try:
+        stat = gfile.stat(url)
+    except _remote_errors() as err:
+        raise _remote_failure(err, url, f"read {what}") from err
+    version = f"{stat.length} {stat.mtime_nsec}\n"
+    source = dst + ".source"
+    if os.path.exists(dst) and os.path.exists(source):
+        with open(source) as f:
+            if f.read() == version:
+                return dst
+    os.makedirs(directory, exist_ok=True)
+    require_space(directory, stat.length, f"the local copy of {what} ({url})")
+    tmp = f"{dst}.{secrets.token_hex(4)}.tmp"
+    try:
+        gfile.copy(url, tmp, overwrite=True)
+        os.replace(tmp, dst)
+    except _remote_errors() as err:
+        raise _remote_failure(err, url, f"copy {what}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    with open(source, "w") as f:
+        f.write(version)
+    return dst

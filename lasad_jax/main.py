@@ -46,7 +46,8 @@ from lasad_jax.config import (  # noqa: E402
     load_config_file,
     parse,
 )
-from lasad_jax.files import NO_SPACE, NOT_WRITABLE, OutputError, as_output_error  # noqa: E402
+from lasad_jax.files import (  # noqa: E402
+    NO_SPACE, NOT_WRITABLE, OutputError, RemoteError, as_output_error)
 from lasad_jax.jobs import run_job  # noqa: E402
 from lasad_jax.training.checkpoint import CheckpointError  # noqa: E402
 from lasad_jax.validation import ConfigError  # noqa: E402
@@ -85,10 +86,17 @@ class _QuietLibraries(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or not noisy
 
 
+def _is_flag(arg: str) -> bool:
+    """Whether an argument after a bare `--config.PATH` is the next flag rather than its
+    value: `-x...`, `--x...` or `--`; so `-1`, `-0.5` and `-1e-3` are values."""
+    return arg == "--" or bool(re.match(r"^--?[A-Za-z]", arg))
+
+
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]]]:
     """`(absl's arguments, [(path, text)])`: the `--config.PATH=TEXT` overrides are read
     here, not by absl (`--noconfig.PATH` is `(PATH, "false")`; `--config.PATH TEXT` takes
-    the next argument as its value)."""
+    the next argument as its value unless it looks like a flag, so a negative number
+    such as `--config.seed -1` is a value)."""
     rest, overrides = [], []
     args = list(argv)
     i = 0
@@ -100,7 +108,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str
             overrides.append((match.group(2), "false"))
         elif match.group(3) is not None:
             overrides.append((match.group(2), match.group(3)))
-        elif i + 1 < len(args) and not args[i + 1].startswith("-"):
+        elif i + 1 < len(args) and not _is_flag(args[i + 1]):
             overrides.append((match.group(2), args[i + 1]))
             i += 1
         else:
@@ -173,6 +181,8 @@ def user_message(err: BaseException) -> str | None:
         return str(err)
     if isinstance(err, OutputError):
         return err.strerror
+    if isinstance(err, RemoteError):
+        return str(err)
     if isinstance(err, FileNotFoundError):
         return (f"{err.strerror}: {err.filename}" if err.filename and err.strerror
                 else str(err))

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+import os
+import re
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# URL schemes the package reads and writes (through tf.io.gfile, `lasad_jax.files`). Only
+# Cloud Storage; tests add TensorFlow's in-memory "ram://" to run the remote code paths.
+REMOTE_SCHEMES: tuple[str, ...] = ("gs://",)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 class ConfigError(ValueError):
@@ -36,6 +43,23 @@ def problems_of(err: ValueError) -> list[str]:
     """The problem lines of an error raised while building a block: all of a
     `ConfigError`'s, or the message of any other ValueError as one problem."""
     return list(err.problems) if isinstance(err, ConfigError) else [str(err)]
+
+
+def url_scheme(path: str | os.PathLike) -> str | None:
+    """`"gs://"` for `gs://bucket/x`: the scheme a path starts with, if any."""
+    match = _SCHEME.match(os.fspath(path))
+    return match.group(1) if match else None
+
+
+def location_problem(field: str, path: str | os.PathLike) -> str | None:
+    """One line naming `field` when `path` is a URL of a scheme other than
+    `REMOTE_SCHEMES` (which would otherwise fail deep in a library, or be written to a
+    local folder named after the URL); None for a local path or a supported URL."""
+    scheme = url_scheme(path)
+    if scheme is None or scheme in REMOTE_SCHEMES:
+        return None
+    return (f"{field}={os.fspath(path)!r} uses the unsupported scheme {scheme}; give a "
+            f"local path or a {' or '.join(REMOTE_SCHEMES)} URL")
 
 
 def is_int(value: Any) -> bool:
@@ -103,9 +127,29 @@ class Problems:
     def string(self, field: str, value: Any) -> bool:
         return self.check(isinstance(value, str), field, f"must be a string, got {value!r}")
 
+    def location(self, field: str, value: Any) -> bool:
+        """A path field: a string that is local or a supported URL (`gs://`); any other
+        `scheme://` would fail deep inside a reader, or be written to a local folder
+        named after the URL."""
+        if not self.string(field, value):
+            return False
+        problem = location_problem(field, value)
+        if problem is not None:
+            self.lines.append(f"{self.block}.{problem}")
+        return problem is None
+
     def raise_if_any(self) -> None:
         if self.lines:
             raise ConfigError(self.lines)
+
+
+def check_location(field: str, path: str) -> str:
+    """`path` when it is local or a supported URL; else a `ConfigError` of one line
+    naming `field` (a flag such as `--workdir`, or a config field)."""
+    problem = location_problem(field, path)
+    if problem is not None:
+        raise ConfigError([problem])
+    return path
 
 
 def block_from_mapping(cls: type[T], block: str, values: Mapping[str, Any] | None) -> T:

@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-from lasad_jax.files import save_npy
+from lasad_jax.files import local_copy, save_npy
 
 # Range checks read only this many leading rows, so opening a huge memmap stays cheap.
 RANGE_CHECK_ROWS = 10_000
@@ -89,8 +89,11 @@ def load_codes(
     ranges (codes in [0, vocab_size), labels in [0, num_classes)) are checked only on the
     first `RANGE_CHECK_ROWS` rows, so that opening a dataset of millions of rows does
     not read it all; a bad value further in is not caught here.
+
+    A `gs://` directory is first copied whole into the local cache
+    (`lasad_jax.files.local_copy`, once per machine), since a memory map needs a local file.
     """
-    directory = pathlib.Path(directory)
+    directory = pathlib.Path(local_copy(os.fspath(directory), "data.codes_dir"))
     if not directory.is_dir():
         raise FileNotFoundError(
             f"codes directory {str(directory)!r} does not exist; {_EXTRACTION_HINT}"

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
+import re
 
 from lasad_jax.data.codes import code_paths
 from lasad_jax.data.extracted import manifest_path
+from lasad_jax.files import exists, is_remote
 from lasad_jax.validation import Problems
 
 TOKEN_DATASETS = ("digits", "shapes", "codes", "extracted")
@@ -21,6 +24,8 @@ EMBEDDED = ("digits", "shapes")  # image datasets that ship with (or are drawn b
 IMAGE_DATASETS = ("digits", "imagefolder", "tfds")
 IMAGE_SOURCES = ("imagefolder", "tfds")
 AUGMENTS = ("none", "flip", "tencrop")
+# A split is a directory (imagefolder) and a file prefix of the codes: a plain name.
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def _common_problems(problems: Problems, name: str, val_fraction: float, seed: int) -> None:
@@ -63,7 +68,7 @@ class DataConfig:
         p.positive_int("num_classes", self.num_classes)
         _common_problems(p, self.name, self.val_fraction, self.seed)
         for field in ("codes_dir", "image_dir", "tfds_data_dir", "manual_dir"):
-            p.string(field, getattr(self, field))
+            p.location(field, getattr(self, field))
         if self.name == "shapes":
             p.int_at_least("size", self.size, 8)
             p.int_at_least("num_train", self.num_train, 10)
@@ -71,10 +76,12 @@ class DataConfig:
         p.one_of("image_source", self.image_source, IMAGE_SOURCES)
         p.one_of("augment", self.augment, AUGMENTS)
         p.one_of("val_augment", self.val_augment, AUGMENTS)
-        p.check(isinstance(self.extract_splits, tuple) and all(
-            isinstance(s, str) and s for s in self.extract_splits), "extract_splits",
-            f"must be a tuple of split names such as ('train', 'val'), got "
-            f"{self.extract_splits!r}")
+        # Checked here, not when extraction reaches the split: a flag read as one odd
+        # string ('(train,val)',) would otherwise fail only after the first split's work.
+        p.check(isinstance(self.extract_splits, tuple) and self.extract_splits and all(
+            isinstance(s, str) and SPLIT_NAME.fullmatch(s) for s in self.extract_splits),
+            "extract_splits", "must be a non-empty tuple of split names (letters, digits, "
+            f"'_', '-', '.'), such as ('train', 'val'); got {self.extract_splits!r}")
         p.positive_int("shard_size", self.shard_size)
         p.positive_int("extract_batch_size", self.extract_batch_size)
         p.check(isinstance(self.skip_corrupt, bool), "skip_corrupt",
@@ -99,8 +106,15 @@ class ImageDataConfig:
         p.one_of("name", self.name, IMAGE_DATASETS)
         _common_problems(p, self.name, self.val_fraction, self.seed)
         for field in ("image_dir", "tfds_data_dir", "manual_dir"):
-            p.string(field, getattr(self, field))
+            p.location(field, getattr(self, field))
         p.raise_if_any()
+
+
+def _within(directory: str, name: str) -> str:
+    """`directory/name`, keeping a gs:// URL's double slash (pathlib would drop one)."""
+    if is_remote(directory):
+        return f"{directory.rstrip('/')}/{name}"
+    return str(pathlib.Path(directory) / name)
 
 
 def run_problems(data: DataConfig | ImageDataConfig, mode: str) -> list[str]:
@@ -113,20 +127,25 @@ def run_problems(data: DataConfig | ImageDataConfig, mode: str) -> list[str]:
                 "data.codes_dir is empty: this config trains on pre-extracted token codes; "
                 "point it at a directory holding train_codes.npy and train_labels.npy")
         else:
-            missing = [str(p) for p in code_paths(data.codes_dir, "train") if not p.exists()]
+            wanted = [_within(data.codes_dir, p.name) for p in code_paths(data.codes_dir, "train")]
+            missing = [path for path in wanted if not exists(path)]
             if missing:
                 problems.append(f"data.codes_dir={data.codes_dir!r} lacks {missing}")
     if mode == "train" and data.name == "extracted":
-        manifest = manifest_path(data.codes_dir, "train")
+        manifest = _within(data.codes_dir, manifest_path(data.codes_dir, "train").name)
         if not data.codes_dir:
             problems.append("data.codes_dir is empty: this config trains on extracted token "
                             "codes; run --mode=extract first")
-        elif not manifest.exists():
+        elif not exists(manifest):
             problems.append(f"data.codes_dir={data.codes_dir!r} holds no extracted train "
                             f"split ({manifest} is missing): run --mode=extract first")
     if mode == "extract" and not data.codes_dir:
         problems.append("data.codes_dir is empty: name the directory the extracted codes "
                         "go to")
+    elif mode == "extract" and is_remote(data.codes_dir):
+        # Extraction resumes from memory-mapped shards and manifests on a local disk.
+        problems.append(f"data.codes_dir={data.codes_dir!r} is remote: extract to a local "
+                        "directory, then copy it to the bucket with gsutil -m cp -r")
     if isinstance(data, ImageDataConfig):
         source = data.name if mode == "train" else None
     else:

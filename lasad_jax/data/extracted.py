@@ -10,6 +10,7 @@ import pathlib
 import numpy as np
 
 from lasad_jax.data.codes import RANGE_CHECK_ROWS, _check_range
+from lasad_jax.files import local_copy
 
 FORMAT = "lasad_jax.extracted_codes/1"
 
@@ -81,7 +82,12 @@ def load_extracted(out_dir: str | os.PathLike, split: str, *, grid_shape: tuple[
     vocabulary that differs from the tokenizer's, an unfinished extraction (unless
     `allow_incomplete`), labels outside [0, num_classes) (all are read: they are small),
     or codes outside [0, vocab_size) in the first shard's leading `RANGE_CHECK_ROWS` rows.
+
+    A `gs://` directory is first copied whole into the local cache
+    (`lasad_jax.files.local_copy`, once per machine): shards are memory-mapped, which
+    needs local files, and every split then reads the same copy.
     """
+    out_dir = local_copy(os.fspath(out_dir), "data.codes_dir")
     mpath = manifest_path(out_dir, split)
     if not mpath.is_file():
         raise FileNotFoundError(

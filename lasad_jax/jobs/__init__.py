@@ -15,13 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 from lasad_jax.config import RunConfig, TokenizerRun
+from lasad_jax.validation import check_location
 
 
 def run_job(config: RunConfig, mode: str, workdir: str) -> Any:
     """Runs the job of `mode` (for a tokenizer config, its training) and returns its result.
 
     The job modules are imported here, when chosen: each pulls in only what it needs.
+    A workdir URL of an unsupported scheme (`file://`) is refused here, in one line,
+    before any job touches it.
     """
+    check_location("--workdir", workdir)
     if isinstance(config, TokenizerRun):
         from lasad_jax.jobs import train_tokenizer as job
     elif mode == "train":

@@ -15,41 +15,44 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from lasad_jax.files import COMPLETE, cache_name, is_remote, local_copy, tf_gfile
 from lasad_jax.ops.decay import decay_mask
+from lasad_jax.validation import check_location
 
 
 def fetch_workdir(src: str, cache_dir: str) -> str:
     """A local directory holding `src`'s `checkpoints/`: `src` itself when it is a local
-    path, else (a URL: `gs://...`, `file://...`) a copy under `cache_dir` made once
-    through `tf.io.gfile`, which reads `gs://` with the machine's Google credentials (on
-    Colab, `google.colab.auth.authenticate_user()` first). A complete copy is reused."""
-    if "://" not in src:
+    path, else (a `gs://` URL) a copy under `cache_dir` made through tf.io.gfile, which
+    reads `gs://` with the machine's Google credentials (on Colab,
+    `google.colab.auth.authenticate_user()` first).
+
+    The copy is `files.local_copy`'s, named by the URL's last part and hash, so two runs
+    whose paths end alike never share one. A complete copy is reused only while the
+    remote `checkpoints/` lists the same entries (one listing): a run that has saved
+    newer steps since is copied again, so the notebook samples what the run holds now."""
+    if not is_remote(check_location("checkpoint", src)):
         if not os.path.isdir(os.path.join(src, "checkpoints")):
             raise FileNotFoundError(f"no checkpoints/ under {src!r}: give the --workdir of a "
                                     f"training run (local path or gs:// URL), or leave it "
                                     f"empty to train the demo model")
         return src
-    import tensorflow as tf  # clu's dependency already; the only gs:// reader we carry
-
-    name = src.rstrip("/").split("/")[-1]
-    dst = os.path.join(cache_dir, f"fetched-{name}")
-    done = os.path.join(dst, ".complete")
-    if os.path.exists(done):
-        return dst
-    root = src.rstrip("/") + "/checkpoints"
-    if not tf.io.gfile.isdir(root):
+    gfile = tf_gfile()
+    src = src.rstrip("/")
+    root = f"{src}/checkpoints"
+    if not gfile.isdir(root):
         raise FileNotFoundError(f"no checkpoints/ under {src!r}")
-    copied = 0
-    for dirpath, _, files in tf.io.gfile.walk(root):
-        rel = dirpath[len(root):].lstrip("/")
-        os.makedirs(os.path.join(dst, "checkpoints", rel), exist_ok=True)
-        for f in files:
-            tf.io.gfile.copy(f"{dirpath.rstrip('/')}/{f}",
-                             os.path.join(dst, "checkpoints", rel, f), overwrite=True)
-            copied += 1
-    open(done, "w").close()  # written last: an interrupted copy is redone, never half-used
-    logging.info("copied %d files from %s to %s", copied, root, dst)
-    return dst
+    dst = os.path.join(cache_dir, cache_name(src))
+    if os.path.exists(os.path.join(dst, COMPLETE)):
+        remote = sorted(name.rstrip("/") for name in gfile.listdir(root))
+        here = os.path.join(dst, "checkpoints")
+        local = sorted(os.listdir(here)) if os.path.isdir(here) else []
+        if remote == local:
+            logging.info("reusing %s, the copy of %s (same checkpoints: %s)", dst, root, remote)
+            return dst
+        logging.info("%s lists %s but the copy %s holds %s: copying again", root, remote,
+                     dst, local)
+        os.remove(os.path.join(dst, COMPLETE))  # local_copy then removes the old copy
+    return local_copy(src, "checkpoint", part="checkpoints", cache=cache_dir)
 
 
 def layer_decays(model: nnx.Module) -> list[dict[str, np.ndarray]]:

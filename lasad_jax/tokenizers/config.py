@@ -9,8 +9,8 @@ needs only the code geometry, encoding or decoding images needs the weights.
 from __future__ import annotations
 
 import dataclasses
-import os
 
+from lasad_jax.files import RemoteError, isdir
 from lasad_jax.tokenizers.vq.weights import CONVERT_COMMAND
 from lasad_jax.validation import Problems, is_int
 
@@ -38,7 +38,7 @@ class TokenizerConfig:
             p.one_of("channels", self.channels, (1, 3))
         if self.name == "vq16":
             p.positive_int("codebook_size", self.codebook_size)
-            p.string("checkpoint", self.checkpoint)
+            p.location("checkpoint", self.checkpoint)
         p.raise_if_any()
 
 
@@ -51,7 +51,13 @@ def checkpoint_problems(tokenizer: TokenizerConfig, why: str) -> list[str]:
     if not tokenizer.checkpoint:
         return [f"tokenizer.checkpoint is empty: {why} needs the VQ-16 tokenizer weights; "
                 f"{hint}"]
-    if not os.path.isdir(tokenizer.checkpoint):
+    # A gs:// checkpoint is only looked for here (one request); it is copied to the local
+    # cache when the tokenizer is built (`VQ16Tokenizer`), not while validating.
+    try:
+        found = isdir(tokenizer.checkpoint)
+    except RemoteError as err:
+        return [f"tokenizer.checkpoint {err}"]
+    if not found:
         return [f"tokenizer.checkpoint={tokenizer.checkpoint!r} does not exist: {why} needs "
                 f"the VQ-16 tokenizer weights; {hint}"]
     return []

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
+from lasad_jax.files import RemoteError, exists, read_bytes
 from lasad_jax.tokenizers.config import TokenizerConfig
 from lasad_jax.tokenizers.vq.weights import CONFIG_FILE
 
@@ -28,12 +28,19 @@ class CodeGeometry:
 
 def _vq_checkpoint_geometry(checkpoint: str) -> tuple[int | None, int | None]:
     """(downsampling factor, codebook size) recorded with a converted or trained VQ
-    tokenizer, read from its small JSON file; (None, None) when there is none."""
-    path = os.path.join(checkpoint, CONFIG_FILE) if checkpoint else ""
-    if not path or not os.path.isfile(path):
+    tokenizer, read from its small JSON file; (None, None) when there is none.
+
+    A `gs://` checkpoint's JSON is read where it is: validating a run must not copy
+    the weights, which only a job that decodes or encodes needs (`VQ16Tokenizer`)."""
+    if not checkpoint:
         return None, None
-    with open(path) as f:
-        vq = json.load(f)["config"]
+    path = f"{checkpoint.rstrip('/')}/{CONFIG_FILE}"
+    try:
+        if not exists(path):
+            return None, None
+        vq = json.loads(read_bytes(path))["config"]
+    except RemoteError as err:
+        raise ValueError(f"tokenizer.checkpoint {err}") from err
     return 2 ** (len(vq["ch_mult"]) - 1), int(vq["codebook_size"])
 
 

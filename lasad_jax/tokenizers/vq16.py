@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lasad_jax.files import is_remote, local_copy
 from lasad_jax.tokenizers.base import Tokenizer, content_fingerprint
 from lasad_jax.tokenizers.vq.weights import CONVERT_COMMAND, load_vq
 
@@ -42,7 +43,8 @@ class VQ16Tokenizer(Tokenizer):
     """LlamaGen's VQ-16 (or any converted VQ model) as a `Tokenizer`.
 
     `checkpoint_dir` is a directory written by `lasad_jax.tokenizers.vq.weights.save_vq`
-    (the LlamaGen converter's output, or a tokenizer trained here); `image_size` is
+    (the LlamaGen converter's output, or a tokenizer trained here), local or `gs://`
+    (copied once into the local cache, `lasad_jax.files.local_copy`); `image_size` is
     `(H, W)`, each a multiple of the model's downsampling factor (16 for VQ-16: 256 px ->
     16x16 codes, 384 px -> 24x24).
     """
@@ -50,6 +52,10 @@ class VQ16Tokenizer(Tokenizer):
     def __init__(self, checkpoint_dir: str, image_size: tuple[int, int], batch_size: int = 32):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        source = checkpoint_dir
+        if checkpoint_dir and is_remote(checkpoint_dir):
+            # Weights in a bucket are copied once per machine, then read as local files.
+            checkpoint_dir = local_copy(checkpoint_dir, "tokenizer.checkpoint")
         if not checkpoint_dir or not os.path.isdir(checkpoint_dir):
             raise FileNotFoundError(
                 f"VQ-16 checkpoint directory {checkpoint_dir!r} does not exist. Download "
@@ -63,7 +69,7 @@ class VQ16Tokenizer(Tokenizer):
                 or not all(isinstance(s, int) and s > 0 and s % factor == 0 for s in image_size)):
             raise ValueError(f"image_size must be a (height, width) pair of positive multiples "
                              f"of {factor} (the model's downsampling factor), got {image_size!r}")
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_dir = source  # as configured (a URL's local copy is not named)
         self._image_size = (int(image_size[0]), int(image_size[1]))
         self._grid = (self._image_size[0] // factor, self._image_size[1] // factor)
         self.batch_size = batch_size

@@ -34,7 +34,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from lasad_jax.files import is_remote, require_space, require_writable
+from lasad_jax.files import is_remote, move, require_space, require_writable
 from lasad_jax.parallel.state import abstract_with_shardings, place_state
 from lasad_jax.training.config import LoopConfig
 
@@ -302,11 +302,12 @@ class Checkpointer:
             "directory away to start afresh")
 
     def _move_aside(self, bad_steps: Any, resumed: int) -> None:
-        """Renames unreadable steps (process 0 only; the others wait for it)."""
+        """Renames unreadable steps (process 0 only; the others wait for it); in a
+        `gs://` workdir through tf.io.gfile (`files.move`)."""
         if jax.process_index() == 0:
             for bad in bad_steps:
-                moved = os.path.join(self.directory, f"corrupt-{bad}-{int(time.time())}")
-                os.rename(os.path.join(self.directory, str(bad)), moved)
+                moved = f"{self.directory.rstrip('/')}/corrupt-{bad}-{int(time.time())}"
+                move(f"{self.directory.rstrip('/')}/{bad}", moved)
                 logging.warning("moved unreadable checkpoint step %d to %s; resuming from "
                                 "step %d", bad, moved, resumed)
         multihost_utils.sync_global_devices("lasad_checkpoint_move_aside")

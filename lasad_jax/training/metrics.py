@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any, Mapping
@@ -12,7 +13,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from lasad_jax.files import write_atomically
+from lasad_jax.files import exists, is_remote, read_bytes, tf_gfile, write_atomically
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -22,13 +23,18 @@ class JsonlWriter(metric_writers.MetricWriter):
     checkpoint it resumes from, by a process that then died) are dropped first, since
     the resumed run logs those steps again: the file then reads exactly as an
     uninterrupted run's would.
+
+    In a `gs://` workdir the file is appended through tf.io.gfile, whose Cloud Storage
+    writer uploads the whole file again on every flush (objects cannot be appended to):
+    the bucket always holds every row logged so far.
     """
 
     def __init__(self, path: str, resume_step: int | None = None):
         self.path = path
-        if resume_step is not None and os.path.exists(path):
+        if resume_step is not None and exists(path):
             _truncate_after(path, resume_step)
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = (tf_gfile().GFile(path, "a") if is_remote(path)
+                      else open(path, "a", encoding="utf-8"))
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step)}
@@ -67,8 +73,8 @@ class JsonlWriter(metric_writers.MetricWriter):
 def _truncate_after(path: str, step: int) -> None:
     """Keeps the rows of steps <= `step` (and the lines that do not parse, which a crash
     mid-write can leave only at the end); replaces the file atomically."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
+    text = read_bytes(path).decode("utf-8")
+    lines = io.StringIO(text, newline="\n").readlines()  # split at "\n" only
     kept = []
     for line in lines:
         try:

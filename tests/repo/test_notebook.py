@@ -13,10 +13,12 @@ import pytest
 from flax import nnx
 
 from lasad_jax.config import parse
+from lasad_jax.files import COMPLETE, cache_name
 from lasad_jax.jobs.sample import load_or_train
 from lasad_jax.models import LASADGen, ModelConfig
 from lasad_jax.sampling.interactive import decay_map, fetch_workdir, layer_decays
 from tests.helpers import load_config
+from tests.remote_helpers import ram_fixture, upload  # noqa: F401 - a fixture
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "sampling_demo.ipynb"
@@ -75,16 +77,18 @@ def _tiny_config(steps: int):
 
 
 @pytest.mark.slow
-def test_load_or_train_then_fetch_from_a_url(tmp_path):
-    """Trains when no checkpoint is given; a `file://` URL goes through the same copy as
-    `gs://` (tf.io.gfile) and restores the same weights."""
+def test_load_or_train_then_fetch_from_a_url(tmp_path, ram):
+    """Trains when no checkpoint is given; a bucket URL (`ram://` standing in for
+    `gs://`) is copied through tf.io.gfile and restores the same weights."""
     config = parse(_tiny_config(3), "train")
     trained, step = load_or_train(config, "", str(tmp_path / "run"))
     assert step == 3
+    upload(tmp_path / "run" / "checkpoints", f"{ram}/run/checkpoints")
     cache = tmp_path / "cache"
-    local = fetch_workdir(f"file://{tmp_path / 'run'}", str(cache))
-    assert local == str(cache / "fetched-run") and os.path.exists(os.path.join(local, ".complete"))
-    restored, step = load_or_train(config, f"file://{tmp_path / 'run'}", str(cache))
+    local = fetch_workdir(f"{ram}/run", str(cache))
+    assert local == str(cache / cache_name(f"{ram}/run"))
+    assert os.path.exists(os.path.join(local, COMPLETE))
+    restored, step = load_or_train(config, f"{ram}/run", str(cache))
     assert step == 3
     for x, y in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)),
                     jax.tree.leaves(nnx.state(restored, nnx.Param))):
