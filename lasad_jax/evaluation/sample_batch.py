@@ -14,10 +14,14 @@ Decisions (the paper and ADM leave them open):
   size (which decides what each part file holds).
 * `assemble` joins the parts into ADM's layout (`arr_0` uint8 NHWC plus `labels`)
   without holding the batch in memory.
+* The directory may be a `gs://` URL (a TPU run's workdir): settings and parts are
+  read, listed and written through `lasad_jax.files`, and the batch is assembled on
+  local disk (`staging_path`) and then uploaded whole.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -30,10 +34,11 @@ from absl import logging
 from tqdm import tqdm
 
 from lasad_jax.evaluation.config import EvalConfig
+from lasad_jax import files
 from lasad_jax.files import as_output_error, require_space, save_json, save_npz, write_atomically
 from lasad_jax.sampling.config import SampleConfig
 from lasad_jax.sampling.generate import generate
-from lasad_jax.sampling.sampler import model_numerics
+from lasad_jax.sampling.sampler import NUMERICS, model_numerics
 from lasad_jax.tokenizers import Tokenizer
 
 
@@ -69,16 +74,24 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 def read_settings(part_dir: str) -> dict[str, Any] | None:
     """The settings a part directory recorded (None for a new one)."""
     path = os.path.join(part_dir, "settings.json")
-    if not os.path.exists(path):
+    if not files.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(files.read_bytes(path))
+
+
+def comparable(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `new` to compare with the record `old`: all but the model's numerics
+    when `old` predates them (such a record is taken to have the current ones, as
+    `generate_parts` does, rather than refused for lacking them)."""
+    return {k: v for k, v in new.items() if k in old or k not in NUMERICS}
 
 
 def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
     """Refuses a part directory made with other settings (reads only). Only the fields of
     `settings` are compared: the ones `generate_parts` records are its own to check."""
     old = read_settings(part_dir)
+    if old is not None:
+        settings = comparable(old, settings)
     if old is not None and {k: old.get(k) for k in settings} != settings:
         diff = settings_differences(old, settings)
         raise ValueError(f"{part_dir} holds samples made with other settings ({diff}); "
@@ -88,9 +101,8 @@ def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
 def record_settings(part_dir: str, settings: dict[str, Any]) -> None:
     """Writes `settings` into a new part directory (`check_settings` first)."""
     path = os.path.join(part_dir, "settings.json")
-    if not os.path.exists(path):
-        os.makedirs(part_dir, exist_ok=True)
-        save_json(path, settings)
+    if not files.exists(path):
+        save_json(path, settings)  # which creates the directory
 
 
 def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: SampleConfig, *,
@@ -106,7 +118,6 @@ def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: Sam
     old = read_settings(part_dir) or {}
     check_settings(part_dir, {k: v for k, v in own.items() if k in old})
     if jax.process_index() == 0 and any(k not in old for k in own):
-        os.makedirs(part_dir, exist_ok=True)
         save_json(os.path.join(part_dir, "settings.json"), {**old, **own})
     n, bs = ev.num_samples, sample.batch_size
     per_part = max(1, ev.part_size // bs)   # batches per part
@@ -116,7 +127,7 @@ def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: Sam
     base = jax.random.key(ev.seed)
     made = 0
     todo = [p for p in range(num_parts)
-            if not os.path.exists(os.path.join(part_dir, f"part_{p:05d}.npz"))]
+            if not files.exists(os.path.join(part_dir, f"part_{p:05d}.npz"))]
     logging.info("%d samples in %d parts: %d done, %d to generate", n, num_parts,
                  num_parts - len(todo), len(todo))
 
@@ -147,15 +158,41 @@ def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: Sam
     return made
 
 
+def _load_part(path: str) -> Any:
+    """A part's open npz: lazily from a local file; a remote one is downloaded whole (one
+    part, not the batch), since np.load needs a seekable file."""
+    if files.is_remote(path):
+        return np.load(io.BytesIO(files.read_bytes(path)))
+    return np.load(path)
+
+
+def staging_path(url: str) -> str:
+    """Where the batch of the remote `url` is assembled before its upload: a local file
+    in the cache (`files.cache_root()`), named after the URL."""
+    return os.path.join(files.cache_root(), "staging", files.cache_name(url))
+
+
 def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
     """Joins the parts into one ADM sample batch without holding it in memory: `arr_0` is
-    written to a memory-mapped `.npy`, then stored (uncompressed) into the `.npz`."""
-    parts = sorted(f for f in os.listdir(part_dir) if f.startswith("part_")
+    written to a memory-mapped `.npy`, then stored (uncompressed) into the `.npz`. A
+    remote `out_path` is assembled at `staging_path` (memory maps need a local disk),
+    uploaded in one go, and the local file removed."""
+    if files.is_remote(out_path):
+        staged = staging_path(out_path)
+        os.makedirs(os.path.dirname(staged), exist_ok=True)
+        try:
+            assemble(part_dir, staged, num_samples)
+            files.upload_file(staged, out_path)
+        finally:
+            if os.path.exists(staged):
+                os.remove(staged)
+        return
+    parts = sorted(f for f in files.listdir(part_dir) if f.startswith("part_")
                    and f.endswith(".npz") and ".tmp" not in f)
     # The counts first (the labels are small): parts of another layout would overlap.
     counts = []
     for name in parts:
-        with np.load(os.path.join(part_dir, name)) as part:
+        with _load_part(os.path.join(part_dir, name)) as part:
             counts.append(len(part["labels"]))
     if sum(counts) != num_samples:
         why = ("parts of another run are mixed in" if sum(counts) > num_samples
@@ -163,10 +200,10 @@ def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
         raise ValueError(f"{part_dir}: its {len(parts)} parts hold {sum(counts)} samples, "
                          f"expected {num_samples} ({why}); delete the directory, or set "
                          "another config.eval.name")
-    with np.load(os.path.join(part_dir, parts[0])) as first:
+    with _load_part(os.path.join(part_dir, parts[0])) as first:
         shape = (num_samples, *first["images"].shape[1:])
     needed = int(np.prod(shape))
-    require_space(os.path.dirname(os.path.abspath(out_path)), 2 * needed,
+    require_space(files.parent(out_path), 2 * needed,
                   f"assembling {out_path}")
     npy = out_path + ".arr_0.npy"
     try:
@@ -176,7 +213,7 @@ def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
     labels = np.zeros((num_samples,), np.int32)
     at = 0
     for name in parts:
-        with np.load(os.path.join(part_dir, name)) as part:
+        with _load_part(os.path.join(part_dir, name)) as part:
             k = len(part["labels"])
             images[at:at + k] = part["images"]
             labels[at:at + k] = part["labels"]

@@ -8,8 +8,13 @@ against the reference: FID, sFID, Inception Score, precision and recall, saved t
 pipeline and compare only with numbers from the same random network.
 
 The parts and the results record what made them (checkpoint step, tokenizer
-fingerprint, sampling settings, reference, network): another evaluation under the same
-`eval.name` is refused, naming what differs, and the same one again writes nothing.
+fingerprint, sampling settings, model numerics, reference, network): another evaluation
+under the same `eval.name` is refused, naming what differs, and the same one again writes
+nothing.
+
+A `gs://` workdir (or reference) works as a local one: the reference is read from a
+local copy (`files.local_file`), the parts and results through `lasad_jax.files`, and
+the batch is assembled and scored on local disk, then uploaded.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import jax
 from absl import logging
 
+from lasad_jax import files
 from lasad_jax.config import GeneratorRun
 from lasad_jax.evaluation.evaluator import evaluate
 from lasad_jax.evaluation.reference import (
@@ -33,9 +39,11 @@ from lasad_jax.evaluation.sample_batch import (
     assemble,
     batch_settings,
     check_settings,
+    comparable,
     generate_parts,
     record_settings,
     settings_differences,
+    staging_path,
 )
 from lasad_jax.evaluation.weights import describe_network, load_network
 from lasad_jax.files import require_writable, save_json
@@ -50,19 +58,19 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     # Everything that can fail cheaply fails before any image is generated.
     tokenizer = build_tokenizer(config.tokenizer)
     ref_path = reference_path(ev.reference, workdir)
-    if not os.path.isfile(ref_path):
+    if not files.exists(ref_path) or files.isdir(ref_path):
         raise FileNotFoundError(
             f"no reference statistics at {ref_path}: set config.eval.reference to ADM's "
             f"VIRTUAL_imagenet256_labeled.npz ({ADM_REFERENCE_URL}) or make statistics of "
             "the training images first with --mode=reference_stats and the same --workdir")
-    reference = load_reference(ref_path)
+    reference = load_reference(files.local_file(ref_path, "config.eval.reference"))
     described = describe_network(ev.inception)
     if reference.inception is not None and (
             reference.inception.startswith("random") != described.startswith("random")):
-        raise ValueError(f"{reference.path} was made with Inception {reference.inception!r} "
+        raise ValueError(f"{ref_path} was made with Inception {reference.inception!r} "
                          f"but config.eval.inception gives {described!r}; make the reference "
                          "with the same network (--mode=reference_stats)")
-    _check_reference(reference, config, tokenizer)
+    _check_reference(reference, ref_path, config, tokenizer)
     model, step, mesh = restore_model(config, workdir, tokenizer)
 
     out_dir = os.path.join(workdir, "eval")
@@ -70,16 +78,15 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     samples = os.path.join(out_dir, f"{ev.name}.npz")
     results = os.path.join(out_dir, f"{ev.name}.json")
     settings = batch_settings(ev, config.sample, step=step, mixer=config.model.mixer,
-                              tokenizer=tokenizer.fingerprint)
-    scored = {**settings, "reference": reference.path, "inception": described}
-    if os.path.isfile(results):
-        with open(results) as f:
-            old = json.load(f)
-        if {k: old.get(k) for k in scored} != scored:
+                              tokenizer=tokenizer.fingerprint, model_cfg=config.model)
+    scored = {**settings, "reference": ref_path, "inception": described}
+    if files.exists(results):
+        old = json.loads(files.read_bytes(results))
+        if {k: old.get(k) for k in comparable(old, scored)} != comparable(old, scored):
             raise ValueError(f"{results} holds the scores of another evaluation "
                              f"({settings_differences(old, scored)}); set another "
                              "config.eval.name, or move it away")
-        if os.path.isfile(samples):  # the same evaluation, done: nothing is written
+        if files.exists(samples):  # the same evaluation, done: nothing is written
             logging.info("%s holds this evaluation already", results)
             _log_table(old, step, ev.num_samples, config.sample.cfg_scale)
             return old
@@ -91,30 +98,43 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
                    part_dir=part_dir, mesh=mesh)
     if jax.process_index() != 0:
         return {}
-    assemble(part_dir, samples, ev.num_samples)
-    metrics = evaluate(samples, reference, network, batch_size=ev.inception_batch_size)
+    # A remote batch is assembled and scored locally (the scorer reads zip members by
+    # path), then uploaded.
+    local = staging_path(samples) if files.is_remote(samples) else samples
+    try:
+        if local != samples:
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+        assemble(part_dir, local, ev.num_samples)
+        metrics = evaluate(local, reference, network, batch_size=ev.inception_batch_size)
+        if local != samples:
+            files.upload_file(local, samples)
+    finally:
+        if local != samples and os.path.exists(local):
+            os.remove(local)
     result = {**{k: float(v) for k, v in metrics.items()}, **scored, "samples": samples}
     save_json(results, result)
     _log_table(result, step, ev.num_samples, config.sample.cfg_scale)
     return result
 
 
-def _check_reference(reference: Reference, config: GeneratorRun, tokenizer: Tokenizer) -> None:
+def _check_reference(reference: Reference, ref_path: str, config: GeneratorRun,
+                     tokenizer: Tokenizer) -> None:
     """Statistics made by `--mode=reference_stats` record their image size and, for the
     embedded datasets (whose images pass through the tokenizer), the tokenizer: samples
-    must be compared with images of the same size and grey levels."""
+    must be compared with images of the same size and grey levels. The messages name
+    `ref_path`, the file as configured (a remote one is read from a local copy)."""
     made = reference.settings or {}
     if made.get("preprocess") not in (None, config.eval.preprocess):
-        raise ValueError(f"{reference.path} was made with Inception preprocessing "
+        raise ValueError(f"{ref_path} was made with Inception preprocessing "
                          f"{made['preprocess']!r}, but config.eval.preprocess is "
                          f"{config.eval.preprocess!r}; make them agree")
     size = list(tokenizer.image_shape[:2])
     if made.get("image_size") not in (None, size):
-        raise ValueError(f"{reference.path} holds statistics of {made['image_size']} images, "
+        raise ValueError(f"{ref_path} holds statistics of {made['image_size']} images, "
                          f"but the samples are {size}; make the reference again "
                          "(--mode=reference_stats) or set config.eval.reference")
     if made.get("tokenizer") not in (None, tokenizer.fingerprint):
-        raise ValueError(f"{reference.path} was made with tokenizer {short(made['tokenizer'])}"
+        raise ValueError(f"{ref_path} was made with tokenizer {short(made['tokenizer'])}"
                          f", but this run decodes with {short(tokenizer.fingerprint)} "
                          f"({tokenizer.describe()}); make the reference again "
                          "(--mode=reference_stats, after moving the old file away)")

@@ -10,7 +10,6 @@ written over it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from absl import logging
@@ -22,6 +21,7 @@ from lasad_jax.evaluation.real_images import dataset_images
 from lasad_jax.evaluation.reference import load_reference, reference_path, write_reference
 from lasad_jax.evaluation.sample_batch import settings_differences
 from lasad_jax.evaluation.weights import describe_network, load_network
+from lasad_jax import files
 from lasad_jax.files import require_writable
 from lasad_jax.tokenizers import Tokenizer, build_tokenizer
 
@@ -49,15 +49,16 @@ def run(config: GeneratorRun, workdir: str) -> str:
     path = reference_path(ev.reference, workdir)
     tokenizer = build_tokenizer(config.tokenizer) if config.data.name in EMBEDDED else None
     settings = reference_settings(config, tokenizer)
-    if os.path.exists(path):
-        existing = load_reference(path).settings or {}
+    if files.exists(path):  # a remote one is read from a local copy
+        existing = load_reference(files.local_file(path, "config.eval.reference")).settings
+        existing = existing or {}
         if existing == settings:
             logging.info("%s holds these reference statistics already: nothing to do", path)
             return path
         raise ValueError(f"{path} holds other reference statistics ("
                          f"{settings_differences(existing, settings) or 'made elsewhere'}); "
                          "set config.eval.reference to another file, or move it away")
-    require_writable(os.path.dirname(os.path.abspath(path)))
+    require_writable(files.parent(path))
     network, described = load_network(ev.inception, ev.preprocess)
     images = dataset_images(config.data, config.tokenizer, ev.reference_split,
                             ev.reference_limit, built=tokenizer)

@@ -17,7 +17,7 @@ from absl import logging
 
 from lasad_jax.config import TokenizerRun
 from lasad_jax.data.image_batches import build_image_dataset, image_train_iterator
-from lasad_jax.files import require_writable
+from lasad_jax.files import exists, require_writable
 from lasad_jax.parallel import build_mesh, local_batch_size, process_0_decides
 from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq.weights import save_vq
@@ -76,8 +76,7 @@ def run(config: TokenizerRun, workdir: str) -> dict[str, float]:
     picture = os.path.join(workdir, "reconstructions.png")
     outputs = []
     # A finished run started again changes nothing, unless it died before its export.
-    missing = not (os.path.isfile(os.path.join(export, "vq_config.json"))
-                   and os.path.isfile(picture))
+    missing = not (exists(os.path.join(export, "vq_config.json")) and exists(picture))
     if not result.preempted and (result.trained or process_0_decides(missing)):
         if not pairs:  # nothing was trained here: evaluate the restored state once
             evaluate(result.state, result.step)

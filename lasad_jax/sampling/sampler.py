@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from lasad_jax.files import require_space, require_writable
+from lasad_jax.files import exists, require_space, require_writable
 from lasad_jax.parallel.mesh import batch_shards, process_0_decides
 from lasad_jax.sampling.checks import class_problems
 from lasad_jax.sampling.config import SampleConfig
@@ -119,7 +119,7 @@ def sample_to_files(model: nnx.Module, tokenizer: Tokenizer, cfg: SampleConfig, 
     settings = sample_settings(cfg, step=step, num_classes=num_classes, tokenizer=tokenizer,
                                model_cfg=model.cfg)
     paths = sample_paths(out_dir, cfg.name, settings)
-    if process_0_decides(all(os.path.exists(p) for p in paths.values())):
+    if process_0_decides(all(exists(p) for p in paths.values())):
         logging.info("%s exists (the same checkpoint step and settings): nothing to draw",
                      paths["png"])
         return paths if jax.process_index() == 0 else {}
