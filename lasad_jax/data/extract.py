@@ -71,7 +71,7 @@ def make_views(image: Image.Image | np.ndarray, image_size: int, augment: str) -
     s, n = image_size, big.shape[0]
     mid = round((n - s) / 2.0)  # torchvision center_crop's rounding
     corners = [(mid, mid), (0, 0), (0, n - s), (n - s, 0), (n - s, n - s)]
-    five = [big[t : t + s, l : l + s] for t, l in corners]
+    five = [big[top : top + s, left : left + s] for top, left in corners]
     return np.stack(five + [v[:, ::-1] for v in five])
 
 
