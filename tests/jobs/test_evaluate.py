@@ -19,6 +19,7 @@ from lasad_jax.evaluation import metrics as eval_metrics
 from lasad_jax.evaluation.reference import load_reference
 from lasad_jax.jobs import evaluate, reference_stats, train
 from tests.helpers import hash_tree, tiny_demo_config
+from tests.remote_helpers import gfile, ram_fixture  # noqa: F401 - a fixture
 
 
 def problems(config, mode):
@@ -134,3 +135,34 @@ def test_eval_config_errors_name_the_field(tmp_path):
     assert any("config.eval.inception_batch_size must be a positive int" in p for p in found)
     config = eval_config(reference_split="test")
     assert any("reference_split" in p for p in problems(config, "reference_stats"))
+
+
+@pytest.mark.slow
+def test_a_bucket_workdir_evaluates_as_a_local_one(trained, ram, monkeypatch):
+    """Reference statistics and an evaluation in a bucket (`ram://` standing in for
+    `gs://`): the batch is assembled and scored on local disk, uploaded, and the scores
+    equal those of the same evaluation in a local workdir. The checkpoint is restored
+    from the local run: Orbax reads `gs://` itself but does not know `ram://`."""
+    io = gfile()
+    real_restore = evaluate.restore_model
+    monkeypatch.setattr(evaluate, "restore_model",
+                        lambda config, workdir, tok: real_restore(config, trained, tok))
+    config = eval_config(name="twin")
+    reference_stats.run(parse(config, "reference_stats"), trained)
+    local = run_evaluation(config, trained)
+
+    url = f"{ram}/run"
+    path = reference_stats.run(parse(config, "reference_stats"), url)
+    assert path == f"{url}/reference_stats.npz" and io.exists(path)
+    remote = run_evaluation(config, url)
+    for key in ("fid", "sfid", "inception_score", "precision", "recall"):
+        assert remote[key] == pytest.approx(local[key], rel=1e-6), key
+    assert remote["samples"] == f"{url}/eval/twin.npz"
+    with np.load(io.GFile(remote["samples"], "rb")) as npz, \
+            np.load(os.path.join(trained, "eval", "twin.npz")) as want:
+        np.testing.assert_array_equal(npz["arr_0"], want["arr_0"])
+    assert json.loads(io.GFile(f"{url}/eval/twin.json").read())["fid"] == remote["fid"]
+    assert os.listdir(".") == []  # nothing written where a `ram:` folder would appear
+    staging = os.path.join(os.environ["LASAD_CACHE"], "staging")
+    assert not os.path.isdir(staging) or os.listdir(staging) == []
+    assert run_evaluation(config, url) == remote  # done: read back, not made again
