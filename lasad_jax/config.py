@@ -53,6 +53,7 @@ from lasad_jax.evaluation.config import EvalConfig, run_problems as eval_problem
 from lasad_jax.models import ModelConfig
 from lasad_jax.models.config import PRESET_FIELDS
 from lasad_jax.parallel.mesh import ALL_DATA, MeshConfig, batch_problems
+from lasad_jax.parallel.rules import split_problems
 from lasad_jax.sampling.config import SampleConfig, class_problems
 from lasad_jax.tokenizers.config import TokenizerConfig, checkpoint_problems
 from lasad_jax.tokenizers.geometry import CodeGeometry, code_geometry
@@ -448,6 +449,10 @@ def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
         batches["sample.batch_size"] = sample.batch_size
     if mesh and mode != "extract":  # extraction runs on one device per process
         problems.owner(batch_problems(mesh, jax.device_count(), batches))
+        if model and mode != "reference_stats":  # the modes that place the model on it
+            problems.owner(split_problems(mesh, jax.device_count(), dim=model.dim,
+                                          num_heads=model.num_heads,
+                                          mlp_hidden=model.mlp_hidden))
     return model if geometry and data else None
 
 

@@ -4,7 +4,9 @@ The model annotates each parameter with the meaning of its axes (`logical_axes`
 metadata); this table decides which mesh axis, if any, splits each meaning. Changing the
 parallelism strategy is an edit here, not in the model. A dimension that the mesh axis
 does not divide stays whole (replicated), so odd sizes such as a 17-token vocabulary or
-11 class rows still run; `spec_for` says so in its `why` list.
+11 class rows still run. For the model's width (`fsdp`) and its heads and MLP units
+(`tensor`) that would replicate nearly everything: `split_problems` refuses such a mesh
+before a run starts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import Mesh, PartitionSpec
 
-from lasad_jax.parallel.mesh import BATCH_AXES
+from lasad_jax.parallel.mesh import AXES, BATCH_AXES, MeshConfig, mesh_shape
+from lasad_jax.validation import ConfigError
 
 # logical name -> mesh axes (None: never split).
 LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
@@ -52,6 +55,36 @@ def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh_shape: dict
         used.update(axes)
         spec.append(axes[0] if len(axes) == 1 else tuple(axes))
     return PartitionSpec(*spec)
+
+
+def split_problems(mesh: MeshConfig, num_devices: int, *, dim: int, num_heads: int,
+                   mlp_hidden: int) -> list[str]:
+    """One line per model dimension that its mesh axis would not split.
+
+    `spec_for` leaves such a dimension whole. `fsdp` splits only the width (`embed`), so
+    a width it does not divide keeps every weight, both Adam moments and the EMA whole
+    on every device (3B, dim 3200, on fsdp=256: about 50 GB per device); a `tensor` that
+    does not divide the heads or the MLP's hidden units splits `qkv` but not the output
+    projection or the MLP, so devices hold fractions of heads. Both are refused. (The
+    mesh's own problems are `batch_problems`'.)"""
+    try:
+        shape = dict(zip(AXES, mesh_shape(mesh, num_devices)))
+    except ConfigError:
+        return []
+    fsdp, tensor = shape["fsdp"], shape["tensor"]
+    out = []
+    if fsdp > 1 and dim % fsdp:
+        out.append(f"mesh.fsdp={fsdp} does not divide model.dim={dim}: no weight would be "
+                   "sharded and every device would hold the whole training state; choose "
+                   f"an fsdp that divides {dim} and put the other devices on mesh.data")
+    if tensor > 1:
+        for what, size in (("model.num_heads", num_heads),
+                           ("the MLP's hidden size", mlp_hidden)):
+            if size % tensor:
+                out.append(f"mesh.tensor={tensor} does not divide {what} ({size}): devices "
+                           "would hold parts of heads and unsplit MLP weights; choose a "
+                           f"tensor that divides {num_heads} and {mlp_hidden}")
+    return out
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -44,7 +44,11 @@ class OptimizerConfig:
         p.number("grad_clip", self.grad_clip, low=0.0, low_open=True)
         p.one_of("schedule", self.schedule, SCHEDULES)
         p.int_at_least("warmup_steps", self.warmup_steps, 0)
-        p.number("end_lr_fraction", self.end_lr_fraction, low=0.0, high=1.0)
+        if p.number("end_lr_fraction", self.end_lr_fraction, low=0.0, high=1.0):
+            p.check(self.schedule not in ("cosine", "linear") or self.end_lr_fraction < 1.0,
+                    "end_lr_fraction", f"must be below 1 for schedule={self.schedule!r}, "
+                    "which would otherwise never decay (0 decays to zero); or use "
+                    "schedule='constant'")
         p.raise_if_any()
 
 

@@ -83,7 +83,10 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
 
     `nonfinite="skip"`: a step whose loss or gradients are not finite leaves parameters,
     optimizer state and EMA as they were (the step counter and the data still advance)
-    and counts itself in `state.skipped` / `state.last_skipped`. `"halt"`: the update
+    and counts itself in `state.skipped` / `state.last_skipped`. The schedule follows the
+    updates applied (optax's own count), so each skipped step delays it by one and the
+    run ends that many steps before the schedule does; `metrics["learning_rate"]` is the
+    rate the step's update used, `schedule(step - skipped)`. `"halt"`: the update
     is applied and the loop stops at its next check, before anything is saved. Either
     way `metrics["state_finite"]` says whether the new state may be checkpointed.
 
@@ -133,7 +136,7 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
             skipped=skipped, last_skipped=last_skipped)
         param_norm = optax.tree.norm(params)
         metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
-                   "learning_rate": schedule(state.step),
+                   "learning_rate": schedule(state.step - state.skipped),
                    "state_finite": jnp.isfinite(param_norm) & moments_finite,
                    "skipped": skipped, "last_skipped": last_skipped}
         return new_state, metrics

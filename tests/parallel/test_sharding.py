@@ -72,6 +72,24 @@ def test_spec_for_maps_logical_names_and_replicates_what_does_not_divide():
         spec_for(("embed",), (4, 4), MESH_222)
 
 
+def test_a_mesh_that_would_not_split_the_model_is_refused():
+    """fsdp must divide the width and tensor the heads and MLP units: otherwise spec_for
+    keeps those weights whole on every device (the full training state, for fsdp)."""
+    from lasad_jax.parallel.rules import split_problems
+
+    three_b = dict(dim=3200, num_heads=32, mlp_hidden=8704)  # the 3B preset
+    (line,) = split_problems(MeshConfig(data=1, fsdp=-1), 256, **three_b)
+    assert line.startswith("mesh.fsdp=256 does not divide model.dim=3200")
+    assert split_problems(MeshConfig(data=2, fsdp=-1), 256, **three_b) == []  # 128 | 3200
+    large = dict(dim=1024, num_heads=16, mlp_hidden=2816)  # L
+    heads, mlp = split_problems(MeshConfig(data=1, fsdp=8, tensor=3), 24, **large)
+    assert heads.startswith("mesh.tensor=3 does not divide model.num_heads (16)")
+    assert mlp.startswith("mesh.tensor=3 does not divide the MLP's hidden size (2816)")
+    assert split_problems(MeshConfig(data=1, fsdp=8, tensor=2), 16, **large) == []
+    assert split_problems(MeshConfig(data=-1), 7, **large) == []  # data parallel only
+    assert split_problems(MeshConfig(data=2), 7, **large) == []  # the mesh's own problem
+
+
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_every_parameter_names_its_axes(mixer):
     """A parameter without `logical_axes` would silently stay replicated on every device."""

@@ -213,6 +213,10 @@ def test_nonfinite_update_is_skipped_and_logged(tmp_path, nan_at_step_3, caplog)
     assert any("the last at step 3" in r.getMessage() for r in caplog.records)
     # Skipping leaves the weights as they were: step 3 changes nothing but the counter.
     assert got[2]["param_norm"] == pytest.approx(got[1]["param_norm"], rel=1e-7)
+    # Nor the schedule, which follows the updates applied: the step after the skipped one
+    # uses (and logs) the rate the skipped one would have used.
+    rates = [r["learning_rate"] for r in got]
+    assert rates[3] == rates[2] and len(set(rates[:3])) == 3
     reader = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
     run = parse(config, "train")
     skeleton = ckpt_lib.abstract(jax.eval_shape(lambda: make_state(

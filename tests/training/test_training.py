@@ -168,3 +168,11 @@ def test_bfloat16_training_step_tracks_float32():
         losses[dtype] = float(metrics["loss"])
     assert losses["float32"] < math.log(17) - 0.1  # it learned something in 6 steps
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.02 * losses["float32"]
+
+
+def test_a_decaying_schedule_must_decay():
+    """cosine or linear with end_lr_fraction=1 (the default) would hold the peak."""
+    with pytest.raises(ValueError, match="end_lr_fraction must be below 1 for schedule='cosine'"):
+        OptimizerConfig(schedule="cosine")
+    OptimizerConfig(schedule="cosine", end_lr_fraction=0.0)
+    OptimizerConfig(schedule="constant")
