@@ -120,7 +120,7 @@ case "${mode}" in train | sample | extract) ;; *) die "--mode must be train, sam
 
 # ---------------------------------------------------------------- the batch script
 main_cmd="$(join_quoted "${python}" -m lasad_jax.main --config="${config}" \
-  --workdir="${workdir}" --mode="${mode}" "${overrides[@]}")"
+  --workdir="${workdir}" --mode="${mode}" ${overrides[@]+"${overrides[@]}"})"
 
 generate() {
   echo '#!/usr/bin/env bash'
@@ -156,7 +156,11 @@ coordinator_host="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | sed -n 1p)
 export JAX_COORDINATOR_ADDRESS="${coordinator_host}:${coordinator_port}"
 echo "nodes: ${SLURM_JOB_NODELIST}; coordinator: ${JAX_COORDINATOR_ADDRESS}"
 EOS
-  echo "srun --nodes=${nodes} --ntasks-per-node=1 --gpus-per-node=${gpus_per_node} --kill-on-bad-exit=1 \\"
+  # srun does not inherit --cpus-per-task from the allocation (Slurm >= 22.05): repeated
+  # here, or each process would get one core for its data loading.
+  local cpus=""
+  [[ -z "${cpus_per_task}" ]] || cpus=" --cpus-per-task=${cpus_per_task}"
+  echo "srun --nodes=${nodes} --ntasks-per-node=1 --gpus-per-node=${gpus_per_node}${cpus} --kill-on-bad-exit=1 \\"
   echo "  ${main_cmd}"
 }
 

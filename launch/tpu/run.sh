@@ -159,12 +159,12 @@ cmd_create() {
   if [[ "${queued}" == 1 ]]; then
     run gcloud compute tpus queued-resources create "${name}" "${gcloud_common[@]}" \
       --node-id="${name}" --accelerator-type="${accelerator_type}" \
-      --runtime-version="${version}" "${extra[@]}"
+      --runtime-version="${version}" ${extra[@]+"${extra[@]}"}
     # The node exists once the request is ACTIVE; `describe` shows the state.
     echo "run.sh: wait for state ACTIVE: gcloud compute tpus queued-resources describe ${name} --zone=${zone}" >&2
   else
     run gcloud compute tpus tpu-vm create "${name}" "${gcloud_common[@]}" \
-      --accelerator-type="${accelerator_type}" --version="${version}" "${extra[@]}"
+      --accelerator-type="${accelerator_type}" --version="${version}" ${extra[@]+"${extra[@]}"}
   fi
 }
 
@@ -197,12 +197,17 @@ cmd_train() {
   case "${mode}" in train | sample | extract) ;; *) die "--mode must be train, sample or extract" ;; esac
   local main_cmd remote
   main_cmd="$(join_quoted "${python}" -m lasad_jax.main --config="${config}" \
-    --workdir="${workdir}" --mode="${mode}" "${overrides[@]}")"
+    --workdir="${workdir}" --mode="${mode}" ${overrides[@]+"${overrides[@]}"})"
   remote="set -o pipefail; cd $(quote "${dir}") && export LASAD_MULTIHOST=1 && "
   if [[ "${detach}" == 1 ]]; then
     remote+="nohup ${main_cmd} >> ~/${LOG_FILE} 2>&1 < /dev/null &"
   else
-    remote+="${main_cmd} 2>&1 | tee -a ~/${LOG_FILE}"
+    # The program writes its own log and the terminal follows the file until the program
+    # ends, then the command exits with its status. Piping into `tee` instead lost the
+    # log when the ssh session dropped: tee died, and the run went on writing nowhere.
+    remote+="{ touch ~/${LOG_FILE}; from=\$(( \$(stat -c %s ~/${LOG_FILE}) + 1 )); "
+    remote+="${main_cmd} >> ~/${LOG_FILE} 2>&1 < /dev/null & pid=\$!; "
+    remote+="tail -c +\${from} --pid=\${pid} -f ~/${LOG_FILE}; wait \${pid}; }"
   fi
   ssh_workers all "${remote}"
 }

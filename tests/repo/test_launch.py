@@ -102,7 +102,9 @@ def test_tpu_train_on_all_workers_with_overrides():
     remote = _remote(argv)
     assert "export LASAD_MULTIHOST=1" in remote
     assert f"python3 {MAIN} --config.batch_size=1024 '--config.sample.classes=(3, 8)'" in remote
-    assert "tee -a ~/lasad_train.log" in remote
+    # The program writes the log itself; the terminal follows it until the program ends.
+    assert ">> ~/lasad_train.log 2>&1 < /dev/null &" in remote and "tee" not in remote
+    assert "--pid=${pid} -f ~/lasad_train.log; wait ${pid}" in remote
 
 
 def test_tpu_train_remote_command_runs(tmp_path):
@@ -132,6 +134,13 @@ def test_tpu_train_remote_command_runs(tmp_path):
                     "--workdir=gs://b/run", "--mode=train", "--config.batch_size=1024",
                     "--config.sample.classes=(3, 8)", "--config.note=it's"]
     assert "ARG<--config.batch_size=1024>" in (tmp_path / "home" / "lasad_train.log").read_text()
+
+    # A failing run fails the command, and the terminal shows only this run's lines.
+    python.write_text('#!/usr/bin/env bash\necho "second run"\nexit 3\n')
+    failed = _run(TPU, "train", *POD, "--config=configs/demo.py", "--workdir=gs://b/run",
+                  env=env, check=False)
+    assert failed.returncode == 3 and failed.stdout.strip() == "second run"
+    assert (tmp_path / "home" / "lasad_train.log").read_text().endswith("second run\n")
 
 
 def test_tpu_logs_and_delete():
@@ -197,6 +206,14 @@ def test_slurm_two_nodes_eight_gpus():
     assert ("python -m lasad_jax.main --config=configs/imagenet256.py "
             "--workdir=/shared/ckpt/lasad_l --mode=train --config.batch_size=256") in text
     assert "pip install" not in "\n".join(line for line in body if not line.startswith("#"))
+    assert "--cpus-per-task" not in text  # not asked for: Slurm's default
+
+
+def test_slurm_cpus_reach_the_step():
+    """srun does not inherit --cpus-per-task from the allocation (Slurm >= 22.05)."""
+    text = "\n".join(_batch_script("--cpus-per-task=12"))
+    assert "#SBATCH --cpus-per-task=12" in text
+    assert "--gpus-per-node=8 --cpus-per-task=12 --kill-on-bad-exit=1" in text
 
 
 def test_slurm_job_script_runs(tmp_path):
