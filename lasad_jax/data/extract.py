@@ -93,6 +93,28 @@ def _refusal(mpath: pathlib.Path, old: dict, config: dict, out_dir: pathlib.Path
                       f"requested)) {diff}; {fix}")
 
 
+def _check_classes(out_dir: pathlib.Path, split: str, classes: Any) -> None:
+    """Refuses a split whose classes differ from those of a split already extracted into
+    `out_dir`. A label is a class's position among the sorted class folders of its own
+    split, so a class missing from one split would shift every later label there:
+    `val` would then call class 2 what `train` calls class 3, and nothing else notices."""
+    if classes is None:
+        return
+    for other in sorted(out_dir.glob("*-manifest.json")):
+        if other.name == f"{split}-manifest.json":
+            continue
+        recorded = json.loads(other.read_text()).get("class_names")
+        if recorded is None or recorded == list(classes):
+            continue
+        only_here = sorted(set(classes) - set(recorded))[:3]
+        only_there = sorted(set(recorded) - set(classes))[:3]
+        raise ValueError(
+            f"the {split!r} split has {len(classes)} classes but {other} records "
+            f"{len(recorded)} (only in {split!r}: {only_here}, only there: {only_there}); "
+            "labels are positions among the sorted class folders, so both splits need the "
+            "same class folders")
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -144,9 +166,12 @@ def extract_codes(
         "dtype": "int16" if tokenizer.vocab_size <= np.iinfo(np.int16).max + 1 else "int32",
     }
     mpath = manifest_path(out_dir, split)
+    classes = getattr(source, "class_names", None)
     manifest = {"format": FORMAT, "config": config, "source": repr(source),
                 "tokenizer_description": tokenizer.describe(), "shards": [],
-                "num_images": 0, "num_skipped": 0, "skipped": [], "complete": False}
+                "num_images": 0, "num_skipped": 0, "skipped": [], "complete": False,
+                "class_names": list(classes) if classes is not None else None}
+    _check_classes(out_dir, split, classes)
     if mpath.is_file():
         old = json.loads(mpath.read_text())
         if old.get("config") != config:

@@ -133,6 +133,27 @@ def test_a_different_config_is_refused(image_dir, tmp_path):
         extract_codes(source, _tok(), tmp_path, split="train", image_size=10)
 
 
+def test_splits_with_other_class_folders_are_refused(image_dir, tmp_path):
+    """A val tree lacking class "b" would label "c" 1 where train labels it 2."""
+    val = image_dir.parent / "val"
+    for name in ("a", "c"):
+        (val / name).mkdir(parents=True)
+        Image.fromarray(np.full((9, 9, 3), 7, np.uint8)).save(val / name / "0.png")
+    train_source, val_source = ImageFolderSource(image_dir), ImageFolderSource(val)
+    assert list(val_source.labels) == [0, 1]  # "c" is 1 here, 2 in train
+    out = tmp_path / "codes"
+    assert _extract(train_source, out)["class_names"] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"'val' split has 2 classes but .*train-manifest"
+                                         r".json records 3 \(only in 'val': \[\], only "
+                                         r"there: \['b'\]\)"):
+        _extract(val_source, out, split="val")
+    assert not manifest_path(out, "val").exists()
+    other = tmp_path / "codes2"  # the other order is refused the same way
+    _extract(val_source, other, split="val")
+    with pytest.raises(ValueError, match="'train' split has 3 classes"):
+        _extract(train_source, other)
+
+
 def test_codes_of_another_tokenizer_are_never_mixed_in(image_dir, tmp_path):
     """The manifest records the tokenizer's content fingerprint: resuming with another
     tokenizer (here one more grey level) is refused, naming both, and writes nothing."""
@@ -264,3 +285,12 @@ def test_processes_read_disjoint_slices_that_cover_the_data(extracted, monkeypat
         image, _ = _identify(views, np.concatenate([next(it)["tokens"] for _ in range(n)]))
         seen.append(set(image.tolist()))
     assert seen == [{0, 2, 4, 6}, {1, 3, 5}]
+
+
+def test_extract_job_refuses_several_processes(monkeypatch):
+    """Every process would encode every image, and overwrite one shared manifest."""
+    from lasad_jax.jobs import extract as extract_job
+
+    monkeypatch.setattr(extract_job.jax, "process_count", lambda: 4)
+    with pytest.raises(ValueError, match="--mode=extract runs in one process, not 4"):
+        extract_job.run(None)
