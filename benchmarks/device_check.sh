@@ -1,52 +1,61 @@
 #!/usr/bin/env bash
-# Every accelerator check in one command that fits one call of the device tool (10 minutes;
-# a lent task has 15 minutes of device time in all, and starting the machine took from 30 s
+# Every accelerator check, in two calls of the device tool (10 minutes each at most; a
+# lent task has 15 minutes of device time in all, and starting the machine took from 30 s
 # to 5 min on 2026-12-04). From the repository root, on the GPU:
 #
-#   bash benchmarks/device_check.sh "$OUT"          # results and logs land in $OUT
-#   bash benchmarks/device_check.sh DIR --smoke     # tiny sizes: checks the script (CPU)
-#   bash benchmarks/device_check.sh "$OUT" --stages pallas,train_step   # a second call
+#   bash benchmarks/device_check.sh "$OUT"          # first call: what decides the code
+#   bash benchmarks/device_check.sh "$OUT" --stages pallas_tests,chunk_sweep,rest  # second
+#   bash benchmarks/device_check.sh DIR --smoke     # every stage at tiny sizes (CPU)
 #
-# `--stages` (comma-separated names below) runs only those stages, in their usual order:
-# the whole script fills most of one 10-minute call, so the call after a change re-measures
-# only what the change touched. Without the core stage, the pallas stage times cuDNN itself.
+# Without --stages the first call runs the stages that set the library's choices and
+# measure the issues' targets (core, train_step, pallas, tiles, sampling: 560 s); the
+# others (135 s) wait for a second call, or are named with --stages after a change, to
+# re-measure only what it touched. Without the core stage, the pallas stage times cuDNN
+# itself. Limits were set from compile times for an H200 measured without one
+# (benchmarks/gpu_aot.py, 2-core CPU; 2026-12-05): LASADGen-L's training step compiles in
+# 19 to 88 s a row, a sampler in 5 to 19 s.
 #
 # Stages, each a process under its own time limit, so one slow compile cannot take the
 # others' results with it; every JSON is rewritten per row, and each row is printed as it
-# goes. Most important rows first. Operator stages (at most 380 s together):
-# 1. core (90 s): benchmarks/kernels.py, the chunked XLA form against cuDNN flash
+# goes. First call:
+# 1. core (80 s): benchmarks/kernels.py, the chunked XLA form against cuDNN flash
 #    attention, D = 64, batch 1, T = 256 ... 16384, forward+backward then forward, every
 #    LASAD row first checked against the float32 reference: the issue's targets.
-# 2. train_step (110 s): benchmarks/train_step.py, one jitted step of LASADGen-L, LASAD
-#    against softmax, 256 px batch 64 then 512 px batch 16, then LASAD with impl="pallas".
-# 3. pallas_tests (50 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
-#    device, float32 values and five gradients against the quadratic reference; and the
-#    fused decoding step's kernel against it (tests/ops/test_pallas_decode.py, head sizes).
-# 4. pallas (60 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
+# 2. train_step (170 s): benchmarks/train_step.py, one jitted step of LASADGen-L, 256 px
+#    batch 64 then 512 px batch 16, at each softmax, LASAD with impl="pallas", LASAD with
+#    impl="auto".
+# 3. pallas (50 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
 #    1's softmax rows join its speedups. Chunks of 1024, 2048 and 4096 tokens (the kernels
 #    write no C x C scores, so longer chunks than the XLA form's may pay: fewer states);
 #    T = 4096 and 16384 first, where chunks differ and the targets are widest.
-# 5. tiles (25 s): benchmarks/masked_probe.py, the intra-chunk kernel's tiles, warps and
+# 4. tiles (20 s): benchmarks/masked_probe.py, the intra-chunk kernel's tiles, warps and
 #    pipeline stages, forward+backward at the training shapes of stage 2 (256 and 1024
 #    tokens), each checked first: the data for ops.pallas.masked.default_tiles.
-# 6. chunk_sweep (20 s): kernels.py, chunk size x remat policy of the XLA form,
-#    forward+backward at T = 4096 and 16384 (the data for ops.chunked's defaults on GPU).
-# 7. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
-# 8. sampling (180 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
-#    LASADGen-L and -B, lasad against softmax (bf16, batch 64, CFG 2.0), per-token time by
-#    quarter, state and KV-cache bytes, compile time; each compiled sampler is first checked
+# 5. sampling (240 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
+#    LASADGen-L and -B (bf16, batch 64, CFG 2.0), per-token time by quarter (once per
+#    size), state and KV-cache bytes, compile time; each compiled sampler is first checked
 #    for copies of its decoding cache (lasad_jax.sampling.hlo_check: XLA's GPU pipeline
-#    inserts copies the CPU one does not). Rows run in order of importance (L 256 px,
-#    B 256 px, L 512 px, ...), each with LASAD's XLA step, its fused Pallas step
+#    inserts copies the CPU one does not). Sizes in order of importance (L 256 px, B 256
+#    px, L 512 px, ...), at each softmax, then LASAD with its fused Pallas step
 #    (model.decode_impl="pallas", under half the XLA step's bytes per token as compiled
-#    for an H200 by benchmarks/gpu_aot.py) and softmax; then both LASAD steps with
-#    bfloat16 column states (model.decode_state_dtype): the limit cuts the last.
-# At most 560 s in all. Files back: log.txt (the device, then every stage) and one JSON per
-# stage but pallas_tests: seven, the tool's limit being eight.
+#    for an H200 by benchmarks/gpu_aot.py), then its XLA step; then both LASAD steps with
+#    bfloat16 column states (model.decode_state_dtype). The limit cuts the last rows
+#    (384 px, bf16 states): name the stage in a later call for them.
+# Second call:
+# 6. pallas_tests (50 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
+#    device, float32 values and five gradients against the quadratic reference; and the
+#    fused decoding step's kernel against it (tests/ops/test_pallas_decode.py, head sizes).
+#    (The timed stages check every row's values themselves.)
+# 7. chunk_sweep (60 s): kernels.py, chunk size x remat policy of the XLA form,
+#    forward+backward at T = 16384 then 4096 (the data for ops.chunked's defaults on GPU).
+# 8. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
+# Files back: log.txt (the device, then every stage) and one JSON per stage but
+# pallas_tests: seven, the tool's limit being eight.
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.
 set -uo pipefail
 
 all_stages=(core train_step pallas_tests pallas tiles chunk_sweep rest sampling)
+first_call=core,train_step,pallas,tiles,sampling
 usage="usage: bash benchmarks/device_check.sh OUT_DIR [--smoke] [--stages NAME,...]"
 out=${1:?$usage}
 shift
@@ -73,6 +82,8 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+# Without --stages: the first call's stages on a device, every stage with --smoke.
+if [[ -z $only && -z $smoke ]]; then only=$first_call; fi
 py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -85,26 +96,27 @@ rest=(--ops lasad_chunked softmax --modes fwd_bwd)
 if [[ -n $smoke ]]; then
     limits=(240 240 120 240 120 240 240 120)
     tests=(-k "other_variants or auto_does_not")
-    core+=(--smoke)
+    core+=(--smoke --check_tokens 16)  # T = 64 takes the long-sequence check
     pallas+=(--smoke)
     sweep+=(--smoke --tokens 64 --chunk_sizes 16 32)
     rest+=(--smoke --shapes 2:16 --tokens 16)
-    train=(--smoke)
+    train=(--smoke --pallas)
     tiles=(--smoke)
     sampling_args=(--smoke --decode_impls xla pallas)
 else
-    limits=(90 110 50 60 25 20 25 180)
+    limits=(80 170 50 50 20 60 25 240)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
     core+=(--batch 1 --dims 64 "${timing[@]}")
     pallas+=(--batch 1 --dims 64 --tokens 4096 16384 256 1024 --chunk_sizes 1024 2048 4096
              "${timing[@]}")
-    sweep+=(--batch 1 --dims 64 --tokens 4096 16384 --chunk_sizes 256 512 1024 2048
+    sweep+=(--batch 1 --dims 64 --tokens 16384 4096 --chunk_sizes 512 1024 2048
             "${timing[@]}")
     rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
     train=(--steps 5 --min_seconds 1 --pallas)
     tiles=()
-    sampling_args=(--repeats 2 --state_dtypes float32 bfloat16 --decode_impls xla pallas)
+    sampling_args=(--repeats 3 --quarter_repeats 1 --state_dtypes float32 bfloat16
+                   --decode_impls pallas xla)
 fi
 
 failed=0
@@ -112,7 +124,7 @@ stage() {  # stage NAME LIMIT CMD...: runs CMD with a time limit, appends to $ou
     local name=$1 limit=$2 rc
     shift 2
     if [[ -n $only && ",$only," != *",$name,"* ]]; then
-        echo "== $name: skipped (--stages $only)" | tee -a "$out/log.txt"
+        echo "== $name: skipped (this call runs $only)" | tee -a "$out/log.txt"
         return
     fi
     echo "== $name: $* (limit ${limit}s, $(date -u +%T))" | tee -a "$out/log.txt"

@@ -106,13 +106,21 @@ def softmax_fn(impl: str | None):
 
 
 def check_fn(width: int, tokens: int, check_tokens: int):
-    """The float32 form a row is checked against, and its name."""
+    """The float32 form a row is checked against, and its name. Its matmuls run at the
+    highest precision: a GPU's default runs float32 dots in TF32, whose own error would
+    join the checked kernel's."""
+    def highest(fn):
+        def run(*args):
+            with jax.default_matmul_precision("highest"):
+                return fn(*args)
+        return run
+
     if tokens <= check_tokens:
-        return (lambda q, k, v, row, col: masked_attention(
+        return highest(lambda q, k, v, row, col: masked_attention(
             "lasad", q, k, v, width=width, num_prefix=0, log_row=jnp.log(row),
             log_col=jnp.log(col))), "reference"
     c = 2 * chunked.defaults().chunk_size
-    return (lambda q, k, v, row, col: chunked.chunked_attention(
+    return highest(lambda q, k, v, row, col: chunked.chunked_attention(
         "lasad", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
         width=width, num_prefix=0, log_row=jnp.log(row), log_col=jnp.log(col),
         chunk_size=c)), f"chunked float32, C={c}"

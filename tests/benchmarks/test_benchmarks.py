@@ -167,7 +167,12 @@ def test_device_check_script_runs_every_stage(tmp_path):
     tiles = json.loads((tmp_path / "kernels_tiles_cpu.json").read_text())
     assert tiles["complete"] and [r["status"] for r in tiles["rows"]] == ["ok", "ok"]
     train = json.loads((tmp_path / "train_step_cpu.json").read_text())
-    assert {r["mixer"] for r in train["rows"]} == {"lasad", "softmax"}
+    # Size by size: softmax, then LASAD with the Pallas kernels, then with impl="auto".
+    assert [(r["mixer"], r["impl"]) for r in train["rows"]] == [
+        ("softmax", "auto"), ("lasad", "pallas"), ("lasad", "auto")]
+    # Beyond --check_tokens a row is checked against the float32 chunked form.
+    long = [r for r in core["rows"] if r["op"] == "lasad_chunked" and r["tokens"] == 64]
+    assert long and all(r["check"].startswith("chunked float32") for r in long)
     for args, says in ((["--fast"], "--smoke"), (["--stages", "core,pallass"], "pallass"),
                        (["--stages"], "comma-separated")):
         bad = subprocess.run(["bash", str(script), str(tmp_path / "bad"), *args], cwd=ROOT,
@@ -188,6 +193,20 @@ def test_device_check_script_runs_every_stage(tmp_path):
         lint = subprocess.run(["shellcheck", "--severity=style", str(script)],
                               capture_output=True, text=True, timeout=60)
         assert lint.returncode == 0, lint.stdout
+
+
+def test_device_check_first_call_fits_one_device_call():
+    """Without --stages the script runs the stages that decide the code and the targets,
+    within one call of the device tool (600 s, some left for the script's own start);
+    the rest fit a second call."""
+    text = (ROOT / "benchmarks" / "device_check.sh").read_text()
+    stages = text.split("all_stages=(")[1].split(")")[0].split()
+    first = text.split("first_call=")[1].split()[0].split(",")
+    limits = [int(x) for x in text.split("    limits=(")[2].split(")")[0].split()]
+    by_stage = dict(zip(stages, limits))
+    assert first == ["core", "train_step", "pallas", "tiles", "sampling"]
+    assert sum(by_stage[s] for s in first) <= 570
+    assert sum(by_stage[s] for s in stages if s not in first) <= 570
 
 
 @pytest.mark.slow

@@ -52,8 +52,8 @@ def test_sampling_state_dtypes_add_bfloat16_state_rows(tmp_path):
     result = sampling.main(tiny + ["--grids", "4", "--quarters", "--state_dtypes", "float32",
                                    "bfloat16", "--out", str(tmp_path / "s.json")])
     order = [(r["mixer"], r["state_dtype"]) for r in result["rows"]]
-    assert order == [("lasad", "float32"), ("softmax", "float32"), ("lasad", "bfloat16")]
-    f32, bf16 = result["rows"][0], result["rows"][2]
+    assert order == [("softmax", "float32"), ("lasad", "float32"), ("lasad", "bfloat16")]
+    f32, bf16 = result["rows"][1], result["rows"][2]
     layers, rows, heads, w, d = 2, 4, 2, 4, 16
     cols = layers * rows * heads * w * d * d
     assert f32["state_bytes"] - bf16["state_bytes"] == 2 * cols  # 4 -> 2 bytes each
@@ -68,12 +68,17 @@ def test_sampling_decode_impls_add_fused_step_rows(tmp_path):
     checks the GPU program)."""
     import sampling
 
-    result = sampling.main(sampling.SMOKE + ["--grids", "4", "--quarters", "--decode_impls",
-                                             "xla", "pallas", "--out", str(tmp_path / "s.json")])
+    result = sampling.main(sampling.SMOKE + ["--grids", "4", "--decode_impls", "pallas", "xla",
+                                             "--out", str(tmp_path / "s.json")])
     order = [(r["mixer"], r["decode_impl"]) for r in result["rows"]]
-    assert order == [("lasad", "xla"), ("lasad", "pallas"), ("softmax", "auto")]
+    assert order == [("softmax", "auto"), ("lasad", "pallas"), ("lasad", "xla")]
     assert [r.get("hlo_problems") for r in result["rows"]] == [[], None, []]
-    assert [v["decode_impl"] for v in result["verdict"]] == ["xla", "pallas"]
+    assert [v["decode_impl"] for v in result["verdict"]] == ["pallas", "xla"]
+    # The quarters are measured once per size, on its first LASAD row; every LASAD row's
+    # verdict carries that ratio.
+    assert ["quarter_ratio" in r for r in result["rows"]] == [False, True, False]
+    ratio = result["rows"][1]["quarter_ratio"]
+    assert [v["quarter_ratio"] for v in result["verdict"]] == [ratio, ratio]
 
 
 def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):
@@ -98,8 +103,12 @@ def test_sampling_verdict_applies_the_targets():
                                      (24, "softmax", 1.0, {})]]
     got = {v["grid"]: v for v in sampling.verdict(rows)}
     assert got[16]["met"] and got[16]["speedup"] == pytest.approx(10 / 9)
-    assert not got[32]["met"]  # 1.67x < 2x
-    assert not got[24]["met"]  # 10x, but the last quarter is 1.3x slower than the first
+    assert got[32]["met"] is False  # 1.67x < 2x
+    assert got[24]["met"] is False  # 10x, but the last quarter is 1.3x slower than the first
+    # A size whose quarters were not measured (a time limit) is not called met.
+    unmeasured = [{k: v for k, v in r.items() if k != "quarter_ratio"} for r in rows[:2]]
+    (entry,) = sampling.verdict(unmeasured)
+    assert entry["met"] is None and entry["speedup"] == pytest.approx(10 / 9)
 
 
 @pytest.mark.slow
