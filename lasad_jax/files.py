@@ -105,25 +105,26 @@ def _remote_errors() -> tuple[type[BaseException], ...]:
     return (tf.errors.OpError,)
 
 
-def exists(path: str | os.PathLike) -> bool:
-    """Whether `path` (local or a supported URL) exists; a remote lookup that fails
-    (credentials, network) raises `RemoteError`."""
+def _lookup(path: str | os.PathLike, local: Callable[[str], bool], remote: str) -> bool:
+    """`local(path)`, or for a supported URL tf.io.gfile's `remote` query; a remote lookup
+    that fails (credentials, network) raises `RemoteError`."""
+    path = os.fspath(path)
     if not is_remote(path):
-        return os.path.exists(path)
+        return local(path)
     try:
-        return tf_gfile().exists(os.fspath(path))
+        return getattr(tf_gfile(), remote)(path)
     except _remote_errors() as err:
-        raise _remote_failure(err, os.fspath(path), "look up") from err
+        raise _remote_failure(err, path, "look up") from err
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether `path` (local or a supported URL) exists."""
+    return _lookup(path, os.path.exists, "exists")
 
 
 def isdir(path: str | os.PathLike) -> bool:
-    """Whether `path` (local or a supported URL) is a directory, as `exists`."""
-    if not is_remote(path):
-        return os.path.isdir(path)
-    try:
-        return tf_gfile().isdir(os.fspath(path))
-    except _remote_errors() as err:
-        raise _remote_failure(err, os.fspath(path), "look up") from err
+    """Whether `path` (local or a supported URL) is a directory."""
+    return _lookup(path, os.path.isdir, "isdir")
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
