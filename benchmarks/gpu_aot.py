@@ -58,6 +58,9 @@ DECODE_ROWS = (("lasad", "float32", "xla"), ("lasad", "bfloat16", "xla"),
                ("lasad", "float32", "pallas"), ("lasad", "bfloat16", "pallas"),
                ("softmax", "float32", "auto"))
 TARGET = os.path.join(os.path.dirname(__file__), "gpu_targets", "h200.txtpb")
+# The share of device memory JAX's allocator takes in benchmarks/device_check.sh
+# (XLA_PYTHON_CLIENT_MEM_FRACTION there; JAX's own default is 0.75).
+MEMORY_FRACTION = 0.9
 
 
 def gpu_device(target: str):
@@ -82,13 +85,30 @@ def gpu_device(target: str):
     return device
 
 
-def bandwidth(target: str) -> float:
-    """HBM bytes per second, from the target config."""
+def target_figure(target: str, field: str) -> float:
+    """A number from the target config: `memory_bandwidth` (HBM bytes per second) or
+    `device_memory_size` (bytes)."""
     with open(target) as f:
         for line in f:
-            if line.strip().startswith("memory_bandwidth:"):
+            if line.strip().startswith(field + ":"):
                 return float(line.split(":")[1])
-    raise ValueError(f"{target} gives no memory_bandwidth")
+    raise ValueError(f"{target} gives no {field}")
+
+
+def memory_row(compiled, usable: float) -> dict:
+    """The program's peak device memory (arguments + outputs + temporaries, aliased
+    outputs once: `generation.memory_figures`) and whether it fits in `usable` bytes, the
+    share of the device's memory that JAX's allocator takes (device_check.sh sets it)."""
+    from generation import memory_figures
+
+    figures = memory_figures(compiled)
+    peak = figures["peak_bytes"]
+    return dict(temp_bytes=figures["temp_size_in_bytes"], peak_bytes=peak,
+                fits=None if peak is None else peak <= usable)
+
+
+def gb(n: int | None) -> float:
+    return math.nan if n is None else n / 1e9
 
 
 def abstract(tree, device):
@@ -123,7 +143,7 @@ def _save(hlo_dir: str | None, name: str, text: str) -> None:
 
 
 def decode_row(device, preset: str, grid: int, mixer: str, state_dtype: str, decode_impl: str,
-               batch: int, bw: float, hlo_dir: str | None = None) -> dict:
+               batch: int, bw: float, usable: float, hlo_dir: str | None = None) -> dict:
     from flax import nnx
 
     from lasad_jax.models import LASADGen, ModelConfig
@@ -161,10 +181,10 @@ def decode_row(device, preset: str, grid: int, mixer: str, state_dtype: str, dec
                 launches_per_token=step["launches"], bytes_by_kind=step["bytes_by_kind"],
                 floor_ms_per_token=1e3 * step["bytes"] / bw,
                 ceiling_images_per_s=batch / floor_s,
-                state_bytes=tree_bytes(cache))
+                state_bytes=tree_bytes(cache), **memory_row(compiled, usable))
 
 
-def ops_row(device, tokens: int, impl: str, chunk: int, bw: float,
+def ops_row(device, tokens: int, impl: str, chunk: int, bw: float, usable: float,
             hlo_dir: str | None = None) -> dict:
     """Forward+backward of `lasad` as benchmarks/kernels.py times it on a GPU (its
     `lasad_fn` and `op_scaling.programs`), compiled for the device."""
@@ -184,14 +204,13 @@ def ops_row(device, tokens: int, impl: str, chunk: int, bw: float,
     compile_s = time.perf_counter() - t0
     _save(hlo_dir, f"ops_{tokens}_{impl}_{chunk}", compiled.as_text())
     total = summary(traffic(compiled.as_text()))
-    memory = compiled.memory_analysis()
     return dict(tokens=tokens, impl=impl, chunk_size=chunk, batch=1, heads=heads, head_dim=d,
                 compile_s=compile_s, bytes=total["bytes"], launches=total["launches"],
                 bytes_by_kind=total["bytes_by_kind"], floor_ms=1e3 * total["bytes"] / bw,
-                temp_bytes=getattr(memory, "temp_size_in_bytes", None))
+                **memory_row(compiled, usable))
 
 
-def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float,
+def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float, usable: float,
               hlo_dir: str | None = None) -> dict:
     """One jitted training step of LASADGen-L as benchmarks/train_step.py builds it (the
     trainer's step, AdamW, EMA, bf16), compiled for the device."""
@@ -220,16 +239,19 @@ def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float,
     text = compiled.as_text()
     _save(hlo_dir, f"train_{mixer}_{impl}_{grid}_{batch}", text)
     total = summary(traffic(text))
-    memory = compiled.memory_analysis()
     return dict(mixer=mixer, impl=impl, grid=grid, pixels=16 * grid, batch=batch,
                 compile_s=compile_s, bytes=total["bytes"], launches=total["launches"],
                 floor_ms=1e3 * total["bytes"] / bw, cudnn_attention="__cudnn$fmha" in text,
-                temp_bytes=getattr(memory, "temp_size_in_bytes", None))
+                **memory_row(compiled, usable))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default=TARGET, help="GpuTargetConfigProto text file")
+    p.add_argument("--memory_fraction", type=float, default=MEMORY_FRACTION,
+                   help="share of the device's memory JAX's allocator takes "
+                        "(XLA_PYTHON_CLIENT_MEM_FRACTION; benchmarks/device_check.sh sets "
+                        f"{MEMORY_FRACTION}): a row whose peak exceeds it is reported")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated, from {STAGES}")
     p.add_argument("--presets", nargs="+", default=["B", "L"])
@@ -246,22 +268,36 @@ def main() -> None:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         sys.exit(f"--stages: unknown {bad}; valid: {', '.join(STAGES)}")
+    if not 0 < args.memory_fraction <= 1:
+        sys.exit(f"--memory_fraction must be in (0, 1], got {args.memory_fraction}")
     device = gpu_device(args.target)
-    bw = bandwidth(args.target)
+    bw = target_figure(args.target, "memory_bandwidth")
+    usable = args.memory_fraction * target_figure(args.target, "device_memory_size")
     result = dict(info=run_info(compiled_for=device.device_kind,
                                 target=os.path.relpath(args.target),
-                                hbm_bytes_per_s=bw, note="compiled only: bytes and "
-                                "launches of the GPU program, no timings"),
+                                hbm_bytes_per_s=bw, usable_bytes=usable,
+                                memory_fraction=args.memory_fraction,
+                                note="compiled only: bytes and launches of the GPU program, "
+                                     "its peak memory, no timings"),
                   decode=[], ops=[], train=[])
     problems = 0
+    too_big = []
+
+    def fit(row: dict, label: str) -> str:
+        if row["fits"] is False:
+            too_big.append(label)
+        return {True: "", False: "  DOES NOT FIT", None: "  (no memory analysis)"}[row["fits"]]
+
+    print(f"usable device memory: {usable / 1e9:.1f} GB ({args.memory_fraction} of "
+          f"{os.path.basename(args.target)}'s)")
     if "decode" in stages:
         print(f"{'row':30s} {'GB/token':>9s} {'launches':>9s} {'floor ms/tok':>12s} "
-              f"{'img/s ceiling':>13s}  hlo check")
+              f"{'img/s ceiling':>13s} {'peak GB':>8s}  hlo check")
         for grid in args.grids:
             for preset in args.presets:
                 for mixer, sd, impl in DECODE_ROWS:
                     row = decode_row(device, preset, grid, mixer, sd, impl, args.batch, bw,
-                                     args.hlo_dir)
+                                     usable, args.hlo_dir)
                     result["decode"].append(row)
                     problems += len(row["hlo_problems"])
                     label = f"{preset} {16 * grid}px {mixer}" + (
@@ -270,11 +306,12 @@ def main() -> None:
                     check = "ok" if not found else f"{len(found)} problems, e.g. {found[0][:150]}"
                     print(f"{label:30s} {row['bytes_per_token'] / 1e9:9.3f} "
                           f"{row['launches_per_token']:9d} {row['floor_ms_per_token']:12.3f} "
-                          f"{row['ceiling_images_per_s']:13.1f}  {check}", flush=True)
+                          f"{row['ceiling_images_per_s']:13.1f} {gb(row['peak_bytes']):8.2f}  "
+                          f"{check}{fit(row, 'decode ' + label)}", flush=True)
                     write_json(args.out, result, quiet=True)
     if "ops" in stages:
         print(f"\n{'T':>6s} {'impl':8s} {'chunk':>6s} {'GB':>8s} {'launches':>9s} "
-              f"{'floor ms':>9s} {'temp GB':>8s}")
+              f"{'floor ms':>9s} {'temp GB':>8s} {'peak GB':>8s}")
         for tokens in args.tokens:
             for impl in ("chunked", "pallas"):
                 done = False
@@ -282,30 +319,37 @@ def main() -> None:
                     if done:
                         break
                     done = chunk >= tokens  # longer chunks compile the same program
-                    row = ops_row(device, tokens, impl, chunk, bw, args.hlo_dir)
+                    row = ops_row(device, tokens, impl, chunk, bw, usable, args.hlo_dir)
                     result["ops"].append(row)
-                    temp = row["temp_bytes"] / 1e9 if row["temp_bytes"] is not None else math.nan
                     print(f"{tokens:6d} {impl:8s} {chunk:6d} {row['bytes'] / 1e9:8.3f} "
-                          f"{row['launches']:9d} {row['floor_ms']:9.3f} {temp:8.2f}",
-                          flush=True)
+                          f"{row['launches']:9d} {row['floor_ms']:9.3f} "
+                          f"{gb(row['temp_bytes']):8.2f} {gb(row['peak_bytes']):8.2f}"
+                          f"{fit(row, f'ops T={tokens} {impl} chunk {chunk}')}", flush=True)
                     write_json(args.out, result, quiet=True)
     if "train" in stages:
         print(f"\n{'LASADGen-L step':30s} {'GB':>8s} {'launches':>9s} {'floor ms':>9s} "
-              f"{'temp GB':>8s}  attention")
+              f"{'temp GB':>8s} {'peak GB':>8s}  attention")
         for grid, batch in ((16, 64), (32, 16)):
             for mixer, impl in (("lasad", "auto"), ("lasad", "pallas"), ("softmax", "auto")):
-                row = train_row(device, mixer, impl, grid, batch, bw, args.hlo_dir)
+                row = train_row(device, mixer, impl, grid, batch, bw, usable, args.hlo_dir)
                 result["train"].append(row)
                 label = f"{16 * grid}px/{batch} {mixer}" + (f" {impl}" if mixer == "lasad" else "")
                 attention = ("cuDNN" if row["cudnn_attention"] else "XLA") if mixer == "softmax" \
                     else ""
                 print(f"{label:30s} {row['bytes'] / 1e9:8.1f} {row['launches']:9d} "
-                      f"{row['floor_ms']:9.1f} {row['temp_bytes'] / 1e9:8.1f}  {attention}",
-                      flush=True)
+                      f"{row['floor_ms']:9.1f} {gb(row['temp_bytes']):8.1f} "
+                      f"{gb(row['peak_bytes']):8.1f}  {attention}"
+                      f"{fit(row, 'train ' + label)}", flush=True)
                 write_json(args.out, result, quiet=True)
     write_json(args.out, result)
+    failures = []
     if problems:
-        sys.exit(f"{problems} HLO check problem(s) in the GPU-compiled sampler (see above)")
+        failures.append(f"{problems} HLO check problem(s) in the GPU-compiled sampler")
+    if too_big:
+        failures.append(f"{len(too_big)} program(s) larger than the usable "
+                        f"{usable / 1e9:.1f} GB: {', '.join(too_big)}")
+    if failures:
+        sys.exit("; ".join(failures) + " (see above)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from lasad_jax.ops.decode import rms_normalize
 from lasad_jax.ops.platform import target_platform
 from lasad_jax.models.config import ModelConfig
 from lasad_jax.models.layers import linear, rope_2d
+from lasad_jax.parallel.rules import per_shard
 
 _FEATURE_MAPS = {
     "identity": lambda x: x,
@@ -29,6 +30,8 @@ _FEATURE_MAPS = {
     "elu1": lambda x: jax.nn.elu(x) + 1.0,
     "relu": jax.nn.relu,
 }
+# Logical axes of the operator's q, k, v and output, `[B, T, heads, D]`.
+_TOKENS = ("batch", None, "heads", None)
 
 
 def initial_decays(heads: int, lo: float, hi: float) -> jax.Array:
@@ -123,7 +126,17 @@ class LinearAttentionMixer(nnx.Module):
         width = {"width": cfg.grid[1]} if cfg.mixer in ("lasad", "lasad_row") else {}
         fn = {"lasad": ops.lasad_attention, "lasad_row": ops.lasad_row_attention,
               "linear_1d": ops.linear_1d_attention, "linear": ops.linear_attention}[cfg.mixer]
-        return self._output(fn(q, k, v, **width, **self._decays(), **common), x)
+        decays = self._decays()
+        names = tuple(decays)
+
+        def attend(q, k, v, *decay_values):
+            return fn(q, k, v, **width, **dict(zip(names, decay_values)), **common)
+
+        # Per shard under a mesh: batch rows and heads are independent, and XLA cannot
+        # split the operator's Pallas kernels itself (`parallel.rules.per_shard`).
+        o = per_shard(attend, (_TOKENS,) * 3 + (("heads",),) * len(names), _TOKENS)(
+            q, k, v, *decays.values())
+        return self._output(o, x)
 
     # -- decoding form
 

@@ -11,7 +11,7 @@ before a run starts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
@@ -94,6 +94,35 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, spec_for(names, x.shape, dict(mesh.shape)))
+
+
+def per_shard(fn: Callable[..., jax.Array], in_names: Sequence[Sequence[str | None]],
+              out_names: Sequence[str | None]) -> Callable[..., jax.Array]:
+    """`fn` run on each device's own shards (`jax.shard_map`) inside a jitted program run
+    under `jax.set_mesh(mesh)`, its arguments and result split by logical names; `fn`
+    itself without a mesh, or on a mesh of one device.
+
+    For a computation that is independent along the split axes (the token mixer's
+    operator: every batch row and head on its own) and that XLA's partitioner cannot
+    split: a Pallas kernel is a custom call, which Mosaic refuses to partition on TPU and
+    which the GPU partitioner could only run whole on every device. Inside, `fn` sees
+    shard shapes; an axis the rules leave whole (a size the mesh axis does not divide) is
+    given whole to every device, which then all compute the same thing."""
+
+    def run(*args: jax.Array) -> jax.Array:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or mesh.size == 1:
+            return fn(*args)
+        if len(args) != len(in_names):
+            raise ValueError(f"per_shard: {len(args)} arguments, {len(in_names)} in_names")
+        shape = dict(mesh.shape)
+        in_specs = tuple(spec_for(n, a.shape, shape) for n, a in zip(in_names, args))
+        out_spec = spec_for(out_names, jax.eval_shape(fn, *args).shape, shape)
+        # check_vma=False: Pallas calls carry no varying-axes information to check.
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_spec,
+                             check_vma=False)(*args)
+
+    return run
 
 
 def describe(mesh: Mesh) -> str:

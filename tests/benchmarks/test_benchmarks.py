@@ -138,6 +138,7 @@ def test_device_check_script_runs_every_stage(tmp_path):
     leaves its log and JSON (at most 8 files, the device tool's limit on what comes back)."""
     script = ROOT / "benchmarks" / "device_check.sh"
     env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
     proc = subprocess.run(["bash", str(script), str(tmp_path), "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -152,7 +153,12 @@ def test_device_check_script_runs_every_stage(tmp_path):
     assert files == ["kernels_core_cpu.json", "kernels_pallas_cpu.json", "kernels_rest_cpu.json",
                      "kernels_sweep_cpu.json", "kernels_tiles_cpu.json", "log.txt",
                      "sampling_cpu.json", "train_step_cpu.json"]
-    assert "jax backend, version, devices: cpu" in (tmp_path / "log.txt").read_text()
+    log = (tmp_path / "log.txt").read_text()
+    assert "jax backend, version, devices: cpu" in log
+    # The allocator's share that gpu_aot.py checks every compiled program against.
+    import gpu_aot
+
+    assert f"XLA_PYTHON_CLIENT_MEM_FRACTION={gpu_aot.MEMORY_FRACTION}\n" in log
     core = json.loads((tmp_path / "kernels_core_cpu.json").read_text())
     assert core["complete"] and {r["op"] for r in core["rows"]} == {"softmax", "lasad_chunked"}
     assert all(r["status"] == "ok" for r in core["rows"])

@@ -185,3 +185,59 @@ def test_fused_decode_kernel_bytes():
                                                 [state, ring, ring, o], shapes)
     assert read == at + state // w + 2 * ring + packed
     assert written == state // w + 2 * rows * d * 2 + o
+
+
+def test_gpu_aot_peak_memory_counts_a_donated_buffer_once():
+    """gpu_aot's peak: arguments + outputs + temporaries, an output written into a donated
+    argument counted once; a row fits when that peak is at most the usable bytes."""
+    import gpu_aot
+
+    x = jnp.zeros((256, 1024), jnp.float32)  # 1 MiB
+    donated = jax.jit(lambda a: a * 2.0, donate_argnums=0).lower(x).compile()
+    kept = jax.jit(lambda a: a * 2.0).lower(x).compile()
+    one = x.size * 4
+    row = gpu_aot.memory_row(donated, usable=one)
+    assert row["peak_bytes"] - row["temp_bytes"] == one and row["fits"] is True
+    row = gpu_aot.memory_row(kept, usable=one)
+    assert row["peak_bytes"] - row["temp_bytes"] == 2 * one and row["fits"] is False
+
+
+def test_gpu_aot_rejects_a_bad_memory_fraction(tmp_path):
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_aot.py"
+    for bad in ("0", "1.5"):
+        run = subprocess.run([sys.executable, str(script), "--memory_fraction", bad,
+                              "--out", str(tmp_path / "aot.json")],
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                             text=True)
+        assert run.returncode == 1 and "--memory_fraction must be in (0, 1]" in run.stderr
+
+
+def test_tpu_aot_says_what_it_needs(tmp_path):
+    """Without libtpu (CI), benchmarks/tpu_aot.py stops with one line naming the package;
+    bad stages and mixers are refused naming the valid ones; nothing is written."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "tpu_aot.py"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "aot.json"
+    for argv, message in ((["--stages", "train,fast"], "valid: train, sample, ops"),
+                          (["--mixers", "mamba"], "valid: lasad, softmax")):
+        bad = subprocess.run([sys.executable, str(script), *argv, "--out", str(out)], env=env,
+                             capture_output=True, text=True)
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr[-500:]
+    if importlib.util.find_spec("libtpu") is not None:
+        pytest.skip("libtpu is installed here: tpu_aot.py would compile")
+    run = subprocess.run([sys.executable, str(script), "--out", str(out)], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "jax[tpu]" in run.stderr and not out.exists()
+
+
+def test_tpu_aot_reads_the_trainers_config():
+    """The train rows use the config file's model, mesh, batch and recipe, parsed by the
+    same typed blocks as the trainer (configs/imagenet256.py: LASADGen-L, bf16, FSDP)."""
+    import tpu_aot
+
+    mesh, fields, batch, optimizer, train = tpu_aot.run_settings(tpu_aot.CONFIG)
+    assert (mesh.data, mesh.fsdp, mesh.tensor) == (1, -1, 1) and batch == 256
+    model = tpu_aot.model_config(fields, 32, mixer="softmax")
+    assert (model.num_layers, model.dim, model.dtype) == (24, 1024, "bfloat16")
+    assert model.grid == (32, 32) and model.mixer == "softmax" and model.vocab_size == 16384
+    assert (optimizer.b2, train.class_dropout) == (0.95, 0.1)

@@ -177,3 +177,18 @@ def test_sharded_sampling_draws_the_same_images(measured):
     sampling = measured["sampling"]
     assert sampling["distinct_tokens"] > 5  # not a degenerate model
     assert sampling["8x1x1"] == sampling["2x4x1"] == sampling["2x2x2"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_pallas_kernels_run_per_shard_on_a_mesh(measured):
+    """`impl="pallas"` on a 2x2x2 mesh equals one device (interpreted on CPU), and the
+    same program lowers for TPU: without `parallel.rules.per_shard` Mosaic refuses it
+    ("Mosaic kernels cannot be automatically partitioned")."""
+    r = measured["pallas_mesh"]
+    assert r["tpu_lowering"]["error"] is None, r["tpu_lowering"]["error"]
+    assert r["tpu_lowering"]["kernels"] >= 3  # forward, and the backward's kernels
+    assert r["output"] < 1e-5
+    assert {"['row_logit'].value", "['col_logit'].value", "['qkv']['kernel'].value"} <= set(
+        r["grads"])
+    assert max(r["grads"].values()) < 1e-5, r["grads"]

@@ -156,8 +156,62 @@ def sampling_checks(out: dict) -> None:
     out["sampling"]["distinct_tokens"] = int(len(np.unique(single)))
 
 
+def pallas_checks(out: dict) -> None:
+    """The LASAD mixer with `impl="pallas"` (Pallas' interpreter on CPU) on a 2x2x2 mesh:
+    output and every gradient against one device, and whether the same program lowers
+    for TPU, where Mosaic refuses a kernel XLA's partitioner would have to split
+    (`parallel.rules.per_shard` runs it per shard instead)."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    import lasad_jax.ops.pallas as ops_pallas
+    from lasad_jax.models import ModelConfig
+    from lasad_jax.models.mixers import make_mixer
+
+    cfg = ModelConfig(vocab_size=16, num_classes=4, grid=(5, 6), num_layers=1, num_heads=4,
+                      dim=64, gate_rank=16, mixer="lasad", impl="pallas", chunk_size=12)
+    graphdef, state = nnx.split(make_mixer(cfg, jnp.float32, nnx.Rngs(0)))
+    state = noisy(state, 5, 0.2)  # decays and gates away from their symmetric start
+    x = jax.random.normal(jax.random.key(1), (4, cfg.num_tokens, cfg.dim))
+    slots = jnp.arange(cfg.num_tokens)
+
+    def loss(state, x):
+        y = nnx.merge(graphdef, state)(x, slots)
+        return jnp.sum(y * jnp.cos(y)), y
+
+    fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, y1), g1 = fn(state, x)
+    mesh = mesh_of((2, 2, 2))
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+        (_, y2), g2 = fn(state, xs)
+
+        def rel(a, b):
+            return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+
+        out["pallas_mesh"] = {
+            "output": rel(y1, y2),
+            "grads": {jax.tree_util.keystr(p): rel(a, b) for (p, a), b in zip(
+                jax.tree_util.tree_flatten_with_path(g1)[0], jax.tree.leaves(g2))}}
+        choose = ops_pallas.target_platform
+        ops_pallas.target_platform = lambda: "tpu"  # lower the Mosaic kernels, not the interpreter
+        try:
+            shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+            x_shape = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=xs.sharding)
+            fresh = jax.jit(jax.value_and_grad(loss, has_aux=True))  # not yet run on CPU
+            text = fresh.trace(shapes, x_shape).lower(lowering_platforms=("tpu",)).as_text()
+            out["pallas_mesh"]["tpu_lowering"] = {"kernels": text.count("tpu_custom_call"),
+                                                  "error": None}
+        except Exception as err:  # what Mosaic says of a kernel left to the partitioner
+            out["pallas_mesh"]["tpu_lowering"] = {"kernels": 0,
+                                                  "error": f"{type(err).__name__}: {err}"[:300]}
+        finally:
+            ops_pallas.target_platform = choose
+
+
 def main(path: str) -> None:
     out: dict = {"devices": jax.device_count()}
+    pallas_checks(out)
     one_step_checks(out)
     sampling_checks(out)
     with tempfile.TemporaryDirectory() as tmp:
