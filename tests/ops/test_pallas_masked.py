@@ -184,3 +184,59 @@ def test_triton_launch_settings_reach_every_kernel(monkeypatch, launch):
     want = (launch.get("num_warps", 4), launch.get("num_stages", 2))
     assert [int(n) for n in re.findall(r"num_warps = (\d+) : i32", program[0])] == [want[0]] * 3
     assert [int(n) for n in re.findall(r"num_stages = (\d+) : i32", program[0])] == [want[1]] * 3
+
+
+def test_tpu_vmem_counts_double_buffered_padded_blocks():
+    """A block's VMEM: twice its bytes, the last side padded to 128 lanes and the one
+    before to 8 rows of 32 bits (16 of bf16); squeezed sides count 1."""
+    from jax.experimental import pallas as pl
+
+    from lasad_jax.ops.pallas.masked import tpu_vmem_bytes
+
+    whole = pl.BlockSpec((None, None, 16384, 64), lambda b, h, n: (b, h, 0, 0))
+    tile = pl.BlockSpec((None, None, 20, 128), lambda b, h, n: (b, h, n, 0))
+    k = jax.ShapeDtypeStruct((1, 16, 16384, 64), jnp.bfloat16)
+    o = jax.ShapeDtypeStruct((1, 16, 16384, 128), jnp.float32)
+    assert tpu_vmem_bytes([whole], [k]) == 2 * 16384 * 128 * 2
+    assert tpu_vmem_bytes([tile], [o]) == 2 * 24 * 128 * 4
+    assert tpu_vmem_bytes([tile], [k]) == 2 * 32 * 128 * 2
+
+
+def test_long_tpu_sequences_raise_mosaics_vmem_limit(monkeypatch):
+    """The intra-chunk kernel holds the whole sequence's keys and values: at T = 16385,
+    D = 64 they overflow Mosaic's 16 MiB default (the program did not compile for a v5e,
+    benchmarks/tpu_aot.py), so `call` asks for more; short sequences keep the default."""
+    from lasad_jax.ops.pallas import masked
+
+    given = []
+    make = masked.compiler_params
+
+    def spy(*args, **kwargs):
+        params = make(*args, **kwargs)
+        given.append(params.vmem_limit_bytes)
+        return params
+
+    monkeypatch.setattr(masked, "compiler_params", spy)
+    for tokens, width in ((1 + 128 * 128, 128), (1 + 16 * 16, 16)):
+        q = jax.ShapeDtypeStruct((1, tokens, 1, 64), jnp.bfloat16)
+        log = jax.ShapeDtypeStruct((1,), jnp.float32)
+
+        def f(q, k, v, lr, lc, width=width):
+            return masked.intra_attention(q, k, v, width=width, log_row=lr, log_col=lc,
+                                          num_prefix=1, rows_per_chunk=8, backend="tpu")
+
+        given.clear()
+        jax.jit(f).trace(q, q, q, log, log).lower(lowering_platforms=("tpu",))
+        [limit] = given
+        if tokens > 4096:
+            # Double-buffered blocks, padded to (8 or 16) x 128 tiles: keys and values
+            # 2 x 2 x 16512 x 128 x 2 bytes, the bf16 query tile 2 x 128 x 128 x 2, the
+            # float32 output tile 2 x 128 x 128 x 4, the two log decays 2 x 2 x 8 x 128 x 4;
+            # then a quarter more and 4 MiB.
+            blocks = 2 * 2 * 16512 * 128 * 2 + 2 * 128 * 128 * 2 + 2 * 128 * 128 * 4 \
+                + 2 * 2 * 8 * 128 * 4
+            assert limit == blocks * 5 // 4 + 4 * 2**20 > 16 * 2**20
+        else:
+            assert limit is None
+    assert masked.compiler_params("tpu", 3, 4, 2, 10**9).vmem_limit_bytes == \
+        masked.TPU_MAX_SCOPED_VMEM

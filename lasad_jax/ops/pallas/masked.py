@@ -86,24 +86,68 @@ class _Config:
                     rows_per_chunk=self.rows_per_chunk, prec=self.precision)
 
 
-def compiler_params(backend: str, axes: int, num_warps: int, num_stages: int):
+# Mosaic's default scoped VMEM (16 MiB), and the most `call` asks for when blocks need more
+# (a v5e has 128 MiB of VMEM; a chip with less refuses the compile, naming the kernel).
+TPU_SCOPED_VMEM = 16 * 2**20
+TPU_MAX_SCOPED_VMEM = 96 * 2**20
+
+
+def tpu_vmem_bytes(specs, arrays) -> int:
+    """VMEM the pipelined blocks of a TPU kernel take: each block of `specs` (squeezed
+    sides count 1) in its array's dtype, its last two sides padded to VMEM's tiles,
+    twice (Pallas double-buffers every block)."""
+    total = 0
+    for spec, x in zip(specs, arrays):
+        block = spec.block_shape if spec.block_shape is not None else x.shape
+        sides = [n if isinstance(n, int) else getattr(n, "block_size", 1) for n in block]
+        # VMEM tiles: 128 lanes, and 8 sublanes of 32 bits (16 rows of 16-bit values).
+        sides[-1] = _round_up(sides[-1], 128)
+        if len(sides) > 1:
+            sides[-2] = _round_up(sides[-2], 8 * max(1, 4 // x.dtype.itemsize))
+        total += 2 * math.prod(sides) * x.dtype.itemsize
+    return total
+
+
+def compiler_params(backend: str, axes: int, num_warps: int, num_stages: int,
+                    vmem_bytes: int = 0):
     """The backend's compiler parameters for a grid of `axes` parallel axes (`num_warps`,
-    `num_stages`: Triton's)."""
+    `num_stages`: Triton's; `vmem_bytes`: what the TPU kernel's blocks take).
+
+    Why the VMEM limit: kernels that walk the whole sequence inside a program (the
+    intra-chunk kernel's keys and values, `whole=True`) hold it in VMEM; at T = 16384 and
+    D = 64 (padded to 128 lanes) that is 16.12 MiB, just over Mosaic's 16 MiB default,
+    and the program did not compile for a v5e (benchmarks/tpu_aot.py). Above three
+    quarters of the default the limit is the blocks' bytes plus a quarter and 4 MiB for
+    Mosaic's own scratch, at most `TPU_MAX_SCOPED_VMEM`; below it nothing changes."""
     if backend == "tpu":
         # Every grid point writes its own output blocks: all axes can be split over cores.
-        return pltpu.CompilerParams(dimension_semantics=("parallel",) * axes)
+        limit = None
+        if vmem_bytes > TPU_SCOPED_VMEM * 3 // 4:
+            limit = min(TPU_MAX_SCOPED_VMEM, vmem_bytes * 5 // 4 + 4 * 2**20)
+        return pltpu.CompilerParams(dimension_semantics=("parallel",) * axes,
+                                    vmem_limit_bytes=limit)
     return plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
 def call(backend: str, interpret: bool, kernel, grid, in_specs, out_specs, out_shape,
          num_warps: int = 4, num_stages: int = 2):
     """`pl.pallas_call` with the backend's compiler params and interpreter (Triton's
-    launch settings default to those of `Tiles`)."""
-    return pl.pallas_call(
-        kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-        compiler_params=compiler_params(backend, len(grid), num_warps, num_stages),
-        interpret=(pltpu.InterpretParams() if backend == "tpu" else True) if interpret
-        else False)
+    launch settings default to those of `Tiles`); returns a function of the inputs."""
+    many = isinstance(out_specs, (list, tuple))
+    outs = list(out_shape) if many else [out_shape]
+
+    def run(*inputs):
+        vmem = 0
+        if backend == "tpu":
+            vmem = tpu_vmem_bytes(list(in_specs) + (list(out_specs) if many else [out_specs]),
+                                  list(inputs) + outs)
+        return pl.pallas_call(
+            kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+            compiler_params=compiler_params(backend, len(grid), num_warps, num_stages, vmem),
+            interpret=(pltpu.InterpretParams() if backend == "tpu" else True) if interpret
+            else False)(*inputs)
+
+    return run
 
 
 def _seq_spec(layout: str, block: int, depth: int, whole: bool = False) -> pl.BlockSpec:
