@@ -22,7 +22,7 @@ from lasad_jax.ops.decode import rms_normalize
 from lasad_jax.ops.platform import target_platform
 from lasad_jax.models.config import ModelConfig
 from lasad_jax.models.layers import linear, rope_2d
-from lasad_jax.parallel.rules import per_shard
+from lasad_jax.parallel.rules import batch_axes, names_along, per_shard
 
 _FEATURE_MAPS = {
     "identity": lambda x: x,
@@ -30,8 +30,10 @@ _FEATURE_MAPS = {
     "elu1": lambda x: jax.nn.elu(x) + 1.0,
     "relu": jax.nn.relu,
 }
-# Logical axes of the operator's q, k, v and output, `[B, T, heads, D]`.
+# Logical axes of the operator's q, k, v and output, `[B, T, heads, D]`, and of the
+# decoding step's, `[B, heads, D]`.
 _TOKENS = ("batch", None, "heads", None)
+_STEP = ("batch", None, None)
 
 
 def initial_decays(heads: int, lo: float, hi: float) -> jax.Array:
@@ -160,7 +162,18 @@ class LinearAttentionMixer(nnx.Module):
         # The `lasad` step applies the head norm itself (on chip in the fused kernel).
         lasad = self.cfg.mixer == "lasad"
         extra = {"impl": self.cfg.decode_impl, "norm_eps": self.cfg.norm_eps} if lasad else {}
-        o, cache = fn(cache, q, k, v, **self._decays(), num_prefix=self.cfg.num_prefix, **extra)
+        decays = self._decays()
+        names = tuple(decays)
+
+        def step(cache, q, k, v, *decay_values):
+            return fn(cache, q, k, v, **dict(zip(names, decay_values)),
+                      num_prefix=self.cfg.num_prefix, **extra)
+
+        # Per shard under a mesh, as the parallel form: the sampler splits the cache by
+        # batch only (its arrays merge batch and heads, batch-major), so heads stay whole.
+        state = names_along(batch_axes(self.init_cache, x.shape[0]), cache)
+        o, cache = per_shard(step, (state,) + (_STEP,) * 3 + ((None,),) * len(names),
+                             (_STEP, state))(cache, q, k, v, *decays.values())
         return self._output(o, x, normalized=lasad), cache
 
 

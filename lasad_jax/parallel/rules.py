@@ -12,6 +12,7 @@ before a run starts.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
@@ -96,31 +97,78 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec_for(names, x.shape, dict(mesh.shape)))
 
 
-def per_shard(fn: Callable[..., jax.Array], in_names: Sequence[Sequence[str | None]],
-              out_names: Sequence[str | None]) -> Callable[..., jax.Array]:
+Names = tuple  # logical names of one array's axes, e.g. ("batch", None, "heads", None)
+
+
+def _is_names(x: Any) -> bool:
+    return isinstance(x, tuple) and not hasattr(x, "_fields") and all(
+        n is None or isinstance(n, str) for n in x)
+
+
+def batch_axes(make: Callable[[int], Any], batch: int) -> Any:
+    """The batch axis of every array `make(batch)` returns (-1 for arrays without one),
+    found by comparing its shapes with `make(batch + 1)` (nothing is computed). For
+    pytrees such as decoding caches, whose arrays put the batch on different axes (or
+    merge it with the heads, batch-major)."""
+    small = jax.eval_shape(lambda: make(batch))
+    large = jax.eval_shape(lambda: make(batch + 1))
+
+    def axis(a, b):
+        return next((i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n), -1)
+
+    return jax.tree.map(axis, small, large)
+
+
+def names_along(axes: Any, tree: Any, name: str = "batch") -> Any:
+    """Logical names for every array of `tree`: `name` on the axis `axes` gives (from
+    `batch_axes`), nothing elsewhere."""
+    return jax.tree.map(lambda a, x: tuple(name if i == a else None for i in range(x.ndim)),
+                        axes, tree)
+
+
+def per_shard(fn: Callable[..., Any], in_names: Sequence[Any], out_names: Any
+              ) -> Callable[..., Any]:
     """`fn` run on each device's own shards (`jax.shard_map`) inside a jitted program run
-    under `jax.set_mesh(mesh)`, its arguments and result split by logical names; `fn`
+    under `jax.set_mesh(mesh)`, its arguments and results split by logical names; `fn`
     itself without a mesh, or on a mesh of one device.
 
-    For a computation that is independent along the split axes (the token mixer's
-    operator: every batch row and head on its own) and that XLA's partitioner cannot
+    For a computation that is independent along the split axes (the token mixers'
+    operators: every batch row and head on its own) and that XLA's partitioner cannot
     split: a Pallas kernel is a custom call, which Mosaic refuses to partition on TPU and
-    which the GPU partitioner could only run whole on every device. Inside, `fn` sees
-    shard shapes; an axis the rules leave whole (a size the mesh axis does not divide) is
-    given whole to every device, which then all compute the same thing."""
+    which the GPU partitioner could only run whole on every device. `in_names` has one
+    entry per argument, `out_names` one per result: a tuple of names for an array, or a
+    pytree of them for a pytree (a decoding cache). A logical name is split only where
+    every array that carries it can be split (`spec_for`: the mesh axes divide the
+    dimension); otherwise it is left whole everywhere, so all devices see the same rows
+    of every array. Inside, `fn` sees shard shapes."""
 
-    def run(*args: jax.Array) -> jax.Array:
+    def run(*args: Any) -> Any:
         mesh = jax.sharding.get_abstract_mesh()
         if mesh.empty or mesh.size == 1:
             return fn(*args)
         if len(args) != len(in_names):
             raise ValueError(f"per_shard: {len(args)} arguments, {len(in_names)} in_names")
         shape = dict(mesh.shape)
-        in_specs = tuple(spec_for(n, a.shape, shape) for n, a in zip(in_names, args))
-        out_spec = spec_for(out_names, jax.eval_shape(fn, *args).shape, shape)
+        out = jax.eval_shape(fn, *args)
+        pairs = [(n, x) for names, tree in [*zip(in_names, args), (out_names, out)]
+                 for n, x in zip(jax.tree.leaves(names, is_leaf=_is_names),
+                                 jax.tree.leaves(tree))]
+        rules = dict(LOGICAL_RULES)
+        for names, x in pairs:  # a name one array cannot split stays whole in all
+            whole = spec_for(names, x.shape, shape)
+            for name, axes in zip(names, whole):
+                if name is not None and axes is None and rules.get(name):
+                    if any(shape.get(a, 1) > 1 for a in rules[name]):
+                        rules[name] = None
+
+        def specs(names: Any, tree: Any) -> Any:
+            return jax.tree.map(lambda n, x: spec_for(n, x.shape, shape, rules), names, tree,
+                                is_leaf=_is_names)
+
+        in_specs = tuple(specs(n, a) for n, a in zip(in_names, args))
         # check_vma=False: Pallas calls carry no varying-axes information to check.
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_spec,
-                             check_vma=False)(*args)
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
+                             out_specs=specs(out_names, out), check_vma=False)(*args)
 
     return run
 

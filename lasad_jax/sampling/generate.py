@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lasad_jax.parallel.batch import batch_sharding, local_batch_size
-from lasad_jax.parallel.rules import constrain
+from lasad_jax.parallel.rules import batch_axes, constrain
 from lasad_jax.sampling.checks import check_generate_args
 
 
@@ -60,16 +60,10 @@ def sample_logits(key: jax.Array, logits: jax.Array, *, temperature: float, top_
 
 
 def cache_batch_axes(init_cache, batch: int):
-    """The batch axis of every array of `init_cache(batch)` (-1 for scalars), found by
-    comparing its shapes with `init_cache(batch + 1)` (no arrays are made). Cache arrays
-    that are updated one slot at a time lead with that slot axis, not the batch."""
-    small = jax.eval_shape(lambda: init_cache(batch))
-    large = jax.eval_shape(lambda: init_cache(batch + 1))
-
-    def axis(a, b):
-        return next((i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n), -1)
-
-    return jax.tree.map(axis, small, large)
+    """The batch axis of every array of `init_cache(batch)` (-1 for scalars;
+    `parallel.rules.batch_axes`). Cache arrays that are updated one slot at a time lead
+    with that slot axis, not the batch."""
+    return batch_axes(init_cache, batch)
 
 
 def _split_batch(x: jax.Array, axis: int) -> jax.Array:

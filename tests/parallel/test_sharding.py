@@ -192,3 +192,13 @@ def test_pallas_kernels_run_per_shard_on_a_mesh(measured):
     assert {"['row_logit'].value", "['col_logit'].value", "['qkv']['kernel'].value"} <= set(
         r["grads"])
     assert max(r["grads"].values()) < 1e-5, r["grads"]
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_fused_decoding_step_runs_per_shard_on_a_mesh(measured):
+    """`decode_impl="pallas"` (the fused step, interpreted on CPU) samples the same tokens
+    on 2x4x1 and 2x2x2 meshes as on one device."""
+    r = measured["pallas_decode"]
+    assert r["distinct_tokens"] > 5
+    assert r["2x4x1"] == r["2x2x2"] == 0
