@@ -148,29 +148,33 @@ def per_shard(fn: Callable[..., Any], in_names: Sequence[Any], out_names: Any
             return fn(*args)
         if len(args) != len(in_names):
             raise ValueError(f"per_shard: {len(args)} arguments, {len(in_names)} in_names")
-        shape = dict(mesh.shape)
         out = jax.eval_shape(fn, *args)
-        pairs = [(n, x) for names, tree in [*zip(in_names, args), (out_names, out)]
-                 for n, x in zip(jax.tree.leaves(names, is_leaf=_is_names),
-                                 jax.tree.leaves(tree))]
-        rules = dict(LOGICAL_RULES)
-        for names, x in pairs:  # a name one array cannot split stays whole in all
-            whole = spec_for(names, x.shape, shape)
-            for name, axes in zip(names, whole):
-                if name is not None and axes is None and rules.get(name):
-                    if any(shape.get(a, 1) > 1 for a in rules[name]):
-                        rules[name] = None
-
-        def specs(names: Any, tree: Any) -> Any:
-            return jax.tree.map(lambda n, x: spec_for(n, x.shape, shape, rules), names, tree,
-                                is_leaf=_is_names)
-
-        in_specs = tuple(specs(n, a) for n, a in zip(in_names, args))
+        in_specs, out_specs = shard_specs(in_names, args, out_names, out, dict(mesh.shape))
         # check_vma=False: Pallas calls carry no varying-axes information to check.
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
-                             out_specs=specs(out_names, out), check_vma=False)(*args)
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                             check_vma=False)(*args)
 
     return run
+
+
+def shard_specs(in_names: Sequence[Any], args: Sequence[Any], out_names: Any, out: Any,
+                mesh_shape: dict[str, int]) -> tuple[tuple[Any, ...], Any]:
+    """`per_shard`'s (in_specs, out_specs): `spec_for` of every array (or shape struct),
+    except that a logical name one array cannot split stays whole in all of them."""
+    pairs = [(n, x) for names, tree in [*zip(in_names, args), (out_names, out)]
+             for n, x in zip(jax.tree.leaves(names, is_leaf=_is_names), jax.tree.leaves(tree))]
+    rules = dict(LOGICAL_RULES)
+    for names, x in pairs:
+        for name, axes in zip(names, spec_for(names, x.shape, mesh_shape)):
+            if name is not None and axes is None and rules.get(name) and any(
+                    mesh_shape.get(a, 1) > 1 for a in rules[name]):
+                rules[name] = None
+
+    def specs(names: Any, tree: Any) -> Any:
+        return jax.tree.map(lambda n, x: spec_for(n, x.shape, mesh_shape, rules), names, tree,
+                            is_leaf=_is_names)
+
+    return tuple(specs(n, a) for n, a in zip(in_names, args)), specs(out_names, out)
 
 
 def describe(mesh: Mesh) -> str:

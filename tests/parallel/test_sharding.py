@@ -202,3 +202,36 @@ def test_fused_decoding_step_runs_per_shard_on_a_mesh(measured):
     r = measured["pallas_decode"]
     assert r["distinct_tokens"] > 5
     assert r["2x4x1"] == r["2x2x2"] == 0
+
+
+def test_per_shard_splits_a_name_only_where_every_array_can():
+    """`per_shard`'s specs: batch over data x fsdp and heads over tensor when every array
+    divides; a decoding cache whose merged batch x heads axis divides where the batch
+    itself does not keeps the batch whole everywhere (else devices would see different
+    rows of q and of the cache)."""
+    from lasad_jax.parallel.rules import names_along, shard_specs
+
+    def arr(*shape):
+        return jax.ShapeDtypeStruct(shape, np.float32)
+
+    tokens = ("batch", None, "heads", None)
+    q, decay = arr(8, 16, 4, 32), arr(4)
+    ins, out = shard_specs((tokens, tokens, ("heads",)), (q, q, decay), tokens, q, MESH_222)
+    assert ins == (P(("data", "fsdp"), None, "tensor", None),) * 2 + (P("tensor"),)
+    assert out == ins[0]
+
+    step = ("batch", None, None)
+    cache = {"state": arr(5, 2 * 4, 16, 16), "slot": arr()}  # batch 2 x 4 heads, merged
+    cache_names = names_along({"state": 1, "slot": -1}, cache)
+    assert cache_names == {"state": (None, "batch", None, None), "slot": ()}
+    o = arr(2, 4, 16)
+    ins, out = shard_specs((cache_names, step), (cache, o), (step, cache_names), (o, cache),
+                           MESH_222)  # 2 rows do not split 4 ways; 8 merged rows would
+    assert ins[0] == {"state": P(None, None, None, None), "slot": P()}
+    assert ins[1] == P(None, None, None) and out[1] == ins[0]
+    o4 = arr(4, 4, 16)
+    cache4 = {"state": arr(5, 4 * 4, 16, 16), "slot": arr()}
+    ins, _ = shard_specs((cache_names, step), (cache4, o4), (step, cache_names), (o4, cache4),
+                         MESH_222)
+    assert ins[0]["state"] == P(None, ("data", "fsdp"), None, None)
+    assert ins[1] == P(("data", "fsdp"), None, None)
