@@ -241,9 +241,15 @@ def ops_row(device, hbm: int, tokens: int, head_dim: int) -> dict:
     return row
 
 
+def out_of_memory(error: str | None) -> bool:
+    """Whether a compile error is the compiler finding the program larger than HBM."""
+    return bool(error) and "RESOURCE_EXHAUSTED" in error and "HBM" in error
+
+
 def verdict(row: dict) -> str:
     if row["error"]:
-        return f"DOES NOT COMPILE: {row['error']}"
+        what = "DOES NOT FIT" if row.get("fits") is False else "DOES NOT COMPILE"
+        return f"{what}: {row['error']}"
     parts = [f"peak {row['peak_bytes'] / GIB:6.2f} GiB"]
     if row["fits"] is False:
         parts.append("DOES NOT FIT")
@@ -301,6 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
           flush=True)
 
     def report(label: str, row: dict) -> None:
+        if out_of_memory(row["error"]):
+            row["fits"] = False  # compiled far enough to know it needs more than HBM
         result["rows"].append(row)
         print(f"{label:42s} {verdict(row)}", flush=True)
         write_json(out, result, quiet=True)

@@ -241,3 +241,15 @@ def test_tpu_aot_reads_the_trainers_config():
     assert (model.num_layers, model.dim, model.dtype) == (24, 1024, "bfloat16")
     assert model.grid == (32, 32) and model.mixer == "softmax" and model.vocab_size == 16384
     assert (optimizer.b2, train.class_dropout) == (0.95, 0.1)
+
+
+def test_tpu_aot_calls_an_hbm_refusal_a_misfit():
+    import tpu_aot
+
+    hbm = ("JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+           "required for HLO temporaries (16.11G) exceeds available HBM (15.75G).")
+    vmem = "JaxRuntimeError: RESOURCE_EXHAUSTED: E1001: CompileTimeScopedVmemOom:"
+    assert tpu_aot.out_of_memory(hbm) and not tpu_aot.out_of_memory(vmem)
+    row = dict(error=hbm, fits=False, compile_s=1.0)
+    assert tpu_aot.verdict(row).startswith("DOES NOT FIT") and tpu_aot.failed(row)
+    assert tpu_aot.verdict(dict(row, error=vmem, fits=None)).startswith("DOES NOT COMPILE")
