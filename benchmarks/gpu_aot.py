@@ -97,8 +97,9 @@ def target_figure(target: str, field: str) -> float:
 
 def memory_row(compiled, usable: float) -> dict:
     """The program's peak device memory (arguments + outputs + temporaries, aliased
-    outputs once: `generation.memory_figures`) and whether it fits in `usable` bytes, the
-    share of the device's memory that JAX's allocator takes (device_check.sh sets it)."""
+    outputs once: `generation.memory_figures`) and whether it fits in `usable` bytes: here
+    the share of the GPU's memory that JAX's allocator takes (device_check.sh sets it),
+    in benchmarks/tpu_aot.py a TPU chip's HBM."""
     from generation import memory_figures
 
     figures = memory_figures(compiled)

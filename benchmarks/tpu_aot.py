@@ -56,6 +56,7 @@ import jax.numpy as jnp  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from common import run_info, write_json  # noqa: E402
+from gpu_aot import memory_row  # noqa: E402  (each chip's peak and whether it fits)
 
 STAGES = ("train", "sample", "ops")
 GIB = 2 ** 30
@@ -96,9 +97,12 @@ def run_settings(config_path: str):
     from lasad_jax.config import load_config_file
     from lasad_jax.parallel.mesh import MeshConfig
     from lasad_jax.training.config import OptimizerConfig, TrainConfig
-    from lasad_jax.validation import block_from_mapping
+    from lasad_jax.validation import ConfigError, block_from_mapping
 
-    values = load_config_file(config_path).to_dict()
+    try:
+        values = load_config_file(config_path).to_dict()
+    except ConfigError as err:
+        sys.exit(str(err))
     if values.get("task", "generator") != "generator":
         sys.exit(f"--config: {config_path} is not a generator config (task={values['task']!r})")
     return (block_from_mapping(MeshConfig, "mesh", values["mesh"]), dict(values["model"]),
@@ -129,17 +133,6 @@ def compile_row(lower) -> tuple[object | None, str | None, float]:
     return compiled, None, time.perf_counter() - t0
 
 
-def memory(compiled, hbm: int) -> dict:
-    """Each chip's peak memory (arguments + outputs + temporaries, a donated buffer
-    counted once: generation.memory_figures) and whether it fits the chip's HBM."""
-    from generation import memory_figures
-
-    figures = memory_figures(compiled)
-    peak = figures["peak_bytes"]
-    return dict(temp_bytes=figures["temp_size_in_bytes"], peak_bytes=peak,
-                fits=None if peak is None else peak <= hbm)
-
-
 def train_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str, impl: str) -> dict:
     from lasad_jax.parallel.batch import batch_sharding
     from lasad_jax.parallel.mesh import build_mesh
@@ -165,7 +158,7 @@ def train_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str, im
     row = dict(stage="train", mixer=mixer, impl=impl, grid=grid, pixels=16 * grid,
                batch=batch, mesh=dict(mesh.shape), compile_s=seconds, error=error)
     if compiled is not None:
-        row.update(mosaic_kernels=compiled.as_text().count(MOSAIC), **memory(compiled, hbm))
+        row.update(mosaic_kernels=compiled.as_text().count(MOSAIC), **memory_row(compiled, hbm))
     return row
 
 
@@ -215,7 +208,7 @@ def sample_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str) -
     problems = loop_problems(text, guarded)
     row.update(rows_per_chip=rows, hlo_loops=loops_carrying(text, guarded),
                hlo_findings=len(problems), hlo_problems=[p[:300] for p in problems[:5]],
-               **memory(compiled, hbm))
+               **memory_row(compiled, hbm))
     return row
 
 
@@ -237,7 +230,7 @@ def ops_row(device, hbm: int, tokens: int, head_dim: int) -> dict:
     row = dict(stage="ops", tokens=tokens, head_dim=head_dim, heads=heads, batch=1,
                compile_s=seconds, error=error)
     if compiled is not None:
-        row.update(mosaic_kernels=compiled.as_text().count(MOSAIC), **memory(compiled, hbm))
+        row.update(mosaic_kernels=compiled.as_text().count(MOSAIC), **memory_row(compiled, hbm))
     return row
 
 

@@ -219,7 +219,8 @@ def test_tpu_aot_says_what_it_needs(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = tmp_path / "aot.json"
     for argv, message in ((["--stages", "train,fast"], "valid: train, sample, ops"),
-                          (["--mixers", "mamba"], "valid: lasad, softmax")):
+                          (["--mixers", "mamba"], "valid: lasad, softmax"),
+                          (["--config", str(tmp_path / "no.py")], "no such file")):
         bad = subprocess.run([sys.executable, str(script), *argv, "--out", str(out)], env=env,
                              capture_output=True, text=True)
         assert bad.returncode == 1 and message in bad.stderr, bad.stderr[-500:]

@@ -142,18 +142,23 @@ def resume_checks(out: dict, tmp: str) -> None:
                      for name in ("loss", "val_bits_per_token_ema")}
 
 
+def tokens_on_meshes(model, labels, seed: int, meshes, **kw) -> dict:
+    """How many tokens `generate` draws differently on each mesh than on one device, and
+    how many distinct tokens one device drew (a degenerate model would match anyway)."""
+    single = generate(model, labels, jax.random.key(seed), **kw)
+    found = {"x".join(map(str, s)): int(np.sum(
+        generate(model, labels, jax.random.key(seed), mesh=mesh_of(s), **kw) != single))
+        for s in meshes}
+    return {**found, "distinct_tokens": int(len(np.unique(single)))}
+
+
 def sampling_checks(out: dict) -> None:
     """The same seeds on one device and on two meshes give the same tokens."""
     run = parse(demo_config(), "train")
     graphdef, state = nnx.split(LASADGen(run.model, rngs=nnx.Rngs(run.seed)))
     model = nnx.merge(graphdef, noisy(state, 3, 0.3))
-    labels = np.arange(16) % 10
-    kw = dict(cfg_scale=2.0, temperature=1.0, top_k=8, top_p=0.95)
-    single = generate(model, labels, jax.random.key(7), **kw)
-    out["sampling"] = {"x".join(map(str, s)): int(np.sum(
-        generate(model, labels, jax.random.key(7), mesh=mesh_of(s), **kw) != single))
-        for s in MESHES}
-    out["sampling"]["distinct_tokens"] = int(len(np.unique(single)))
+    out["sampling"] = tokens_on_meshes(model, np.arange(16) % 10, 7, MESHES, cfg_scale=2.0,
+                                       temperature=1.0, top_k=8, top_p=0.95)
 
 
 def pallas_checks(out: dict) -> None:
@@ -219,13 +224,8 @@ def pallas_decode_checks(out: dict) -> None:
                             decode_impl="pallas")
     graphdef, state = nnx.split(LASADGen(model_cfg, rngs=nnx.Rngs(0)))
     model = nnx.merge(graphdef, noisy(state, 4, 0.3))
-    labels = np.arange(8) % 10
-    kw = dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
-    single = generate(model, labels, jax.random.key(3), **kw)
-    out["pallas_decode"] = {"x".join(map(str, s)): int(np.sum(
-        generate(model, labels, jax.random.key(3), mesh=mesh_of(s), **kw) != single))
-        for s in ((2, 4, 1), (2, 2, 2))}
-    out["pallas_decode"]["distinct_tokens"] = int(len(np.unique(single)))
+    out["pallas_decode"] = tokens_on_meshes(model, np.arange(8) % 10, 3, ((2, 4, 1), (2, 2, 2)),
+                                            cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
 
 
 def main(path: str) -> None:
