@@ -148,8 +148,9 @@ kernels=("$py" benchmarks/kernels.py)
 stage core "${limits[0]}" "${kernels[@]}" "${core[@]}" --out "$out/kernels_core_$backend.json"
 stage train_step "${limits[1]}" "$py" benchmarks/train_step.py "${train[@]}" \
     --out "$out/train_step_$backend.json"
+# One process (`-o addopts=` drops pyproject's `-n auto`): the device has no pytest-xdist.
 JAX_DEFAULT_MATMUL_PRECISION=highest stage pallas_tests "${limits[2]}" \
-    "$py" -m pytest -q -p no:cacheprovider tests/ops/test_pallas_api.py \
+    "$py" -m pytest -q -o addopts= -p no:cacheprovider tests/ops/test_pallas_api.py \
     tests/ops/test_pallas_decode.py::test_pallas_step_at_kernel_head_sizes "${tests[@]}"
 if [[ -f $out/kernels_core_$backend.json ]]; then  # the core stage's cuDNN rows
     pallas_ops=(--ops lasad_pallas --baseline "$out/kernels_core_$backend.json")

@@ -137,7 +137,8 @@ def test_device_check_script_runs_every_stage(tmp_path):
     """The one command prepared for a lent GPU, at tiny sizes on CPU: each stage runs and
     leaves its log and JSON (at most 8 files, the device tool's limit on what comes back)."""
     script = ROOT / "benchmarks" / "device_check.sh"
-    env = dict(os.environ, PYTHON=sys.executable)
+    # The device has no pytest-xdist, so the pallas_tests stage must not ask for workers.
+    env = dict(os.environ, PYTHON=sys.executable, PYTEST_ADDOPTS="-p no:xdist")
     env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
     proc = subprocess.run(["bash", str(script), str(tmp_path), "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
