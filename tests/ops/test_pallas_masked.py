@@ -106,6 +106,30 @@ def test_gradients_match_reference(backend, case):
     assert np.all(np.abs(np.asarray(grads[4])) > 0)
 
 
+def test_single_buffered_sequence_blocks_give_the_same_values_and_gradients(monkeypatch):
+    """Long sequences on TPU hold the whole keys and values in one VMEM buffer
+    (`masked._single_buffer`); forced on at a small size, Mosaic's simulator gives the
+    reference output and all five gradients."""
+    from lasad_jax.ops.pallas import masked
+
+    monkeypatch.setattr(masked, "TPU_SINGLE_BUFFER_BYTES", 0)
+    made = []
+    spec = masked._seq_spec
+    monkeypatch.setattr(masked, "_seq_spec", lambda *a, **kw: made.append(kw) or spec(*a, **kw))
+    t, width, rows, bq, bk, num_prefix = CASES[1]
+    q, k, v = random_qkv(3, 1, t)
+    args = (q, k, v, LOG_ROW, LOG_COL)
+    ct = jnp.asarray(np.random.default_rng(3).normal(size=v.shape), jnp.float32)
+    out, grads = vjp_at(jax.jit(_kernel("tpu", width, rows, bq, bk, num_prefix)), args, ct)
+    whole = [kw for kw in made if kw.get("whole")]  # forward, dq, dk/dv: 2 each
+    assert len(whole) >= 6 and all(kw["single"] for kw in whole)
+    ref, ref_grads = vjp_at(lambda *a: intra_reference(
+        *a, width=width, rows_per_chunk=rows, num_prefix=num_prefix), args, ct)
+    assert rel_err(out, ref) < TOL
+    for name, g, r in zip(("q", "k", "v", "log_row", "log_col"), grads, ref_grads):
+        assert rel_err(g, r) < TOL, (name, rel_err(g, r))
+
+
 @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
 def test_bfloat16_inputs(out_dtype):
     """bf16 in; the output in float32 (what the chunked split adds to) or in bf16 (the
@@ -200,43 +224,60 @@ def test_tpu_vmem_counts_double_buffered_padded_blocks():
     assert tpu_vmem_bytes([whole], [k]) == 2 * 16384 * 128 * 2
     assert tpu_vmem_bytes([tile], [o]) == 2 * 24 * 128 * 4
     assert tpu_vmem_bytes([tile], [k]) == 2 * 32 * 128 * 2
+    single = pl.BlockSpec((None, None, 16384, 64), lambda b, h, n: (b, h, 0, 0),
+                          pipeline_mode=pl.Buffered(1))
+    assert tpu_vmem_bytes([single, tile], [k, k]) == 16384 * 128 * 2 + 2 * 32 * 128 * 2
 
 
-def test_long_tpu_sequences_raise_mosaics_vmem_limit(monkeypatch):
-    """The intra-chunk kernel holds the whole sequence's keys and values: at T = 16385,
-    D = 64 they overflow Mosaic's 16 MiB default (the program did not compile for a v5e,
-    benchmarks/tpu_aot.py), so `call` asks for more; short sequences keep the default."""
+def _tpu_kernel_settings(monkeypatch, tokens: int, width: int) -> list:
+    """(VMEM limit asked of Mosaic, buffers of each block) of every kernel that lowering
+    the operator for TPU at `tokens` (bf16, D = 64, one prefix slot, 8-row chunks) builds."""
     from lasad_jax.ops.pallas import masked
 
-    given = []
-    make = masked.compiler_params
+    seen, make, pallas_call = [], masked.compiler_params, masked.pl.pallas_call
 
-    def spy(*args, **kwargs):
+    def spy_params(*args, **kwargs):
         params = make(*args, **kwargs)
-        given.append(params.vmem_limit_bytes)
+        seen.append([params.vmem_limit_bytes])
         return params
 
-    monkeypatch.setattr(masked, "compiler_params", spy)
-    for tokens, width in ((1 + 128 * 128, 128), (1 + 16 * 16, 16)):
-        q = jax.ShapeDtypeStruct((1, tokens, 1, 64), jnp.bfloat16)
-        log = jax.ShapeDtypeStruct((1,), jnp.float32)
+    def spy_call(kernel, *, in_specs, **kwargs):
+        seen[-1].append([2 if s.pipeline_mode is None else s.pipeline_mode.buffer_count
+                         for s in in_specs])
+        return pallas_call(kernel, in_specs=in_specs, **kwargs)
 
-        def f(q, k, v, lr, lc, width=width):
-            return masked.intra_attention(q, k, v, width=width, log_row=lr, log_col=lc,
-                                          num_prefix=1, rows_per_chunk=8, backend="tpu")
+    monkeypatch.setattr(masked, "compiler_params", spy_params)
+    monkeypatch.setattr(masked.pl, "pallas_call", spy_call)
+    q = jax.ShapeDtypeStruct((1, tokens, 1, 64), jnp.bfloat16)
+    log = jax.ShapeDtypeStruct((1,), jnp.float32)
 
-        given.clear()
-        jax.jit(f).trace(q, q, q, log, log).lower(lowering_platforms=("tpu",))
-        [limit] = given
-        if tokens > 4096:
-            # Double-buffered blocks, padded to (8 or 16) x 128 tiles: keys and values
-            # 2 x 2 x 16512 x 128 x 2 bytes, the bf16 query tile 2 x 128 x 128 x 2, the
-            # float32 output tile 2 x 128 x 128 x 4, the two log decays 2 x 2 x 8 x 128 x 4;
-            # then a quarter more and 4 MiB.
-            blocks = 2 * 2 * 16512 * 128 * 2 + 2 * 128 * 128 * 2 + 2 * 128 * 128 * 4 \
-                + 2 * 2 * 8 * 128 * 4
-            assert limit == blocks * 5 // 4 + 4 * 2**20 > 16 * 2**20
-        else:
-            assert limit is None
+    def f(q, k, v, lr, lc):
+        return masked.intra_attention(q, k, v, width=width, log_row=lr, log_col=lc,
+                                      num_prefix=1, rows_per_chunk=8, backend="tpu")
+
+    jax.jit(f).trace(q, q, q, log, log).lower(lowering_platforms=("tpu",))
+    return seen
+
+
+def test_long_tpu_sequences_single_buffer_the_sequence_then_raise_the_vmem_limit(
+        monkeypatch):
+    """The intra-chunk kernel holds the whole sequence's keys and values. Double-buffered
+    at T = 16385, D = 64 they took 16.4 MiB, over a v4's 16 MiB of VMEM and Mosaic's 16 MiB
+    default (neither a v4 nor a v5e compiled it, benchmarks/tpu_aot.py): there they get one
+    buffer, and fit the default. Longer still (T = 65537) one buffer is not enough and
+    `call` asks Mosaic for more; at 257 tokens nothing changes."""
+    from lasad_jax.ops.pallas import masked
+
+    [(limit, buffers)] = _tpu_kernel_settings(monkeypatch, 1 + 16 * 16, 16)
+    assert limit is None and buffers == [2] * 5
+    [(limit, buffers)] = _tpu_kernel_settings(monkeypatch, 1 + 128 * 128, 128)
+    assert limit is None and buffers == [2, 2, 2, 1, 1]  # decays, query tile, keys, values
+    [(limit, buffers)] = _tpu_kernel_settings(monkeypatch, 1 + 256 * 256, 256)
+    assert buffers == [2, 2, 2, 1, 1]
+    # Blocks padded to (8 or 16) x 128 tiles: keys and values once, 2 x 65664 x 128 x 2
+    # bytes, the bf16 query tile 2 x 128 x 128 x 2, the float32 output tile
+    # 2 x 128 x 128 x 4, the two log decays 2 x 2 x 8 x 128 x 4; a quarter more and 4 MiB.
+    blocks = 2 * 65664 * 128 * 2 + 2 * 128 * 128 * 2 + 2 * 128 * 128 * 4 + 2 * 2 * 8 * 128 * 4
+    assert limit == blocks * 5 // 4 + 4 * 2**20 > 16 * 2**20
     assert masked.compiler_params("tpu", 3, 4, 2, 10**9).vmem_limit_bytes == \
         masked.TPU_MAX_SCOPED_VMEM

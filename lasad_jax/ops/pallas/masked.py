@@ -90,21 +90,25 @@ class _Config:
 # (a v5e has 128 MiB of VMEM; a chip with less refuses the compile, naming the kernel).
 TPU_SCOPED_VMEM = 16 * 2**20
 TPU_MAX_SCOPED_VMEM = 96 * 2**20
+# Whole-sequence blocks on TPU get one VMEM buffer instead of Pallas's two once two copies
+# of the keys and values would pass this many bytes (`_single_buffer`).
+TPU_SINGLE_BUFFER_BYTES = TPU_SCOPED_VMEM // 2
 
 
 def tpu_vmem_bytes(specs, arrays) -> int:
     """VMEM the pipelined blocks of a TPU kernel take: each block of `specs` (squeezed
-    sides count 1) in its array's dtype, its last two sides padded to VMEM's tiles,
-    twice (Pallas double-buffers every block)."""
+    sides count 1) in its array's dtype, its last two sides padded to VMEM's tiles, times
+    its buffers (two, Pallas's double buffering, unless the spec's `pipeline_mode` says)."""
     total = 0
     for spec, x in zip(specs, arrays):
+        buffers = 2 if spec.pipeline_mode is None else spec.pipeline_mode.buffer_count
         block = spec.block_shape if spec.block_shape is not None else x.shape
         sides = [n if isinstance(n, int) else getattr(n, "block_size", 1) for n in block]
         # VMEM tiles: 128 lanes, and 8 sublanes of 32 bits (16 rows of 16-bit values).
         sides[-1] = _round_up(sides[-1], 128)
         if len(sides) > 1:
             sides[-2] = _round_up(sides[-2], 8 * max(1, 4 // x.dtype.itemsize))
-        total += 2 * math.prod(sides) * x.dtype.itemsize
+        total += buffers * math.prod(sides) * x.dtype.itemsize
     return total
 
 
@@ -114,11 +118,14 @@ def compiler_params(backend: str, axes: int, num_warps: int, num_stages: int,
     `num_stages`: Triton's; `vmem_bytes`: what the TPU kernel's blocks take).
 
     Why the VMEM limit: kernels that walk the whole sequence inside a program (the
-    intra-chunk kernel's keys and values, `whole=True`) hold it in VMEM; at T = 16384 and
-    D = 64 (padded to 128 lanes) that is 16.12 MiB, just over Mosaic's 16 MiB default,
-    and the program did not compile for a v5e (benchmarks/tpu_aot.py). Above three
-    quarters of the default the limit is the blocks' bytes plus a quarter and 4 MiB for
-    Mosaic's own scratch, at most `TPU_MAX_SCOPED_VMEM`; below it nothing changes."""
+    intra-chunk kernel's keys and values, `whole=True`) hold it in VMEM. Double-buffered
+    at T = 16384 and D = 64 (padded to 128 lanes) that was 16.12 MiB, just over Mosaic's
+    16 MiB default, and the program did not compile for a v5e (benchmarks/tpu_aot.py);
+    such blocks now take one buffer (`_single_buffer`), which holds up to T = 16384 within
+    the default, and longer sequences still need more. Above three quarters of the
+    default the limit is the blocks' bytes plus a quarter and 4 MiB for Mosaic's own
+    scratch, at most `TPU_MAX_SCOPED_VMEM` (a chip with less VMEM, such as a v4 with
+    16 MiB, then refuses the compile); below it nothing changes."""
     if backend == "tpu":
         # Every grid point writes its own output blocks: all axes can be split over cores.
         limit = None
@@ -150,13 +157,31 @@ def call(backend: str, interpret: bool, kernel, grid, in_specs, out_specs, out_s
     return run
 
 
-def _seq_spec(layout: str, block: int, depth: int, whole: bool = False) -> pl.BlockSpec:
+def _seq_spec(layout: str, block: int, depth: int, whole: bool = False,
+              single: bool = False) -> pl.BlockSpec:
     """One (batch, head)'s `[block, depth]` tokens at the grid's block index along the
-    sequence (`whole`: the whole padded sequence, which the kernel walks with `pl.ds`)."""
+    sequence (`whole`: the whole padded sequence, which the kernel walks with `pl.ds`;
+    `single`: in one buffer, see `_single_buffer`)."""
     if layout == "bthd":
         return pl.BlockSpec((None, block, None, depth),
                             lambda b, h, n: (b, 0 if whole else n, h, 0))
-    return pl.BlockSpec((None, None, block, depth), lambda b, h, n: (b, h, 0 if whole else n, 0))
+    return pl.BlockSpec((None, None, block, depth), lambda b, h, n: (b, h, 0 if whole else n, 0),
+                        pipeline_mode=pl.Buffered(1) if single else None)
+
+
+def _single_buffer(cfg: _Config, tokens: int, depth: int, dtype) -> bool:
+    """Whether the whole-sequence key and value blocks get one VMEM buffer (TPU only).
+
+    Why: double-buffered, they took 16.4 MiB at T = 16384 (D = 64 or 128, bf16, lanes
+    padded to 128), and a v4, whose TensorCore has 16 MiB of VMEM, refused the compile
+    (benchmarks/tpu_aot.py --topology v4-8). Their block changes only when the grid moves
+    to the next (batch, head), so the second buffer hides one fetch per head; past
+    `TPU_SINGLE_BUFFER_BYTES` that fetch (a few microseconds against a head's hundred-odd
+    programs) is the cheaper side. Short sequences keep both buffers, where a head has
+    few programs to hide its fetch behind."""
+    lanes = _round_up(depth, 128)
+    return (cfg.backend == "tpu"
+            and 2 * 2 * tokens * lanes * jnp.dtype(dtype).itemsize > TPU_SINGLE_BUFFER_BYTES)
 
 
 # The per-head log decays, `[H, 1, 1]`.
@@ -175,10 +200,12 @@ def _forward(cfg: _Config, q, k, v, lr, lc, out_dtype):
     dk, dv = q.shape[-1], v.shape[-1]
     bq, bk = cfg.tiles.block_q, cfg.tiles.block_k
     kernel = functools.partial(kern.forward_kernel, block_k=bk, **cfg.statics)
+    one = _single_buffer(cfg, tp, max(dk, dv), k.dtype)
     return call(
         cfg.backend, cfg.interpret, kernel, (b, h, tp // bq),
         [_LOG_SPEC, _LOG_SPEC, _seq_spec(cfg.layout, bq, dk),
-         _seq_spec(cfg.layout, tp, dk, whole=True), _seq_spec(cfg.layout, tp, dv, whole=True)],
+         _seq_spec(cfg.layout, tp, dk, whole=True, single=one),
+         _seq_spec(cfg.layout, tp, dv, whole=True, single=one)],
         _seq_spec(cfg.layout, bq, dv),
         jax.ShapeDtypeStruct(v.shape, jnp.dtype(out_dtype)), **cfg.launch,
     )(lr, lc, q, k, v)
@@ -195,11 +222,13 @@ def _backward(cfg: _Config, q, k, v, lr, lc, do):
     part = jax.ShapeDtypeStruct((b, h, n_k, 1, 1), jnp.float32)
     part_spec = pl.BlockSpec((None, None, None, 1, 1), lambda b, h, n: (b, h, n, 0, 0))
     lay = cfg.layout
+    one = _single_buffer(cfg, tp, max(dk, dv), q.dtype)
     dk_, dv_, dlr, dlc = call(
         cfg.backend, cfg.interpret,
         functools.partial(kern.dkv_kernel, block_q=bq, **cfg.statics), (b, h, n_k),
-        [_LOG_SPEC, _LOG_SPEC, _seq_spec(lay, tp, dk, whole=True),
-         _seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv), _seq_spec(lay, tp, dv, whole=True)],
+        [_LOG_SPEC, _LOG_SPEC, _seq_spec(lay, tp, dk, whole=True, single=one),
+         _seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv),
+         _seq_spec(lay, tp, dv, whole=True, single=one)],
         [_seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv), part_spec, part_spec],
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
          part, part], **cfg.launch,
