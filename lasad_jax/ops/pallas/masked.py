@@ -104,12 +104,19 @@ def tpu_vmem_bytes(specs, arrays) -> int:
         buffers = 2 if spec.pipeline_mode is None else spec.pipeline_mode.buffer_count
         block = spec.block_shape if spec.block_shape is not None else x.shape
         sides = [n if isinstance(n, int) else getattr(n, "block_size", 1) for n in block]
-        # VMEM tiles: 128 lanes, and 8 sublanes of 32 bits (16 rows of 16-bit values).
-        sides[-1] = _round_up(sides[-1], 128)
-        if len(sides) > 1:
-            sides[-2] = _round_up(sides[-2], 8 * max(1, 4 // x.dtype.itemsize))
-        total += buffers * math.prod(sides) * x.dtype.itemsize
+        total += buffers * _vmem_block_bytes(sides, x.dtype)
     return total
+
+
+def _vmem_block_bytes(sides: list[int], dtype) -> int:
+    """One VMEM copy of a block of `sides`: VMEM tiles are 128 lanes by 8 sublanes of 32
+    bits (16 rows of 16-bit values), so the last two sides are padded to them."""
+    itemsize = jnp.dtype(dtype).itemsize
+    sides = list(sides)
+    sides[-1] = _round_up(sides[-1], 128)
+    if len(sides) > 1:
+        sides[-2] = _round_up(sides[-2], 8 * max(1, 4 // itemsize))
+    return math.prod(sides) * itemsize
 
 
 def compiler_params(backend: str, axes: int, num_warps: int, num_stages: int,
@@ -179,9 +186,9 @@ def _single_buffer(cfg: _Config, tokens: int, depth: int, dtype) -> bool:
     `TPU_SINGLE_BUFFER_BYTES` that fetch (a few microseconds against a head's hundred-odd
     programs) is the cheaper side. Short sequences keep both buffers, where a head has
     few programs to hide its fetch behind."""
-    lanes = _round_up(depth, 128)
+    # Keys and values, two buffers each.
     return (cfg.backend == "tpu"
-            and 2 * 2 * tokens * lanes * jnp.dtype(dtype).itemsize > TPU_SINGLE_BUFFER_BYTES)
+            and 2 * 2 * _vmem_block_bytes([tokens, depth], dtype) > TPU_SINGLE_BUFFER_BYTES)
 
 
 # The per-head log decays, `[H, 1, 1]`.
