@@ -170,8 +170,8 @@ def decode_row(device, preset: str, grid: int, mixer: str, state_dtype: str, dec
     _save(hlo_dir, f"decode_{preset}_{grid}_{mixer}_{decode_impl}_{state_dtype}", text)
     cache = jax.eval_shape(lambda: model.init_cache(rows))
     column = rows * heads * cfg.head_dim ** 2
-    problems = loop_problems(text, guarded_arrays(cache, cache_batch_axes(model.init_cache,
-                                                                          rows), column))
+    guarded = guarded_arrays(cache, cache_batch_axes(model.init_cache, rows), column)
+    problems = loop_problems(text, guarded, movable=column)
     step = summary(traffic(text, KERNELS), loop=True)
     tokens = cfg.num_tokens
     floor_s = step["bytes"] / bw * tokens

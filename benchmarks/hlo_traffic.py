@@ -28,17 +28,14 @@ bytes, result bytes, operand shapes) returning (read, written).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import sys
 from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from lasad_jax.sampling.hlo_check import Instr, arrays, called, parse_hlo  # noqa: E402
+from lasad_jax.sampling.hlo_check import Instr, arrays, called, nbytes, parse_hlo  # noqa: E402
 
-_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
-             "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 # Ops that move no data of their own.
 _FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
          "opt-barrier", "optimization-barrier", "partition-id", "replica-id", "fusion-done",
@@ -49,11 +46,6 @@ _PARAM = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=.*?\bparameter\((\d+)\)")
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _TRITON_NAME = re.compile(r'\bname = "([^"]*)"')
 KernelBytes = Callable[[list[int], list[int], list[str]], tuple[int, int]]
-
-
-def nbytes(shape: str) -> int:
-    """Bytes of every array in a shape text (tuple elements summed)."""
-    return sum(_ITEMSIZE.get(dtype, 4) * math.prod(dims) for dtype, dims in arrays(shape))
 
 
 @dataclasses.dataclass

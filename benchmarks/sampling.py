@@ -149,7 +149,7 @@ def measure(args, preset: str, grid: int, mixer: str, state_dtype: str,
         column = rows * model.cfg.num_heads * model.cfg.head_dim ** 2
         axes = cache_batch_axes(model.init_cache, rows)
         row["hlo_problems"] = loop_problems(compiled.as_text(),
-                                            guarded_arrays(cache, axes, column))
+                                            guarded_arrays(cache, axes, column), movable=column)
 
     jax.block_until_ready(compiled(params, labels, key))  # warm-up
     times = []

@@ -26,11 +26,13 @@ Stages (`--stages`):
   with guidance 2.0 (128 rows) split over the mesh, for each mixer: the sampler's HLO
   check (`lasad_jax.sampling.hlo_check`: no decoding-cache array copied or rebuilt in
   the token loop) on the TPU program, at the shapes each chip holds, and the peak memory.
-  On TPU the check also flags the memory-space assignment's asynchronous transfers of
-  cache arrays (`copy-start`/`copy-done`, `slice-start` into VMEM, `S(1)` in the HLO
-  layouts), which the GPU and CPU pipelines do not make; whether they cost a whole
-  cache's HBM traffic per token is not settled without a TPU to time, so they are
-  recorded and printed but do not fail the run (a loop the check cannot find does).
+  A TPU program also moves whole arrays between HBM and on-chip memory (the memory-space
+  assignment's `copy-start`s into VMEM, `S(1)`, or v4's CMEM, `S(3)`), which GPU and CPU
+  programs do not: moves of cache arrays no larger than one column state (the LASAD
+  rings) are listed apart with their bytes per token (`hlo_check.loop_moves`), moves of
+  larger ones (a softmax KV cache) are findings. Findings are recorded and printed but do
+  not fail the run, since a softmax step reads its whole cache anyway and only a TPU can
+  time what a move costs; a loop the check cannot find does fail it.
 * `ops`: `lasad` forward+backward with `impl="pallas"` on one chip, bf16, batch 1,
   16 heads, D = 64 and 128, T = 256 ... 16384 (the operator benchmark's shapes): does
   Mosaic compile every kernel, and what temporary memory the program needs.
@@ -180,7 +182,7 @@ def sample_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str) -
     from lasad_jax.parallel.mesh import batch_shards, build_mesh
     from lasad_jax.parallel.state import replicated
     from lasad_jax.sampling.generate import _generate, cache_batch_axes
-    from lasad_jax.sampling.hlo_check import guarded_arrays, loop_problems
+    from lasad_jax.sampling.hlo_check import guarded_arrays, loop_moves, loop_problems
     from lasad_jax.training.generator import params_target
 
     mesh_config, fields, *_ = settings
@@ -202,13 +204,19 @@ def sample_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str) -
     rows = 2 * batch // batch_shards(mesh)
     abstract = nnx.eval_shape(lambda: LASADGen(model, rngs=nnx.Rngs(0)))
     cache = jax.eval_shape(lambda: abstract.init_cache(rows))
-    guarded = guarded_arrays(cache, cache_batch_axes(abstract.init_cache, rows),
-                             rows * model.num_heads * model.head_dim ** 2)
+    column = rows * model.num_heads * model.head_dim ** 2
+    guarded = guarded_arrays(cache, cache_batch_axes(abstract.init_cache, rows), column)
     text = compiled.as_text()
-    problems = loop_problems(text, guarded)
+    problems = loop_problems(text, guarded, movable=column)
+    moves = loop_moves(text, guarded, movable=column)
     row.update(rows_per_chip=rows, hlo_loops=loops_carrying(text, guarded),
                hlo_findings=len(problems), hlo_problems=[p[:300] for p in problems[:5]],
+               hlo_moves=len(moves), hlo_moves_in_bytes=sum(m.nbytes for m in moves if m.into_chip),
+               hlo_moves_out_bytes=sum(m.nbytes for m in moves if not m.into_chip),
                **memory_row(compiled, hbm))
+    if mixer == "lasad":  # what its token moves anyway: a column state read and written per layer
+        row["column_traffic_bytes"] = (2 * model.num_layers * column
+                                       * jnp.dtype(model.decode_state_dtype).itemsize)
     return row
 
 
@@ -252,6 +260,14 @@ def verdict(row: dict) -> str:
         found = row["hlo_problems"]
         parts.append(f"HLO check on {row['hlo_loops']} loop(s): " + (
             "ok" if not found else f"{row['hlo_findings']} findings, e.g. {found[0][:120]}"))
+        if row.get("hlo_moves"):
+            moved = (f"{row['hlo_moves']} on-chip moves of arrays up to a column: "
+                     f"{row['hlo_moves_in_bytes'] / 1e6:.1f} MB in, "
+                     f"{row['hlo_moves_out_bytes'] / 1e6:.1f} MB out per token")
+            if "column_traffic_bytes" in row:
+                moved += (f", against {row['column_traffic_bytes'] / 1e6:.0f} MB of column "
+                          f"states read and written")
+            parts.append(moved)
     return ", ".join(parts) + f" ({row['compile_s']:.0f} s)"
 
 

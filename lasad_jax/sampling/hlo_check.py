@@ -13,7 +13,15 @@ instead of staying at one column's worth. Two patterns did this here (docs/decod
   writes a fresh buffer of that size.
 
 `loop_problems` checks the optimized HLO text (`jax.jit(f).lower(...).compile().as_text()`)
-for both, inside every `while` loop that carries a guarded array. `sampler_problems`
+for both, inside every `while` loop that carries a guarded array.
+
+A TPU program has a third kind of whole-array transfer, which is not a copy in HBM: the
+memory-space assignment moves arrays between HBM and the chip's own memories (VMEM,
+`S(1)` in a layout; v4's CMEM, `S(3)`) with asynchronous `copy-start`/`copy-done` pairs,
+and moving an array in is how the chip reads it from there. For an array no larger than
+one column state (`movable`: the LASAD rings of raw keys and values) such a move costs at
+most the bytes the token spends on its column anyway, so it is reported by `loop_moves`
+rather than counted as a problem; moving anything larger is one. `sampler_problems`
 compiles `lasad_jax.sampling.generate`'s program for a model on the default backend and
 checks it against the model's cache. XLA's GPU pipeline inserts copies the CPU pipeline
 does not, so run it on each platform that samples (`benchmarks/sampling.py --hlo_check`).
@@ -33,6 +41,8 @@ import jax
 _NO_BUFFER = {"parameter", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
               "call", "constant", "after-all", "opt-barrier", "optimization-barrier"}
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8\w*|c\d+)\[([\d,]*)\]")
+_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+             "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
 
@@ -50,6 +60,37 @@ class Instr:
 def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
     """(dtype, dims) of every array in a shape text, tuple elements in order."""
     return [(d, tuple(int(x) for x in dims.split(",") if x)) for d, dims in _ARRAY.findall(shape)]
+
+
+def nbytes(shape: str) -> int:
+    """Bytes of every array in a shape text (tuple elements summed)."""
+    return sum(_ITEMSIZE.get(dtype, 4) * math.prod(dims) for dtype, dims in arrays(shape))
+
+
+def _elements(shape: str) -> list[str]:
+    """The top-level elements of a tuple shape text; `[shape]` for an array."""
+    if not shape.startswith("("):
+        return [shape]
+    parts, depth, start = [], 0, 1
+    for i, ch in enumerate(shape):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if (ch == "," and depth == 1) or (ch == ")" and depth == 0):
+            parts.append(shape[start:i].strip())
+            start = i + 1
+    return [p for p in parts if p]
+
+
+def _spaces(shape: str) -> list[int]:
+    """The memory space of each array in a shape text (`S(n)` in its layout; 0, HBM,
+    when it names none)."""
+    spaces = []
+    for m in re.finditer(r"\[[\d,]*\](\{[^{}]*\})?", shape):
+        space = re.search(r"S\((\d+)\)", m.group(1) or "")
+        spaces.append(int(space.group(1)) if space else 0)
+    return spaces
 
 
 def _split_instr(name: str, rest: str, root: bool) -> Instr | None:
@@ -115,17 +156,19 @@ def _writes_in_place(fused: list[Instr], index: int | None) -> bool:
     return node is not None and node.op == "dynamic-update-slice"
 
 
-def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]]) -> list[str]:
-    """Problems in the loops of a compiled program that carry a guarded array.
+@dataclasses.dataclass
+class Move:
+    """A whole guarded array moved between memory spaces (HBM and on-chip) in a loop."""
 
-    `guarded`: a name for the message -> shape of each array that must never be copied or
-    rebuilt in a loop body. An instruction rebuilds a guarded array when it reads an array
-    with that array's dims and writes one with the same dims, in any order and dtype (a
-    copy, a transpose, a conversion to float32, a rebuilt stack) other than by an in-place
-    `dynamic-update-slice`. A copy that also reshapes would escape; those XLA inserts for
-    updates that cannot be done in place keep the shape. Returns one line per problem
-    (empty: the loops update the guarded arrays in place only).
-    """
+    name: str  # the guarded array(s) of that shape
+    shape: str  # the array moved, e.g. "bf16[33,16,16,64]"
+    nbytes: int
+    into_chip: bool  # HBM -> on-chip memory (False: back out to HBM)
+
+
+def _check(hlo_text: str, guarded: dict[str, tuple[int, ...]],
+           movable: int) -> tuple[list[str], list[Move]]:
+    """`loop_problems` and `loop_moves` in one walk over the loop bodies."""
     names: dict[tuple[int, ...], str] = {}
     for name, shape in guarded.items():
         key = tuple(sorted(shape))
@@ -138,6 +181,7 @@ def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]]) -> list[st
 
     loops = [i for instrs in comps.values() for i in instrs if i.op == "while" and hits(i.shape)]
     problems: list[str] = []
+    moves: list[Move] = []
     seen: set[str] = set()
     for loop in loops:
         stack = called(loop, "body")
@@ -161,9 +205,18 @@ def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]]) -> list[st
                                         f"through a branch")
                 elif instr.op == "call":
                     stack += called(instr, "to_apply")
-                if instr.op in _NO_BUFFER or instr.op == "dynamic-update-slice":
+                if (instr.op in _NO_BUFFER or instr.op == "dynamic-update-slice"
+                        or instr.op.endswith("-done")):  # a `-done` ends what its start began
                     continue
-                for index, key in hits(instr.shape):
+                # An asynchronous start's shape is (its operands, its result, context):
+                # only the result is a new buffer.
+                written, source = instr.shape, None
+                if instr.op.endswith("-start"):
+                    parts = _elements(instr.shape)
+                    source, written = parts[0], (parts[1] if len(parts) > 1 else "")
+                elif instr.op == "copy" and instr.operands:
+                    source = symbols.get(instr.operands[0], "")
+                for index, key in hits(written):
                     if key not in read:
                         continue
                     if instr.op == "fusion":
@@ -171,10 +224,41 @@ def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]]) -> list[st
                         tuple_out = instr.shape.startswith("(")
                         if _writes_in_place(fused, index if tuple_out else None):
                             continue
+                    array = _elements(written)[index] if written.startswith("(") else written
+                    to, start = _spaces(array)[:1], _spaces(source or "")[:1]
+                    if source is not None and to != start and math.prod(key) <= movable:
+                        moves.append(Move(names[key], array.split("{")[0], nbytes(array),
+                                          into_chip=to != [0]))
+                        continue
                     what = "copies" if instr.op.startswith("copy") else f"{instr.op} rewrites"
                     problems.append(f"{comp}: %{instr.name} {what} a whole {names[key]} "
-                                    f"({instr.shape.split('{')[0]}) inside the loop")
-    return problems
+                                    f"({array.split('{')[0]}) inside the loop")
+    return problems, moves
+
+
+def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]], *,
+                  movable: int = 0) -> list[str]:
+    """Problems in the loops of a compiled program that carry a guarded array.
+
+    `guarded`: a name for the message -> shape of each array that must never be copied or
+    rebuilt in a loop body. An instruction rebuilds a guarded array when it reads an array
+    with that array's dims and writes one with the same dims, in any order and dtype (a
+    copy, a transpose, a conversion to float32, a rebuilt stack) other than by an in-place
+    `dynamic-update-slice`. A copy that also reshapes would escape; those XLA inserts for
+    updates that cannot be done in place keep the shape. A move between memory spaces of
+    an array of at most `movable` elements is not a problem (`loop_moves` lists them; the
+    module docstring says why). Returns one line per problem (empty: the loops update the
+    guarded arrays in place only).
+    """
+    return _check(hlo_text, guarded, movable)[0]
+
+
+def loop_moves(hlo_text: str, guarded: dict[str, tuple[int, ...]], *,
+               movable: int) -> list[Move]:
+    """The moves of whole guarded arrays of at most `movable` elements between HBM and
+    on-chip memory in the loops of a TPU program, one per transfer (a `copy-start` or
+    `copy`) in a loop body; empty on GPU and CPU, which have no such transfers."""
+    return _check(hlo_text, guarded, movable)[1]
 
 
 def guarded_arrays(cache: Any, batch_axes: Any, column: int) -> dict[str, tuple[int, ...]]:
@@ -209,4 +293,4 @@ def sampler_problems(model: Any, batch: int, *, cfg_scale: float = 2.0) -> tuple
     cache = jax.eval_shape(lambda: model.init_cache(rows))
     axes = cache_batch_axes(model.init_cache, rows)
     column = rows * cfg.num_heads * cfg.head_dim * cfg.head_dim
-    return loop_problems(text, guarded_arrays(cache, axes, column)), text
+    return loop_problems(text, guarded_arrays(cache, axes, column), movable=column), text

@@ -254,3 +254,19 @@ def test_tpu_aot_calls_an_hbm_refusal_a_misfit():
     row = dict(error=hbm, fits=False, compile_s=1.0)
     assert tpu_aot.verdict(row).startswith("DOES NOT FIT") and tpu_aot.failed(row)
     assert tpu_aot.verdict(dict(row, error=vmem, fits=None)).startswith("DOES NOT COMPILE")
+
+
+def test_tpu_aot_prints_on_chip_moves_apart_from_findings():
+    import tpu_aot
+
+    row = dict(error=None, fits=True, peak_bytes=2 ** 30, compile_s=3.0, hlo_loops=1,
+               hlo_findings=0, hlo_problems=[], hlo_moves=8, hlo_moves_in_bytes=4_325_376,
+               hlo_moves_out_bytes=4_325_376, column_traffic_bytes=201_326_592)
+    text = tpu_aot.verdict(row)
+    assert "HLO check on 1 loop(s): ok" in text
+    assert "8 on-chip moves of arrays up to a column: 4.3 MB in, 4.3 MB out per token" in text
+    assert "against 201 MB of column states" in text and not tpu_aot.failed(row)
+    found = dict(row, hlo_findings=1, hlo_problems=["body: %copy-start copies a whole k"],
+                 hlo_moves=0)
+    assert "1 findings, e.g. body: %copy-start" in tpu_aot.verdict(found)
+    assert "on-chip" not in tpu_aot.verdict(found) and not tpu_aot.failed(found)

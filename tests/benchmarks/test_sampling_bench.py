@@ -84,7 +84,8 @@ def test_sampling_decode_impls_add_fused_step_rows(tmp_path):
 def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):
     import sampling
 
-    monkeypatch.setattr(sampling, "loop_problems", lambda text, guarded: ["body: %copy.1 copies"])
+    monkeypatch.setattr(sampling, "loop_problems",
+                        lambda text, guarded, movable=0: ["body: %copy.1 copies"])
     with pytest.raises(SystemExit, match="HLO check found copies"):
         sampling.main(["--smoke", "--grids", "4", "--mixers", "lasad", "--quarters",
                        "--out", str(tmp_path / "s.json")])

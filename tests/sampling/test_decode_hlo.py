@@ -15,7 +15,8 @@ import pytest
 from flax import nnx
 
 from lasad_jax.models import MIXERS, LASADGen, ModelConfig
-from lasad_jax.sampling.hlo_check import guarded_arrays, loop_problems, sampler_problems
+from lasad_jax.sampling.hlo_check import (guarded_arrays, loop_moves, loop_problems,
+                                          sampler_problems)
 
 # w = 8 columns and head dim 16: every multi-slot array of the lasad state (9 column
 # states, 16 ring slots) and the softmax KV cache (41 slots) is larger than one 16 x 16
@@ -81,3 +82,61 @@ def test_checker_flags_a_conditional_and_a_read_after_the_update():
         return (pos + 1, new), new[pos % 5] + new[0]
 
     assert loop_problems(*_compiled_scan(in_place, state)) == []
+
+
+# A token loop as a TPU compile writes it (hand-written, after the v6e-8 sampler of
+# benchmarks/tpu_aot.py): the memory-space assignment moves the ring of raw keys into VMEM
+# (`S(1)`) and back out, reads part of it into v4's CMEM (`S(3)`), and, where marked, moves
+# or copies more. The column states `[w, rows, D, D]` are 4 columns of 2 x 8 x 8 elements;
+# the ring `[5, rows, D]` is smaller than one column.
+_TPU_LOOP = """
+%body (p: (s32[], f32[4,2,8,8], bf16[5,2,8])) -> (s32[], f32[4,2,8,8], bf16[5,2,8]) {
+  %p = (s32[], f32[4,2,8,8]{3,2,1,0}, bf16[5,2,8]{2,1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %cols = f32[4,2,8,8]{3,2,1,0} get-tuple-element(%p), index=1
+  %ring = bf16[5,2,8]{2,1,0} get-tuple-element(%p), index=2
+  %in = (bf16[5,2,8]{2,1,0}, bf16[5,2,8]{2,1,0:S(1)}, u32[]{:S(2)}) copy-start(%ring)
+  %on-chip = bf16[5,2,8]{2,1,0:S(1)} copy-done(%in)
+  %out = (bf16[5,2,8]{2,1,0:S(1)}, bf16[5,2,8]{2,1,0}, u32[]{:S(2)}) copy-start(%on-chip)
+  %back = bf16[5,2,8]{2,1,0} copy-done(%out)
+  %part = ((bf16[5,2,8]{2,1,0}), bf16[2,2,8]{2,1,0:S(3)}, s32[]) slice-start(%back)
+  %row = bf16[2,2,8]{2,1,0:S(3)} slice-done(%part)
+  %EXTRA
+  ROOT %t = (s32[], f32[4,2,8,8]{3,2,1,0}, bf16[5,2,8]{2,1,0}) tuple(%i, %cols, %back)
+}
+
+ENTRY %main (a: (s32[], f32[4,2,8,8], bf16[5,2,8])) -> (s32[], f32[4,2,8,8], bf16[5,2,8]) {
+  %a = (s32[], f32[4,2,8,8]{3,2,1,0}, bf16[5,2,8]{2,1,0}) parameter(0)
+  ROOT %w = (s32[], f32[4,2,8,8]{3,2,1,0}, bf16[5,2,8]{2,1,0}) while(%a), condition=%c, body=%body
+}
+"""
+_TPU_GUARDED = {"cache.cols": (4, 2, 8, 8), "cache.keys": (5, 2, 8)}
+_COLUMN = 2 * 8 * 8
+
+
+def test_tpu_moves_of_arrays_up_to_a_column_are_listed_not_failed():
+    """A ring moved into VMEM and back is two moves of its 160 bytes, no problem; its
+    partial read into CMEM and the `-done` halves are neither; without `movable` (the
+    GPU and CPU rule) each whole-ring transfer is a problem, counted once."""
+    text = _TPU_LOOP.replace("%EXTRA", "")
+    assert loop_problems(text, _TPU_GUARDED, movable=_COLUMN) == []
+    moves = loop_moves(text, _TPU_GUARDED, movable=_COLUMN)
+    assert [(m.name, m.shape, m.nbytes, m.into_chip) for m in moves] == [
+        ("cache.keys", "bf16[5,2,8]", 160, True), ("cache.keys", "bf16[5,2,8]", 160, False)]
+    strict = loop_problems(text, _TPU_GUARDED)
+    assert len(strict) == 2 and all("%in " in p or "%out " in p for p in strict), strict
+
+
+@pytest.mark.parametrize("extra,what", [
+    # the column states moved whole into VMEM: larger than one column
+    ("%cols-in = (f32[4,2,8,8]{3,2,1,0}, f32[4,2,8,8]{3,2,1,0:S(1)}, u32[]) copy-start(%cols)",
+     "%cols-in copies a whole cache.cols"),
+    # a copy of the ring in HBM: not a move between memories
+    ("%dup = bf16[5,2,8]{2,1,0} copy(%ring)", "%dup copies a whole cache.keys"),
+    # the ring rewritten by a fusion
+    ("%f = bf16[5,2,8]{2,1,0} fusion(%ring), kind=kLoop, calls=%nothing",
+     "%f fusion rewrites a whole cache.keys"),
+])
+def test_tpu_check_still_fails_on_real_copies_and_large_moves(extra, what):
+    problems = loop_problems(_TPU_LOOP.replace("%EXTRA", extra), _TPU_GUARDED, movable=_COLUMN)
+    assert len(problems) == 1 and what in problems[0], problems
