@@ -41,6 +41,7 @@ import jax
 _NO_BUFFER = {"parameter", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
               "call", "constant", "after-all", "opt-barrier", "optimization-barrier"}
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8\w*|c\d+)\[([\d,]*)\]")
+_LAID_OUT = re.compile(r"\b(?:pred|[suf]\d+|bf16|f8\w*|c\d+)\[[\d,]*\](?:\{[^{}]*\})?")
 _ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
              "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
@@ -83,14 +84,11 @@ def _elements(shape: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def _spaces(shape: str) -> list[int]:
-    """The memory space of each array in a shape text (`S(n)` in its layout; 0, HBM,
-    when it names none)."""
-    spaces = []
-    for m in re.finditer(r"\[[\d,]*\](\{[^{}]*\})?", shape):
-        space = re.search(r"S\((\d+)\)", m.group(1) or "")
-        spaces.append(int(space.group(1)) if space else 0)
-    return spaces
+def _space(array: str) -> int:
+    """The memory space of an array's shape text: `n` of `S(n)` in its layout, 0 (HBM)
+    when it names none."""
+    m = re.search(r"\{[^{}]*?S\((\d+)\)", array)
+    return int(m.group(1)) if m else 0
 
 
 def _split_instr(name: str, rest: str, root: bool) -> Instr | None:
@@ -224,11 +222,12 @@ def _check(hlo_text: str, guarded: dict[str, tuple[int, ...]],
                         tuple_out = instr.shape.startswith("(")
                         if _writes_in_place(fused, index if tuple_out else None):
                             continue
-                    array = _elements(written)[index] if written.startswith("(") else written
-                    to, start = _spaces(array)[:1], _spaces(source or "")[:1]
-                    if source is not None and to != start and math.prod(key) <= movable:
+                    array = _LAID_OUT.findall(written)[index]
+                    origin = _LAID_OUT.findall(source or "")
+                    moved = bool(origin) and _space(origin[0]) != _space(array)
+                    if moved and math.prod(key) <= movable:
                         moves.append(Move(names[key], array.split("{")[0], nbytes(array),
-                                          into_chip=to != [0]))
+                                          into_chip=_space(array) != 0))
                         continue
                     what = "copies" if instr.op.startswith("copy") else f"{instr.op} rewrites"
                     problems.append(f"{comp}: %{instr.name} {what} a whole {names[key]} "
