@@ -69,6 +69,9 @@ class Defaults(NamedTuple):
 
     chunk_size: int  # tokens per chunk (rounded down to whole grid rows)
     chunks_per_step: int  # chunks in parallel per step; 0: all of them
+    # A single chunk (`T <= chunk_size`: the masked form) keeps its `C x C` scores for the
+    # backward pass (True) or, like every step of several chunks, follows `remat`.
+    keep_single_chunk: bool
 
 
 # Measured defaults per platform ("*": the others), docs/operator.md "Defaults". CPU (the
@@ -79,9 +82,16 @@ class Defaults(NamedTuple):
 # chunkwise-parallel shape accelerators want) and 1024-token chunks, which keep a 512 px
 # image (T = 1025) in one chunk and the chunk-boundary states of a 128-wide grid at
 # `Dk Dv / 8` numbers per token and head; benchmarks/device_check.sh sweeps both on a GPU.
+# A single chunk keeps its scores on CPU, where recomputing them cost time, and on GPU,
+# where LASADGen-L's steps fit with them (benchmarks/gpu_aot.py: at most 63.3 GB on an
+# 80 GB H100) and nothing has timed the trade. On TPU (and elsewhere) it recomputes them:
+# kept, the float32 scores of every layer made the training step at 512 px (16 rows per
+# chip) need 33.2 GB of temporaries on a v4 chip, which has 30.75 (benchmarks/tpu_aot.py;
+# RESULTS.md, "The training step on four TPU slices").
 DEFAULTS: dict[str, Defaults] = {
-    "cpu": Defaults(chunk_size=1024, chunks_per_step=1),
-    "*": Defaults(chunk_size=1024, chunks_per_step=0),
+    "cpu": Defaults(chunk_size=1024, chunks_per_step=1, keep_single_chunk=True),
+    "gpu": Defaults(chunk_size=1024, chunks_per_step=0, keep_single_chunk=True),
+    "*": Defaults(chunk_size=1024, chunks_per_step=0, keep_single_chunk=False),
 }
 
 
@@ -182,7 +192,8 @@ def chunked_attention(
     chunks_per_step = default.chunks_per_step if chunks_per_step is None else chunks_per_step
     image = functools.partial(_image_attention, variant, width=width, chunk_size=chunk_size,
                               chunks_per_step=chunks_per_step, state_pass=state_pass,
-                              remat=remat, dtype=jnp.dtype(q.dtype))
+                              remat=remat, keep_single_chunk=default.keep_single_chunk,
+                              dtype=jnp.dtype(q.dtype))
     log_row, log_col = log_row.astype(F32), log_col.astype(F32)
     return with_prefix(lambda q, k, v: image(q, k, v, log_row, log_col), q, k, v, num_prefix)
 
@@ -194,7 +205,7 @@ def _mm(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
 
 
 def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size,
-                     chunks_per_step, state_pass, remat, dtype):
+                     chunks_per_step, state_pass, remat, keep_single_chunk, dtype):
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
     lay = chunk_layout(variant, width, chunk_size, num_image)
@@ -217,10 +228,9 @@ def _image_attention(variant, q, k, v, log_row, log_col, *, width, chunk_size,
     qc, kc, vc = (x.reshape(b, steps, per_step, c, h, -1).transpose(1, 2, 0, 4, 3, 5)
                   .astype(F32) for x in (q, k, v))
     body = functools.partial(_step, variant, lay, width, state_pass, dtype)
-    if n == 1:
+    if n == 1 and keep_single_chunk:
         # One chunk is the masked form: no states, and its only residual is the `C x C`
-        # scores, which the reference keeps too; recomputing them cost time on CPU
-        # (docs/operator.md, "Defaults").
+        # scores, which the reference keeps too (`Defaults.keep_single_chunk`).
         remat = "none"
     if remat == "inputs":
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)

@@ -188,3 +188,29 @@ def test_bad_options_name_the_choices(kwargs, words):
         chunked_attention("lasad", q, k, v, width=4, num_prefix=0, log_row=LOG_ROW,
                           log_col=LOG_COL, **kwargs)
     assert all(w in str(err.value) for w in words)
+
+
+@pytest.mark.parametrize("platform, keep", [("cpu", True), ("gpu", True), ("tpu", False)])
+def test_a_single_chunk_keeps_its_scores_only_where_the_platform_says(monkeypatch, platform,
+                                                                      keep):
+    """`Defaults.keep_single_chunk`: on CPU and GPU one chunk (the masked form) keeps its
+    `C x C` scores for the backward pass; on TPU it recomputes them, which let LASADGen-L's
+    512 px step fit a TPU v4 chip. Read off the residuals `jax.vjp` holds, with the
+    platform's defaults, and the same values and gradients either way."""
+    monkeypatch.setattr(chunked, "target_platform", lambda: platform)
+    width, num_image = 6, 30  # 30 image tokens in one chunk of the default 1024
+    q, k, v = random_qkv(3, 2, 1 + num_image)
+
+    def fn(q, k, v, lr, lc):
+        return chunked_attention("lasad", q, k, v, width=width, num_prefix=1, log_row=lr,
+                                 log_col=lc)
+
+    out, vjp = jax.vjp(fn, q, k, v, LOG_ROW, LOG_COL)
+    square = [x.shape for x in jax.tree.leaves(vjp) if x.shape[-2:] == (num_image, num_image)]
+    assert bool(square) == keep, square
+    ref = _reference("lasad", width, 1)
+    assert rel_err(out, ref(q, k, v, LOG_ROW, LOG_COL)) < 1e-5
+    cot = jnp.asarray(np.random.default_rng(0).normal(size=out.shape), jnp.float32)
+    got = vjp(cot)
+    want = jax.vjp(ref, q, k, v, LOG_ROW, LOG_COL)[1](cot)
+    assert max(rel_err(g, w) for g, w in zip(got, want)) < 1e-4
