@@ -29,7 +29,7 @@ Stages (`--stages`):
   A TPU program also moves whole arrays between HBM and on-chip memory (the memory-space
   assignment's `copy-start`s into VMEM, `S(1)`, or v4's CMEM, `S(3)`), which GPU and CPU
   programs do not: moves of cache arrays no larger than one column state (the LASAD
-  rings) are listed apart with their bytes per token (`hlo_check.loop_moves`), moves of
+  rings) are listed apart with their bytes per token (`hlo_check.check_loops`), moves of
   larger ones (a softmax KV cache) are findings. Findings are recorded and printed but do
   not fail the run, since a softmax step reads its whole cache anyway and only a TPU can
   time what a move costs; a loop the check cannot find does fail it.
@@ -182,7 +182,7 @@ def sample_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str) -
     from lasad_jax.parallel.mesh import batch_shards, build_mesh
     from lasad_jax.parallel.state import replicated
     from lasad_jax.sampling.generate import _generate, cache_batch_axes
-    from lasad_jax.sampling.hlo_check import guarded_arrays, loop_moves, loop_problems
+    from lasad_jax.sampling.hlo_check import check_loops, guarded_arrays
     from lasad_jax.training.generator import params_target
 
     mesh_config, fields, *_ = settings
@@ -207,8 +207,7 @@ def sample_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str) -
     column = rows * model.num_heads * model.head_dim ** 2
     guarded = guarded_arrays(cache, cache_batch_axes(abstract.init_cache, rows), column)
     text = compiled.as_text()
-    problems = loop_problems(text, guarded, movable=column)
-    moves = loop_moves(text, guarded, movable=column)
+    problems, moves = check_loops(text, guarded, movable=column)
     row.update(rows_per_chip=rows, hlo_loops=loops_carrying(text, guarded),
                hlo_findings=len(problems), hlo_problems=[p[:300] for p in problems[:5]],
                hlo_moves=len(moves), hlo_moves_in_bytes=sum(m.nbytes for m in moves if m.into_chip),

@@ -20,7 +20,7 @@ memory-space assignment moves arrays between HBM and the chip's own memories (VM
 `S(1)` in a layout; v4's CMEM, `S(3)`) with asynchronous `copy-start`/`copy-done` pairs,
 and moving an array in is how the chip reads it from there. For an array no larger than
 one column state (`movable`: the LASAD rings of raw keys and values) such a move costs at
-most the bytes the token spends on its column anyway, so it is reported by `loop_moves`
+most the bytes the token spends on its column anyway, so it is reported by `check_loops`
 rather than counted as a problem; moving anything larger is one. `sampler_problems`
 compiles `lasad_jax.sampling.generate`'s program for a model on the default backend and
 checks it against the model's cache. XLA's GPU pipeline inserts copies the CPU pipeline
@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -164,9 +164,17 @@ class Move:
     into_chip: bool  # HBM -> on-chip memory (False: back out to HBM)
 
 
-def _check(hlo_text: str, guarded: dict[str, tuple[int, ...]],
-           movable: int) -> tuple[list[str], list[Move]]:
-    """`loop_problems` and `loop_moves` in one walk over the loop bodies."""
+class LoopCheck(NamedTuple):
+    problems: list[str]  # what `loop_problems` returns
+    moves: list[Move]  # moves between HBM and on-chip memory of arrays up to `movable`
+
+
+def check_loops(hlo_text: str, guarded: dict[str, tuple[int, ...]], *,
+                movable: int) -> LoopCheck:
+    """`loop_problems`, and the moves of whole guarded arrays of at most `movable`
+    elements between HBM and on-chip memory, one per transfer (a `copy-start` or `copy`)
+    in a loop body: the TPU memory-space assignment's (module docstring); GPU and CPU
+    programs have none."""
     names: dict[tuple[int, ...], str] = {}
     for name, shape in guarded.items():
         key = tuple(sorted(shape))
@@ -223,16 +231,17 @@ def _check(hlo_text: str, guarded: dict[str, tuple[int, ...]],
                         if _writes_in_place(fused, index if tuple_out else None):
                             continue
                     array = _LAID_OUT.findall(written)[index]
+                    shape = array.split("{")[0]  # without its layout
                     origin = _LAID_OUT.findall(source or "")
                     moved = bool(origin) and _space(origin[0]) != _space(array)
                     if moved and math.prod(key) <= movable:
-                        moves.append(Move(names[key], array.split("{")[0], nbytes(array),
+                        moves.append(Move(names[key], shape, nbytes(shape),
                                           into_chip=_space(array) != 0))
                         continue
                     what = "copies" if instr.op.startswith("copy") else f"{instr.op} rewrites"
                     problems.append(f"{comp}: %{instr.name} {what} a whole {names[key]} "
-                                    f"({array.split('{')[0]}) inside the loop")
-    return problems, moves
+                                    f"({shape}) inside the loop")
+    return LoopCheck(problems, moves)
 
 
 def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]], *,
@@ -245,19 +254,11 @@ def loop_problems(hlo_text: str, guarded: dict[str, tuple[int, ...]], *,
     copy, a transpose, a conversion to float32, a rebuilt stack) other than by an in-place
     `dynamic-update-slice`. A copy that also reshapes would escape; those XLA inserts for
     updates that cannot be done in place keep the shape. A move between memory spaces of
-    an array of at most `movable` elements is not a problem (`loop_moves` lists them; the
+    an array of at most `movable` elements is not a problem (`check_loops` lists them; the
     module docstring says why). Returns one line per problem (empty: the loops update the
     guarded arrays in place only).
     """
-    return _check(hlo_text, guarded, movable)[0]
-
-
-def loop_moves(hlo_text: str, guarded: dict[str, tuple[int, ...]], *,
-               movable: int) -> list[Move]:
-    """The moves of whole guarded arrays of at most `movable` elements between HBM and
-    on-chip memory in the loops of a TPU program, one per transfer (a `copy-start` or
-    `copy`) in a loop body; empty on GPU and CPU, which have no such transfers."""
-    return _check(hlo_text, guarded, movable)[1]
+    return check_loops(hlo_text, guarded, movable=movable).problems
 
 
 def guarded_arrays(cache: Any, batch_axes: Any, column: int) -> dict[str, tuple[int, ...]]:

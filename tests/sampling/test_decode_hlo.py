@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from lasad_jax.models import MIXERS, LASADGen, ModelConfig
-from lasad_jax.sampling.hlo_check import (guarded_arrays, loop_moves, loop_problems,
+from lasad_jax.sampling.hlo_check import (check_loops, guarded_arrays, loop_problems,
                                           sampler_problems)
 
 # w = 8 columns and head dim 16: every multi-slot array of the lasad state (9 column
@@ -120,7 +120,7 @@ def test_tpu_moves_of_arrays_up_to_a_column_are_listed_not_failed():
     GPU and CPU rule) each whole-ring transfer is a problem, counted once."""
     text = _TPU_LOOP.replace("%EXTRA", "")
     assert loop_problems(text, _TPU_GUARDED, movable=_COLUMN) == []
-    moves = loop_moves(text, _TPU_GUARDED, movable=_COLUMN)
+    moves = check_loops(text, _TPU_GUARDED, movable=_COLUMN).moves
     assert [(m.name, m.shape, m.nbytes, m.into_chip) for m in moves] == [
         ("cache.keys", "bf16[5,2,8]", 160, True), ("cache.keys", "bf16[5,2,8]", 160, False)]
     strict = loop_problems(text, _TPU_GUARDED)
