@@ -5,15 +5,52 @@ inner loop. Both run on every core through pytest-xdist (`-n auto` in pyproject.
 addopts; `-n 0` runs in one process). Markers: `slow` (whole jobs, notebooks, subprocess
 runs), `multidevice` (8 simulated CPU devices in a subprocess), `notebook`, `gpu` (needs a
 CUDA device; skipped elsewhere).
+
+On CPU the run shares one JAX compilation cache between its workers and every
+subprocess they start, so a program that several tests compile (the demo's training
+step, by each job test that runs it) is compiled once; see `_share_compilation_cache`.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 
-import jax
-import pytest
+
+def _share_compilation_cache() -> None:
+    """Points JAX's persistent compilation cache at a directory made for this run.
+
+    Why: on two CPU cores the suite spends most of its time in XLA's compiler, and many
+    tests compile the same programs, most of them in subprocesses (`python -m
+    lasad_jax.main` and the benchmark scripts) that cannot share an in-memory cache. The
+    variable is set before JAX is imported, in the process that starts the workers, so
+    workers and their subprocesses inherit it; that process removes the directory when
+    it exits. The cache is keyed by the program, the compile options and XLA's flags, so
+    a hit is the executable the test would have compiled. A size limit turns on JAX's file
+    lock (the `filelock` package), so a worker never reads an entry another is still
+    writing. Left alone: a cache the caller chose (`JAX_COMPILATION_CACHE_DIR` already
+    set; set to nothing, no cache), and hosts with a GPU or TPU plugin, where it has not
+    been measured.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    if any(importlib.util.find_spec(m) is not None
+           for m in ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")):
+        return
+    path = tempfile.mkdtemp(prefix="lasad_jax_compile_cache_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=path,
+                      JAX_COMPILATION_CACHE_MAX_SIZE=str(8 << 30),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+
+
+_share_compilation_cache()
+
+import jax  # noqa: E402  (after the cache's variables, which JAX reads on import)
+import pytest  # noqa: E402
 
 if "PYTEST_XDIST_WORKER" in os.environ:
     # Several workers may share one GPU: each takes memory as it needs it instead of JAX's

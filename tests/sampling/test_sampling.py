@@ -74,18 +74,26 @@ def test_top_k_then_top_p_and_temperature():
 
 
 def greedy_parallel(model, labels, cfg_scale: float) -> np.ndarray:
-    """Greedy decoding the slow, independent way: re-run the parallel forward on the
-    prefix for every token and take the argmax of the (guided) last logits."""
+    """Greedy decoding the slow, independent way: for every token, the parallel forward
+    over a whole sequence, taking the argmax of the (guided) logits at that token's slot.
+
+    Tokens not drawn yet are 0 in that sequence. The forward is causal, so they cannot
+    reach the slot read (were it not, the draws would differ from the sampler's), and one
+    sequence length is one compiled program for every token."""
     cfg = model.cfg
-    tokens = jnp.zeros((labels.shape[0], 0), jnp.int32)
+    forward = nnx.jit(lambda model, labels, tokens: model(labels, tokens))
+    tokens = jnp.zeros((labels.shape[0], cfg.num_tokens - 1), jnp.int32)
     null = jnp.full_like(labels, model.null_class)
-    for _ in range(cfg.num_tokens):
-        logits = model(labels, tokens)[:, -1]
+    drawn = []
+    for t in range(cfg.num_tokens):
+        logits = forward(model, labels, tokens)[:, t]
         if cfg_scale != 1.0:
-            uncond = model(null, tokens)[:, -1]
+            uncond = forward(model, null, tokens)[:, t]
             logits = uncond + cfg_scale * (logits - uncond)
-        tokens = jnp.concatenate([tokens, jnp.argmax(logits, -1)[:, None].astype(jnp.int32)], 1)
-    return np.asarray(tokens).reshape(labels.shape[0], *cfg.grid)
+        drawn.append(jnp.argmax(logits, -1).astype(jnp.int32))
+        if t < tokens.shape[1]:
+            tokens = tokens.at[:, t].set(drawn[-1])
+    return np.stack(drawn, 1).reshape(labels.shape[0], *cfg.grid)
 
 
 @pytest.mark.slow
