@@ -120,6 +120,9 @@ def test_state_shardings_and_global_batch_on_one_device():
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
+    # A module fixture runs once per pytest-xdist worker that needs it: the tests that
+    # read it are one `xdist_group`, so one worker runs them and the subprocess (2-4
+    # minutes on 2 cores) runs once (`--dist loadgroup` in pyproject.toml's addopts).
     out = tmp_path_factory.mktemp("multidevice") / "out.json"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
@@ -135,6 +138,7 @@ def measured(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 @pytest.mark.parametrize("mesh", ["8x1x1", "2x4x1", "2x2x2"])
 def test_one_step_on_a_mesh_equals_one_device(measured, mesh):
     assert measured["devices"] == 8
@@ -146,6 +150,7 @@ def test_one_step_on_a_mesh_equals_one_device(measured, mesh):
 
 @pytest.mark.slow
 @pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 def test_fsdp_and_tensor_axes_really_split_the_state(measured):
     steps = measured["one_step"]
     assert steps["8x1x1"]["w_gate_spec"] == "P(None, None)"  # pure data parallel
@@ -160,6 +165,7 @@ def test_fsdp_and_tensor_axes_really_split_the_state(measured):
 
 @pytest.mark.slow
 @pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 def test_resume_on_another_mesh_continues_the_run(measured):
     """Saved at step 5 on (8,1,1), resumed on (2,2,2): the next 5 losses (and the final
     validation) match a run that never stopped."""
@@ -173,6 +179,7 @@ def test_resume_on_another_mesh_continues_the_run(measured):
 
 @pytest.mark.slow
 @pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 def test_sharded_sampling_draws_the_same_images(measured):
     sampling = measured["sampling"]
     assert sampling["distinct_tokens"] > 5  # not a degenerate model
@@ -181,6 +188,7 @@ def test_sharded_sampling_draws_the_same_images(measured):
 
 @pytest.mark.slow
 @pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 def test_pallas_kernels_run_per_shard_on_a_mesh(measured):
     """`impl="pallas"` on a 2x2x2 mesh equals one device (interpreted on CPU), and the
     same program lowers for TPU: without `parallel.rules.per_shard` Mosaic refuses it
@@ -196,6 +204,7 @@ def test_pallas_kernels_run_per_shard_on_a_mesh(measured):
 
 @pytest.mark.slow
 @pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 def test_fused_decoding_step_runs_per_shard_on_a_mesh(measured):
     """`decode_impl="pallas"` (the fused step, interpreted on CPU) samples the same tokens
     on 2x4x1 and 2x2x2 meshes as on one device."""
