@@ -20,6 +20,11 @@ import shutil
 import tempfile
 
 
+def _installed(*modules: str) -> bool:
+    """Whether any of these modules (an accelerator's JAX plugin) can be imported."""
+    return any(importlib.util.find_spec(m) is not None for m in modules)
+
+
 def _share_compilation_cache() -> None:
     """Points JAX's persistent compilation cache at a directory made for this run.
 
@@ -35,10 +40,8 @@ def _share_compilation_cache() -> None:
     set; set to nothing, no cache), and hosts with a GPU or TPU plugin, where it has not
     been measured.
     """
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return
-    if any(importlib.util.find_spec(m) is not None
-           for m in ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")):
+    if ("JAX_COMPILATION_CACHE_DIR" in os.environ
+            or _installed("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")):
         return
     path = tempfile.mkdtemp(prefix="lasad_jax_compile_cache_")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
@@ -63,7 +66,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: a worker per core, except on a TPU host, whose chips only one process can
     hold at a time; there the tests run in this process."""
-    if importlib.util.find_spec("libtpu") is not None:
+    if _installed("libtpu"):
         return 0
     return None  # xdist's own count: the CPU cores
 
