@@ -49,13 +49,16 @@
 # 7. chunk_sweep (60 s): kernels.py, chunk size x remat policy of the XLA form,
 #    forward+backward at T = 16384 then 4096 (the data for ops.chunked's defaults on GPU).
 # 8. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
-# Files back: log.txt (the device, then every stage) and one JSON per stage but
+# Then benchmarks/report.py (20 s at most, on the CPU) prints into the log each target of
+# issues 17 and 18, met or missed, and the defaults the rows support.
+# Files back: log.txt (the device, every stage, the report) and one JSON per stage but
 # pallas_tests: seven, the tool's limit being eight.
 # Only jax, numpy, optax, flax and pytest are needed: the device image has them.
 set -uo pipefail
 
 all_stages=(core train_step pallas_tests pallas tiles chunk_sweep rest sampling)
 first_call=core,train_step,pallas,tiles,sampling
+report_limit=20
 usage="usage: bash benchmarks/device_check.sh OUT_DIR [--smoke] [--stages NAME,...]"
 out=${1:?$usage}
 shift
@@ -166,4 +169,12 @@ stage chunk_sweep "${limits[5]}" "${kernels[@]}" "${sweep[@]}" \
 stage rest "${limits[6]}" "${kernels[@]}" "${rest[@]}" --out "$out/kernels_rest_$backend.json"
 stage sampling "${limits[7]}" "$py" benchmarks/sampling.py --hlo_check "${sampling_args[@]}" \
     --out "$out/sampling_$backend.json"
+# Last, on the CPU (seconds): each issue target met or missed and the defaults the rows
+# support, from whatever JSON this call left (benchmarks/report.py).
+if compgen -G "$out/*.json" >/dev/null; then
+    echo "== report ($(date -u +%T))" | tee -a "$out/log.txt"
+    JAX_PLATFORMS=cpu timeout "$report_limit" "$py" benchmarks/report.py "$out" 2>&1 \
+        | tee -a "$out/log.txt"
+    [[ ${PIPESTATUS[0]} == 0 ]] || failed=1
+fi
 exit $failed

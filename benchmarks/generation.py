@@ -1,6 +1,6 @@
 """Time per generated token by position, and decoding memory, of the whole LASADGen model.
 
-    python benchmarks/generation.py              # tiny and B, 16x16 and 32x32: ~7 min on 2 CPU cores
+    python benchmarks/generation.py       # tiny and B, 16x16 and 32x32: ~7 min on 2 CPU cores
     python benchmarks/generation.py --presets B --grids 32 --mixers lasad --passes 3
 
 LASAD's promise is that sampling costs the same for every token: its decoding state has
@@ -283,7 +283,8 @@ def plot(rows: list[dict], path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny", "B"])
     p.add_argument("--grids", type=int, nargs="+", default=[16, 32], help="square grid sides")
     p.add_argument("--mixers", nargs="+", default=["lasad", "softmax"])

@@ -60,6 +60,11 @@ PEAKS = {
     "NVIDIA H200": (989.0, 4.8),
 }
 OPS = ("lasad_chunked", "lasad_pallas", "softmax")
+# Issue 18's targets: LASAD forward+backward time over cuDNN flash attention's, by T, at
+# batch 1, 16 heads, D = 64 (no more than 1.2x slower at 256, as fast at 1024, twice as
+# fast at 4096, five times at 16384). benchmarks/report.py applies them.
+TARGETS = {256: 1.2, 1024: 1.0, 4096: 0.5, 16384: 0.2}
+TARGET_SHAPE = dict(batch=1, dim=64)
 # Largest difference (over the largest magnitude, per output and gradient) of a bf16 LASAD
 # row from the float32 check, for the row to count. The bf16 forms round scores, decayed
 # keys and outputs to bf16 (2^-9 relative each); measured on CPU (benchmarks/numerics.py,

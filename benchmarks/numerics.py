@@ -47,7 +47,8 @@ def worst(got, want) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096],
                    help="image tokens (square grids); one prefix slot is added")
     p.add_argument("--heads", type=int, default=8)

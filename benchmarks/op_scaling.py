@@ -40,7 +40,8 @@ def make_inputs(tokens: int, heads: int, dim: int, dtype):
     rng = np.random.default_rng(0)
     # Scaled so that outputs stay O(1) for every operator and T.
     scale = 1.0 / math.sqrt(dim)
-    q, k, v = (jnp.asarray(rng.normal(size=(1, tokens, heads, dim)) * scale, dtype) for _ in range(3))
+    q, k, v = (jnp.asarray(rng.normal(size=(1, tokens, heads, dim)) * scale, dtype)
+               for _ in range(3))
     row = jnp.linspace(0.5, 0.99, heads).astype(jnp.float32)
     col = jnp.linspace(0.6, 0.95, heads).astype(jnp.float32)
     return q, k, v, row, col
@@ -137,7 +138,8 @@ def markdown_table(rows: list[dict]) -> str:
         cells = []
         for mode in ("fwd", "fwd_bwd"):
             r = modes.get(mode)
-            cells.append("-" if r is None else f"{r['ms']:.1f}" if r["ms"] is not None else "does not fit")
+            cells.append("-" if r is None else
+                         f"{r['ms']:.1f}" if r["ms"] is not None else "does not fit")
         mem = modes.get("fwd_bwd", {}).get("bytes")
         cells.append("?" if mem is None else f"{mem / 2**20:,.0f}")
         lines.append(f"| {op} | {tokens} | " + " | ".join(cells) + " |")
@@ -164,7 +166,8 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     p.add_argument("--ops", nargs="+", default=["lasad_chunked", "lasad_reference", "softmax"],
                    choices=["lasad_chunked", "lasad_reference", "softmax"])

@@ -71,6 +71,9 @@ class _Fields(dict):
 OPTIMIZER = _Fields(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip=1.0,
                     schedule="constant", warmup_steps=0, end_lr_fraction=1.0)
 CLASS_DROPOUT, EMA_DECAY = 0.1, 0.9999
+# Issue 18's targets: LASAD's step time over softmax's, by grid (256 px: no slower; 512 px:
+# 0.8x). benchmarks/report.py applies them.
+TARGETS = {16: 1.0, 32: 0.8}
 
 
 def model_config(args, mixer: str, grid: int, impl: str = "auto") -> ModelConfig:
@@ -156,7 +159,8 @@ def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
 
 
 def print_row(r: dict) -> None:
-    mfu = "" if r["mfu"] is None else f"  MFU {100 * r['mfu']:.1f}% ({100 * r['mfu_with_attn']:.1f}% with attn)"
+    mfu = "" if r["mfu"] is None else (f"  MFU {100 * r['mfu']:.1f}% "
+                                       f"({100 * r['mfu_with_attn']:.1f}% with attn)")
     print(f"{r['mixer']:8s} {r['impl']:6s} {r['image_px']:4d} px batch {r['batch']:3d}: "
           f"step {r['step_ms']:9.2f} ms"
           f"  {r['tokens_per_s']:12,.0f} tokens/s  compile {r['compile_s']:6.1f} s{mfu}",

@@ -1,0 +1,275 @@
+"""What one run of `benchmarks/device_check.sh` found: each target of issues 17 and 18,
+met or missed, and the library defaults its measurements support.
+
+    python benchmarks/report.py OUT                   # the folder device_check.sh wrote
+    python benchmarks/report.py OUT --out report.json
+
+Why: a lent GPU session has about 15 minutes of device time, and reading seven JSON files
+by hand afterwards is where figures get mixed up. `device_check.sh` runs this script last,
+into `log.txt`, so the verdicts and the suggested defaults come back with the raw rows
+even when no device time is left, and anyone can re-derive them from the JSON here.
+
+It reads whichever stage files the folder holds (`kernels_core_gpu.json`, ...; one
+backend), says which stages are missing or were cut by their time limit, and changes no
+file but `--out`. Targets live beside the benchmark that measures them
+(`kernels.TARGETS`, `train_step.TARGETS`, `sampling.TARGET_SPEEDUP`); suggestions name the
+code they would change and are printed, never applied: a person reads the evidence first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import auto_table  # noqa: E402
+import kernels  # noqa: E402
+import sampling  # noqa: E402
+import train_step  # noqa: E402
+from common import write_json  # noqa: E402
+
+STAGES = ("kernels_core", "kernels_pallas", "kernels_tiles", "kernels_sweep", "kernels_rest",
+          "train_step", "sampling")
+KERNEL_STAGES = ("kernels_core", "kernels_pallas", "kernels_sweep", "kernels_rest")
+
+
+def load(folder: str) -> tuple[str, dict[str, dict]]:
+    """The backend and each stage's result JSON, by stage name. Files of several backends
+    are refused: a verdict compares rows of one device."""
+    found: dict[str, dict] = {}
+    backends = set()
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        m = re.fullmatch(r"(.+)_([a-z]+)\.json", os.path.basename(path))
+        if not m or m.group(1) not in STAGES:
+            continue
+        try:
+            with open(path) as f:
+                result = json.load(f)
+            rows = result["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path}: not a benchmark result JSON ({type(e).__name__}: {e})")
+        if not isinstance(rows, list):
+            raise SystemExit(f"{path}: 'rows' is not a list")
+        found[m.group(1)] = result
+        backends.add(m.group(2))
+    if not found:
+        raise SystemExit(f"{folder}: no stage JSON of benchmarks/device_check.sh "
+                         f"({', '.join(s + '_<backend>.json' for s in STAGES)})")
+    if len(backends) != 1:
+        raise SystemExit(f"{folder}: files of backends {sorted(backends)}; give one's")
+    return backends.pop(), found
+
+
+def verdict(ratio: float | None, limit: float, higher_is_better: bool = False) -> str:
+    if ratio is None:
+        return "not measured"
+    return "met" if (ratio >= limit if higher_is_better else ratio <= limit) else "MISSED"
+
+
+def operator_targets(rows: list[dict]) -> list[dict]:
+    """Issue 18, point 4: the fastest checked LASAD form that `impl="auto"` can choose,
+    forward+backward, over the softmax baseline of the same run; at the targets' shape
+    (`kernels.TARGET_SHAPE`, with `limit`) and at every other shape measured (`limit`
+    None: reported, as the issue asks)."""
+    shapes = {(r["batch"], r["dim"]) for r in rows if r.get("op") == "softmax"}
+    target = (kernels.TARGET_SHAPE["batch"], kernels.TARGET_SHAPE["dim"])
+    out = []
+    for batch, dim in [target] + sorted(shapes - {target}):
+        shape = dict(batch=batch, dim=dim, mode="fwd_bwd")
+        ranked = auto_table.candidates(rows, **shape)
+        soft = auto_table.softmax_ms(rows, **shape)
+        limits = kernels.TARGETS if (batch, dim) == target else dict.fromkeys(sorted(soft))
+        for t, limit in limits.items():
+            best = ranked.get(t, [None])[0]
+            ratio = best["ms"] / soft[t] if best and t in soft else None
+            out.append(dict(batch=batch, dim=dim, tokens=t, limit=limit,
+                            lasad_ms=best and best["ms"], softmax_ms=soft.get(t), ratio=ratio,
+                            lasad=best and f"{auto_table.IMPL_OF_OP[best['op']]} "
+                                           f"C={best['chunk_size']}",
+                            verdict="no target" if limit is None else verdict(ratio, limit)))
+    return out
+
+
+def step_targets(rows: list[dict]) -> list[dict]:
+    """Issue 18, point 5: LASAD's training step over softmax's, per size and `impl`."""
+    out = []
+    for r in train_step.ratios(rows):
+        limit = train_step.TARGETS.get(r["grid"])
+        lasad = next(x for x in rows if x.get("mixer") == "lasad" and x.get("impl") == r["impl"]
+                     and x["grid"] == r["grid"] and x["batch"] == r["batch"] and "step_ms" in x)
+        out.append(dict(r, limit=limit, step_ms=lasad["step_ms"], mfu=lasad.get("mfu"),
+                        tokens_per_s=lasad["tokens_per_s"],
+                        verdict="no target" if limit is None else
+                        verdict(r["lasad_over_softmax"], limit)))
+    return out
+
+
+def sampling_targets(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Issue 17, point 5: images/s over softmax's per LASAD row, and the last/first
+    quarter ratio per size (measured once a size)."""
+    speed, quarters = [], {}
+    for v in sampling.verdict(rows):
+        target = v.get("target")
+        speed.append(dict(v, verdict="no target" if target is None else
+                          verdict(v.get("speedup"), target, higher_is_better=True)))
+        quarters.setdefault((v["preset"], v["grid"]), dict(
+            preset=v["preset"], grid=v["grid"], ratio=v.get("quarter_ratio"),
+            limit=sampling.TARGET_QUARTER_RATIO,
+            verdict=verdict(v.get("quarter_ratio"), sampling.TARGET_QUARTER_RATIO)))
+    return speed, list(quarters.values())
+
+
+def fastest_tiles(rows: list[dict]) -> dict | None:
+    """The tile setting with the least total time over the shapes every setting ran at
+    (`masked_probe.py` rows), or None if no setting ran at every shape."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    shapes = {(r["batch"], r["tokens"]) for r in rows}
+    totals: dict[tuple, list[float]] = {}
+    for r in ok:
+        key = tuple(r.get(k) for k in ("block_q", "block_k", "num_warps", "num_stages"))
+        totals.setdefault(key, []).append(r["ms"])
+    full = {k: sum(v) for k, v in totals.items() if len(v) == len(shapes)}
+    if not full:
+        return None
+    key = min(full, key=full.get)
+    first = next((r for r in ok), None)
+    default = tuple(first.get(k) for k in ("block_q", "block_k", "num_warps", "num_stages"))
+    return dict(tiles=key, total_ms=full[key], default=default, default_ms=full.get(default))
+
+
+def chunk_defaults(rows: list[dict]) -> list[dict]:
+    """Per T, the fastest checked chunk size and remat policy of the XLA form (the
+    `chunk_sweep` stage): the data for `ops.chunked.DEFAULTS`."""
+    by_t: dict[int, list[dict]] = {}
+    for r in rows:
+        if r.get("op") == "lasad_chunked" and r.get("status") == "ok" and r["mode"] == "fwd_bwd":
+            by_t.setdefault(r["tokens"], []).append(r)
+    return [dict(tokens=t, **{k: min(rs, key=lambda r: r["ms"])[k]
+                              for k in ("chunk_size", "remat", "ms")})
+            for t, rs in sorted(by_t.items())]
+
+
+def decode_choices(rows: list[dict]) -> list[dict]:
+    """LASAD images/s of each decoding step and state dtype, per size, over the XLA step
+    with float32 states (the defaults)."""
+    lasad = [r for r in rows if r.get("mixer") == "lasad" and "images_per_s" in r]
+    out = []
+    for r in lasad:
+        base = next((b for b in lasad if b["preset"] == r["preset"] and b["grid"] == r["grid"]
+                     and b["decode_impl"] == "xla" and b["state_dtype"] == "float32"), None)
+        out.append(dict(preset=r["preset"], grid=r["grid"], decode_impl=r["decode_impl"],
+                        state_dtype=r["state_dtype"], images_per_s=r["images_per_s"],
+                        over_default=base and r["images_per_s"] / base["images_per_s"]))
+    return out
+
+
+def fmt(x: float | None, spec: str = ".3f", suffix: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def limit(x: float | None, relation: str, suffix: str = "x") -> str:
+    return "-" if x is None else f"{relation} {x}{suffix}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="the OUT folder of benchmarks/device_check.sh")
+    p.add_argument("--out", default=None, help="JSON of every verdict and suggestion")
+    args = p.parse_args(argv)
+    backend, found = load(args.folder)
+    info = next(iter(found.values())).get("info", {})
+    print(f"# device_check report: {info.get('device', backend)}, {info.get('date', '?')}, "
+          f"jax {info.get('jax', '?')}")
+    missing = [s for s in STAGES if s not in found]
+    cut = [s for s, r in found.items() if not r.get("complete", False)]
+    print(f"stages read: {', '.join(found)}; missing: {', '.join(missing) or 'none'}; "
+          f"cut by their time limit: {', '.join(cut) or 'none'}")
+    kernel_rows = [r for s in KERNEL_STAGES if s in found for r in found[s]["rows"]]
+    report: dict = dict(backend=backend, info=info, missing=missing, cut=cut)
+
+    report["operator"] = operator_targets(kernel_rows)
+    print("\n## Issue 18.4: operator forward+backward time, LASAD (the fastest checked form "
+          "`auto` can pick) over softmax")
+    print("| batch | D | T | LASAD | ms | softmax ms | ratio | target | verdict |\n"
+          "|---:|---:|---:|---|---:|---:|---:|---:|---|")
+    for r in report["operator"]:
+        print(f"| {r['batch']} | {r['dim']} | {r['tokens']} | {r['lasad'] or '-'} | "
+              f"{fmt(r['lasad_ms'])} | {fmt(r['softmax_ms'])} | {fmt(r['ratio'], '.2f', 'x')} | "
+              f"{limit(r['limit'], '<=')} | {r['verdict']} |")
+
+    report["train_step"] = step_targets(found.get("train_step", {}).get("rows", []))
+    print("\n## Issue 18.5: LASADGen-L training step over softmax's")
+    print("| px | batch | impl | step ms | tokens/s | MFU (6N) | ratio | target | verdict |\n"
+          "|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    for r in report["train_step"]:
+        mfu = fmt(r["mfu"] and 100 * r["mfu"], ".1f", "%")
+        print(f"| {16 * r['grid']} | {r['batch']} | {r['impl']} | {r['step_ms']:.1f} | "
+              f"{r['tokens_per_s']:,.0f} | {mfu} | {r['lasad_over_softmax']:.2f}x | "
+              f"{limit(r['limit'], '<=')} | {r['verdict']} |")
+
+    report["sampling"], report["quarters"] = sampling_targets(
+        found.get("sampling", {}).get("rows", []))
+    print("\n## Issue 17.5: sampling, LASAD images/s over softmax's")
+    print("| preset | tokens | states, step | speedup | target | verdict |\n"
+          "|---|---|---|---:|---:|---|")
+    for v in report["sampling"]:
+        print(f"| {v['preset']} | {v['grid']}x{v['grid']} | {v['state_dtype']} "
+              f"{v['decode_impl']} | {fmt(v.get('speedup'), '.2f', 'x')} | "
+              f"{limit(v.get('target'), '>=')} | {v['verdict']} |")
+    print("\n| preset | tokens | LASAD last/first quarter, time per token | target | verdict |"
+          "\n|---|---|---:|---:|---|")
+    for q in report["quarters"]:
+        print(f"| {q['preset']} | {q['grid']}x{q['grid']} | {fmt(q['ratio'])} | "
+              f"{limit(q['limit'], '<=', '')} | {q['verdict']} |")
+
+    print("\n## Defaults the measurements support (printed, not applied)")
+    ranked = auto_table.candidates(kernel_rows, **{**kernels.TARGET_SHAPE, "mode": "fwd_bwd"})
+    report["auto_table"] = auto_table.table_rows(backend, {t: rs[0] for t, rs in ranked.items()})
+    print("ops.api.AUTO_TABLE rows:" if report["auto_table"] else
+          "ops.api.AUTO_TABLE: no checked LASAD rows at the target shape")
+    for row in report["auto_table"]:
+        bound = 'float("inf")' if row["max_tokens"] is None else row["max_tokens"]
+        print(f"    Auto({row['platform']!r}, {bound}, {row['impl']!r}, {row['chunk_size']}),")
+    report["chunk_defaults"] = chunk_defaults(found.get("kernels_sweep", {}).get("rows", []))
+    for r in report["chunk_defaults"]:
+        print(f"ops.chunked.DEFAULTS[{backend!r}] at T = {r['tokens']}: chunk {r['chunk_size']}, "
+              f"remat {r['remat']!r} ({r['ms']:.3f} ms)")
+    report["tiles"] = fastest_tiles(found.get("kernels_tiles", {}).get("rows", []))
+    if report["tiles"]:
+        t = report["tiles"]
+        print(f"ops.pallas.masked.default_tiles (16-bit): Tiles{t['tiles']}, "
+              f"{t['total_ms']:.3f} ms over the shapes against {fmt(t['default_ms'])} for the "
+              f"default Tiles{t['default']}")
+    report["decode"] = decode_choices(found.get("sampling", {}).get("rows", []))
+    for r in report["decode"]:
+        if r["decode_impl"] != "xla" or r["state_dtype"] != "float32":
+            print(f"decode {r['preset']} {r['grid']}x{r['grid']}: {r['decode_impl']} step, "
+                  f"{r['state_dtype']} states: {fmt(r['over_default'], '.2f', 'x')} the XLA "
+                  "step with float32 states (ops.api.DECODE_AUTO_TABLE, "
+                  "model.decode_state_dtype)")
+    # One verdict per target: a size's best LASAD row counts (the defaults can pick it).
+    verdicts = [r["verdict"] for part in ("operator", "quarters") for r in report[part]]
+    for part, key in (("train_step", "lasad_over_softmax"), ("sampling", "speedup")):
+        best: dict[tuple, dict] = {}
+        for r in report[part]:
+            size, better = (r.get("preset"), r["grid"], r.get("batch")), r.get(key)
+            if better is not None and (size not in best or (better > best[size][key]) ==
+                                       (part == "sampling")):
+                best[size] = r
+        verdicts += [r["verdict"] for r in best.values()]
+    report["missed"] = verdicts.count("MISSED")
+    report["not_measured"] = verdicts.count("not measured")
+    print(f"\ntargets (a size's best LASAD row each): {verdicts.count('met')} met, "
+          f"{report['missed']} missed, {report['not_measured']} not measured")
+    if args.out:
+        write_json(args.out, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

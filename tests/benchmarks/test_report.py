@@ -1,0 +1,107 @@
+"""benchmarks/report.py: the verdicts it gives for rows whose answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import report  # benchmarks/ (tests/benchmarks/conftest.py puts it on the path)
+
+
+def _write(folder, name: str, rows: list[dict], complete: bool = True) -> None:
+    info = {"backend": "gpu", "device": "NVIDIA H200", "date": "2026-12-06", "jax": "0.11.2"}
+    (folder / name).write_text(json.dumps({"info": info, "complete": complete, "rows": rows}))
+
+
+def _kernel(op: str, tokens: int, ms: float, **extra) -> dict:
+    row = dict(op=op, tokens=tokens, ms=ms, batch=1, dim=64, mode="fwd_bwd", status="ok",
+               chunk_size=None if op == "softmax" else 1024, remat="inputs", state_pass="scan")
+    return {**row, **extra}
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A device_check folder: the operator meets two targets, misses one, and one length
+    has only a LASAD row that failed its check; the 256 px step meets its target with the
+    Pallas kernels only; L at 512 px samples 2.4x faster with the fused step only."""
+    _write(tmp_path, "kernels_core_gpu.json", [
+        _kernel("lasad_chunked", 256, 0.20), _kernel("softmax", 256, 0.17),  # 1.18x: met
+        _kernel("lasad_chunked", 1024, 0.40), _kernel("softmax", 1024, 0.28),
+        _kernel("lasad_chunked", 4096, 0.50), _kernel("softmax", 4096, 0.68),  # 0.74x: missed
+        _kernel("lasad_chunked", 16384, 0.01, status="mismatch: 1e-1"),  # a wrong kernel
+        _kernel("softmax", 16384, 5.0),
+        _kernel("lasad_chunked", 1024, 0.01, remat="none"),  # not a choice auto has
+        _kernel("lasad_chunked", 1024, 0.30, batch=8), _kernel("softmax", 1024, 0.60, batch=8),
+    ])
+    _write(tmp_path, "kernels_pallas_gpu.json", [
+        _kernel("lasad_pallas", 1024, 0.25, chunk_size=2048),  # 0.89x: met, and the choice
+    ])
+    train = dict(image_px=256, tokens_per_s=1.0, mfu=0.3, grid=16, batch=64)
+    _write(tmp_path, "train_step_gpu.json", [
+        dict(train, mixer="softmax", impl="auto", step_ms=100.0),
+        dict(train, mixer="lasad", impl="pallas", step_ms=95.0),
+        dict(train, mixer="lasad", impl="auto", step_ms=130.0),
+    ], complete=False)
+    sample = dict(preset="L", grid=32, state_dtype="float32")
+    _write(tmp_path, "sampling_gpu.json", [
+        dict(sample, mixer="softmax", decode_impl="auto", images_per_s=5.0),
+        dict(sample, mixer="lasad", decode_impl="pallas", images_per_s=12.0, quarter_ratio=1.3),
+        dict(sample, mixer="lasad", decode_impl="xla", images_per_s=6.0),
+    ])
+    return tmp_path
+
+
+def test_report_gives_each_target_its_verdict(run, capsys):
+    result = report.main([str(run), "--out", str(run / "report.json")])
+    operator = {(r["batch"], r["tokens"]): r for r in result["operator"]}
+    assert [operator[(1, t)]["verdict"] for t in (256, 1024, 4096, 16384)] == [
+        "met", "met", "MISSED", "not measured"]
+    assert operator[(1, 1024)]["lasad"] == "pallas C=2048"
+    assert operator[(1, 256)]["ratio"] == pytest.approx(0.20 / 0.17)
+    assert operator[(8, 1024)]["verdict"] == "no target"  # reported, as the issue asks
+    assert operator[(8, 1024)]["ratio"] == pytest.approx(0.5)
+    steps = {r["impl"]: r for r in result["train_step"]}
+    assert steps["pallas"]["verdict"] == "met" and steps["auto"]["verdict"] == "MISSED"
+    speed = {r["decode_impl"]: r for r in result["sampling"]}
+    assert speed["pallas"]["speedup"] == pytest.approx(2.4)
+    assert (speed["pallas"]["verdict"], speed["xla"]["verdict"]) == ("met", "MISSED")
+    assert [q["verdict"] for q in result["quarters"]] == ["MISSED"]  # 1.3 > 1.1, once a size
+    # Per target the size's best row counts: operator 2 met, 1 missed, 1 not measured; the
+    # step met (Pallas); sampling met (fused step); the quarters missed.
+    assert (result["missed"], result["not_measured"]) == (2, 1)
+    assert result["missing"] == ["kernels_tiles", "kernels_sweep", "kernels_rest"]
+    assert result["cut"] == ["train_step"]
+    # AUTO_TABLE: the fastest checked row per T at the target shape.
+    assert [(r["max_tokens"], r["impl"], r["chunk_size"]) for r in result["auto_table"]] == [
+        (256, "chunked", 1024), (1024, "pallas", 2048), (None, "chunked", 1024)]
+    decode = {(r["decode_impl"], r["state_dtype"]): r["over_default"] for r in result["decode"]}
+    assert decode[("pallas", "float32")] == pytest.approx(2.0)
+    out = capsys.readouterr().out
+    assert "| 1 | 64 | 4096 | chunked C=1024 | 0.500 | 0.680 | 0.74x | <= 0.5x | MISSED |" in out
+    assert json.loads((run / "report.json").read_text())["missed"] == 2
+
+
+def test_report_names_what_it_cannot_read(tmp_path):
+    with pytest.raises(SystemExit, match="no stage JSON"):
+        report.main([str(tmp_path)])
+    _write(tmp_path, "kernels_core_gpu.json", [])
+    _write(tmp_path, "sampling_cpu.json", [])
+    with pytest.raises(SystemExit, match=r"backends \['cpu', 'gpu'\]"):
+        report.main([str(tmp_path)])
+    (tmp_path / "sampling_cpu.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="sampling_cpu.json: not a benchmark result JSON"):
+        report.main([str(tmp_path)])
+
+
+def test_fastest_tiles_needs_every_shape():
+    """A setting that failed at one shape cannot be the default, however fast elsewhere."""
+    def row(bq, ms, tokens, status="ok"):
+        return dict(block_q=bq, block_k=64, num_warps=4, num_stages=2, batch=1, tokens=tokens,
+                    ms=ms, status=status)
+
+    rows = [row(64, 1.0, 256), row(64, 2.0, 1024), row(128, 0.5, 256),
+            row(128, 0.0, 1024, status="unavailable: shared memory"), row(32, 0.9, 256),
+            row(32, 1.8, 1024)]
+    best = report.fastest_tiles(rows)
+    assert best["tiles"] == (32, 64, 4, 2) and best["total_ms"] == pytest.approx(2.7)
+    assert best["default"] == (64, 64, 4, 2) and best["default_ms"] == pytest.approx(3.0)
