@@ -104,11 +104,13 @@ def test_train_step_smoke_times_both_mixers(tmp_path, capsys):
     assert "| lasad | auto | 64 | 2 |" in capsys.readouterr().out
 
 
-def test_train_step_imports_no_package_the_gpu_image_lacks():
-    """The GPU machine has no clu, grain, ml_collections or tensorflow."""
+def test_device_scripts_import_no_package_the_gpu_image_lacks():
+    """The GPU machine has no clu, grain, ml_collections or tensorflow: the scripts that
+    device_check.sh runs there must not need them."""
     import subprocess
 
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); import train_step, kernels; "
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); "
+            "import train_step, kernels, sampling, masked_probe, report; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('clu', 'grain', 'ml_collections', 'tensorflow')]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
