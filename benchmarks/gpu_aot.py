@@ -3,6 +3,7 @@
     pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
     JAX_PLATFORMS=cpu python benchmarks/gpu_aot.py --out benchmarks/results/gpu_aot_h200.json
     python benchmarks/gpu_aot.py --stages decode --presets B --grids 16   # one row pair
+    python benchmarks/gpu_aot.py --target benchmarks/gpu_targets/h100.txtpb --stages node
 
 XLA compiles for a described GPU without one (deviceless compilation: the device is a
 `GpuTargetConfigProto`, `--target`, by default benchmarks/gpu_targets/h200.txtpb). That
@@ -30,6 +31,14 @@ Stages (`--stages`):
   GPU), `lasad` with `impl="pallas"`, and `softmax` (`jax.nn.dot_product_attention`,
   whose choice of XLA or cuDNN attention the row records). Per row: bytes, launches,
   the floor and XLA's temporary buffer; matmul time is not in a byte floor.
+* `node` (named, not run by default: it reads a config file, so it needs the trainer's
+  packages): the trainer's step and the sampler of `--config` (configs/imagenet256.py:
+  LASADGen-L, FSDP over every GPU, batch 256) on one host of `--node_gpus` GPUs, as
+  launch/gpu/slurm.sh runs them, through benchmarks/tpu_aot.py's `train_row` and
+  `sample_row`: 256 px at the config's batch and 512 px at a quarter of it, `lasad`
+  (`auto` and `pallas`) and `softmax`; the sampler at 256 px. Per row: compiles or not,
+  the Triton kernels, each GPU's peak against the usable memory, and the sampler's HLO
+  check at the rows one GPU holds.
 
 Prints each row as it is compiled and rewrites `--out` after each.
 """
@@ -51,7 +60,8 @@ from common import run_info, write_json  # noqa: E402
 from hlo_traffic import summary, traffic  # noqa: E402
 from sampling import tree_bytes  # noqa: E402
 
-STAGES = ("decode", "ops", "train")
+STAGES = ("decode", "ops", "train", "node")
+DEFAULT_STAGES = ("decode", "ops", "train")  # `node` reads a config file: the trainer's packages
 SHORT = {"float32": "f32", "bfloat16": "bf16"}
 # (mixer, state dtype, decode_impl) of each decode row, per preset and grid.
 DECODE_ROWS = (("lasad", "float32", "xla"), ("lasad", "bfloat16", "xla"),
@@ -63,10 +73,10 @@ TARGET = os.path.join(os.path.dirname(__file__), "gpu_targets", "h200.txtpb")
 MEMORY_FRACTION = 0.9
 
 
-def gpu_device(target: str):
-    """A compile-only GPU device described by the target config at `target`; also made
-    the default device, because Pallas' Triton lowering asks the default device which
-    GPU it compiles for."""
+def gpu_devices(target: str, count: int = 1) -> list:
+    """`count` compile-only GPUs of one host, each described by the target config at
+    `target`; the first is also made the default device, because Pallas' Triton lowering
+    asks the default device which GPU it compiles for."""
     from jax.experimental import topologies
 
     if not os.path.isfile(target):
@@ -74,15 +84,19 @@ def gpu_device(target: str):
                  f"e.g. {os.path.relpath(TARGET)})")
     with open(target) as f:
         config = f.read()
-    try:
+    try:  # "slices x hosts x devices per host"
         topo = topologies.get_topology_desc("aot", "cuda", target_config=config,
-                                            topology="1x1x1")
+                                            topology=f"1x1x{count}")
     except (NotImplementedError, RuntimeError, ValueError) as err:
         sys.exit(f"gpu_aot.py needs JAX's CUDA plugin (pip install 'jax[cuda12]=="
                  f"{jax.__version__}'); no GPU is needed. Could not make the device: {err}")
-    device = topo.devices[0]
-    jax.config.update("jax_default_device", device)
-    return device
+    jax.config.update("jax_default_device", topo.devices[0])
+    return list(topo.devices)
+
+
+def gpu_device(target: str):
+    """One compile-only GPU (`gpu_devices`)."""
+    return gpu_devices(target)[0]
 
 
 def target_figure(target: str, field: str) -> float:
@@ -246,6 +260,45 @@ def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float, u
                 **memory_row(compiled, usable))
 
 
+def node_rows(args, usable: float, result: dict) -> int:
+    """The `node` stage: the trainer's step and the sampler of `--config` on one host's
+    `--node_gpus` GPUs, on the config's mesh (FSDP over every GPU for
+    configs/imagenet256.py), as launch/gpu/slurm.sh runs them: each program must compile,
+    fit in `usable` bytes per GPU, and (the sampler) pass the HLO check at the rows one GPU
+    holds. The programs are benchmarks/tpu_aot.py's (`train_row`, `sample_row`), built
+    from the config file by the trainer's own functions. Returns the rows that failed."""
+    import tpu_aot
+
+    try:
+        settings = tpu_aot.run_settings(args.config or tpu_aot.CONFIG)
+    except ImportError as err:  # the bare GPU image: no ml_collections, grain, ...
+        sys.exit(f"the node stage reads a config file with the trainer's code: pip install -r "
+                 f"requirements.txt ({err})")
+    devices = gpu_devices(args.target, args.node_gpus)
+    result["info"]["node"] = f"{len(devices)} x {devices[0].device_kind}, one host"
+    batch = settings[2]
+    print(f"\nnode: {len(devices)} x {devices[0].device_kind}, "
+          f"{usable / 1e9:.1f} GB usable per GPU")
+    failed = 0
+
+    def report(label: str, row: dict) -> None:
+        nonlocal failed
+        result["node"].append(row)
+        failed += tpu_aot.failed(row)
+        print(f"{label:42s} {tpu_aot.verdict(row)}", flush=True)
+        write_json(args.out, result, quiet=True)
+
+    for grid in (16, 32):  # 256 and 512 px, as many tokens per step
+        rows = max(1, batch * 16 * 16 // (grid * grid))
+        for mixer, impl in (("lasad", "auto"), ("lasad", "pallas"), ("softmax", "auto")):
+            report(f"train {16 * grid}px batch {rows} {mixer} {impl}",
+                   tpu_aot.train_row(devices, usable, settings, grid, rows, mixer, impl))
+    for mixer in ("lasad", "softmax"):
+        report(f"sample 256px batch {args.batch} {mixer}",
+               tpu_aot.sample_row(devices, usable, settings, 16, args.batch, mixer))
+    return failed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default=TARGET, help="GpuTargetConfigProto text file")
@@ -253,8 +306,11 @@ def main() -> None:
                    help="share of the device's memory JAX's allocator takes "
                         "(XLA_PYTHON_CLIENT_MEM_FRACTION; benchmarks/device_check.sh sets "
                         f"{MEMORY_FRACTION}): a row whose peak exceeds it is reported")
-    p.add_argument("--stages", default=",".join(STAGES),
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                    help=f"comma-separated, from {STAGES}")
+    p.add_argument("--node_gpus", type=int, default=8, help="node stage: GPUs of the host")
+    p.add_argument("--config", default=None,
+                   help="node stage: a generator config file (default configs/imagenet256.py)")
     p.add_argument("--presets", nargs="+", default=["B", "L"])
     p.add_argument("--grids", nargs="+", type=int, default=[16, 24, 32])
     p.add_argument("--batch", type=int, default=64)
@@ -280,7 +336,7 @@ def main() -> None:
                                 memory_fraction=args.memory_fraction,
                                 note="compiled only: bytes and launches of the GPU program, "
                                      "its peak memory, no timings"),
-                  decode=[], ops=[], train=[])
+                  decode=[], ops=[], train=[], node=[])
     problems = 0
     too_big = []
 
@@ -342,8 +398,12 @@ def main() -> None:
                       f"{gb(row['peak_bytes']):8.1f}  {attention}"
                       f"{fit(row, 'train ' + label)}", flush=True)
                 write_json(args.out, result, quiet=True)
+    node_failed = node_rows(args, usable, result) if "node" in stages else 0
     write_json(args.out, result)
     failures = []
+    if node_failed:
+        failures.append(f"{node_failed} node program(s) did not compile, fit or pass the HLO "
+                        "check")
     if problems:
         failures.append(f"{problems} HLO check problem(s) in the GPU-compiled sampler")
     if too_big:

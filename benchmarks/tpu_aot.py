@@ -74,6 +74,7 @@ TOPOLOGIES = {
 }
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "imagenet256.py")
 MOSAIC = "tpu_custom_call"
+TRITON = "__gpu$xla.gpu.triton"
 
 
 def tpu_devices(name: str) -> list:
@@ -160,8 +161,17 @@ def train_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str, im
     row = dict(stage="train", mixer=mixer, impl=impl, grid=grid, pixels=16 * grid,
                batch=batch, mesh=dict(mesh.shape), compile_s=seconds, error=error)
     if compiled is not None:
-        row.update(mosaic_kernels=compiled.as_text().count(MOSAIC), **memory_row(compiled, hbm))
+        row.update(pallas_kernels(compiled.as_text(), devices[0].platform),
+                   **memory_row(compiled, hbm))
     return row
+
+
+def pallas_kernels(text: str, platform: str) -> dict[str, int]:
+    """How many Pallas kernels a compiled program calls: Mosaic's on a TPU, Triton's on a
+    GPU (benchmarks/gpu_aot.py's `node` stage runs these rows for a GPU host)."""
+    if platform == "tpu":
+        return {"mosaic_kernels": text.count(MOSAIC)}
+    return {"triton_kernels": text.count(TRITON)}
 
 
 def loops_carrying(text: str, guarded: dict) -> int:
@@ -255,6 +265,8 @@ def verdict(row: dict) -> str:
         parts.append("DOES NOT FIT")
     if "mosaic_kernels" in row:
         parts.append(f"{row['mosaic_kernels']} Mosaic kernels")
+    if "triton_kernels" in row:
+        parts.append(f"{row['triton_kernels']} Triton kernels")
     if "hlo_problems" in row:
         found = row["hlo_problems"]
         parts.append(f"HLO check on {row['hlo_loops']} loop(s): " + (

@@ -28,6 +28,6 @@ from lasad_jax.parallel.state import replicated, sharded_init, state_shardings
 
 __all__ = [
     "AXES", "LOGICAL_RULES", "MeshConfig", "batch_shards", "batch_sharding", "build_mesh",
-    "constrain", "global_batch", "local_batch_size", "mesh_shape", "process_0_decides", "replicated",
-    "sharded_init", "spec_for", "state_shardings",
+    "constrain", "global_batch", "local_batch_size", "mesh_shape", "process_0_decides",
+    "replicated", "sharded_init", "spec_for", "state_shardings",
 ]

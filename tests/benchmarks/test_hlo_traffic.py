@@ -270,3 +270,16 @@ def test_tpu_aot_prints_on_chip_moves_apart_from_findings():
                  hlo_moves=0)
     assert "1 findings, e.g. body: %copy-start" in tpu_aot.verdict(found)
     assert "on-chip" not in tpu_aot.verdict(found) and not tpu_aot.failed(found)
+
+
+def test_aot_rows_count_the_platforms_pallas_kernels():
+    """A TPU row counts Mosaic kernels, a GPU row (gpu_aot.py's node stage) Triton ones."""
+    import tpu_aot
+
+    text = ('%a = f32[8] custom-call(%x), custom_call_target="tpu_custom_call"\n'
+            '%b = f32[8] custom-call(%x), custom_call_target="__gpu$xla.gpu.triton"\n'
+            '%c = f32[8] custom-call(%b), custom_call_target="__gpu$xla.gpu.triton"\n')
+    assert tpu_aot.pallas_kernels(text, "tpu") == {"mosaic_kernels": 1}
+    assert tpu_aot.pallas_kernels(text, "gpu") == {"triton_kernels": 2}
+    row = dict(error=None, fits=True, peak_bytes=2 ** 30, compile_s=1.0, triton_kernels=72)
+    assert "peak   1.00 GiB, 72 Triton kernels (1 s)" == tpu_aot.verdict(row)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lasad_jax import ops
-from tests.ops.helpers import (COL_DECAY, DK, DV, HEADS, PARALLEL, ROW_DECAY, decay_kwargs, decode_all,
-                              random_qkv, rel_err)
+from tests.ops.helpers import (COL_DECAY, DK, DV, HEADS, PARALLEL, ROW_DECAY, decay_kwargs,
+                              decode_all, random_qkv, rel_err)
 
 
 def test_lasad_state_layout_and_size():

@@ -45,7 +45,8 @@ def spec_attention(variant, q, k, v, num_prefix, width, a, b):
 
 
 @pytest.mark.parametrize("variant", list(PARALLEL))
-@pytest.mark.parametrize("width,num_prefix,num_image", [(1, 0, 5), (2, 1, 7), (5, 2, 13), (16, 1, 40)])
+@pytest.mark.parametrize("width,num_prefix,num_image",
+                         [(1, 0, 5), (2, 1, 7), (5, 2, 13), (16, 1, 40)])
 def test_reference_matches_spec(variant, width, num_prefix, num_image):
     q, k, v = random_qkv(0, 2, num_prefix + num_image)
     out = PARALLEL[variant](q, k, v, num_prefix=num_prefix, impl="reference",

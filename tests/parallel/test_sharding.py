@@ -126,9 +126,9 @@ def measured(tmp_path_factory):
     out = tmp_path_factory.mktemp("multidevice") / "out.json"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, str(ROOT / "tests/parallel/multidevice/sharding_checks.py"),
-                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    script = ROOT / "tests/parallel/multidevice/sharding_checks.py"
+    proc = subprocess.run([sys.executable, str(script), str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The partitioner falls back to replicating a tensor when it cannot reshard it
     # efficiently; the model's layout is chosen so that it never has to.

@@ -78,7 +78,8 @@ def test_adversarial_weight_schedule():
     jitted = jax.jit(lambda s: adversarial_weight(s, 20000, 0.5))
     assert [float(jitted(jnp.int32(s))) for s in (19999, 20000)] == [0.0, 0.5]
     cfg = VQLossConfig()  # LlamaGen's vq_train.py defaults
-    assert (cfg.disc_start, cfg.disc_weight, cfg.disc_loss, cfg.gen_loss) == (20000, 0.5, "hinge", "hinge")
+    assert (cfg.disc_start, cfg.disc_weight, cfg.disc_loss, cfg.gen_loss) == (
+        20000, 0.5, "hinge", "hinge")
 
 
 def test_generator_loss_is_weighted_sum():
@@ -324,4 +325,5 @@ def test_discriminator_matches_torch_train_mode_batchnorm():
             layers.append(torch.nn.LeakyReLU(0.2))
     with torch.no_grad():
         ref = torch.nn.Sequential(*layers)(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2))
-    np.testing.assert_allclose(np.asarray(nnx.jit(lambda d, x: d(x))(disc, x)), ref.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(nnx.jit(lambda d, x: d(x))(disc, x)),
+                               ref.permute(0, 2, 3, 1).numpy(), atol=1e-4)
