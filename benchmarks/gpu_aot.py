@@ -33,9 +33,10 @@ Stages (`--stages`):
   the floor and XLA's temporary buffer; matmul time is not in a byte floor.
 * `node` (named, not run by default: it reads a config file, so it needs the trainer's
   packages): the trainer's step and the sampler of `--config` (configs/imagenet256.py:
-  LASADGen-L, FSDP over every GPU, batch 256) on one host of `--node_gpus` GPUs, as
-  launch/gpu/slurm.sh runs them, through benchmarks/tpu_aot.py's `train_row` and
-  `sample_row`: 256 px at the config's batch and 512 px at a quarter of it, `lasad`
+  LASADGen-L, FSDP over every GPU, batch 256) on `--node_hosts` hosts (default 1) of
+  `--node_gpus` GPUs (8), as launch/gpu/slurm.sh runs them, through
+  benchmarks/tpu_aot.py's `train_row` and `sample_row`: 256 px at the config's batch and
+  512 px at a quarter of it, `lasad`
   (`auto` and `pallas`) and `softmax`; the sampler at 256 px. Per row: compiles or not,
   the Triton kernels, each GPU's peak against the usable memory, and the sampler's HLO
   check at the rows one GPU holds.
@@ -73,10 +74,10 @@ TARGET = os.path.join(os.path.dirname(__file__), "gpu_targets", "h200.txtpb")
 MEMORY_FRACTION = 0.9
 
 
-def gpu_devices(target: str, count: int = 1) -> list:
-    """`count` compile-only GPUs of one host, each described by the target config at
-    `target`; the first is also made the default device, because Pallas' Triton lowering
-    asks the default device which GPU it compiles for."""
+def gpu_devices(target: str, count: int = 1, hosts: int = 1) -> list:
+    """`count` compile-only GPUs on each of `hosts` hosts, each described by the target
+    config at `target`; the first is also made the default device, because Pallas' Triton
+    lowering asks the default device which GPU it compiles for."""
     from jax.experimental import topologies
 
     if not os.path.isfile(target):
@@ -86,7 +87,7 @@ def gpu_devices(target: str, count: int = 1) -> list:
         config = f.read()
     try:  # "slices x hosts x devices per host"
         topo = topologies.get_topology_desc("aot", "cuda", target_config=config,
-                                            topology=f"1x1x{count}")
+                                            topology=f"1x{hosts}x{count}")
     except (NotImplementedError, RuntimeError, ValueError) as err:
         sys.exit(f"gpu_aot.py needs JAX's CUDA plugin (pip install 'jax[cuda12]=="
                  f"{jax.__version__}'); no GPU is needed. Could not make the device: {err}")
@@ -261,8 +262,8 @@ def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float, u
 
 
 def node_rows(args, usable: float, result: dict) -> int:
-    """The `node` stage: the trainer's step and the sampler of `--config` on one host's
-    `--node_gpus` GPUs, on the config's mesh (FSDP over every GPU for
+    """The `node` stage: the trainer's step and the sampler of `--config` on `--node_hosts`
+    hosts of `--node_gpus` GPUs, on the config's mesh (FSDP over every GPU for
     configs/imagenet256.py), as launch/gpu/slurm.sh runs them: each program must compile,
     fit in `usable` bytes per GPU, and (the sampler) pass the HLO check at the rows one GPU
     holds. The programs are benchmarks/tpu_aot.py's (`train_row`, `sample_row`), built
@@ -274,11 +275,11 @@ def node_rows(args, usable: float, result: dict) -> int:
     except ImportError as err:  # the bare GPU image: no ml_collections, grain, ...
         sys.exit(f"the node stage reads a config file with the trainer's code: pip install -r "
                  f"requirements.txt ({err})")
-    devices = gpu_devices(args.target, args.node_gpus)
-    result["info"]["node"] = f"{len(devices)} x {devices[0].device_kind}, one host"
+    devices = gpu_devices(args.target, args.node_gpus, args.node_hosts)
+    result["info"]["node"] = (f"{args.node_hosts} host(s) x {args.node_gpus} "
+                              f"{devices[0].device_kind}")
     batch = settings[2]
-    print(f"\nnode: {len(devices)} x {devices[0].device_kind}, "
-          f"{usable / 1e9:.1f} GB usable per GPU")
+    print(f"\nnode: {result['info']['node']}, {usable / 1e9:.1f} GB usable per GPU")
     failed = 0
 
     def report(label: str, row: dict) -> None:
@@ -308,7 +309,9 @@ def main() -> None:
                         f"{MEMORY_FRACTION}): a row whose peak exceeds it is reported")
     p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                    help=f"comma-separated, from {STAGES}")
-    p.add_argument("--node_gpus", type=int, default=8, help="node stage: GPUs of the host")
+    p.add_argument("--node_gpus", type=int, default=8, help="node stage: GPUs per host")
+    p.add_argument("--node_hosts", type=int, default=1,
+                   help="node stage: hosts (one JAX process each, as launch/gpu/slurm.sh)")
     p.add_argument("--config", default=None,
                    help="node stage: a generator config file (default configs/imagenet256.py)")
     p.add_argument("--presets", nargs="+", default=["B", "L"])
