@@ -24,6 +24,7 @@ import json
 import os
 import re
 import sys
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
 import auto_table  # noqa: E402
@@ -180,6 +181,19 @@ def best_verdict(rows: list[dict], key: str, higher_is_better: bool) -> str:
     return pick(rows, key=lambda r: r[key])["verdict"]
 
 
+def table(title: str | None, columns: list[str], rows: list[dict],
+          cells: Callable[[dict], list], empty: str | None = None) -> None:
+    """A markdown table under a `## title` (none: under the table before); a column named
+    with a leading ">" is right-aligned."""
+    print(f"\n## {title}" if title else "")
+    print("| " + " | ".join(c.lstrip(">") for c in columns) + " |")
+    print("|" + "|".join("---:" if c.startswith(">") else "---" for c in columns) + "|")
+    if not rows and empty:
+        print(f"| (no rows: {empty}) |")
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in cells(r)) + " |")
+
+
 def fmt(x: float | None, spec: str = ".3f", suffix: str = "") -> str:
     return "-" if x is None else f"{x:{spec}}{suffix}"
 
@@ -206,43 +220,37 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = dict(backend=backend, info=info, missing=missing, cut=cut)
 
     report["operator"] = operator_targets(kernel_rows)
-    print("\n## Issue 18.4: operator forward+backward time, LASAD (the fastest checked form "
-          "`auto` can pick) over softmax")
-    print("| batch | D | T | LASAD | ms | softmax ms | ratio | target | verdict |\n"
-          "|---:|---:|---:|---|---:|---:|---:|---:|---|")
-    for r in report["operator"]:
-        print(f"| {r['batch']} | {r['dim']} | {r['tokens']} | {r['lasad'] or '-'} | "
-              f"{fmt(r['lasad_ms'])} | {fmt(r['softmax_ms'])} | {fmt(r['ratio'], '.2f', 'x')} | "
-              f"{limit(r['limit'], '<=')} | {r['verdict']} |")
+    table("Issue 18.4: operator forward+backward time, LASAD (the fastest checked form "
+          "`auto` can pick) over softmax",
+          [">batch", ">D", ">T", "LASAD", ">ms", ">softmax ms", ">ratio", ">target", "verdict"],
+          report["operator"], lambda r: [
+              r["batch"], r["dim"], r["tokens"], r["lasad"] or "-", fmt(r["lasad_ms"]),
+              fmt(r["softmax_ms"]), fmt(r["ratio"], ".2f", "x"), limit(r["limit"], "<="),
+              r["verdict"]])
 
     report["train_step"] = step_targets(found.get("train_step", {}).get("rows", []))
-    print("\n## Issue 18.5: LASADGen-L training step over softmax's")
-    print("| px | batch | impl | step ms | tokens/s | MFU (6N) | ratio | target | verdict |\n"
-          "|---:|---:|---|---:|---:|---:|---:|---:|---|")
-    if not report["train_step"]:
-        print("| (no rows: no train_step JSON) |")
-    for r in report["train_step"]:
-        mfu = fmt(r["mfu"] and 100 * r["mfu"], ".1f", "%")
-        print(f"| {16 * r['grid']} | {r['batch']} | {r['impl']} | {r['step_ms']:.1f} | "
-              f"{r['tokens_per_s']:,.0f} | {mfu} | {r['lasad_over_softmax']:.2f}x | "
-              f"{limit(r['limit'], '<=')} | {r['verdict']} |")
+    table("Issue 18.5: LASADGen-L training step over softmax's",
+          [">px", ">batch", "impl", ">step ms", ">tokens/s", ">MFU (6N)", ">ratio", ">target",
+           "verdict"],
+          report["train_step"], lambda r: [
+              16 * r["grid"], r["batch"], r["impl"], f"{r['step_ms']:.1f}",
+              f"{r['tokens_per_s']:,.0f}", fmt(r["mfu"] and 100 * r["mfu"], ".1f", "%"),
+              f"{r['lasad_over_softmax']:.2f}x", limit(r["limit"], "<="), r["verdict"]],
+          empty="no train_step JSON")
 
     report["sampling"], report["quarters"] = sampling_targets(
         found.get("sampling", {}).get("rows", []))
-    print("\n## Issue 17.5: sampling, LASAD images/s over softmax's")
-    print("| preset | tokens | states, step | speedup | target | verdict |\n"
-          "|---|---|---|---:|---:|---|")
-    if not report["sampling"]:
-        print("| (no rows: no sampling JSON, or no LASAD row with its softmax twin) |")
-    for v in report["sampling"]:
-        print(f"| {v['preset']} | {v['grid']}x{v['grid']} | {v['state_dtype']} "
-              f"{v['decode_impl']} | {fmt(v.get('speedup'), '.2f', 'x')} | "
-              f"{limit(v.get('target'), '>=')} | {v['verdict']} |")
-    print("\n| preset | tokens | LASAD last/first quarter, time per token | target | verdict |"
-          "\n|---|---|---:|---:|---|")
-    for q in report["quarters"]:
-        print(f"| {q['preset']} | {q['grid']}x{q['grid']} | {fmt(q['ratio'])} | "
-              f"{limit(q['limit'], '<=', '')} | {q['verdict']} |")
+    table("Issue 17.5: sampling, LASAD images/s over softmax's",
+          ["preset", "tokens", "states, step", ">speedup", ">target", "verdict"],
+          report["sampling"], lambda v: [
+              v["preset"], f"{v['grid']}x{v['grid']}", f"{v['state_dtype']} {v['decode_impl']}",
+              fmt(v.get("speedup"), ".2f", "x"), limit(v.get("target"), ">="), v["verdict"]],
+          empty="no sampling JSON, or no LASAD row with its softmax twin")
+    table(None, ["preset", "tokens", ">LASAD last/first quarter, time per token", ">target",
+                 "verdict"],
+          report["quarters"], lambda q: [
+              q["preset"], f"{q['grid']}x{q['grid']}", fmt(q["ratio"]),
+              limit(q["limit"], "<=", ""), q["verdict"]])
 
     print("\n## Defaults the measurements support (printed, not applied)")
     ranked = auto_table.candidates(kernel_rows, **{**kernels.TARGET_SHAPE, "mode": "fwd_bwd"})
