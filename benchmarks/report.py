@@ -9,6 +9,9 @@ by hand afterwards is where figures get mixed up. `device_check.sh` runs this sc
 into `log.txt`, so the verdicts and the suggested defaults come back with the raw rows
 even when no device time is left, and anyone can re-derive them from the JSON here.
 
+Each measured time stands beside its byte floor where benchmarks/gpu_aot.py compiled the
+same program (`--aot`, default results/gpu_aot_h200.json): a time far above it is compute
+or launch bound, one near it memory bound, which is where a missed target's note starts.
 It reads whichever stage files the folder holds (`kernels_core_gpu.json`, ...; one
 backend), says which stages are missing or were cut by their time limit, and changes no
 file but `--out`. Targets live beside the benchmark that measures them
@@ -33,6 +36,8 @@ import sampling  # noqa: E402
 import train_step  # noqa: E402
 from common import write_json  # noqa: E402
 
+# The programs compiled for an H200 without one: their bytes give each row a floor.
+AOT = os.path.join(os.path.dirname(__file__), "results", "gpu_aot_h200.json")
 # Issue 17 sets its sampling targets for both presets.
 TARGET_PRESETS = ("L", "B")
 STAGES = ("kernels_core", "kernels_pallas", "kernels_tiles", "kernels_sweep", "kernels_rest",
@@ -92,6 +97,8 @@ def operator_targets(rows: list[dict]) -> list[dict]:
             best = ranked.get(t, [None])[0]
             ratio = best["ms"] / soft[t] if best and t in soft else None
             out.append(dict(batch=batch, dim=dim, tokens=t, limit=limit,
+                            impl=best and auto_table.IMPL_OF_OP[best["op"]],
+                            chunk_size=best and best.get("chunk_size"),
                             lasad_ms=best and best["ms"], softmax_ms=soft.get(t), ratio=ratio,
                             lasad=best and f"{auto_table.IMPL_OF_OP[best['op']]} "
                                            f"C={best.get('chunk_size')}",
@@ -119,13 +126,48 @@ def sampling_targets(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     speed, quarters = [], {}
     for v in sampling.verdict(rows):
         target = v.get("target")
-        speed.append(dict(v, verdict="no target" if target is None else
+        row = next(r for r in rows if r["mixer"] == "lasad" and "images_per_s" in r and all(
+            r[k] == v[k] for k in ("preset", "grid", "state_dtype", "decode_impl")))
+        speed.append(dict(v, ms_per_token=row.get("ms_per_token"),
+                          verdict="no target" if target is None else
                           verdict(v.get("speedup"), target, higher_is_better=True)))
         quarters.setdefault((v["preset"], v["grid"]), dict(
             preset=v["preset"], grid=v["grid"], ratio=v.get("quarter_ratio"),
             limit=sampling.TARGET_QUARTER_RATIO,
             verdict=verdict(v.get("quarter_ratio"), sampling.TARGET_QUARTER_RATIO)))
     return speed, list(quarters.values())
+
+
+def add_byte_floors(report: dict, path: str, device: str) -> None:
+    """Adds `floor_ms` to the operator, step and sampling entries: the time the compiled
+    program's HBM bytes alone take at the measured device's bandwidth (`kernels.PEAKS`),
+    from benchmarks/gpu_aot.py's compile of the same programs for an sm_90 GPU (an H100
+    and an H200 run the same code). A measured time far above its floor is compute, launch
+    or latency bound, one near it is memory bound: the first cut of where the time goes.
+    Nothing is added for a device without a known bandwidth, or without the file."""
+    bandwidth = kernels.PEAKS.get(device, (None, None))[1]
+    if not bandwidth or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        aot = json.load(f)
+    ms = 1e3 / (bandwidth * 1e12)
+    floors = {("ops", r["tokens"], r["impl"], r["chunk_size"]): r["bytes"] * ms
+              for r in aot.get("ops", [])}
+    floors.update({("train", r["mixer"], r["impl"], r["grid"], r["batch"]): r["bytes"] * ms
+                   for r in aot.get("train", [])})
+    floors.update({("decode", r["preset"], r["grid"], r["state_dtype"], r["decode_impl"]):
+                   r["bytes_per_token"] * ms
+                   for r in aot.get("decode", []) if r["mixer"] == "lasad"})
+    shape = (kernels.TARGET_SHAPE["batch"], kernels.TARGET_SHAPE["dim"])
+    for r in report["operator"]:  # gpu_aot.py compiled the target shape only
+        if (r["batch"], r["dim"]) == shape:
+            r["floor_ms"] = floors.get(("ops", r["tokens"], r["impl"], r["chunk_size"]))
+    for r in report["train_step"]:
+        r["floor_ms"] = floors.get(("train", "lasad", r["impl"], r["grid"], r["batch"]))
+    for v in report["sampling"]:
+        v["floor_ms"] = floors.get(("decode", v["preset"], v["grid"], v["state_dtype"],
+                                    v["decode_impl"]))
+    report["floors_from"] = os.path.relpath(path)
 
 
 def fastest_tiles(rows: list[dict]) -> dict | None:
@@ -207,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="the OUT folder of benchmarks/device_check.sh")
     p.add_argument("--out", default=None, help="JSON of every verdict and suggestion")
+    p.add_argument("--aot", default=AOT,
+                   help="benchmarks/gpu_aot.py's JSON, for the byte floors (default: %(default)s)")
     args = p.parse_args(argv)
     backend, found = load(args.folder)
     info = next(iter(found.values())).get("info", {})
@@ -220,31 +264,38 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = dict(backend=backend, info=info, missing=missing, cut=cut)
 
     report["operator"] = operator_targets(kernel_rows)
-    table("Issue 18.4: operator forward+backward time, LASAD (the fastest checked form "
-          "`auto` can pick) over softmax",
-          [">batch", ">D", ">T", "LASAD", ">ms", ">softmax ms", ">ratio", ">target", "verdict"],
-          report["operator"], lambda r: [
-              r["batch"], r["dim"], r["tokens"], r["lasad"] or "-", fmt(r["lasad_ms"]),
-              fmt(r["softmax_ms"]), fmt(r["ratio"], ".2f", "x"), limit(r["limit"], "<="),
-              r["verdict"]])
-
     report["train_step"] = step_targets(found.get("train_step", {}).get("rows", []))
-    table("Issue 18.5: LASADGen-L training step over softmax's",
-          [">px", ">batch", "impl", ">step ms", ">tokens/s", ">MFU (6N)", ">ratio", ">target",
-           "verdict"],
-          report["train_step"], lambda r: [
-              16 * r["grid"], r["batch"], r["impl"], f"{r['step_ms']:.1f}",
-              f"{r['tokens_per_s']:,.0f}", fmt(r["mfu"] and 100 * r["mfu"], ".1f", "%"),
-              f"{r['lasad_over_softmax']:.2f}x", limit(r["limit"], "<="), r["verdict"]],
-          empty="no train_step JSON")
-
     report["sampling"], report["quarters"] = sampling_targets(
         found.get("sampling", {}).get("rows", []))
+    add_byte_floors(report, args.aot, info.get("device", ""))
+    if "floors_from" in report:
+        print(f"byte floors: the compiled programs' HBM bytes ({report['floors_from']}) at "
+              f"{info['device']}'s bandwidth")
+
+    table("Issue 18.4: operator forward+backward time, LASAD (the fastest checked form "
+          "`auto` can pick) over softmax",
+          [">batch", ">D", ">T", "LASAD", ">ms", ">byte floor ms", ">softmax ms", ">ratio",
+           ">target", "verdict"],
+          report["operator"], lambda r: [
+              r["batch"], r["dim"], r["tokens"], r["lasad"] or "-", fmt(r["lasad_ms"]),
+              fmt(r.get("floor_ms")), fmt(r["softmax_ms"]), fmt(r["ratio"], ".2f", "x"),
+              limit(r["limit"], "<="), r["verdict"]])
+    table("Issue 18.5: LASADGen-L training step over softmax's",
+          [">px", ">batch", "impl", ">step ms", ">byte floor ms", ">tokens/s", ">MFU (6N)",
+           ">ratio", ">target", "verdict"],
+          report["train_step"], lambda r: [
+              16 * r["grid"], r["batch"], r["impl"], f"{r['step_ms']:.1f}",
+              fmt(r.get("floor_ms"), ".1f"), f"{r['tokens_per_s']:,.0f}",
+              fmt(r["mfu"] and 100 * r["mfu"], ".1f", "%"), f"{r['lasad_over_softmax']:.2f}x",
+              limit(r["limit"], "<="), r["verdict"]],
+          empty="no train_step JSON")
     table("Issue 17.5: sampling, LASAD images/s over softmax's",
-          ["preset", "tokens", "states, step", ">speedup", ">target", "verdict"],
+          ["preset", "tokens", "states, step", ">ms/token", ">byte floor", ">speedup",
+           ">target", "verdict"],
           report["sampling"], lambda v: [
               v["preset"], f"{v['grid']}x{v['grid']}", f"{v['state_dtype']} {v['decode_impl']}",
-              fmt(v.get("speedup"), ".2f", "x"), limit(v.get("target"), ">="), v["verdict"]],
+              fmt(v["ms_per_token"]), fmt(v.get("floor_ms")), fmt(v.get("speedup"), ".2f", "x"),
+              limit(v.get("target"), ">="), v["verdict"]],
           empty="no sampling JSON, or no LASAD row with its softmax twin")
     table(None, ["preset", "tokens", ">LASAD last/first quarter, time per token", ">target",
                  "verdict"],

@@ -51,8 +51,20 @@ def run(tmp_path):
     return tmp_path
 
 
+def _aot(path) -> str:
+    """gpu_aot.py's rows for three of the measured programs: 1.0, 10 and 0.1 ms of bytes
+    at an H200's 4.8 TB/s."""
+    path.write_text(json.dumps({
+        "ops": [dict(tokens=4096, impl="chunked", chunk_size=1024, bytes=4.8e9)],
+        "train": [dict(mixer="lasad", impl="pallas", grid=16, batch=64, bytes=4.8e10)],
+        "decode": [dict(mixer="lasad", preset="L", grid=32, state_dtype="float32",
+                        decode_impl="pallas", bytes_per_token=4.8e8)]}))
+    return str(path)
+
+
 def test_report_gives_each_target_its_verdict(run, capsys):
-    result = report.main([str(run), "--out", str(run / "report.json")])
+    result = report.main([str(run), "--out", str(run / "report.json"),
+                          "--aot", _aot(run / "aot.json")])
     operator = {(r["batch"], r["tokens"]): r for r in result["operator"]}
     assert [operator[(1, t)]["verdict"] for t in (256, 1024, 4096, 16384)] == [
         "met", "met", "MISSED", "not measured"]
@@ -77,8 +89,14 @@ def test_report_gives_each_target_its_verdict(run, capsys):
         (256, "chunked", 1024), (1024, "pallas", 2048), (None, "chunked", 1024)]
     decode = {(r["decode_impl"], r["state_dtype"]): r["over_default"] for r in result["decode"]}
     assert decode[("pallas", "float32")] == pytest.approx(2.0)
+    # Byte floors where gpu_aot.py compiled the same program, none elsewhere.
+    assert operator[(1, 4096)]["floor_ms"] == pytest.approx(1.0)
+    assert operator[(1, 256)]["floor_ms"] is None and "floor_ms" not in operator[(8, 1024)]
+    assert steps["pallas"]["floor_ms"] == pytest.approx(10.0) and steps["auto"]["floor_ms"] is None
+    assert speed["pallas"]["floor_ms"] == pytest.approx(0.1)
     out = capsys.readouterr().out
-    assert "| 1 | 64 | 4096 | chunked C=1024 | 0.500 | 0.680 | 0.74x | <= 0.5x | MISSED |" in out
+    assert ("| 1 | 64 | 4096 | chunked C=1024 | 0.500 | 1.000 | 0.680 | 0.74x | <= 0.5x | "
+            "MISSED |") in out
     assert json.loads((run / "report.json").read_text())["missed"] == 2
 
 
@@ -106,3 +124,16 @@ def test_fastest_tiles_needs_every_shape():
     best = report.fastest_tiles(rows)
     assert best["tiles"] == (32, 64, 4, 2) and best["total_ms"] == pytest.approx(2.7)
     assert best["default"] == (64, 64, 4, 2) and best["default_ms"] == pytest.approx(3.0)
+
+
+def test_no_byte_floors_without_the_devices_bandwidth(run):
+    """A device kernels.PEAKS does not know gets no floor rather than a guessed one."""
+    for name in ("kernels_core_gpu.json", "kernels_pallas_gpu.json", "train_step_gpu.json",
+                 "sampling_gpu.json"):
+        data = json.loads((run / name).read_text())
+        data["info"]["device"] = "NVIDIA B200"
+        (run / name).write_text(json.dumps(data))
+    result = report.main([str(run), "--aot", _aot(run / "aot.json")])
+    assert "floors_from" not in result
+    assert all("floor_ms" not in r for part in ("operator", "train_step", "sampling")
+               for r in result[part])
