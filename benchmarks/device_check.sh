@@ -10,10 +10,10 @@
 # Without --stages the first call runs the stages that set the library's choices and
 # measure the issues' targets (core, train_step, pallas, tiles, sampling: 560 s, then the
 # report: 20 s at most); the others (135 s) wait for a second call, or are named with
-# --stages after a change, to re-measure only what it touched. Without the core stage, the pallas stage times cuDNN
-# itself. Limits were set from compile times for an H200 measured without one
-# (benchmarks/gpu_aot.py, 2-core CPU; 2026-12-05): LASADGen-L's training step compiles in
-# 19 to 88 s a row, a sampler in 5 to 19 s.
+# --stages after a change, to re-measure only what it touched. Without the core stage,
+# the pallas stage times cuDNN itself. Limits were set from compile times for an H200
+# measured without one (benchmarks/gpu_aot.py, 2-core CPU; 2026-12-05): LASADGen-L's
+# training step compiles in 19 to 88 s a row, a sampler in 5 to 19 s.
 #
 # Stages, each a process under its own time limit, so one slow compile cannot take the
 # others' results with it; every JSON is rewritten per row, and each row is printed as it

@@ -36,10 +36,9 @@ Stages (`--stages`):
   LASADGen-L, FSDP over every GPU, batch 256) on `--node_hosts` hosts (default 1) of
   `--node_gpus` GPUs (8), as launch/gpu/slurm.sh runs them, through
   benchmarks/tpu_aot.py's `train_row` and `sample_row`: 256 px at the config's batch and
-  512 px at a quarter of it, `lasad`
-  (`auto` and `pallas`) and `softmax`; the sampler at 256 px. Per row: compiles or not,
-  the Triton kernels, each GPU's peak against the usable memory, and the sampler's HLO
-  check at the rows one GPU holds.
+  512 px at a quarter of it, `lasad` (`auto` and `pallas`) and `softmax`; the sampler
+  at 256 px. Per row: compiles or not, the Triton kernels, each GPU's peak against the
+  usable memory, and the sampler's HLO check at the rows one GPU holds.
 
 Prints each row as it is compiled and rewrites `--out` after each.
 """
@@ -289,11 +288,9 @@ def node_rows(args, usable: float, result: dict) -> int:
         print(f"{label:42s} {tpu_aot.verdict(row)}", flush=True)
         write_json(args.out, result, quiet=True)
 
-    for grid in (16, 32):  # 256 and 512 px, as many tokens per step
-        rows = max(1, batch * 16 * 16 // (grid * grid))
-        for mixer, impl in (("lasad", "auto"), ("lasad", "pallas"), ("softmax", "auto")):
-            report(f"train {16 * grid}px batch {rows} {mixer} {impl}",
-                   tpu_aot.train_row(devices, usable, settings, grid, rows, mixer, impl))
+    for grid, rows, mixer, impl in tpu_aot.train_cases(batch, [16, 32], ["lasad", "softmax"]):
+        report(f"train {16 * grid}px batch {rows} {mixer} {impl}",
+               tpu_aot.train_row(devices, usable, settings, grid, rows, mixer, impl))
     for mixer in ("lasad", "softmax"):
         report(f"sample 256px batch {args.batch} {mixer}",
                tpu_aot.sample_row(devices, usable, settings, 16, args.batch, mixer))

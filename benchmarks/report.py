@@ -173,18 +173,19 @@ def add_byte_floors(report: dict, path: str, device: str) -> None:
 def fastest_tiles(rows: list[dict]) -> dict | None:
     """The tile setting with the least total time over the shapes every setting ran at
     (`masked_probe.py` rows), or None if no setting ran at every shape."""
+    def setting(r: dict) -> tuple:
+        return tuple(r.get(k) for k in ("block_q", "block_k", "num_warps", "num_stages"))
+
     ok = [r for r in rows if r.get("status") == "ok"]
     shapes = {(r["batch"], r["tokens"]) for r in rows}
     totals: dict[tuple, list[float]] = {}
     for r in ok:
-        key = tuple(r.get(k) for k in ("block_q", "block_k", "num_warps", "num_stages"))
-        totals.setdefault(key, []).append(r["ms"])
+        totals.setdefault(setting(r), []).append(r["ms"])
     full = {k: sum(v) for k, v in totals.items() if len(v) == len(shapes)}
     if not full:
         return None
     key = min(full, key=full.get)
-    first = next((r for r in ok), None)
-    default = tuple(first.get(k) for k in ("block_q", "block_k", "num_warps", "num_stages"))
+    default = setting(ok[0])  # the probe times the default first
     return dict(tiles=key, total_ms=full[key], default=default, default_ms=full.get(default))
 
 
@@ -195,9 +196,9 @@ def chunk_defaults(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r.get("op") == "lasad_chunked" and r.get("status") == "ok" and r["mode"] == "fwd_bwd":
             by_t.setdefault(r["tokens"], []).append(r)
-    return [dict(tokens=t, **{k: min(rs, key=lambda r: r["ms"])[k]
-                              for k in ("chunk_size", "remat", "ms")})
-            for t, rs in sorted(by_t.items())]
+    best = {t: min(rs, key=lambda r: r["ms"]) for t, rs in sorted(by_t.items())}
+    return [dict(tokens=t, chunk_size=r["chunk_size"], remat=r["remat"], ms=r["ms"])
+            for t, r in best.items()]
 
 
 def decode_choices(rows: list[dict]) -> list[dict]:

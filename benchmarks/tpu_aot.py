@@ -136,6 +136,14 @@ def compile_row(lower) -> tuple[object | None, str | None, float]:
     return compiled, None, time.perf_counter() - t0
 
 
+def train_cases(batch: int, grids: list[int], mixers: list[str]) -> list[tuple]:
+    """(grid, batch, mixer, impl) of each train row: grid g at the config's `batch` x
+    (16 / g)^2 images (as many tokens per step as at 256 px), `lasad` with `impl="auto"`
+    and `"pallas"`, softmax with its one attention."""
+    return [(grid, max(1, batch * 16 * 16 // (grid * grid)), mixer, impl) for grid in grids
+            for mixer in mixers for impl in (("auto", "pallas") if mixer == "lasad" else ("auto",))]
+
+
 def train_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str, impl: str) -> dict:
     from lasad_jax.parallel.batch import batch_sharding
     from lasad_jax.parallel.mesh import build_mesh
@@ -335,12 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     _, _, batch, *_ = settings
     if "train" in stages:
-        for grid in args.grids:
-            rows_batch = max(1, batch * 16 * 16 // (grid * grid))
-            for mixer, impl in [(m, i) for m in args.mixers
-                                for i in (("auto", "pallas") if m == "lasad" else ("auto",))]:
-                row = train_row(devices, hbm, settings, grid, rows_batch, mixer, impl)
-                report(f"train {16 * grid}px batch {rows_batch} {mixer} {impl}", row)
+        for grid, rows_batch, mixer, impl in train_cases(batch, args.grids, args.mixers):
+            row = train_row(devices, hbm, settings, grid, rows_batch, mixer, impl)
+            report(f"train {16 * grid}px batch {rows_batch} {mixer} {impl}", row)
     if "sample" in stages:
         for mixer in args.mixers:
             row = sample_row(devices, hbm, settings, 16, args.sample_batch, mixer)
