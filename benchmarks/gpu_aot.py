@@ -325,6 +325,9 @@ def main() -> None:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         sys.exit(f"--stages: unknown {bad}; valid: {', '.join(STAGES)}")
+    for flag in ("node_gpus", "node_hosts"):
+        if getattr(args, flag) < 1:
+            sys.exit(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if not 0 < args.memory_fraction <= 1:
         sys.exit(f"--memory_fraction must be in (0, 1], got {args.memory_fraction}")
     device = gpu_device(args.target)

@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--aot", default=AOT,
                    help="benchmarks/gpu_aot.py's JSON, for the byte floors (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.aot != AOT and not os.path.isfile(args.aot):  # the default may be absent
+        raise SystemExit(f"--aot: no such file {args.aot!r} (benchmarks/gpu_aot.py's JSON)")
     backend, found = load(args.folder)
     info = next(iter(found.values())).get("info", {})
     print(f"# device_check report: {info.get('device', backend)}, {info.get('date', '?')}, "

@@ -104,6 +104,9 @@ def test_gpu_aot_says_what_it_needs(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--stages", "decode,fast"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "valid: decode, ops" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "--stages", "node", "--node_gpus", "0"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "--node_gpus must be at least 1, got 0" in bad.stderr
     if importlib.util.find_spec("jax_plugins") is not None:
         pytest.skip("the CUDA plugin is installed here: gpu_aot.py would compile")
     out = tmp_path / "aot.json"

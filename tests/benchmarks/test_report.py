@@ -110,6 +110,8 @@ def test_report_names_what_it_cannot_read(tmp_path):
     (tmp_path / "sampling_cpu.json").write_text("{not json")
     with pytest.raises(SystemExit, match="sampling_cpu.json: not a benchmark result JSON"):
         report.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="--aot: no such file"):
+        report.main([str(tmp_path), "--aot", str(tmp_path / "missing.json")])
 
 
 def test_fastest_tiles_needs_every_shape():
