@@ -99,9 +99,38 @@ class LinearAttentionMixer(nnx.Module):
             return {"decay": jax.nn.sigmoid(self.decay_logit[...])}
         return {}
 
-    def _qkv(self, x: jax.Array, slots: jax.Array) -> tuple[jax.Array, ...]:
+    def _gate_in(self) -> nnx.Linear | None:
+        """The gate's projection of the block input: `gate_down` (low rank), `gate_up`."""
+        if self.cfg.gate == "none":
+            return None
+        return self.gate_down if self.cfg.gate_rank else self.gate_up
+
+    def _project(self, x: jax.Array, fused: bool) -> tuple[jax.Array, jax.Array | None]:
+        """The projections of `x: [..., dim]`: q, k, v (`[..., 3 dim]`) and the gate's input
+        projection (`_gate_in`; None without a gate). `fused`: both as one matmul against
+        the two kernels side by side.
+
+        Why fused when decoding: a token's matmuls are too small to fill a GPU, so each
+        costs about a launch. Compiled for an H200 (benchmarks/gpu_aot.py), the gate's
+        separate down-projection was two kernels per layer and token (a split-K matmul and
+        its reduction); fused it rides in the q/k/v matmul. The concatenated kernel does
+        not change inside the sampling loop, and XLA builds it once before the loop
+        (loop-invariant code motion; tests/sampling/test_decode_hlo.py checks it).
+        Training keeps them apart: its matmuls are large, and one kernel per parameter
+        keeps the gradients and the sharding simple."""
+        gate_in = self._gate_in()
+        if gate_in is None:
+            return self.qkv(x), None
+        if not fused:
+            return self.qkv(x), gate_in(x)
+        kernel = jnp.concatenate([self.qkv.kernel[...], gate_in.kernel[...]], axis=1)
+        both = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        return both[..., :3 * self.cfg.dim], both[..., 3 * self.cfg.dim:]
+
+    def _qkv(self, proj: jax.Array, slots: jax.Array) -> tuple[jax.Array, ...]:
+        """q, k, v from their projection `proj: [..., 3 dim]` (`_project`)."""
         cfg = self.cfg
-        q, k, v = split_heads(self.qkv(x), cfg.num_heads, cfg.head_dim)
+        q, k, v = split_heads(proj, cfg.num_heads, cfg.head_dim)
         phi = _FEATURE_MAPS[cfg.feature_map]
         q, k = phi(q) * (1.0 / math.sqrt(cfg.head_dim)), phi(k)
         if cfg.pos_encoding == "rope2d":
@@ -109,21 +138,34 @@ class LinearAttentionMixer(nnx.Module):
             q, k = rope_2d(q, slots, **pos), rope_2d(k, slots, **pos)
         return q, k, v
 
-    def _output(self, o: jax.Array, x: jax.Array, normalized: bool = False) -> jax.Array:
-        """Per-head RMSNorm (already applied to `o` when `normalized`), gate, projection:
-        `o: [..., heads, Dv]`, `x: [..., dim]`."""
-        o32 = o.astype(jnp.float32) if normalized else rms_normalize(o, self.cfg.norm_eps)
-        o = (o32.reshape(*x.shape) * self.head_norm[...]).astype(self.dtype)
-        if self.cfg.gate != "none":
-            g = self.gate_up(self.gate_down(x) if self.cfg.gate_rank else x)
-            o = o * (jax.nn.sigmoid(g) if self.cfg.gate == "sigmoid" else jax.nn.silu(g))
+    def _gate(self, gate_in: jax.Array) -> jax.Array:
+        """The output gate, in the compute dtype, from its input projection (`_project`)."""
+        g = self.gate_up(gate_in) if self.cfg.gate_rank else gate_in
+        return jax.nn.sigmoid(g) if self.cfg.gate == "sigmoid" else jax.nn.silu(g)
+
+    def _output(self, o: jax.Array, x: jax.Array, gate_in: jax.Array | None) -> jax.Array:
+        """Per-head RMSNorm and its weight, the gate, the output projection: `o: [...,
+        heads, Dv]`, `x: [..., dim]`. The gate multiplies in the compute dtype (in bf16
+        the training step keeps one bf16 tensor for it); the `lasad` decoding step forms
+        the same product in float32 on chip instead (`_out_scale`), which rounds once."""
+        o32 = rms_normalize(o, self.cfg.norm_eps).reshape(*x.shape)
+        o = (o32 * self.head_norm[...]).astype(self.dtype)
+        if gate_in is not None:
+            o = o * self._gate(gate_in)
         return self.out(o)
+
+    def _out_scale(self, gate_in: jax.Array | None) -> jax.Array:
+        """What multiplies the head-normalised output in the `lasad` decoding step, float32
+        `[..., dim]` (`[dim]` without a gate): the head norm's weight times the gate."""
+        scale = self.head_norm[...]
+        return scale if gate_in is None else scale * self._gate(gate_in).astype(jnp.float32)
 
     # -- parallel form
 
     def __call__(self, x: jax.Array, slots: jax.Array) -> jax.Array:
         cfg = self.cfg
-        q, k, v = self._qkv(x, slots)
+        proj, gate_in = self._project(x, fused=False)
+        q, k, v = self._qkv(proj, slots)
         common = dict(num_prefix=cfg.num_prefix, impl=cfg.impl, chunk_size=cfg.chunk_size)
         width = {"width": cfg.grid[1]} if cfg.mixer in ("lasad", "lasad_row") else {}
         fn = {"lasad": ops.lasad_attention, "lasad_row": ops.lasad_row_attention,
@@ -138,7 +180,7 @@ class LinearAttentionMixer(nnx.Module):
         # split the operator's Pallas kernels itself (`parallel.rules.per_shard`).
         o = per_shard(attend, (_TOKENS,) * 3 + (("heads",),) * len(names), _TOKENS)(
             q, k, v, *decays.values())
-        return self._output(o, x)
+        return self._output(o, x, gate_in)
 
     # -- decoding form
 
@@ -155,26 +197,37 @@ class LinearAttentionMixer(nnx.Module):
         return ops.linear_decode_init(batch, h, d, d, state)
 
     def decode(self, cache: Any, x: jax.Array, slot: jax.Array) -> tuple[jax.Array, Any]:
-        q, k, v = self._qkv(x, slot)
+        cfg = self.cfg
+        proj, gate_in = self._project(x, fused=True)
+        q, k, v = self._qkv(proj, slot)
         fn = {"lasad": ops.lasad_decode_step, "lasad_row": ops.lasad_row_decode_step,
               "linear_1d": ops.linear_1d_decode_step,
-              "linear": ops.linear_decode_step}[self.cfg.mixer]
-        # The `lasad` step applies the head norm itself (on chip in the fused kernel).
-        lasad = self.cfg.mixer == "lasad"
-        extra = {"impl": self.cfg.decode_impl, "norm_eps": self.cfg.norm_eps} if lasad else {}
+              "linear": ops.linear_decode_step}[cfg.mixer]
+        # The `lasad` step applies the head norm and `_out_scale` itself: in the fused
+        # kernel's epilogue, two kernels fewer per layer and token than in XLA after it.
+        lasad = cfg.mixer == "lasad"
+        extra: tuple[jax.Array, ...] = ()
+        if lasad:
+            scale = jnp.broadcast_to(self._out_scale(gate_in), x.shape)
+            extra = (scale.reshape(v.shape),)
         decays = self._decays()
         names = tuple(decays)
 
-        def step(cache, q, k, v, *decay_values):
-            return fn(cache, q, k, v, **dict(zip(names, decay_values)),
-                      num_prefix=self.cfg.num_prefix, **extra)
+        def step(cache, q, k, v, *rest):
+            kwargs = dict(zip(names, rest[len(extra):]))
+            if lasad:
+                kwargs.update(impl=cfg.decode_impl, norm_eps=cfg.norm_eps, out_scale=rest[0])
+            return fn(cache, q, k, v, num_prefix=cfg.num_prefix, **kwargs)
 
         # Per shard under a mesh, as the parallel form: the sampler splits the cache by
         # batch only (its arrays merge batch and heads, batch-major), so heads stay whole.
         state = names_along(batch_axes(self.init_cache, x.shape[0]), cache)
-        o, cache = per_shard(step, (state,) + (_STEP,) * 3 + ((None,),) * len(names),
-                             (_STEP, state))(cache, q, k, v, *decays.values())
-        return self._output(o, x, normalized=lasad), cache
+        inputs = (q, k, v, *extra)
+        o, cache = per_shard(step, (state,) + (_STEP,) * len(inputs) + ((None,),) * len(names),
+                             (_STEP, state))(cache, *inputs, *decays.values())
+        if lasad:
+            return self.out(o.reshape(x.shape)), cache
+        return self._output(o, x, gate_in), cache
 
 
 def attention_impl(q: jax.Array) -> str | None:

@@ -244,7 +244,8 @@ def select_decode_impl(platform: str) -> str:
 
 def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: jax.Array, *,
                       row_decay: jax.Array, col_decay: jax.Array, num_prefix: int = 0,
-                      impl: str = "auto", norm_eps: float | None = None):
+                      impl: str = "auto", norm_eps: float | None = None,
+                      out_scale: jax.Array | None = None):
     """Consumes the next slot (`q, k: [batch, heads, Dk]`, `v: [batch, heads, Dv]`) and
     returns `(o, new_state)`, `o: [batch, heads, Dv]` in q's dtype. Per token it reads
     and writes one column state and reads two grid rows of keys and values, wherever the
@@ -256,8 +257,10 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
 
     `norm_eps`: when given, `o` comes RMS-normalized over its `Dv` features per head,
     `o / sqrt(mean(o^2) + norm_eps)` in float32 before the cast (the LASAD mixer's head
-    norm): the fused kernel does it on chip, which saves the sampler a kernel per layer
-    and token."""
+    norm). `out_scale` (`[batch, heads, Dv]`, any float dtype): when given, multiplies
+    `o` after the norm, in float32 before the cast (the mixer's head-norm weight times
+    its output gate). The fused kernel does both on chip, which saves the sampler a
+    kernel per layer and token for each."""
     h, num_prefix = _check_step(state, decode.LasadState, "lasad_decode_init", q, k, v,
                                 num_prefix)
     if norm_eps is not None and (isinstance(norm_eps, bool)
@@ -267,6 +270,9 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
         raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "
                          f"(prefix_slots={state.prefix_slots}); pass "
                          f"prefix_slots={num_prefix} to lasad_decode_init")
+    if out_scale is not None and tuple(out_scale.shape) != tuple(v.shape):
+        raise ValueError(f"out_scale must have v's shape [batch, heads, Dv] = "
+                         f"{tuple(v.shape)}, got {tuple(out_scale.shape)}")
     check_choice("impl", impl, DECODE_IMPLS)
     platform = target_platform()
     impl = select_decode_impl(platform) if impl == "auto" else impl
@@ -282,7 +288,8 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
                              log_row=check_decay("row_decay", row_decay, h),
                              log_col=check_decay("col_decay", col_decay, h),
                              token_update=update,
-                             norm_eps=None if norm_eps is None else float(norm_eps))
+                             norm_eps=None if norm_eps is None else float(norm_eps),
+                             out_scale=out_scale)
 
 
 def lasad_row_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,

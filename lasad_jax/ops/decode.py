@@ -152,12 +152,14 @@ def rms_normalize(o: jax.Array, eps: float | None) -> jax.Array:
 def xla_token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Array,
                      k: jax.Array, v: jax.Array, log_row: jax.Array, log_col: jax.Array,
                      col: jax.Array, cur_row: jax.Array, slot: jax.Array, *,
-                     norm_eps: float | None = None) -> tuple[jax.Array, ...]:
+                     norm_eps: float | None = None,
+                     out_scale: jax.Array | None = None) -> tuple[jax.Array, ...]:
     """The `lasad` token at column `col` of the grid row in ring row `cur_row`, in XLA:
     writes its key and value into ring slot `slot` of `keys, values: [2w + P, B, H, D]`,
     brings `H(col)` of `cols: [w, B, H, Dk, Dv]` up to date with the previous grid row and
-    returns `(cols, keys, values, o)`, `o` float32 `[B, H, Dv]` (docs/decoding.md, steps
-    2-4), RMS-normalized per head when `norm_eps` is given.
+    returns `(cols, keys, values, o)`, `o: [B, H, Dv]` in q's dtype (docs/decoding.md,
+    steps 2-4), RMS-normalized per head when `norm_eps` is given and then multiplied by
+    `out_scale` when that is (both in float32, before the cast).
     `ops.pallas.decode.token_update` is the same contract as one fused kernel.
 
     Order matters to XLA: the state is updated first and only its updated version is read
@@ -192,11 +194,14 @@ def xla_token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax
     prefix = jnp.einsum("bhd,jbhd->jbh", q32, keys[2 * w:].astype(F32))
     o = (_read(q32, current) + jnp.einsum("cbh,cbhe->bhe", row, v_row)
          + jnp.einsum("jbh,jbhe->bhe", prefix, values[2 * w:].astype(F32)))
-    return cols, keys, values, rms_normalize(o, norm_eps)
+    o = rms_normalize(o, norm_eps)
+    o = o if out_scale is None else o * out_scale.astype(F32)
+    return cols, keys, values, o.astype(q.dtype)
 
 
 def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int,
-               token_update=xla_token_update, norm_eps: float | None = None):
+               token_update=xla_token_update, norm_eps: float | None = None,
+               out_scale: jax.Array | None = None):
     """One slot of `lasad`; docs/decoding.md derives it.
 
     Image token `(r, c)`: `H(c)` was last brought up to date at `(r - 1, c)`, so one
@@ -208,7 +213,7 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int,
     `H(0)` and only the prefix sum is non-zero. This function finds the token's place;
     `token_update` writes its key and value into the ring and does the rest
     (`xla_token_update`, or the fused kernel of `ops.pallas.decode`), RMS-normalizing `o`
-    per head when `norm_eps` is given.
+    per head when `norm_eps` is given and scaling it by `out_scale` when that is.
     """
     w = state.cols.shape[0]
     in_prefix = state.pos < num_prefix
@@ -217,8 +222,8 @@ def lasad_step(state: LasadState, q, k, v, *, log_row, log_col, num_prefix: int,
     slot = jnp.where(in_prefix, 2 * w + state.pos, cur_row * w + col)
     cols, keys, values, o = token_update(state.cols, state.keys, state.values, q, k, v,
                                          log_row, log_col, col, cur_row, slot,
-                                         norm_eps=norm_eps)
-    return o.astype(q.dtype), LasadState(state.pos + 1, cols, keys, values)
+                                         norm_eps=norm_eps, out_scale=out_scale)
+    return o, LasadState(state.pos + 1, cols, keys, values)
 
 
 def lasad_row_step(state: LasadRowState, q, k, v, *, log_row, log_col, num_prefix: int):

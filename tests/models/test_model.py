@@ -24,6 +24,19 @@ def test_parallel_logits_equal_decoding_logits(mixer):
     np.testing.assert_allclose(decoded, parallel, atol=1e-4 * scale, rtol=0)
 
 
+@pytest.mark.parametrize("mixer", ["lasad", "linear"])
+@pytest.mark.parametrize("gate,gate_rank", [("silu", 4), ("sigmoid", 0), ("none", 4)])
+def test_decoding_logits_for_every_gate(mixer, gate, gate_rank):
+    """The decoding form projects q, k, v and the gate's input in one matmul and the
+    `lasad` step applies the gate in its epilogue: the same logits as the parallel form
+    for each gate, low rank or full (the test above covers the default sigmoid gate)."""
+    model = perturbed_model(small_config(mixer, gate=gate, gate_rank=gate_rank))
+    parallel = model(LABELS, TOKENS)
+    scale = float(jnp.max(jnp.abs(parallel)))
+    np.testing.assert_allclose(decode_logits(model, LABELS, TOKENS), parallel,
+                               atol=1e-4 * scale, rtol=0)
+
+
 def test_mixers_differ():
     """The equality above would be vacuous if the mixer did not matter."""
     logits = {m: perturbed_model(small_config(m))(LABELS, TOKENS) for m in MIXERS}

@@ -41,10 +41,11 @@ PARALLEL = {
 
 
 def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DECAY, col=COL_DECAY,
-               state=None, impl: str = "auto", norm_eps: float | None = None):
+               state=None, impl: str = "auto", norm_eps: float | None = None,
+               out_scale=None):
     """Feeds every slot through the decoding step inside one jitted `lax.scan`, from
-    `state` (default: the variant's empty float32 state); `impl` and `norm_eps` are the
-    `lasad` step's."""
+    `state` (default: the variant's empty float32 state); `impl`, `norm_eps` and
+    `out_scale` (the same at every slot) are the `lasad` step's."""
     initial = state
     b, _, h, dk = q.shape
     dv = v.shape[-1]
@@ -53,7 +54,7 @@ def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DE
         state = ops.lasad_decode_init(b, h, dk, dv, width, prefix_slots=num_prefix)
         step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
                                                   num_prefix=num_prefix, impl=impl,
-                                                  norm_eps=norm_eps)
+                                                  norm_eps=norm_eps, out_scale=out_scale)
     elif variant == "lasad_row":
         state = ops.lasad_row_decode_init(b, h, dk, dv, width)
         step = lambda s, x: ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,

@@ -46,8 +46,9 @@ def test_pallas_step_matches_reference_and_xla_step(width, num_image, num_prefix
     (5, 13, 16, 32, None), (24, 60, 16, 32, None), (32, 70, 64, 64, 1e-5)])
 def test_pallas_step_at_kernel_head_sizes(width, num_image, dk, dv, norm_eps):
     """Head sizes the GPU kernel takes (powers of two >= 16; 64 is LASADGen's, with the
-    head norm as the model runs it), so this test runs the Triton kernel itself on a GPU
-    (benchmarks/device_check.sh, stage pallas_tests) and the interpreter on CPU."""
+    head norm and an output scale as the model runs it), so this test runs the Triton
+    kernel itself on a GPU (benchmarks/device_check.sh, stage pallas_tests) and the
+    interpreter on CPU."""
     rng = np.random.default_rng(width)
     b, h, num_prefix = 2, 3, 1
     t = num_prefix + num_image
@@ -55,10 +56,13 @@ def test_pallas_step_at_kernel_head_sizes(width, num_image, dk, dv, norm_eps):
     v = jnp.asarray(rng.normal(size=(b, t, h, dv)), jnp.float32)
     ref = ops.lasad_attention(q, k, v, num_prefix=num_prefix, impl="reference",
                               **decay_kwargs("lasad", width))
+    scale = None
     if norm_eps is not None:
         ref = ref * jax.lax.rsqrt(jnp.mean(ref * ref, axis=-1, keepdims=True) + norm_eps)
+        scale = jnp.asarray(rng.uniform(0.1, 2.0, size=(b, h, dv)), jnp.float32)
+        ref = ref * scale[:, None]
     fused, final = decode_all("lasad", q, k, v, width=width, num_prefix=num_prefix,
-                              impl="pallas", norm_eps=norm_eps)
+                              impl="pallas", norm_eps=norm_eps, out_scale=scale)
     assert rel_err(fused, ref) < 1e-5, rel_err(fused, ref)
     assert int(final.pos) == t
 
@@ -91,14 +95,15 @@ def test_auto_runs_the_measured_step():
 
 
 def test_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
-    """One Triton kernel per token at the model's head size; nothing else is Pallas."""
+    """One Triton kernel per token at the model's head size, as the model calls it (head
+    norm and output scale); nothing else is Pallas."""
     b, h, d, w = 2, 4, 64, 16
     state = ops.lasad_decode_init(b, h, d, d, w, prefix_slots=1, kv_dtype=jnp.bfloat16)
     x = jnp.ones((b, h, d), jnp.bfloat16)
-    step = functools.partial(decode.lasad_step, num_prefix=1,
+    step = functools.partial(decode.lasad_step, num_prefix=1, norm_eps=1e-5,
                              token_update=functools.partial(token_update, interpret=False))
     logs = jnp.log(jnp.full((h,), 0.5))
-    fn = lambda s, q: step(s, q, q, q, log_row=logs, log_col=logs)
+    fn = lambda s, q: step(s, q, q, q, log_row=logs, log_col=logs, out_scale=q)
     texts: list[str] = []
     assert triton_lowering(fn, (state, x), monkeypatch, texts) == 1
     assert "tt.dot" in texts[0]  # the previous row's product runs as one on-chip matmul
@@ -126,6 +131,32 @@ def test_norm_eps_returns_the_head_normalized_output(impl):
     with pytest.raises(ValueError, match="norm_eps must be a positive float or None"):
         ops.lasad_decode_step(state, q[:, 0], k[:, 0], v[:, 0], row_decay=ROW_DECAY,
                               col_decay=COL_DECAY, norm_eps=0.0)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_out_scale_multiplies_the_normalized_output(impl):
+    """`out_scale` (the mixer's head-norm weight times its gate) multiplies each head's
+    normalized output feature by feature, against the quadratic reference; in bfloat16
+    the product is formed in float32 and rounded once; a wrong shape is one clear error."""
+    width, num_prefix, eps = 5, 1, 1e-3
+    rng = np.random.default_rng(7)
+    q, k, v = random_qkv(3, 2, num_prefix + 13)
+    scale = jnp.asarray(rng.uniform(-2.0, 2.0, size=(2, HEADS, DV)), jnp.float32)
+    ref = ops.lasad_attention(q, k, v, num_prefix=num_prefix, impl="reference",
+                              **decay_kwargs("lasad", width))
+    ref = ref * jax.lax.rsqrt(jnp.mean(ref * ref, axis=-1, keepdims=True) + eps)
+    o, _ = decode_all("lasad", q, k, v, width=width, num_prefix=num_prefix, impl=impl,
+                      norm_eps=eps, out_scale=scale)
+    assert rel_err(o, ref * scale[:, None]) < 1e-5
+    q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    o16, _ = decode_all("lasad", q16, k16, v16, width=width, num_prefix=num_prefix,
+                        impl=impl, norm_eps=eps, out_scale=scale.astype(jnp.bfloat16))
+    assert o16.dtype == jnp.bfloat16
+    assert rel_err(o16, ref * scale[:, None]) < 2e-2
+    state = ops.lasad_decode_init(2, HEADS, DK, DV, width, prefix_slots=num_prefix)
+    with pytest.raises(ValueError, match=r"out_scale must have v's shape \[batch, heads, Dv\]"):
+        ops.lasad_decode_step(state, q[:, 0], k[:, 0], v[:, 0], row_decay=ROW_DECAY,
+                              col_decay=COL_DECAY, out_scale=scale[:, :, :2])
 
 
 @pytest.mark.parametrize("bad", [0.0, -1e-5, True, "1e-5"])

@@ -15,8 +15,8 @@ import pytest
 from flax import nnx
 
 from lasad_jax.models import MIXERS, LASADGen, ModelConfig
-from lasad_jax.sampling.hlo_check import (check_loops, guarded_arrays, loop_problems,
-                                          sampler_problems)
+from lasad_jax.sampling.hlo_check import (called, check_loops, guarded_arrays, loop_problems,
+                                          parse_hlo, sampler_problems)
 
 # w = 8 columns and head dim 16: every multi-slot array of the lasad state (9 column
 # states, 16 ring slots) and the softmax KV cache (41 slots) is larger than one 16 x 16
@@ -42,6 +42,38 @@ def test_sampler_loop_updates_the_cache_in_place(mixer, batch, cfg_scale):
         column = rows * 2 * 16 * 16
         guarded = guarded_arrays(cache, cache_batch_axes(model.init_cache, rows), column)
         assert len(guarded) == {"lasad": 6, "softmax": 4}[mixer]
+
+
+def _inside_loops(comps: dict) -> set[str]:
+    """The computations a `while` body runs, directly or through calls and fusions."""
+    todo = [body for instrs in comps.values() for i in instrs if i.op == "while"
+            for body in called(i, "body")]
+    seen: set[str] = set()
+    while todo:
+        comp = todo.pop()
+        if comp not in seen:
+            seen.add(comp)
+            todo += [c for i in comps.get(comp, []) for key in ("calls", "to_apply", "body")
+                     for c in called(i, key)]
+    return seen
+
+
+@pytest.mark.parametrize("gate_rank", [4, 0])
+def test_fused_projection_kernel_is_built_before_the_loop(gate_rank):
+    """A decoding token projects q, k, v and the gate's input in one matmul against both
+    kernels side by side (`LinearAttentionMixer._project`): one launch per layer fewer,
+    only if XLA concatenates the kernels once before the token loop, not at every token.
+    The concatenation of each layer's `[dim, 3 dim + gate]` kernel is in the program, and
+    outside every loop."""
+    cfg = ModelConfig(mixer="lasad", **{**CFG, "gate_rank": gate_rank})
+    model = LASADGen(cfg, rngs=nnx.Rngs(0))
+    _, text = sampler_problems(model, 3, cfg_scale=2.0)
+    comps = parse_hlo(text)
+    fused = f"[{cfg.dim},{3 * cfg.dim + (gate_rank or cfg.dim)}]"
+    where = [name for name, instrs in comps.items() for i in instrs
+             if i.op == "concatenate" and i.shape.split("{")[0].endswith(fused)]
+    assert len(where) == cfg.num_layers, where
+    assert not set(where) & _inside_loops(comps), where
 
 
 def _compiled_scan(step, state):

@@ -14,10 +14,12 @@ more, and the row and prefix terms and their sum are kernels of their own. Here 
 program per (batch row, head) loads the old `Dk x Dv` state, the two grid rows of keys
 and values and the prefix slots, forms `U` on chip, writes the new state in place (the
 state buffer is aliased to the output), writes the token's key and value into the
-aliased rings, and returns `o`, RMS-normalized per head when asked (the mixer's head
-norm). The column is read once and written once, and a layer's step is two kernels: this
-one, and the XLA kernel that forms q, k, v (feature map, RoPE) and packs them with the
-log decays into the kernel's one input array.
+aliased rings, and returns `o` in q's dtype, RMS-normalized per head and multiplied by
+`out_scale` when asked (the mixer's head norm, its weight and the output gate). The
+column is read once and written once, and a layer's step is two kernels: this one, and
+the XLA kernel that forms q, k, v (feature map, RoPE) and packs them with the log decays
+and the scale into the kernel's one input array; the output projection reads `o` as the
+kernel wrote it.
 
 `U` is a float32 product at full precision (`HIGHEST`: `2 w Dk Dv` multiply-adds per
 program, nothing next to the memory traffic) and the weights `b^|c - c'|` are formed from
@@ -50,14 +52,15 @@ def _pow2(n: int, least: int) -> int:
 
 def token_kernel(at_ref, cols_ref, k_ref, v_ref, qkv_ref, new_ref, k_out, v_out, o_ref, *,
                  width: int, window: int, prefix_load: int, dk: int, dv: int,
-                 norm_eps: float | None):
+                 norm_eps: float | None, scaled: bool):
     """One (batch row, head). `cols_ref`/`new_ref`: the whole aliased state
     `[w, B*H, Dk, Dv]`; `at_ref`: (column, first ring slot of the current grid row, the
     token's ring slot); `k_ref`, `v_ref` (aliased to `k_out`, `v_out`): this program's
     ring `[S, D]` (grid rows at slots 0 and w, prefix slots from 2w) before the token;
-    `qkv_ref`: a float32 `[4, max(Dk, Dv)]` block holding the token's query, key and value
-    in rows 0 to 2 and its head's (log a, log b) at the start of row 3. With `norm_eps`,
-    `o` is RMS-normalized over its features before it is written.
+    `qkv_ref`: a float32 `[4 or 8, max(Dk, Dv)]` block holding the token's query, key and
+    value in rows 0 to 2, its head's (log a, log b) at the start of row 3 and, when
+    `scaled`, the output scale in row 4. With `norm_eps`, `o` is RMS-normalized over its
+    features, then (`scaled`) multiplied by the scale, then written in `o_ref`'s dtype.
 
     Triton loads power-of-two blocks, so a grid row is read as `window >= w` slots that
     end inside the ring (shifted back from the row's start where they would run past
@@ -109,7 +112,10 @@ def token_kernel(at_ref, cols_ref, k_ref, v_ref, qkv_ref, new_ref, k_out, v_out,
     k_pre, v_pre, index = ring(min(2 * width, slots - prefix_load), prefix_load)
     prefix = jnp.where(index >= 2 * width, jnp.sum(k_pre * q, axis=1, keepdims=True), 0.0)
     o += jnp.sum(prefix * v_pre, axis=0, keepdims=True)
-    o_ref[...] = rms_normalize(o, norm_eps)  # the mixer's per-head norm, on chip
+    o = rms_normalize(o, norm_eps)  # the mixer's per-head norm, on chip
+    if scaled:
+        o *= qkv_ref[4:5, :dv]
+    o_ref[...] = o.astype(o_ref.dtype)
     k_out[pl.ds(slot, 1), :] = k_new
     v_out[pl.ds(slot, 1), :] = v_new
 
@@ -117,12 +123,12 @@ def token_kernel(at_ref, cols_ref, k_ref, v_ref, qkv_ref, new_ref, k_out, v_out,
 def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Array,
                  k: jax.Array, v: jax.Array, log_row: jax.Array, log_col: jax.Array,
                  col: jax.Array, cur_row: jax.Array, slot: jax.Array, *,
-                 norm_eps: float | None = None,
+                 norm_eps: float | None = None, out_scale: jax.Array | None = None,
                  interpret: bool = False) -> tuple[jax.Array, ...]:
     """`(cols with column col updated, keys, values with the token at slot, o)` for one
-    `lasad` decoding token, `o` float32 `[B, H, Dv]` without its own dtype cast,
-    RMS-normalized per head when `norm_eps` is given. The same contract as
-    `ops.decode.xla_token_update`.
+    `lasad` decoding token, `o: [B, H, Dv]` in q's dtype, RMS-normalized per head when
+    `norm_eps` is given and then multiplied by `out_scale` (`[B, H, Dv]`) when that is.
+    The same contract as `ops.decode.xla_token_update`.
 
     `cols: [w, B, H, Dk, Dv]` (updated in place when donated); `keys, values: [2w + P, B,
     H, D]` the ring before the token (grid row `r` in ring row `r % 2`, `cur_row`, slots
@@ -134,8 +140,9 @@ def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Arr
     The token's query, key, value and its heads' log decays reach the kernel as one
     float32 array, so XLA computes them (RoPE, feature map, decays) in one kernel:
     separate operands took a kernel each, and writing the key and value into the ring in
-    XLA two more (compiled for an H200). Float32 keeps the log decays exact and costs a
-    few hundred bytes per (batch row, head).
+    XLA two more (compiled for an H200). `out_scale` joins that array too (as an operand
+    of its own it took a kernel to form, and `o` one more to cast). Float32 keeps the log
+    decays exact and costs a few hundred bytes per (batch row, head).
     """
     w, b, h, dk, dv = cols.shape
     if not interpret:
@@ -168,8 +175,9 @@ def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Arr
         return pl.BlockSpec((None, *shape), lambda i: (i,) + (0,) * len(shape))
 
     kr, vr = to_kernel(keys), to_kernel(values)
-    # [B*H, 4, D] float32: q, k, v (k, v rounded to the ring's dtype, as stored) and
-    # (log a, log b) of each head (Triton blocks have power-of-two sides).
+    # [B*H, 4 or 8, D] float32: q, k, v (k, v rounded to the ring's dtype, as stored),
+    # (log a, log b) of each head and, when given, `out_scale`; zero rows fill the block
+    # to a power of two (Triton blocks have power-of-two sides).
     d = max(dk, dv, 2)
 
     def row(x: jax.Array, stored=F32) -> jax.Array:
@@ -177,18 +185,22 @@ def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Arr
         return jnp.pad(x, ((0, 0), (0, d - x.shape[-1]))) if x.shape[-1] < d else x
 
     logs = jnp.broadcast_to(jnp.stack([log_row, log_col], axis=-1), (b, h, 2))
-    qkv = jnp.stack([row(q), row(k, keys.dtype), row(v, values.dtype), row(logs)], axis=1)
+    packed = [row(q), row(k, keys.dtype), row(v, values.dtype), row(logs)]
+    scaled = out_scale is not None
+    if scaled:
+        packed += [row(out_scale)] + [jnp.zeros_like(packed[0])] * 3
+    qkv = jnp.stack(packed, axis=1)
     new, kr, vr, o = pl.pallas_call(
         functools.partial(token_kernel, width=w, window=window, prefix_load=prefix_load,
-                          dk=dk, dv=dv, norm_eps=norm_eps),
+                          dk=dk, dv=dv, norm_eps=norm_eps, scaled=scaled),
         grid=(rows,),
         in_specs=[pl.BlockSpec((3,), lambda i: (0,)), whole, mine(slots, dk), mine(slots, dv),
-                  mine(4, d)],
+                  mine(len(packed), d)],
         out_specs=[whole, mine(slots, dk), mine(slots, dv), mine(1, dv)],
         out_shape=[jax.ShapeDtypeStruct(state.shape, state.dtype),
                    jax.ShapeDtypeStruct(kr.shape, kr.dtype),
                    jax.ShapeDtypeStruct(vr.shape, vr.dtype),
-                   jax.ShapeDtypeStruct((rows, 1, dv), F32)],
+                   jax.ShapeDtypeStruct((rows, 1, dv), q.dtype)],
         input_output_aliases={1: 0, 2: 1, 3: 2},
         compiler_params=plt.CompilerParams(num_warps=4, num_stages=1),
         interpret=interpret,
