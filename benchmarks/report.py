@@ -96,12 +96,12 @@ def operator_targets(rows: list[dict]) -> list[dict]:
         for t, limit in limits.items():
             best = ranked.get(t, [None])[0]
             ratio = best["ms"] / soft[t] if best and t in soft else None
-            out.append(dict(batch=batch, dim=dim, tokens=t, limit=limit,
-                            impl=best and auto_table.IMPL_OF_OP[best["op"]],
-                            chunk_size=best and best.get("chunk_size"),
-                            lasad_ms=best and best["ms"], softmax_ms=soft.get(t), ratio=ratio,
-                            lasad=best and f"{auto_table.IMPL_OF_OP[best['op']]} "
-                                           f"C={best.get('chunk_size')}",
+            impl = best and auto_table.IMPL_OF_OP[best["op"]]
+            chunk = best and best.get("chunk_size")
+            out.append(dict(batch=batch, dim=dim, tokens=t, limit=limit, impl=impl,
+                            chunk_size=chunk, lasad_ms=best and best["ms"],
+                            softmax_ms=soft.get(t), ratio=ratio,
+                            lasad=best and f"{impl} C={chunk}",
                             verdict="no target" if limit is None else verdict(ratio, limit)))
     return out
 
@@ -126,10 +126,7 @@ def sampling_targets(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     speed, quarters = [], {}
     for v in sampling.verdict(rows):
         target = v.get("target")
-        row = next(r for r in rows if r["mixer"] == "lasad" and "images_per_s" in r and all(
-            r[k] == v[k] for k in ("preset", "grid", "state_dtype", "decode_impl")))
-        speed.append(dict(v, ms_per_token=row.get("ms_per_token"),
-                          verdict="no target" if target is None else
+        speed.append(dict(v, verdict="no target" if target is None else
                           verdict(v.get("speedup"), target, higher_is_better=True)))
         quarters.setdefault((v["preset"], v["grid"]), dict(
             preset=v["preset"], grid=v["grid"], ratio=v.get("quarter_ratio"),

@@ -182,7 +182,8 @@ def verdict(rows: list[dict]) -> list[dict]:
                       and s["preset"] == r["preset"] and s["grid"] == r["grid"]
                       and "quarter_ratio" in s), None)
         entry = dict(preset=r["preset"], grid=r["grid"], state_dtype=r["state_dtype"],
-                     decode_impl=r.get("decode_impl"), quarter_ratio=ratio)
+                     decode_impl=r.get("decode_impl"), ms_per_token=r.get("ms_per_token"),
+                     quarter_ratio=ratio)
         if twin:
             entry["speedup"] = r["images_per_s"] / twin["images_per_s"]
             target = TARGET_SPEEDUP.get(r["grid"])
