@@ -21,17 +21,17 @@
 # 1. core (80 s): benchmarks/kernels.py, the chunked XLA form against cuDNN flash
 #    attention, D = 64, batch 1, T = 256 ... 16384, forward+backward then forward, every
 #    LASAD row first checked against the float32 reference: the issue's targets.
-# 2. train_step (170 s): benchmarks/train_step.py, one jitted step of LASADGen-L, 256 px
+# 2. train_step (180 s): benchmarks/train_step.py, one jitted step of LASADGen-L, 256 px
 #    batch 64 then 512 px batch 16, at each softmax, LASAD with impl="pallas", LASAD with
 #    impl="auto".
-# 3. pallas (50 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
+# 3. pallas (60 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
 #    1's softmax rows join its speedups. Chunks of 1024, 2048 and 4096 tokens (the kernels
 #    write no C x C scores, so longer chunks than the XLA form's may pay: fewer states);
 #    T = 4096 and 16384 first, where chunks differ and the targets are widest.
 # 4. tiles (20 s): benchmarks/masked_probe.py, the intra-chunk kernel's tiles, warps and
 #    pipeline stages, forward+backward at the training shapes of stage 2 (256 and 1024
 #    tokens), each checked first: the data for ops.pallas.masked.default_tiles.
-# 5. sampling (240 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
+# 5. sampling (220 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
 #    LASADGen-L and -B (bf16, batch 64, CFG 2.0), per-token time by quarter (once per
 #    size), state and KV-cache bytes, compile time; each compiled sampler is first checked
 #    for copies of its decoding cache (lasad_jax.sampling.hlo_check: XLA's GPU pipeline
@@ -41,6 +41,14 @@
 #    for an H200 by benchmarks/gpu_aot.py), then its XLA step; then both LASAD steps with
 #    bfloat16 column states (model.decode_state_dtype). The limit cuts the last rows
 #    (384 px, bf16 states): name the stage in a later call for them.
+# Where the time goes, in the same call: after a row is timed and saved, the rows that a
+# missed target's note would need run once more under JAX's profiler (kernels.py
+# --profile_tokens: LASAD forward+backward at T = 16384 in stage 1, 4096 and 16384 in
+# stage 3; train_step.py --profile: every row; sampling.py --profile_grids 16: the 256 px
+# rows, where launches may cost as much as bytes). Each row keeps the device's busy time
+# against the call's wall time and its heaviest kernels with their bytes and source
+# (benchmarks/device_profile.py); the report prints them. A second visit to the device
+# only to profile would not fit a lent session's 15 minutes.
 # Second call:
 # 6. pallas_tests (50 s): tests/ops/test_pallas_api.py, the Pallas kernels compiled for the
 #    device, float32 values and five gradients against the quadratic reference; and the
@@ -103,27 +111,27 @@ rest=(--ops lasad_chunked softmax --modes fwd_bwd)
 if [[ -n $smoke ]]; then
     limits=(240 240 120 240 120 240 240 120)
     tests=(-k "other_variants or auto_does_not")
-    core+=(--smoke --check_tokens 16)  # T = 64 takes the long-sequence check
-    pallas+=(--smoke)
+    core+=(--smoke --check_tokens 16 --profile_tokens 64)  # T = 64: the long-sequence check
+    pallas+=(--smoke --profile_tokens 64)
     sweep+=(--smoke --tokens 64 --chunk_sizes 16 32)
     rest+=(--smoke --shapes 2:16 --tokens 16)
-    train=(--smoke --pallas)
+    train=(--smoke --pallas --profile)
     tiles=(--smoke)
-    sampling_args=(--smoke --decode_impls xla pallas)
+    sampling_args=(--smoke --decode_impls xla pallas --profile_grids 4)
 else
-    limits=(80 170 50 50 20 60 25 240)
+    limits=(80 180 50 60 20 60 25 220)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
-    core+=(--batch 1 --dims 64 "${timing[@]}")
+    core+=(--batch 1 --dims 64 --profile_tokens 16384 "${timing[@]}")
     pallas+=(--batch 1 --dims 64 --tokens 4096 16384 256 1024 --chunk_sizes 1024 2048 4096
-             "${timing[@]}")
+             --profile_tokens 4096 16384 "${timing[@]}")
     sweep+=(--batch 1 --dims 64 --tokens 16384 4096 --chunk_sizes 512 1024 2048
             "${timing[@]}")
     rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
-    train=(--steps 5 --min_seconds 1 --pallas)
+    train=(--steps 5 --min_seconds 1 --pallas --profile)
     tiles=()
     sampling_args=(--repeats 3 --quarter_repeats 1 --state_dtypes float32 bfloat16
-                   --decode_impls pallas xla)
+                   --decode_impls pallas xla --profile_grids 16)
 fi
 
 failed=0

@@ -29,7 +29,9 @@ compares work done per second on the same problem: causal attention costs
 `xla_bytes_accessed` is XLA's cost-model count for the compiled program (`compiled_cost`),
 the traffic the XLA forms really cause; `mem` is XLA's memory figure for the program.
 Peaks come from `PEAKS` by device kind; an unknown device leaves the share columns empty
-rather than guessing.
+rather than guessing. `--profile_tokens T ...`: the LASAD forward+backward rows at those T
+run once more under JAX's profiler after they are timed, and keep the kernels their time
+went to (`benchmarks/device_profile.py`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.ops import chunked  # noqa: E402
 from lasad_jax.ops.reference import masked_attention  # noqa: E402
 from common import median_ms, run_info, write_json  # noqa: E402
+from device_profile import format_profile, profile_call  # noqa: E402
 from op_scaling import compiled_bytes, programs  # noqa: E402
 
 # Dense bf16 tensor-core peak (TFLOP/s) and HBM bandwidth (TB/s), vendor figures.
@@ -262,6 +265,13 @@ def run(args, save=None) -> list[dict]:
                     print(f"{tag} {ms:9.3f} ms {tflops:7.1f} TFLOP/s{check}", flush=True)
                     if save:
                         save(rows)
+                    if op != "softmax" and mode == "fwd_bwd" and tokens in args.profile_tokens:
+                        # After the row is saved: a profiler that fails costs only this.
+                        row["profile"] = profile_call(lambda: compiled(*inputs),
+                                                      compiled.as_text())
+                        print("\n".join(format_profile(row["profile"])), flush=True)
+                        if save:
+                            save(rows)
             del checks  # free the device before the next shape's inputs
     return rows
 
@@ -331,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                                    "xla_default"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--min_seconds", type=float, default=1.0)
+    parser.add_argument("--profile_tokens", type=int, nargs="*", default=[],
+                        help="LASAD forward+backward rows at these T also run once under "
+                             "JAX's profiler: where the time goes (benchmarks/device_profile.py)")
     parser.add_argument("--baseline", default=None,
                         help="JSON of an earlier run whose softmax rows join this run's "
                              "table and speedups")

@@ -17,6 +17,8 @@ backend), says which stages are missing or were cut by their time limit, and cha
 file but `--out`. Targets live beside the benchmark that measures them
 (`kernels.TARGETS`, `train_step.TARGETS`, `sampling.TARGET_SPEEDUP`); suggestions name the
 code they would change and are printed, never applied: a person reads the evidence first.
+Rows that ran once more under JAX's profiler (`device_profile.py`) get their device busy
+time and heaviest kernels printed under "Where the time goes".
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import kernels  # noqa: E402
 import sampling  # noqa: E402
 import train_step  # noqa: E402
 from common import write_json  # noqa: E402
+from device_profile import format_profile  # noqa: E402
 
 # The programs compiled for an H200 without one: their bytes give each row a floor.
 AOT = os.path.join(os.path.dirname(__file__), "results", "gpu_aot_h200.json")
@@ -212,6 +215,27 @@ def decode_choices(rows: list[dict]) -> list[dict]:
     return out
 
 
+def row_label(stage: str, r: dict) -> str:
+    """One line naming a measured row and its time, for its profile's heading."""
+    if stage == "train_step":
+        return (f"train step, {r['mixer']} ({r['impl']}), {16 * r['grid']} px batch "
+                f"{r['batch']}: {fmt(r.get('step_ms'), '.1f')} ms")
+    if stage == "sampling":
+        state = "" if r["mixer"] == "softmax" else f" ({r['state_dtype']} states, " \
+            f"{r['decode_impl']} step)"
+        return (f"sampling, {r['preset']} {r['grid']}x{r['grid']} {r['mixer']}{state}: "
+                f"{fmt(r.get('ms_per_token'))} ms/token")
+    return (f"operator, {r['op']} chunk {r.get('chunk_size')}, B={r['batch']} D={r['dim']} "
+            f"T={r['tokens']} {r['mode']}: {fmt(r.get('ms'))} ms")
+
+
+def profiles(found: dict[str, dict]) -> list[dict]:
+    """Every row that ran once more under the profiler (`device_profile.py`), by stage."""
+    return [dict(stage=stage, label=row_label(stage, r), profile=r["profile"])
+            for stage in STAGES for r in found.get(stage, {}).get("rows", [])
+            if "profile" in r]
+
+
 def best_verdict(rows: list[dict], key: str, higher_is_better: bool) -> str:
     """The verdict of the row with the best `key`; "not measured" without one."""
     rows = [r for r in rows if r.get(key) is not None]
@@ -302,6 +326,14 @@ def main(argv: list[str] | None = None) -> dict:
           report["quarters"], lambda q: [
               q["preset"], f"{q['grid']}x{q['grid']}", fmt(q["ratio"]),
               limit(q["limit"], "<=", ""), q["verdict"]])
+
+    report["profiles"] = profiles(found)
+    print("\n## Where the time goes: rows run once more under the profiler")
+    if not report["profiles"]:
+        print("(none profiled)")
+    for entry in report["profiles"]:
+        print(f"{entry['label']}")
+        print("\n".join(format_profile(entry["profile"])))
 
     print("\n## Defaults the measurements support (printed, not applied)")
     ranked = auto_table.candidates(kernel_rows, **{**kernels.TARGET_SHAPE, "mode": "fwd_bwd"})

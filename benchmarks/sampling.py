@@ -24,6 +24,10 @@ compute in `--dtype`:
   moves), and `--decode_impls xla pallas` runs `lasad` with each decoding step
   (`model.decode_impl`; "pallas": the fused kernel, GPU). Every step of the first dtype
   runs with softmax grid by grid; the other dtypes' rows come after all of those.
+* `profile` (rows at `--profile_grids`): one more call under JAX's profiler, after the
+  row is saved: the device's busy time against the call's wall time (a sampled token is
+  a fraction of a millisecond: are launches or kernels the cost?) and the kernels the
+  time went to (`benchmarks/device_profile.py`).
 * `hlo_problems` (with `--hlo_check`): `lasad_jax.sampling.hlo_check` on the compiled
   program; any problem makes the script exit 1 after the table. Not on the Pallas
   interpreter's program (CPU), which is not the one a GPU runs.
@@ -60,6 +64,7 @@ from lasad_jax.sampling.generate import (  # noqa: E402
     _generate, cache_batch_axes, cast_weights, decode_loop, start)
 from lasad_jax.sampling.hlo_check import guarded_arrays, loop_problems  # noqa: E402
 from common import run_info, write_json  # noqa: E402
+from device_profile import format_profile, profile_call  # noqa: E402
 
 # LASAD images/s over softmax's, by grid side (VQ-16: 256, 384, 512 px); per-token ratio.
 TARGET_SPEEDUP = {16: 1.0, 24: 1.5, 32: 2.0}
@@ -160,7 +165,11 @@ def measure(args, preset: str, grid: int, mixer: str, state_dtype: str,
     seconds = statistics.median(times)
     row.update(ms_per_batch=1e3 * seconds, images_per_s=args.batch / seconds,
                ms_per_token=1e3 * seconds / model.cfg.num_tokens)
-    return row, model, labels
+
+    def profile() -> dict:  # one more call of the same program, for the caller to run
+        return profile_call(lambda: compiled(params, labels, key), compiled.as_text())
+
+    return row, model, labels, profile
 
 
 def add_quarters(row: dict, model: LASADGen, labels: jax.Array, args) -> None:
@@ -224,6 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="timed passes of the quarter measurement (after a warm-up pass)")
     p.add_argument("--hlo_check", action="store_true",
                    help="check each compiled program for copies of the decoding cache")
+    p.add_argument("--profile_grids", type=int, nargs="*", default=[],
+                   help="rows at these grids also run once under JAX's profiler: where the "
+                        "time goes (benchmarks/device_profile.py)")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run: " + " ".join(SMOKE))
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/"
                                                "sampling_<backend>.json)")
@@ -257,9 +269,14 @@ def main(argv: list[str] | None = None) -> dict:
              for preset in args.presets for run in runs]
     quartered = set()
     for grid, preset, mixer, state_dtype, decode_impl in cases:
-        row, model, labels = measure(args, preset, grid, mixer, state_dtype, decode_impl)
+        row, model, labels, profile = measure(args, preset, grid, mixer, state_dtype,
+                                              decode_impl)
         rows.append(row)
         save()  # images/s kept even if the limit falls during the quarters
+        if grid in args.profile_grids:
+            row["profile"] = profile()
+            save()
+        del profile
         if mixer in args.quarters and (preset, grid, mixer) not in quartered:
             quartered.add((preset, grid, mixer))
             add_quarters(row, model, labels, args)
@@ -279,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{hlo} |", flush=True)
         for problem in row.get("hlo_problems", []):
             print(f"    HLO: {problem}", flush=True)
+        if "profile" in row:
+            print("\n".join(format_profile(row["profile"])), flush=True)
     result = save(complete=True)
     for v in result["verdict"]:
         speed = f"{v['speedup']:.2f}x softmax" if "speedup" in v else "no softmax row"

@@ -32,7 +32,9 @@ causality); LASAD the chunkwise-parallel form's matmuls: the intra-chunk scores 
 `C` tokens of a chunk (`12 * layers * dim * C`, the same count with `T -> C`), plus per
 head the chunk sums and state reads (`2 * 2 * Dk * Dv`) and the smoothing
 (`2 * w * Dk * Dv / R`) times 3. `mfu_with_attn` adds it. Peaks as benchmarks/kernels.py.
-Each row is printed as it finishes and the JSON is rewritten per row.
+Each row is printed as it finishes and the JSON is rewritten per row. `--profile`: after a
+row is saved, one more step runs under JAX's profiler and the row keeps the kernels its
+time went to (`benchmarks/device_profile.py`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +61,7 @@ from lasad_jax.ops.pallas.chunked import chunk_rows  # noqa: E402
 from lasad_jax.training.optimizer import make_optimizer, make_schedule  # noqa: E402
 from lasad_jax.training.step import create_train_state, make_train_step  # noqa: E402
 from common import run_info, write_json  # noqa: E402
+from device_profile import format_profile, profile_call  # noqa: E402
 from kernels import device_peaks  # noqa: E402
 
 
@@ -114,7 +118,9 @@ def attn_flops_per_token(cfg: ModelConfig, chunk_size: int | None) -> float:
 
 
 def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
-            impl: str = "auto") -> dict:
+            impl: str = "auto") -> tuple[dict, Callable[[], dict]]:
+    """The row, and a function that profiles one more step of the same compiled program
+    (`device_profile.profile_call`), for the caller to run once the row is saved."""
     cfg = model_config(args, mixer, grid, impl)
     model = LASADGen(cfg, rngs=nnx.Rngs(0))
     n_matmul = matmul_params(model)
@@ -155,7 +161,13 @@ def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
     if peak:
         row["mfu"] = 6.0 * n_matmul * tokens / step_s / (peak * 1e12)
         row["mfu_with_attn"] = (6.0 * n_matmul + attn) * tokens / step_s / (peak * 1e12)
-    return row
+
+    def one_step():
+        nonlocal state  # donated: each step hands the next its state
+        state, out = compiled(state, batch_arrays)
+        return out
+
+    return row, lambda: profile_call(one_step, compiled.as_text())
 
 
 def print_row(r: dict) -> None:
@@ -207,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pallas", action="store_true",
                    help="also LASAD with impl='pallas', after the other rows")
     p.add_argument("--chunk_size", type=int, default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="run one more step of each row under JAX's profiler: where the time "
+                        "goes (benchmarks/device_profile.py)")
     p.add_argument("--steps", type=int, default=10, help="at least this many timed steps")
     p.add_argument("--min_seconds", type=float, default=2.0, help="and at least this long")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
@@ -231,8 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
         grid, batch = (int(x) for x in spec.split(":"))
         print(f"{mixer} ({impl}) grid {grid} batch {batch}: compiling "
               f"({time.strftime('%H:%M:%S')})", flush=True)
+        profile = None
         try:
-            row = measure(args, mixer, grid, batch, peak, impl)
+            row, profile = measure(args, mixer, grid, batch, peak, impl)
         except Exception as e:  # out of memory, or a compile this device refuses
             row = dict(mixer=mixer, impl=impl, grid=grid, image_px=16 * grid, batch=batch,
                        status=f"failed: {type(e).__name__}: {str(e)[:200]}")
@@ -241,6 +257,11 @@ def main(argv: list[str] | None = None) -> dict:
             print_row(row)
         rows.append(row)
         write_json(args.out, result(False), quiet=True)
+        if profile and args.profile:  # after the row is saved: a failure costs only this
+            row["profile"] = profile()
+            print("\n".join(format_profile(row["profile"])), flush=True)
+            write_json(args.out, result(False), quiet=True)
+        del profile  # frees the row's model state before the next row
     final = result(True)
     print_table(rows)
     for r in final["ratios"]:

@@ -181,6 +181,18 @@ def test_device_check_script_runs_every_stage(tmp_path):
     # Size by size: softmax, then LASAD with the Pallas kernels, then with impl="auto".
     assert [(r["mixer"], r["impl"]) for r in train["rows"]] == [
         ("softmax", "auto"), ("lasad", "pallas"), ("lasad", "auto")]
+    # Where the time goes: the chosen rows ran once more under the profiler, after they
+    # were timed, and the report prints each (benchmarks/device_profile.py).
+    sampling = json.loads((tmp_path / "sampling_cpu.json").read_text())
+    profiled = [r for stage in (core, pallas, train, sampling) for r in stage["rows"]
+                if "profile" in r]
+    assert all(r["profile"].get("ops") for r in profiled), profiled
+    assert {r.get("op", r.get("mixer")) for r in profiled} == {
+        "lasad_chunked", "lasad_pallas", "lasad", "softmax"}
+    assert all(r["mode"] == "fwd_bwd" and r["tokens"] == 64 for r in core["rows"] + pallas["rows"]
+               if "profile" in r)
+    assert len([r for r in train["rows"] if "profile" in r]) == 3
+    assert log.count("    profile (host): kernels busy") >= 2 * len(profiled)  # stage + report
     # Beyond --check_tokens a row is checked against the float32 chunked form.
     long = [r for r in core["rows"] if r["op"] == "lasad_chunked" and r["tokens"] == 64]
     assert long and all(r["check"].startswith("chunked float32") for r in long)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import report  # benchmarks/ (tests/benchmarks/conftest.py puts it on the path)
+from device_profile import Event, summarize
 
 
 def _write(folder, name: str, rows: list[dict], complete: bool = True) -> None:
@@ -39,7 +40,10 @@ def run(tmp_path):
     train = dict(image_px=256, tokens_per_s=1.0, mfu=0.3, grid=16, batch=64)
     _write(tmp_path, "train_step_gpu.json", [
         dict(train, mixer="softmax", impl="auto", step_ms=100.0),
-        dict(train, mixer="lasad", impl="pallas", step_ms=95.0),
+        dict(train, mixer="lasad", impl="pallas", step_ms=95.0, profile=dict(
+            where="/device:GPU:0", **summarize([Event("custom-call.7", "intra_fwd", 0, 6e7),
+                                                Event("fusion.3", "loop_fusion", 7e7, 2e7)],
+                                               wall_ms=95.0))),
         dict(train, mixer="lasad", impl="auto", step_ms=130.0),
     ], complete=False)
     sample = dict(preset="L", grid=32, state_dtype="float32")
@@ -98,6 +102,12 @@ def test_report_gives_each_target_its_verdict(run, capsys):
     assert ("| 1 | 64 | 4096 | chunked C=1024 | 0.500 | 1.000 | 0.680 | 0.74x | <= 0.5x | "
             "MISSED |") in out
     assert json.loads((run / "report.json").read_text())["missed"] == 2
+    # Rows profiled on the device: their heaviest kernels under the row they belong to.
+    assert [p["label"] for p in result["profiles"]] == [
+        "train step, lasad (pallas), 256 px batch 64: 95.0 ms"]
+    section = out.split("## Where the time goes")[1].split("## Defaults")[0]
+    assert "profile (/device:GPU:0): kernels busy 80.000 of 95.000 ms wall, 2 launches" in section
+    assert section.index("custom-call.7") < section.index("fusion.3")
 
 
 def test_report_names_what_it_cannot_read(tmp_path):
