@@ -20,10 +20,15 @@ and `G_i = g_i + d G_{i+1}` (the cotangent gathered over every later chunk):
 
     dS_i = T_b G_i                                  (`T_b` is symmetric)
     d log d = d sum_{i >= 1} <G_i, H_{i-1}>
-    d T_b = sum_i G_i S_i^T,   d log b = sum_{c, c'} |c - c'| T_b[c, c'] dT_b[c, c']
+    d log b = sum_i <G_i S_i^T, D_b> = sum_i <G_i, D_b S_i>,   D_b[c, c'] = |c - c'| b^|c - c'|
 
-Each program returns its share of `d log d` and of `dT_b` (`[w, w]`); XLA sums the shares
-and pulls `dT_b` back through `decay.column_toeplitz` for `d log b` (tiny arrays). The
+(`D_b` is the derivative of `T_b` in `log b`.) Each program returns its shares of the two
+scalars and XLA sums them. An earlier version returned each program's `[w, w]` share of
+`dT_b` and let XLA pull the sum back through the Toeplitz matrix: with 128 programs per
+(batch * head) at `Dk = Dv = 64` and `w = 128`, 0.13 GB written and read again by XLA's
+reduction, whatever the chunk; 3% to 8% of the split's forward+backward traffic at
+T = 16384 (benchmarks/gpu_aot.py, benchmarks/RESULTS.md).
+`D_b S_i` costs the same `[w, w] @ [w, f]` product per chunk as `G_i S_i^T` did. The
 kernel layout is chunk-major, `[N, M, W, F]` (`M` = batch * heads, `F = Dk * Dv`
 flattened), which is the layout `column_outer` writes and `column_apply` reads: no
 transpose on either side. Padded columns (zero sums) add nothing to the real columns;
@@ -40,7 +45,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from lasad_jax.ops.decay import column_toeplitz
 from lasad_jax.ops.pallas.masked import call
 from lasad_jax.ops.pallas.masked_kernels import sum11
 
@@ -72,11 +76,16 @@ def feature_tile(backend: str, features: int) -> int:
     return TPU_TILE if features % TPU_TILE == 0 else features
 
 
-def _toeplitz(width: int, lb: jax.Array) -> jax.Array:
-    """`[w, w]` weights `b^|c - c'|` from indices; `lb` is a `(1, 1)` log b."""
+def _distance(width: int) -> jax.Array:
+    """`[w, w]` column distances `|c - c'|`, from indices."""
     i = lax.broadcasted_iota(jnp.int32, (width, width), 0).astype(F32)
     j = lax.broadcasted_iota(jnp.int32, (width, width), 1).astype(F32)
-    return jnp.exp(jnp.abs(i - j) * lb)
+    return jnp.abs(i - j)
+
+
+def _toeplitz(width: int, lb: jax.Array) -> jax.Array:
+    """`[w, w]` weights `b^|c - c'|` from indices; `lb` is a `(1, 1)` log b."""
+    return jnp.exp(_distance(width) * lb)
 
 
 def _dot(a, b, prec, contract=((1,), (0,))):
@@ -98,30 +107,31 @@ def _forward_kernel(lk_ref, lb_ref, s_ref, h_ref, *, prec: lax.Precision):
     lax.fori_loop(0, n, body, jnp.zeros((w, f), F32))
 
 
-def _backward_kernel(lk_ref, lb_ref, s_ref, h_ref, g_ref, ds_ref, dlk_ref, dt_ref, *,
+def _backward_kernel(lk_ref, lb_ref, s_ref, h_ref, g_ref, ds_ref, dlk_ref, dlb_ref, *,
                      prec: lax.Precision):
-    """The reverse walk: `dS`, and this program's shares of `d log d` and `dT_b`."""
+    """The reverse walk: `dS`, and this program's shares of `d log d` and `d log b`."""
     n, w, f = s_ref.shape
-    toe = _toeplitz(w, lb_ref[...])
+    dist = _distance(w)
+    toe = jnp.exp(dist * lb_ref[...])
+    d_toe = dist * toe  # D_b: the derivative of T_b in log b
     d = jnp.exp(lk_ref[...])
 
-    def gather(i, carry):  # G_i from G_{i+1}; writes dS_i, adds G_i S_i^T
-        big_g, dt = carry
+    def gather(i, carry):  # G_i from G_{i+1}; writes dS_i, adds <G_i, D_b S_i>
+        big_g, dlb = carry
         big_g = g_ref[i] + d * big_g
         ds_ref[i] = _dot(toe, big_g, prec)
-        return big_g, dt + _dot(big_g, s_ref[i], prec, ((1,), (1,)))
+        return big_g, dlb + sum11(big_g * _dot(d_toe, s_ref[i], prec))
 
     def body(t, carry):  # i = n-1 ... 1: these chunks read a state before them
         i = n - 1 - t
-        big_g, dt = gather(i, carry[:2])
-        return big_g, dt, carry[2] + sum11(big_g * h_ref[i - 1])
+        big_g, dlb = gather(i, carry[:2])
+        return big_g, dlb, carry[2] + sum11(big_g * h_ref[i - 1])
 
-    zero = jnp.zeros((w, f), F32)
-    big_g, dt, dd = lax.fori_loop(0, n - 1, body, (zero, jnp.zeros((w, w), F32),
-                                                   jnp.zeros((1, 1), F32)))
-    _, dt = gather(0, (big_g, dt))
+    scalar = jnp.zeros((1, 1), F32)
+    big_g, dlb, dd = lax.fori_loop(0, n - 1, body, (jnp.zeros((w, f), F32), scalar, scalar))
+    _, dlb = gather(0, (big_g, dlb))
     dlk_ref[...] = d * dd
-    dt_ref[...] = dt
+    dlb_ref[...] = dlb
 
 
 def _chunks_spec(n: int, w: int, tile: int) -> pl.BlockSpec:
@@ -146,17 +156,13 @@ def _backward(cfg: PassConfig, sums, states, lk, lb, g):
     tiles = f // cfg.tile
     spec = _chunks_spec(n, w, cfg.tile)
     part = pl.BlockSpec((None, None, 1, 1), lambda m, t: (m, t, 0, 0))
-    part_t = pl.BlockSpec((None, None, w, w), lambda m, t: (m, t, 0, 0))
-    ds, dlk, dt = call(
+    share = jax.ShapeDtypeStruct((m, tiles, 1, 1), F32)  # one number per program
+    ds, dlk, dlb = call(
         cfg.backend, cfg.interpret, functools.partial(_backward_kernel, prec=cfg.precision),
-        (m, tiles), [_LOG_SPEC, _LOG_SPEC, spec, spec, spec], [spec, part, part_t],
-        [jax.ShapeDtypeStruct(sums.shape, F32), jax.ShapeDtypeStruct((m, tiles, 1, 1), F32),
-         jax.ShapeDtypeStruct((m, tiles, w, w), F32)],
+        (m, tiles), [_LOG_SPEC, _LOG_SPEC, spec, spec, spec], [spec, part, part],
+        [jax.ShapeDtypeStruct(sums.shape, F32), share, share],
     )(lk, lb, sums, states, g.astype(F32))
-    # d log b from dT_b: the pullback of the library's Toeplitz matrix (`decay.py`).
-    _, pullback = jax.vjp(functools.partial(column_toeplitz, w), lb.reshape(m))
-    dlb = pullback(dt.sum(axis=1))[0].reshape(m, 1, 1)
-    return ds, dlk.sum(axis=1), dlb
+    return ds, dlk.sum(axis=1), dlb.sum(axis=1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
