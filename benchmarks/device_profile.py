@@ -110,8 +110,10 @@ def summarize(events: list[Event], wall_ms: float, hlo_text: str | None = None,
     sources: dict[str, str] = {}
     control: set[str] = set()
     if hlo_text:
-        kernels = hlo_traffic.traffic(hlo_text)
-        for k, source in zip(kernels, hlo_traffic.kernel_sources(hlo_text, kernels)):
+        comps = hlo_traffic.parse_hlo(hlo_text)  # once: most of the time (11 MB, 2 s)
+        kernels = hlo_traffic.traffic(hlo_text, comps=comps)
+        for k, source in zip(kernels, hlo_traffic.kernel_sources(hlo_text, kernels,
+                                                                  comps=comps)):
             bytes_per_run[k.name] = k.read + k.written
             sources[k.name] = source
         control = set(_CONTROL.findall(hlo_text))

@@ -64,8 +64,8 @@ class Kernel:
 
 
 class _Program:
-    def __init__(self, text: str):
-        self.comps = parse_hlo(text)
+    def __init__(self, text: str, comps: dict[str, list[Instr]] | None = None):
+        self.comps = parse_hlo(text) if comps is None else comps
         self.params: dict[tuple[str, int], str] = {}
         self.entry = None
         comp = None
@@ -153,10 +153,12 @@ def _kind(instr: Instr) -> str:
     return instr.op
 
 
-def traffic(hlo_text: str, kernels: dict[str, KernelBytes] | None = None) -> list[Kernel]:
+def traffic(hlo_text: str, kernels: dict[str, KernelBytes] | None = None,
+            comps: dict[str, list[Instr]] | None = None) -> list[Kernel]:
     """Every kernel of the program in schedule order, with its bytes per run and runs;
-    `kernels` gives the traffic of named Pallas kernels (module docstring)."""
-    prog = _Program(hlo_text)
+    `kernels` gives the traffic of named Pallas kernels (module docstring). `comps`:
+    `parse_hlo(hlo_text)` when the caller has it (parsing is most of the time)."""
+    prog = _Program(hlo_text, comps)
     kernels_bytes = kernels or {}
 
     def walk(comp: str, runs: int, loops: list[str]) -> None:
@@ -226,9 +228,9 @@ def by_source(hlo_text: str, kernels: list[Kernel], package: str = "lasad_jax/")
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
-def kernel_sources(hlo_text: str, kernels: list[Kernel],
-                   package: str = "lasad_jax/") -> list[str]:
-    """Each kernel's source function, as `by_source` attributes it."""
+def kernel_sources(hlo_text: str, kernels: list[Kernel], package: str = "lasad_jax/",
+                   comps: dict[str, list[Instr]] | None = None) -> list[str]:
+    """Each kernel's source function, as `by_source` attributes it (`comps` as `traffic`)."""
     files = dict(re.findall(r'^(\d+) "(.*)"$', _table(hlo_text, "FileNames"), re.M))
     funcs = dict(re.findall(r'^(\d+) "(.*)"$', _table(hlo_text, "FunctionNames"), re.M))
     locs = {a: (files.get(f, "?"), funcs.get(g, "?")) for a, f, g in re.findall(
@@ -237,7 +239,7 @@ def kernel_sources(hlo_text: str, kernels: list[Kernel],
     frames = dict((a, (loc, parent)) for a, loc, parent in re.findall(
         r"^(\d+) \{file_location_id=(\d+) parent_frame_id=(\d+)",
         _table(hlo_text, "StackFrames"), re.M))
-    comps = parse_hlo(hlo_text)
+    comps = parse_hlo(hlo_text) if comps is None else comps
     instrs = {i.name: i for c in comps.values() for i in c}
 
     def frame_of(instr: Instr | None) -> str | None:
