@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 from device_profile import Event, busy_ns, format_profile, profile_call, summarize
-from lasad_jax.sampling.hlo_check import called, parse_hlo
 
-from tests.benchmarks.test_hlo_traffic import LOOP_HLO
+from lasad_jax.sampling.hlo_check import called, parse_hlo
+from tests.benchmarks.helpers import LOOP_HLO
 
 
 def test_busy_time_counts_overlapping_kernels_once():
