@@ -10,10 +10,12 @@ the chunk's `R` rows of that column:
   `x = q`, `M = H` (the smoothed states) and `e_r = a^r` (each query decayed back to its
   chunk's start).
 
-Each is the other's backward: `column_outer`'s gradients are two `column_apply` calls and
-`column_apply`'s are one of each, so both sit behind a `jax.custom_vjp` whose backward runs
-kernels too; the decay gradient is an elementwise identity (`d log a = sum_r tick_r
-<x_r, dx_r>`). The decay `e_r` is built in the kernel from the row index.
+Each is the other's backward: `column_outer`'s gradients are two `column_apply` products
+(on GPU one kernel computes both, reading each `dS` once and writing each gradient in its
+input's layout) and `column_apply`'s are one of each, so both sit behind a
+`jax.custom_vjp` whose backward runs kernels too; the decay gradient is an elementwise
+identity (`d log a = sum_r tick_r <x_r, dx_r>`). The decay `e_r` is built in the kernel
+from the row index.
 
 Layout: `[M, W, R', D]` blocks, `M` = batch * heads * chunks, `W` the grid columns and
 `R'` the rows of one chunk, so each column of each chunk is a `[R', D]` tile and every
@@ -94,6 +96,26 @@ def _apply_kernel(la_ref, x_ref, m_ref, o_ref, *, cfg: ColumnConfig, clock: str,
         o_ref[c] = prod * e
 
 
+def _outer_grads_kernel(la_ref, xt_ref, y_ref, ds_ref, dxt_ref, dy_ref, *, cfg: ColumnConfig,
+                        clock: str):
+    """Both gradients of `column_outer` from one read of each `dS[c]`:
+    `dy[c] = e * (xt[c]^T @ dS[c])` (rows scaled) and `dxt[c] = (dS[c] @ y[c]^T) * e`
+    (columns scaled), each written in its input's layout. Float32 products, as
+    `_apply_kernel` (the cotangent `dS` is a sum over many rows)."""
+    rp = xt_ref.shape[-1]
+    la = la_ref[...]
+    e_rows = _decay(cfg, clock, (rp, 1), 0, la)  # [R', 1], along dy's rows
+    e_cols = _decay(cfg, clock, (1, rp), 1, la)  # [1, R'], along dxt's columns
+    for c in range(cfg.cols):
+        ds = ds_ref[c].astype(F32)
+        dy = lax.dot_general(xt_ref[c].astype(F32), ds, (((0,), (0,)), ((), ())),
+                             precision=cfg.precision, preferred_element_type=F32)
+        dy_ref[c] = dy * e_rows
+        dxt = lax.dot_general(ds, y_ref[c].astype(F32), (((1,), (1,)), ((), ())),
+                              precision=cfg.precision, preferred_element_type=F32)
+        dxt_ref[c] = dxt * e_cols
+
+
 def _la_spec():
     return pl.BlockSpec((None, 1, 1), lambda m, w: (m, 0, 0))
 
@@ -120,6 +142,18 @@ def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la):
                 _cols_spec(cfg, rp, dy), jax.ShapeDtypeStruct((m, w, rp, dy), F32))(la, x, mat)
 
 
+def _outer_grads_call(cfg: ColumnConfig, clock: str, xt, y, ds, la):
+    m, w, dx, rp = xt.shape
+    dy = y.shape[-1]
+    kernel = functools.partial(_outer_grads_kernel, cfg=cfg, clock=clock)
+    return call(cfg.backend, cfg.interpret, kernel, (m, w // cfg.cols),
+                [_la_spec(), _cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy),
+                 _cols_spec(cfg, dx, dy)],
+                [_cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy)],
+                [jax.ShapeDtypeStruct((m, w, dx, rp), F32),
+                 jax.ShapeDtypeStruct((m, w, rp, dy), F32)])(la, xt, y, ds)
+
+
 def _d_log(cfg: ColumnConfig, clock: str, x, dx, rows_axis: int):
     """`d log a` per program row m: `sum tick_r <x_r, dx_r>` (`dx` = gradient to `x`)."""
     shape = [1] * x.ndim
@@ -142,11 +176,14 @@ def _outer_fwd(cfg, clock, xt, y, la):
 
 def _outer_bwd(cfg, clock, res, ds):
     xt, y, la = res
-    # d y_r = e_r x_r @ dS ; d x_r = e_r y_r @ dS^T, both as column_apply on [R', D] rows.
-    dy = _apply_call(cfg, clock, False, xt.swapaxes(-1, -2), ds, la)
-    dx = _apply_call(cfg, clock, True, y, ds, la)
+    # d y_r = e_r x_r @ dS ; d x_r = e_r y_r @ dS^T.
+    if cfg.backend == "gpu":  # one kernel, one read of dS, no transposes around it
+        dxt, dy = _outer_grads_call(cfg, clock, xt, y, ds, la)
+    else:  # Mosaic: two reads (column_apply), on [R', D] rows; no transposed-LHS product
+        dy = _apply_call(cfg, clock, False, xt.swapaxes(-1, -2), ds, la)
+        dxt = _apply_call(cfg, clock, True, y, ds, la).swapaxes(-1, -2)
     dla = _d_log(cfg, clock, y, dy, 2)  # <y_r, dy_r> = e_r x_r dS y_r^T: same tick sum
-    return dx.swapaxes(-1, -2).astype(xt.dtype), dy.astype(y.dtype), dla
+    return dxt.astype(xt.dtype), dy.astype(y.dtype), dla
 
 
 column_outer.defvjp(_outer_fwd, _outer_bwd)
