@@ -12,10 +12,10 @@ the chunk's `R` rows of that column:
 
 Each is the other's backward: `column_outer`'s gradients are two `column_apply` products
 (on GPU one kernel computes both, reading each `dS` once and writing each gradient in its
-input's layout) and `column_apply`'s are one of each, so both sit behind a
-`jax.custom_vjp` whose backward runs kernels too; the decay gradient is an elementwise
-identity (`d log a = sum_r tick_r <x_r, dx_r>`). The decay `e_r` is built in the kernel
-from the row index.
+input's layout; `_outer_bwd` says why not on TPU) and `column_apply`'s are one of each, so
+both sit behind a `jax.custom_vjp` whose backward runs kernels too; the decay gradient is
+an elementwise identity (`d log a = sum_r tick_r <x_r, dx_r>`). The decay `e_r` is built
+in the kernel from the row index.
 
 Layout: `[M, W, R', D]` blocks, `M` = batch * heads * chunks, `W` the grid columns and
 `R'` the rows of one chunk, so each column of each chunk is a `[R', D]` tile and every
@@ -179,7 +179,9 @@ def _outer_bwd(cfg, clock, res, ds):
     # d y_r = e_r x_r @ dS ; d x_r = e_r y_r @ dS^T.
     if cfg.backend == "gpu":  # one kernel, one read of dS, no transposes around it
         dxt, dy = _outer_grads_call(cfg, clock, xt, y, ds, la)
-    else:  # Mosaic: two reads (column_apply), on [R', D] rows; no transposed-LHS product
+    else:  # TPU: two reads. The fused kernel compiles for Mosaic, but its gradients in
+        # `[D, R']` put a chunk's rows on the 128-lane axis: compiled for a v5e-8, the
+        # peak at T = 16384, D = 64 rose from 4.16 to 6.34 GiB (benchmarks/tpu_aot.py).
         dy = _apply_call(cfg, clock, False, xt.swapaxes(-1, -2), ds, la)
         dxt = _apply_call(cfg, clock, True, y, ds, la).swapaxes(-1, -2)
     dla = _d_log(cfg, clock, y, dy, 2)  # <y_r, dy_r> = e_r x_r dS y_r^T: same tick sum
