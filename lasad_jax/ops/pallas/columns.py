@@ -13,14 +13,17 @@ the chunk's `R` rows of that column:
 Each is the other's backward: `column_outer`'s gradients are two `column_apply` products
 (on GPU one kernel computes both, reading each `dS` once and writing each gradient in its
 input's layout; `_outer_bwd` says why not on TPU) and `column_apply`'s are one of each, so
-both sit behind a `jax.custom_vjp` whose backward runs kernels too; the decay gradient is
-an elementwise identity (`d log a = sum_r tick_r <x_r, dx_r>`). The decay `e_r` is built
-in the kernel from the row index.
+both sit behind a `jax.custom_vjp` whose backward runs kernels too. The decay gradient is
+an elementwise identity, `d log a = sum_r tick_r <x_r, dx_r>`: the kernel that computes
+`dx` also returns its program's share of the sum, from `dx` in float32, and writes `dx`
+in the input dtype, so no float32 gradient is read back. The decay `e_r` is built in the
+kernel from the row index.
 
 Layout: `[M, W, R', D]` blocks, `M` = batch * heads * chunks, `W` the grid columns and
 `R'` the rows of one chunk, so each column of each chunk is a `[R', D]` tile and every
 product is a 2-D matmul (`[Dk, R'] @ [R', Dv]` or `[R', Dk] @ [Dk, Dv]`). `column_outer`
-takes `x` transposed (`[M, W, D, R']`), so neither kernel needs a transposed-LHS matmul.
+takes `x` transposed (`[M, W, D, R']`), so neither of them needs a transposed-LHS matmul
+(the GPU's fused gradient kernel does one, `x^T dS`, which Triton transposes on chip).
 A program handles `cols` columns of one chunk. For Triton every block side is a power of
 two and every matmul side at least 16: the caller pads rows, columns and features with
 zeros (exact: zero keys, values and queries add and read nothing; padded rows get `e = 0`).
@@ -40,6 +43,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from lasad_jax.ops.pallas.masked import call
+from lasad_jax.ops.pallas.masked_kernels import sum11
 
 F32 = jnp.float32
 CLOCKS = ("end", "start")  # e_r = a^(R - r) (to the chunk's end) or a^r (from its start)
@@ -82,38 +86,60 @@ def _outer_kernel(la_ref, xt_ref, y_ref, o_ref, *, cfg: ColumnConfig, clock: str
                                    precision=cfg.precision, preferred_element_type=F32)
 
 
-def _apply_kernel(la_ref, x_ref, m_ref, o_ref, *, cfg: ColumnConfig, clock: str,
-                  transpose: bool):
-    """`o[c] = e * (x[c] @ m[c])` (or `m[c]^T`) for the program's `cols` columns."""
+def _log_weight(cfg: ColumnConfig, clock: str, rp: int):
+    """`[R', 1]`: each row's exponent of `e_r` (0 on padded rows), the weight of its
+    `<x_r, dx_r>` in `d log a = sum_r tick_r <x_r, dx_r>`."""
+    tick, valid = _ticks(cfg, clock, (rp, 1), 0)
+    return jnp.where(valid, tick, 0.0)
+
+
+def _apply_kernel(la_ref, x_ref, m_ref, *refs, cfg: ColumnConfig, clock: str,
+                  transpose: bool, with_log: bool):
+    """`o[c] = e * (x[c] @ m[c])` (or `m[c]^T`) for the program's `cols` columns; with
+    `with_log` (a gradient: `refs` = `w, o, share`), also this program's share of
+    `d log a`, `sum_c sum_r tick_r <w[c, r], o[c, r]>`, from `o` before its rounding."""
+    w_ref, o_ref, share_ref = refs if with_log else (None, *refs, None)
     rp = x_ref.shape[-2]
     e = _decay(cfg, clock, (rp, 1), 0, la_ref[...])  # [R', 1], along x's rows
+    weight = _log_weight(cfg, clock, rp)
     contract = (((1,), (1,)), ((), ())) if transpose else (((1,), (0,)), ((), ()))
+    share = jnp.zeros((1, 1), F32)
     for c in range(cfg.cols):
         # float32 operands: `m` is a state (or its cotangent), a sum over many rows that a
         # rounding to bfloat16 would cost precision (ops/chunked.py, step 4).
         prod = lax.dot_general(x_ref[c].astype(F32), m_ref[c].astype(F32), contract,
                                precision=cfg.precision, preferred_element_type=F32)
-        o_ref[c] = prod * e
+        out = prod * e
+        o_ref[c] = out.astype(o_ref.dtype)
+        if with_log:
+            share = share + sum11(weight * w_ref[c].astype(F32) * out)
+    if with_log:
+        share_ref[...] = share
 
 
-def _outer_grads_kernel(la_ref, xt_ref, y_ref, ds_ref, dxt_ref, dy_ref, *, cfg: ColumnConfig,
-                        clock: str):
+def _outer_grads_kernel(la_ref, xt_ref, y_ref, ds_ref, dxt_ref, dy_ref, share_ref, *,
+                        cfg: ColumnConfig, clock: str):
     """Both gradients of `column_outer` from one read of each `dS[c]`:
     `dy[c] = e * (xt[c]^T @ dS[c])` (rows scaled) and `dxt[c] = (dS[c] @ y[c]^T) * e`
-    (columns scaled), each written in its input's layout. Float32 products, as
-    `_apply_kernel` (the cotangent `dS` is a sum over many rows)."""
+    (columns scaled), each written in its input's layout and dtype, and this program's
+    share of `d log a` (`sum tick_r <y_r, dy_r>`, as `_apply_kernel`). Float32 products,
+    as `_apply_kernel` (the cotangent `dS` is a sum over many rows)."""
     rp = xt_ref.shape[-1]
     la = la_ref[...]
     e_rows = _decay(cfg, clock, (rp, 1), 0, la)  # [R', 1], along dy's rows
     e_cols = _decay(cfg, clock, (1, rp), 1, la)  # [1, R'], along dxt's columns
+    weight = _log_weight(cfg, clock, rp)
+    share = jnp.zeros((1, 1), F32)
     for c in range(cfg.cols):
         ds = ds_ref[c].astype(F32)
         dy = lax.dot_general(xt_ref[c].astype(F32), ds, (((0,), (0,)), ((), ())),
-                             precision=cfg.precision, preferred_element_type=F32)
-        dy_ref[c] = dy * e_rows
+                             precision=cfg.precision, preferred_element_type=F32) * e_rows
+        dy_ref[c] = dy.astype(dy_ref.dtype)
+        share = share + sum11(weight * y_ref[c].astype(F32) * dy)
         dxt = lax.dot_general(ds, y_ref[c].astype(F32), (((1,), (1,)), ((), ())),
                               precision=cfg.precision, preferred_element_type=F32)
-        dxt_ref[c] = dxt * e_cols
+        dxt_ref[c] = (dxt * e_cols).astype(dxt_ref.dtype)
+    share_ref[...] = share
 
 
 def _la_spec():
@@ -133,34 +159,49 @@ def _outer_call(cfg: ColumnConfig, clock: str, xt, y, la):
                 _cols_spec(cfg, dx, dy), jax.ShapeDtypeStruct((m, w, dx, dy), F32))(la, xt, y)
 
 
-def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la):
+def _share_spec():
+    """One number per program: its share of a sum that XLA finishes."""
+    return pl.BlockSpec((None, None, 1, 1), lambda m, w: (m, w, 0, 0))
+
+
+def _shares(m: int, programs: int):
+    return jax.ShapeDtypeStruct((m, programs, 1, 1), F32)
+
+
+def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_with=None,
+                out_dtype=F32):
+    """`_apply_kernel` over every column; with `log_with` (an array of the output's
+    shape) also `d log a` per row of M, `[M, 1, 1]`: `(out, d_log_a)`."""
     m, w, rp, dx = x.shape
     dy = mat.shape[-2] if transpose else mat.shape[-1]
-    kernel = functools.partial(_apply_kernel, cfg=cfg, clock=clock, transpose=transpose)
-    return call(cfg.backend, cfg.interpret, kernel, (m, w // cfg.cols),
-                [_la_spec(), _cols_spec(cfg, rp, dx), _cols_spec(cfg, *mat.shape[-2:])],
-                _cols_spec(cfg, rp, dy), jax.ShapeDtypeStruct((m, w, rp, dy), F32))(la, x, mat)
+    with_log = log_with is not None
+    kernel = functools.partial(_apply_kernel, cfg=cfg, clock=clock, transpose=transpose,
+                               with_log=with_log)
+    grid = (m, w // cfg.cols)
+    in_specs = [_la_spec(), _cols_spec(cfg, rp, dx), _cols_spec(cfg, *mat.shape[-2:])]
+    out = jax.ShapeDtypeStruct((m, w, rp, dy), out_dtype)
+    if not with_log:
+        return call(cfg.backend, cfg.interpret, kernel, grid, in_specs,
+                    _cols_spec(cfg, rp, dy), out)(la, x, mat)
+    o, shares = call(cfg.backend, cfg.interpret, kernel, grid,
+                     in_specs + [_cols_spec(cfg, rp, dy)], [_cols_spec(cfg, rp, dy), _share_spec()],
+                     [out, _shares(m, grid[1])])(la, x, mat, log_with)
+    return o, shares.sum(axis=1)
 
 
 def _outer_grads_call(cfg: ColumnConfig, clock: str, xt, y, ds, la):
+    """`(dxt, dy, d_log_a)` of `column_outer` from `_outer_grads_kernel`."""
     m, w, dx, rp = xt.shape
     dy = y.shape[-1]
     kernel = functools.partial(_outer_grads_kernel, cfg=cfg, clock=clock)
-    return call(cfg.backend, cfg.interpret, kernel, (m, w // cfg.cols),
-                [_la_spec(), _cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy),
-                 _cols_spec(cfg, dx, dy)],
-                [_cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy)],
-                [jax.ShapeDtypeStruct((m, w, dx, rp), F32),
-                 jax.ShapeDtypeStruct((m, w, rp, dy), F32)])(la, xt, y, ds)
-
-
-def _d_log(cfg: ColumnConfig, clock: str, x, dx, rows_axis: int):
-    """`d log a` per program row m: `sum tick_r <x_r, dx_r>` (`dx` = gradient to `x`)."""
-    shape = [1] * x.ndim
-    shape[rows_axis] = x.shape[rows_axis]
-    tick, valid = _ticks(cfg, clock, tuple(shape), rows_axis)
-    prod = jnp.where(valid, tick, 0.0) * x.astype(F32) * dx
-    return prod.sum(axis=tuple(range(1, x.ndim))).reshape(-1, 1, 1)
+    grid = (m, w // cfg.cols)
+    dxt, dys, shares = call(
+        cfg.backend, cfg.interpret, kernel, grid,
+        [_la_spec(), _cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy), _cols_spec(cfg, dx, dy)],
+        [_cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy), _share_spec()],
+        [jax.ShapeDtypeStruct((m, w, dx, rp), xt.dtype),
+         jax.ShapeDtypeStruct((m, w, rp, dy), y.dtype), _shares(m, grid[1])])(la, xt, y, ds)
+    return dxt, dys, shares.sum(axis=1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -177,15 +218,16 @@ def _outer_fwd(cfg, clock, xt, y, la):
 def _outer_bwd(cfg, clock, res, ds):
     xt, y, la = res
     # d y_r = e_r x_r @ dS ; d x_r = e_r y_r @ dS^T.
+    # d log a: sum_r tick_r <y_r, dy_r> (= e_r x_r dS y_r^T), summed in the kernels.
     if cfg.backend == "gpu":  # one kernel, one read of dS, no transposes around it
-        dxt, dy = _outer_grads_call(cfg, clock, xt, y, ds, la)
-    else:  # TPU: two reads. The fused kernel compiles for Mosaic, but its gradients in
-        # `[D, R']` put a chunk's rows on the 128-lane axis: compiled for a v5e-8, the
-        # peak at T = 16384, D = 64 rose from 4.16 to 6.34 GiB (benchmarks/tpu_aot.py).
-        dy = _apply_call(cfg, clock, False, xt.swapaxes(-1, -2), ds, la)
-        dxt = _apply_call(cfg, clock, True, y, ds, la).swapaxes(-1, -2)
-    dla = _d_log(cfg, clock, y, dy, 2)  # <y_r, dy_r> = e_r x_r dS y_r^T: same tick sum
-    return dxt.astype(xt.dtype), dy.astype(y.dtype), dla
+        return _outer_grads_call(cfg, clock, xt, y, ds, la)
+    # TPU: two reads. The fused kernel compiles for Mosaic, but its gradients in `[D, R']`
+    # put a chunk's rows on the 128-lane axis: compiled for a v5e-8, the peak at
+    # T = 16384, D = 64 rose from 4.16 to 6.34 GiB (benchmarks/tpu_aot.py).
+    dy, dla = _apply_call(cfg, clock, False, xt.swapaxes(-1, -2), ds, la, log_with=y,
+                          out_dtype=y.dtype)
+    dx = _apply_call(cfg, clock, True, y, ds, la, out_dtype=xt.dtype)
+    return dx.swapaxes(-1, -2), dy, dla
 
 
 column_outer.defvjp(_outer_fwd, _outer_bwd)
@@ -205,14 +247,14 @@ def _apply_fwd(cfg, clock, transpose, x, mat, la):
 def _apply_bwd(cfg, clock, transpose, res, do):
     x, mat, la = res
     do_in = do.astype(x.dtype)  # the products run in the input dtype
-    dx = _apply_call(cfg, clock, not transpose, do_in, mat, la)
+    dx, dla = _apply_call(cfg, clock, not transpose, do_in, mat, la, log_with=x,
+                          out_dtype=x.dtype)
     # d mat = sum_r e_r x_r^T do_r (or its transpose): a column_outer over the rows.
     if transpose:
         dmat = _outer_call(cfg, clock, do_in.swapaxes(-1, -2), x, la)
     else:
         dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la)
-    dla = _d_log(cfg, clock, x, dx, 2)
-    return dx.astype(x.dtype), dmat.astype(mat.dtype), dla
+    return dx, dmat.astype(mat.dtype), dla
 
 
 column_apply.defvjp(_apply_fwd, _apply_bwd)
