@@ -357,6 +357,10 @@ def main(argv: list[str] | None = None) -> dict:
     for t in args.tokens:
         if int(round(math.sqrt(t))) ** 2 != t:
             raise SystemExit(f"--tokens must be perfect squares (square grids), got {t}")
+    stray = sorted(set(args.profile_tokens) - set(args.tokens))
+    if stray:
+        raise SystemExit(f"--profile_tokens {stray} are not among --tokens {args.tokens}: "
+                         "no row would be profiled there")
     info = run_info(heads=args.heads, dtype="bfloat16", softmax_impl=args.softmax_impl,
                     check_tol=CHECK_TOL, check_tokens=args.check_tokens)
 

@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.smoke:  # the smoke settings, then anything given on the command line
         args = p.parse_args(SMOKE + argv)
+    stray = sorted(set(args.profile_grids) - set(args.grids))
+    if stray:
+        raise SystemExit(f"--profile_grids {stray} are not among --grids {args.grids}: no "
+                         "row would be profiled there")
     out = args.out or f"benchmarks/results/sampling_{jax.default_backend()}.json"
     info = run_info(batch=args.batch, cfg_scale=args.cfg_scale, dtype=args.dtype,
                     repeats=args.repeats, smoke=args.smoke)

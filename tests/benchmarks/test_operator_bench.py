@@ -75,6 +75,13 @@ def test_kernels_names_a_bad_baseline(tmp_path, content):
         kernels.main(["--smoke", "--baseline", str(path), "--out", str(tmp_path / "k.json")])
 
 
+def test_kernels_names_a_profile_length_it_does_not_run(tmp_path):
+    with pytest.raises(SystemExit, match=r"--profile_tokens \[100\] are not among --tokens"):
+        kernels.main(["--smoke", "--profile_tokens", "64", "100",
+                      "--out", str(tmp_path / "k.json")])
+    assert not (tmp_path / "k.json").exists()  # refused before anything ran
+
+
 @pytest.mark.slow
 def test_train_step_smoke_times_both_mixers(tmp_path, capsys):
     import train_step

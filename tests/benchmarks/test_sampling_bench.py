@@ -92,6 +92,14 @@ def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):
     assert "HLO: body: %copy.1 copies" in capsys.readouterr().out
 
 
+def test_sampling_names_a_profile_grid_it_does_not_run(tmp_path):
+    import sampling
+
+    with pytest.raises(SystemExit, match=r"--profile_grids \[16\] are not among --grids"):
+        sampling.main(["--smoke", "--profile_grids", "16", "--out", str(tmp_path / "s.json")])
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_sampling_verdict_applies_the_targets():
     import sampling
 
