@@ -178,15 +178,18 @@ def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_
     kernel = functools.partial(_apply_kernel, cfg=cfg, clock=clock, transpose=transpose,
                                with_log=with_log)
     grid = (m, w // cfg.cols)
+    inputs = [la, x, mat]
     in_specs = [_la_spec(), _cols_spec(cfg, rp, dx), _cols_spec(cfg, *mat.shape[-2:])]
-    out = jax.ShapeDtypeStruct((m, w, rp, dy), out_dtype)
-    if not with_log:
-        return call(cfg.backend, cfg.interpret, kernel, grid, in_specs,
-                    _cols_spec(cfg, rp, dy), out)(la, x, mat)
-    o, shares = call(cfg.backend, cfg.interpret, kernel, grid,
-                     in_specs + [_cols_spec(cfg, rp, dy)], [_cols_spec(cfg, rp, dy), _share_spec()],
-                     [out, _shares(m, grid[1])])(la, x, mat, log_with)
-    return o, shares.sum(axis=1)
+    out_specs = [_cols_spec(cfg, rp, dy)]
+    out_shape = [jax.ShapeDtypeStruct((m, w, rp, dy), out_dtype)]
+    if with_log:
+        inputs.append(log_with)
+        in_specs.append(_cols_spec(cfg, rp, dy))
+        out_specs.append(_share_spec())
+        out_shape.append(_shares(m, grid[1]))
+    outs = call(cfg.backend, cfg.interpret, kernel, grid, in_specs, out_specs,
+                out_shape)(*inputs)
+    return (outs[0], outs[1].sum(axis=1)) if with_log else outs[0]
 
 
 def _outer_grads_call(cfg: ColumnConfig, clock: str, xt, y, ds, la):
