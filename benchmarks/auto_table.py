@@ -49,7 +49,8 @@ def load(paths: list[str]) -> tuple[str, list[dict]]:
 
 def candidates(rows: list[dict], *, batch: int, dim: int, mode: str) -> dict[int, list[dict]]:
     """Checked LASAD rows at the shape, by T, fastest first; the default remat and state
-    pass only."""
+    pass only, and the Pallas split with its default state storage only (the table picks
+    an impl and a chunk, not a storage)."""
     by_t: dict[int, list[dict]] = {}
     for r in rows:
         if (r.get("op") not in IMPL_OF_OP or r.get("status") != "ok" or r.get("batch") != batch
@@ -57,6 +58,8 @@ def candidates(rows: list[dict], *, batch: int, dim: int, mode: str) -> dict[int
             continue
         if r["op"] == "lasad_chunked" and (r.get("remat") != chunked.DEFAULT_REMAT or
                                            r.get("state_pass") != chunked.DEFAULT_STATE_PASS):
+            continue
+        if r["op"] == "lasad_pallas" and r.get("state_dtype") is not None:
             continue
         by_t.setdefault(r["tokens"], []).append(r)
     return {t: sorted(rs, key=lambda r: r["ms"]) for t, rs in sorted(by_t.items())}

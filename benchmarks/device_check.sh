@@ -9,7 +9,7 @@
 #
 # Without --stages the first call runs the stages that set the library's choices and
 # measure the issues' targets (core, train_step, pallas, tiles, sampling: 560 s, then the
-# report: 20 s at most); the others (135 s) wait for a second call, or are named with
+# report: 20 s at most); the others (165 s) wait for a second call, or are named with
 # --stages after a change, to re-measure only what it touched. Without the core stage,
 # the pallas stage times cuDNN itself. Limits were set from compile times for an H200
 # measured without one (benchmarks/gpu_aot.py, 2-core CPU; 2026-12-05): LASADGen-L's
@@ -54,8 +54,10 @@
 #    device, float32 values and five gradients against the quadratic reference; and the
 #    fused decoding step's kernel against it (tests/ops/test_pallas_decode.py, head sizes).
 #    (The timed stages check every row's values themselves.)
-# 7. chunk_sweep (60 s): kernels.py, chunk size x remat policy of the XLA form,
-#    forward+backward at T = 16384 then 4096 (the data for ops.chunked's defaults on GPU).
+# 7. chunk_sweep (90 s): kernels.py, chunk size x remat policy of the XLA form,
+#    forward+backward at T = 16384 then 4096 (the data for ops.chunked's defaults on GPU);
+#    then the Pallas split with float32 column states at the same chunks, against stage
+#    3's rows with the default bf16 states (ops.pallas.chunked.state_storage).
 # 8. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
 # Then benchmarks/report.py (20 s at most, on the CPU) prints into the log each target of
 # issues 17 and 18, met or missed, and the defaults the rows support.
@@ -106,7 +108,8 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 # What each stage measures; the sizes follow (tiny with --smoke).
 core=(--ops lasad_chunked softmax --modes fwd_bwd fwd)
 pallas=(--modes fwd_bwd fwd)
-sweep=(--ops lasad_chunked --modes fwd_bwd --remats inputs none)
+sweep=(--ops lasad_chunked lasad_pallas --state_dtypes float32 --modes fwd_bwd
+       --remats inputs none)
 rest=(--ops lasad_chunked softmax --modes fwd_bwd)
 if [[ -n $smoke ]]; then
     limits=(240 240 120 240 120 240 240 120)
@@ -119,7 +122,7 @@ if [[ -n $smoke ]]; then
     tiles=(--smoke)
     sampling_args=(--smoke --decode_impls xla pallas --profile_grids 4)
 else
-    limits=(80 180 50 60 20 60 25 220)
+    limits=(80 180 50 60 20 90 25 220)
     tests=()
     timing=(--repeats 5 --min_seconds 0.2)
     core+=(--batch 1 --dims 64 --profile_tokens 16384 "${timing[@]}")

@@ -10,7 +10,9 @@ Shapes: bf16 inputs, `--heads` heads (16), a square grid (width = sqrt(T)), T in
 - `lasad_chunked`: the chunkwise-parallel XLA form (`ops.chunked.chunked_attention`, what
   `impl="chunked"` runs), for each `--chunk_sizes` x `--remats` x `--state_passes`
   (default: the library's defaults), so one run can sweep its design choices;
-- `lasad_pallas`: `impl="pallas"` (`ops.pallas.lasad_pallas`), for each `--chunk_sizes`;
+- `lasad_pallas`: `impl="pallas"` (`ops.pallas.lasad_pallas`), for each `--chunk_sizes`
+  x `--state_dtypes` (storage of its column states; default: the library's, bf16 for
+  these bf16 inputs, `ops.pallas.chunked.state_storage`);
 - `softmax`: `jax.nn.dot_product_attention(is_causal=True, implementation=...)`, cuDNN's
   flash attention on NVIDIA GPUs (`--softmax_impl cudnn`), XLA elsewhere.
 
@@ -94,14 +96,16 @@ def make_inputs(batch: int, tokens: int, heads: int, dim: int, dtype):
     return q, k, v, row, col
 
 
-def lasad_fn(name: str, width: int, chunk_size: int, remat: str, state_pass: str):
-    """`f(q, k, v, row_decay, col_decay)` of a LASAD form, output in q's dtype."""
+def lasad_fn(name: str, width: int, chunk_size: int, remat: str, state_pass: str,
+             state_dtype: str | None = None):
+    """`f(q, k, v, row_decay, col_decay)` of a LASAD form, output in q's dtype.
+    `state_dtype`: the Pallas split's state storage (`None`: the library's choice)."""
     if name == "lasad_pallas":
         from lasad_jax.ops.pallas import pallas_attention
 
         return lambda q, k, v, row, col: pallas_attention(
             q, k, v, width=width, num_prefix=0, log_row=jnp.log(row), log_col=jnp.log(col),
-            chunk_size=chunk_size)
+            chunk_size=chunk_size, state_dtype=state_dtype)
     return lambda q, k, v, row, col: chunked.chunked_attention(
         "lasad", q, k, v, width=width, num_prefix=0, log_row=jnp.log(row),
         log_col=jnp.log(col), chunk_size=chunk_size, remat=remat,
@@ -176,13 +180,18 @@ def variants(args) -> list[tuple[str, str, dict]]:
         for c in args.chunk_sizes:
             for remat in (args.remats if op == "lasad_chunked" else [None]):
                 for sp in (args.state_passes if op == "lasad_chunked" else [None]):
-                    opts = dict(chunk_size=c or chunked.defaults().chunk_size,
-                                remat=remat or chunked.DEFAULT_REMAT,
-                                state_pass=sp or chunked.DEFAULT_STATE_PASS)
-                    label = f"C={opts['chunk_size']}"
-                    if op == "lasad_chunked":
-                        label += f" remat={opts['remat']} pass={opts['state_pass']}"
-                    out.append((op, label, opts))
+                    for sd in (args.state_dtypes if op == "lasad_pallas" else ["default"]):
+                        sd = None if sd == "default" else sd
+                        opts = dict(chunk_size=c or chunked.defaults().chunk_size,
+                                    remat=remat or chunked.DEFAULT_REMAT,
+                                    state_pass=sp or chunked.DEFAULT_STATE_PASS,
+                                    state_dtype=sd)
+                        label = f"C={opts['chunk_size']}"
+                        if op == "lasad_chunked":
+                            label += f" remat={opts['remat']} pass={opts['state_pass']}"
+                        if sd:
+                            label += f" states={sd}"
+                        out.append((op, label, opts))
     return out
 
 
@@ -204,7 +213,8 @@ def run(args, save=None) -> list[dict]:
                     # Chunk sizes that cut this grid alike run the same program: time once.
                     grid_rows = chunked.chunk_layout("lasad", width, opts["chunk_size"],
                                                      tokens).groups
-                    key = (op, grid_rows, opts["remat"], opts["state_pass"])
+                    key = (op, grid_rows, opts["remat"], opts["state_pass"],
+                           opts["state_dtype"])
                     if key in layouts:
                         print(f"{op:13s} {label:30s} T={tokens:<6d} same chunks as "
                               f"{layouts[key]}: not timed again", flush=True)
@@ -335,6 +345,10 @@ def main(argv: list[str] | None = None) -> dict:
                         choices=chunked.REMAT_POLICIES)
     parser.add_argument("--state_passes", nargs="+", default=[chunked.DEFAULT_STATE_PASS],
                         choices=chunked.STATE_PASSES)
+    parser.add_argument("--state_dtypes", nargs="+", default=["default"],
+                        choices=["default", "float32", "bfloat16"],
+                        help="lasad_pallas: storage of the column states (default: the "
+                             "library's choice for bf16 inputs)")
     parser.add_argument("--check_tokens", type=int, default=4096,
                         help="longest T checked against the quadratic reference")
     parser.add_argument("--softmax_impl", default="cudnn", choices=("cudnn", "xla",

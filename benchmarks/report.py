@@ -201,6 +201,25 @@ def chunk_defaults(rows: list[dict]) -> list[dict]:
             for t, r in best.items()]
 
 
+def state_storage(rows: list[dict]) -> list[dict]:
+    """The Pallas split's float32-state rows (the `chunk_sweep` stage) against its default
+    rows (bf16 states for these bf16 inputs; the `pallas` stage) at the same shape, T and
+    chunk: the data for `ops.pallas.chunked.state_storage`."""
+    def key(r):
+        return r["batch"], r["dim"], r["tokens"], r["mode"], r["chunk_size"]
+
+    ok = [r for r in rows if r.get("op") == "lasad_pallas" and r.get("status") == "ok"]
+    default = {key(r): r for r in ok if r.get("state_dtype") is None}
+    out = []
+    for r in ok:
+        d = default.get(key(r))
+        if r.get("state_dtype") == "float32" and d is not None:
+            out.append(dict(tokens=r["tokens"], chunk_size=r["chunk_size"], mode=r["mode"],
+                            float32_ms=r["ms"], default_ms=d["ms"],
+                            float32_over_default=r["ms"] / d["ms"]))
+    return out
+
+
 def decode_choices(rows: list[dict]) -> list[dict]:
     """LASAD images/s of each decoding step and state dtype, per size, over the XLA step
     with float32 states (the defaults)."""
@@ -347,6 +366,11 @@ def main(argv: list[str] | None = None) -> dict:
     for r in report["chunk_defaults"]:
         print(f"ops.chunked.DEFAULTS[{backend!r}] at T = {r['tokens']}: chunk {r['chunk_size']}, "
               f"remat {r['remat']!r} ({r['ms']:.3f} ms)")
+    report["state_storage"] = state_storage(kernel_rows)
+    for r in report["state_storage"]:
+        print(f"ops.pallas.chunked.state_storage at T = {r['tokens']}, chunk {r['chunk_size']} "
+              f"({r['mode']}): float32 states {r['float32_ms']:.3f} ms, default (bf16) "
+              f"{r['default_ms']:.3f} ms: {r['float32_over_default']:.2f}x")
     report["tiles"] = fastest_tiles(found.get("kernels_tiles", {}).get("rows", []))
     if report["tiles"]:
         t = report["tiles"]

@@ -57,8 +57,8 @@ def _kernels_json(path, backend: str, rows: list[dict]) -> str:
 
 def test_auto_table_rows_follow_the_fastest_checked_form(tmp_path, capsys):
     """Per T the fastest LASAD row that passed its check; equal neighbours merge, the last
-    range is open. Faster rows that failed their check, or use a remat the table cannot
-    choose, or another shape, do not count."""
+    range is open. Faster rows that failed their check, or use a remat or a state storage
+    the table cannot choose, or another shape, do not count."""
     import auto_table
 
     def row(op, t, c, ms, **extra):
@@ -77,6 +77,7 @@ def test_auto_table_rows_follow_the_fastest_checked_form(tmp_path, capsys):
         row("lasad_pallas", 4096, 1024, 0.40), row("lasad_pallas", 4096, 2048, 0.35),
         row("lasad_pallas", 16384, 2048, 1.00),
         row("lasad_pallas", 16384, 4096, 0.50, status="mismatch: 1e-1"),
+        row("lasad_pallas", 1024, 2048, 0.02, state_dtype="float32"),  # storage: not chosen
     ])
     out = tmp_path / "auto.json"
     result = auto_table.main([core, pallas, "--out", str(out)])
@@ -173,8 +174,13 @@ def test_device_check_script_runs_every_stage(tmp_path):
     assert {r["op"] for r in pallas["rows"]} == {"softmax", "lasad_pallas"}
     assert {r["op"] for r in pallas["speedups"]} == {"lasad_pallas"}
     sweep = json.loads((tmp_path / "kernels_sweep_cpu.json").read_text())
-    assert {(r["chunk_size"], r["remat"]) for r in sweep["rows"]} == {
+    assert {(r["chunk_size"], r["remat"]) for r in sweep["rows"]
+            if r["op"] == "lasad_chunked"} == {
         (16, "inputs"), (16, "none"), (32, "inputs"), (32, "none")}
+    # Then the Pallas split with float32 states, against the pallas stage's default ones.
+    assert {(r["chunk_size"], r["state_dtype"]) for r in sweep["rows"]
+            if r["op"] == "lasad_pallas"} == {(16, "float32"), (32, "float32")}
+    assert "ops.pallas.chunked.state_storage at T = 64, chunk 16 (fwd_bwd): float32" in log
     tiles = json.loads((tmp_path / "kernels_tiles_cpu.json").read_text())
     assert tiles["complete"] and [r["status"] for r in tiles["rows"]] == ["ok", "ok"]
     train = json.loads((tmp_path / "train_step_cpu.json").read_text())

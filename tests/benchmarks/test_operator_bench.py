@@ -149,9 +149,12 @@ def test_numerics_reports_bf16_rounding_only(tmp_path):
     import numerics
 
     out = tmp_path / "numerics.json"
-    numerics.main(["--tokens", "16", "--heads", "2", "--dim", "8", "--out", str(out)])
+    numerics.main(["--tokens", "16", "--heads", "2", "--dim", "8", "--pallas",
+                   "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["lasad", "lasad_row", "linear_1d", "linear"]
+    assert [(r["variant"], r["form"]) for r in rows] == [
+        ("lasad", "chunked"), ("lasad_row", "chunked"), ("linear_1d", "chunked"),
+        ("linear", "chunked"), ("lasad", "pallas:float32"), ("lasad", "pallas:bfloat16")]
     assert all(0 < r["max_err_over_max_ref"] < 2.0**-7 for r in rows)
     for r in rows:
         grads = [r[n] for n in ("dq", "dk", "dv", "d_row_decay", "d_col_decay")

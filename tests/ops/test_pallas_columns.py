@@ -7,6 +7,8 @@ decay, with padded rows (`R < R'`, weight 0) and several columns per program.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +107,40 @@ def test_padded_rows_carry_no_weight_even_for_tiny_decays():
     y = y.at[:, :, ROWS:].set(1.0)  # nonzero padding, to see any leak
     sums = columns.column_outer(_cfg("gpu", 4), "end", x.swapaxes(-1, -2), y, la)
     assert np.all(np.isfinite(np.asarray(sums)))
+
+
+# ids: conftest skips off a GPU every test with "gpu" among its keywords, ids included.
+@pytest.mark.parametrize("backend", ["tpu", "gpu"], ids=["mosaic", "triton"])
+def test_bfloat16_state_storage(backend):
+    """`state_dtype="bfloat16"` (bf16 inputs' default in the split): `column_outer` writes
+    its sums in bf16 (the float32 sum rounded once); `column_apply` reads a bf16 state
+    with bf16 operands and float32 accumulation, exact products of the stored values;
+    their cotangents are bf16 too, each gradient in its input's dtype."""
+    x, y, mat, la = _inputs(6, jnp.bfloat16)
+    cfg = dataclasses.replace(_cfg(backend, 2, jnp.bfloat16), state_dtype="bfloat16")
+    xt = x.swapaxes(-1, -2)
+    sums, pull_outer = jax.vjp(lambda xt, y, la: columns.column_outer(cfg, "end", xt, y, la),
+                               xt, y, la)
+    want = jnp.einsum("mwrd,mr,mwre->mwde", x.astype(jnp.float32), _weights("end", la),
+                      y.astype(jnp.float32))
+    # Two roundings to bf16: the decayed x before the product, the sum after it.
+    assert sums.dtype == jnp.bfloat16 and rel_err(sums, want) < 2.0**-7
+    ds = jnp.asarray(np.random.default_rng(7).normal(size=sums.shape), jnp.bfloat16)
+    dxt, dy, dla = pull_outer(ds)
+    assert (dxt.dtype, dy.dtype, dla.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)
+    e = _weights("end", la)
+    want_dy = jnp.einsum("mwdr,mr,mwde->mwre", xt.astype(jnp.float32), e,
+                         ds.astype(jnp.float32))
+    assert rel_err(dy, want_dy) < 2.0**-8  # exact products, rounded once
+    mat16 = mat.astype(jnp.bfloat16)
+    read, pull_apply = jax.vjp(
+        lambda x, m, la: columns.column_apply(cfg, "start", False, x, m, la), x, mat16, la)
+    want = jnp.einsum("mr,mwrd,mwde->mwre", _weights("start", la), x.astype(jnp.float32),
+                      mat16.astype(jnp.float32))
+    assert read.dtype == jnp.float32 and rel_err(read, want) < 1e-5
+    do = jnp.asarray(np.random.default_rng(8).normal(size=read.shape), jnp.float32)
+    dx, dmat, _ = pull_apply(do)
+    assert dx.dtype == jnp.bfloat16 and dmat.dtype == jnp.bfloat16
+    want_dmat = jnp.einsum("mr,mwrd,mwre->mwde", _weights("start", la), x.astype(jnp.float32),
+                           do.astype(jnp.bfloat16).astype(jnp.float32))
+    assert rel_err(dmat, want_dmat) < 2.0**-7

@@ -36,12 +36,14 @@ from lasad_jax.ops.pallas.masked import intra_attention
 
 
 def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, width: int, num_prefix: int,
-                     log_row: jax.Array, log_col: jax.Array, chunk_size: int) -> jax.Array:
+                     log_row: jax.Array, log_col: jax.Array, chunk_size: int,
+                     state_dtype=None) -> jax.Array:
     """`impl="pallas"` for the `lasad` variant on the current platform: Triton on GPU,
-    Mosaic on TPU, the TPU kernels in Pallas' interpret mode on CPU (exact, slow, tests)."""
+    Mosaic on TPU, the TPU kernels in Pallas' interpret mode on CPU (exact, slow, tests).
+    `state_dtype`: storage of the column states (`None`: `chunked.state_storage`)."""
     platform = target_platform()
     return lasad_pallas(q, k, v, width=width, num_prefix=num_prefix, log_row=log_row,
-                        log_col=log_col, chunk_size=chunk_size,
+                        log_col=log_col, chunk_size=chunk_size, state_dtype=state_dtype,
                         interpret=platform == "cpu",
                         backend="gpu" if platform == "gpu" else "tpu")
 

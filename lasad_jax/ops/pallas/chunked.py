@@ -27,6 +27,25 @@ state between them. On GPU the row, column and feature sides are padded with zer
 powers of two with matmul sides of at least 16 (Triton's `tl.dot` and loads; the grid
 width too, for the state kernel's `[W', W']` Toeplitz product); exact, see `columns.py`
 and `states.py`.
+
+State storage. Steps 2 to 4 and their backward pass arrays of one `Dk x Dv` state per grid
+column and chunk from kernel to kernel: the chunk sums, the entering states and their two
+cotangents, read or written eleven times in a forward+backward. They are `W/R` times
+larger than a chunk's keys (at T = 16384 and 2048-token chunks, 235 MB in float32 against
+33 MB of keys), so their storage sets most of the split's memory traffic. For bfloat16
+inputs they are stored in bfloat16 (`state_storage`), as flash-linear-attention stores
+its chunk states: every sum and walk still runs in float32 on chip (the pass keeps its
+running state in float32 and rounds only what it writes), and each product with a stored
+state takes bf16 operands with float32 accumulation. Compiled for an H200, forward+backward
+at T = 16384 moves 3.0 GB instead of 4.3 (chunks of 2048; 5.1 instead of 7.9 at 1024), at
+T = 4096 0.67 instead of 0.95 GB (benchmarks/RESULTS.md). The price, measured against the
+float32 reference on the same bf16 inputs (`benchmarks/numerics.py --pallas`, T = 257 to
+4097): the output's worst error grows from 2.5e-3 - 3.0e-3 to 3.1e-3 - 3.4e-3 of its
+largest value (the tests hold 2^-7 = 7.8e-3), the gradients stay within 7.5e-3, and the
+hardest case, decays of 1 over 16k tokens, stays under 2^-7 (tests/ops/test_pallas_api.py).
+Other 16-bit inputs (float16, whose range a long sum of `k v^T` could exceed) and float32
+ones keep float32 states; `state_dtype=` overrides the choice (benchmarks/kernels.py
+times both).
 """
 
 from __future__ import annotations
@@ -42,6 +61,12 @@ from lasad_jax.ops.pallas.precision import precision
 
 # Columns per program of the per-column kernels (fewer when the grid is narrower).
 COLS_PER_PROGRAM = 8
+
+
+def state_storage(dtype) -> jnp.dtype:
+    """How the column states are stored between the kernels for inputs of `dtype`
+    ("State storage" above): bfloat16 for bfloat16 inputs, float32 otherwise."""
+    return jnp.dtype(jnp.bfloat16 if jnp.dtype(dtype) == jnp.bfloat16 else jnp.float32)
 
 
 def chunk_rows(width: int, chunk_size: int, num_image: int) -> tuple[int, int]:
@@ -76,13 +101,15 @@ def lasad_pallas(
     backend: str = "tpu",
     block_q: int | None = None,
     block_k: int | None = None,
+    state_dtype=None,
 ) -> jax.Array:
     """`lasad` attention (docs/operator.md) for `q, k: [B, T, H, Dk]`, `v: [B, T, H, Dv]`
     with Pallas kernels; returns q's dtype. Arguments are assumed checked by the caller
     (`lasad_jax.ops.api`). `chunk_size`: tokens per chunk, rounded down to whole grid rows
     (as the XLA form). `backend`: "tpu" (Mosaic) or "gpu" (Triton); `interpret=True` runs
     the kernels in the Pallas interpreter (CPU tests). `block_q`, `block_k`: tiles of the
-    intra-chunk kernel (`masked.default_tiles` when `None`).
+    intra-chunk kernel (`masked.default_tiles` when `None`). `state_dtype`: storage of
+    the column states between the kernels of steps 2 to 4 (`None`: `state_storage`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -98,12 +125,14 @@ def lasad_pallas(
         return out
     inter = _inter_chunk(q[:, num_prefix:], k[:, num_prefix:], v[:, num_prefix:], log_row,
                          log_col, width=width, rows=rows, n=n, interpret=interpret,
-                         backend=backend)
+                         backend=backend,
+                         state_dtype=jnp.dtype(state_dtype or state_storage(q.dtype)))
     inter = jnp.pad(inter, ((0, 0), (num_prefix, 0), (0, 0), (0, 0)))
     return (out + inter).astype(q.dtype)
 
 
-def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backend):
+def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backend,
+                 state_dtype):
     """Steps 2 to 4 over the image tokens: what each token reads from the chunks before
     its own, float32 `[B, num_image, H, Dv]` (zero in chunk 0)."""
     b, num_image, h, dk = q.shape
@@ -113,7 +142,7 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
     c = rows * width
     cfg = columns.ColumnConfig(rows=rows, cols=cols, interpret=bool(interpret),
                                backend=backend, precision=precision(q.dtype),
-                               dtype=jnp.dtype(q.dtype).name)
+                               dtype=jnp.dtype(q.dtype).name, state_dtype=state_dtype.name)
 
     def by_column(x, chunks: slice, depth: int):
         """[B, L, H, D] -> [n'*B*H, W', R', depth]: column-major chunks, zero padded."""

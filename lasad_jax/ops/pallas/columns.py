@@ -28,8 +28,10 @@ A program handles `cols` columns of one chunk. For Triton every block side is a 
 two and every matmul side at least 16: the caller pads rows, columns and features with
 zeros (exact: zero keys, values and queries add and read nothing; padded rows get `e = 0`).
 `column_outer` multiplies operands in the input dtype (bfloat16 in training) with float32
-accumulation; `column_apply` multiplies in float32 (its matrix is a float32 state, or a
-state's cotangent), at the precision of `cfg.precision` (TF32 on GPUs for 16-bit inputs).
+accumulation and writes the sums in `cfg.state_dtype`. A product with a state or a state's
+cotangent runs in that array's storage dtype: float32 (at `cfg.precision`, TF32 on GPUs
+for 16-bit inputs) for float32 states, 16-bit operands with float32 accumulation for
+16-bit ones.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class ColumnConfig:
     backend: str
     precision: lax.Precision
     dtype: str  # the input dtype, in which the products run
+    # Storage of the chunk sums `column_outer` writes (and of every state and state
+    # cotangent after it): "float32", or the 16-bit input dtype (chunked.py, "State
+    # storage").
+    state_dtype: str = "float32"
 
 
 def _ticks(cfg: ColumnConfig, clock: str, shape: tuple[int, int], axis: int):
@@ -83,7 +89,14 @@ def _outer_kernel(la_ref, xt_ref, y_ref, o_ref, *, cfg: ColumnConfig, clock: str
     for c in range(cfg.cols):
         xt = (xt_ref[c].astype(F32) * e).astype(cfg.dtype)
         o_ref[c] = lax.dot_general(xt, y_ref[c].astype(cfg.dtype), (((1,), (0,)), ((), ())),
-                                   precision=cfg.precision, preferred_element_type=F32)
+                                   precision=cfg.precision,
+                                   preferred_element_type=F32).astype(o_ref.dtype)
+
+
+def _operand(x: jax.Array) -> jax.Array:
+    """A product's operand in the dtype the product runs in: 16-bit as it is (bf16 tensor-
+    core products, float32 accumulation), anything wider as float32."""
+    return x if jnp.dtype(x.dtype).itemsize < 4 else x.astype(F32)
 
 
 def _log_weight(cfg: ColumnConfig, clock: str, rp: int):
@@ -105,9 +118,11 @@ def _apply_kernel(la_ref, x_ref, m_ref, *refs, cfg: ColumnConfig, clock: str,
     contract = (((1,), (1,)), ((), ())) if transpose else (((1,), (0,)), ((), ()))
     share = jnp.zeros((1, 1), F32)
     for c in range(cfg.cols):
-        # float32 operands: `m` is a state (or its cotangent), a sum over many rows that a
-        # rounding to bfloat16 would cost precision (ops/chunked.py, step 4).
-        prod = lax.dot_general(x_ref[c].astype(F32), m_ref[c].astype(F32), contract,
+        # `m` is a state (or its cotangent): stored in float32, the product runs in float32
+        # and `x` is widened; stored in 16 bits, both operands are 16-bit (`x` is q or an
+        # output cotangent, already in the input dtype).
+        m = _operand(m_ref[c])
+        prod = lax.dot_general(x_ref[c].astype(m.dtype), m, contract,
                                precision=cfg.precision, preferred_element_type=F32)
         out = prod * e
         o_ref[c] = out.astype(o_ref.dtype)
@@ -122,8 +137,8 @@ def _outer_grads_kernel(la_ref, xt_ref, y_ref, ds_ref, dxt_ref, dy_ref, share_re
     """Both gradients of `column_outer` from one read of each `dS[c]`:
     `dy[c] = e * (xt[c]^T @ dS[c])` (rows scaled) and `dxt[c] = (dS[c] @ y[c]^T) * e`
     (columns scaled), each written in its input's layout and dtype, and this program's
-    share of `d log a` (`sum tick_r <y_r, dy_r>`, as `_apply_kernel`). Float32 products,
-    as `_apply_kernel` (the cotangent `dS` is a sum over many rows)."""
+    share of `d log a` (`sum tick_r <y_r, dy_r>`, as `_apply_kernel`). The products run
+    in `dS`'s storage dtype, as `_apply_kernel`'s."""
     rp = xt_ref.shape[-1]
     la = la_ref[...]
     e_rows = _decay(cfg, clock, (rp, 1), 0, la)  # [R', 1], along dy's rows
@@ -131,12 +146,12 @@ def _outer_grads_kernel(la_ref, xt_ref, y_ref, ds_ref, dxt_ref, dy_ref, share_re
     weight = _log_weight(cfg, clock, rp)
     share = jnp.zeros((1, 1), F32)
     for c in range(cfg.cols):
-        ds = ds_ref[c].astype(F32)
-        dy = lax.dot_general(xt_ref[c].astype(F32), ds, (((0,), (0,)), ((), ())),
+        ds = _operand(ds_ref[c])
+        dy = lax.dot_general(xt_ref[c].astype(ds.dtype), ds, (((0,), (0,)), ((), ())),
                              precision=cfg.precision, preferred_element_type=F32) * e_rows
         dy_ref[c] = dy.astype(dy_ref.dtype)
         share = share + sum11(weight * y_ref[c].astype(F32) * dy)
-        dxt = lax.dot_general(ds, y_ref[c].astype(F32), (((1,), (1,)), ((), ())),
+        dxt = lax.dot_general(ds, y_ref[c].astype(ds.dtype), (((1,), (1,)), ((), ())),
                               precision=cfg.precision, preferred_element_type=F32)
         dxt_ref[c] = (dxt * e_cols).astype(dxt_ref.dtype)
     share_ref[...] = share
@@ -150,13 +165,13 @@ def _cols_spec(cfg: ColumnConfig, a: int, b: int):
     return pl.BlockSpec((None, cfg.cols, a, b), lambda m, w: (m, w, 0, 0))
 
 
-def _outer_call(cfg: ColumnConfig, clock: str, xt, y, la):
+def _outer_call(cfg: ColumnConfig, clock: str, xt, y, la, out_dtype):
     m, w, dx, rp = xt.shape
     dy = y.shape[-1]
     kernel = functools.partial(_outer_kernel, cfg=cfg, clock=clock)
     return call(cfg.backend, cfg.interpret, kernel, (m, w // cfg.cols),
                 [_la_spec(), _cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy)],
-                _cols_spec(cfg, dx, dy), jax.ShapeDtypeStruct((m, w, dx, dy), F32))(la, xt, y)
+                _cols_spec(cfg, dx, dy), jax.ShapeDtypeStruct((m, w, dx, dy), out_dtype))(la, xt, y)
 
 
 def _share_spec():
@@ -210,12 +225,13 @@ def _outer_grads_call(cfg: ColumnConfig, clock: str, xt, y, ds, la):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def column_outer(cfg: ColumnConfig, clock: str, xt, y, la):
     """`S[m, c] = sum_r e_r xt[m, c, :, r] y[m, c, r]^T`: `xt [M, W, Dx, R']`,
-    `y [M, W, R', Dy]`, `la [M, 1, 1]` (log a per row of M); float32 `[M, W, Dx, Dy]`."""
-    return _outer_call(cfg, clock, xt, y, la)
+    `y [M, W, R', Dy]`, `la [M, 1, 1]` (log a per row of M); `[M, W, Dx, Dy]` in
+    `cfg.state_dtype` (accumulated in float32)."""
+    return _outer_call(cfg, clock, xt, y, la, cfg.state_dtype)
 
 
 def _outer_fwd(cfg, clock, xt, y, la):
-    return _outer_call(cfg, clock, xt, y, la), (xt, y, la)
+    return _outer_call(cfg, clock, xt, y, la, cfg.state_dtype), (xt, y, la)
 
 
 def _outer_bwd(cfg, clock, res, ds):
@@ -239,7 +255,8 @@ column_outer.defvjp(_outer_fwd, _outer_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def column_apply(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la):
     """`o[m, c, r] = e_r x[m, c, r] @ mat[m, c]` (`mat^T` with `transpose`): `x [M, W, R', Dx]`,
-    `mat [M, W, Dx, Dy]` (float32 states), `la [M, 1, 1]`; float32 `[M, W, R', Dy]`."""
+    `mat [M, W, Dx, Dy]` (states, float32 or 16-bit), `la [M, 1, 1]`; float32
+    `[M, W, R', Dy]`."""
     return _apply_call(cfg, clock, transpose, x, mat, la)
 
 
@@ -253,11 +270,12 @@ def _apply_bwd(cfg, clock, transpose, res, do):
     dx, dla = _apply_call(cfg, clock, not transpose, do_in, mat, la, log_with=x,
                           out_dtype=x.dtype)
     # d mat = sum_r e_r x_r^T do_r (or its transpose): a column_outer over the rows.
+    # Written in the state's dtype: a state's cotangent is stored as the state is.
     if transpose:
-        dmat = _outer_call(cfg, clock, do_in.swapaxes(-1, -2), x, la)
+        dmat = _outer_call(cfg, clock, do_in.swapaxes(-1, -2), x, la, mat.dtype)
     else:
-        dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la)
-    return dx, dmat.astype(mat.dtype), dla
+        dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la, mat.dtype)
+    return dx, dmat, dla
 
 
 column_apply.defvjp(_apply_fwd, _apply_bwd)

@@ -99,9 +99,9 @@ def _forward_kernel(lk_ref, lb_ref, s_ref, h_ref, *, prec: lax.Precision):
     toe = _toeplitz(w, lb_ref[...])
     d = jnp.exp(lk_ref[...])  # (1, 1)
 
-    def body(i, h):
-        h = d * h + _dot(toe, s_ref[i], prec)
-        h_ref[i] = h
+    def body(i, h):  # the running state stays float32; storage rounds it
+        h = d * h + _dot(toe, s_ref[i].astype(F32), prec)
+        h_ref[i] = h.astype(h_ref.dtype)
         return h
 
     lax.fori_loop(0, n, body, jnp.zeros((w, f), F32))
@@ -118,14 +118,14 @@ def _backward_kernel(lk_ref, lb_ref, s_ref, h_ref, g_ref, ds_ref, dlk_ref, dlb_r
 
     def gather(i, carry):  # G_i from G_{i+1}; writes dS_i, adds <G_i, D_b S_i>
         big_g, dlb = carry
-        big_g = g_ref[i] + d * big_g
-        ds_ref[i] = _dot(toe, big_g, prec)
-        return big_g, dlb + sum11(big_g * _dot(d_toe, s_ref[i], prec))
+        big_g = g_ref[i].astype(F32) + d * big_g
+        ds_ref[i] = _dot(toe, big_g, prec).astype(ds_ref.dtype)
+        return big_g, dlb + sum11(big_g * _dot(d_toe, s_ref[i].astype(F32), prec))
 
     def body(t, carry):  # i = n-1 ... 1: these chunks read a state before them
         i = n - 1 - t
         big_g, dlb = gather(i, carry[:2])
-        return big_g, dlb, carry[2] + sum11(big_g * h_ref[i - 1])
+        return big_g, dlb, carry[2] + sum11(big_g * h_ref[i - 1].astype(F32))
 
     scalar = jnp.zeros((1, 1), F32)
     big_g, dlb, dd = lax.fori_loop(0, n - 1, body, (jnp.zeros((w, f), F32), scalar, scalar))
@@ -148,7 +148,7 @@ def _forward(cfg: PassConfig, sums, lk, lb):
     return call(cfg.backend, cfg.interpret,
                 functools.partial(_forward_kernel, prec=cfg.precision), (m, f // cfg.tile),
                 [_LOG_SPEC, _LOG_SPEC, spec], spec,
-                jax.ShapeDtypeStruct(sums.shape, F32))(lk, lb, sums)
+                jax.ShapeDtypeStruct(sums.shape, sums.dtype))(lk, lb, sums)
 
 
 def _backward(cfg: PassConfig, sums, states, lk, lb, g):
@@ -160,16 +160,18 @@ def _backward(cfg: PassConfig, sums, states, lk, lb, g):
     ds, dlk, dlb = call(
         cfg.backend, cfg.interpret, functools.partial(_backward_kernel, prec=cfg.precision),
         (m, tiles), [_LOG_SPEC, _LOG_SPEC, spec, spec, spec], [spec, part, part],
-        [jax.ShapeDtypeStruct(sums.shape, F32), share, share],
-    )(lk, lb, sums, states, g.astype(F32))
+        [jax.ShapeDtypeStruct(sums.shape, sums.dtype), share, share],
+    )(lk, lb, sums, states, g.astype(sums.dtype))
     return ds, dlk.sum(axis=1), dlb.sum(axis=1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def smooth_and_pass(cfg: PassConfig, sums: jax.Array, lk: jax.Array, lb: jax.Array):
-    """`H_i = exp(lk) H_{i-1} + T_b S_i` for `sums: [N, M, W, F]` (float32, chunk-major,
-    `F = Dk * Dv`), `lk`: `[M, 1, 1]` log of the decay over one chunk, `lb`: `[M, 1, 1]`
-    log b; returns float32 `[N, M, W, F]`, `H_i` being the state that chunk `i + 1` reads."""
+    """`H_i = exp(lk) H_{i-1} + T_b S_i` for `sums: [N, M, W, F]` (chunk-major,
+    `F = Dk * Dv`; float32 or 16-bit storage), `lk`: `[M, 1, 1]` log of the decay over one
+    chunk, `lb`: `[M, 1, 1]` log b; returns `[N, M, W, F]` in the sums' dtype, `H_i` being
+    the state that chunk `i + 1` reads. The walk itself is float32 whatever the storage:
+    each state is rounded once, when it is written, and never read back by the walk."""
     return _forward(cfg, sums, lk, lb)
 
 
