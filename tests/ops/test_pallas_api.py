@@ -83,6 +83,46 @@ def test_gpu_kernels_match_reference(width, image_tokens, num_prefix, chunk_size
     assert np.all(np.abs(np.asarray(grads[4])) > 0)  # the decays receive gradient
 
 
+@pytest.mark.parametrize("num_prefix, image_tokens", [
+    (1, 16 * 36 + 5),  # 3 chunks of 16 rows, the last one partial, and a prefix slot
+    pytest.param(0, 16 * 48, marks=pytest.mark.slow),  # whole chunks, no prefix
+])
+def test_gpu_kernels_read_the_sequence_in_place(num_prefix, image_tokens):
+    """Width, rows per chunk and feature sizes already powers of two of at least 16: the
+    column kernels read q, k, v and write their results as views of the sequence
+    (the "tokens" layout, no transposed copies). Values and the five gradients against
+    the reference."""
+    width, chunk_size, d = 16, 16 * 16, 16
+    assert chunked_pallas._column_layout("gpu", width, 16, (d, d))[3] == "tokens"
+    rng = np.random.default_rng(num_prefix)
+    shape = (2, num_prefix + image_tokens, len(ROW_DECAY), d)
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+    args = (q, k, v, LOG_ROW, LOG_COL)
+    ct = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    out, grads = vjp_at(jax.jit(_gpu(width, num_prefix, chunk_size)), args, ct)
+    ref, ref_grads = vjp_at(lasad_reference_fn(width, num_prefix), args, ct)
+    assert rel_err(out, ref) < 1e-4
+    for name, g, r in zip(("q", "k", "v", "log_row", "log_col"), grads, ref_grads):
+        assert rel_err(g, r) < 1e-4, (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("width, layout", [(32, "tokens"), (24, "columns")])
+def test_tokens_layout_transposes_nothing(monkeypatch, width, layout):
+    """Lowered for CUDA (bf16, D = 64, 16 rows per chunk, a prefix slot and a partial last
+    chunk): with a power-of-two width the forward+backward program holds no transpose
+    at all; with width 24 (padded to 32) XLA transposes q, k, v into column-major chunks
+    and the gradients back. Both run the same ten Triton kernels."""
+    assert chunked_pallas._column_layout("gpu", width, 16, (64, 64))[3] == layout
+    q = jnp.zeros((1, 1 + width * 40 + 5, 2, 64), jnp.bfloat16)
+    f = _gpu(width, 1, width * 16, interpret=False)
+    grad = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=range(5))
+    program = []
+    assert triton_lowering(grad, (q, q, q, LOG_ROW[:2], LOG_COL[:2]), monkeypatch,
+                           program=program) == 10
+    transposes = program[0].count("stablehlo.transpose")
+    assert (transposes == 0) == (layout == "tokens"), transposes
+
+
 # bfloat16 inputs against the float32 reference on the same (rounded) inputs: the
 # products round scores and decayed keys to bf16 (2^-9 each), the column states are
 # stored in bf16 (rounded once each, `chunked.state_storage`), the output is rounded once.

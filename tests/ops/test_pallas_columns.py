@@ -144,3 +144,42 @@ def test_bfloat16_state_storage(backend):
     want_dmat = jnp.einsum("mr,mwrd,mwre->mwde", _weights("start", la), x.astype(jnp.float32),
                            do.astype(jnp.bfloat16).astype(jnp.float32))
     assert rel_err(dmat, want_dmat) < 2.0**-7
+
+
+def test_tokens_layout_reads_chunks_where_they_lie():
+    """The "tokens" layout (GPU): x, y and the outputs are `[B, N, R, W, H, D]` views of a
+    sequence, a call reading chunks `offset .. offset + N' - 1`; its gradients are those
+    of the whole arrays (zero on chunks it did not read). Against einsums, values and
+    the gradients of x, y (or the state) and log a."""
+    b, n, rows, w, h, d = 2, 3, 16, 16, 2, 16
+    rng = np.random.default_rng(9)
+    x, y = (jnp.asarray(rng.normal(size=(b, n, rows, w, h, d)), jnp.float32) for _ in range(2))
+    la = jnp.log(jnp.asarray(rng.uniform(0.3, 1.0, size=(n - 1) * b * h), jnp.float32))
+    la = la.reshape(-1, 1, 1)  # rows m = (chunk * B + batch) * H + head
+    cfg = dataclasses.replace(_cfg("gpu", 8), rows=rows, layout="tokens")
+
+    def per_row(x6, offset):  # [B, N, R, W, H, D] -> [(N-1)*B*H, W, R, D], as the states
+        part = x6[:, offset:offset + n - 1]
+        return part.transpose(1, 0, 4, 3, 2, 5).reshape(-1, w, rows, d)
+
+    def weights(clock, la):
+        r = jnp.arange(rows, dtype=jnp.float32)
+        tick = rows - r if clock == "end" else r
+        return jnp.exp(tick[None] * la.reshape(-1, 1))  # [M, R]
+
+    def outer_want(x, y, la):
+        return jnp.einsum("mwrd,mr,mwre->mwde", per_row(x, 0), weights("end", la), per_row(y, 0))
+
+    fn = jax.jit(lambda x, y, la: columns.column_outer(cfg, "end", x, y, la))
+    ct = jnp.asarray(rng.normal(size=((n - 1) * b * h, w, d, d)), jnp.float32)
+    _assert_vjps_agree(fn, outer_want, dict(x=x, y=y, log_a=la), ct)
+
+    mat = jnp.asarray(rng.normal(size=((n - 1) * b * h, w, d, d)), jnp.float32)
+
+    def apply_want(x, mat, la):  # chunk i of the output reads chunk i + 1 of x
+        o = jnp.einsum("mr,mwrd,mwde->mwre", weights("start", la), per_row(x, 1), mat)
+        return o.reshape(n - 1, b, h, w, rows, d).transpose(1, 0, 4, 3, 2, 5)
+
+    fn = jax.jit(lambda x, mat, la: columns.column_apply(cfg, "start", False, x, mat, la, 1))
+    ct = jnp.asarray(rng.normal(size=(b, n - 1, rows, w, h, d)), jnp.float32)
+    _assert_vjps_agree(fn, apply_want, dict(x=x, mat=mat, log_a=la), ct)

@@ -18,10 +18,17 @@ backward runs kernels, and XLA differentiates the glue (layouts, padding). With 
 (a 256 or 512 px image at the default chunk, or `chunk_size >= T`) only step 1 runs, on
 the caller's arrays as they lie (GPU), and writes the result in q's dtype.
 
-Layout: step 1 reads the whole sequence, `[B, T, H, D]` (`masked.py`); steps 2 and 4 read
-the image tokens' column-major chunks
-`[(N-1)*B*H, W, R', D]` (`R'` >= R rows), built by XLA transposes of q, k, v (one pass
-each, small next to the states). Steps 2 to 4 keep the states in one layout,
+Layout: step 1 reads the whole sequence, `[B, T, H, D]` (`masked.py`). Steps 2 and 4 read
+the image tokens per (chunk, column). On GPU, when the grid width and the rows of a chunk
+are powers of two of at least 16 and the feature sizes need no padding (square power-of-
+two grids at the chunks that matter: T = 4096 at 1024 or 2048 tokens, 16384 at 2048 or
+4096), they read q, k, v and write their results as free views of the sequence,
+`[B, N, R, W, H, D]` ("tokens", `columns.LAYOUTS`), each call starting at the chunk it
+needs. Otherwise (and on TPU, whose blocks must tile an array's last two sides) they
+read column-major chunks `[(N-1)*B*H, W, R', D]` (`R'` >= R rows) that XLA transposes
+q, k, v into, and their results and gradients are transposed back ("columns"): compiled
+for an H200 at T = 16384 and 2048-token chunks, those transposes cost 0.26 of 3.0 GB.
+Steps 2 to 4 keep the states in one layout,
 `[N-1, B*H, W', Dk', Dv']`, padded as the kernels need it: no slice, pad or transpose of a
 state between them. On GPU the row, column and feature sides are padded with zeros to
 powers of two with matmul sides of at least 16 (Triton's `tl.dot` and loads; the grid
@@ -76,15 +83,25 @@ def chunk_rows(width: int, chunk_size: int, num_image: int) -> tuple[int, int]:
     return layout.groups, max(1, -(-num_image // layout.tokens))
 
 
-def _column_layout(backend: str, width: int, rows: int) -> tuple[int, int, int]:
-    """`(R', W', cols)`: padded rows per chunk, padded columns, columns per program."""
+def _column_layout(backend: str, width: int, rows: int,
+                   features: tuple[int, int]) -> tuple[int, int, int, str]:
+    """`(R', W', cols, layout)`: padded rows per chunk, padded columns, columns per program,
+    and where the column kernels read the tokens (`columns.LAYOUTS`).
+
+    On GPU, when the rows of a chunk and the grid width are already powers of two of at
+    least 16 and neither feature size needs padding, the kernels read q, k, v and write
+    their results as free views of the sequence, `[B, N, R, W, H, D]` ("tokens"); else XLA
+    transposes them into padded column-major chunks ("columns")."""
     if backend == "gpu":
         # Columns padded to a power of two of at least 16 (the state kernel's Toeplitz
         # product); a multiple of `cols`, which is a smaller power of two.
         cols = min(COLS_PER_PROGRAM, pl.next_power_of_2(width))
-        return max(16, pl.next_power_of_2(rows)), max(16, pl.next_power_of_2(width)), cols
+        rp, wp = max(16, pl.next_power_of_2(rows)), max(16, pl.next_power_of_2(width))
+        as_is = (rp == rows and wp == width
+                 and all(feature_size(d, backend) == d for d in features))
+        return rp, wp, cols, "tokens" if as_is else "columns"
     cols = min(COLS_PER_PROGRAM, width)
-    return rows, -(-width // cols) * cols, cols
+    return rows, -(-width // cols) * cols, cols, "columns"
 
 
 def lasad_pallas(
@@ -137,12 +154,19 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
     its own, float32 `[B, num_image, H, Dv]` (zero in chunk 0)."""
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
-    rp, wp, cols = _column_layout(backend, width, rows)
+    rp, wp, cols, layout = _column_layout(backend, width, rows, (dk, dv))
     dkp, dvp = feature_size(dk, backend), feature_size(dv, backend)
     c = rows * width
     cfg = columns.ColumnConfig(rows=rows, cols=cols, interpret=bool(interpret),
                                backend=backend, precision=precision(q.dtype),
-                               dtype=jnp.dtype(q.dtype).name, state_dtype=state_dtype.name)
+                               dtype=jnp.dtype(q.dtype).name, state_dtype=state_dtype.name,
+                               layout=layout)
+
+    def by_token(x):
+        """[B, L, H, D] -> [B, N, R, W, H, D]: a free view (after a pad when the last
+        chunk is partial)."""
+        x = jnp.pad(x, ((0, 0), (0, n * c - num_image), (0, 0), (0, 0)))
+        return x.reshape(b, n, rows, width, h, x.shape[-1])
 
     def by_column(x, chunks: slice, depth: int):
         """[B, L, H, D] -> [n'*B*H, W', R', depth]: column-major chunks, zero padded."""
@@ -156,9 +180,12 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
     # log a per row of the column kernels' [(N-1)*B*H] axis.
     la = jnp.broadcast_to(log_row, (n - 1, b, h)).reshape(-1, 1, 1)
     # 2. Chunk sums of chunks 0..N-2 (no later chunk reads the last one).
-    kt = by_column(k, slice(0, n - 1), dkp).swapaxes(-1, -2)
-    vc = by_column(v.astype(q.dtype), slice(0, n - 1), dvp)
-    sums = columns.column_outer(cfg, "end", kt, vc, la)  # [(N-1)*B*H, W', Dk', Dv']
+    if layout == "tokens":
+        sums = columns.column_outer(cfg, "end", by_token(k), by_token(v.astype(q.dtype)), la)
+    else:
+        kt = by_column(k, slice(0, n - 1), dkp).swapaxes(-1, -2)
+        vc = by_column(v.astype(q.dtype), slice(0, n - 1), dvp)
+        sums = columns.column_outer(cfg, "end", kt, vc, la)  # [(N-1)*B*H, W', Dk', Dv']
     # 3. Smoothing and state pass (float32): states[i] is what chunk i+1 reads.
     features = dkp * dvp
     pass_cfg = states.PassConfig(tile=states.feature_tile(backend, features),
@@ -171,8 +198,13 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
     entering = states.smooth_and_pass(pass_cfg, sums.reshape(n - 1, b * h, wp, features),
                                       per_bh(rows * log_row), per_bh(log_col))
     # 4. Inter-chunk reads of chunks 1..N-1.
-    inter = columns.column_apply(cfg, "start", False, by_column(q, slice(1, n), dkp),
-                                 entering.reshape(-1, wp, dkp, dvp), la)
-    inter = inter.reshape(n - 1, b, h, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
-    inter = inter.transpose(1, 0, 4, 3, 2, 5).reshape(b, (n - 1) * c, h, dv)
+    entering = entering.reshape(-1, wp, dkp, dvp)
+    if layout == "tokens":  # chunk i of the output is chunk i + 1 of the sequence
+        inter = columns.column_apply(cfg, "start", False, by_token(q), entering, la, 1)
+        inter = inter.reshape(b, (n - 1) * c, h, dv)
+    else:
+        inter = columns.column_apply(cfg, "start", False, by_column(q, slice(1, n), dkp),
+                                     entering, la)
+        inter = inter.reshape(n - 1, b, h, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
+        inter = inter.transpose(1, 0, 4, 3, 2, 5).reshape(b, (n - 1) * c, h, dv)
     return jnp.pad(inter, ((0, 0), (c, 0), (0, 0), (0, 0)))[:, :num_image]

@@ -19,14 +19,23 @@ an elementwise identity, `d log a = sum_r tick_r <x_r, dx_r>`: the kernel that c
 in the input dtype, so no float32 gradient is read back. The decay `e_r` is built in the
 kernel from the row index.
 
-Layout: `[M, W, R', D]` blocks, `M` = batch * heads * chunks, `W` the grid columns and
-`R'` the rows of one chunk, so each column of each chunk is a `[R', D]` tile and every
-product is a 2-D matmul (`[Dk, R'] @ [R', Dv]` or `[R', Dk] @ [Dk, Dv]`). `column_outer`
-takes `x` transposed (`[M, W, D, R']`), so neither of them needs a transposed-LHS matmul
-(the GPU's fused gradient kernel does one, `x^T dS`, which Triton transposes on chip).
+Layouts (`LAYOUTS`, `_Blocks`). The states are `[M, W, Dx, Dy]`, `M` = chunks * batch *
+heads, `W` the grid columns. The token side has two:
+* "columns": `[M, W, R', D]` blocks, `R'` the (padded) rows of one chunk, built by the
+  caller's transposes, so each column of each chunk is a `[R', D]` tile and every
+  product is a 2-D matmul. `column_outer` takes `x` transposed (`[M, W, D, R']`), so
+  neither needs a transposed-LHS matmul, which Mosaic lacks (the GPU's fused gradient
+  kernel does one, `x^T dS`, which Triton transposes on chip). TPU, and GPU shapes that
+  need padding.
+* "tokens" (GPU): `[B, N, R, W, H, D]`, a free view of the sequence `[B, T, H, D]`; a
+  column's tile is `[R, D]` rows `W * H * D` apart, read in place, and the sums contract
+  its rows on chip. A call reads chunks `offset .. offset + N' - 1` of the view, so the
+  sums (chunks 0 .. N-2) and the reads (chunks 1 .. N-1) take the same arrays without a
+  slice; its gradients come back as those of the whole view.
 A program handles `cols` columns of one chunk. For Triton every block side is a power of
-two and every matmul side at least 16: the caller pads rows, columns and features with
-zeros (exact: zero keys, values and queries add and read nothing; padded rows get `e = 0`).
+two and every matmul side at least 16: in "columns" the caller pads rows, columns and
+features with zeros (exact: zero keys, values and queries add and read nothing; padded
+rows get `e = 0`); "tokens" is used only where nothing needs padding.
 `column_outer` multiplies operands in the input dtype (bfloat16 in training) with float32
 accumulation and writes the sums in `cfg.state_dtype`. A product with a state or a state's
 cotangent runs in that array's storage dtype: float32 (at `cfg.precision`, TF32 on GPUs
@@ -65,6 +74,61 @@ class ColumnConfig:
     # cotangent after it): "float32", or the 16-bit input dtype (chunked.py, "State
     # storage").
     state_dtype: str = "float32"
+    # Where the token-side arrays lie: "columns", `[M, W, R', D]` (the caller transposes);
+    # "tokens", `[B, N, R, W, H, D]`, a free view of the sequence `[B, T, H, D]` (GPU).
+    layout: str = "columns"
+
+
+LAYOUTS = ("columns", "tokens")
+
+
+class _Blocks:
+    """The grid of one call and the block of each kind of operand, in one layout.
+
+    "columns": grid `(M, W/cols)`, every token-side array `[M, W, R', D]`.
+    "tokens": grid `(N' * B, H, W/cols)` over `N'` chunks; token-side arrays are
+    `[B, N*, R, W, H, D]` views of a sequence, read from chunk `offset` on, so that one
+    array serves calls over different chunks without a slice. In both, the states and the
+    decays are per row `m` of `M = N' * B * H` (chunk-major, then batch, then head)."""
+
+    def __init__(self, cfg: ColumnConfig, m: int, w: int, batch: int = 1, heads: int = 1):
+        if cfg.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {cfg.layout!r}")
+        self.cfg, self.batch, self.heads = cfg, batch, heads
+        self.tokens = cfg.layout == "tokens"
+        if self.tokens:
+            self.grid = (m // heads, heads, w // cfg.cols)
+            self._m = lambda i, h, c: (i * heads + h, c)
+        else:
+            self.grid = (m, w // cfg.cols)
+            self._m = lambda m_, c: (m_, c)
+
+    def decay(self) -> pl.BlockSpec:
+        return pl.BlockSpec((None, 1, 1), lambda *g: (self._m(*g)[0], 0, 0))
+
+    def state(self, a: int, b: int) -> pl.BlockSpec:
+        """`cols` columns of one row of a `[M, W, a, b]` state array."""
+        return pl.BlockSpec((None, self.cfg.cols, a, b), lambda *g: (*self._m(*g), 0, 0))
+
+    def share(self) -> pl.BlockSpec:
+        """One number per program: its share of a sum that XLA finishes."""
+        return pl.BlockSpec((None, None, 1, 1), lambda *g: (*self._m(*g), 0, 0))
+
+    def seq(self, a: int, b: int, offset: int = 0) -> pl.BlockSpec:
+        """A token-side array: `[a, b]` tiles per column (`[R', D]`, or `[D, R']` for a
+        transposed one, "columns" only); in "tokens", `[R, D]` at chunk `offset` on."""
+        if not self.tokens:
+            return self.state(a, b)
+        batch = self.batch
+        return pl.BlockSpec((None, None, a, self.cfg.cols, None, b),
+                            lambda i, h, c: (i % batch, i // batch + offset, 0, c, h, 0))
+
+    def seq_shape(self, m: int, w: int, a: int, b: int, dtype) -> jax.ShapeDtypeStruct:
+        """A token-side output over the grid's chunks (offset 0)."""
+        if not self.tokens:
+            return jax.ShapeDtypeStruct((m, w, a, b), dtype)
+        chunks = m // (self.batch * self.heads)
+        return jax.ShapeDtypeStruct((self.batch, chunks, a, w, self.heads, b), dtype)
 
 
 def _ticks(cfg: ColumnConfig, clock: str, shape: tuple[int, int], axis: int):
@@ -82,21 +146,42 @@ def _decay(cfg: ColumnConfig, clock: str, shape, axis, la):
     return jnp.where(valid, jnp.exp(jnp.where(valid, tick, 0.0) * la), 0.0)
 
 
-def _outer_kernel(la_ref, xt_ref, y_ref, o_ref, *, cfg: ColumnConfig, clock: str):
-    """`o[c] = (xt[c] * e) @ y[c]` for the program's `cols` columns."""
-    rp = xt_ref.shape[-1]
-    e = _decay(cfg, clock, (1, rp), 1, la_ref[...])  # [1, R'], along xt's last axis
-    for c in range(cfg.cols):
-        xt = (xt_ref[c].astype(F32) * e).astype(cfg.dtype)
-        o_ref[c] = lax.dot_general(xt, y_ref[c].astype(cfg.dtype), (((1,), (0,)), ((), ())),
-                                   precision=cfg.precision,
-                                   preferred_element_type=F32).astype(o_ref.dtype)
-
-
 def _operand(x: jax.Array) -> jax.Array:
     """A product's operand in the dtype the product runs in: 16-bit as it is (bf16 tensor-
     core products, float32 accumulation), anything wider as float32."""
     return x if jnp.dtype(x.dtype).itemsize < 4 else x.astype(F32)
+
+
+def _load(cfg: ColumnConfig, ref, c: int) -> jax.Array:
+    """Column `c`'s tile of a token-side block."""
+    return ref[:, c, :] if cfg.layout == "tokens" else ref[c]
+
+
+def _store(cfg: ColumnConfig, ref, c: int, value: jax.Array) -> None:
+    if cfg.layout == "tokens":
+        ref[:, c, :] = value.astype(ref.dtype)
+    else:
+        ref[c] = value.astype(ref.dtype)
+
+
+def _dot(cfg: ColumnConfig, a, b, contract) -> jax.Array:
+    return lax.dot_general(a, b, (contract, ((), ())), precision=cfg.precision,
+                           preferred_element_type=F32)
+
+
+def _outer_kernel(la_ref, x_ref, y_ref, o_ref, *, cfg: ColumnConfig, clock: str):
+    """`o[c] = (x[c] * e)^T @ y[c]` for the program's `cols` columns. "columns" takes `x`
+    transposed (`[D, R']` tiles: no transposed-LHS product, which Mosaic lacks);
+    "tokens" takes `[R, D]` tiles as they lie and contracts their rows."""
+    tokens = cfg.layout == "tokens"
+    rp = x_ref.shape[0] if tokens else x_ref.shape[-1]
+    shape, axis = ((rp, 1), 0) if tokens else ((1, rp), 1)
+    e = _decay(cfg, clock, shape, axis, la_ref[...])  # along x's rows
+    contract = ((0,), (0,)) if tokens else ((1,), (0,))
+    for c in range(cfg.cols):
+        x = (_load(cfg, x_ref, c).astype(F32) * e).astype(cfg.dtype)
+        o_ref[c] = _dot(cfg, x, _load(cfg, y_ref, c).astype(cfg.dtype),
+                        contract).astype(o_ref.dtype)
 
 
 def _log_weight(cfg: ColumnConfig, clock: str, rp: int):
@@ -112,166 +197,210 @@ def _apply_kernel(la_ref, x_ref, m_ref, *refs, cfg: ColumnConfig, clock: str,
     `with_log` (a gradient: `refs` = `w, o, share`), also this program's share of
     `d log a`, `sum_c sum_r tick_r <w[c, r], o[c, r]>`, from `o` before its rounding."""
     w_ref, o_ref, share_ref = refs if with_log else (None, *refs, None)
-    rp = x_ref.shape[-2]
+    rp = x_ref.shape[0] if cfg.layout == "tokens" else x_ref.shape[-2]
     e = _decay(cfg, clock, (rp, 1), 0, la_ref[...])  # [R', 1], along x's rows
     weight = _log_weight(cfg, clock, rp)
-    contract = (((1,), (1,)), ((), ())) if transpose else (((1,), (0,)), ((), ()))
+    contract = ((1,), (1,)) if transpose else ((1,), (0,))
     share = jnp.zeros((1, 1), F32)
     for c in range(cfg.cols):
         # `m` is a state (or its cotangent): stored in float32, the product runs in float32
         # and `x` is widened; stored in 16 bits, both operands are 16-bit (`x` is q or an
         # output cotangent, already in the input dtype).
         m = _operand(m_ref[c])
-        prod = lax.dot_general(x_ref[c].astype(m.dtype), m, contract,
-                               precision=cfg.precision, preferred_element_type=F32)
-        out = prod * e
-        o_ref[c] = out.astype(o_ref.dtype)
+        out = _dot(cfg, _load(cfg, x_ref, c).astype(m.dtype), m, contract) * e
+        _store(cfg, o_ref, c, out)
         if with_log:
-            share = share + sum11(weight * w_ref[c].astype(F32) * out)
+            share = share + sum11(weight * _load(cfg, w_ref, c).astype(F32) * out)
     if with_log:
         share_ref[...] = share
 
 
-def _outer_grads_kernel(la_ref, xt_ref, y_ref, ds_ref, dxt_ref, dy_ref, share_ref, *,
+def _outer_grads_kernel(la_ref, x_ref, y_ref, ds_ref, dx_ref, dy_ref, share_ref, *,
                         cfg: ColumnConfig, clock: str):
     """Both gradients of `column_outer` from one read of each `dS[c]`:
-    `dy[c] = e * (xt[c]^T @ dS[c])` (rows scaled) and `dxt[c] = (dS[c] @ y[c]^T) * e`
-    (columns scaled), each written in its input's layout and dtype, and this program's
-    share of `d log a` (`sum tick_r <y_r, dy_r>`, as `_apply_kernel`). The products run
-    in `dS`'s storage dtype, as `_apply_kernel`'s."""
-    rp = xt_ref.shape[-1]
+    `dy[c] = e * (x[c] @ dS[c])` and `dx[c] = e * (y[c] @ dS[c]^T)` (rows scaled; in
+    "columns" `x` and `dx` are transposed, `[D, R']`, and `dx` is built so), each written
+    in its input's layout and dtype, and this program's share of `d log a`
+    (`sum tick_r <y_r, dy_r>`, as `_apply_kernel`). The products run in `dS`'s storage
+    dtype, as `_apply_kernel`'s."""
+    tokens = cfg.layout == "tokens"
+    rp = y_ref.shape[0] if tokens else y_ref.shape[-2]
     la = la_ref[...]
     e_rows = _decay(cfg, clock, (rp, 1), 0, la)  # [R', 1], along dy's rows
-    e_cols = _decay(cfg, clock, (1, rp), 1, la)  # [1, R'], along dxt's columns
+    e_cols = _decay(cfg, clock, (1, rp), 1, la)  # [1, R'], along a transposed dx
     weight = _log_weight(cfg, clock, rp)
     share = jnp.zeros((1, 1), F32)
     for c in range(cfg.cols):
         ds = _operand(ds_ref[c])
-        dy = lax.dot_general(xt_ref[c].astype(ds.dtype), ds, (((0,), (0,)), ((), ())),
-                             precision=cfg.precision, preferred_element_type=F32) * e_rows
-        dy_ref[c] = dy.astype(dy_ref.dtype)
-        share = share + sum11(weight * y_ref[c].astype(F32) * dy)
-        dxt = lax.dot_general(ds, y_ref[c].astype(ds.dtype), (((1,), (1,)), ((), ())),
-                              precision=cfg.precision, preferred_element_type=F32)
-        dxt_ref[c] = (dxt * e_cols).astype(dxt_ref.dtype)
+        x = _load(cfg, x_ref, c).astype(ds.dtype)
+        y = _load(cfg, y_ref, c).astype(ds.dtype)
+        dy = _dot(cfg, x, ds, ((1,), (0,)) if tokens else ((0,), (0,))) * e_rows
+        _store(cfg, dy_ref, c, dy)
+        share = share + sum11(weight * y.astype(F32) * dy)
+        if tokens:
+            dx = _dot(cfg, y, ds, ((1,), (1,))) * e_rows  # [R, Dx]
+        else:
+            dx = _dot(cfg, ds, y, ((1,), (1,))) * e_cols  # [Dx, R']
+        _store(cfg, dx_ref, c, dx)
     share_ref[...] = share
 
 
-def _la_spec():
-    return pl.BlockSpec((None, 1, 1), lambda m, w: (m, 0, 0))
+def _blocks(cfg: ColumnConfig, la, x, w: int) -> _Blocks:
+    """The grid over `la`'s rows (`M`); in "tokens" the batch and heads come from `x`."""
+    if cfg.layout == "tokens":
+        return _Blocks(cfg, la.shape[0], w, batch=x.shape[0], heads=x.shape[4])
+    return _Blocks(cfg, la.shape[0], w)
 
 
-def _cols_spec(cfg: ColumnConfig, a: int, b: int):
-    return pl.BlockSpec((None, cfg.cols, a, b), lambda m, w: (m, w, 0, 0))
+def _width(cfg: ColumnConfig, x) -> int:
+    return x.shape[3] if cfg.layout == "tokens" else x.shape[1]
 
 
-def _outer_call(cfg: ColumnConfig, clock: str, xt, y, la, out_dtype):
-    m, w, dx, rp = xt.shape
-    dy = y.shape[-1]
+def _outer_call(cfg: ColumnConfig, clock: str, x, y, la, out_dtype, x_off=0, y_off=0):
+    """`[M, W, Dx, Dy]` sums in `out_dtype`; "columns" takes `x` transposed."""
+    w = _width(cfg, x)
+    blk = _blocks(cfg, la, x, w)
+    if blk.tokens:
+        rp, dx, dy = x.shape[2], x.shape[-1], y.shape[-1]
+        x_spec, y_spec = blk.seq(rp, dx, x_off), blk.seq(rp, dy, y_off)
+    else:
+        _, _, dx, rp = x.shape
+        dy = y.shape[-1]
+        x_spec, y_spec = blk.seq(dx, rp), blk.seq(rp, dy)
+    m = la.shape[0]
     kernel = functools.partial(_outer_kernel, cfg=cfg, clock=clock)
-    return call(cfg.backend, cfg.interpret, kernel, (m, w // cfg.cols),
-                [_la_spec(), _cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy)],
-                _cols_spec(cfg, dx, dy), jax.ShapeDtypeStruct((m, w, dx, dy), out_dtype))(la, xt, y)
+    return call(cfg.backend, cfg.interpret, kernel, blk.grid, [blk.decay(), x_spec, y_spec],
+                blk.state(dx, dy), jax.ShapeDtypeStruct((m, w, dx, dy), out_dtype))(la, x, y)
 
 
-def _share_spec():
-    """One number per program: its share of a sum that XLA finishes."""
-    return pl.BlockSpec((None, None, 1, 1), lambda m, w: (m, w, 0, 0))
+def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_with=None,
+                out_dtype=F32, x_off=0, log_off=0):
+    """`_apply_kernel` over every column; with `log_with` (an array laid out as the
+    output, read from chunk `log_off` in "tokens") also `d log a` per row of M,
+    `[M, 1, 1]`: `(out, d_log_a)`. The output covers the grid's chunks (in "tokens", from
+    chunk 0 of its own array)."""
+    w = _width(cfg, x)
+    blk = _blocks(cfg, la, x, w)
+    rp, dx = (x.shape[2], x.shape[-1]) if blk.tokens else x.shape[-2:]
+    dy = mat.shape[-2] if transpose else mat.shape[-1]
+    m = la.shape[0]
+    with_log = log_with is not None
+    kernel = functools.partial(_apply_kernel, cfg=cfg, clock=clock, transpose=transpose,
+                               with_log=with_log)
+    inputs = [la, x, mat]
+    in_specs = [blk.decay(), blk.seq(rp, dx, x_off), blk.state(*mat.shape[-2:])]
+    out_specs = [blk.seq(rp, dy)]
+    out_shape = [blk.seq_shape(m, w, rp, dy, out_dtype)]
+    if with_log:
+        inputs.append(log_with)
+        in_specs.append(blk.seq(rp, dy, log_off))
+        out_specs.append(blk.share())
+        out_shape.append(_shares(m, blk.grid[-1]))
+    outs = call(cfg.backend, cfg.interpret, kernel, blk.grid, in_specs, out_specs,
+                out_shape)(*inputs)
+    return (outs[0], outs[1].sum(axis=1)) if with_log else outs[0]
 
 
 def _shares(m: int, programs: int):
     return jax.ShapeDtypeStruct((m, programs, 1, 1), F32)
 
 
-def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_with=None,
-                out_dtype=F32):
-    """`_apply_kernel` over every column; with `log_with` (an array of the output's
-    shape) also `d log a` per row of M, `[M, 1, 1]`: `(out, d_log_a)`."""
-    m, w, rp, dx = x.shape
-    dy = mat.shape[-2] if transpose else mat.shape[-1]
-    with_log = log_with is not None
-    kernel = functools.partial(_apply_kernel, cfg=cfg, clock=clock, transpose=transpose,
-                               with_log=with_log)
-    grid = (m, w // cfg.cols)
-    inputs = [la, x, mat]
-    in_specs = [_la_spec(), _cols_spec(cfg, rp, dx), _cols_spec(cfg, *mat.shape[-2:])]
-    out_specs = [_cols_spec(cfg, rp, dy)]
-    out_shape = [jax.ShapeDtypeStruct((m, w, rp, dy), out_dtype)]
-    if with_log:
-        inputs.append(log_with)
-        in_specs.append(_cols_spec(cfg, rp, dy))
-        out_specs.append(_share_spec())
-        out_shape.append(_shares(m, grid[1]))
-    outs = call(cfg.backend, cfg.interpret, kernel, grid, in_specs, out_specs,
-                out_shape)(*inputs)
-    return (outs[0], outs[1].sum(axis=1)) if with_log else outs[0]
-
-
-def _outer_grads_call(cfg: ColumnConfig, clock: str, xt, y, ds, la):
-    """`(dxt, dy, d_log_a)` of `column_outer` from `_outer_grads_kernel`."""
-    m, w, dx, rp = xt.shape
-    dy = y.shape[-1]
+def _outer_grads_call(cfg: ColumnConfig, clock: str, x, y, ds, la, offset=0):
+    """`(dx, dy, d_log_a)` of `column_outer` from `_outer_grads_kernel` ("columns": `x`
+    and `dx` transposed); "tokens" gradients cover the grid's chunks only."""
+    w = _width(cfg, x)
+    blk = _blocks(cfg, la, x, w)
+    m = la.shape[0]
+    if blk.tokens:
+        rp, dx, dy = x.shape[2], x.shape[-1], y.shape[-1]
+        x_in, y_in = blk.seq(rp, dx, offset), blk.seq(rp, dy, offset)
+        x_out, y_out = blk.seq(rp, dx), blk.seq(rp, dy)
+        shapes = [blk.seq_shape(m, w, rp, dx, x.dtype), blk.seq_shape(m, w, rp, dy, y.dtype)]
+    else:
+        _, _, dx, rp = x.shape
+        dy = y.shape[-1]
+        x_in = x_out = blk.seq(dx, rp)
+        y_in = y_out = blk.seq(rp, dy)
+        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(y.shape, y.dtype)]
     kernel = functools.partial(_outer_grads_kernel, cfg=cfg, clock=clock)
-    grid = (m, w // cfg.cols)
-    dxt, dys, shares = call(
-        cfg.backend, cfg.interpret, kernel, grid,
-        [_la_spec(), _cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy), _cols_spec(cfg, dx, dy)],
-        [_cols_spec(cfg, dx, rp), _cols_spec(cfg, rp, dy), _share_spec()],
-        [jax.ShapeDtypeStruct((m, w, dx, rp), xt.dtype),
-         jax.ShapeDtypeStruct((m, w, rp, dy), y.dtype), _shares(m, grid[1])])(la, xt, y, ds)
-    return dxt, dys, shares.sum(axis=1)
+    dxs, dys, shares = call(
+        cfg.backend, cfg.interpret, kernel, blk.grid,
+        [blk.decay(), x_in, y_in, blk.state(dx, dy)], [x_out, y_out, blk.share()],
+        [*shapes, _shares(m, blk.grid[-1])])(la, x, y, ds)
+    return dxs, dys, shares.sum(axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def column_outer(cfg: ColumnConfig, clock: str, xt, y, la):
-    """`S[m, c] = sum_r e_r xt[m, c, :, r] y[m, c, r]^T`: `xt [M, W, Dx, R']`,
-    `y [M, W, R', Dy]`, `la [M, 1, 1]` (log a per row of M); `[M, W, Dx, Dy]` in
-    `cfg.state_dtype` (accumulated in float32)."""
-    return _outer_call(cfg, clock, xt, y, la, cfg.state_dtype)
+def _fill_chunks(grad, total: int, offset: int):
+    """A "tokens" gradient over the grid's chunks, as the gradient of the whole array it
+    was read from (`total` chunks, read from `offset`): zeros elsewhere."""
+    after = total - offset - grad.shape[1]
+    if offset == 0 and after == 0:
+        return grad
+    return jnp.pad(grad, ((0, 0), (offset, after)) + ((0, 0),) * 4)
 
 
-def _outer_fwd(cfg, clock, xt, y, la):
-    return _outer_call(cfg, clock, xt, y, la, cfg.state_dtype), (xt, y, la)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 5))
+def column_outer(cfg: ColumnConfig, clock: str, x, y, la, offset: int = 0):
+    """`S[m, c] = sum_r e_r x[m, c, r]^T y[m, c, r]` in `cfg.state_dtype` (accumulated in
+    float32), `[M, W, Dx, Dy]`, `la [M, 1, 1]` (log a per row of M). "columns":
+    `x [M, W, Dx, R']` (transposed), `y [M, W, R', Dy]`; "tokens": `x`, `y`
+    `[B, N, R, W, H, D]` views of sequences, chunks `offset .. offset + N' - 1` summed,
+    `N' = M / (B H)`."""
+    return _outer_call(cfg, clock, x, y, la, cfg.state_dtype, offset, offset)
 
 
-def _outer_bwd(cfg, clock, res, ds):
-    xt, y, la = res
+def _outer_fwd(cfg, clock, x, y, la, offset):
+    return _outer_call(cfg, clock, x, y, la, cfg.state_dtype, offset, offset), (x, y, la)
+
+
+def _outer_bwd(cfg, clock, offset, res, ds):
+    x, y, la = res
     # d y_r = e_r x_r @ dS ; d x_r = e_r y_r @ dS^T.
     # d log a: sum_r tick_r <y_r, dy_r> (= e_r x_r dS y_r^T), summed in the kernels.
     if cfg.backend == "gpu":  # one kernel, one read of dS, no transposes around it
-        return _outer_grads_call(cfg, clock, xt, y, ds, la)
-    # TPU: two reads. The fused kernel compiles for Mosaic, but its gradients in `[D, R']`
-    # put a chunk's rows on the 128-lane axis: compiled for a v5e-8, the peak at
-    # T = 16384, D = 64 rose from 4.16 to 6.34 GiB (benchmarks/tpu_aot.py).
-    dy, dla = _apply_call(cfg, clock, False, xt.swapaxes(-1, -2), ds, la, log_with=y,
+        dx, dy, dla = _outer_grads_call(cfg, clock, x, y, ds, la, offset)
+        if cfg.layout == "tokens":
+            dx = _fill_chunks(dx, x.shape[1], offset)
+            dy = _fill_chunks(dy, y.shape[1], offset)
+        return dx, dy, dla
+    # TPU ("columns" only): two reads. The fused kernel compiles for Mosaic, but its
+    # gradients in `[D, R']` put a chunk's rows on the 128-lane axis: compiled for a
+    # v5e-8, the peak at T = 16384, D = 64 rose from 4.16 to 6.34 GiB (benchmarks/tpu_aot.py).
+    dy, dla = _apply_call(cfg, clock, False, x.swapaxes(-1, -2), ds, la, log_with=y,
                           out_dtype=y.dtype)
-    dx = _apply_call(cfg, clock, True, y, ds, la, out_dtype=xt.dtype)
+    dx = _apply_call(cfg, clock, True, y, ds, la, out_dtype=x.dtype)
     return dx.swapaxes(-1, -2), dy, dla
 
 
 column_outer.defvjp(_outer_fwd, _outer_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def column_apply(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la):
-    """`o[m, c, r] = e_r x[m, c, r] @ mat[m, c]` (`mat^T` with `transpose`): `x [M, W, R', Dx]`,
-    `mat [M, W, Dx, Dy]` (states, float32 or 16-bit), `la [M, 1, 1]`; float32
-    `[M, W, R', Dy]`."""
-    return _apply_call(cfg, clock, transpose, x, mat, la)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 6))
+def column_apply(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, offset: int = 0):
+    """`o[m, c, r] = e_r x[m, c, r] @ mat[m, c]` (`mat^T` with `transpose`), float32:
+    `mat [M, W, Dx, Dy]` (states, float32 or 16-bit), `la [M, 1, 1]`. "columns":
+    `x [M, W, R', Dx]`, `o [M, W, R', Dy]`; "tokens": `x [B, N, R, W, H, Dx]` read from
+    chunk `offset` on, `o [B, N', R, W, H, Dy]` (`N' = M / (B H)` chunks)."""
+    return _apply_call(cfg, clock, transpose, x, mat, la, x_off=offset)
 
 
-def _apply_fwd(cfg, clock, transpose, x, mat, la):
-    return _apply_call(cfg, clock, transpose, x, mat, la), (x, mat, la)
+def _apply_fwd(cfg, clock, transpose, x, mat, la, offset):
+    return _apply_call(cfg, clock, transpose, x, mat, la, x_off=offset), (x, mat, la)
 
 
-def _apply_bwd(cfg, clock, transpose, res, do):
+def _apply_bwd(cfg, clock, transpose, offset, res, do):
     x, mat, la = res
     do_in = do.astype(x.dtype)  # the products run in the input dtype
+    tokens = cfg.layout == "tokens"
     dx, dla = _apply_call(cfg, clock, not transpose, do_in, mat, la, log_with=x,
-                          out_dtype=x.dtype)
-    # d mat = sum_r e_r x_r^T do_r (or its transpose): a column_outer over the rows.
-    # Written in the state's dtype: a state's cotangent is stored as the state is.
-    if transpose:
+                          out_dtype=x.dtype, log_off=offset)
+    # d mat = sum_r e_r x_r^T do_r (or its transpose): a column_outer over the rows,
+    # written in the state's dtype (a state's cotangent is stored as the state is).
+    if tokens:
+        first, second, offs = (do_in, x, (0, offset)) if transpose else (x, do_in, (offset, 0))
+        dmat = _outer_call(cfg, clock, first, second, la, mat.dtype, *offs)
+        dx = _fill_chunks(dx, x.shape[1], offset)
+    elif transpose:
         dmat = _outer_call(cfg, clock, do_in.swapaxes(-1, -2), x, la, mat.dtype)
     else:
         dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la, mat.dtype)
