@@ -36,6 +36,11 @@ _TOKENS = ("batch", None, "heads", None)
 _STEP = ("batch", None, None)
 
 
+class DecodeKernel(nnx.Variable):
+    """A layer's fused decoding projection (`LinearAttentionMixer.decode_projection`),
+    formed by the sampler before its loop on its own copy of the model; not a parameter."""
+
+
 def initial_decays(heads: int, lo: float, hi: float) -> jax.Array:
     """Per-head decays `1 - 2^-e` with `e` spread evenly over [lo, hi] (RetNet's recipe
     of one fixed time scale per head, here learnable): short- and long-range heads."""
@@ -99,33 +104,51 @@ class LinearAttentionMixer(nnx.Module):
             return {"decay": jax.nn.sigmoid(self.decay_logit[...])}
         return {}
 
-    def _gate_in(self) -> nnx.Linear | None:
-        """The gate's projection of the block input: `gate_down` (low rank), `gate_up`."""
-        if self.cfg.gate == "none":
-            return None
-        return self.gate_down if self.cfg.gate_rank else self.gate_up
-
     def _project(self, x: jax.Array, fused: bool) -> tuple[jax.Array, jax.Array | None]:
-        """The projections of `x: [..., dim]`: q, k, v (`[..., 3 dim]`) and the gate's input
-        projection (`_gate_in`; None without a gate). `fused`: both as one matmul against
-        the two kernels side by side.
+        """The projections of `x: [..., dim]`: q, k, v (`[..., 3 dim]`) and the gate's
+        pre-activation (`[..., dim]`; None without a gate). `fused`: both as one matmul.
 
         Why fused when decoding: a token's matmuls are too small to fill a GPU, so each
         costs about a launch. Compiled for an H200 (benchmarks/gpu_aot.py), the gate's
         separate down-projection was two kernels per layer and token (a split-K matmul and
-        its reduction); fused it rides in the q/k/v matmul. The concatenated kernel does
-        not change inside the sampling loop, and XLA builds it once before the loop
-        (loop-invariant code motion; tests/sampling/test_decode_hlo.py checks it).
-        Training keeps them apart: its matmuls are large, and one kernel per parameter
-        keeps the gradients and the sharding simple."""
-        gate_in = self._gate_in()
-        if gate_in is None:
+        its reduction), and its up-projection one more. Fused, the gate rides in the
+        q/k/v matmul: its kernel there is the low-rank pair's product `[dim, dim]`
+        (`decode_projection`; a token then reads `dim^2 - 2 dim r` more weights per layer,
+        about 2% of its bytes for LASADGen-B). The sampler forms that kernel once before
+        its loop (`DecodeKernel`, `sampling.generate.cast_weights`); without it, it is
+        formed here. Training keeps the projections apart: its matmuls are large, the
+        low-rank pair is what it learns, and one kernel per parameter keeps the gradients
+        and the sharding simple."""
+        cfg = self.cfg
+        if cfg.gate == "none":
             return self.qkv(x), None
         if not fused:
-            return self.qkv(x), gate_in(x)
-        kernel = jnp.concatenate([self.qkv.kernel[...], gate_in.kernel[...]], axis=1)
-        both = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-        return both[..., :3 * self.cfg.dim], both[..., 3 * self.cfg.dim:]
+            pre = self.gate_up(self.gate_down(x) if cfg.gate_rank else x)
+            return self.qkv(x), pre
+        kernel = getattr(self, "decode_kernel", None)
+        kernel = self.decode_projection() if kernel is None else kernel[...]
+        both = jnp.dot(x.astype(self.dtype), kernel)
+        return both[..., :3 * cfg.dim], both[..., 3 * cfg.dim:]
+
+    def decode_projection(self) -> jax.Array | None:
+        """The fused decoding projection's kernel `[dim, 4 dim]` in the compute dtype:
+        q, k, v and the gate's pre-activation (None without a gate). The low-rank gate's
+        part is its factors' product, each factor taken as its layer would use it (in the
+        compute dtype), multiplied in float32 and rounded once, so that casting the weights
+        first (`sampling.generate.cast_weights`) changes nothing. The sampler forms it
+        once before its loop (`DecodeKernel`): left inside, XLA recomputed the product at
+        every token (compiled for an H200; a `[dim, dim]` product is larger than its
+        factors, which XLA's loop-invariant code motion declines to hoist)."""
+        cfg = self.cfg
+        if cfg.gate == "none":
+            return None
+        gate = self.gate_up.kernel[...]
+        if cfg.gate_rank:
+            down, up = (w.astype(self.dtype).astype(jnp.float32)
+                        for w in (self.gate_down.kernel[...], gate))
+            gate = jnp.dot(down, up, precision=jax.lax.Precision.HIGHEST)
+        return jnp.concatenate([self.qkv.kernel[...].astype(self.dtype),
+                                gate.astype(self.dtype)], axis=1)
 
     def _qkv(self, proj: jax.Array, slots: jax.Array) -> tuple[jax.Array, ...]:
         """q, k, v from their projection `proj: [..., 3 dim]` (`_project`)."""
@@ -138,33 +161,32 @@ class LinearAttentionMixer(nnx.Module):
             q, k = rope_2d(q, slots, **pos), rope_2d(k, slots, **pos)
         return q, k, v
 
-    def _gate(self, gate_in: jax.Array) -> jax.Array:
-        """The output gate, in the compute dtype, from its input projection (`_project`)."""
-        g = self.gate_up(gate_in) if self.cfg.gate_rank else gate_in
-        return jax.nn.sigmoid(g) if self.cfg.gate == "sigmoid" else jax.nn.silu(g)
+    def _gate(self, pre: jax.Array) -> jax.Array:
+        """The output gate, in the compute dtype, from its pre-activation (`_project`)."""
+        return jax.nn.sigmoid(pre) if self.cfg.gate == "sigmoid" else jax.nn.silu(pre)
 
-    def _output(self, o: jax.Array, x: jax.Array, gate_in: jax.Array | None) -> jax.Array:
+    def _output(self, o: jax.Array, x: jax.Array, gate_pre: jax.Array | None) -> jax.Array:
         """Per-head RMSNorm and its weight, the gate, the output projection: `o: [...,
         heads, Dv]`, `x: [..., dim]`. The gate multiplies in the compute dtype (in bf16
         the training step keeps one bf16 tensor for it); the `lasad` decoding step forms
         the same product in float32 on chip instead (`_out_scale`), which rounds once."""
         o32 = rms_normalize(o, self.cfg.norm_eps).reshape(*x.shape)
         o = (o32 * self.head_norm[...]).astype(self.dtype)
-        if gate_in is not None:
-            o = o * self._gate(gate_in)
+        if gate_pre is not None:
+            o = o * self._gate(gate_pre)
         return self.out(o)
 
-    def _out_scale(self, gate_in: jax.Array | None) -> jax.Array:
+    def _out_scale(self, gate_pre: jax.Array | None) -> jax.Array:
         """What multiplies the head-normalised output in the `lasad` decoding step, float32
         `[..., dim]` (`[dim]` without a gate): the head norm's weight times the gate."""
         scale = self.head_norm[...]
-        return scale if gate_in is None else scale * self._gate(gate_in).astype(jnp.float32)
+        return scale if gate_pre is None else scale * self._gate(gate_pre).astype(jnp.float32)
 
     # -- parallel form
 
     def __call__(self, x: jax.Array, slots: jax.Array) -> jax.Array:
         cfg = self.cfg
-        proj, gate_in = self._project(x, fused=False)
+        proj, gate_pre = self._project(x, fused=False)
         q, k, v = self._qkv(proj, slots)
         common = dict(num_prefix=cfg.num_prefix, impl=cfg.impl, chunk_size=cfg.chunk_size)
         width = {"width": cfg.grid[1]} if cfg.mixer in ("lasad", "lasad_row") else {}
@@ -180,7 +202,7 @@ class LinearAttentionMixer(nnx.Module):
         # split the operator's Pallas kernels itself (`parallel.rules.per_shard`).
         o = per_shard(attend, (_TOKENS,) * 3 + (("heads",),) * len(names), _TOKENS)(
             q, k, v, *decays.values())
-        return self._output(o, x, gate_in)
+        return self._output(o, x, gate_pre)
 
     # -- decoding form
 
@@ -198,7 +220,7 @@ class LinearAttentionMixer(nnx.Module):
 
     def decode(self, cache: Any, x: jax.Array, slot: jax.Array) -> tuple[jax.Array, Any]:
         cfg = self.cfg
-        proj, gate_in = self._project(x, fused=True)
+        proj, gate_pre = self._project(x, fused=True)
         q, k, v = self._qkv(proj, slot)
         fn = {"lasad": ops.lasad_decode_step, "lasad_row": ops.lasad_row_decode_step,
               "linear_1d": ops.linear_1d_decode_step,
@@ -208,7 +230,7 @@ class LinearAttentionMixer(nnx.Module):
         lasad = cfg.mixer == "lasad"
         extra: tuple[jax.Array, ...] = ()
         if lasad:
-            scale = jnp.broadcast_to(self._out_scale(gate_in), x.shape)
+            scale = jnp.broadcast_to(self._out_scale(gate_pre), x.shape)
             extra = (scale.reshape(v.shape),)
         decays = self._decays()
         names = tuple(decays)
@@ -227,7 +249,7 @@ class LinearAttentionMixer(nnx.Module):
                              (_STEP, state))(cache, *inputs, *decays.values())
         if lasad:
             return self.out(o.reshape(x.shape)), cache
-        return self._output(o, x, gate_in), cache
+        return self._output(o, x, gate_pre), cache
 
 
 def attention_impl(q: jax.Array) -> str | None:

@@ -20,6 +20,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from lasad_jax.models.mixers import DecodeKernel, LinearAttentionMixer
 from lasad_jax.parallel.batch import batch_sharding, local_batch_size
 from lasad_jax.parallel.rules import batch_axes, constrain
 from lasad_jax.sampling.checks import check_generate_args
@@ -86,12 +87,19 @@ def cast_weights(model: nnx.Module) -> nnx.Module:
     float32 weight inside its matmuls (benchmarks/gpu_aot.py). Cast once, a token reads 2
     bytes per parameter. The results do not change: each layer casts to the same dtype
     anyway. Float32 parameters used in float32 (norm scales, decays) are left alone.
+    It also forms each gated linear-attention layer's fused decoding projection once
+    (`LinearAttentionMixer.decode_projection`), from the cast weights.
     """
     for _, module in nnx.iter_modules(model):
         if isinstance(module, nnx.Linear) and module.dtype is not None:
             module.kernel.set_value(module.kernel[...].astype(module.dtype))
         elif isinstance(module, nnx.Embed) and module.dtype is not None:
             module.embedding.set_value(module.embedding[...].astype(module.dtype))
+    # Each gated linear-attention layer's fused decoding projection, formed here once: a
+    # token's q, k, v and gate then take one matmul and no other kernel (`_project`).
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, LinearAttentionMixer) and module.cfg.gate != "none":
+            module.decode_kernel = DecodeKernel(module.decode_projection())
     return model
 
 

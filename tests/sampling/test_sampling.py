@@ -107,6 +107,34 @@ def test_generate_top1_equals_greedy_parallel(mixer, cfg_scale):
     np.testing.assert_array_equal(np.asarray(got), greedy_parallel(model, labels, cfg_scale))
 
 
+def test_cast_weights_forms_each_fused_decode_projection_once(monkeypatch):
+    """Before the sampling loop every gated layer gets its fused `[dim, 4 dim]` decoding
+    kernel (q, k, v and the low-rank gate's factors' product, bf16), and the decoding
+    step reads it instead of forming it: with `decode_projection` broken afterwards, the
+    step still gives the same logits."""
+    from lasad_jax.models.mixers import DecodeKernel, LinearAttentionMixer
+
+    model = perturbed_model(small_config("lasad", dtype="bfloat16"))
+    graphdef, params = nnx.split(model)
+    m = cast_weights(nnx.merge(graphdef, params))
+    dim = m.cfg.dim
+    for block in m.blocks:
+        kernel = block.mixer.decode_kernel
+        assert isinstance(kernel, DecodeKernel)
+        assert kernel[...].shape == (dim, 4 * dim) and kernel[...].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(kernel[...], np.float32),
+                                      np.asarray(block.mixer.decode_projection(), np.float32))
+    cache, logits = start(m, jnp.array([0, 2]), cfg_scale=2.0)
+    x = m.token_embed(jnp.array([3, 5, 3, 5]))
+    want = m.decode_step(cache, x)[0]
+
+    def broken(self):
+        raise AssertionError("formed inside the step")
+
+    monkeypatch.setattr(LinearAttentionMixer, "decode_projection", broken)
+    np.testing.assert_array_equal(np.asarray(m.decode_step(cache, x)[0]), np.asarray(want))
+
+
 @pytest.mark.parametrize("mixer", ["lasad", "softmax"])
 def test_cast_weights_is_exact(mixer):
     """Casting the weights once before the loop gives the very logits of casting them at
