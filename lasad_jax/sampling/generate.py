@@ -98,8 +98,10 @@ def cast_weights(model: nnx.Module) -> nnx.Module:
     # Each gated linear-attention layer's fused decoding projection, formed here once: a
     # token's q, k, v and gate then take one matmul and no other kernel (`_project`).
     for _, module in nnx.iter_modules(model):
-        if isinstance(module, LinearAttentionMixer) and module.cfg.gate != "none":
-            module.decode_kernel = DecodeKernel(module.decode_projection())
+        kernel = (module.decode_projection() if isinstance(module, LinearAttentionMixer)
+                  else None)
+        if kernel is not None:  # None: a layer without a gate, whose projection is q, k, v
+            module.decode_kernel = DecodeKernel(kernel)
     return model
 
 

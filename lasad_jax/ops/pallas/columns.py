@@ -91,16 +91,21 @@ class _Blocks:
     array serves calls over different chunks without a slice. In both, the states and the
     decays are per row `m` of `M = N' * B * H` (chunk-major, then batch, then head)."""
 
-    def __init__(self, cfg: ColumnConfig, m: int, w: int, batch: int = 1, heads: int = 1):
+    def __init__(self, cfg: ColumnConfig, la: jax.Array, x: jax.Array):
+        """The grid over `la`'s rows (`M`); the width, and in "tokens" the batch and
+        heads, come from the token-side array `x`."""
         if cfg.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {cfg.layout!r}")
-        self.cfg, self.batch, self.heads = cfg, batch, heads
+        self.cfg, self.m = cfg, la.shape[0]
         self.tokens = cfg.layout == "tokens"
         if self.tokens:
-            self.grid = (m // heads, heads, w // cfg.cols)
+            self.width, self.batch, heads = x.shape[3], x.shape[0], x.shape[4]
+            self.heads = heads
+            self.grid = (self.m // heads, heads, self.width // cfg.cols)
             self._m = lambda i, h, c: (i * heads + h, c)
         else:
-            self.grid = (m, w // cfg.cols)
+            self.width = x.shape[1]
+            self.grid = (self.m, self.width // cfg.cols)
             self._m = lambda m_, c: (m_, c)
 
     def decay(self) -> pl.BlockSpec:
@@ -123,12 +128,17 @@ class _Blocks:
         return pl.BlockSpec((None, None, a, self.cfg.cols, None, b),
                             lambda i, h, c: (i % batch, i // batch + offset, 0, c, h, 0))
 
-    def seq_shape(self, m: int, w: int, a: int, b: int, dtype) -> jax.ShapeDtypeStruct:
-        """A token-side output over the grid's chunks (offset 0)."""
+    def seq_shape(self, a: int, b: int, dtype) -> jax.ShapeDtypeStruct:
+        """A token-side output of `[a, b]` tiles over the grid's chunks (offset 0)."""
         if not self.tokens:
-            return jax.ShapeDtypeStruct((m, w, a, b), dtype)
-        chunks = m // (self.batch * self.heads)
-        return jax.ShapeDtypeStruct((self.batch, chunks, a, w, self.heads, b), dtype)
+            return jax.ShapeDtypeStruct((self.m, self.width, a, b), dtype)
+        chunks = self.m // (self.batch * self.heads)
+        return jax.ShapeDtypeStruct((self.batch, chunks, a, self.width, self.heads, b), dtype)
+
+    def x_tile(self, x: jax.Array) -> tuple[int, int]:
+        """The tile of `column_outer`'s `x`: `[R, Dx]` in "tokens", `[Dx, R']` (transposed)
+        in "columns"."""
+        return (x.shape[2], x.shape[-1]) if self.tokens else x.shape[2:]
 
 
 def _ticks(cfg: ColumnConfig, clock: str, shape: tuple[int, int], axis: int):
@@ -245,32 +255,16 @@ def _outer_grads_kernel(la_ref, x_ref, y_ref, ds_ref, dx_ref, dy_ref, share_ref,
     share_ref[...] = share
 
 
-def _blocks(cfg: ColumnConfig, la, x, w: int) -> _Blocks:
-    """The grid over `la`'s rows (`M`); in "tokens" the batch and heads come from `x`."""
-    if cfg.layout == "tokens":
-        return _Blocks(cfg, la.shape[0], w, batch=x.shape[0], heads=x.shape[4])
-    return _Blocks(cfg, la.shape[0], w)
-
-
-def _width(cfg: ColumnConfig, x) -> int:
-    return x.shape[3] if cfg.layout == "tokens" else x.shape[1]
-
-
 def _outer_call(cfg: ColumnConfig, clock: str, x, y, la, out_dtype, x_off=0, y_off=0):
     """`[M, W, Dx, Dy]` sums in `out_dtype`; "columns" takes `x` transposed."""
-    w = _width(cfg, x)
-    blk = _blocks(cfg, la, x, w)
-    if blk.tokens:
-        rp, dx, dy = x.shape[2], x.shape[-1], y.shape[-1]
-        x_spec, y_spec = blk.seq(rp, dx, x_off), blk.seq(rp, dy, y_off)
-    else:
-        _, _, dx, rp = x.shape
-        dy = y.shape[-1]
-        x_spec, y_spec = blk.seq(dx, rp), blk.seq(rp, dy)
-    m = la.shape[0]
+    blk = _Blocks(cfg, la, x)
+    xt, (rp, dy) = blk.x_tile(x), (y.shape[2], y.shape[-1])
+    dx = xt[1] if blk.tokens else xt[0]
     kernel = functools.partial(_outer_kernel, cfg=cfg, clock=clock)
-    return call(cfg.backend, cfg.interpret, kernel, blk.grid, [blk.decay(), x_spec, y_spec],
-                blk.state(dx, dy), jax.ShapeDtypeStruct((m, w, dx, dy), out_dtype))(la, x, y)
+    return call(cfg.backend, cfg.interpret, kernel, blk.grid,
+                [blk.decay(), blk.seq(*xt, x_off), blk.seq(rp, dy, y_off)],
+                blk.state(dx, dy),
+                jax.ShapeDtypeStruct((blk.m, blk.width, dx, dy), out_dtype))(la, x, y)
 
 
 def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_with=None,
@@ -279,23 +273,21 @@ def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_
     output, read from chunk `log_off` in "tokens") also `d log a` per row of M,
     `[M, 1, 1]`: `(out, d_log_a)`. The output covers the grid's chunks (in "tokens", from
     chunk 0 of its own array)."""
-    w = _width(cfg, x)
-    blk = _blocks(cfg, la, x, w)
+    blk = _Blocks(cfg, la, x)
     rp, dx = (x.shape[2], x.shape[-1]) if blk.tokens else x.shape[-2:]
     dy = mat.shape[-2] if transpose else mat.shape[-1]
-    m = la.shape[0]
     with_log = log_with is not None
     kernel = functools.partial(_apply_kernel, cfg=cfg, clock=clock, transpose=transpose,
                                with_log=with_log)
     inputs = [la, x, mat]
     in_specs = [blk.decay(), blk.seq(rp, dx, x_off), blk.state(*mat.shape[-2:])]
     out_specs = [blk.seq(rp, dy)]
-    out_shape = [blk.seq_shape(m, w, rp, dy, out_dtype)]
+    out_shape = [blk.seq_shape(rp, dy, out_dtype)]
     if with_log:
         inputs.append(log_with)
         in_specs.append(blk.seq(rp, dy, log_off))
         out_specs.append(blk.share())
-        out_shape.append(_shares(m, blk.grid[-1]))
+        out_shape.append(_shares(blk.m, blk.grid[-1]))
     outs = call(cfg.backend, cfg.interpret, kernel, blk.grid, in_specs, out_specs,
                 out_shape)(*inputs)
     return (outs[0], outs[1].sum(axis=1)) if with_log else outs[0]
@@ -308,25 +300,17 @@ def _shares(m: int, programs: int):
 def _outer_grads_call(cfg: ColumnConfig, clock: str, x, y, ds, la, offset=0):
     """`(dx, dy, d_log_a)` of `column_outer` from `_outer_grads_kernel` ("columns": `x`
     and `dx` transposed); "tokens" gradients cover the grid's chunks only."""
-    w = _width(cfg, x)
-    blk = _blocks(cfg, la, x, w)
-    m = la.shape[0]
-    if blk.tokens:
-        rp, dx, dy = x.shape[2], x.shape[-1], y.shape[-1]
-        x_in, y_in = blk.seq(rp, dx, offset), blk.seq(rp, dy, offset)
-        x_out, y_out = blk.seq(rp, dx), blk.seq(rp, dy)
-        shapes = [blk.seq_shape(m, w, rp, dx, x.dtype), blk.seq_shape(m, w, rp, dy, y.dtype)]
-    else:
-        _, _, dx, rp = x.shape
-        dy = y.shape[-1]
-        x_in = x_out = blk.seq(dx, rp)
-        y_in = y_out = blk.seq(rp, dy)
-        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(y.shape, y.dtype)]
+    blk = _Blocks(cfg, la, x)
+    xt, (rp, dy) = blk.x_tile(x), (y.shape[2], y.shape[-1])
+    dx = xt[1] if blk.tokens else xt[0]
+    # Read from `offset` ("tokens"), written over the grid's chunks only.
+    ins, outs = [blk.seq(*xt, offset), blk.seq(rp, dy, offset)], [blk.seq(*xt), blk.seq(rp, dy)]
+    shapes = [blk.seq_shape(*xt, x.dtype), blk.seq_shape(rp, dy, y.dtype)]
     kernel = functools.partial(_outer_grads_kernel, cfg=cfg, clock=clock)
     dxs, dys, shares = call(
         cfg.backend, cfg.interpret, kernel, blk.grid,
-        [blk.decay(), x_in, y_in, blk.state(dx, dy)], [x_out, y_out, blk.share()],
-        [*shapes, _shares(m, blk.grid[-1])])(la, x, y, ds)
+        [blk.decay(), *ins, blk.state(dx, dy)], [*outs, blk.share()],
+        [*shapes, _shares(blk.m, blk.grid[-1])])(la, x, y, ds)
     return dxs, dys, shares.sum(axis=1)
 
 
