@@ -182,6 +182,15 @@ def test_column_states_are_stored_as_chosen(monkeypatch, dtype, state_dtype, sto
     assert results.count(f"tensor<2x2x32x4096x{stored}>") == 2
 
 
+@pytest.mark.parametrize("bad", ["float16", "int8", "f32"])
+def test_state_dtype_names_the_valid_storages(bad):
+    q = jnp.zeros((1, 1 + 10, 2, 4), jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"state_dtype must be one of \('float32', "
+                                         r"'bfloat16'\), got '" + bad):
+        lasad_pallas(q, q, q, width=5, num_prefix=1, log_row=LOG_ROW[:2],
+                     log_col=LOG_COL[:2], chunk_size=5, interpret=True, state_dtype=bad)
+
+
 def test_state_storage_follows_the_input_dtype():
     assert chunked_pallas.state_storage(jnp.bfloat16) == jnp.bfloat16
     for dtype in (jnp.float32, jnp.float16):  # float16: its range is too short for sums

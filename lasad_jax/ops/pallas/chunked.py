@@ -62,12 +62,17 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from lasad_jax.ops import chunked
+from lasad_jax.ops.validation import check_choice
 from lasad_jax.ops.pallas import columns, states
 from lasad_jax.ops.pallas.masked import BACKENDS, feature_size, intra_attention
 from lasad_jax.ops.pallas.precision import precision
 
 # Columns per program of the per-column kernels (fewer when the grid is narrower).
 COLS_PER_PROGRAM = 8
+
+
+# What `state_dtype=` may name: the two storages measured (benchmarks/numerics.py --pallas).
+STATE_DTYPES = ("float32", "bfloat16")
 
 
 def state_storage(dtype) -> jnp.dtype:
@@ -130,6 +135,9 @@ def lasad_pallas(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if state_dtype is not None:
+        name = state_dtype if isinstance(state_dtype, str) else jnp.dtype(state_dtype).name
+        check_choice("state_dtype", name, STATE_DTYPES)
     log_row, log_col = log_row.astype(jnp.float32), log_col.astype(jnp.float32)
     num_image = q.shape[1] - num_prefix
     rows, n = chunk_rows(width, chunk_size, max(num_image, 1))
