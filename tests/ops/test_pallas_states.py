@@ -101,7 +101,7 @@ def test_bfloat16_storage_rounds_each_state_once(backend):
     allowed) of the float64 recurrence. Rounding the running state at every chunk
     instead puts entries off by far more (measured: 11x their size). The backward
     writes bf16 `dS`, the float32 recurrence of the cotangent rounded once, and the decay
-    gradients within 1e-3 of the float32 kernel's on the same inputs."""
+    gradients of the float32 kernel on the same inputs."""
     n, w, f = 6, 16, 256
     sums, lk, lb = _inputs(n, w, f, seed=3)
     sums16 = jnp.asarray(sums, jnp.bfloat16)
@@ -121,5 +121,7 @@ def test_bfloat16_storage_rounds_each_state_once(backend):
     _, pull32 = jax.vjp(lambda s, a, b: states.smooth_and_pass(cfg, s, a, b),
                         sums16.astype(jnp.float32), *logs)
     _, d_lk32, d_lb32 = pull32(ct.astype(jnp.float32))
-    # The bf16 path reads the rounded states back for d log d: the only difference.
-    assert rel_err(d_lk, d_lk32) < 1e-2 and rel_err(d_lb, d_lb32) < 1e-5
+    # Both decay gradients come from the sums and the cotangents alone (never from the
+    # rounded states), so storage does not change them (the old `d log d`, which read the
+    # stored states back, was 5.6e-4 off here).
+    assert rel_err(d_lk, d_lk32) < 1e-5 and rel_err(d_lb, d_lb32) < 1e-5

@@ -15,15 +15,24 @@ in order and keeps its running `w x f` state on chip: each chunk's sums are read
 each state written once, half the state traffic of the two passes. `T_b` is built from
 indices in the kernel; the Toeplitz product is a `[w, w] @ [w, f]` matmul.
 
-Backward, a second kernel walking the chunks in reverse. With `g_i` the cotangent of `H_i`
-and `G_i = g_i + d G_{i+1}` (the cotangent gathered over every later chunk):
+Backward, a second kernel walking the chunks in reverse. With `g_i` the cotangent of `H_i`,
+`G_i = g_i + d G_{i+1}` (the cotangent gathered over every later chunk) and
+`E_i = d (E_{i+1} + G_{i+1})` (the same, each later chunk weighted by how many chunks away
+it is: `E_i = sum_{j > i} (j - i) d^(j - i) g_j`):
 
     dS_i = T_b G_i                                  (`T_b` is symmetric)
-    d log d = d sum_{i >= 1} <G_i, H_{i-1}>
+    d log d = sum_i <E_i, T_b S_i>
     d log b = sum_i <G_i S_i^T, D_b> = sum_i <G_i, D_b S_i>,   D_b[c, c'] = |c - c'| b^|c - c'|
 
-(`D_b` is the derivative of `T_b` in `log b`.) Each program returns its shares of the two
-scalars and XLA sums them. An earlier version returned each program's `[w, w]` share of
+(`D_b` is the derivative of `T_b` in `log b`; `d log d` follows from
+`H_j = sum_{i <= j} d^(j - i) T_b S_i`, whose derivative in `log d` weighs each term by
+`j - i`.) Each program returns its shares of the two scalars and XLA sums them. Both
+need only the sums and the cotangents: the walk never reads the states it wrote.
+
+Two earlier versions moved more. One took `d log d = d sum_i <G_i, H_{i-1}>`, which read
+every state back: one of the passes over the column states that a forward+backward of the
+split makes (0.12 GB at T = 16384 and 2048-token chunks, bf16 states; compiled for an
+H200, the split went from 2.74 to 2.63 GB). One returned each program's `[w, w]` share of
 `dT_b` and let XLA pull the sum back through the Toeplitz matrix: with 128 programs per
 (batch * head) at `Dk = Dv = 64` and `w = 128`, 0.13 GB written and read again by XLA's
 reduction, whatever the chunk; 3% to 8% of the split's forward+backward traffic at
@@ -107,7 +116,7 @@ def _forward_kernel(lk_ref, lb_ref, s_ref, h_ref, *, prec: lax.Precision):
     lax.fori_loop(0, n, body, jnp.zeros((w, f), F32))
 
 
-def _backward_kernel(lk_ref, lb_ref, s_ref, h_ref, g_ref, ds_ref, dlk_ref, dlb_ref, *,
+def _backward_kernel(lk_ref, lb_ref, s_ref, g_ref, ds_ref, dlk_ref, dlb_ref, *,
                      prec: lax.Precision):
     """The reverse walk: `dS`, and this program's shares of `d log d` and `d log b`."""
     n, w, f = s_ref.shape
@@ -116,21 +125,26 @@ def _backward_kernel(lk_ref, lb_ref, s_ref, h_ref, g_ref, ds_ref, dlk_ref, dlb_r
     d_toe = dist * toe  # D_b: the derivative of T_b in log b
     d = jnp.exp(lk_ref[...])
 
-    def gather(i, carry):  # G_i from G_{i+1}; writes dS_i, adds <G_i, D_b S_i>
-        big_g, dlb = carry
-        big_g = g_ref[i].astype(F32) + d * big_g
+    def chunk(i, big_g, big_e):  # writes dS_i; chunk i's terms of d log d and d log b
+        s = s_ref[i].astype(F32)
         ds_ref[i] = _dot(toe, big_g, prec).astype(ds_ref.dtype)
-        return big_g, dlb + sum11(big_g * _dot(d_toe, s_ref[i].astype(F32), prec))
+        return sum11(big_e * _dot(toe, s, prec)), sum11(big_g * _dot(d_toe, s, prec))
 
-    def body(t, carry):  # i = n-1 ... 1: these chunks read a state before them
-        i = n - 1 - t
-        big_g, dlb = gather(i, carry[:2])
-        return big_g, dlb, carry[2] + sum11(big_g * h_ref[i - 1].astype(F32))
+    def body(t, carry):  # chunk i = n-2 ... 0, from G_{i+1} and F_{i+1} = E_{i+1} + G_{i+1}
+        i = n - 2 - t
+        big_g, big_f, dlk, dlb = carry
+        big_e = d * big_f
+        big_g = g_ref[i].astype(F32) + d * big_g
+        lk_i, lb_i = chunk(i, big_g, big_e)
+        return big_g, big_e + big_g, dlk + lk_i, dlb + lb_i
 
-    scalar = jnp.zeros((1, 1), F32)
-    big_g, dlb, dd = lax.fori_loop(0, n - 1, body, (jnp.zeros((w, f), F32), scalar, scalar))
-    _, dlb = gather(0, (big_g, dlb))
-    dlk_ref[...] = d * dd
+    # The last chunk (E_{n-1} = 0) before the loop, whose carries then start from a
+    # loaded tile: with E's carry starting as zeros, Mosaic refused the kernel ("Invalid
+    # relayout" of the `[w, f]` tile; benchmarks/tpu_aot.py --stages ops, v5e-8).
+    big_g = g_ref[n - 1].astype(F32)
+    _, dlb = chunk(n - 1, big_g, jnp.zeros_like(big_g))
+    _, _, dlk, dlb = lax.fori_loop(0, n - 1, body, (big_g, big_g, jnp.zeros_like(dlb), dlb))
+    dlk_ref[...] = dlk
     dlb_ref[...] = dlb
 
 
@@ -151,7 +165,7 @@ def _forward(cfg: PassConfig, sums, lk, lb):
                 jax.ShapeDtypeStruct(sums.shape, sums.dtype))(lk, lb, sums)
 
 
-def _backward(cfg: PassConfig, sums, states, lk, lb, g):
+def _backward(cfg: PassConfig, sums, lk, lb, g):
     n, m, w, f = sums.shape
     tiles = f // cfg.tile
     spec = _chunks_spec(n, w, cfg.tile)
@@ -159,9 +173,9 @@ def _backward(cfg: PassConfig, sums, states, lk, lb, g):
     share = jax.ShapeDtypeStruct((m, tiles, 1, 1), F32)  # one number per program
     ds, dlk, dlb = call(
         cfg.backend, cfg.interpret, functools.partial(_backward_kernel, prec=cfg.precision),
-        (m, tiles), [_LOG_SPEC, _LOG_SPEC, spec, spec, spec], [spec, part, part],
+        (m, tiles), [_LOG_SPEC, _LOG_SPEC, spec, spec], [spec, part, part],
         [jax.ShapeDtypeStruct(sums.shape, sums.dtype), share, share],
-    )(lk, lb, sums, states, g.astype(sums.dtype))
+    )(lk, lb, sums, g.astype(sums.dtype))
     return ds, dlk.sum(axis=1), dlb.sum(axis=1)
 
 
@@ -176,8 +190,8 @@ def smooth_and_pass(cfg: PassConfig, sums: jax.Array, lk: jax.Array, lb: jax.Arr
 
 
 def _pass_fwd(cfg, sums, lk, lb):
-    states = _forward(cfg, sums, lk, lb)
-    return states, (sums, states, lk, lb)
+    # The backward needs the sums, not the states (see the module docstring).
+    return _forward(cfg, sums, lk, lb), (sums, lk, lb)
 
 
 def _pass_bwd(cfg, res, g):
