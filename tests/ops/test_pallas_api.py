@@ -111,16 +111,55 @@ def test_tokens_layout_transposes_nothing(monkeypatch, width, layout):
     """Lowered for CUDA (bf16, D = 64, 16 rows per chunk, a prefix slot and a partial last
     chunk): with a power-of-two width the forward+backward program holds no transpose
     at all; with width 24 (padded to 32) XLA transposes q, k, v into column-major chunks
-    and the gradients back. Both run the same ten Triton kernels."""
+    and the gradients back. Both run the same nine Triton kernels."""
     assert chunked_pallas._column_layout("gpu", width, 16, (64, 64))[3] == layout
     q = jnp.zeros((1, 1 + width * 40 + 5, 2, 64), jnp.bfloat16)
     f = _gpu(width, 1, width * 16, interpret=False)
     grad = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=range(5))
     program = []
     assert triton_lowering(grad, (q, q, q, LOG_ROW[:2], LOG_COL[:2]), monkeypatch,
-                           program=program) == 10
+                           program=program) == 9
     transposes = program[0].count("stablehlo.transpose")
     assert (transposes == 0) == (layout == "tokens"), transposes
+
+
+def _sequence_ops(program: str, shape: tuple[int, ...]) -> dict[str, int]:
+    """How many adds, pads, slices, concatenates and transposes of the lowered program
+    produce a sequence-sized array (`shape`, any dtype)."""
+    sized = "tensor<" + "x".join(map(str, shape)) + "x"
+    found = {}
+    for op in ("add", "pad", "slice", "concatenate", "transpose"):
+        lines = [ln for ln in program.splitlines() if f"stablehlo.{op} " in ln
+                 and sized in ln.split("->")[-1].split(":")[-1]]
+        if lines:
+            found[op] = len(lines)
+    return found
+
+
+def test_split_without_a_prefix_sums_its_parts_in_the_kernels(monkeypatch):
+    """Lowered for CUDA (bf16, D = 64, width 32, 3 whole chunks of 16 rows, no prefix):
+    the direct split (`chunked._direct_split`) runs its nine Triton kernels on the
+    caller's arrays, and the kernels add the inter-chunk reads to the output and the
+    column kernels' gradients to dq, dk and dv themselves: no add, pad, slice,
+    concatenate or transpose makes a sequence-sized array. With a prefix slot the split
+    is a composition of the kernels, and XLA adds the parts (this check's contrast)."""
+    tokens = 32 * 16 * 3
+
+    def lowered(num_prefix: int) -> tuple[int, str]:
+        q = jnp.zeros((1, num_prefix + tokens, 2, 64), jnp.bfloat16)
+        f = _gpu(32, num_prefix, 32 * 16, interpret=False)
+        grad = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=range(5))
+        program = []
+        kernels = triton_lowering(grad, (q, q, q, LOG_ROW[:2], LOG_COL[:2]), monkeypatch,
+                                  program=program)
+        return kernels, program[0]
+
+    kernels, program = lowered(0)
+    assert kernels == 9
+    assert _sequence_ops(program, (1, tokens, 2, 64)) == {}
+    kernels, program = lowered(1)
+    assert kernels == 9
+    assert _sequence_ops(program, (1, 1 + tokens, 2, 64)).get("add", 0) >= 3
 
 
 # bfloat16 inputs against the float32 reference on the same (rounded) inputs: the
@@ -201,7 +240,7 @@ def test_lowers_to_triton_for_cuda(monkeypatch):
     """Forward and backward lower on a CPU-only machine at the 384 px grid width (24) and a
     real head size, bf16. Forward: intra-chunk, chunk sums, state pass, state reads.
     Backward adds dq and dk/dv (intra), one kernel for both of the chunk sums' gradients,
-    the reverse state pass, a read and a sum for the state reads'. This checks the
+    the reverse state pass, one for both of the state reads'. This checks the
     Pallas-to-Triton-IR lowering only: XLA's Triton compilation (Triton passes, register
     allocation, PTX) needs a GPU build."""
     q = jnp.zeros((1, 1 + 24 * 40, 2, 64), jnp.bfloat16)
@@ -209,7 +248,7 @@ def test_lowers_to_triton_for_cuda(monkeypatch):
     args = (q, q, q, LOG_ROW[:2], LOG_COL[:2])
     assert triton_lowering(f, args, monkeypatch) == 4
     grad = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=range(5))
-    assert triton_lowering(grad, args, monkeypatch) == 10
+    assert triton_lowering(grad, args, monkeypatch) == 9
 
 
 def test_one_chunk_on_gpu_is_the_kernels_alone(monkeypatch):
@@ -311,14 +350,17 @@ def test_auto_follows_the_first_matching_row_and_its_chunk(monkeypatch):
 
 
 @pytest.mark.slow
-def test_bfloat16_states_with_decays_of_one_over_16k_tokens():
+@pytest.mark.parametrize("num_prefix", [1, 0], ids=["prefix", "direct"])
+def test_bfloat16_states_with_decays_of_one_over_16k_tokens(num_prefix):
     """The numerically hardest case (both decays 1.0: every state sums all earlier
     tokens; `tests/training/test_reliability.py` holds the XLA form to it) through the
     Pallas split with its default bf16 column states, 2048-token chunks (8 chunks of 16
     rows at width 128): output and the five gradients within 2^-7 of their largest
     magnitude against the float32 chunked form on the same values. Measured (GPU kernels
     interpreted, 2026-12-06): output 3.0e-3, dq 7.4e-3 (7.4e-3 with float32 states too),
-    the others <= 5.2e-3."""
+    the others <= 5.2e-3. Without the prefix slot the split is the direct one, whose
+    kernels sum the intra- and inter-chunk parts before rounding (`chunked._direct_split`):
+    output 3.6e-3, dv 6.1e-3, dq 6.2e-3, the others <= 4.5e-3 (2026-12-06)."""
     width, heads, d = 128, 2, 16
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (1, 1 + 128 * width, heads, d)).astype(jnp.bfloat16)
@@ -327,13 +369,13 @@ def test_bfloat16_states_with_decays_of_one_over_16k_tokens():
     weights = jnp.cos(jnp.arange(d, dtype=jnp.float32))
 
     def pallas(q, k, v, row, col):
-        return lasad_pallas(q, k, v, width=width, num_prefix=1, log_row=jnp.log(row),
-                            log_col=jnp.log(col), chunk_size=2048, interpret=True,
-                            backend="gpu")
+        return lasad_pallas(q, k, v, width=width, num_prefix=num_prefix,
+                            log_row=jnp.log(row), log_col=jnp.log(col), chunk_size=2048,
+                            interpret=True, backend="gpu")
 
     def chunked(q, k, v, row, col):
         return ops.lasad_attention(q, k, v, width=width, row_decay=row, col_decay=col,
-                                   num_prefix=1, impl="chunked")
+                                   num_prefix=num_prefix, impl="chunked")
 
     def run(f, *args):
         def loss(*a):

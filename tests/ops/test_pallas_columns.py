@@ -67,7 +67,8 @@ def test_column_outer(backend, cols, clock):
 
 
 @pytest.mark.parametrize("backend, cols, clock, transpose", [
-    ("tpu", 2, "start", False), ("gpu", 4, "end", True)])
+    ("tpu", 2, "start", False), ("gpu", 4, "end", True),
+    ("gpu", 2, "start", False)])  # GPU, not transposed: one backward kernel for both grads
 def test_column_apply(backend, cols, clock, transpose):
     x, _, mat, la = _inputs(2)
     if transpose:  # mat [M, W, Dy, Dx]: x @ mat^T

@@ -11,6 +11,9 @@ docs/operator.md with kernels, each behind a `jax.custom_vjp` whose backward run
 * between them, `states.smooth_and_pass`: the column smoothing and the pass over the chunks
   in one walk per (batch * head, feature tile), each state written once.
 
+On GPU, with no prefix slot and whole chunks of a power-of-two grid, one `jax.custom_vjp`
+covers the whole split and the kernels sum its parts themselves (`chunked._direct_split`).
+
 And for sampling, `decode.token_update` (`decode_impl="pallas"`, GPU): the `lasad`
 decoding step's column update and reads as one kernel that reads and writes one column
 state in place (docs/decoding.md, "The fused decoding step").

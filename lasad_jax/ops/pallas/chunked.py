@@ -14,9 +14,15 @@ where a kernel can avoid memory traffic that XLA cannot:
 4. inter-chunk reads: `columns.column_apply` (`a^r q . H_n(c)` per column).
 
 Autodiff composes the pieces: each kernel sits behind its own `jax.custom_vjp` whose
-backward runs kernels, and XLA differentiates the glue (layouts, padding). With one chunk
-(a 256 or 512 px image at the default chunk, or `chunk_size >= T`) only step 1 runs, on
-the caller's arrays as they lie (GPU), and writes the result in q's dtype.
+backward runs kernels, and XLA differentiates the glue (layouts, padding) and sums the
+parts (the output of steps 1 and 4; the gradients of q, k and v from step 1 and from
+steps 2 and 4). With one chunk (a 256 or 512 px image at the default chunk, or
+`chunk_size >= T`) only step 1 runs, on the caller's arrays as they lie (GPU), and writes
+the result in q's dtype. Where every kernel can read the caller's arrays as they lie (GPU,
+no prefix slot, whole chunks of a power-of-two grid: `_direct_split`), one
+`jax.custom_vjp` covers the whole split instead and the kernels sum the parts themselves
+(`masked.Addend`): compiled for an H200 at T = 16384 (2048-token chunks), 2.28 GB instead
+of 2.63 for a forward+backward, 23 kernels instead of 28.
 
 Layout: step 1 reads the whole sequence, `[B, T, H, D]` (`masked.py`). Steps 2 and 4 read
 the image tokens per (chunk, column). On GPU, when the grid width and the rows of a chunk
@@ -37,7 +43,7 @@ and `states.py`.
 
 State storage. Steps 2 to 4 and their backward pass arrays of one `Dk x Dv` state per grid
 column and chunk from kernel to kernel: the chunk sums, the entering states and their two
-cotangents, read or written eleven times in a forward+backward. They are `W/R` times
+cotangents, read or written ten times in a forward+backward. They are `W/R` times
 larger than a chunk's keys (at T = 16384 and 2048-token chunks, 235 MB in float32 against
 33 MB of keys), so their storage sets most of the split's memory traffic. For bfloat16
 inputs they are stored in bfloat16 (`state_storage`), as flash-linear-attention stores
@@ -57,13 +63,17 @@ times both).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from lasad_jax.ops import chunked
 from lasad_jax.ops.validation import check_choice
-from lasad_jax.ops.pallas import columns, states
+from lasad_jax.ops.pallas import columns, masked, states
 from lasad_jax.ops.pallas.masked import BACKENDS, feature_size, intra_attention
 from lasad_jax.ops.pallas.precision import precision
 
@@ -141,19 +151,58 @@ def lasad_pallas(
     log_row, log_col = log_row.astype(jnp.float32), log_col.astype(jnp.float32)
     num_image = q.shape[1] - num_prefix
     rows, n = chunk_rows(width, chunk_size, max(num_image, 1))
-    # With one chunk the kernel is the whole operator: its output is the result.
-    out = intra_attention(q, k, v, width=width, num_prefix=num_prefix, log_row=log_row,
-                          log_col=log_col, rows_per_chunk=rows if n > 1 else None,
-                          block_q=block_q, block_k=block_k, interpret=interpret,
-                          backend=backend, out_dtype=q.dtype if n == 1 else jnp.float32)
-    if n == 1:
-        return out
+    def intra(out_dtype):
+        return intra_attention(q, k, v, width=width, num_prefix=num_prefix, log_row=log_row,
+                               log_col=log_col, rows_per_chunk=rows if n > 1 else None,
+                               block_q=block_q, block_k=block_k, interpret=interpret,
+                               backend=backend, out_dtype=out_dtype)
+
+    if n == 1:  # the kernel is the whole operator: its output is the result
+        return intra(q.dtype)
+    sdtype = jnp.dtype(state_dtype or state_storage(q.dtype))
+    direct = _direct_split(q, v, width=width, num_prefix=num_prefix, rows=rows, n=n,
+                           interpret=interpret, backend=backend, block_q=block_q,
+                           block_k=block_k, state_dtype=sdtype)
+    if direct is not None:
+        return _direct(direct, q, k, v.astype(q.dtype), log_row, log_col)
     inter = _inter_chunk(q[:, num_prefix:], k[:, num_prefix:], v[:, num_prefix:], log_row,
                          log_col, width=width, rows=rows, n=n, interpret=interpret,
-                         backend=backend,
-                         state_dtype=jnp.dtype(state_dtype or state_storage(q.dtype)))
+                         backend=backend, state_dtype=sdtype)
     inter = jnp.pad(inter, ((0, 0), (num_prefix, 0), (0, 0), (0, 0)))
-    return (out + inter).astype(q.dtype)
+    return (intra(jnp.float32) + inter).astype(q.dtype)
+
+
+def _configs(dtype, backend: str, interpret: bool, rows: int, width: int, dk: int, dv: int,
+             state_dtype, layout: str) -> tuple[columns.ColumnConfig, states.PassConfig]:
+    """The column kernels' and the state pass's statics for inputs of `dtype`."""
+    cols = _column_layout(backend, width, rows, (dk, dv))[2]
+    cfg = columns.ColumnConfig(rows=rows, cols=cols, interpret=bool(interpret),
+                               backend=backend, precision=precision(dtype),
+                               dtype=jnp.dtype(dtype).name,
+                               state_dtype=jnp.dtype(state_dtype).name, layout=layout)
+    features = feature_size(dk, backend) * feature_size(dv, backend)
+    return cfg, states.PassConfig(tile=states.feature_tile(backend, features),
+                                  interpret=bool(interpret), backend=backend,
+                                  precision=cfg.precision)
+
+
+def _state_pass(cfg: states.PassConfig, sums, lk, lb, n: int):
+    """The state pass's kernel on `[(N-1) * B * H, W', Dk', Dv']` sums (no VJP of its own:
+    `_direct`'s backward calls `_state_pass_grads`)."""
+    m, wp, dkp, dvp = sums.shape
+    out = states._forward(cfg, sums.reshape(n - 1, m // (n - 1), wp, dkp * dvp), lk, lb)
+    return out.reshape(sums.shape)
+
+
+def _state_pass_grads(cfg: states.PassConfig, sums, lk, lb, g, n: int):
+    """`(d sums, d lk, d lb)` of `_state_pass`, laid out as its inputs."""
+    m, wp, dkp, dvp = sums.shape
+
+    def flat(x):
+        return x.reshape(n - 1, m // (n - 1), wp, dkp * dvp)
+
+    ds, dlk, dlb = states._backward(cfg, flat(sums), lk, lb, flat(g))
+    return ds.reshape(sums.shape), dlk, dlb
 
 
 def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backend,
@@ -162,13 +211,11 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
     its own, float32 `[B, num_image, H, Dv]` (zero in chunk 0)."""
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
-    rp, wp, cols, layout = _column_layout(backend, width, rows, (dk, dv))
+    rp, wp, _, layout = _column_layout(backend, width, rows, (dk, dv))
     dkp, dvp = feature_size(dk, backend), feature_size(dv, backend)
     c = rows * width
-    cfg = columns.ColumnConfig(rows=rows, cols=cols, interpret=bool(interpret),
-                               backend=backend, precision=precision(q.dtype),
-                               dtype=jnp.dtype(q.dtype).name, state_dtype=state_dtype.name,
-                               layout=layout)
+    cfg, pass_cfg = _configs(q.dtype, backend, interpret, rows, width, dk, dv, state_dtype,
+                             layout)
 
     def by_token(x):
         """[B, L, H, D] -> [B, N, R, W, H, D]: a free view (after a pad when the last
@@ -195,15 +242,10 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
         vc = by_column(v.astype(q.dtype), slice(0, n - 1), dvp)
         sums = columns.column_outer(cfg, "end", kt, vc, la)  # [(N-1)*B*H, W', Dk', Dv']
     # 3. Smoothing and state pass (float32): states[i] is what chunk i+1 reads.
-    features = dkp * dvp
-    pass_cfg = states.PassConfig(tile=states.feature_tile(backend, features),
-                                 interpret=bool(interpret), backend=backend,
-                                 precision=cfg.precision)
-
     def per_bh(log: jax.Array) -> jax.Array:
         return jnp.broadcast_to(log, (b, h)).reshape(-1, 1, 1)
 
-    entering = states.smooth_and_pass(pass_cfg, sums.reshape(n - 1, b * h, wp, features),
+    entering = states.smooth_and_pass(pass_cfg, sums.reshape(n - 1, b * h, wp, dkp * dvp),
                                       per_bh(rows * log_row), per_bh(log_col))
     # 4. Inter-chunk reads of chunks 1..N-1.
     entering = entering.reshape(-1, wp, dkp, dvp)
@@ -216,3 +258,118 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
         inter = inter.reshape(n - 1, b, h, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
         inter = inter.transpose(1, 0, 4, 3, 2, 5).reshape(b, (n - 1) * c, h, dv)
     return jnp.pad(inter, ((0, 0), (c, 0), (0, 0), (0, 0)))[:, :num_image]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Direct:
+    """Statics of a split that runs on the caller's arrays as they lie (`_direct_split`)."""
+
+    intra: masked.Plan
+    cols: columns.ColumnConfig
+    passes: states.PassConfig
+    chunks: int  # N
+    batch: int
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per chunk."""
+        return self.cols.rows * self.width
+
+    def view(self, x: jax.Array) -> jax.Array:
+        """`[B, T, H, D]` as `[B, N, R, W, H, D]`: free."""
+        b, _, h, d = x.shape
+        return x.reshape(b, self.chunks, self.cols.rows, self.width, h, d)
+
+    def logs(self, log_row: jax.Array, log_col: jax.Array):
+        """The log decays as each kernel takes them: per row of the column kernels
+        (`(N-1) * B * H`), per row of the state pass (`B * H`, over a chunk's rows and
+        across columns), per head of the intra-chunk kernels."""
+        n, b, h = self.chunks, self.batch, log_row.shape[0]
+
+        def rows_of(x, lead):
+            return jnp.broadcast_to(x, lead + (h,)).reshape(-1, 1, 1)
+
+        return (rows_of(log_row, (n - 1, b)), rows_of(self.cols.rows * log_row, (b,)),
+                rows_of(log_col, (b,)), self.intra.per_head(log_row),
+                self.intra.per_head(log_col))
+
+
+def _direct_split(q, v, *, width, num_prefix, rows, n, interpret, backend, block_q, block_k,
+                  state_dtype) -> _Direct | None:
+    """The statics of the direct split where it applies, else `None`.
+
+    Where the column kernels read the sequence in place ("tokens", GPU), there is no
+    prefix slot, the image fills its chunks and the intra-chunk kernels' blocks tile a
+    chunk, every kernel of the split can read and write the caller's `[B, T, H, D]`
+    arrays, and one `jax.custom_vjp` over the whole split (`_direct`) lets the kernels sum
+    the two parts themselves: the intra-chunk kernel adds the inter-chunk reads to its
+    output, and its backward kernels add the column kernels' gradients to theirs
+    (`masked.Addend`), before their one rounding. Composed from each kernel's own VJP,
+    those sums were XLA passes over sequence-sized arrays: the forward's float32 add,
+    the three gradient adds and a slice of the output's cotangent, 0.35 GB of the 2.7 GB a
+    forward+backward moved at T = 16384 (2048-token chunks, compiled for an H200;
+    benchmarks/RESULTS.md). A prefix slot shifts the image off the chunks' block grid, so
+    with one (LASADGen's class slot) the split stays a composition of the kernels.
+    """
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    layout = _column_layout(backend, width, rows, (dk, dv))[3]
+    if layout != "tokens" or num_prefix or t != n * rows * width:
+        return None
+    intra = masked.plan(q, width=width, rows_per_chunk=rows, block_q=block_q,
+                        block_k=block_k, interpret=interpret, backend=backend,
+                        out_dtype=q.dtype)
+    tiles = intra.cfg.tiles
+    if intra.padded != t or (rows * width) % math.lcm(tiles.block_q, tiles.block_k):
+        return None
+    cols, passes = _configs(q.dtype, backend, interpret, rows, width, dk, dv, state_dtype,
+                            layout)
+    return _Direct(intra, cols, passes, n, b, width)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _direct(sp: _Direct, q, k, v, log_row, log_col):
+    """`lasad` over whole chunks, no prefix (`_direct_split`): `[B, T, H, Dv]` in q's dtype."""
+    return _direct_fwd(sp, q, k, v, log_row, log_col)[0]
+
+
+def _direct_fwd(sp: _Direct, q, k, v, log_row, log_col):
+    b, t, h, dv = v.shape
+    la, lk, lb, lr, lc = sp.logs(log_row, log_col)
+    sums = columns._outer_call(sp.cols, "end", sp.view(k), sp.view(v), la,
+                               sp.cols.state_dtype)
+    entering = _state_pass(sp.passes, sums, lk, lb, sp.chunks)
+    # Chunk i + 1 reads the states entering it, written where its tokens lie (chunk 0 of
+    # the result is left unwritten: the addend's span starts after it).
+    inter = columns._apply_call(sp.cols, "start", False, sp.view(q), entering, la, x_off=1,
+                                out_to=(sp.chunks, 1))
+    add = masked.Addend(inter.reshape(b, t, h, dv), (sp.tokens, t))
+    out = masked._forward(sp.intra.cfg, q, k, v, lr, lc, q.dtype, add=add)
+    return out, (q, k, v, log_row, log_col, sums, entering)
+
+
+def _direct_bwd(sp: _Direct, res, do):
+    q, k, v, log_row, log_col, sums, entering = res
+    t, c = q.shape[1], sp.tokens
+    logs, pull_logs = jax.vjp(sp.logs, log_row, log_col)
+    la, lk, lb, lr, lc = logs
+    # Inter-chunk reads, then the state pass, then the chunk sums, backwards; each
+    # gradient written where its tokens lie (dq over chunks 1..N-1, dk and dv over
+    # 0..N-2), the rest left unwritten for the intra-chunk kernels' spans to skip.
+    dq_c, d_entering, dla_read = columns._apply_grads_call(
+        sp.cols, "start", sp.view(q), sp.view(do.astype(q.dtype)), entering, la, offset=1,
+        do_off=1, whole=True)
+    d_sums, dlk, dlb = _state_pass_grads(sp.passes, sums, lk, lb, d_entering, sp.chunks)
+    dk_c, dv_c, dla_sums = columns._outer_grads_call(sp.cols, "end", sp.view(k), sp.view(v),
+                                                     d_sums, la, 0, whole=True)
+    dq, dk, dv, dlr, dlc = masked._backward(
+        sp.intra.cfg, q, k, v, lr, lc, do,
+        dq_add=masked.Addend(dq_c.reshape(q.shape), (c, t)),
+        dkv_add=(masked.Addend(dk_c.reshape(k.shape), (0, t - c)),
+                 masked.Addend(dv_c.reshape(v.shape), (0, t - c))))
+    d_log_row, d_log_col = pull_logs((dla_read + dla_sums, dlk, dlb, dlr, dlc))
+    return dq, dk, dv, d_log_row, d_log_col
+
+
+_direct.defvjp(_direct_fwd, _direct_bwd)

@@ -11,9 +11,10 @@ the chunk's `R` rows of that column:
   chunk's start).
 
 Each is the other's backward: `column_outer`'s gradients are two `column_apply` products
-(on GPU one kernel computes both, reading each `dS` once and writing each gradient in its
-input's layout; `_outer_bwd` says why not on TPU) and `column_apply`'s are one of each, so
-both sit behind a `jax.custom_vjp` whose backward runs kernels too. The decay gradient is
+and `column_apply`'s are one of each, so both sit behind a `jax.custom_vjp` whose backward
+runs kernels too. On GPU one kernel computes both gradients of either, reading each
+state (or `dS`) and each token-side input once and writing each gradient in its input's
+layout (`_outer_bwd` says why not on TPU). The decay gradient is
 an elementwise identity, `d log a = sum_r tick_r <x_r, dx_r>`: the kernel that computes
 `dx` also returns its program's share of the sum, from `dx` in float32, and writes `dx`
 in the input dtype, so no float32 gradient is read back. The decay `e_r` is built in the
@@ -128,11 +129,13 @@ class _Blocks:
         return pl.BlockSpec((None, None, a, self.cfg.cols, None, b),
                             lambda i, h, c: (i % batch, i // batch + offset, 0, c, h, 0))
 
-    def seq_shape(self, a: int, b: int, dtype) -> jax.ShapeDtypeStruct:
-        """A token-side output of `[a, b]` tiles over the grid's chunks (offset 0)."""
+    def seq_shape(self, a: int, b: int, dtype, chunks: int | None = None
+                  ) -> jax.ShapeDtypeStruct:
+        """A token-side output of `[a, b]` tiles: over the grid's chunks, or in "tokens"
+        an array of `chunks` chunks that the grid writes from some offset on (`seq`)."""
         if not self.tokens:
             return jax.ShapeDtypeStruct((self.m, self.width, a, b), dtype)
-        chunks = self.m // (self.batch * self.heads)
+        chunks = chunks or self.m // (self.batch * self.heads)
         return jax.ShapeDtypeStruct((self.batch, chunks, a, self.width, self.heads, b), dtype)
 
     def x_tile(self, x: jax.Array) -> tuple[int, int]:
@@ -255,6 +258,49 @@ def _outer_grads_kernel(la_ref, x_ref, y_ref, ds_ref, dx_ref, dy_ref, share_ref,
     share_ref[...] = share
 
 
+def _apply_grads_kernel(la_ref, x_ref, do_ref, m_ref, dx_ref, dm_ref, share_ref, *,
+                        cfg: ColumnConfig, clock: str):
+    """Both gradients of `column_apply` (not transposed) from one read of `x`, `do` and
+    each `M[c]`: `dx[c] = e * (do[c] @ M[c]^T)` (written in `x`'s layout and dtype, with
+    this program's share of `d log a` as `_apply_kernel`'s) and
+    `dM[c] = sum_r e_r x[c, r]^T do[c, r]` (as `_outer_kernel`, in the state's storage).
+    GPU: the `x^T do` product contracts a tile's rows, which Triton transposes on chip."""
+    rp = x_ref.shape[0] if cfg.layout == "tokens" else x_ref.shape[-2]
+    e = _decay(cfg, clock, (rp, 1), 0, la_ref[...])  # [R', 1], along the rows
+    weight = _log_weight(cfg, clock, rp)
+    share = jnp.zeros((1, 1), F32)
+    for c in range(cfg.cols):
+        m = _operand(m_ref[c])
+        x = _load(cfg, x_ref, c)
+        do = _load(cfg, do_ref, c).astype(cfg.dtype)
+        dx = _dot(cfg, do.astype(m.dtype), m, ((1,), (1,))) * e
+        _store(cfg, dx_ref, c, dx)
+        share = share + sum11(weight * x.astype(F32) * dx)
+        xe = (x.astype(F32) * e).astype(cfg.dtype)
+        dm_ref[c] = _dot(cfg, xe, do, ((0,), (0,))).astype(dm_ref.dtype)
+    share_ref[...] = share
+
+
+def _apply_grads_call(cfg: ColumnConfig, clock: str, x, do, mat, la, offset=0, do_off=0,
+                      whole: bool = False):
+    """`(dx, dmat, d_log_a)` of `column_apply` (not transposed) from
+    `_apply_grads_kernel`: in "tokens", `x` read from chunk `offset` and `do` from chunk
+    `do_off`; `dx` over the grid's chunks, or with `whole` laid out as `x`, the chunks
+    outside the grid's left unwritten."""
+    blk = _Blocks(cfg, la, x)
+    rp, dx = (x.shape[2], x.shape[-1]) if blk.tokens else x.shape[-2:]
+    dy = mat.shape[-1]
+    out_off, chunks = (offset, x.shape[1]) if whole else (0, None)
+    kernel = functools.partial(_apply_grads_kernel, cfg=cfg, clock=clock)
+    dxs, dmat, shares = call(
+        cfg.backend, cfg.interpret, kernel, blk.grid,
+        [blk.decay(), blk.seq(rp, dx, offset), blk.seq(rp, dy, do_off), blk.state(dx, dy)],
+        [blk.seq(rp, dx, out_off), blk.state(dx, dy), blk.share()],
+        [blk.seq_shape(rp, dx, x.dtype, chunks), jax.ShapeDtypeStruct(mat.shape, mat.dtype),
+         _shares(blk.m, blk.grid[-1])])(la, x, do, mat)
+    return dxs, dmat, shares.sum(axis=1)
+
+
 def _outer_call(cfg: ColumnConfig, clock: str, x, y, la, out_dtype, x_off=0, y_off=0):
     """`[M, W, Dx, Dy]` sums in `out_dtype`; "columns" takes `x` transposed."""
     blk = _Blocks(cfg, la, x)
@@ -268,11 +314,12 @@ def _outer_call(cfg: ColumnConfig, clock: str, x, y, la, out_dtype, x_off=0, y_o
 
 
 def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_with=None,
-                out_dtype=F32, x_off=0, log_off=0):
+                out_dtype=F32, x_off=0, log_off=0, out_to: tuple[int, int] | None = None):
     """`_apply_kernel` over every column; with `log_with` (an array laid out as the
     output, read from chunk `log_off` in "tokens") also `d log a` per row of M,
     `[M, 1, 1]`: `(out, d_log_a)`. The output covers the grid's chunks (in "tokens", from
-    chunk 0 of its own array)."""
+    chunk 0 of its own array; `out_to=(chunks, offset)`: in an array of that many chunks,
+    from `offset` on, the others left unwritten)."""
     blk = _Blocks(cfg, la, x)
     rp, dx = (x.shape[2], x.shape[-1]) if blk.tokens else x.shape[-2:]
     dy = mat.shape[-2] if transpose else mat.shape[-1]
@@ -281,8 +328,9 @@ def _apply_call(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, log_
                                with_log=with_log)
     inputs = [la, x, mat]
     in_specs = [blk.decay(), blk.seq(rp, dx, x_off), blk.state(*mat.shape[-2:])]
-    out_specs = [blk.seq(rp, dy)]
-    out_shape = [blk.seq_shape(rp, dy, out_dtype)]
+    chunks, out_off = out_to or (None, 0)
+    out_specs = [blk.seq(rp, dy, out_off)]
+    out_shape = [blk.seq_shape(rp, dy, out_dtype, chunks)]
     if with_log:
         inputs.append(log_with)
         in_specs.append(blk.seq(rp, dy, log_off))
@@ -297,15 +345,19 @@ def _shares(m: int, programs: int):
     return jax.ShapeDtypeStruct((m, programs, 1, 1), F32)
 
 
-def _outer_grads_call(cfg: ColumnConfig, clock: str, x, y, ds, la, offset=0):
+def _outer_grads_call(cfg: ColumnConfig, clock: str, x, y, ds, la, offset=0,
+                      whole: bool = False):
     """`(dx, dy, d_log_a)` of `column_outer` from `_outer_grads_kernel` ("columns": `x`
-    and `dx` transposed); "tokens" gradients cover the grid's chunks only."""
+    and `dx` transposed); "tokens" gradients cover the grid's chunks only, or with `whole`
+    are laid out as `x` and `y`, the chunks outside the grid's left unwritten."""
     blk = _Blocks(cfg, la, x)
     xt, (rp, dy) = blk.x_tile(x), (y.shape[2], y.shape[-1])
     dx = xt[1] if blk.tokens else xt[0]
-    # Read from `offset` ("tokens"), written over the grid's chunks only.
-    ins, outs = [blk.seq(*xt, offset), blk.seq(rp, dy, offset)], [blk.seq(*xt), blk.seq(rp, dy)]
-    shapes = [blk.seq_shape(*xt, x.dtype), blk.seq_shape(rp, dy, y.dtype)]
+    # Read from `offset` ("tokens"), written over the grid's chunks (or where they lie).
+    out_off, chunks = (offset, x.shape[1]) if whole else (0, None)
+    ins = [blk.seq(*xt, offset), blk.seq(rp, dy, offset)]
+    outs = [blk.seq(*xt, out_off), blk.seq(rp, dy, out_off)]
+    shapes = [blk.seq_shape(*xt, x.dtype, chunks), blk.seq_shape(rp, dy, y.dtype, chunks)]
     kernel = functools.partial(_outer_grads_kernel, cfg=cfg, clock=clock)
     dxs, dys, shares = call(
         cfg.backend, cfg.interpret, kernel, blk.grid,
@@ -376,6 +428,9 @@ def _apply_bwd(cfg, clock, transpose, offset, res, do):
     x, mat, la = res
     do_in = do.astype(x.dtype)  # the products run in the input dtype
     tokens = cfg.layout == "tokens"
+    if cfg.backend == "gpu" and not transpose:  # one kernel: x, do and each state read once
+        dx, dmat, dla = _apply_grads_call(cfg, clock, x, do_in, mat, la, offset)
+        return (_fill_chunks(dx, x.shape[1], offset) if tokens else dx), dmat, dla
     dx, dla = _apply_call(cfg, clock, not transpose, do_in, mat, la, log_with=x,
                           out_dtype=x.dtype, log_off=offset)
     # d mat = sum_r e_r x_r^T do_r (or its transpose): a column_outer over the rows,

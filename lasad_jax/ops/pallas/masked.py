@@ -56,6 +56,21 @@ class Tiles(NamedTuple):
     num_stages: int = 2
 
 
+class Addend(NamedTuple):
+    """An array a kernel adds to its result before the one rounding to the result's dtype,
+    laid out as that result (the kernel layout, `[B, Tp, H, D]` or `[B, H, Tp, D]`), and
+    the slots `[lo, hi)` it holds (`span`; `None`: every slot). Outside its span a block of
+    it is never read as data, so the caller may leave that memory unwritten.
+
+    Why: the chunkwise-parallel split (`chunked.py`) sums this kernel's output with the
+    inter-chunk reads, and its gradients with the column kernels' gradients. As separate
+    XLA passes, those sums read and wrote four or five sequence-sized arrays more per
+    forward+backward (0.35 GB of 2.7 at T = 16384, compiled for an H200)."""
+
+    array: jax.Array
+    span: tuple[int, int] | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Config:
     """Everything static about one call (hashable: it is a `nondiff_argnums` of the VJP)."""
@@ -202,44 +217,62 @@ def _dims(cfg: _Config, x: jax.Array) -> tuple[int, int, int]:
     return x.shape[0], x.shape[1], x.shape[2]
 
 
-def _forward(cfg: _Config, q, k, v, lr, lc, out_dtype):
+def _forward(cfg: _Config, q, k, v, lr, lc, out_dtype, add: Addend | None = None):
     b, h, tp = _dims(cfg, q)
     dk, dv = q.shape[-1], v.shape[-1]
     bq, bk = cfg.tiles.block_q, cfg.tiles.block_k
-    kernel = functools.partial(kern.forward_kernel, block_k=bk, **cfg.statics)
     one = _single_buffer(cfg, tp, max(dk, dv), k.dtype)
+    in_specs = [_LOG_SPEC, _LOG_SPEC, _seq_spec(cfg.layout, bq, dk),
+                _seq_spec(cfg.layout, tp, dk, whole=True, single=one),
+                _seq_spec(cfg.layout, tp, dv, whole=True, single=one)]
+    inputs = [lr, lc, q, k, v]
+    if add is not None:
+        in_specs.append(_seq_spec(cfg.layout, bq, dv))
+        inputs.append(add.array)
+    kernel = functools.partial(kern.forward_kernel, block_k=bk, add=add is not None,
+                               span=None if add is None else add.span,
+                               **cfg.statics)
     return call(
-        cfg.backend, cfg.interpret, kernel, (b, h, tp // bq),
-        [_LOG_SPEC, _LOG_SPEC, _seq_spec(cfg.layout, bq, dk),
-         _seq_spec(cfg.layout, tp, dk, whole=True, single=one),
-         _seq_spec(cfg.layout, tp, dv, whole=True, single=one)],
+        cfg.backend, cfg.interpret, kernel, (b, h, tp // bq), in_specs,
         _seq_spec(cfg.layout, bq, dv),
         jax.ShapeDtypeStruct(v.shape, jnp.dtype(out_dtype)), **cfg.launch,
-    )(lr, lc, q, k, v)
+    )(*inputs)
 
 
-def _backward(cfg: _Config, q, k, v, lr, lc, do):
+def _backward(cfg: _Config, q, k, v, lr, lc, do, dq_add: Addend | None = None,
+              dkv_add: tuple[Addend, Addend] | None = None):
+    """The five gradients; `dq_add`, `dkv_add`: addends of `dq` and of `dk, dv` (the two
+    with one span)."""
     b, h, tp = _dims(cfg, q)
     dk, dv = q.shape[-1], v.shape[-1]
     do = do.astype(q.dtype)  # the products run in the input dtype
     # dq = sum_j M (do . v_j) k_j is the forward pass with (q, k, v) -> (do, v, k).
-    dq = _forward(cfg, do, v, k, lr, lc, q.dtype)
+    dq = _forward(cfg, do, v, k, lr, lc, q.dtype, add=dq_add)
     bq, bk = cfg.tiles.block_q, cfg.tiles.block_k
     n_k = tp // bk
     part = jax.ShapeDtypeStruct((b, h, n_k, 1, 1), jnp.float32)
     part_spec = pl.BlockSpec((None, None, None, 1, 1), lambda b, h, n: (b, h, n, 0, 0))
     lay = cfg.layout
     one = _single_buffer(cfg, tp, max(dk, dv), q.dtype)
+    in_specs = [_LOG_SPEC, _LOG_SPEC, _seq_spec(lay, tp, dk, whole=True, single=one),
+                _seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv),
+                _seq_spec(lay, tp, dv, whole=True, single=one)]
+    inputs = [lr, lc, q, k, v, do]
+    if dkv_add is not None:
+        if dkv_add[0].span != dkv_add[1].span:
+            raise ValueError(f"dk and dv addends need one span, got {dkv_add[0].span} "
+                             f"and {dkv_add[1].span}")
+        in_specs += [_seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv)]
+        inputs += [dkv_add[0].array, dkv_add[1].array]
+    kernel = functools.partial(kern.dkv_kernel, block_q=bq, add=dkv_add is not None,
+                               span=None if dkv_add is None else dkv_add[0].span,
+                               **cfg.statics)
     dk_, dv_, dlr, dlc = call(
-        cfg.backend, cfg.interpret,
-        functools.partial(kern.dkv_kernel, block_q=bq, **cfg.statics), (b, h, n_k),
-        [_LOG_SPEC, _LOG_SPEC, _seq_spec(lay, tp, dk, whole=True, single=one),
-         _seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv),
-         _seq_spec(lay, tp, dv, whole=True, single=one)],
+        cfg.backend, cfg.interpret, kernel, (b, h, n_k), in_specs,
         [_seq_spec(lay, bk, dk), _seq_spec(lay, bk, dv), part_spec, part_spec],
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
          part, part], **cfg.launch,
-    )(lr, lc, q, k, v, do)
+    )(*inputs)
     if cfg.rows_per_chunk is not None and cfg.num_prefix:
         dk_, dv_ = _prefix_key_grads(cfg, q, k, v, do, dk_, dv_)
     # Per-(batch, key block) partial sums of the decay gradients: the reduction is a tiny
@@ -340,6 +373,67 @@ def feature_size(d: int, backend: str) -> int:
     return max(16, pl.next_power_of_2(d)) if backend == "gpu" else d
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One call's kernel configuration and the layout glue around the kernels: the
+    caller's `[B, T, H, D]` arrays to the kernel layout and back (`intra_attention`; the
+    chunkwise-parallel split, which calls the kernels itself, uses it too)."""
+
+    cfg: _Config
+    tokens: int  # T
+    padded: int  # Tp: a multiple of both blocks
+    heads: int
+
+    def to_kernel(self, x: jax.Array, depth: int) -> jax.Array:
+        """`[B, T, H, D]` to the kernel layout: zero padding only where needed (padded keys
+        add nothing; padded query rows are sliced off by `from_kernel`), transposed on
+        TPU."""
+        if self.padded > x.shape[1] or depth > x.shape[-1]:
+            x = jnp.pad(x, ((0, 0), (0, self.padded - x.shape[1]), (0, 0),
+                            (0, depth - x.shape[-1])))
+        return x.transpose(0, 2, 1, 3) if self.cfg.layout == "bhtd" else x
+
+    def from_kernel(self, x: jax.Array, depth: int) -> jax.Array:
+        """A kernel-layout result back to `[B, T, H, depth]`."""
+        if self.cfg.layout == "bhtd":
+            x = x.transpose(0, 2, 1, 3)
+        return x if x.shape[1:] == (self.tokens, self.heads, depth) else \
+            x[:, :self.tokens, :, :depth]
+
+    def per_head(self, log: jax.Array) -> jax.Array:
+        return log.astype(jnp.float32).reshape(self.heads, 1, 1)
+
+
+def plan(q: jax.Array, *, width: int, num_prefix: int = 0, rows_per_chunk: int | None = None,
+         block_q: int | None = None, block_k: int | None = None, num_warps: int | None = None,
+         num_stages: int | None = None, interpret: bool = False, backend: str = "tpu",
+         out_dtype=jnp.float32) -> Plan:
+    """The `Plan` of `intra_attention` for queries like `q` (arguments as there, checked
+    here)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    t, h = q.shape[1], q.shape[2]
+    if t >= MAX_TOKENS:
+        raise ValueError(f"the masked Pallas kernel supports T < {MAX_TOKENS}, got {t}")
+    if backend == "tpu" and (num_warps, num_stages) != (None, None):
+        raise ValueError("num_warps and num_stages are Triton settings (backend='gpu'), "
+                         f"got num_warps={num_warps!r}, num_stages={num_stages!r}")
+    given = dict(block_q=block_q, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    tiles = default_tiles(backend, q.dtype)._replace(
+        **{name: x for name, x in given.items() if x is not None})
+    if not _is_int(tiles.num_warps) or tiles.num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps must be one of 1, 2, 4, 8, 16, got {num_warps!r}")
+    if not _is_int(tiles.num_stages) or tiles.num_stages < 1:
+        raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
+    tiles = tiles._replace(block_q=_fit_block(tiles.block_q, t, backend),
+                           block_k=_fit_block(tiles.block_k, t, backend))
+    cfg = _Config(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
+                  tiles=tiles, interpret=bool(interpret), backend=backend,
+                  precision=matmul_precision(q.dtype),
+                  out_dtype=jnp.dtype(out_dtype).name)
+    return Plan(cfg, t, _round_up(t, math.lcm(tiles.block_q, tiles.block_k)), h)
+
+
 def intra_attention(
     q: jax.Array,
     k: jax.Array,
@@ -373,43 +467,11 @@ def intra_attention(
     `None` takes `default_tiles`. The matmuls' precision follows q's dtype
     (`precision.precision`).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
-    if t >= MAX_TOKENS:
-        raise ValueError(f"the masked Pallas kernel supports T < {MAX_TOKENS}, got {t}")
-    if backend == "tpu" and (num_warps, num_stages) != (None, None):
-        raise ValueError("num_warps and num_stages are Triton settings (backend='gpu'), "
-                         f"got num_warps={num_warps!r}, num_stages={num_stages!r}")
-    given = dict(block_q=block_q, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
-    tiles = default_tiles(backend, q.dtype)._replace(
-        **{name: x for name, x in given.items() if x is not None})
-    if not _is_int(tiles.num_warps) or tiles.num_warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"num_warps must be one of 1, 2, 4, 8, 16, got {num_warps!r}")
-    if not _is_int(tiles.num_stages) or tiles.num_stages < 1:
-        raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
-    tiles = tiles._replace(block_q=_fit_block(tiles.block_q, t, backend),
-                           block_k=_fit_block(tiles.block_k, t, backend))
-    tp = _round_up(t, math.lcm(tiles.block_q, tiles.block_k))
-    dk_p, dv_p = feature_size(dk, backend), feature_size(dv, backend)
-    cfg = _Config(width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
-                  tiles=tiles, interpret=bool(interpret), backend=backend,
-                  precision=matmul_precision(q.dtype),
-                  out_dtype=jnp.dtype(out_dtype).name)
-
-    def to_kernel(x: jax.Array, depth: int) -> jax.Array:
-        # Zero padding, only where needed: padded keys add nothing; padded query rows
-        # are sliced off below.
-        if tp > t or depth > x.shape[-1]:
-            x = jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, depth - x.shape[-1])))
-        return x.transpose(0, 2, 1, 3) if cfg.layout == "bhtd" else x
-
-    def per_head(log: jax.Array) -> jax.Array:
-        return log.astype(jnp.float32).reshape(h, 1, 1)
-
-    out = _masked_core(cfg, to_kernel(q, dk_p), to_kernel(k, dk_p),
-                       to_kernel(v.astype(q.dtype), dv_p), per_head(log_row), per_head(log_col))
-    if cfg.layout == "bhtd":
-        out = out.transpose(0, 2, 1, 3)
-    return out if out.shape == (b, t, h, dv) else out[:, :t, :, :dv]
+    p = plan(q, width=width, num_prefix=num_prefix, rows_per_chunk=rows_per_chunk,
+             block_q=block_q, block_k=block_k, num_warps=num_warps, num_stages=num_stages,
+             interpret=interpret, backend=backend, out_dtype=out_dtype)
+    dk_p, dv_p = feature_size(q.shape[-1], backend), feature_size(v.shape[-1], backend)
+    out = _masked_core(p.cfg, p.to_kernel(q, dk_p), p.to_kernel(k, dk_p),
+                       p.to_kernel(v.astype(q.dtype), dv_p), p.per_head(log_row),
+                       p.per_head(log_col))
+    return p.from_kernel(out, v.shape[-1])

@@ -107,10 +107,23 @@ def sum11(x: jax.Array) -> jax.Array:
     return jnp.sum(jnp.sum(x, axis=1, keepdims=True), axis=0, keepdims=True)
 
 
-def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, width: int,
-                   num_prefix: int, rows_per_chunk: int | None, prec: lax.Precision) -> None:
+def added(ref, start, span: tuple[int, int] | None) -> jax.Array:
+    """A block of an addend (`masked.Addend`) in float32: the block starting at slot
+    `start`, or zeros when that block lies outside the slots `span` the addend holds
+    (whose memory the caller may have left unwritten). `span=None`: it holds them all."""
+    x = ref[...].astype(F32)
+    if span is None:
+        return x
+    return jnp.where((start >= span[0]) & (start < span[1]), x, 0.0)
+
+
+def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, *refs, block_k: int, width: int,
+                   num_prefix: int, rows_per_chunk: int | None, prec: lax.Precision,
+                   add: bool = False, span: tuple[int, int] | None = None) -> None:
     """One query block: `o = sum_kb ((q k^T) * M) v` over the prefix key blocks and the
-    key blocks from the query block's chunk start up to the diagonal."""
+    key blocks from the query block's chunk start up to the diagonal; with `add`, plus
+    the block of an addend (the first of `refs`) before the one rounding to `o`'s dtype."""
+    add_ref, o_ref = refs if add else (None, *refs)
     bq = q_ref.shape[0]
     q0 = pl.program_id(2) * bq
     q = q_ref[...]
@@ -132,12 +145,14 @@ def forward_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, 
     if num_prefix:  # the prefix key blocks before the chunk's first
         acc = lax.fori_loop(0, jnp.minimum(first, -(-num_prefix // block_k)), body, acc)
     acc = lax.fori_loop(first, n_k, body, acc)
+    if add:
+        acc = acc + added(add_ref, q0, span)
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
-def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_ref, dlc_ref,
-               *, block_q: int, width: int, num_prefix: int, rows_per_chunk: int | None,
-               prec: lax.Precision) -> None:
+def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, *refs, block_q: int, width: int,
+               num_prefix: int, rows_per_chunk: int | None, prec: lax.Precision,
+               add: bool = False, span: tuple[int, int] | None = None) -> None:
     """One key block: dk, dv, and this block's share of the per-head log-decay gradients,
     over the query blocks from the diagonal to the end of the key block's chunk. With
     chunks, prefix keys get no share here: every later query reads them, so one program
@@ -148,8 +163,11 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     Tiles are built transposed (keys along rows) so every product is a plain `a @ b` or
     `a @ b.T`: no transposed-LHS matmul is needed from the lowering. With `S = q k^T` and
     `dP = do v^T`, `d log a = sum_{pairs} dr * M * S * dP` (and `|dc|` for `log b`),
-    since `dM / d log a = dr * M` there.
+    since `dM / d log a = dr * M` there. With `add`, `refs` begins with two addends, added
+    to `dk` and `dv` before their rounding.
     """
+    dk_add, dv_add = refs[:2] if add else (None, None)
+    dk_ref, dv_ref, dlr_ref, dlc_ref = refs[2:] if add else refs
     bk = k_ref.shape[0]
     k0 = pl.program_id(2) * bk
     k, v = k_ref[...], v_ref[...]
@@ -179,6 +197,8 @@ def dkv_kernel(lr_ref, lc_ref, q_ref, k_ref, v_ref, do_ref, dk_ref, dv_ref, dlr_
     zero11 = jnp.zeros((1, 1), F32)
     init = (jnp.zeros(k.shape, F32), jnp.zeros(v.shape, F32), zero11, zero11)
     dk, dv, dlr, dlc = lax.fori_loop(first, n_q, body, init)
+    if add:
+        dk, dv = dk + added(dk_add, k0, span), dv + added(dv_add, k0, span)
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
     dlr_ref[...] = dlr
