@@ -11,7 +11,8 @@ that is not here and hands the text to `traffic`.
 
 Rules, per kernel:
 * reads: each operand's bytes, except that a fusion parameter used only through
-  slices (`dynamic-slice`, `slice`, `gather`) counts the slices, and the buffer a fusion
+  slices (`dynamic-slice`, `slice`, `gather`; a static slice's own uses followed, so
+  a slice of a slice counts the inner one) counts the slices, and the buffer a fusion
   updates in place (operand 0 of a `dynamic-update-slice` that is the fusion's result)
   counts nothing;
 * writes: the result's bytes, except an in-place `dynamic-update-slice` writes only its
@@ -97,11 +98,15 @@ class _Program:
             root.name if root is not None else ""}
 
         def touched(name: str, full: int) -> int:
-            """Bytes of `name` the fusion reads: slices only, or all of it."""
+            """Bytes of `name` the fusion reads: slices only, or all of it. A static
+            slice is followed: a slice of a slice reads only the inner one (XLA fuses a
+            column block of a fused projection's output, then one head's part of it)."""
             got = 0
             for use in users.get(name, []):
                 if use.op == "bitcast":
                     got += touched(use.name, full)
+                elif use.op == "slice":
+                    got += touched(use.name, nbytes(use.shape))
                 elif use.op in _SLICES:
                     got += nbytes(use.shape)
                 elif use.op == "dynamic-update-slice" and use.operands[0] == name:

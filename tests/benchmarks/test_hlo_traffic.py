@@ -37,6 +37,42 @@ def test_slices_in_place_updates_and_loops_on_known_hlo():
     assert step["bytes"] == 2 * (260 + 256) and step["launches"] == 2
 
 
+NESTED_SLICE_HLO = """
+HloModule nested
+
+%one_head (p0: f32[64,192]) -> f32[64,64] {
+  %p0 = f32[64,192]{1,0} parameter(0)
+  %cols = f32[64,128]{1,0} slice(%p0), slice={[0:64], [64:192]}
+  %heads = f32[64,2,64]{2,1,0} bitcast(%cols)
+  %head = f32[64,1,64]{2,1,0} slice(%heads), slice={[0:64], [1:2], [0:64]}
+  %flat = f32[64,64]{1,0} bitcast(%head)
+  ROOT %neg = f32[64,64]{1,0} negate(%flat)
+}
+
+%both_heads (p0: f32[64,192]) -> f32[64,128] {
+  %p0 = f32[64,192]{1,0} parameter(0)
+  %cols = f32[64,128]{1,0} slice(%p0), slice={[0:64], [64:192]}
+  ROOT %neg = f32[64,128]{1,0} negate(%cols)
+}
+
+ENTRY %main (x: f32[64,192]) -> (f32[64,64], f32[64,128]) {
+  %x = f32[64,192]{1,0} parameter(0)
+  %a = f32[64,64]{1,0} fusion(%x), kind=kLoop, calls=%one_head
+  %b = f32[64,128]{1,0} fusion(%x), kind=kLoop, calls=%both_heads
+  ROOT %t = (f32[64,64]{1,0}, f32[64,128]{1,0}) tuple(%a, %b)
+}
+"""
+
+
+def test_a_slice_of_a_slice_reads_the_inner_one():
+    """One head's part of a column block of a projection (as XLA fuses q out of a wider
+    fused projection): the fusion reads that part, not the block; a fusion using the whole
+    block reads the block."""
+    kernels = {k.name: k for k in traffic(NESTED_SLICE_HLO)}
+    assert (kernels["a"].read, kernels["a"].written) == (64 * 64 * 4, 64 * 64 * 4)
+    assert (kernels["b"].read, kernels["b"].written) == (64 * 128 * 4, 64 * 128 * 4)
+
+
 def test_a_compiled_elementwise_program():
     """One fused elementwise kernel over 1024 float32 numbers: 4 KiB in, 4 KiB out."""
     text = jax.jit(lambda x: jnp.tanh(x) * 2.0 + 1.0).lower(
