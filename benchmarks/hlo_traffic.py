@@ -101,6 +101,8 @@ class _Program:
             """Bytes of `name` the fusion reads: slices only, or all of it. A static
             slice is followed: a slice of a slice reads only the inner one (XLA fuses a
             column block of a fused projection's output, then one head's part of it)."""
+            if name in outputs:  # the fusion writes it out: all of it is read
+                return full
             got = 0
             for use in users.get(name, []):
                 if use.op == "bitcast":

@@ -55,11 +55,17 @@ HloModule nested
   ROOT %neg = f32[64,128]{1,0} negate(%cols)
 }
 
-ENTRY %main (x: f32[64,192]) -> (f32[64,64], f32[64,128]) {
+%copy_head (p0: f32[64,192]) -> f32[64,64] {
+  %p0 = f32[64,192]{1,0} parameter(0)
+  ROOT %head = f32[64,64]{1,0} slice(%p0), slice={[0:64], [128:192]}
+}
+
+ENTRY %main (x: f32[64,192]) -> (f32[64,64], f32[64,128], f32[64,64]) {
   %x = f32[64,192]{1,0} parameter(0)
   %a = f32[64,64]{1,0} fusion(%x), kind=kLoop, calls=%one_head
   %b = f32[64,128]{1,0} fusion(%x), kind=kLoop, calls=%both_heads
-  ROOT %t = (f32[64,64]{1,0}, f32[64,128]{1,0}) tuple(%a, %b)
+  %c = f32[64,64]{1,0} fusion(%x), kind=kLoop, calls=%copy_head
+  ROOT %t = (f32[64,64]{1,0}, f32[64,128]{1,0}, f32[64,64]{1,0}) tuple(%a, %b, %c)
 }
 """
 
@@ -67,10 +73,11 @@ ENTRY %main (x: f32[64,192]) -> (f32[64,64], f32[64,128]) {
 def test_a_slice_of_a_slice_reads_the_inner_one():
     """One head's part of a column block of a projection (as XLA fuses q out of a wider
     fused projection): the fusion reads that part, not the block; a fusion using the whole
-    block reads the block."""
+    block reads the block; a fusion that is a slice (a copy of one head) reads the slice."""
     kernels = {k.name: k for k in traffic(NESTED_SLICE_HLO)}
     assert (kernels["a"].read, kernels["a"].written) == (64 * 64 * 4, 64 * 64 * 4)
     assert (kernels["b"].read, kernels["b"].written) == (64 * 128 * 4, 64 * 128 * 4)
+    assert (kernels["c"].read, kernels["c"].written) == (64 * 64 * 4, 64 * 64 * 4)
 
 
 def test_a_compiled_elementwise_program():
