@@ -151,6 +151,7 @@ def lasad_pallas(
     log_row, log_col = log_row.astype(jnp.float32), log_col.astype(jnp.float32)
     num_image = q.shape[1] - num_prefix
     rows, n = chunk_rows(width, chunk_size, max(num_image, 1))
+
     def intra(out_dtype):
         return intra_attention(q, k, v, width=width, num_prefix=num_prefix, log_row=log_row,
                                log_col=log_col, rows_per_chunk=rows if n > 1 else None,
