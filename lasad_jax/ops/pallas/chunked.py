@@ -173,10 +173,10 @@ def lasad_pallas(
     return (intra(jnp.float32) + inter).astype(q.dtype)
 
 
-def _configs(dtype, backend: str, interpret: bool, rows: int, width: int, dk: int, dv: int,
-             state_dtype, layout: str) -> tuple[columns.ColumnConfig, states.PassConfig]:
-    """The column kernels' and the state pass's statics for inputs of `dtype`."""
-    cols = _column_layout(backend, width, rows, (dk, dv))[2]
+def _configs(dtype, backend: str, interpret: bool, rows: int, dk: int, dv: int, state_dtype,
+             cols: int, layout: str) -> tuple[columns.ColumnConfig, states.PassConfig]:
+    """The column kernels' and the state pass's statics for inputs of `dtype` (`cols` and
+    `layout` as `_column_layout` gives them)."""
     cfg = columns.ColumnConfig(rows=rows, cols=cols, interpret=bool(interpret),
                                backend=backend, precision=precision(dtype),
                                dtype=jnp.dtype(dtype).name,
@@ -187,22 +187,34 @@ def _configs(dtype, backend: str, interpret: bool, rows: int, width: int, dk: in
                                   precision=cfg.precision)
 
 
+def _by_chunk(x: jax.Array, n: int) -> jax.Array:
+    """Column states `[(N-1) * B * H, W', Dk', Dv']` as the state pass takes them,
+    `[N-1, B * H, W', Dk' * Dv']` (free)."""
+    m, wp, dkp, dvp = x.shape
+    return x.reshape(n - 1, m // (n - 1), wp, dkp * dvp)
+
+
+def _column_logs(log_row: jax.Array, log_col: jax.Array, n: int, batch: int, rows: int):
+    """`(la, lk, lb)`: log a per row of the column kernels (`(N-1) * B * H`), and per row
+    of the state pass (`B * H`) the log decay over a chunk's rows and log b."""
+    h = log_row.shape[0]
+
+    def rows_of(x, lead):
+        return jnp.broadcast_to(x, lead + (h,)).reshape(-1, 1, 1)
+
+    return (rows_of(log_row, (n - 1, batch)), rows_of(rows * log_row, (batch,)),
+            rows_of(log_col, (batch,)))
+
+
 def _state_pass(cfg: states.PassConfig, sums, lk, lb, n: int):
     """The state pass's kernel on `[(N-1) * B * H, W', Dk', Dv']` sums (no VJP of its own:
     `_direct`'s backward calls `_state_pass_grads`)."""
-    m, wp, dkp, dvp = sums.shape
-    out = states._forward(cfg, sums.reshape(n - 1, m // (n - 1), wp, dkp * dvp), lk, lb)
-    return out.reshape(sums.shape)
+    return states._forward(cfg, _by_chunk(sums, n), lk, lb).reshape(sums.shape)
 
 
 def _state_pass_grads(cfg: states.PassConfig, sums, lk, lb, g, n: int):
     """`(d sums, d lk, d lb)` of `_state_pass`, laid out as its inputs."""
-    m, wp, dkp, dvp = sums.shape
-
-    def flat(x):
-        return x.reshape(n - 1, m // (n - 1), wp, dkp * dvp)
-
-    ds, dlk, dlb = states._backward(cfg, flat(sums), lk, lb, flat(g))
+    ds, dlk, dlb = states._backward(cfg, _by_chunk(sums, n), lk, lb, _by_chunk(g, n))
     return ds.reshape(sums.shape), dlk, dlb
 
 
@@ -212,10 +224,10 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
     its own, float32 `[B, num_image, H, Dv]` (zero in chunk 0)."""
     b, num_image, h, dk = q.shape
     dv = v.shape[-1]
-    rp, wp, _, layout = _column_layout(backend, width, rows, (dk, dv))
+    rp, wp, cols, layout = _column_layout(backend, width, rows, (dk, dv))
     dkp, dvp = feature_size(dk, backend), feature_size(dv, backend)
     c = rows * width
-    cfg, pass_cfg = _configs(q.dtype, backend, interpret, rows, width, dk, dv, state_dtype,
+    cfg, pass_cfg = _configs(q.dtype, backend, interpret, rows, dk, dv, state_dtype, cols,
                              layout)
 
     def by_token(x):
@@ -233,8 +245,7 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
                                          (0, depth - x.shape[-1])))
         return x.reshape(-1, wp, rp, depth)
 
-    # log a per row of the column kernels' [(N-1)*B*H] axis.
-    la = jnp.broadcast_to(log_row, (n - 1, b, h)).reshape(-1, 1, 1)
+    la, lk, lb = _column_logs(log_row, log_col, n, b, rows)
     # 2. Chunk sums of chunks 0..N-2 (no later chunk reads the last one).
     if layout == "tokens":
         sums = columns.column_outer(cfg, "end", by_token(k), by_token(v.astype(q.dtype)), la)
@@ -243,11 +254,7 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
         vc = by_column(v.astype(q.dtype), slice(0, n - 1), dvp)
         sums = columns.column_outer(cfg, "end", kt, vc, la)  # [(N-1)*B*H, W', Dk', Dv']
     # 3. Smoothing and state pass (float32): states[i] is what chunk i+1 reads.
-    def per_bh(log: jax.Array) -> jax.Array:
-        return jnp.broadcast_to(log, (b, h)).reshape(-1, 1, 1)
-
-    entering = states.smooth_and_pass(pass_cfg, sums.reshape(n - 1, b * h, wp, dkp * dvp),
-                                      per_bh(rows * log_row), per_bh(log_col))
+    entering = states.smooth_and_pass(pass_cfg, _by_chunk(sums, n), lk, lb)
     # 4. Inter-chunk reads of chunks 1..N-1.
     entering = entering.reshape(-1, wp, dkp, dvp)
     if layout == "tokens":  # chunk i of the output is chunk i + 1 of the sequence
@@ -283,17 +290,10 @@ class _Direct:
         return x.reshape(b, self.chunks, self.cols.rows, self.width, h, d)
 
     def logs(self, log_row: jax.Array, log_col: jax.Array):
-        """The log decays as each kernel takes them: per row of the column kernels
-        (`(N-1) * B * H`), per row of the state pass (`B * H`, over a chunk's rows and
-        across columns), per head of the intra-chunk kernels."""
-        n, b, h = self.chunks, self.batch, log_row.shape[0]
-
-        def rows_of(x, lead):
-            return jnp.broadcast_to(x, lead + (h,)).reshape(-1, 1, 1)
-
-        return (rows_of(log_row, (n - 1, b)), rows_of(self.cols.rows * log_row, (b,)),
-                rows_of(log_col, (b,)), self.intra.per_head(log_row),
-                self.intra.per_head(log_col))
+        """The log decays as each kernel takes them: `_column_logs`, then per head of the
+        intra-chunk kernels."""
+        return (*_column_logs(log_row, log_col, self.chunks, self.batch, self.cols.rows),
+                self.intra.per_head(log_row), self.intra.per_head(log_col))
 
 
 def _direct_split(q, v, *, width, num_prefix, rows, n, interpret, backend, block_q, block_k,
@@ -315,7 +315,7 @@ def _direct_split(q, v, *, width, num_prefix, rows, n, interpret, backend, block
     """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    layout = _column_layout(backend, width, rows, (dk, dv))[3]
+    _, _, cols, layout = _column_layout(backend, width, rows, (dk, dv))
     if layout != "tokens" or num_prefix or t != n * rows * width:
         return None
     intra = masked.plan(q, width=width, rows_per_chunk=rows, block_q=block_q,
@@ -324,9 +324,9 @@ def _direct_split(q, v, *, width, num_prefix, rows, n, interpret, backend, block
     tiles = intra.cfg.tiles
     if intra.padded != t or (rows * width) % math.lcm(tiles.block_q, tiles.block_k):
         return None
-    cols, passes = _configs(q.dtype, backend, interpret, rows, width, dk, dv, state_dtype,
-                            layout)
-    return _Direct(intra, cols, passes, n, b, width)
+    cfg, passes = _configs(q.dtype, backend, interpret, rows, dk, dv, state_dtype, cols,
+                           layout)
+    return _Direct(intra, cfg, passes, n, b, width)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

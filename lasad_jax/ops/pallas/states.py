@@ -125,24 +125,25 @@ def _backward_kernel(lk_ref, lb_ref, s_ref, g_ref, ds_ref, dlk_ref, dlb_ref, *,
     d_toe = dist * toe  # D_b: the derivative of T_b in log b
     d = jnp.exp(lk_ref[...])
 
-    def chunk(i, big_g, big_e):  # writes dS_i; chunk i's terms of d log d and d log b
+    def chunk(i, big_g):  # writes dS_i; chunk i's term of d log b, and its sums
         s = s_ref[i].astype(F32)
         ds_ref[i] = _dot(toe, big_g, prec).astype(ds_ref.dtype)
-        return sum11(big_e * _dot(toe, s, prec)), sum11(big_g * _dot(d_toe, s, prec))
+        return sum11(big_g * _dot(d_toe, s, prec)), s
 
     def body(t, carry):  # chunk i = n-2 ... 0, from G_{i+1} and F_{i+1} = E_{i+1} + G_{i+1}
         i = n - 2 - t
         big_g, big_f, dlk, dlb = carry
         big_e = d * big_f
         big_g = g_ref[i].astype(F32) + d * big_g
-        lk_i, lb_i = chunk(i, big_g, big_e)
-        return big_g, big_e + big_g, dlk + lk_i, dlb + lb_i
+        lb_i, s = chunk(i, big_g)
+        return big_g, big_e + big_g, dlk + sum11(big_e * _dot(toe, s, prec)), dlb + lb_i
 
-    # The last chunk (E_{n-1} = 0) before the loop, whose carries then start from a
-    # loaded tile: with E's carry starting as zeros, Mosaic refused the kernel ("Invalid
-    # relayout" of the `[w, f]` tile; benchmarks/tpu_aot.py --stages ops, v5e-8).
+    # The last chunk (E_{n-1} = 0: no term of d log d) before the loop, whose carries
+    # then start from a loaded tile: with E's carry starting as zeros, Mosaic refused the
+    # kernel ("Invalid relayout" of the `[w, f]` tile; benchmarks/tpu_aot.py --stages
+    # ops, v5e-8).
     big_g = g_ref[n - 1].astype(F32)
-    _, dlb = chunk(n - 1, big_g, jnp.zeros_like(big_g))
+    dlb, _ = chunk(n - 1, big_g)
     _, _, dlk, dlb = lax.fori_loop(0, n - 1, body, (big_g, big_g, jnp.zeros_like(dlb), dlb))
     dlk_ref[...] = dlk
     dlb_ref[...] = dlb
