@@ -249,15 +249,16 @@ def test_device_check_first_call_fits_one_device_call():
 def test_mixer_ablation_runs_caches_and_summarises(tmp_path, capsys):
     import ablation
 
-    args = ["--datasets", "digits", "--mixers", "linear", "lasad", "--seeds", "0", "1",
+    # One mixer, two seeds: which seeds every mixer finished is
+    # test_ablation_summary_keeps_only_seeds_every_mixer_finished's (no training there).
+    args = ["--datasets", "digits", "--mixers", "lasad", "--seeds", "0", "1",
             "--steps", "digits=2", "--out_dir", str(tmp_path)]
     table = ablation.main(args)
-    assert [(r["mixer"], r["seeds"]) for r in table] == [("lasad", 2), ("linear", 2)]
+    assert [(r["mixer"], r["seeds"]) for r in table] == [("lasad", 2)]
     assert all(0 < v < 5 for r in table for v in r["values"])  # uniform: 4.09 bits
     lasad = table[0]
     assert abs(lasad["std"] - float(np.std(lasad["values"], ddof=1))) < 1e-12
-    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
-        "digits_lasad.png", "digits_linear.png"]  # seed 0 only
+    assert [p.name for p in (tmp_path / "grids").iterdir()] == ["digits_lasad.png"]  # seed 0
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert (tmp_path / "grids.png").stat().st_size > 0
     assert "| digits | lasad |" in capsys.readouterr().out

@@ -41,6 +41,11 @@ def eval_config(**overrides):
     return config
 
 
+# The tests that read it are one `xdist_group`: a module fixture runs once per worker
+# that needs it, and this one trains a model (20 s on 2 cores).
+TRAINED = pytest.mark.xdist_group("evaluate_trained")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("eval_run"))
@@ -57,7 +62,7 @@ def cheap_frechet(monkeypatch):
 
 
 @pytest.mark.slow
-def test_evaluate_needs_reference_first(trained, tmp_path):
+def test_evaluate_needs_reference_first(tmp_path):
     config = eval_config(reference=str(tmp_path / "missing.npz"))
     assert any("config.eval.reference" in p for p in problems(config, "evaluate"))
     config = eval_config()
@@ -66,6 +71,7 @@ def test_evaluate_needs_reference_first(trained, tmp_path):
 
 
 @pytest.mark.slow
+@TRAINED
 def test_reference_stats_then_evaluate_then_resume(trained):
     config = eval_config()
     path = reference_stats.run(parse(config, "reference_stats"), trained)
@@ -138,6 +144,7 @@ def test_eval_config_errors_name_the_field(tmp_path):
 
 
 @pytest.mark.slow
+@TRAINED
 def test_a_bucket_workdir_evaluates_as_a_local_one(trained, ram, monkeypatch):
     """Reference statistics and an evaluation in a bucket (`ram://` standing in for
     `gs://`): the batch is assembled and scored on local disk, uploaded, and the scores

@@ -132,6 +132,11 @@ def _tokenizer_checkpoint(workdir: str) -> None:
         checkpointer.save(2, state, force=True)
 
 
+# The module is one `xdist_group`: a module fixture runs once per worker that needs it,
+# and `paths` trains, extracts and saves for 35 s on 2 cores.
+pytestmark = pytest.mark.xdist_group("faults_paths")
+
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> Paths:
     root = tmp_path_factory.mktemp("faults")

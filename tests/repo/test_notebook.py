@@ -101,11 +101,11 @@ def test_load_or_train_then_fetch_from_a_url(tmp_path, ram):
 @pytest.mark.slow
 @pytest.mark.notebook
 def test_notebook_runs_end_to_end(tmp_path):
-    """Executes every cell on CPU, the demo trained for 60 steps; no cell may fail."""
+    """Executes every cell on CPU, the demo trained for 20 steps; no cell may fail."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ.update(LASAD_NOTEBOOK_STEPS="60", LASAD_NOTEBOOK_WORKDIR=str(tmp_path / "wd"))
+    os.environ.update(LASAD_NOTEBOOK_STEPS="20", LASAD_NOTEBOOK_WORKDIR=str(tmp_path / "wd"))
     try:
         nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                 resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
@@ -114,7 +114,7 @@ def test_notebook_runs_end_to_end(tmp_path):
             os.environ.pop(key, None)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
-    assert "lasad model at step 60, grid (8, 8)" in text
+    assert "lasad model at step 20, grid (8, 8)" in text
     figures = [o for o in outputs if o["output_type"] == "display_data"
                and "image/png" in o["data"]]
     assert len(figures) == 2  # the sample grid and the decay maps

@@ -82,6 +82,11 @@ def assert_same_run(workdir, reference):
             assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(b[key])), (a["step"], key)
 
 
+# The tests that compare against it are one `xdist_group`: a module fixture runs once per
+# worker that needs it, and this one is a 30-step training run in a subprocess.
+UNINTERRUPTED = pytest.mark.xdist_group("reliability_uninterrupted")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
@@ -90,6 +95,7 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
+@UNINTERRUPTED
 def test_sigterm_checkpoints_exits_0_and_the_resumed_run_continues_exactly(
         tmp_path, uninterrupted):
     code, log = interrupt(tmp_path, signal.SIGTERM, 7, "--config.train.checkpoint_every=1000")
@@ -106,6 +112,7 @@ def test_sigterm_checkpoints_exits_0_and_the_resumed_run_continues_exactly(
 
 
 @pytest.mark.slow
+@UNINTERRUPTED
 def test_sigkill_mid_save_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted):
     # Saving every step keeps an asynchronous save in flight most of the time.
     code, log = interrupt(tmp_path, signal.SIGKILL, 9, "--config.train.checkpoint_every=1",
@@ -120,6 +127,7 @@ def test_sigkill_mid_save_resumes_from_the_last_complete_checkpoint(tmp_path, un
 
 
 @pytest.mark.slow
+@UNINTERRUPTED
 def test_a_half_written_checkpoint_is_never_picked(tmp_path, uninterrupted):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
