@@ -60,9 +60,12 @@ def test_outputs_shapes_finite_and_deterministic(forward, images, out):
 
 
 def test_uint8_and_float_inputs_agree(forward, images, out):
+    # Two programs (uint8 and float32 inputs), so equal up to rounding: bit for bit only
+    # where the compiler happens to fuse the same multiplies and adds in both.
     as_float = forward(images[:2].astype(np.float32))
     for k in out:
-        np.testing.assert_array_equal(as_float[k], out[k])
+        np.testing.assert_allclose(as_float[k], out[k], rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(out[k]).max()))
 
 
 def test_features_are_the_documented_layers(model, images, out):

@@ -124,8 +124,10 @@ def measured(tmp_path_factory):
     # read it are one `xdist_group`, so one worker runs them and the subprocess (2-4
     # minutes on 2 cores) runs once (`--dist loadgroup` in pyproject.toml's addopts).
     out = tmp_path_factory.mktemp("multidevice") / "out.json"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    # Added to the run's XLA_FLAGS (tests/conftest.py sets one), not in place of them.
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=8".strip())
     script = ROOT / "tests/parallel/multidevice/sharding_checks.py"
     proc = subprocess.run([sys.executable, str(script), str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)

@@ -1,4 +1,5 @@
-"""The compilation cache that tests/conftest.py shares between the suite's processes."""
+"""What tests/conftest.py sets for the suite's compiles: the compilation cache its processes
+share, and XLA's CPU code generation without LLVM's optimisations."""
 
 from __future__ import annotations
 
@@ -34,3 +35,27 @@ def test_a_program_one_process_compiled_is_a_hit_in_the_next():
     hits = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                            text=True, check=True).stdout.split()[-1] for _ in range(2)]
     assert hits == ["0", "1"]
+
+
+_HLO = """
+import re, jax, jax.numpy as jnp
+f = lambda x, w: jnp.tanh(x @ w).sum(0) + jnp.cumsum(x, 1)[-1]
+x = jnp.ones((16, 8))
+text = jax.jit(f).lower(x, jnp.ones((8, 8))).compile().as_text()
+print(re.sub(r", metadata=\\{[^}]*\\}", "", text))
+"""
+
+
+def test_quick_codegen_changes_the_machine_code_not_the_program():
+    flags = os.environ.get("XLA_FLAGS", "")
+    if jax.default_backend() != "cpu" or "xla_backend_optimization_level=0" not in flags:
+        pytest.skip("no code generation flag on this host (tests/conftest.py)")
+
+    def optimized_hlo(xla_flags: str) -> str:
+        env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_COMPILATION_CACHE_DIR="")
+        return subprocess.run([sys.executable, "-c", _HLO], env=env, capture_output=True,
+                              text=True, check=True).stdout
+
+    quick = optimized_hlo(flags)
+    assert "fusion" in quick  # XLA's HLO passes ran
+    assert quick == optimized_hlo(flags.replace("--xla_backend_optimization_level=0", ""))
