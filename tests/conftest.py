@@ -27,6 +27,10 @@ def _installed(*modules: str) -> bool:
     return any(importlib.util.find_spec(m) is not None for m in modules)
 
 
+# Whether JAX may run on a GPU or TPU here: the CPU-only settings below leave such hosts alone.
+_ACCELERATOR_HOST = _installed("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")
+
+
 def _share_compilation_cache() -> None:
     """Points JAX's persistent compilation cache at a directory made for this run.
 
@@ -42,8 +46,7 @@ def _share_compilation_cache() -> None:
     set; set to nothing, no cache), and hosts with a GPU or TPU plugin, where it has not
     been measured.
     """
-    if ("JAX_COMPILATION_CACHE_DIR" in os.environ
-            or _installed("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")):
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ or _ACCELERATOR_HOST:
         return
     path = tempfile.mkdtemp(prefix="lasad_jax_compile_cache_")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
@@ -66,8 +69,7 @@ def _quick_cpu_codegen() -> None:
     it. Left alone, as for the cache: a flag the caller already set, and GPU or TPU hosts.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if ("xla_backend_optimization_level" in flags
-            or _installed("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")):
+    if "xla_backend_optimization_level" in flags or _ACCELERATOR_HOST:
         return
     os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
 
