@@ -24,7 +24,10 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 def local_batch_size(global_size: int, mesh: Mesh, field: str = "config.batch_size") -> int:
     """This process's share of a global batch; raises naming `field` when the batch does
-    not split evenly over the data-parallel devices and processes."""
+    not split evenly over the data-parallel devices and processes, or when the mesh puts
+    one batch shard on devices of several processes (`check_shards_within_processes`)."""
+    check_shards_within_processes(
+        np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices), field)
     shards, processes = batch_shards(mesh), jax.process_count()
     if global_size % shards:
         raise ValueError(f"{field}={global_size} must be divisible by the {shards} "
@@ -33,6 +36,29 @@ def local_batch_size(global_size: int, mesh: Mesh, field: str = "config.batch_si
         raise ValueError(f"{field}={global_size} must be divisible by the {processes} "
                          "processes")
     return global_size // processes
+
+
+def check_shards_within_processes(process_of_device: np.ndarray, field: str) -> None:
+    """Raises unless every batch shard lies on the devices of one process.
+
+    `process_of_device` is the mesh's device array (axes data, fsdp, tensor) mapped to
+    process indices. A shard's devices hold the same rows; when they belong to several
+    processes (a `tensor` axis wider than one host's devices), each of those processes
+    would hand over its own, different examples for the same rows, and
+    `make_array_from_process_local_data` would keep one process's copy on some devices
+    and another's on the rest: a batch silently smaller and inconsistent. Each process
+    reads its own slice of the data, so that layout is refused instead of supported.
+    """
+    tensor = process_of_device.shape[-1]
+    rows = process_of_device.reshape(-1, tensor)
+    for shard, processes in enumerate(rows):
+        if len(set(processes.tolist())) > 1:
+            local = int(np.sum(process_of_device == processes[0]))
+            raise ValueError(
+                f"{field}: the mesh puts batch shard {shard} on the devices of processes "
+                f"{sorted(set(processes.tolist()))} (config.mesh.tensor={tensor} spans "
+                f"processes of {local} devices each); every process reads its own "
+                f"examples, so set config.mesh.tensor to at most {local} and a divisor of it")
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

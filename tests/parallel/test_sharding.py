@@ -24,6 +24,7 @@ from lasad_jax.models import LASADGen, ModelConfig
 from lasad_jax.models.config import MIXERS
 from lasad_jax.parallel import (MeshConfig, build_mesh, global_batch, local_batch_size,
                                 mesh_shape, spec_for, state_shardings)
+from lasad_jax.parallel.batch import check_shards_within_processes
 from lasad_jax.parallel.rules import LOGICAL_RULES
 from lasad_jax.validation import block_from_mapping
 
@@ -116,6 +117,20 @@ def test_state_shardings_and_global_batch_on_one_device():
     batch = global_batch({"tokens": np.arange(12).reshape(4, 3), "label": np.arange(4)}, mesh)
     np.testing.assert_array_equal(batch["tokens"], np.arange(12).reshape(4, 3))
     assert local_batch_size(4, mesh) == 4
+
+
+def test_a_batch_shard_spread_over_processes_is_refused():
+    # Two processes of two devices each (device -> process, axes data x fsdp x tensor).
+    spread = np.array([0, 0, 1, 1]).reshape(1, 1, 4)  # tensor = 4: one shard, two hosts
+    with pytest.raises(ValueError, match=r"^config.batch_size: .* processes \[0, 1\] "
+                       r"\(config.mesh.tensor=4 .* 2 devices each\).* at most 2"):
+        check_shards_within_processes(spread, "config.batch_size")
+    interleaved = np.array([0, 1, 0, 1]).reshape(2, 1, 2)  # tensor = 2, but across hosts
+    with pytest.raises(ValueError, match="batch shard 0"):
+        check_shards_within_processes(interleaved, "config.batch_size")
+    # Each shard on one host, in either data-parallel axis: accepted.
+    check_shards_within_processes(np.array([0, 0, 1, 1]).reshape(2, 1, 2), "x")
+    check_shards_within_processes(np.array([0, 0, 1, 1]).reshape(1, 4, 1), "x")
 
 
 @pytest.fixture(scope="module")
