@@ -13,7 +13,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from lasad_jax.files import exists, is_remote, read_bytes, tf_gfile, write_atomically
+from lasad_jax.files import (
+    exists, is_remote, move, read_bytes, tf_gfile, write_atomically)
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -22,7 +23,9 @@ class JsonlWriter(metric_writers.MetricWriter):
     A resumed run continues the same file. Rows past `resume_step` (logged after the
     checkpoint it resumes from, by a process that then died) are dropped first, since
     the resumed run logs those steps again: the file then reads exactly as an
-    uninterrupted run's would.
+    uninterrupted run's would. A run starting afresh (`resume_step` 0) in a workdir whose
+    file already has rows (an earlier run's, its checkpoints moved away) first renames
+    that file to `metrics.jsonl.1` (or the next free number): no run's record is lost.
 
     In a `gs://` workdir the file is appended through tf.io.gfile, whose Cloud Storage
     writer uploads the whole file again on every flush (objects cannot be appended to):
@@ -31,7 +34,12 @@ class JsonlWriter(metric_writers.MetricWriter):
 
     def __init__(self, path: str, resume_step: int | None = None):
         self.path = path
-        if resume_step is not None and exists(path):
+        if resume_step == 0 and exists(path) and read_bytes(path).strip():
+            kept = _free_name(path)
+            move(path, kept)
+            logging.warning("%s holds an earlier run's metrics and this run starts at step "
+                            "0: renamed to %s", path, kept)
+        elif resume_step is not None and exists(path):
             _truncate_after(path, resume_step)
         self._file = (tf_gfile().GFile(path, "a") if is_remote(path)
                       else open(path, "a", encoding="utf-8"))
@@ -68,6 +76,14 @@ class JsonlWriter(metric_writers.MetricWriter):
 
     def close(self) -> None:
         self._file.close()
+
+
+def _free_name(path: str) -> str:
+    """`path.1`, `path.2`, ...: the first that does not exist."""
+    number = 1
+    while exists(f"{path}.{number}"):
+        number += 1
+    return f"{path}.{number}"
 
 
 def _truncate_after(path: str, step: int) -> None:

@@ -46,6 +46,10 @@ def test_metrics_are_appended_and_truncated_in_a_remote_workdir(ram, tmp_path):
     resumed.write_scalars(3, {"loss": 0.5})
     resumed.close()
     assert _rows(path) == [1, 2, 3]
+    fresh = JsonlWriter(path, resume_step=0)  # a new run: the old rows are renamed
+    fresh.write_scalars(1, {"loss": 2.0})
+    fresh.close()
+    assert _rows(path) == [1] and _rows(f"{path}.1") == [1, 2, 3]
     assert os.listdir(tmp_path / "cwd") == []
 
 
