@@ -7,8 +7,11 @@ Orbax writes into a temporary directory and renames it when complete, so a crash
 never replaces the last good checkpoint. The caller checks the state is finite first.
 
 Arrays are saved sharded: each process writes its own shards (Orbax/tensorstore), and a
-restore reads into whatever shardings the target asks for, so a run may resume on a
-different mesh or number of hosts.
+restore reads into whatever shardings the target asks for, so weights load on any mesh
+and any number of hosts (sampling, evaluation, the notebook). Training resumes on another
+mesh, but only with the number of processes that saved: grain keeps each process's data
+position in its own file (`data/process_<i>-of-<n>.json`), and another count is refused
+in one line before anything is read (`check_processes`).
 
 Every step also records what made it (`identity`: the task, the model's architecture,
 the tokenizer's fingerprint). Before anything is restored the run's own identity is
@@ -22,6 +25,7 @@ falling back to the previous one, with the same messages.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
@@ -34,7 +38,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from lasad_jax.files import is_remote, move, require_space, require_writable
+from lasad_jax.files import is_remote, listdir, move, require_space, require_writable
 from lasad_jax.parallel.state import abstract_with_shardings, place_state
 from lasad_jax.training.config import LoopConfig
 
@@ -44,6 +48,10 @@ IDENTITY_KEY = "lasad_run"  # the key of the run's identity in each step's custo
 DERIVED_FROM = {"model.vocab_size": "the tokenizer's vocabulary",
                 "model.grid": "the tokenizer's image_size",
                 "model.num_classes": "data.num_classes"}
+
+
+# grain's file per process in a step's `data` item; the group is the process count.
+_PROCESS_FILE = re.compile(r"process_\d+-of-(\d+)\.json")
 
 
 class CheckpointError(RuntimeError):
@@ -135,7 +143,7 @@ class Checkpointer:
         (what this run is: `generator_identity`, `tokenizer_identity`) is recorded with
         every save and compared before every restore."""
         if keep < 1:
-            raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}")
         self.directory = directory if is_remote(directory) else os.path.abspath(directory)
         self.read_only = read_only
         self.identity = dict(identity) if identity is not None else None
@@ -254,10 +262,34 @@ class Checkpointer:
             reader.close()
         return step, restored["state"][key]
 
+    def check_processes(self, step: int) -> None:
+        """Raises `CheckpointMismatch` when `step`'s data position was saved by another
+        number of processes than this run's: grain would find no file for this run's
+        processes and every step would fail to restore, for a reason no step's error
+        names."""
+        data = f"{self.directory.rstrip('/')}/{step}/data"
+        try:
+            names = listdir(data)
+        except OSError:
+            return  # no data item (or unreadable: restoring the step reports it)
+        counts = {int(m.group(1)) for m in map(_PROCESS_FILE.fullmatch, names) if m}
+        here = jax.process_count()
+        if counts and counts != {here}:
+            saved = ", ".join(map(str, sorted(counts)))
+            raise CheckpointMismatch(
+                f"checkpoint step {step} in {self.directory} was saved by {saved} "
+                f"process(es) and this run has {here}: each process's data position is "
+                f"saved apart, so resume training with {saved} (sampling and evaluation "
+                "read its weights with any number)")
+
     def restore_newest_readable(self, target: Any, data_iterator: Any | None = None
                                 ) -> tuple[int, Any]:
         """`(step, state)` of the newest checkpoint that restores into `target` (and
-        rewinds `data_iterator`), as `restore_newest`."""
+        rewinds `data_iterator`), as `restore_newest`; with a data iterator, a
+        checkpoint saved by another number of processes is refused first."""
+        newest = self.latest_step()
+        if data_iterator is not None and newest is not None:
+            self.check_processes(newest)
         return self.restore_newest(lambda step: (step, self.restore(target, data_iterator,
                                                                     step=step)), target)
 
