@@ -54,6 +54,9 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
     # datasets, or the one the extracted codes record.
     fingerprint = (tokenizer.fingerprint if config.data.name in EMBEDDED
                    else getattr(train_source, "tokenizer", None))
+    decoder = _Decoder(config, tokenizer, fingerprint)
+    if config.train.sample_at_end:  # a wrong tokenizer is refused now, not after training
+        decoder.require()
     checkpointer, state, start, shardings = resume_or_start(
         workdir, config.train, init, mesh, train_iter,
         identity=generator_identity(config.model, fingerprint))
@@ -71,7 +74,6 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
                                  ema_decay=config.train.ema_decay, state_shardings=shardings,
                                  nonfinite=config.train.nonfinite)
     eval_step = make_eval_step(graphdef)
-    decoder = _Decoder(config, tokenizer)
 
     def model_of(state) -> nnx.Module:
         return nnx.merge(graphdef, state.ema_params if config.sample.use_ema else state.params)
@@ -101,7 +103,7 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
     if config.train.sample_at_end and not result.preempted and result.step >= steps:
         # Every process takes part in generation (the batch is split over all devices);
         # process 0 writes the files. A finished run started again finds them drawn.
-        paths = sample_to_files(model_of(result.state), build_tokenizer(config.tokenizer),
+        paths = sample_to_files(model_of(result.state), decoder.require(),
                                 config.sample, num_classes=config.data.num_classes,
                                 out_dir=workdir, step=result.step, mesh=mesh)
         if paths:
@@ -111,21 +113,43 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
 
 
 class _Decoder:
-    """The tokenizer that turns sample codes into images for TensorBoard, built at the
-    first evaluation; None (and said once) when a code dataset's tokenizer weights are
-    not at hand, since training on codes does not need them."""
+    """The tokenizer that turns sample codes into images: built when first needed, since
+    training on codes needs no tokenizer weights, and checked against the fingerprint the
+    codes record (`codes_fingerprint`; None for image datasets, tokenized by this very
+    tokenizer, and for codes too old to record one), since another tokenizer would decode
+    the codes into noise. TensorBoard's grids are skipped (said once) when it cannot be
+    built or does not match; `require` raises instead, for the samples a run ends with."""
 
-    def __init__(self, config: GeneratorRun, tokenizer: Tokenizer | CodeGeometry):
+    def __init__(self, config: GeneratorRun, tokenizer: Tokenizer | CodeGeometry,
+                 codes_fingerprint: str | None):
         self.config = config
+        self.codes_fingerprint = codes_fingerprint
         self.tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else None
         self.tried = self.tokenizer is not None
+
+    def require(self) -> Tokenizer:
+        if self.tokenizer is None:
+            self.tokenizer = build_tokenizer(self.config.tokenizer)
+            self.tried = True
+        check_decodes(self.tokenizer, self.codes_fingerprint, self.config.data.codes_dir)
+        return self.tokenizer
 
     def get(self) -> Tokenizer | None:
         if not self.tried:
             self.tried = True
             try:
-                self.tokenizer = build_tokenizer(self.config.tokenizer)
+                self.require()
             except (ValueError, OSError) as err:
-                logging.info("no sample images in TensorBoard: the tokenizer cannot be built "
-                             "(%s)", str(err).splitlines()[0])
+                self.tokenizer = None
+                logging.info("no sample images in TensorBoard: %s", str(err).splitlines()[0])
         return self.tokenizer
+
+
+def check_decodes(tokenizer: Tokenizer, codes_fingerprint: str | None, codes_dir: str) -> None:
+    """Raises unless `tokenizer` is the one that extracted the codes (when they say)."""
+    if codes_fingerprint is not None and tokenizer.fingerprint != codes_fingerprint:
+        raise ValueError(
+            f"config.tokenizer ({tokenizer.describe()}) is not the tokenizer that extracted "
+            f"config.data.codes_dir={codes_dir!r}: {codes_fingerprint} there, "
+            f"{tokenizer.fingerprint} here, so it would decode the samples into noise; set "
+            "config.tokenizer to the extracting one, or config.train.sample_at_end=False")

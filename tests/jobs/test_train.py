@@ -108,3 +108,27 @@ def test_one_steps_per_sec_sample_grids_in_tensorboard_and_a_rerun_changes_nothi
     before = hash_tree(tmp_path)
     train(config, str(tmp_path))
     assert hash_tree(tmp_path) == before
+
+
+def test_samples_of_extracted_codes_need_the_tokenizer_that_made_them(caplog):
+    from lasad_jax.jobs.train import _Decoder, check_decodes
+    from lasad_jax.tokenizers import IntensityTokenizer, build_tokenizer
+
+    made_them = IntensityTokenizer(levels=17, image_size=(8, 8), channels=1)
+    other = IntensityTokenizer(levels=17, image_size=(8, 8), channels=3)
+    check_decodes(made_them, made_them.fingerprint, "/codes")
+    check_decodes(other, None, "/codes")  # codes too old to say: nothing to compare
+    with pytest.raises(ValueError, match=r"^config.tokenizer \(.*\) is not the tokenizer that "
+                       r"extracted config.data.codes_dir='/codes': sha256:\w+ there, "
+                       r"sha256:\w+ here.*sample_at_end=False$"):
+        check_decodes(other, made_them.fingerprint, "/codes")
+    # Training on codes: config.tokenizer (the demo's, `made_them`) is built when samples
+    # are drawn. TensorBoard's grids are skipped with a line; the final samples refused.
+    config = parse(tiny_demo_config(), "train")
+    assert build_tokenizer(config.tokenizer).fingerprint == made_them.fingerprint
+    decoder = _Decoder(config, config.geometry, codes_fingerprint=other.fingerprint)
+    with caplog.at_level(logging.INFO):
+        assert decoder.get() is None and decoder.get() is None
+    assert caplog.text.count("no sample images in TensorBoard: config.tokenizer (") == 1
+    with pytest.raises(ValueError, match="is not the tokenizer that extracted"):
+        decoder.require()
