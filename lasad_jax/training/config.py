@@ -111,7 +111,9 @@ class TrainConfig(LoopConfig):
 @dataclasses.dataclass(frozen=True)
 class TokenizerTrainConfig(LoopConfig):
     """The tokenizer's training: the image size it trains at, how many validation images
-    it scores, and the scale of the reconstructions grid."""
+    it scores, and the scale of the reconstructions grid. Its end is always evaluated,
+    whatever `eval_every` says (-1 and 0 alike): the export writes its reconstructions
+    (`reconstructions.png`) beside the weights."""
 
     eval_every: int = 5000
     eval_batch_size: int = 64
