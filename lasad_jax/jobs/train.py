@@ -25,7 +25,7 @@ from lasad_jax.files import require_writable
 from lasad_jax.sampling.sampler import sample_grid, sample_to_files
 from lasad_jax.tokenizers import Tokenizer, build_tokenizer
 from lasad_jax.tokenizers.geometry import CodeGeometry
-from lasad_jax.training.checkpoint import resume_or_start
+from lasad_jax.training.checkpoint import data_order, resume_or_start
 from lasad_jax.training.generator import bits_per_token, generator_identity, state_factory
 from lasad_jax.training.host_loop import Evaluation, run_length, summary, train_loop
 from lasad_jax.training.metrics import flat_hparams
@@ -59,7 +59,8 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
         decoder.require()
     checkpointer, state, start, shardings = resume_or_start(
         workdir, config.train, init, mesh, train_iter,
-        identity=generator_identity(config.model, fingerprint))
+        identity=generator_identity(config.model, fingerprint, data_order(
+            batch_size=config.batch_size, seed=config.seed, train_examples=len(train_source))))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("mesh %s over %d devices in %d processes (%s)", describe(mesh), mesh.size,
                  jax.process_count(), jax.devices()[0].platform)

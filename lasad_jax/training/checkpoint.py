@@ -14,12 +14,13 @@ position in its own file (`data/process_<i>-of-<n>.json`), and another count is 
 in one line before anything is read (`check_processes`).
 
 Every step also records what made it (`identity`: the task, the model's architecture,
-the tokenizer's fingerprint). Before anything is restored the run's own identity is
-compared with it, and a checkpoint of another model or tokenizer is refused in one line
-that names the differing field; for checkpoints written before the record existed, the
-arrays' shapes are compared instead. Every job that restores (training, sampling,
-evaluation, the notebook) goes through `restore_newest`: the newest step that reads,
-falling back to the previous one, with the same messages.
+the tokenizer's fingerprint and, for training, the data order: `data_order`). Before
+anything is restored the run's own identity is compared with it, and a checkpoint of
+another model, tokenizer or data order is refused in one line that names the differing
+field; for checkpoints written before the record existed, the arrays' shapes are
+compared instead. Every job that restores (training, sampling, evaluation, the
+notebook) goes through `restore_newest`: the newest step that reads, falling back to
+the previous one, with the same messages.
 """
 
 from __future__ import annotations
@@ -47,7 +48,19 @@ IDENTITY_KEY = "lasad_run"  # the key of the run's identity in each step's custo
 # Where a model field's value comes from, for the messages: these are never set directly.
 DERIVED_FROM = {"model.vocab_size": "the tokenizer's vocabulary",
                 "model.grid": "the tokenizer's image_size",
-                "model.num_classes": "data.num_classes"}
+                "model.num_classes": "data.num_classes",
+                "data_order.batch_size": "config.batch_size",
+                "data_order.seed": "config.seed",
+                "data_order.train_examples": "the training split's size"}
+
+
+def data_order(*, batch_size: int, seed: int, train_examples: int) -> dict[str, int]:
+    """What the saved data position means, recorded by training runs beside their model's
+    identity: grain saves how far the iterator got, in batches of a shuffle drawn from
+    the seed over the dataset, so a run resumed with another batch size, seed or
+    dataset would silently continue from another point of another order. Readers
+    (sampling, evaluation) record none, so they are never refused for it."""
+    return {"batch_size": batch_size, "seed": seed, "train_examples": train_examples}
 
 
 # grain's file per process in a step's `data` item; the group is the process count.

@@ -7,7 +7,7 @@ The pure steps they run live in `lasad_jax.training.step`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flax import nnx
@@ -29,12 +29,18 @@ ARCHITECTURE = ("vocab_size", "num_classes", "grid", "num_layers", "num_heads", 
                 "feature_map", "gate", "gate_rank", "pos_encoding", "rope_base", "norm_eps")
 
 
-def generator_identity(model: ModelConfig, tokenizer: str | None) -> dict[str, Any]:
+def generator_identity(model: ModelConfig, tokenizer: str | None,
+                       data_order: Mapping[str, int] | None = None) -> dict[str, Any]:
     """What a generator checkpoint records about the run that wrote it: the model's
-    architecture and the fingerprint of the tokenizer whose codes it learned (None when
-    unknown, e.g. codes extracted before fingerprints were recorded)."""
-    return {"task": "generator", "model": {name: getattr(model, name) for name in ARCHITECTURE},
-            "tokenizer": tokenizer}
+    architecture, the fingerprint of the tokenizer whose codes it learned (None when
+    unknown, e.g. codes extracted before fingerprints were recorded) and, for a training
+    run, its data order (`checkpoint.data_order`)."""
+    identity = {"task": "generator",
+                "model": {name: getattr(model, name) for name in ARCHITECTURE},
+                "tokenizer": tokenizer}
+    if data_order is not None:
+        identity["data_order"] = dict(data_order)
+    return identity
 
 
 def state_factory(model: ModelConfig, optimizer: OptimizerConfig, *, batch_size: int,

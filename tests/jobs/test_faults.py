@@ -366,6 +366,12 @@ CASES = [
                                                   "--config.tokenizer.levels=9"),
          ("model.vocab_size (from the tokenizer's vocabulary) is 17 there, 9 here",
           "tokenizer is sha256:")),
+    Case("resume with another batch size", trained("--config.num_steps=9",
+                                                   "--config.batch_size=8"),
+         ("checkpoint at step 6", "data_order.batch_size (from config.batch_size) is 16 there, "
+          "8 here", "use the config it was trained with")),
+    Case("resume with another seed", trained("--config.num_steps=9", "--config.seed=3"),
+         ("data_order.seed (from config.seed) is 0 there, 3 here",)),
     Case("resume an old checkpoint with another model size", old("--config.num_steps=6",
                                                                  "--config.model.dim=16"),
          ("checkpoint at step 2", "does not fit this model:", "is (8, 2) there, (16, 2) here",
