@@ -19,7 +19,12 @@ def peak_learning_rate(cfg: OptimizerConfig, batch_size: int) -> float:
 def make_schedule(cfg: OptimizerConfig, *, batch_size: int,
                   total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 over `cfg.warmup_steps`, then `cfg.schedule` until
-    `total_steps` (cosine and linear decay to `cfg.end_lr_fraction` of the peak)."""
+    `total_steps` (cosine and linear decay to `cfg.end_lr_fraction` of the peak).
+
+    The step reads the rate at its 0-based `state.step`, optax's convention: with warmup
+    the first update has rate 0 (Adam's moments still take its gradient), and the last
+    update, number `total_steps - 1`, is one step short of the end value (the step
+    logged as `learning_rate` is the rate its update used)."""
     if cfg.warmup_steps > total_steps:
         raise ValueError(f"optimizer.warmup_steps must be in [0, {total_steps}] (the run's "
                          f"steps), got {cfg.warmup_steps}")
