@@ -58,9 +58,14 @@ def make_views(image: Image.Image | np.ndarray, image_size: int, augment: str) -
     """The views of one image, uint8 `[V, image_size, image_size, 3]`, in `VIEW_NAMES` order.
 
     "tencrop" follows LlamaGen's extraction: ADM centre crop to int(1.1 * size), then
-    torchvision's TenCrop (four corners, the centre at round((S - size) / 2), and the
-    mirrors). We put the centre first and give view 5 + k as the mirror of view k;
-    TenCrop yields the same ten crops in another order, which a uniform draw ignores.
+    ten crops as torchvision's TenCrop cuts them (four corners, the centre at
+    round((S - size) / 2)) plus mirrors. We put the centre first and give view 5 + k as
+    the mirror of view k. TenCrop instead flips the image and crops it again: its
+    mirrored corners are ours in another order (which a uniform draw ignores), but its
+    mirrored centre is cut at round((S - size) / 2) of the flipped image, which is not
+    the mirror of the centre crop when S - size is odd: for 256 px (S = 281, margin 25)
+    it starts one column to the right, at 13 in the original, where ours mirrors the
+    crop at 12. One of the ten views is thus shifted by a pixel.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}; got {augment!r}")

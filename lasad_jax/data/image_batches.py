@@ -1,9 +1,13 @@
 """Image batches for training the VQ tokenizer (pixels, not codes).
 
 Every source yields `{"image": uint8 [H, W, 3], "label": int}`; the pipeline applies the
-ADM centre crop to `image_size` and, in training, a random horizontal flip (LlamaGen's
-tokenizer augmentation), then batches. The embedded digits are upscaled with nearest
-neighbour and replicated to RGB, so the CPU demo of the tokenizer needs no download.
+ADM centre crop to `image_size` and, in training, a random horizontal flip, then batches.
+This is not LlamaGen's tokenizer augmentation: its vq_train uses ADM's `random_crop_arr`
+before the flip, a random-resized crop (short side resized to a random length in
+[S, 1.25 S], then an S x S crop at a random place), so each epoch sees other scales and
+framings; here every epoch sees the same centre crop, only mirrored or not.
+The embedded digits are upscaled with nearest neighbour and replicated to RGB, so the
+CPU demo of the tokenizer needs no download.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import grain
+import jax
 import numpy as np
 
 from lasad_jax.data.config import IMAGE_DATASETS, ImageDataConfig
@@ -59,11 +64,27 @@ class _CropFlip(grain.transforms.RandomMap):
         return {"image": np.ascontiguousarray(image)}
 
 
-def image_train_iterator(source: Any, *, image_size: int, batch_size: int,
-                         seed: int) -> grain.DatasetIterator:
+def image_train_iterator(source: Any, *, image_size: int, batch_size: int, seed: int,
+                         process_index: int | None = None,
+                         process_count: int | None = None) -> grain.DatasetIterator:
     """Shuffled, repeated, cropped and flipped batches `{"image": uint8 [B, S, S, 3]}`;
-    the iterator's state goes into checkpoints like the code pipeline's."""
-    ds = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    the iterator's state goes into checkpoints like the code pipeline's.
+
+    `batch_size` is this process's share of the global batch, so each process reads the
+    disjoint slice `process_index::process_count` of `source` (taken before shuffling,
+    as `data.pipeline.train_iterator` does); without it every host would feed the same
+    images. Both default to JAX's (`jax.process_index()`, `jax.process_count()`)."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index must be in [0, process_count={count}), got {index}")
+    ds = grain.MapDataset.source(source)
+    if count > 1:
+        ds = ds[index::count]
+        if len(ds) == 0:
+            raise ValueError(f"process {index} of {count} gets no images from {source!r}; "
+                             "use fewer processes or more data")
+    ds = (ds.shuffle(seed=seed).repeat()
           .random_map(_CropFlip(image_size), seed=seed)
           .batch(batch_size, drop_remainder=True))
     return iter(ds.to_iter_dataset())

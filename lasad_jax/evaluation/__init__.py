@@ -6,7 +6,8 @@
     evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", model)
 
 `metrics` is numpy/scipy only; `inception` is the Flax NNX network; `reference` reads and
-writes reference files; `evaluator` ties them together.
+writes reference files; `evaluator` ties them together; `resize` is LlamaGen's bicubic
+resize of samples to the reference's size (`eval.image_size`).
 """
 
 from lasad_jax.evaluation.evaluator import (
@@ -40,6 +41,7 @@ from lasad_jax.evaluation.reference import (
     load_reference,
     write_reference,
 )
+from lasad_jax.evaluation.resize import resize_bicubic
 
 __all__ = [
     "ADM_REFERENCE_URL", "INPUT_SIZE", "NUM_LOGITS", "POOL_DIM", "PREPROCESS_MODES",
@@ -47,5 +49,5 @@ __all__ = [
     "feature_stats", "frechet_distance", "inception_from_arrays", "inception_score",
     "iter_npz_batches", "load_reference", "manifold_radii", "metrics_from_features",
     "precision_recall", "preprocess", "random_inception", "reference_statistics",
-    "write_reference",
+    "resize_bicubic", "write_reference",
 ]

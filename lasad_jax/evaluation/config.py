@@ -4,7 +4,8 @@
 images; `--mode=evaluate` draws `num_samples` images with the `sample` block's settings
 (resumably, `part_size` at a time) and scores them against `reference` (empty: the
 workdir's own `reference_stats.npz`) with the Inception weights of `inception` (a
-converted `.npz`, or "random" to test the pipeline where the real weights cannot ship).
+converted `.npz`, or "random" to test the pipeline where the real weights cannot ship),
+after resizing them to `image_size` when that is set (`evaluation.resize`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ class EvalConfig:
     preprocess: str = "adm"
     reference: str = ""
     reference_split: str = "train"
-    reference_limit: int = 0  # reference_stats: at most this many images (0: all)
+    reference_limit: int = 0  # reference_stats: a seeded random subset this large (0: all)
+    # Samples (and reference_stats' images) are resized to image_size x image_size before
+    # scoring; 0 keeps the tokenizer's size. 256 scores 384 px models on ADM's batch.
+    image_size: int = 0
     inception_batch_size: int = 200
 
     def __post_init__(self) -> None:
@@ -49,6 +53,9 @@ class EvalConfig:
                 "reference_limit", f"must be 0 (all images) or >= {least} ({why}), got "
                 f"{self.reference_limit!r}")
         p.int_at_least("reference_limit", self.reference_limit, 0)
+        p.check(is_int(self.image_size) and self.image_size >= 0, "image_size",
+                f"must be 0 (the samples' own size) or a positive int, got "
+                f"{self.image_size!r}")
         p.check(isinstance(self.seed, int), "seed", f"must be an int, got {self.seed!r}")
         p.string("inception", self.inception)
         p.string("reference", self.reference)

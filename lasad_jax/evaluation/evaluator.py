@@ -180,6 +180,14 @@ def _stats(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s}
 
 
+def uniform_subset(n: int, k: int, seed: int) -> np.ndarray:
+    """`k` of the indices `0..n-1` (all if `k >= n`), drawn uniformly without replacement
+    from `seed` and sorted, so that reading them stays sequential."""
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
 def reference_statistics(images: Images, inception_model: InceptionV3, *,
                          batch_size: int = 200, num_pool: int | None = 10000,
                          seed: int = 0) -> dict[str, Any]:
@@ -192,7 +200,6 @@ def reference_statistics(images: Images, inception_model: InceptionV3, *,
     n = len(feats["pool"])
     pool = feats["pool"]
     if num_pool is not None and n > num_pool:
-        keep = np.sort(np.random.default_rng(seed).choice(n, num_pool, replace=False))
-        pool = pool[keep]
+        pool = pool[uniform_subset(n, num_pool, seed)]
     return {**_stats(feats), "pool": pool, "preprocess": inception_model.preprocess,
             "num_images": n}

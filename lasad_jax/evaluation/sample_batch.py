@@ -1,9 +1,15 @@
 """The ADM sample batch of `--mode=evaluate`, generated resumably, part by part.
 
-Decisions (the paper and ADM leave them open):
+Decisions:
 
 * Labels cycle through the classes (`i % num_classes`), so 50,000 ImageNet samples hold
-  50 of each class and any prefix of the run is class-balanced.
+  50 of each class and any prefix of the run is class-balanced. This deviates from
+  LlamaGen, whose sampler draws each label uniformly at random (about 50 per class, not
+  exactly): class balance removes one source of run-to-run FID noise, but the numbers
+  are not drawn exactly as LlamaGen's were.
+* With `eval.image_size` set, each batch is resized (`evaluation.resize`, LlamaGen's
+  bicubic) before it is written, so the parts and the assembled batch hold the images
+  that are scored, as LlamaGen's 384 px sample batches hold 256 px images.
 * Generation is resumable: images go to `part_*.npz` files, each written atomically; a
   restarted run skips finished parts. Batch `i` draws from `fold_in(key(eval.seed), i)`,
   so a resumed run gives the images an uninterrupted one would. A settings file in the
@@ -34,6 +40,7 @@ from absl import logging
 from tqdm import tqdm
 
 from lasad_jax.evaluation.config import EvalConfig
+from lasad_jax.evaluation.resize import resize_bicubic
 from lasad_jax import files
 from lasad_jax.files import as_output_error, require_space, save_json, save_npz, write_atomically
 from lasad_jax.sampling.config import SampleConfig
@@ -43,13 +50,15 @@ from lasad_jax.tokenizers import Tokenizer
 
 
 def eval_labels(num_samples: int, num_classes: int) -> np.ndarray:
+    """Class `i % num_classes` for sample `i`: balanced (LlamaGen draws them at random)."""
     return (np.arange(num_samples) % num_classes).astype(np.int32)
 
 
 def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str,
                    tokenizer: str, model_cfg: Any = None) -> dict[str, Any]:
     """What makes a sample batch: the generator's checkpoint step, the fingerprint of the
-    tokenizer that decodes it, and the sampling settings; with `model_cfg`, also the
+    tokenizer that decodes it, the sampling settings and `eval.image_size` (the resize
+    changes what the parts hold); with `model_cfg`, also the
     model's numerics (`sampling.sampler.NUMERICS`), so the results file records them. A
     run with other settings must not add to it."""
     settings = {"checkpoint_step": int(step), "num_samples": int(ev.num_samples),
@@ -57,6 +66,8 @@ def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str,
                 "cfg_scale": float(s.cfg_scale), "temperature": float(s.temperature),
                 "top_k": int(s.top_k), "top_p": float(s.top_p), "use_ema": bool(s.use_ema),
                 "mixer": mixer, "tokenizer": tokenizer}
+    if ev.image_size:  # recorded only when set: batches made before it still resume
+        settings["image_size"] = int(ev.image_size)
     if model_cfg is not None:
         settings.update(model_numerics(model_cfg))
     return settings
@@ -144,7 +155,10 @@ def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: Sam
             codes = generate(model, padded, jax.random.fold_in(base, b),
                              cfg_scale=sample.cfg_scale, temperature=sample.temperature,
                              top_k=sample.top_k, top_p=sample.top_p, mesh=mesh)
-            images.append(tokenizer.decode(codes[:len(chunk)]))
+            decoded = tokenizer.decode(codes[:len(chunk)])
+            if ev.image_size and jax.process_index() == 0:  # only process 0 writes
+                decoded = resize_bicubic(decoded, ev.image_size)
+            images.append(decoded)
             part_labels.append(chunk)
             bar.update(1)
         if jax.process_index() == 0:

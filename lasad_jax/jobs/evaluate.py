@@ -2,10 +2,11 @@
 
 Generates `eval.num_samples` images (sharded over the mesh like `--mode=sample`,
 resumably: `lasad_jax.evaluation.sample_batch`), writes them as an ADM sample batch
-(`workdir/eval/{eval.name}.npz`, `arr_0` uint8 NHWC plus `labels`) and scores them
-against the reference: FID, sFID, Inception Score, precision and recall, saved to
-`workdir/eval/{eval.name}.json`. With `eval.inception="random"` the numbers test the
-pipeline and compare only with numbers from the same random network.
+(`workdir/eval/{eval.name}.npz`, `arr_0` uint8 NHWC plus `labels`; resized to
+`eval.image_size` when that is set) and scores them against the reference: FID, sFID,
+Inception Score, precision and recall, saved to `workdir/eval/{eval.name}.json`. With
+`eval.inception="random"` the numbers test the pipeline and compare only with numbers
+from the same random network.
 
 The parts and the results record what made them (checkpoint step, tokenizer
 fingerprint, sampling settings, model numerics, reference, network): another evaluation
@@ -45,6 +46,7 @@ from lasad_jax.evaluation.sample_batch import (
     settings_differences,
     staging_path,
 )
+from lasad_jax.evaluation.resize import scored_size
 from lasad_jax.evaluation.weights import describe_network, load_network
 from lasad_jax.files import require_writable, save_json
 from lasad_jax.jobs.sample import restore_model
@@ -119,20 +121,32 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
 
 def _check_reference(reference: Reference, ref_path: str, config: GeneratorRun,
                      tokenizer: Tokenizer) -> None:
-    """Statistics made by `--mode=reference_stats` record their image size and, for the
-    embedded datasets (whose images pass through the tokenizer), the tokenizer: samples
-    must be compared with images of the same size and grey levels. The messages name
-    `ref_path`, the file as configured (a remote one is read from a local copy)."""
+    """Samples must be compared with images of the same size and grey levels. An ADM
+    batch shows its size in `arr_0`; statistics made by `--mode=reference_stats` record
+    theirs and, for the embedded datasets (whose images pass through the tokenizer), the
+    tokenizer. The size compared is the one samples are scored at (`eval.image_size`,
+    else the tokenizer's). Files of bare statistics say nothing and pass. The messages
+    name `ref_path`, the file as configured (a remote one is read from a local copy)."""
     made = reference.settings or {}
     if made.get("preprocess") not in (None, config.eval.preprocess):
         raise ValueError(f"{ref_path} was made with Inception preprocessing "
                          f"{made['preprocess']!r}, but config.eval.preprocess is "
                          f"{config.eval.preprocess!r}; make them agree")
-    size = list(tokenizer.image_shape[:2])
+    size = list(scored_size(config.eval.image_size, tuple(tokenizer.image_shape[:2])))
+    scored = f"the samples are {size} (" + (
+        "config.eval.image_size)" if config.eval.image_size
+        else "the tokenizer's size; config.eval.image_size=0)")
+    if reference.images_shape is not None and list(reference.images_shape[1:3]) != size:
+        held = list(reference.images_shape[1:3])
+        raise ValueError(f"{ref_path} holds {held} images, but {scored}; set "
+                         f"config.eval.image_size={held[0]} to resize the samples to its "
+                         "size (bicubic, as LlamaGen scores 384 px models), or use "
+                         "another reference")
     if made.get("image_size") not in (None, size):
         raise ValueError(f"{ref_path} holds statistics of {made['image_size']} images, "
-                         f"but the samples are {size}; make the reference again "
-                         "(--mode=reference_stats) or set config.eval.reference")
+                         f"but {scored}; make the reference again "
+                         "(--mode=reference_stats) with the same config.eval.image_size, "
+                         "or set config.eval.reference")
     if made.get("tokenizer") not in (None, tokenizer.fingerprint):
         raise ValueError(f"{ref_path} was made with tokenizer {short(made['tokenizer'])}"
                          f", but this run decodes with {short(tokenizer.fingerprint)} "

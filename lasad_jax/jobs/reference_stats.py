@@ -2,8 +2,9 @@
 `eval.reference_split`, written to `eval.reference` (or `workdir/reference_stats.npz`),
 which `--mode=evaluate` then scores samples against.
 
-The file records what made it (`reference_settings`: dataset, split, image size, the
-tokenizer's fingerprint where the images pass through it, the network). The same
+The file records what made it (`reference_settings`: dataset, split, limit and subset
+rule, image size, the tokenizer's fingerprint where the images pass through it, the
+network). The same
 command again finds it made and writes nothing; other settings are refused rather than
 written over it.
 """
@@ -17,8 +18,9 @@ from absl import logging
 from lasad_jax.config import GeneratorRun
 from lasad_jax.data.config import EMBEDDED
 from lasad_jax.evaluation.evaluator import reference_statistics
-from lasad_jax.evaluation.real_images import dataset_images
+from lasad_jax.evaluation.real_images import SUBSET_SEED, dataset_images
 from lasad_jax.evaluation.reference import load_reference, reference_path, write_reference
+from lasad_jax.evaluation.resize import scored_size
 from lasad_jax.evaluation.sample_batch import settings_differences
 from lasad_jax.evaluation.weights import describe_network, load_network
 from lasad_jax import files
@@ -31,15 +33,23 @@ DATA_FIELDS = ("name", "seed", "val_fraction", "size", "num_train", "num_val", "
 
 
 def reference_settings(config: GeneratorRun, tokenizer: Tokenizer | None) -> dict[str, Any]:
-    """What makes a reference: its images (dataset, split, limit, size; the embedded
-    datasets' images are decoded through the tokenizer, so its fingerprint too) and the
-    network that saw them."""
+    """What makes a reference: its images (dataset, split, limit and how the subset is
+    drawn, scored size; the embedded datasets' images are decoded through the tokenizer,
+    so its fingerprint too) and the network that saw them.
+
+    `subset` is recorded only with a limit: files made before it existed took the first
+    `limit` images, so they now differ from these settings and are refused rather than
+    reused; without a limit both rules take every image, and such files still match."""
     ev = config.eval
-    return {"data": {name: getattr(config.data, name) for name in DATA_FIELDS},
-            "split": ev.reference_split, "limit": ev.reference_limit,
-            "image_size": list(config.tokenizer.image_size),
-            "tokenizer": tokenizer.fingerprint if tokenizer is not None else None,
-            "inception": describe_network(ev.inception), "preprocess": ev.preprocess}
+    settings = {"data": {name: getattr(config.data, name) for name in DATA_FIELDS},
+                "split": ev.reference_split, "limit": ev.reference_limit,
+                "image_size": list(scored_size(ev.image_size,
+                                               tuple(config.tokenizer.image_size))),
+                "tokenizer": tokenizer.fingerprint if tokenizer is not None else None,
+                "inception": describe_network(ev.inception), "preprocess": ev.preprocess}
+    if ev.reference_limit:
+        settings["subset"] = f"uniform random, seed {SUBSET_SEED}"
+    return settings
 
 
 def run(config: GeneratorRun, workdir: str) -> str:
@@ -61,7 +71,7 @@ def run(config: GeneratorRun, workdir: str) -> str:
     require_writable(files.parent(path))
     network, described = load_network(ev.inception, ev.preprocess)
     images = dataset_images(config.data, config.tokenizer, ev.reference_split,
-                            ev.reference_limit, built=tokenizer)
+                            ev.reference_limit, built=tokenizer, image_size=ev.image_size)
     stats = reference_statistics(images, network, batch_size=ev.inception_batch_size)
     stats.update(inception=described, settings=settings)
     write_reference(path, stats)

@@ -157,6 +157,38 @@ def test_image_iterator_crops_flips_and_resumes():
     for want in expected:
         np.testing.assert_array_equal(next(again)["image"], want)
 
+class _Numbered:
+    """Flat 16 px images whose grey level is their index, so a batch shows which it holds
+    (the crop leaves a 16 px image as it is and a flip leaves a flat one)."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": np.full((16, 16, 3), index, np.uint8), "label": 0}
+
+
+def test_each_process_reads_its_own_slice_of_the_images():
+    # Two "processes" with batch 5 (their share of 10): one batch is one pass over a slice.
+    seen = []
+    for index in range(2):
+        it = image_train_iterator(_Numbered(), image_size=16, batch_size=5, seed=3,
+                                  process_index=index, process_count=2)
+        first = next(it)["image"][:, 0, 0, 0].tolist()
+        assert sorted(first) == list(range(index, 10, 2))  # its slice, shuffled
+        assert sorted(next(it)["image"][:, 0, 0, 0].tolist()) == sorted(first)
+        seen.append(set(first))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(10))
+    alone = image_train_iterator(_Numbered(), image_size=16, batch_size=10, seed=3)
+    assert sorted(next(alone)["image"][:, 0, 0, 0].tolist()) == list(range(10))
+    with pytest.raises(ValueError, match=r"process 15 of 20 gets no images"):
+        image_train_iterator(_Numbered(), image_size=16, batch_size=1, seed=3,
+                             process_index=15, process_count=20)
+    with pytest.raises(ValueError, match=r"process_index must be in \[0, process_count=2\)"):
+        image_train_iterator(_Numbered(), image_size=16, batch_size=1, seed=3,
+                             process_index=2, process_count=2)
+
+
 # ---------------------------------------------------------------- tfds ImageNet
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from lasad_jax.data.config import DataConfig
 from lasad_jax.evaluation.config import EvalConfig
 from lasad_jax.evaluation.real_images import dataset_images
+from lasad_jax.evaluation.resize import resize_bicubic
 from lasad_jax.evaluation.sample_batch import (
     assemble,
     batch_settings,
@@ -190,3 +191,30 @@ def test_too_few_samples_for_precision_recall_fail_when_the_config_is_read():
     with pytest.raises(ConfigError) as err:  # one line for one bad value
         EvalConfig(num_samples=0)
     assert err.value.problems == ("eval.num_samples must be a positive int, got 0",)
+
+
+def test_eval_image_size_must_be_zero_or_positive():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError) as err:
+            EvalConfig(image_size=bad)
+        assert err.value.problems == (
+            f"eval.image_size must be 0 (the samples' own size) or a positive int, "
+            f"got {bad!r}",)
+    assert EvalConfig(image_size=256).image_size == 256
+
+
+def test_parts_hold_the_resized_images_and_the_settings_record_the_size(model, tmp_path):
+    run_parts(model, tmp_path / "native", part_size=8)
+    run_parts(model, tmp_path / "resized", part_size=8, image_size=6)
+    for name in parts(tmp_path / "native"):
+        with np.load(tmp_path / "native" / name) as native, \
+                np.load(tmp_path / "resized" / name) as resized:
+            assert resized["images"].shape[1:] == (6, 6, 3)
+            np.testing.assert_array_equal(resized["images"],
+                                          resize_bicubic(native["images"], 6))
+            np.testing.assert_array_equal(resized["labels"], native["labels"])
+    # Recorded only when set, so batches made before the field existed still resume.
+    plain = batch_settings(EvalConfig(), SAMPLE, step=1, mixer="lasad", tokenizer="t")
+    sized = batch_settings(EvalConfig(image_size=6), SAMPLE, step=1, mixer="lasad",
+                           tokenizer="t")
+    assert "image_size" not in plain and sized == {**plain, "image_size": 6}

@@ -16,7 +16,8 @@ import pytest
 
 from lasad_jax.config import parse
 from lasad_jax.evaluation import metrics as eval_metrics
-from lasad_jax.evaluation.reference import load_reference
+from lasad_jax.evaluation.inception import POOL_DIM, SPATIAL_DIM
+from lasad_jax.evaluation.reference import load_reference, write_reference
 from lasad_jax.jobs import evaluate, reference_stats, train
 from tests.helpers import hash_tree, tiny_demo_config
 from tests.remote_helpers import gfile, ram_fixture  # noqa: F401 - a fixture
@@ -141,6 +142,48 @@ def test_eval_config_errors_name_the_field(tmp_path):
     assert any("config.eval.inception_batch_size must be a positive int" in p for p in found)
     config = eval_config(reference_split="test")
     assert any("reference_split" in p for p in problems(config, "reference_stats"))
+
+
+@pytest.mark.slow
+@TRAINED
+def test_eval_image_size_resizes_the_batch_and_its_reference(trained, tmp_path):
+    config = eval_config(name="resized", image_size=16, reference=str(tmp_path / "ref16.npz"))
+    reference_stats.run(parse(config, "reference_stats"), trained)
+    assert load_reference(tmp_path / "ref16.npz").settings["image_size"] == [16, 16]
+    result = run_evaluation(config, trained)
+    assert np.isfinite(result["fid"]) and result["image_size"] == 16
+    with np.load(os.path.join(trained, "eval", "resized.npz")) as npz:
+        assert npz["arr_0"].shape == (20, 16, 16, 3)
+
+
+def test_a_reference_of_another_image_size_is_refused_naming_both(tmp_path):
+    """An ADM batch records no settings, but its `arr_0` shows its size: 16 px reference
+    images against the demo's 8 px samples are refused before any model is restored (the
+    workdir has none), unless `eval.image_size` resizes the samples to them."""
+    adm = str(tmp_path / "adm_16px.npz")
+    np.savez(adm, arr_0=np.zeros((5, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError) as err:
+        run_evaluation(eval_config(reference=adm), str(tmp_path))
+    assert str(err.value) == (
+        f"{adm} holds [16, 16] images, but the samples are [8, 8] (the tokenizer's size; "
+        "config.eval.image_size=0); set config.eval.image_size=16 to resize the samples to "
+        "its size (bicubic, as LlamaGen scores 384 px models), or use another reference")
+    config = parse(eval_config(reference=adm, image_size=16), "evaluate")
+    tokenizer = evaluate.build_tokenizer(config.tokenizer)
+    evaluate._check_reference(load_reference(adm), adm, config, tokenizer)  # passes
+    # Our statistics record the size they were made at.
+    ours = str(tmp_path / "ours.npz")
+    made = reference_stats.reference_settings(parse(eval_config(), "reference_stats"),
+                                              tokenizer)
+    write_reference(ours, {"mu": np.zeros(POOL_DIM), "sigma": np.eye(POOL_DIM),
+                           "mu_s": np.zeros(SPATIAL_DIM), "sigma_s": np.eye(SPATIAL_DIM),
+                           "settings": made})
+    with pytest.raises(ValueError) as err:
+        evaluate._check_reference(load_reference(ours), ours, config, tokenizer)
+    assert str(err.value) == (
+        f"{ours} holds statistics of [8, 8] images, but the samples are [16, 16] "
+        "(config.eval.image_size); make the reference again (--mode=reference_stats) with "
+        "the same config.eval.image_size, or set config.eval.reference")
 
 
 @pytest.mark.slow
