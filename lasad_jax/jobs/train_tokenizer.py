@@ -21,7 +21,7 @@ from lasad_jax.files import exists, require_writable
 from lasad_jax.parallel import build_mesh, local_batch_size, process_0_decides
 from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq.weights import save_vq
-from lasad_jax.training.checkpoint import resume_or_start
+from lasad_jax.training.checkpoint import data_order, resume_or_start
 from lasad_jax.training.host_loop import Evaluation, run_length, summary, train_loop
 from lasad_jax.training.optimizer import peak_learning_rate
 from lasad_jax.training.vq.step import (
@@ -48,7 +48,8 @@ def run(config: TokenizerRun, workdir: str) -> dict[str, float]:
         config.batch_size, mesh), seed=config.seed)
     checkpointer, state, start, shardings = resume_or_start(
         workdir, config.train, state, mesh, train_iter,
-        identity=tokenizer_identity(config.vq, config.loss))
+        identity=dict(tokenizer_identity(config.vq, config.loss), data_order=data_order(
+            batch_size=config.batch_size, seed=config.seed, train_examples=len(train_source))))
     codes = size // config.vq.downsample_factor
     logging.info("tokenizer: %.2fM parameters, %d px -> %d x %d codes, codebook %d; %d train "
                  "/ %d val images; %d steps of batch %d, peak lr %.3g, GAN from step %d",
