@@ -2,9 +2,18 @@
 
 Parallel forms take `q, k: [batch, T, heads, Dk]`, `v: [batch, T, heads, Dv]`; slots
 `0..num_prefix-1` are prefix memory and the `T - num_prefix` image tokens fill a grid of
-`width` columns in raster order (the last row may be partial). They return q's dtype;
-matmuls run in the input dtype with float32 accumulation, states are float32
-(docs/operator.md, "Numerics").
+`width` columns in raster order (the last row may be partial). They return q's dtype.
+Dtypes (docs/operator.md, "Numerics"): the reference casts q, k, v to float32; the
+chunked form multiplies in the input dtype with float32 accumulation and keeps its states
+in float32; the Pallas form too, except that for bfloat16 inputs it stores the column
+states between its kernels in bfloat16 (`pallas.chunked.state_storage`).
+
+Precision: the float32 matmuls of the XLA forms (the whole reference; the chunked form's
+state reads, column smoothing and prefix read; the decoding steps) run at JAX's default
+matmul precision, which is full float32 on CPU but bfloat16 passes on TPU and may be TF32
+on GPU. Nothing here raises it, because its cost on a device is unmeasured; a caller who
+needs float32 products there sets `jax_default_matmul_precision="highest"`, as the device
+tests do. The Pallas kernels pick theirs from the input dtype (`pallas.precision`).
 
 `impl` (docs/operator.md, "Implementations"):
 * `"reference"`: the quadratic masked form, `O(T^2)`; the spec in code.
@@ -123,7 +132,8 @@ def lasad_attention(
     """LASAD: image key `j` weighs `row_decay^(r_i - r_j) * col_decay^|c_i - c_j|` for query `i`.
 
     `row_decay`, `col_decay`: `[heads]` in (0, 1]. `chunk_size` (tokens per chunk of the
-    chunked and Pallas forms, rounded down to whole rows) trades intra-chunk matmul work
+    chunked and Pallas forms, rounded down to whole grid rows; below `width`, up to one
+    row) trades intra-chunk matmul work
     (grows with it) against the chunk-boundary states (shrink with it); `None` uses the
     platform's measured default (`ops.chunked.defaults`).
     """

@@ -37,8 +37,10 @@ Dtypes: the intra-chunk products and the chunk sums take operands in the input d
 decay-weighted scores and the decayed keys are rounded to the input dtype just before
 their matmul, as flash-style kernels round P. States are accumulated, passed and read in
 float32 (the inter-chunk read is a float32 product: `Dk x Dv` per token, small next to the
-intra-chunk work, and the states are sums over many rows). With float32 inputs every step
-is float32, exact to rounding against `reference.masked_attention`.
+intra-chunk work, and the states are sums over many rows). With float32 inputs every
+operand is float32, but the products run at JAX's default matmul precision (ops/api.py,
+"Precision"): only on CPU, or with `jax_default_matmul_precision="highest"`, does the form
+match `reference.masked_attention` to float32 rounding.
 
 Memory: autodiff would keep each chunk's `C x C` scores and the `w x Dk x Dv`
 chunk-boundary states for the backward pass (for `lasad` the states alone are
@@ -67,7 +69,7 @@ F32 = jnp.float32
 class Defaults(NamedTuple):
     """The form's parameters when the caller does not choose them."""
 
-    chunk_size: int  # tokens per chunk (rounded down to whole grid rows)
+    chunk_size: int  # tokens per chunk (rounded down to whole grid rows, at least one)
     chunks_per_step: int  # chunks in parallel per step; 0: all of them
     # A single chunk (`T <= chunk_size`: the masked form) keeps its `C x C` scores for the
     # backward pass (True) or, like every step of several chunks, follows `remat`.
@@ -297,7 +299,9 @@ def _step(variant, lay: ChunkLayout, width: int, state_pass: str, dtype, carry, 
     q_start = by_column(qq) * jnp.exp(tau * la)
     # The read multiplies float32 queries and states: the states are sums over many rows,
     # and rounding them to bfloat16 here took the q gradient's error from 5.5e-3 to 8.6e-3
-    # of its largest magnitude (T = 16384, no decay; docs/operator.md, "Numerics").
+    # of its largest magnitude (T = 16384, no decay; docs/operator.md, "Numerics"). That
+    # gain holds where float32 matmuls are float32 (CPU, or "highest" precision); at the
+    # default precision a TPU multiplies in bfloat16 passes and a GPU may use TF32.
     inter = jnp.einsum("pbhsgd,pbhsde->pbhsge", q_start, states, preferred_element_type=F32)
     inter = inter.swapaxes(3, 4).reshape(*qq.shape[:4], -1)
     if last:

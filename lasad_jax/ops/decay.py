@@ -17,6 +17,15 @@ import jax.numpy as jnp
 # `softmax` is not here: it is ordinary attention and lives with the model.
 VARIANTS = ("lasad", "lasad_row", "linear_1d", "linear")
 
+# The log that stands for a decay of exactly 0 (`validation.check_decay` gives it;
+# `decay_mask` clamps lower logs, -inf included, to it). With `log 0 = -inf` the
+# distance-0 weight `0^0 = exp(0 * log 0)` is NaN in every form; this finite stand-in keeps
+# it 1 and still underflows to 0 at any distance >= 1 (exp(-128) is below float32's
+# smallest subnormal, exp(-103.3)). A power of two, so that integer multiples of it and
+# their sums and differences, as the forms build exponents, stay exact (a distance that
+# cancels gives exactly 0), in bfloat16 too. No nonzero float32 decay has a log this low.
+LOG_ZERO = -128.0
+
 
 def decay_mask(
     variant: str,
@@ -30,7 +39,8 @@ def decay_mask(
 
     Slots `0..num_prefix-1` are prefix memory (weight 1, causal among themselves); the rest
     are image tokens in raster order on a grid of `width` columns. `log_row` and `log_col`
-    are `[heads]` logs of the decays. For `linear_1d` `log_row` is the log of the 1D decay
+    are `[heads]` logs of the decays (below `LOG_ZERO`, -inf included, taken as
+    `LOG_ZERO`: a decay of 0). For `linear_1d` `log_row` is the log of the 1D decay
     and `log_col` is ignored; for `linear` both are ignored.
     """
     if variant not in VARIANTS:
@@ -44,8 +54,8 @@ def decay_mask(
     p_i, p_j = i - num_prefix, j - num_prefix
     dr = (p_i // width - p_j // width).astype(jnp.float32)
     dc = (p_i % width - p_j % width).astype(jnp.float32)
-    lr = log_row.astype(jnp.float32)[:, None, None]
-    lc = log_col.astype(jnp.float32)[:, None, None]
+    lr = jnp.maximum(log_row.astype(jnp.float32), LOG_ZERO)[:, None, None]
+    lc = jnp.maximum(log_col.astype(jnp.float32), LOG_ZERO)[:, None, None]
     if variant == "lasad":
         expo = dr * lr + jnp.abs(dc) * lc
     elif variant == "lasad_row":

@@ -23,7 +23,9 @@ def masked_attention(
     log_row: jax.Array,
     log_col: jax.Array,
 ) -> jax.Array:
-    """`o_i = sum_j M[i, j] (q_i . k_j) v_j` in float32; returns float32 `[B, T, H, Dv]`."""
+    """`o_i = sum_j M[i, j] (q_i . k_j) v_j` on float32 operands; returns float32
+    `[B, T, H, Dv]`. The products run at JAX's default matmul precision (full float32 on
+    CPU only; ops/api.py, "Precision")."""
     mask = decay_mask(variant, q.shape[1], num_prefix, width, log_row, log_col)
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     scores = jnp.einsum("bihd,bjhd->bhij", q, k) * mask[None]

@@ -3,6 +3,7 @@
 Every check raises `ValueError` naming the argument and what was expected, before any
 computation starts. Decay values are checked only when they are concrete: under
 `jax.jit` they are tracers, and a data-dependent check there would cost a device sync.
+So `check_decay` also makes a traced decay of exactly 0 safe (`decay.LOG_ZERO`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lasad_jax.ops.decay import LOG_ZERO
 
 
 def check_int(name: str, value: Any, *, minimum: int) -> int:
@@ -34,7 +37,8 @@ def check_float_array(name: str, x: Any, ndim: int, layout: str) -> jax.Array:
 
 
 def check_qkv(q: Any, k: Any, v: Any, *, token_axis: bool) -> tuple[int, int, int, int, int]:
-    """Checks q/k/v ranks, dtypes and agreeing shapes; returns (B, T, H, Dk, Dv).
+    """Checks q/k/v ranks, one shared floating dtype and agreeing shapes; returns
+    (B, T, H, Dk, Dv).
 
     With `token_axis` the layout is `[batch, T, heads, D]` (parallel form), otherwise
     `[batch, heads, D]` (one decoding step; T is reported as 1).
@@ -53,6 +57,10 @@ def check_qkv(q: Any, k: Any, v: Any, *, token_axis: bool) -> tuple[int, int, in
         b, t, h, dk = q.shape
     else:
         (b, h, dk), t = q.shape, 1
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share one dtype (the forms compute in q's and would "
+                         f"silently round k and v to it), got q {q.dtype}, k {k.dtype}, "
+                         f"v {v.dtype}")
     if 0 in (b, h, dk, v.shape[-1]):
         raise ValueError(f"q, k, v must hold at least one batch element, head and feature "
                          f"(batch, heads, Dk, Dv >= 1), got q {tuple(q.shape)}, v "
@@ -61,8 +69,16 @@ def check_qkv(q: Any, k: Any, v: Any, *, token_axis: bool) -> tuple[int, int, in
 
 
 def check_decay(name: str, decay: Any, heads: int) -> jax.Array:
-    """Checks a `[heads]` decay in (0, 1]; returns its log in float32."""
+    """Checks a `[heads]` decay in (0, 1]; returns its log in float32.
+
+    Integer arrays (`[1, 1]`) are taken as float32. Concrete values outside (0, 1] are
+    refused; a traced decay of exactly 0 gets the log `LOG_ZERO`, so every form weighs
+    distance 0 by 1 and longer distances by 0. Its gradient there is 0 (finite, though the
+    distance-1 weight's true derivative is 1): the log has none to give at 0.
+    """
     decay = jnp.asarray(decay) if isinstance(decay, (list, tuple, np.ndarray)) else decay
+    if hasattr(decay, "dtype") and jnp.issubdtype(decay.dtype, jnp.integer):
+        decay = decay.astype(jnp.float32)
     check_float_array(name, decay, 1, "[heads]")
     if decay.shape[0] != heads:
         raise ValueError(f"{name} must have shape [heads] = ({heads},), got {tuple(decay.shape)}")
@@ -70,7 +86,10 @@ def check_decay(name: str, decay: Any, heads: int) -> jax.Array:
         values = np.asarray(decay, dtype=np.float32)
         if not np.all((values > 0) & (values <= 1)):
             raise ValueError(f"{name} values must lie in (0, 1], got {values.tolist()}")
-    return jnp.log(decay.astype(jnp.float32))
+    decay = decay.astype(jnp.float32)
+    # The inner `where` keeps log's infinite derivative at 0 out of the gradient.
+    zero = decay == 0
+    return jnp.where(zero, LOG_ZERO, jnp.log(jnp.where(zero, 1.0, decay)))
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -351,7 +351,7 @@ def test_auto_follows_the_first_matching_row_and_its_chunk(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("num_prefix", [1, 0], ids=["prefix", "direct"])
-def test_bfloat16_states_with_decays_of_one_over_16k_tokens(num_prefix):
+def test_bfloat16_states_with_decays_of_one_over_16k_tokens(num_prefix, monkeypatch):
     """The numerically hardest case (both decays 1.0: every state sums all earlier
     tokens; `tests/training/test_reliability.py` holds the XLA form to it) through the
     Pallas split with its default bf16 column states, 2048-token chunks (8 chunks of 16
@@ -360,11 +360,23 @@ def test_bfloat16_states_with_decays_of_one_over_16k_tokens(num_prefix):
     interpreted, 2026-12-06): output 3.0e-3, dq 7.4e-3 (7.4e-3 with float32 states too),
     the others <= 5.2e-3. Without the prefix slot the split is the direct one, whose
     kernels sum the intra- and inter-chunk parts before rounding (`chunked._direct_split`):
-    output 3.6e-3, dv 6.1e-3, dq 6.2e-3, the others <= 4.5e-3 (2026-12-06)."""
+    output 3.6e-3, dv 6.8e-3, dq 5.9e-3, dk 5.1e-3, the decays' <= 3.0e-3 (2026-12-07).
+    The direct split needs whole chunks, so the image is exactly 128 rows: T = 1 + 16384
+    with the prefix slot, 16384 without (a 16385th image token would make a ninth,
+    one-token chunk, and the composed split would run instead)."""
     width, heads, d = 128, 2, 16
     keys = jax.random.split(jax.random.key(0), 3)
-    q, k, v = (jax.random.normal(kk, (1, 1 + 128 * width, heads, d)).astype(jnp.bfloat16)
-               for kk in keys)
+    q, k, v = (jax.random.normal(kk, (1, num_prefix + 128 * width, heads, d))
+               .astype(jnp.bfloat16) for kk in keys)
+    # Which split each trace of the Pallas form takes: direct without the prefix slot.
+    splits, choose = [], chunked_pallas._direct_split
+
+    def spy(*args, **kwargs):
+        split = choose(*args, **kwargs)
+        splits.append(split is not None)
+        return split
+
+    monkeypatch.setattr(chunked_pallas, "_direct_split", spy)
     ones = jnp.ones((heads,), jnp.float32)
     weights = jnp.cos(jnp.arange(d, dtype=jnp.float32))
 
@@ -383,6 +395,7 @@ def test_bfloat16_states_with_decays_of_one_over_16k_tokens(num_prefix):
         return jax.jit(lambda *a: (f(*a), jax.grad(loss, argnums=range(5))(*a)))(*args)
 
     out, grads = run(pallas, q, k, v, ones, ones)
+    assert splits and all(direct == (num_prefix == 0) for direct in splits), splits
     with jax.default_matmul_precision("highest"):
         ref, ref_grads = run(chunked, *(x.astype(jnp.float32) for x in (q, k, v)), ones, ones)
     assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 2.0**-7

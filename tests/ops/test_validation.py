@@ -28,6 +28,9 @@ CASES = [
     (dict(q=jnp.ones((B, T, DK))), ["q", "rank 4", "[batch, T, heads, D]"]),
     (dict(v=jnp.ones((B, T, H, DV), jnp.int32)), ["v", "floating dtype"]),
     (dict(q=np.ones((B, T, H, DK)).tolist()), ["q", "array"]),
+    # Mixed dtypes would round k and v to q's silently.
+    (dict(q=Q.astype(jnp.bfloat16)), ["share one dtype", "q bfloat16, k float32, v float32"]),
+    (dict(v=V.astype(jnp.bfloat16)), ["share one dtype", "q float32, k float32, v bfloat16"]),
     (dict(row_decay=jnp.array([0.9, 1.2, 0.5])), ["row_decay", "(0, 1]"]),
     (dict(col_decay=jnp.array([0.9, 0.0, 0.5])), ["col_decay", "(0, 1]"]),
     (dict(col_decay=jnp.array([0.9, -0.1, 0.5])), ["col_decay", "(0, 1]"]),
@@ -77,6 +80,9 @@ def test_decode_rejects_bad_input():
     with pytest.raises(ValueError, match="col_decay values"):
         ops.lasad_decode_step(state, q1, k1, v1, row_decay=GOOD["row_decay"],
                               col_decay=jnp.full((H,), 2.0))
+    with pytest.raises(ValueError, match="share one dtype.*k bfloat16"):
+        ops.linear_decode_step(ops.linear_decode_init(B, H, DK, DV), q1,
+                               k1.astype(jnp.bfloat16), v1)
     with pytest.raises(ValueError, match="num_prefix must be >= 0"):
         ops.linear_decode_step(ops.linear_decode_init(B, H, DK, DV), q1, k1, v1, num_prefix=-3)
     with pytest.raises(ValueError, match="width must be >= 1"):
@@ -102,3 +108,14 @@ def test_decode_step_names_the_state_it_takes(step, init, decays):
         state = init(B, H, DK, DV) if init else None
     with pytest.raises(ValueError, match=r"state must be the \w+State that \w+_decode_init"):
         step(state, Q[:, 0], K[:, 0], V[:, 0], **decays)
+
+
+def test_integer_decays_are_taken_as_float():
+    """`[1, 1, 1]` (a list, a numpy or a jax int array) is a valid decay of 1."""
+    ones = jnp.ones((H,), jnp.float32)
+    want = call(row_decay=ones, col_decay=ones)
+    for row in ([1] * H, np.ones(H, np.int64), jnp.ones((H,), jnp.int32)):
+        np.testing.assert_array_equal(np.asarray(call(row_decay=row, col_decay=ones)),
+                                      np.asarray(want))
+    with pytest.raises(ValueError, match=r"col_decay values must lie in \(0, 1\]"):
+        call(col_decay=[1, 2, 1])

@@ -138,10 +138,11 @@ def lasad_pallas(
     """`lasad` attention (docs/operator.md) for `q, k: [B, T, H, Dk]`, `v: [B, T, H, Dv]`
     with Pallas kernels; returns q's dtype. Arguments are assumed checked by the caller
     (`lasad_jax.ops.api`). `chunk_size`: tokens per chunk, rounded down to whole grid rows
-    (as the XLA form). `backend`: "tpu" (Mosaic) or "gpu" (Triton); `interpret=True` runs
-    the kernels in the Pallas interpreter (CPU tests). `block_q`, `block_k`: tiles of the
-    intra-chunk kernel (`masked.default_tiles` when `None`). `state_dtype`: storage of
-    the column states between the kernels of steps 2 to 4 (`None`: `state_storage`).
+    and at least one row (as the XLA form). `backend`: "tpu" (Mosaic) or "gpu" (Triton);
+    `interpret=True` runs the kernels in the Pallas interpreter (CPU tests). `block_q`,
+    `block_k`: tiles of the intra-chunk kernel (`masked.default_tiles` when `None`).
+    `state_dtype`: storage of the column states between the kernels of steps 2 to 4
+    (`None`: `state_storage`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -258,10 +259,10 @@ def _inter_chunk(q, k, v, log_row, log_col, *, width, rows, n, interpret, backen
     # 4. Inter-chunk reads of chunks 1..N-1.
     entering = entering.reshape(-1, wp, dkp, dvp)
     if layout == "tokens":  # chunk i of the output is chunk i + 1 of the sequence
-        inter = columns.column_apply(cfg, "start", False, by_token(q), entering, la, 1)
+        inter = columns.column_apply(cfg, "start", by_token(q), entering, la, 1)
         inter = inter.reshape(b, (n - 1) * c, h, dv)
     else:
-        inter = columns.column_apply(cfg, "start", False, by_column(q, slice(1, n), dkp),
+        inter = columns.column_apply(cfg, "start", by_column(q, slice(1, n), dkp),
                                      entering, la)
         inter = inter.reshape(n - 1, b, h, wp, rp, dvp)[:, :, :, :width, :rows, :dv]
         inter = inter.transpose(1, 0, 4, 3, 2, 5).reshape(b, (n - 1) * c, h, dv)

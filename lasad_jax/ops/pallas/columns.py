@@ -260,7 +260,7 @@ def _outer_grads_kernel(la_ref, x_ref, y_ref, ds_ref, dx_ref, dy_ref, share_ref,
 
 def _apply_grads_kernel(la_ref, x_ref, do_ref, m_ref, dx_ref, dm_ref, share_ref, *,
                         cfg: ColumnConfig, clock: str):
-    """Both gradients of `column_apply` (not transposed) from one read of `x`, `do` and
+    """Both gradients of `column_apply` from one read of `x`, `do` and
     each `M[c]`: `dx[c] = e * (do[c] @ M[c]^T)` (written in `x`'s layout and dtype, with
     this program's share of `d log a` as `_apply_kernel`'s) and
     `dM[c] = sum_r e_r x[c, r]^T do[c, r]` (as `_outer_kernel`, in the state's storage).
@@ -283,7 +283,7 @@ def _apply_grads_kernel(la_ref, x_ref, do_ref, m_ref, dx_ref, dm_ref, share_ref,
 
 def _apply_grads_call(cfg: ColumnConfig, clock: str, x, do, mat, la, offset=0, do_off=0,
                       whole: bool = False):
-    """`(dx, dmat, d_log_a)` of `column_apply` (not transposed) from
+    """`(dx, dmat, d_log_a)` of `column_apply` from
     `_apply_grads_kernel`: in "tokens", `x` read from chunk `offset` and `do` from chunk
     `do_off`; `dx` over the grid's chunks, or with `whole` laid out as `x`, the chunks
     outside the grid's left unwritten."""
@@ -411,36 +411,34 @@ def _outer_bwd(cfg, clock, offset, res, ds):
 column_outer.defvjp(_outer_fwd, _outer_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 6))
-def column_apply(cfg: ColumnConfig, clock: str, transpose: bool, x, mat, la, offset: int = 0):
-    """`o[m, c, r] = e_r x[m, c, r] @ mat[m, c]` (`mat^T` with `transpose`), float32:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 5))
+def column_apply(cfg: ColumnConfig, clock: str, x, mat, la, offset: int = 0):
+    """`o[m, c, r] = e_r x[m, c, r] @ mat[m, c]`, float32:
     `mat [M, W, Dx, Dy]` (states, float32 or 16-bit), `la [M, 1, 1]`. "columns":
     `x [M, W, R', Dx]`, `o [M, W, R', Dy]`; "tokens": `x [B, N, R, W, H, Dx]` read from
     chunk `offset` on, `o [B, N', R, W, H, Dy]` (`N' = M / (B H)` chunks)."""
-    return _apply_call(cfg, clock, transpose, x, mat, la, x_off=offset)
+    return _apply_call(cfg, clock, False, x, mat, la, x_off=offset)
 
 
-def _apply_fwd(cfg, clock, transpose, x, mat, la, offset):
-    return _apply_call(cfg, clock, transpose, x, mat, la, x_off=offset), (x, mat, la)
+def _apply_fwd(cfg, clock, x, mat, la, offset):
+    return _apply_call(cfg, clock, False, x, mat, la, x_off=offset), (x, mat, la)
 
 
-def _apply_bwd(cfg, clock, transpose, offset, res, do):
+def _apply_bwd(cfg, clock, offset, res, do):
     x, mat, la = res
     do_in = do.astype(x.dtype)  # the products run in the input dtype
     tokens = cfg.layout == "tokens"
-    if cfg.backend == "gpu" and not transpose:  # one kernel: x, do and each state read once
+    if cfg.backend == "gpu":  # one kernel: x, do and each state read once
         dx, dmat, dla = _apply_grads_call(cfg, clock, x, do_in, mat, la, offset)
         return (_fill_chunks(dx, x.shape[1], offset) if tokens else dx), dmat, dla
-    dx, dla = _apply_call(cfg, clock, not transpose, do_in, mat, la, log_with=x,
+    # dx_r = e_r do_r @ mat^T (the transposed product of the same kernel).
+    dx, dla = _apply_call(cfg, clock, True, do_in, mat, la, log_with=x,
                           out_dtype=x.dtype, log_off=offset)
-    # d mat = sum_r e_r x_r^T do_r (or its transpose): a column_outer over the rows,
-    # written in the state's dtype (a state's cotangent is stored as the state is).
+    # d mat = sum_r e_r x_r^T do_r: a column_outer over the rows, written in the state's
+    # dtype (a state's cotangent is stored as the state is).
     if tokens:
-        first, second, offs = (do_in, x, (0, offset)) if transpose else (x, do_in, (offset, 0))
-        dmat = _outer_call(cfg, clock, first, second, la, mat.dtype, *offs)
+        dmat = _outer_call(cfg, clock, x, do_in, la, mat.dtype, offset, 0)
         dx = _fill_chunks(dx, x.shape[1], offset)
-    elif transpose:
-        dmat = _outer_call(cfg, clock, do_in.swapaxes(-1, -2), x, la, mat.dtype)
     else:
         dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la, mat.dtype)
     return dx, dmat, dla

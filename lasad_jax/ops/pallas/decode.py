@@ -24,9 +24,11 @@ kernel wrote it.
 `U` is a float32 product at full precision (`HIGHEST`: `2 w Dk Dv` multiply-adds per
 program, nothing next to the memory traffic) and the weights `b^|c - c'|` are formed from
 indices in the kernel, so it matches the XLA step to float32 rounding whatever the state
-dtype. GPU only: the kernel indexes the state at the token's column inside the kernel
-(Triton has no scalar prefetch, so the column is a runtime offset into the whole state);
-on CPU it runs in Pallas' interpreter (tests). `ops.api.DECODE_AUTO_TABLE` chooses it
+dtype, where that step's float32 einsums are float32 too: on CPU, or under
+`jax_default_matmul_precision="highest"` (at the default a GPU may run them in TF32).
+GPU only: the kernel indexes the state at the token's column inside the kernel (Triton
+has no scalar prefetch, so the column is a runtime offset into the whole state); on CPU
+it runs in Pallas' interpreter (tests). `ops.api.DECODE_AUTO_TABLE` chooses it
 only where benchmarks/sampling.py has timed it faster than the XLA step.
 """
 
