@@ -22,9 +22,11 @@ adds only the model size, bf16 compute and FSDP over every device. The run lengt
 left to the trainer (`num_steps=0`): it counts the extracted training images (not their
 views) and runs `num_epochs` passes at `batch_size`, so `--config.batch_size=1024` or
 `--config.num_epochs=100` changes the step count with them (300 epochs of 1,281,167
-images: 1,501,368 steps at batch 256, 375,342 at 1024). The trainer stops at
-once, naming the field, when the codes or the tokenizer weights (`tokenizer.checkpoint`,
-converted from LlamaGen's `vq_ds16_c2i.pt`) are missing. With
+images: 1,501,368 steps at batch 256, 375,342 at 1024). A run stops at once, naming
+the field, when the codes are missing, or when the tokenizer weights
+(`tokenizer.checkpoint`, converted from LlamaGen's `vq_ds16_c2i.pt`) are missing for a
+mode that encodes or decodes images: extract, sample, evaluate, or training with
+`train.sample_at_end`. Training alone reads only the codes. With
 `data.image_source="imagefolder"` and `data.image_dir=ROOT` (`ROOT/train/<class>/*.JPEG`)
 extraction reads a folder instead.
 """
