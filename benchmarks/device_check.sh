@@ -25,12 +25,14 @@
 #    batch 64 then 512 px batch 16, at each softmax, LASAD with impl="pallas", LASAD with
 #    impl="auto".
 # 3. pallas (60 s): kernels.py, impl="pallas" rows (D = 64, batch 1), checked first; stage
-#    1's softmax rows join its speedups. Chunks of 1024, 2048 and 4096 tokens (the kernels
+#    1's softmax rows join its speedups (any length stage 1's limit left without one is
+#    timed here). Chunks of 1024, 2048 and 4096 tokens (the kernels
 #    write no C x C scores, so longer chunks than the XLA form's may pay: fewer states);
 #    T = 4096 and 16384 first, where chunks differ and the targets are widest.
 # 4. tiles (20 s): benchmarks/masked_probe.py, the intra-chunk kernel's tiles, warps and
 #    pipeline stages, forward+backward at the training shapes of stage 2 (256 and 1024
-#    tokens), each checked first: the data for ops.pallas.masked.default_tiles.
+#    tokens), each checked first, setting by setting with both shapes inside (a limit
+#    leaves whole settings): the data for ops.pallas.masked.default_tiles.
 # 5. sampling (220 s): benchmarks/sampling.py --hlo_check, images/s of `generate` for
 #    LASADGen-L and -B (bf16, batch 64, CFG 2.0), per-token time by quarter (once per
 #    size), state and KV-cache bytes, compile time; each compiled sampler is first checked
@@ -38,10 +40,14 @@
 #    inserts copies the CPU one does not). Sizes in order of importance (L 256 px, B 256
 #    px, L 512 px, ...), at each softmax, then LASAD with its fused Pallas step
 #    (model.decode_impl="pallas", under half the XLA step's bytes per token as compiled
-#    for an H200 by benchmarks/gpu_aot.py), then its XLA step; then both LASAD steps with
+#    for an H200 by benchmarks/gpu_aot.py; timed only after it matches the XLA step on
+#    random inputs at the model's head sizes, since the zero-initialised output head would
+#    hide a wrong kernel), then its XLA step; a row that fails is recorded and the stage
+#    goes on; then both LASAD steps with
 #    bfloat16 column states (model.decode_state_dtype). The limit cuts the last rows
 #    (384 px, bf16 states): name the stage in a later call for them.
-# Where the time goes, in the same call: after a row is timed and saved, the rows that a
+# Where the time goes, in the same call: once a stage has timed and saved its rows (so a
+# limit cuts profiles, not rows; train_step profiles each row after it), the rows that a
 # missed target's note would need run once more under JAX's profiler (kernels.py
 # --profile_tokens: LASAD forward+backward at T = 16384 in stage 1, 4096 and 16384 in
 # stage 3; train_step.py --profile: every row; sampling.py --profile_grids 16: the 256 px
@@ -147,10 +153,12 @@ stage() {  # stage NAME LIMIT CMD...: runs CMD with a time limit, appends to $ou
         return
     fi
     echo "== $name: $* (limit ${limit}s, $(date -u +%T))" | tee -a "$out/log.txt"
-    timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -e "DeprecationWarning: The Pallas Triton" \
+    # -k: a process that ignores the TERM (stuck in the driver) is killed 5 s later.
+    timeout -k 5 "$limit" "$@" 2>&1 | grep --line-buffered -v -e "DeprecationWarning: The Pallas Triton" \
         -e "return rule(ctx" | tee -a "$out/log.txt"
     rc=${PIPESTATUS[0]}
-    echo "== $name: exit $rc$([[ $rc == 124 ]] && echo ' (time limit)')" | tee -a "$out/log.txt"
+    echo "== $name: exit $rc$([[ $rc == 124 || $rc == 137 ]] && echo ' (time limit)')" \
+        | tee -a "$out/log.txt"
     [[ $rc == 0 ]] || failed=1
 }
 
@@ -185,7 +193,7 @@ stage sampling "${limits[7]}" "$py" benchmarks/sampling.py --hlo_check "${sampli
 # support, from whatever JSON this call left (benchmarks/report.py).
 if compgen -G "$out/*.json" >/dev/null; then
     echo "== report ($(date -u +%T))" | tee -a "$out/log.txt"
-    JAX_PLATFORMS=cpu timeout "$report_limit" "$py" benchmarks/report.py "$out" 2>&1 \
+    JAX_PLATFORMS=cpu timeout -k 5 "$report_limit" "$py" benchmarks/report.py "$out" 2>&1 \
         | tee -a "$out/log.txt"
     [[ ${PIPESTATUS[0]} == 0 ]] || failed=1
 fi

@@ -229,23 +229,10 @@ def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float, u
               hlo_dir: str | None = None) -> dict:
     """One jitted training step of LASADGen-L as benchmarks/train_step.py builds it (the
     trainer's step, AdamW, EMA, bf16), compiled for the device."""
-    from flax import nnx
-
     import train_step
-    from lasad_jax.models import LASADGen
-    from lasad_jax.training.optimizer import make_optimizer, make_schedule
-    from lasad_jax.training.step import create_train_state, make_train_step
 
     settings = argparse.Namespace(preset="L", vocab=16384, classes=1000, chunk_size=None)
-    cfg = train_step.model_config(settings, mixer, grid, impl)
-    schedule = make_schedule(train_step.OPTIMIZER, batch_size=batch, total_steps=1000)
-    tx = make_optimizer(train_step.OPTIMIZER, schedule)
-    model = nnx.eval_shape(lambda: LASADGen(cfg, rngs=nnx.Rngs(0)))
-    graphdef, _ = nnx.split(model, nnx.Param)
-    state = jax.eval_shape(
-        lambda: create_train_state(LASADGen(cfg, rngs=nnx.Rngs(0)), tx, seed=0)[1])
-    step = make_train_step(graphdef, tx, schedule, class_dropout=train_step.CLASS_DROPOUT,
-                           null_class=cfg.num_classes, ema_decay=train_step.EMA_DECAY)
+    cfg, _, step, state = train_step.abstract_step(settings, mixer, grid, batch, impl)
     batch_arrays = {"label": jax.ShapeDtypeStruct((batch,), jnp.int32),
                     "tokens": jax.ShapeDtypeStruct((batch, cfg.num_tokens), jnp.int32)}
     t0 = time.perf_counter()

@@ -32,8 +32,9 @@ compares work done per second on the same problem: causal attention costs
 the traffic the XLA forms really cause; `mem` is XLA's memory figure for the program.
 Peaks come from `PEAKS` by device kind; an unknown device leaves the share columns empty
 rather than guessing. `--profile_tokens T ...`: the LASAD forward+backward rows at those T
-run once more under JAX's profiler after they are timed, and keep the kernels their time
-went to (`benchmarks/device_profile.py`).
+run once more under JAX's profiler once every row has been timed (a time limit cuts
+profiles, not rows), and keep the kernels their time went to
+(`benchmarks/device_profile.py`).
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ def run(args, save=None) -> list[dict]:
     peak_flops, peak_bw = device_peaks()
     softmax_impl = None if args.softmax_impl == "xla_default" else args.softmax_impl
     rows = []
+    profiles = []  # (row, tag, compiled, inputs) to run under the profiler at the end
     shapes = ([tuple(int(x) for x in s.split(":")) for s in args.shapes] if args.shapes
               else [(b, d) for b in args.batch for d in args.dims])
     for batch, dim in shapes:
@@ -224,6 +226,9 @@ def run(args, save=None) -> list[dict]:
                     op, width, **opts)
                 progs = programs(fn)
                 for mode in args.modes:  # in the order asked: the important mode first
+                    if (op == "softmax" and args.softmax_keys is not None
+                            and (batch, dim, tokens, mode) not in args.softmax_keys):
+                        continue  # the --baseline has this row
                     prog = progs[mode]
                     row = dict(op=op, variant=label, batch=batch, dim=dim, tokens=tokens,
                                mode=mode, **opts)
@@ -276,13 +281,17 @@ def run(args, save=None) -> list[dict]:
                     if save:
                         save(rows)
                     if op != "softmax" and mode == "fwd_bwd" and tokens in args.profile_tokens:
-                        # After the row is saved: a profiler that fails costs only this.
-                        row["profile"] = profile_call(lambda: compiled(*inputs),
-                                                      compiled.as_text())
-                        print("\n".join(format_profile(row["profile"])), flush=True)
-                        if save:
-                            save(rows)
+                        # Profiled after every row is timed: a time limit then cuts
+                        # profiles, never the rows a target is read from (the cuDNN row
+                        # at this T comes after this one).
+                        profiles.append((row, tag, compiled, inputs))
             del checks  # free the device before the next shape's inputs
+    for row, tag, compiled, inputs in profiles:
+        print(f"{tag} profiling", flush=True)
+        row["profile"] = profile_call(lambda: compiled(*inputs), compiled.as_text())
+        print("\n".join(format_profile(row["profile"])), flush=True)
+        if save:
+            save(rows)
     return rows
 
 
@@ -388,6 +397,21 @@ def main(argv: list[str] | None = None) -> dict:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--baseline {args.baseline}: not a kernels.py result JSON "
                              f"({type(e).__name__}: {e})") from e
+
+    args.softmax_keys = None  # every softmax row of --ops
+    if args.baseline and "softmax" not in args.ops:
+        # The baseline's run may have been cut by its time limit: the lengths it lacks
+        # get their softmax rows here, so every LASAD row has its comparison.
+        have = {(r["batch"], r["dim"], r["tokens"], r["mode"]) for r in baseline
+                if r.get("status") == "ok"}
+        shapes = ([tuple(int(x) for x in s.split(":")) for s in args.shapes] if args.shapes
+                  else [(b, d) for b in args.batch for d in args.dims])
+        need = {(b, d, t, m) for b, d in shapes for t in args.tokens for m in args.modes}
+        if need - have:
+            args.ops = [*args.ops, "softmax"]
+            args.softmax_keys = need - have
+            print(f"--baseline lacks {len(need - have)} softmax row(s): timed here",
+                  flush=True)
 
     def result(rows: list[dict], complete: bool) -> dict:
         rows = baseline + rows

@@ -14,7 +14,9 @@ batch 64 at 256 tokens and batch 16 at 1024, one class slot, square grids, 16 he
 D = 64, bf16) and each tile setting (`--tiles BQ:BK:WARPS:STAGES`, default first), it
 times forward+backward of `masked.intra_attention` (gradients of q, k, v and both log
 decays, as in training), after checking its output against the chunked XLA form. A
-setting that Triton refuses (shared memory, registers) is recorded as unavailable. On CPU
+setting that Triton refuses (shared memory, registers) is recorded as unavailable.
+Settings run one after another, each at every shape, so a time limit cuts whole settings
+(`benchmarks/report.py` compares the settings that ran at every shape). On CPU
 the kernels only interpret, so the timings say nothing; `--smoke` runs tiny sizes there.
 """
 
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     info = run_info(heads=args.heads, dim=args.dim, dtype="bfloat16", num_prefix=1,
                     mode="fwd_bwd", kernel_backend=backend)
     rows: list[dict] = []
+    cases = []  # per shape: its inputs and the chunked form's output to check against
     for shape in shapes:
         b, t = shape["batch"], shape["tokens"]
         width = math.isqrt(t)  # a class slot, then the grid's first width^2 - 1 tokens
@@ -89,34 +92,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              f"one class slot), got {t}")
         q, k, v, row, col = make_inputs(t, args.heads, args.dim, jnp.bfloat16)
         q, k, v = (jnp.tile(x, (b, 1, 1, 1)) for x in (q, k, v))
-        logs = (jnp.log(row), jnp.log(col))
-        want = jax.jit(lambda q, k, v: ops.lasad_attention(
+        want = jax.jit(lambda q, k, v, width=width, t=t, row=row, col=col: ops.lasad_attention(
             q, k, v, width=width, row_decay=row, col_decay=col, num_prefix=1, impl="chunked",
             chunk_size=t))(q, k, v)
-        base_ms = None
-        for tile in tiles:
-            def fwd(q, k, v, lr, lc, tile=tile):
+        cases.append((b, t, width, (q, k, v, jnp.log(row), jnp.log(col)), want))
+    # Setting by setting, every shape inside: a time limit leaves whole settings, which
+    # `report.fastest_tiles` compares (it needs a setting's time at every shape).
+    base_ms: dict[tuple, float] = {}  # per shape, the first setting that ran: the default
+    for tile in tiles:
+        for b, t, width, inputs, want in cases:
+            def fwd(q, k, v, lr, lc, tile=tile, width=width):
                 return masked.intra_attention(q, k, v, width=width, log_row=lr, log_col=lc,
                                               num_prefix=1, backend=backend,
                                               interpret=platform == "cpu", out_dtype=q.dtype,
                                               **tile)
 
-            def loss(q, k, v, lr, lc):
+            def loss(q, k, v, lr, lc, fwd=fwd):
                 o = fwd(q, k, v, lr, lc).astype(jnp.float32)
                 return 0.5 * jnp.sum(o * o)  # the output is its own cotangent, as in training
 
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
             r = dict(batch=b, tokens=t, **tile)
             try:
-                r["err_vs_chunked"] = max_rel_diff(jax.jit(fwd)(q, k, v, *logs), want)
-                r["ms"] = median_ms(step, q, k, v, *logs, repeats=5,
-                                    min_seconds=args.min_seconds)
+                r["err_vs_chunked"] = max_rel_diff(jax.jit(fwd)(*inputs), want)
+                r["ms"] = median_ms(step, *inputs, repeats=5, min_seconds=args.min_seconds)
                 r["status"] = "ok" if r["err_vs_chunked"] < MAX_ERR else "wrong"
             except Exception as e:  # a setting this lowering refuses
                 r["status"] = f"unavailable: {type(e).__name__}: {str(e)[:200]}"
             if r["status"] == "ok":
-                base_ms = base_ms or r["ms"]  # the first setting that ran: the default
-                r["vs_first"] = round(base_ms / r["ms"], 3)
+                base_ms.setdefault((b, t), r["ms"])
+                r["vs_first"] = round(base_ms[(b, t)] / r["ms"], 3)
             rows.append(r)
             write_json(args.out, dict(info=info, complete=False, rows=rows), quiet=True)
             print(r, flush=True)

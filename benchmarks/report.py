@@ -234,6 +234,14 @@ def decode_choices(rows: list[dict]) -> list[dict]:
     return out
 
 
+def untimed_label(stage: str, r: dict) -> str:
+    """What names a row that was not timed: `row_label`'s heading without a time."""
+    if stage == "kernels_tiles":
+        return (f"tiles {r.get('block_q')}:{r.get('block_k')}:{r.get('num_warps')}:"
+                f"{r.get('num_stages')} at batch {r.get('batch')} x {r.get('tokens')} tokens")
+    return row_label(stage, r).rsplit(":", 1)[0]
+
+
 def row_label(stage: str, r: dict) -> str:
     """One line naming a measured row and its time, for its profile's heading."""
     if stage == "train_step":
@@ -248,11 +256,29 @@ def row_label(stage: str, r: dict) -> str:
             f"T={r['tokens']} {r['mode']}: {fmt(r.get('ms'))} ms")
 
 
+# The measured time of a row, by stage: what a profile's busy time is set against.
+TIMED_MS = {"train_step": "step_ms", "sampling": "ms_per_batch"}
+
+
 def profiles(found: dict[str, dict]) -> list[dict]:
-    """Every row that ran once more under the profiler (`device_profile.py`), by stage."""
-    return [dict(stage=stage, label=row_label(stage, r), profile=r["profile"])
+    """Every row that ran once more under the profiler (`device_profile.py`), by stage,
+    with its timed ms (`timed_ms`) beside the profiled call's."""
+    return [dict(stage=stage, label=row_label(stage, r), profile=r["profile"],
+                 timed_ms=r.get(TIMED_MS.get(stage, "ms")))
             for stage in STAGES for r in found.get(stage, {}).get("rows", [])
             if "profile" in r]
+
+
+def busy_share(entry: dict) -> str | None:
+    """The device's busy time as a share of the row's timed call: the profiled call's own
+    wall time runs longer (XLA turns CUDA graphs off under the profiler, and the
+    sampler's loop then waits on the host each token), so the timed call is the honest
+    measure of how much of the time the kernels fill."""
+    busy, timed = entry["profile"].get("busy_ms"), entry.get("timed_ms")
+    if busy is None or not timed:
+        return None
+    return (f"    kernels busy {busy:.3f} ms = {100 * busy / timed:.0f}% of the timed "
+            f"{timed:.3f} ms")
 
 
 def best_verdict(rows: list[dict], key: str, higher_is_better: bool) -> str:
@@ -305,6 +331,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"cut by their time limit: {', '.join(cut) or 'none'}")
     kernel_rows = [r for s in KERNEL_STAGES if s in found for r in found[s]["rows"]]
     report: dict = dict(backend=backend, info=info, missing=missing, cut=cut)
+    # Rows that ran but were not timed (a wrong kernel, a refused compile, out of
+    # memory): their stage goes on without them, so they are named here.
+    report["not_timed"] = [dict(stage=stage, row=untimed_label(stage, r), status=r["status"])
+                           for stage, result in found.items() for r in result.get("rows", [])
+                           if r.get("status", "ok") != "ok"]
+    for entry in report["not_timed"]:
+        print(f"not timed: {entry['row']} ({entry['status']})")
 
     report["operator"] = operator_targets(kernel_rows)
     report["train_step"] = step_targets(found.get("train_step", {}).get("rows", []))
@@ -352,6 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
         print("(none profiled)")
     for entry in report["profiles"]:
         print(f"{entry['label']}")
+        share = busy_share(entry)
+        if share:
+            print(share)
         print("\n".join(format_profile(entry["profile"])))
 
     print("\n## Defaults the measurements support (printed, not applied)")

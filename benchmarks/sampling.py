@@ -24,13 +24,20 @@ compute in `--dtype`:
   moves), and `--decode_impls xla pallas` runs `lasad` with each decoding step
   (`model.decode_impl`; "pallas": the fused kernel, GPU). Every step of the first dtype
   runs with softmax grid by grid; the other dtypes' rows come after all of those.
-* `profile` (rows at `--profile_grids`): one more call under JAX's profiler, after the
-  row is saved: the device's busy time against the call's wall time (a sampled token is
+* `profile` (rows at `--profile_grids`): one more call under JAX's profiler, once every
+  row is timed (a time limit cuts profiles, not rows): the device's busy time against the
+  call's wall time (a sampled token is
   a fraction of a millisecond: are launches or kernels the cost?) and the kernels the
   time went to (`benchmarks/device_profile.py`).
 * `hlo_problems` (with `--hlo_check`): `lasad_jax.sampling.hlo_check` on the compiled
   program; any problem makes the script exit 1 after the table. Not on the Pallas
   interpreter's program (CPU), which is not the one a GPU runs.
+
+* `status`: "ok"; "mismatch: ..." for a fused step (`--decode_impls pallas`) that
+  disagrees with the XLA step on random inputs at the model's head sizes
+  (`check_fused_step`, run before its row: the zero output head below would hide a wrong
+  kernel), not timed; "failed: ..." for a row that raised (a refused compile, out of
+  memory). The rows after it still run.
 
 Rows run grid by grid, presets inside, softmax first at each, so a time limit cuts the
 least important last and leaves whole comparisons. Each row is printed and the JSON
@@ -49,16 +56,19 @@ import os
 import statistics
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
 from lasad_jax.models.config import PRESETS  # noqa: E402
-from lasad_jax.ops import select_decode_impl  # noqa: E402
+from lasad_jax.ops import (  # noqa: E402
+    lasad_decode_init, lasad_decode_step, select_decode_impl)
 from lasad_jax.ops.platform import target_platform  # noqa: E402
 from lasad_jax.sampling.generate import (  # noqa: E402
     _generate, cache_batch_axes, cast_weights, decode_loop, start)
@@ -72,6 +82,10 @@ TARGET_QUARTER_RATIO = 1.1
 SMOKE = ["--presets", "tiny", "--layers", "2", "--heads", "2", "--dim", "32", "--vocab", "64",
          "--classes", "4", "--grids", "4", "6", "--batch", "2", "--repeats", "1",
          "--dtype", "float32", "--hlo_check"]
+
+
+class MismatchError(Exception):
+    """A row whose program computes the wrong thing: not timed."""
 
 
 def tree_bytes(tree) -> int:
@@ -125,11 +139,56 @@ def quarter_times(model, labels, cfg_scale: float, repeats: int) -> list[float]:
     return [statistics.median(p[q] for p in passes[1:]) for q in range(4)]
 
 
+FUSED_TOL = 1e-3  # float32 at the highest matmul precision: rounding is ~1e-6
+
+
+def check_fused_step(cfg: ModelConfig, state_dtype: str) -> float:
+    """Largest difference, relative to the largest output, between the fused Pallas
+    decoding step and the XLA step fed the same random slots (the prefix and two grid
+    rows) at the model's head sizes, width, head norm and state dtype; float32 inputs at
+    the highest matmul precision. The model's zero-initialised output head would hide a
+    wrong kernel from `generate` (its logits are 0 whatever the cache holds), so a fused
+    row is timed only after this passes: its speed decides `ops.DECODE_AUTO_TABLE`."""
+    b, h, d, width = 2, cfg.num_heads, cfg.head_dim, cfg.grid[1]
+    slots = cfg.num_prefix + 2 * width
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(slots, b, h, d)), jnp.float32) for _ in range(3))
+    scale = jnp.asarray(rng.uniform(0.5, 2.0, size=(b, h, d)), jnp.float32)
+    decays = dict(row_decay=jnp.full((h,), 0.9), col_decay=jnp.full((h,), 0.7))
+    outs = []
+    for impl in ("xla", "pallas"):
+        state = lasad_decode_init(b, h, d, d, width, jnp.dtype(state_dtype),
+                                  prefix_slots=cfg.num_prefix, kv_dtype=jnp.float32)
+
+        def body(state, x, impl=impl):
+            o, state = lasad_decode_step(state, *x, num_prefix=cfg.num_prefix, impl=impl,
+                                         norm_eps=cfg.norm_eps, out_scale=scale, **decays)
+            return state, o
+
+        with jax.default_matmul_precision("highest"):
+            outs.append(np.asarray(jax.jit(lambda s, q, k, v: jax.lax.scan(
+                body, s, (q, k, v))[1])(state, q, k, v)))
+    return float(np.max(np.abs(outs[1] - outs[0])) / max(np.max(np.abs(outs[0])), 1e-30))
+
+
+def failed_row(preset: str, grid: int, mixer: str, state_dtype: str, decode_impl: str,
+               status: str) -> dict:
+    """A row that was not timed, with why: the table goes on to the next."""
+    return dict(preset=preset, grid=grid, pixels=16 * grid, mixer=mixer,
+                state_dtype=state_dtype, decode_impl=decode_impl, status=status)
+
+
 def measure(args, preset: str, grid: int, mixer: str, state_dtype: str,
             decode_impl: str) -> dict:
     if decode_impl == "auto":  # the row names the step that ran
         decode_impl = select_decode_impl(target_platform())
     model = build(args, preset, grid, mixer, state_dtype, decode_impl)
+    fused_err = None
+    if model.cfg.decode_impl == "pallas":
+        fused_err = check_fused_step(model.cfg, state_dtype)
+        if not fused_err <= FUSED_TOL:
+            raise MismatchError(f"mismatch: the fused step is {fused_err:.2e} from the XLA "
+                                "step")
     graphdef, params = nnx.split(model)
     labels = jnp.arange(args.batch, dtype=jnp.int32) % args.classes
     rows = args.batch * (2 if args.cfg_scale != 1.0 else 1)
@@ -146,7 +205,9 @@ def measure(args, preset: str, grid: int, mixer: str, state_dtype: str,
                rows=rows, layers=model.cfg.num_layers, heads=model.cfg.num_heads,
                dim=model.cfg.dim, compile_s=compile_s, state_bytes=tree_bytes(cache),
                kv_cache_bytes=tree_bytes(jax.eval_shape(lambda: twin.init_cache(rows))),
-               weight_bytes=tree_bytes(params))
+               weight_bytes=tree_bytes(params), status="ok")
+    if fused_err is not None:
+        row["fused_step_err"] = fused_err
     # Pallas' CPU interpreter runs a kernel's grid as an XLA loop that carries the whole
     # aliased state, so that program copies it; the GPU one does not (gpu_aot.py checks it).
     interpreted = model.cfg.decode_impl == "pallas" and target_platform() == "cpu"
@@ -272,14 +333,25 @@ def main(argv: list[str] | None = None) -> dict:
     cases = [(grid, preset, *run) for runs in passes for grid in args.grids
              for preset in args.presets for run in runs]
     quartered = set()
+    profiles = []  # (row, profile) run once every row is timed: a limit cuts these first
     for grid, preset, mixer, state_dtype, decode_impl in cases:
-        row, model, labels, profile = measure(args, preset, grid, mixer, state_dtype,
-                                              decode_impl)
+        try:
+            row, model, labels, profile = measure(args, preset, grid, mixer, state_dtype,
+                                                  decode_impl)
+        except Exception as e:  # a refused compile, out of memory, a wrong fused step
+            status = (str(e) if isinstance(e, MismatchError)
+                      else f"failed: {type(e).__name__}: {str(e)[:200]}")
+            if not isinstance(e, MismatchError):
+                traceback.print_exc(limit=-6)  # what a fix starts from
+            rows.append(failed_row(preset, grid, mixer, state_dtype, decode_impl, status))
+            save()
+            print(f"| {preset} | {grid}x{grid} | {mixer} | {state_dtype} {decode_impl} | "
+                  f"{status} |", flush=True)
+            continue
         rows.append(row)
         save()  # images/s kept even if the limit falls during the quarters
         if grid in args.profile_grids:
-            row["profile"] = profile()
-            save()
+            profiles.append((row, profile))
         del profile
         if mixer in args.quarters and (preset, grid, mixer) not in quartered:
             quartered.add((preset, grid, mixer))
@@ -300,8 +372,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"{hlo} |", flush=True)
         for problem in row.get("hlo_problems", []):
             print(f"    HLO: {problem}", flush=True)
-        if "profile" in row:
-            print("\n".join(format_profile(row["profile"])), flush=True)
+    for row, profile in profiles:
+        state = "" if row["mixer"] == "softmax" else f", {row['decode_impl']} step"
+        print(f"profile: {row['preset']} {row['grid']}x{row['grid']} {row['mixer']}{state}",
+              flush=True)
+        row["profile"] = profile()
+        save()
+        print("\n".join(format_profile(row["profile"])), flush=True)
+    profiles.clear()
     result = save(complete=True)
     for v in result["verdict"]:
         speed = f"{v['speedup']:.2f}x softmax" if "speedup" in v else "no softmax row"

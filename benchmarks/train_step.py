@@ -35,16 +35,26 @@ head the chunk sums and state reads (`2 * 2 * Dk * Dv`) and the smoothing
 Each row is printed as it finishes and the JSON is rewritten per row. `--profile`: after a
 row is saved, one more step runs under JAX's profiler and the row keeps the kernels its
 time went to (`benchmarks/device_profile.py`).
+
+Compiling. The rows of one size are lowered from shapes (no weights), then compiled at
+once, a thread each, before the first of them runs: LASADGen-L's step takes 20 to 90 s to
+compile for an H200 on two CPU cores (benchmarks/gpu_aot.py), six of them one after
+another would not fit device_check.sh's stage limit, and XLA's compiler works outside the
+GIL. A compile never runs beside a timed step (the GPU autotuner times its candidates on
+the device). `compile_s` is a row's lowering plus its compile, the latter beside its
+size's other compiles: an upper bound on its compile time alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import dataclasses
 import os
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -117,28 +127,78 @@ def attn_flops_per_token(cfg: ModelConfig, chunk_size: int | None) -> float:
     return 12.0 * cfg.num_layers * cfg.dim * c + 3.0 * cfg.num_layers * cfg.num_heads * states
 
 
-def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
-            impl: str = "auto") -> tuple[dict, Callable[[], dict]]:
-    """The row, and a function that profiles one more step of the same compiled program
-    (`device_profile.profile_call`), for the caller to run once the row is saved."""
+@dataclasses.dataclass
+class Program:
+    """One row's step, lowered from shapes alone (no weights made), and then compiled."""
+
+    mixer: str
+    impl: str
+    grid: int
+    batch: int
+    cfg: ModelConfig
+    tx: Any
+    batch_arrays: dict
+    lowered: Any
+    lower_s: float
+    compiled: Any = None
+    compile_s: float = 0.0
+
+
+def abstract_step(args, mixer: str, grid: int, batch: int, impl: str = "auto"
+                  ) -> tuple[ModelConfig, Any, Any, Any]:
+    """`(cfg, tx, step, state shapes)` of a row, with no weights made: the trainer's step
+    and state (`make_train_step`, `create_train_state`) as
+    `training.generator.state_factory` builds them, whose module this script cannot import
+    (it reads grain). benchmarks/gpu_aot.py compiles the same for a described GPU."""
     cfg = model_config(args, mixer, grid, impl)
-    model = LASADGen(cfg, rngs=nnx.Rngs(0))
-    n_matmul = matmul_params(model)
     schedule = make_schedule(OPTIMIZER, batch_size=batch, total_steps=1000)
     tx = make_optimizer(OPTIMIZER, schedule)
-    graphdef, state = create_train_state(model, tx, seed=0)
-    del model
+    graphdef = nnx.split(nnx.eval_shape(lambda: LASADGen(cfg, rngs=nnx.Rngs(0))), nnx.Param)[0]
+    state = jax.eval_shape(lambda: create_train_state(LASADGen(cfg, rngs=nnx.Rngs(0)), tx,
+                                                      seed=0)[1])
     step = make_train_step(graphdef, tx, schedule, class_dropout=CLASS_DROPOUT,
                            null_class=cfg.num_classes, ema_decay=EMA_DECAY)
+    return cfg, tx, step, state
+
+
+def lower(args, mixer: str, grid: int, batch: int, impl: str = "auto") -> Program:
+    """The row's training step lowered for its state's shapes (`abstract_step`)."""
+    t0 = time.perf_counter()
+    cfg, tx, step, abstract = abstract_step(args, mixer, grid, batch, impl)
     rng = np.random.default_rng(0)
     batch_arrays = {
         "label": jnp.asarray(rng.integers(0, cfg.num_classes, (batch,)), jnp.int32),
         "tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, (batch, cfg.num_tokens)),
                               jnp.int32),
     }
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch_arrays).compile()
-    compile_s = time.perf_counter() - t0
+    lowered = step.lower(abstract, batch_arrays)
+    return Program(mixer, impl, grid, batch, cfg, tx, batch_arrays, lowered,
+                   time.perf_counter() - t0)
+
+
+def compile_together(programs: list[Program]) -> list[Exception | None]:
+    """Compiles the programs at once, one thread each (XLA compiles outside the GIL), and
+    returns each one's error or None. Before any row of a size runs: a compile running
+    beside a timed step would share the device (the GPU autotuner times its candidates
+    there) and the host. One size's rows at a time, so a time limit leaves whole sizes."""
+    def build(program: Program) -> None:
+        t0 = time.perf_counter()
+        program.compiled = program.lowered.compile()
+        program.compile_s = program.lower_s + time.perf_counter() - t0
+
+    with concurrent.futures.ThreadPoolExecutor(len(programs)) as pool:
+        futures = [pool.submit(build, program) for program in programs]
+        return [future.exception() for future in futures]
+
+
+def measure(args, program: Program, peak: float | None) -> tuple[dict, Callable[[], dict]]:
+    """The row of a compiled `program`, and a function that profiles one more step of it
+    (`device_profile.profile_call`), for the caller to run once the row is saved."""
+    cfg, compiled, batch_arrays = program.cfg, program.compiled, program.batch_arrays
+    model = LASADGen(cfg, rngs=nnx.Rngs(0))
+    n_matmul = matmul_params(model)
+    state = create_train_state(model, program.tx, seed=0)[1]
+    del model
     for _ in range(2):  # warm-up
         state, metrics = compiled(state, batch_arrays)
     jax.block_until_ready(metrics)
@@ -149,14 +209,16 @@ def measure(args, mixer: str, grid: int, batch: int, peak: float | None,
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
+    batch, mixer = program.batch, program.mixer
     tokens = batch * cfg.num_tokens
     attn = attn_flops_per_token(cfg, args.chunk_size)
-    row = dict(mixer=mixer, grid=grid, image_px=16 * grid, batch=batch, tokens=tokens,
-               layers=cfg.num_layers, dim=cfg.dim, heads=cfg.num_heads, impl=cfg.impl,
-               chunk_size=cfg.chunk_size, step_ms=1e3 * step_s,
-               tokens_per_s=tokens / step_s, compile_s=compile_s, matmul_params=n_matmul,
-               flops_6n_per_token=6.0 * n_matmul, attn_flops_per_token=attn,
-               loss=float(metrics["loss"]), mfu=None, mfu_with_attn=None,
+    row = dict(mixer=mixer, grid=program.grid, image_px=16 * program.grid, batch=batch,
+               tokens=tokens, layers=cfg.num_layers, dim=cfg.dim, heads=cfg.num_heads,
+               impl=cfg.impl, chunk_size=cfg.chunk_size, step_ms=1e3 * step_s,
+               tokens_per_s=tokens / step_s, compile_s=program.compile_s,
+               matmul_params=n_matmul, flops_6n_per_token=6.0 * n_matmul,
+               attn_flops_per_token=attn, loss=float(metrics["loss"]), mfu=None,
+               mfu_with_attn=None, status="ok",
                attention=(attention_impl_of(cfg) or "xla") if mixer == "softmax" else None)
     if peak:
         row["mfu"] = 6.0 * n_matmul * tokens / step_s / (peak * 1e12)
@@ -183,7 +245,9 @@ def print_table(rows: list[dict]) -> None:
     print("\n| mixer | impl | px | batch | step ms | tokens/s | MFU 6N | MFU 6N + attn "
           "| compile s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
     for r in rows:
         if "step_ms" not in r:
             print(f"| {r['mixer']} | {r['impl']} | {r['image_px']} | {r['batch']} | "
@@ -241,27 +305,45 @@ def main(argv: list[str] | None = None) -> dict:
     order = [(m, "auto") for m in args.mixers if m != "lasad"]
     order += [("lasad", "pallas")] if args.pallas else []
     order += [("lasad", "auto")] if "lasad" in args.mixers else []
-    runs = [(spec, mixer, impl) for spec in args.rows for mixer, impl in order]
-    for spec, mixer, impl in runs:
+    for spec in args.rows:
         grid, batch = (int(x) for x in spec.split(":"))
-        print(f"{mixer} ({impl}) grid {grid} batch {batch}: compiling "
+        programs, errors = [], []
+        for mixer, impl in order:
+            print(f"{mixer} ({impl}) grid {grid} batch {batch}: lowering "
+                  f"({time.strftime('%H:%M:%S')})", flush=True)
+            try:
+                programs.append(lower(args, mixer, grid, batch, impl))
+            except Exception as e:  # a model this config cannot build
+                errors.append((mixer, impl, e))
+        print(f"grid {grid} batch {batch}: compiling {len(programs)} steps at once "
               f"({time.strftime('%H:%M:%S')})", flush=True)
-        profile = None
-        try:
-            row, profile = measure(args, mixer, grid, batch, peak, impl)
-        except Exception as e:  # out of memory, or a compile this device refuses
-            row = dict(mixer=mixer, impl=impl, grid=grid, image_px=16 * grid, batch=batch,
-                       status=f"failed: {type(e).__name__}: {str(e)[:200]}")
-            print(row["status"], flush=True)
-        else:
-            print_row(row)
-        rows.append(row)
-        write_json(args.out, result(False), quiet=True)
-        if profile and args.profile:  # after the row is saved: a failure costs only this
-            row["profile"] = profile()
-            print("\n".join(format_profile(row["profile"])), flush=True)
+        for program, error in zip(programs, compile_together(programs)):
+            if error is not None:  # out of memory, or a compile this device refuses
+                errors.append((program.mixer, program.impl, error))
+        failed = {(m, i): e for m, i, e in errors}
+        for mixer, impl in order:
+            program = next((p for p in programs if (p.mixer, p.impl) == (mixer, impl)
+                            and (mixer, impl) not in failed), None)
+            profile = None
+            try:
+                if program is None:
+                    raise failed[(mixer, impl)]
+                row, profile = measure(args, program, peak)
+            except Exception as e:  # out of memory, a refused compile or lowering
+                row = dict(mixer=mixer, impl=impl, grid=grid, image_px=16 * grid, batch=batch,
+                           status=f"failed: {type(e).__name__}: {str(e)[:200]}")
+                print(row["status"], flush=True)
+            else:
+                print_row(row)
+            rows.append(row)
             write_json(args.out, result(False), quiet=True)
-        del profile  # frees the row's model state before the next row
+            if profile and args.profile:  # after the row is saved: a failure costs only this
+                row["profile"] = profile()
+                print("\n".join(format_profile(row["profile"])), flush=True)
+                write_json(args.out, result(False), quiet=True)
+            del profile  # frees the row's state before the next row
+            if program is not None:
+                program.compiled = None  # and its executable
     final = result(True)
     print_table(rows)
     for r in final["ratios"]:

@@ -66,6 +66,21 @@ def test_kernels_does_not_count_a_wrong_kernel(tmp_path, monkeypatch):
     assert {r["op"] for r in result["speedups"]} == {"lasad_chunked"}  # wrong one left out
 
 
+def test_softmax_rows_a_cut_baseline_lacks_are_timed_here(tmp_path, capsys):
+    """The core stage's limit may fall before its longest softmax rows: the pallas stage,
+    given its JSON as --baseline, times the lengths it lacks and only those."""
+    path = tmp_path / "core.json"  # as if cut after the softmax row at T = 16
+    kernels.main(["--smoke", "--ops", "softmax", "--modes", "fwd", "--tokens", "16",
+                  "--out", str(path)])
+    capsys.readouterr()
+    result = kernels.main(["--smoke", "--ops", "lasad_chunked", "--modes", "fwd",
+                           "--baseline", str(path), "--out", str(tmp_path / "k.json")])
+    soft = sorted((r["tokens"], "source" in r) for r in result["rows"] if r["op"] == "softmax")
+    assert soft == [(16, True), (64, False)]  # 16 from the baseline, 64 timed here
+    assert "--baseline lacks 1 softmax row(s): timed here" in capsys.readouterr().out
+    assert {r["tokens"] for r in result["speedups"]} == {16, 64}
+
+
 @pytest.mark.parametrize("content", [None, "{}", "not json"])
 def test_kernels_names_a_bad_baseline(tmp_path, content):
     path = tmp_path / "softmax.json"

@@ -45,12 +45,16 @@ def run(tmp_path):
                                                 Event("fusion.3", "loop_fusion", 7e7, 2e7)],
                                                wall_ms=95.0))),
         dict(train, mixer="lasad", impl="auto", step_ms=130.0),
+        dict(mixer="lasad", impl="pallas", grid=32, image_px=512, batch=16,
+             status="failed: XlaRuntimeError: RESOURCE_EXHAUSTED"),
     ], complete=False)
     sample = dict(preset="L", grid=32, state_dtype="float32")
     _write(tmp_path, "sampling_gpu.json", [
         dict(sample, mixer="softmax", decode_impl="auto", images_per_s=5.0),
         dict(sample, mixer="lasad", decode_impl="pallas", images_per_s=12.0, quarter_ratio=1.3),
         dict(sample, mixer="lasad", decode_impl="xla", images_per_s=6.0),
+        dict(sample, mixer="lasad", decode_impl="pallas", state_dtype="bfloat16",
+             status="mismatch: the fused step is 3.10e-01 from the XLA step"),
     ])
     return tmp_path
 
@@ -99,6 +103,13 @@ def test_report_gives_each_target_its_verdict(run, capsys):
     assert steps["pallas"]["floor_ms"] == pytest.approx(10.0) and steps["auto"]["floor_ms"] is None
     assert speed["pallas"]["floor_ms"] == pytest.approx(0.1)
     out = capsys.readouterr().out
+    # Rows that ran but were not timed are named, whatever their stage.
+    assert sorted((r["stage"], r["status"][:8]) for r in result["not_timed"]) == [
+        ("kernels_core", "mismatch"), ("sampling", "mismatch"), ("train_step", "failed: ")]
+    assert ("not timed: train step, lasad (pallas), 512 px batch 16 (failed: "
+            "XlaRuntimeError: RESOURCE_EXHAUSTED)") in out
+    assert ("not timed: sampling, L 32x32 lasad (bfloat16 states, pallas step) (mismatch: "
+            "the fused step is 3.10e-01 from the XLA step)") in out
     assert ("| 1 | 64 | 4096 | chunked C=1024 | 0.500 | 1.000 | 0.680 | 0.74x | <= 0.5x | "
             "MISSED |") in out
     assert json.loads((run / "report.json").read_text())["missed"] == 2
@@ -107,6 +118,7 @@ def test_report_gives_each_target_its_verdict(run, capsys):
         "train step, lasad (pallas), 256 px batch 64: 95.0 ms"]
     section = out.split("## Where the time goes")[1].split("## Defaults")[0]
     assert "profile (/device:GPU:0): kernels busy 80.000 of 95.000 ms wall, 2 launches" in section
+    assert "kernels busy 80.000 ms = 84% of the timed 95.000 ms" in section
     assert section.index("custom-call.7") < section.index("fusion.3")
 
 

@@ -4,6 +4,7 @@ decode-memory figure."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -79,6 +80,39 @@ def test_sampling_decode_impls_add_fused_step_rows(tmp_path):
     assert ["quarter_ratio" in r for r in result["rows"]] == [False, True, False]
     ratio = result["rows"][1]["quarter_ratio"]
     assert [v["quarter_ratio"] for v in result["verdict"]] == [ratio, ratio]
+
+
+def test_a_wrong_fused_step_is_not_timed_and_a_failed_row_is_kept(tmp_path, monkeypatch,
+                                                                    capsys):
+    """A fused step that disagrees with the XLA step is recorded as a mismatch and not
+    timed (the model's zero output head would hide it from `generate`); a row whose
+    compile fails is recorded; the rows after both still run."""
+    import sampling
+
+    tiny = argparse.Namespace(vocab=64, classes=4, layers=2, heads=2, dim=32, dtype="float32")
+    model = sampling.build(tiny, "tiny", 4, "lasad", decode_impl="pallas")
+    assert sampling.check_fused_step(model.cfg, "float32") < 1e-5  # the real kernel agrees
+    monkeypatch.setattr(sampling, "check_fused_step", lambda cfg, state_dtype: 0.3)
+    real = sampling.measure
+
+    def measure(args, preset, grid, mixer, state_dtype, decode_impl):
+        if mixer == "softmax" and grid == 6:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return real(args, preset, grid, mixer, state_dtype, decode_impl)
+
+    monkeypatch.setattr(sampling, "measure", measure)
+    result = sampling.main(sampling.SMOKE + ["--decode_impls", "pallas", "xla", "--quarters",
+                                             "--out", str(tmp_path / "s.json")])
+    status = [(r["grid"], r["mixer"], r["decode_impl"], r["status"][:8], "ms_per_batch" in r)
+              for r in result["rows"]]
+    assert status == [
+        (4, "softmax", "auto", "ok", True), (4, "lasad", "pallas", "mismatch", False),
+        (4, "lasad", "xla", "ok", True), (6, "softmax", "auto", "failed: ", False),
+        (6, "lasad", "pallas", "mismatch", False), (6, "lasad", "xla", "ok", True)]
+    assert result["rows"][1]["status"] == (
+        "mismatch: the fused step is 3.00e-01 from the XLA step")
+    assert [(v["grid"], v["decode_impl"]) for v in result["verdict"]] == [(4, "xla"), (6, "xla")]
+    assert "| tiny | 6x6 | softmax | float32 auto | failed: RuntimeError" in capsys.readouterr().out
 
 
 def test_sampling_fails_on_hlo_problems(tmp_path, monkeypatch, capsys):
