@@ -35,8 +35,8 @@ compute in `--dtype`:
 
 * `status`: "ok"; "mismatch: ..." for a fused step (`--decode_impls pallas`) that
   disagrees with the XLA step on random inputs at the model's head sizes
-  (`check_fused_step`, run before its row: the zero output head below would hide a wrong
-  kernel), not timed; "failed: ..." for a row that raised (a refused compile, out of
+  (`check_fused_step`, before the first such row of each head size and state dtype: the
+  zero output head below would hide a wrong kernel), not timed; "failed: ..." for a row that raised (a refused compile, out of
   memory). The rows after it still run.
 
 Rows run grid by grid, presets inside, softmax first at each, so a time limit cuts the
@@ -139,7 +139,12 @@ def quarter_times(model, labels, cfg_scale: float, repeats: int) -> list[float]:
     return [statistics.median(p[q] for p in passes[1:]) for q in range(4)]
 
 
-FUSED_TOL = 1e-3  # float32 at the highest matmul precision: rounding is ~1e-6
+# How far the fused step may be from the XLA step, by column-state dtype: float32 at the
+# highest matmul precision rounds to ~1e-6; bfloat16 states round each column update,
+# differently in the two (1.3e-3 to 1.8e-3 on CPU at 4 and 16 columns). A wrong kernel is
+# off by the size of the output.
+FUSED_TOL = {"float32": 1e-3, "bfloat16": 2e-2}
+FUSED_CHECKED: dict[tuple, float] = {}  # (head_dim, state dtype) -> check_fused_step's
 
 
 def check_fused_step(cfg: ModelConfig, state_dtype: str) -> float:
@@ -185,8 +190,14 @@ def measure(args, preset: str, grid: int, mixer: str, state_dtype: str,
     model = build(args, preset, grid, mixer, state_dtype, decode_impl)
     fused_err = None
     if model.cfg.decode_impl == "pallas":
-        fused_err = check_fused_step(model.cfg, state_dtype)
-        if not fused_err <= FUSED_TOL:
+        # Once per head size and state dtype: the kernel's code depends on those, while
+        # heads and width only set its grid and loop length (the interpreted tests cover
+        # widths); each check compiles two programs, device time the rows need.
+        key = (model.cfg.head_dim, state_dtype)
+        if key not in FUSED_CHECKED:
+            FUSED_CHECKED[key] = check_fused_step(model.cfg, state_dtype)
+        fused_err = FUSED_CHECKED[key]
+        if not fused_err <= FUSED_TOL[state_dtype]:
             raise MismatchError(f"mismatch: the fused step is {fused_err:.2e} from the XLA "
                                 "step")
     graphdef, params = nnx.split(model)
