@@ -147,13 +147,15 @@ def test_eval_config_errors_name_the_field(tmp_path):
 @pytest.mark.slow
 @TRAINED
 def test_eval_image_size_resizes_the_batch_and_its_reference(trained, tmp_path):
-    config = eval_config(name="resized", image_size=16, reference=str(tmp_path / "ref16.npz"))
+    # One batch of samples and as many reference images: the sizes are what is tested.
+    config = eval_config(name="resized", image_size=16, reference=str(tmp_path / "ref16.npz"),
+                         num_samples=8, reference_limit=8)
     reference_stats.run(parse(config, "reference_stats"), trained)
     assert load_reference(tmp_path / "ref16.npz").settings["image_size"] == [16, 16]
     result = run_evaluation(config, trained)
     assert np.isfinite(result["fid"]) and result["image_size"] == 16
     with np.load(os.path.join(trained, "eval", "resized.npz")) as npz:
-        assert npz["arr_0"].shape == (20, 16, 16, 3)
+        assert npz["arr_0"].shape == (8, 16, 16, 3)
 
 
 def test_a_reference_of_another_image_size_is_refused_naming_both(tmp_path):
