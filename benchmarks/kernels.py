@@ -313,7 +313,9 @@ def print_table(rows: list[dict], ratios: list[dict]) -> None:
     print("\n| op | variant | B | D | T | mode | ms | TFLOP/s | % bf16 peak | % HBM BW "
           "| XLA GB moved (% BW) | MiB | diff vs check |")
     print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    share = lambda x: f"{100 * x:.1f}" if x is not None else "-"
+    def share(x: float | None) -> str:
+        return f"{100 * x:.1f}" if x is not None else "-"
+
     for r in rows:
         head = (f"| {r['op']} | {r['variant']} | {r['batch']} | {r['dim']} | {r['tokens']} | "
                 f"{r['mode']} |")

@@ -36,8 +36,8 @@ compute in `--dtype`:
 * `status`: "ok"; "mismatch: ..." for a fused step (`--decode_impls pallas`) that
   disagrees with the XLA step on random inputs at the model's head sizes
   (`check_fused_step`, before the first such row of each head size and state dtype: the
-  zero output head below would hide a wrong kernel), not timed; "failed: ..." for a row that raised (a refused compile, out of
-  memory). The rows after it still run.
+  zero output head below would hide a wrong kernel), not timed; "failed: ..." for a row
+  that raised (a refused compile, out of memory). The rows after it still run.
 
 Rows run grid by grid, presets inside, softmax first at each, so a time limit cuts the
 least important last and leaves whole comparisons. Each row is printed and the JSON
