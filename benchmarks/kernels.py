@@ -196,15 +196,20 @@ def variants(args) -> list[tuple[str, str, dict]]:
     return out
 
 
+def shapes_of(args) -> list[tuple[int, int]]:
+    """The (batch, dim) pairs to run: `--shapes`, or every `--batch` x `--dims`."""
+    if args.shapes:
+        return [tuple(int(x) for x in s.split(":")) for s in args.shapes]
+    return [(b, d) for b in args.batch for d in args.dims]
+
+
 def run(args, save=None) -> list[dict]:
     """Compile, check and time every (batch, dim, T, op, mode); `save(rows)` after each."""
     peak_flops, peak_bw = device_peaks()
     softmax_impl = None if args.softmax_impl == "xla_default" else args.softmax_impl
     rows = []
     profiles = []  # (row, tag, compiled, inputs) to run under the profiler at the end
-    shapes = ([tuple(int(x) for x in s.split(":")) for s in args.shapes] if args.shapes
-              else [(b, d) for b in args.batch for d in args.dims])
-    for batch, dim in shapes:
+    for batch, dim in shapes_of(args):
         for tokens in args.tokens:
             width = int(round(math.sqrt(tokens)))
             inputs = make_inputs(batch, tokens, args.heads, dim, jnp.bfloat16)
@@ -406,9 +411,8 @@ def main(argv: list[str] | None = None) -> dict:
         # get their softmax rows here, so every LASAD row has its comparison.
         have = {(r["batch"], r["dim"], r["tokens"], r["mode"]) for r in baseline
                 if r.get("status") == "ok"}
-        shapes = ([tuple(int(x) for x in s.split(":")) for s in args.shapes] if args.shapes
-                  else [(b, d) for b in args.batch for d in args.dims])
-        need = {(b, d, t, m) for b, d in shapes for t in args.tokens for m in args.modes}
+        need = {(b, d, t, m) for b, d in shapes_of(args) for t in args.tokens
+                for m in args.modes}
         if need - have:
             args.ops = [*args.ops, "softmax"]
             args.softmax_keys = need - have

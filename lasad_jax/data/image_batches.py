@@ -15,12 +15,12 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import grain
-import jax
 import numpy as np
 
 from lasad_jax.data.config import IMAGE_DATASETS, ImageDataConfig
 from lasad_jax.data.digits import load_digits
 from lasad_jax.data.images import adm_center_crop, build_image_source
+from lasad_jax.data.pipeline import process_slice
 
 
 class DigitImages:
@@ -71,19 +71,11 @@ def image_train_iterator(source: Any, *, image_size: int, batch_size: int, seed:
     the iterator's state goes into checkpoints like the code pipeline's.
 
     `batch_size` is this process's share of the global batch, so each process reads the
-    disjoint slice `process_index::process_count` of `source` (taken before shuffling,
-    as `data.pipeline.train_iterator` does); without it every host would feed the same
-    images. Both default to JAX's (`jax.process_index()`, `jax.process_count()`)."""
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    if not 0 <= index < count:
-        raise ValueError(f"process_index must be in [0, process_count={count}), got {index}")
-    ds = grain.MapDataset.source(source)
-    if count > 1:
-        ds = ds[index::count]
-        if len(ds) == 0:
-            raise ValueError(f"process {index} of {count} gets no images from {source!r}; "
-                             "use fewer processes or more data")
+    disjoint slice `process_index::process_count` of `source` before shuffling
+    (`data.pipeline.process_slice`, as the code pipeline does); without it every host
+    would feed the same images. Both default to JAX's process index and count."""
+    ds = process_slice(grain.MapDataset.source(source), source, "images", process_index,
+                       process_count)
     ds = (ds.shuffle(seed=seed).repeat()
           .random_map(_CropFlip(image_size), seed=seed)
           .batch(batch_size, drop_remainder=True))

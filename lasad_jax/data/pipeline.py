@@ -107,18 +107,29 @@ def train_iterator(
     """
     batch_size = _positive_int("batch_size", batch_size)
     _check_nonempty(source)
-    dataset = grain.MapDataset.source(source)
-    index, count = jax.process_index(), jax.process_count()
-    if count > 1:
-        dataset = dataset[index::count]
-        if len(dataset) == 0:
-            raise ValueError(f"process {index} of {count} gets no examples from {source!r}; "
-                             "use fewer processes or more data")
+    dataset = process_slice(grain.MapDataset.source(source), source, "examples")
     dataset = dataset.shuffle(seed=seed).repeat()
     if isinstance(source, ExtractedSource):
         dataset = dataset.random_map(_pick_view, seed=seed)
     dataset = dataset.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
     return iter(dataset)
+
+
+def process_slice(dataset: grain.MapDataset, source: Any, what: str,
+                  index: int | None = None, count: int | None = None) -> grain.MapDataset:
+    """This process's disjoint slice `index::count` of `dataset` (default: JAX's process
+    index and count), taken before any shuffle so the processes never share an example;
+    raises naming `what` the slice lacks if it is empty."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index must be in [0, process_count={count}), got {index}")
+    if count > 1:
+        dataset = dataset[index::count]
+        if len(dataset) == 0:
+            raise ValueError(f"process {index} of {count} gets no {what} from {source!r}; "
+                             "use fewer processes or more data")
+    return dataset
 
 
 def eval_batches(source: TokenSource | ExtractedSource, *, batch_size: int) -> Iterator[Batch]:
