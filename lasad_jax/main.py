@@ -218,12 +218,14 @@ def run(config: Any, mode: str, workdir: str) -> None:
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
         handler.addFilter(_QuietLibraries())
-    _hide_accelerators_from_tensorflow()
     if os.environ.get("LASAD_MULTIHOST") == "1":  # set by launch/ for TPU pods and SLURM
         # Coordinator address, process count and index come from the TPU or SLURM
         # environment; on one host this is skipped and JAX runs as a single process.
         jax.distributed.initialize()
     run_config = parse(config, mode)  # every problem at once, before anything is built
+    # After `parse`, so that a bad config is reported without TensorFlow's import (10 s
+    # on 2 cores); before the job, whose writers and datasets import it.
+    _hide_accelerators_from_tensorflow()
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
                  mode, workdir)
     run_job(run_config, mode, workdir)

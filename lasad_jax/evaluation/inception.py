@@ -313,11 +313,19 @@ def abstract_inception(preprocess: PreprocessMode = "adm") -> InceptionV3:
     return nnx.eval_shape(lambda: InceptionV3(preprocess=preprocess, rngs=nnx.Rngs(0)))
 
 
+@functools.lru_cache(maxsize=None)
+def _skeleton(preprocess: PreprocessMode) -> tuple[nnx.GraphDef, nnx.State]:
+    """`abstract_inception` split, built once per mode: tracing the 94 layers' construction
+    takes seconds on a CPU, and an evaluation, a reference and a test each load a
+    network. Callers must not change the cached state (`inception_from_arrays` fills a
+    copy)."""
+    return nnx.split(abstract_inception(preprocess))
+
+
 @functools.lru_cache(maxsize=1)
 def _expected_shapes() -> tuple[tuple[Path, tuple[int, ...]], ...]:
-    state = nnx.state(abstract_inception())
     return tuple((tuple(str(p) for p in path), tuple(var.shape))
-                 for path, var in nnx.to_flat_state(state))
+                 for path, var in nnx.to_flat_state(_skeleton("adm")[1]))
 
 
 def expected_shapes() -> dict[Path, tuple[int, ...]]:
@@ -340,7 +348,8 @@ def inception_from_arrays(arrays: Mapping[Path, np.ndarray],
                  for p, s in shapes.items() if p in arrays and tuple(np.shape(arrays[p])) != s]
     if problems:
         raise ValueError(f"{source} does not match InceptionV3:\n  - " + "\n  - ".join(problems))
-    graphdef, state = nnx.split(abstract_inception(preprocess))
+    graphdef, abstract = _skeleton(preprocess)
+    state = jax.tree.map(lambda leaf: leaf, abstract)  # new containers: the cache stays
     pure: dict = {}
     for path in shapes:
         node = pure

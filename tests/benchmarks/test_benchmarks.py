@@ -202,28 +202,96 @@ def test_device_check_script_runs_every_stage(tmp_path):
     # Beyond --check_tokens a row is checked against the float32 chunked form.
     long = [r for r in core["rows"] if r["op"] == "lasad_chunked" and r["tokens"] == 64]
     assert long and all(r["check"].startswith("chunked float32") for r in long)
+
+
+# Stands in for python in device_check.sh: answers the backend query as a GPU host would,
+# records every other command line (with the matmul precision it ran under), writes `{}`
+# into the file its --out names, and fails with status 3 when its command names $FAIL.
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+if [[ $1 == -c ]]; then echo "gpu 0.11.2 [CudaDevice(id=0)]"; exit 0; fi
+echo "${JAX_DEFAULT_MATMUL_PRECISION:-default} $*" >> "$CALLS"
+prev=
+for arg in "$@"; do [[ $prev == --out ]] && echo "{}" > "$arg"; prev=$arg; done
+[[ -n ${FAIL:-} && " $* " == *" $FAIL "* ]] && exit 3
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_device(tmp_path):
+    """device_check.sh as it runs on a GPU, with every python command recorded instead of
+    run: `call(*args, fail=None)` returns (exit status, stdout, recorded command lines)."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    script = ROOT / "benchmarks" / "device_check.sh"
+
+    def call(out, *args, fail=None):
+        calls = tmp_path / f"calls_{out.name}.txt"
+        env = dict(os.environ, PYTHON=str(python), CALLS=str(calls), FAIL=fail or "")
+        proc = subprocess.run(["bash", str(script), str(out), *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return proc.returncode, proc.stdout + proc.stderr, lines
+
+    return call
+
+
+def test_device_check_runs_the_device_commands_it_promises(fake_device, tmp_path):
+    """The GPU sizes are never run on CPU: the command lines of both device calls, read
+    from a stand-in python. The first call runs its five stages in priority order and then
+    the report; the pallas stage takes the core stage's cuDNN rows as its baseline."""
+    out = tmp_path / "first"
+    rc, log, calls = fake_device(out)
+    assert rc == 0, log
+    scripts = [c.split()[1] for c in calls]
+    assert scripts == ["benchmarks/kernels.py", "benchmarks/train_step.py",
+                       "benchmarks/kernels.py", "benchmarks/masked_probe.py",
+                       "benchmarks/sampling.py", "benchmarks/report.py"], calls
+    core, train, pallas, tiles, sampling, report = calls
+    assert "--profile_tokens 16384" in core and f"--out {out}/kernels_core_gpu.json" in core
+    assert "--steps 5" in train and "--pallas --profile" in train
+    assert f"--baseline {out}/kernels_core_gpu.json" in pallas
+    assert "--tokens 4096 16384 256 1024 --chunk_sizes 1024 2048 4096" in pallas
+    assert "--hlo_check" in sampling and "--state_dtypes float32 bfloat16" in sampling
+    assert report.endswith(f"benchmarks/report.py {out}")
+    assert all(f"== {s}: skipped (this call runs core,train_step,pallas,tiles,sampling)" in log
+               for s in ("pallas_tests", "chunk_sweep", "rest"))
+    assert "--smoke" not in "".join(calls)
+
+    # The second call: the device's own compiler under the Pallas tests, full precision.
+    rc, log, calls = fake_device(tmp_path / "second", "--stages",
+                                 "pallas_tests,chunk_sweep,rest")
+    assert rc == 0, log
+    tests, sweep, rest, report = calls
+    assert tests.startswith("highest -m pytest -q -o addopts= -p no:cacheprovider")
+    assert "-k not decays_of_one_over_16k and not read_the_sequence_in_place" in tests
+    assert "--chunk_sizes 512 1024 2048" in sweep and "--shapes 8:64 1:128 8:128" in rest
+
+    # Without the core stage in the call, the pallas stage times cuDNN itself.
+    rc, log, calls = fake_device(tmp_path / "alone", "--stages", "pallas")
+    assert rc == 0 and "--ops lasad_pallas softmax" in calls[0] and "--baseline" not in calls[0]
+    # A call that leaves no JSON (the tests alone) has nothing to report, and passes.
+    rc, log, calls = fake_device(tmp_path / "tests", "--stages", "pallas_tests")
+    assert rc == 0 and len(calls) == 1 and "== report" not in log, log
+
+
+def test_device_check_goes_on_after_a_failed_stage(fake_device, tmp_path):
+    """One stage failing costs its own rows only: the later stages and the report still
+    run, the stage's status is logged, and the call exits 1."""
+    rc, log, calls = fake_device(tmp_path / "out", fail="benchmarks/train_step.py")
+    assert rc == 1 and "== train_step: exit 3\n" in log
+    assert len(calls) == 6 and "== sampling: exit 0" in log
+    assert "== train_step: exit 3" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_device_check_refuses_bad_arguments(tmp_path):
+    script = ROOT / "benchmarks" / "device_check.sh"
     for args, says in ((["--fast"], "--smoke"), (["--stages", "core,pallass"], "pallass"),
                        (["--stages"], "comma-separated")):
         bad = subprocess.run(["bash", str(script), str(tmp_path / "bad"), *args], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and says in bad.stderr, (args, bad.stderr)
-    # A second call re-runs chosen stages; without the core stage's JSON the pallas stage
-    # times cuDNN (here XLA softmax) itself.
-    again = tmp_path / "again"
-    proc = subprocess.run(["bash", str(script), str(again), "--smoke", "--stages", "pallas"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "== pallas: exit 0" in proc.stdout
-    assert all(f"== {s}: skipped" in proc.stdout for s in stages if s != "pallas")
-    assert "missing: kernels_core, kernels_tiles," in proc.stdout  # the report says so
-    # A call that leaves no JSON (the tests alone) has nothing to report, and passes.
-    tests_only = subprocess.run(["bash", str(script), str(tmp_path / "tests_only"), "--smoke",
-                                 "--stages", "pallas_tests"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
-    assert tests_only.returncode == 0 and "== report" not in tests_only.stdout, tests_only.stdout
-    pallas = json.loads((again / "kernels_pallas_cpu.json").read_text())
-    assert {r["op"] for r in pallas["speedups"]} == {"lasad_pallas"}
-    assert all("source" not in r for r in pallas["rows"])  # measured here, not a baseline
     if shutil.which("shellcheck"):
         lint = subprocess.run(["shellcheck", "--severity=style", str(script)],
                               capture_output=True, text=True, timeout=60)
