@@ -13,9 +13,9 @@ in its first second rather than after hours (the checkpoints, which Orbax writes
 checked this way before every save).
 
 Remote locations are `gs://` URLs only (`lasad_jax.validation.REMOTE_SCHEMES`). Outputs
-there are written through TensorFlow's `tf.io.gfile` (imported only when a remote path is
-met, so local runs never load TensorFlow): a Cloud Storage object appears whole when its
-writer closes, which gives the same all-or-nothing guarantee as the local rename. Remote
+there are written through TensorFlow's `tf.io.gfile` (imported when a remote path is met,
+through `tensorflow()`, which keeps it off the GPUs): a Cloud Storage object appears whole
+when its writer closes, which gives the same all-or-nothing guarantee as the local rename. Remote
 inputs (codes, tokenizer weights) are copied once per host into a local cache
 (`local_copy`) and then read by the local readers, which memory-map files. Any other
 `scheme://` is refused in one line rather than written to a local folder named after
@@ -74,11 +74,34 @@ def is_remote(path: str | os.PathLike) -> bool:
     return url_scheme(path) is not None
 
 
+def tensorflow() -> Any:
+    """TensorFlow, imported on first use and kept off every GPU: the package's one way in.
+
+    Only three things need it (clu's TensorBoard writer, `gs://` paths through
+    `tf.io.gfile`, and tfds preparing ImageNet), and its import takes seconds, so a job
+    that needs none of them (sampling, evaluating, a config error) never loads it. A GPU
+    build of TensorFlow (Colab's) would otherwise take GPU memory that belongs to JAX the
+    first time it runs an op, so its GPUs are hidden before anything else uses it.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # its start-up chatter
+    import tensorflow as tf
+
+    global _tf_gpus_hidden
+    if not _tf_gpus_hidden:
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError as err:  # someone else ran TensorFlow first: theirs to place
+            logging.warning("TensorFlow's GPUs could not be hidden from it: %s", err)
+        _tf_gpus_hidden = True
+    return tf
+
+
+_tf_gpus_hidden = False
+
+
 def tf_gfile() -> Any:
     """`tf.io.gfile`, imported on first use: only remote paths need TensorFlow."""
-    import tensorflow as tf  # clu's dependency already
-
-    return tf.io.gfile
+    return tensorflow().io.gfile
 
 
 class RemoteError(OSError):
@@ -100,9 +123,7 @@ def _first_line(err: Exception) -> str:
 
 
 def _remote_errors() -> tuple[type[BaseException], ...]:
-    import tensorflow as tf
-
-    return (tf.errors.OpError,)
+    return (tensorflow().errors.OpError,)
 
 
 def _lookup(path: str | os.PathLike, local: Callable[[str], bool], remote: str) -> bool:

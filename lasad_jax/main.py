@@ -31,26 +31,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-# TensorFlow is imported by clu only to write TensorBoard files: keep it quiet and off
-# any accelerator, which belongs to JAX.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+import jax
+from absl import app, flags, logging
 
 # Importing these touches no device, so `jax.distributed.initialize` in `run` still
 # comes before anything JAX computes.
-from lasad_jax.config import (  # noqa: E402
+from lasad_jax.config import (
     MODES,
     apply_overrides,
     load_config_file,
     parse,
 )
-from lasad_jax.files import (  # noqa: E402
+from lasad_jax.files import (
     NO_SPACE, NOT_WRITABLE, OutputError, RemoteError, as_output_error)
-from lasad_jax.jobs import run_job  # noqa: E402
-from lasad_jax.training.checkpoint import CheckpointError  # noqa: E402
-from lasad_jax.validation import ConfigError  # noqa: E402
+from lasad_jax.jobs import run_job
+from lasad_jax.training.checkpoint import CheckpointError
+from lasad_jax.validation import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Path to a config file (configs/*.py); set its fields "
@@ -61,14 +57,6 @@ flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 REQUIRED = {"config": "the config file, e.g. --config=configs/demo.py",
             "workdir": "the directory of checkpoints, metrics and samples"}
 _OVERRIDE = re.compile(r"^--?(no)?config\.([\w.]+)(?:=(.*))?$", re.S)
-
-
-def _hide_accelerators_from_tensorflow() -> None:
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return
-    tf.config.set_visible_devices([], "GPU")
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -223,9 +211,6 @@ def run(config: Any, mode: str, workdir: str) -> None:
         # environment; on one host this is skipped and JAX runs as a single process.
         jax.distributed.initialize()
     run_config = parse(config, mode)  # every problem at once, before anything is built
-    # After `parse`, so that a bad config is reported without TensorFlow's import (10 s
-    # on 2 cores); before the job, whose writers and datasets import it.
-    _hide_accelerators_from_tensorflow()
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
                  mode, workdir)
     run_job(run_config, mode, workdir)

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -224,3 +225,26 @@ def test_local_copy_checks_the_url_and_the_disk_first(ram, tmp_path, monkeypatch
         files.local_copy(f"{ram}/codes", "data.codes_dir", cache=cache)
     assert not os.path.exists(os.path.join(cache, files.cache_name(f"{ram}/codes"),
                                            files.COMPLETE))
+
+
+def test_tensorflow_is_kept_off_the_gpus_once(monkeypatch):
+    """`files.tensorflow()` hides every GPU from TensorFlow before returning it, once per
+    process; a TensorFlow someone already started is left as it is, with a warning."""
+    import types
+
+    calls = []
+
+    def set_visible_devices(devices, kind):
+        calls.append((list(devices), kind))
+        if len(calls) > 1:
+            raise RuntimeError("Visible devices cannot be modified after being initialized")
+
+    fake = types.ModuleType("tensorflow")
+    fake.config = types.SimpleNamespace(set_visible_devices=set_visible_devices)
+    monkeypatch.setitem(sys.modules, "tensorflow", fake)
+    monkeypatch.setattr(files, "_tf_gpus_hidden", False)
+    assert files.tensorflow() is fake and files.tensorflow() is fake
+    assert calls == [([], "GPU")]
+    monkeypatch.setattr(files, "_tf_gpus_hidden", False)
+    assert files.tensorflow() is fake  # the second call raises: warned, not fatal
+    assert len(calls) == 2

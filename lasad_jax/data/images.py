@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lasad_jax.data.config import IMAGE_SOURCES
+from lasad_jax.files import tensorflow
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
@@ -142,6 +143,7 @@ class TfdsImagenetSource:
 
     def __init__(self, split: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike = "",
                  *, prepare: bool = True):
+        tensorflow()  # tfds runs TensorFlow: kept off the GPUs before it does
         import tensorflow_datasets as tfds  # heavy: only this source needs TensorFlow
 
         if split not in _TFDS_SPLITS:

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from lasad_jax.parallel import global_batch
 from lasad_jax.training.checkpoint import Checkpointer
 from lasad_jax.training.config import LoopConfig
-from lasad_jax.training.metrics import check_saveable, create_writer, report_health
+from lasad_jax.training.metrics import check_saveable, report_health
 from lasad_jax.training.preemption import PreemptionGuard
 
 
@@ -115,6 +115,9 @@ def train_loop(state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
         return LoopResult(state=state, metrics={}, preempted=False, step=start)
     # A full disk stops the run now, before anything is written, not at its first save.
     checkpointer.require_space(state, "the checkpoints of this run")
+    # Imported here: its clu imports TensorFlow, which only a run that trains needs.
+    from lasad_jax.training.writers import create_writer
+
     writer = create_writer(workdir, resume_step=start)
     if start == 0 and hparams:
         writer.write_hparams(hparams)

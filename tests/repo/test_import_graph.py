@@ -119,3 +119,48 @@ def test_no_test_module_imports_another():
                 if node.module.split(".")[-1].startswith("test_"):
                     offenders.append(f"{path.relative_to(ROOT)} imports {node.module}")
     assert offenders == []
+
+
+def imported_modules(path: pathlib.Path) -> list[str]:
+    """Every module named by an import statement of `path`, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.append(node.module or "")
+    return found
+
+
+def test_tensorflow_comes_in_through_one_door():
+    """TensorFlow (directly, or through clu or tfds) is imported in three places only, each
+    after `files.tensorflow()` has hidden the GPUs from it: a GPU build of TensorFlow
+    would otherwise take memory that belongs to JAX."""
+    heavy = ("tensorflow", "clu", "tensorflow_datasets")
+    found = sorted((name, m) for name, path in MODULES.items()
+                   for m in imported_modules(path) if m.split(".")[0] in heavy)
+    assert found == [("lasad_jax.data.images", "tensorflow_datasets"),
+                     ("lasad_jax.files", "tensorflow"),
+                     ("lasad_jax.training.writers", "clu")]
+    for module, call in (("lasad_jax.data.images", "        tensorflow()  #"),
+                         ("lasad_jax.training.writers", "tensorflow()  #")):
+        text = MODULES[module].read_text()
+        assert text.index(call) < text.index("import tensorflow_datasets" if "data" in module
+                                              else "from clu import"), module
+
+
+def test_only_training_loads_tensorflow():
+    """Sampling, evaluating and the command line up to its job load neither TensorFlow nor
+    clu (their import takes seconds); the training loop's writers load both."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import lasad_jax.main, lasad_jax.jobs.sample, lasad_jax.jobs.evaluate, "
+            "lasad_jax.jobs.train, lasad_jax.jobs.train_tokenizer; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'clu'})); "
+            "import lasad_jax.training.writers; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'clu'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["[]", "['clu', 'tensorflow']"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from lasad_jax.training.metrics import JsonlWriter
+from lasad_jax.training.writers import JsonlWriter
 
 
 def _steps(path) -> list[int]:

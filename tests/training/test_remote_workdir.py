@@ -21,7 +21,7 @@ from lasad_jax.sampling.interactive import fetch_workdir
 from lasad_jax.tokenizers.config import TokenizerConfig, checkpoint_problems
 from lasad_jax.tokenizers.geometry import code_geometry
 from lasad_jax.training.checkpoint import Checkpointer
-from lasad_jax.training.metrics import JsonlWriter
+from lasad_jax.training.writers import JsonlWriter
 from lasad_jax.validation import ConfigError
 from tests.helpers import ROOT
 from tests.remote_helpers import gfile, ram_fixture, upload  # noqa: F401 - a fixture
