@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -74,6 +75,7 @@ def is_remote(path: str | os.PathLike) -> bool:
     return url_scheme(path) is not None
 
 
+@functools.cache
 def tensorflow() -> Any:
     """TensorFlow, imported on first use and kept off every GPU: the package's one way in.
 
@@ -86,17 +88,11 @@ def tensorflow() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # its start-up chatter
     import tensorflow as tf
 
-    global _tf_gpus_hidden
-    if not _tf_gpus_hidden:
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError as err:  # someone else ran TensorFlow first: theirs to place
-            logging.warning("TensorFlow's GPUs could not be hidden from it: %s", err)
-        _tf_gpus_hidden = True
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError as err:  # someone else ran TensorFlow first: theirs to place
+        logging.warning("TensorFlow's GPUs could not be hidden from it: %s", err)
     return tf
-
-
-_tf_gpus_hidden = False
 
 
 def tf_gfile() -> Any:
