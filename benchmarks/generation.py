@@ -99,6 +99,18 @@ def memory_figures(compiled) -> dict[str, int | None]:
     return figures
 
 
+def memory_row(compiled, usable: float) -> dict:
+    """The program's peak device memory (arguments + outputs + temporaries, aliased
+    outputs once: `memory_figures`) and whether it fits in `usable` bytes. The two
+    compile-only benchmarks share it: for benchmarks/gpu_aot.py `usable` is the share of
+    the GPU's memory that JAX's allocator takes (device_check.sh sets it), for
+    benchmarks/tpu_aot.py a TPU chip's HBM."""
+    figures = memory_figures(compiled)
+    peak = figures["peak_bytes"]
+    return dict(temp_bytes=figures["temp_size_in_bytes"], peak_bytes=peak,
+                fits=None if peak is None else peak <= usable)
+
+
 def build_steps(model: LASADGen, batch: int) -> tuple[Callable, Callable, Any, dict]:
     """Compiles the class-slot and the token step of `model` as pure functions of
     (params, cache, ids), the cache donated; returns them, the params and the token

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from common import run_info, write_json  # noqa: E402
+from generation import memory_row  # noqa: E402
 from hlo_traffic import summary, traffic  # noqa: E402
 from sampling import tree_bytes  # noqa: E402
 
@@ -107,19 +108,6 @@ def target_figure(target: str, field: str) -> float:
             if line.strip().startswith(field + ":"):
                 return float(line.split(":")[1])
     raise ValueError(f"{target} gives no {field}")
-
-
-def memory_row(compiled, usable: float) -> dict:
-    """The program's peak device memory (arguments + outputs + temporaries, aliased
-    outputs once: `generation.memory_figures`) and whether it fits in `usable` bytes: here
-    the share of the GPU's memory that JAX's allocator takes (device_check.sh sets it),
-    in benchmarks/tpu_aot.py a TPU chip's HBM."""
-    from generation import memory_figures
-
-    figures = memory_figures(compiled)
-    peak = figures["peak_bytes"]
-    return dict(temp_bytes=figures["temp_size_in_bytes"], peak_bytes=peak,
-                fits=None if peak is None else peak <= usable)
 
 
 def gb(n: int | None) -> float:

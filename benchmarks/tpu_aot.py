@@ -58,7 +58,7 @@ import jax.numpy as jnp  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from common import run_info, write_json  # noqa: E402
-from gpu_aot import memory_row  # noqa: E402  (each chip's peak and whether it fits)
+from generation import memory_row  # noqa: E402  (each chip's peak and whether it fits)
 
 STAGES = ("train", "sample", "ops")
 GIB = 2 ** 30

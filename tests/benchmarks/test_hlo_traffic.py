@@ -182,18 +182,19 @@ def test_fused_decode_kernel_bytes():
     assert written == state // w + 2 * rows * d * 2 + o
 
 
-def test_gpu_aot_peak_memory_counts_a_donated_buffer_once():
-    """gpu_aot's peak: arguments + outputs + temporaries, an output written into a donated
-    argument counted once; a row fits when that peak is at most the usable bytes."""
-    import gpu_aot
+def test_aot_peak_memory_counts_a_donated_buffer_once():
+    """The compile-only benchmarks' peak (`generation.memory_row`): arguments + outputs +
+    temporaries, an output written into a donated argument counted once; a row fits when
+    that peak is at most the usable bytes."""
+    import generation
 
     x = jnp.zeros((256, 1024), jnp.float32)  # 1 MiB
     donated = jax.jit(lambda a: a * 2.0, donate_argnums=0).lower(x).compile()
     kept = jax.jit(lambda a: a * 2.0).lower(x).compile()
     one = x.size * 4
-    row = gpu_aot.memory_row(donated, usable=one)
+    row = generation.memory_row(donated, usable=one)
     assert row["peak_bytes"] - row["temp_bytes"] == one and row["fits"] is True
-    row = gpu_aot.memory_row(kept, usable=one)
+    row = generation.memory_row(kept, usable=one)
     assert row["peak_bytes"] - row["temp_bytes"] == 2 * one and row["fits"] is False
 
 
