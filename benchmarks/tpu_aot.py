@@ -20,8 +20,9 @@ Stages (`--stages`):
   batch 256) on the slice's mesh, 256 px at the config's batch and 512 px (`--grids`) at
   a quarter of it (as many tokens per step), for `lasad` with `impl="auto"` (the XLA
   chunked form; `ops.AUTO_TABLE` has no TPU row yet), `lasad` with `impl="pallas"` (the
-  Mosaic kernels) and `softmax`. Per row: compiles or not (the error's first line), the
-  Mosaic kernels in the program, each chip's peak memory against its HBM.
+  Mosaic kernels) and `softmax` (with splash attention, `models.mixers.attention_impl`'s
+  choice on TPU, recorded as `attention`). Per row: compiles or not (the error's first
+  line), the Mosaic kernels in the program, each chip's peak memory against its HBM.
 * `sample`: `sampling.generate`'s program for the config's model at 256 px, batch 64
   with guidance 2.0 (128 rows) split over the mesh, for each mixer: the sampler's HLO
   check (`lasad_jax.sampling.hlo_check`: no decoding-cache array copied or rebuilt in
@@ -168,6 +169,10 @@ def train_row(devices, hbm: int, settings, grid: int, batch: int, mixer: str, im
         compiled, error, seconds = compile_row(lambda: step.lower(state, batch_arrays))
     row = dict(stage="train", mixer=mixer, impl=impl, grid=grid, pixels=16 * grid,
                batch=batch, mesh=dict(mesh.shape), compile_s=seconds, error=error)
+    if mixer == "softmax":  # its attention kernel: splash attention on TPU
+        from train_step import attention_impl_of
+
+        row["attention"] = attention_impl_of(model) or "xla"
     if compiled is not None:
         row.update(pallas_kernels(compiled.as_text(), devices[0].platform),
                    **memory_row(compiled, hbm))
@@ -345,7 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "train" in stages:
         for grid, rows_batch, mixer, impl in train_cases(batch, args.grids, args.mixers):
             row = train_row(devices, hbm, settings, grid, rows_batch, mixer, impl)
-            report(f"train {16 * grid}px batch {rows_batch} {mixer} {impl}", row)
+            how = impl if mixer == "lasad" else row["attention"]
+            report(f"train {16 * grid}px batch {rows_batch} {mixer} {how}", row)
     if "sample" in stages:
         for mixer in args.mixers:
             row = sample_row(devices, hbm, settings, 16, args.sample_batch, mixer)

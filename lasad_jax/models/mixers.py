@@ -254,17 +254,32 @@ class LinearAttentionMixer(nnx.Module):
 
 def attention_impl(q: jax.Array) -> str | None:
     """The softmax baseline's attention kernel: cuDNN's flash attention on NVIDIA GPUs for
-    16-bit inputs and head sizes it takes, else XLA's (`None`).
+    16-bit inputs and head sizes it takes (`"cudnn"`), splash attention on TPU
+    (`"splash"`, `models.tpu_attention`), else XLA's (`None`).
 
     Why: a comparison against softmax attention is only as honest as that attention is
     fast. `jax.nn.dot_product_attention` left to itself runs XLA's, which writes the full
     `T x T` scores (JAX 0.11: "defaults to XLA for now"); LlamaGen trains with fused
     attention. Compiled for an H200 (benchmarks/gpu_aot.py, stage train), the choice is
-    recorded per row."""
+    recorded per row; compiled for TPU slices (benchmarks/tpu_aot.py), splash attention
+    takes every head size and dtype the models use."""
+    platform = target_platform()
     d = q.shape[-1]
-    fused = (target_platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-             and d <= 128 and d % 8 == 0)
-    return "cudnn" if fused else None
+    if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and d <= 128 and d % 8 == 0:
+        return "cudnn"
+    return "splash" if platform == "tpu" else None
+
+
+def causal_softmax(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal softmax attention of `[B, T, heads, D]` arrays with `attention_impl`'s kernel.
+    Splash attention is a Pallas kernel, which XLA cannot split over a mesh: it runs per
+    shard (`parallel.rules.per_shard`), batch rows and heads being independent."""
+    impl = attention_impl(q)
+    if impl == "splash":
+        from lasad_jax.models.tpu_attention import splash_causal
+
+        return per_shard(splash_causal, (_TOKENS,) * 3, _TOKENS)(q, k, v)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
 
 
 class SoftmaxMixer(nnx.Module):
@@ -283,9 +298,7 @@ class SoftmaxMixer(nnx.Module):
 
     def __call__(self, x: jax.Array, slots: jax.Array) -> jax.Array:
         q, k, v = self._qkv(x, slots)
-        o = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                         implementation=attention_impl(q))
-        return self.out(o.reshape(x.shape))
+        return self.out(causal_softmax(q, k, v).reshape(x.shape))
 
     def init_cache(self, batch: int) -> dict[str, jax.Array]:
         """Keys and values of every slot the sampler can feed (prefix + grid - 1), in the

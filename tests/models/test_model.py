@@ -128,9 +128,10 @@ def test_too_many_tokens_rejected():
         model(LABELS, jnp.zeros((2, 12), jnp.int32))
 
 
-def test_softmax_baseline_uses_fused_attention_on_gpu(monkeypatch):
+def test_softmax_baseline_uses_fused_attention_on_gpu_and_tpu(monkeypatch):
     """The softmax baseline runs cuDNN's flash attention where it can (an NVIDIA GPU, 16-bit
-    inputs, head size <= 128 and a multiple of 8) and XLA's elsewhere."""
+    inputs, head size <= 128 and a multiple of 8), splash attention on any TPU, and XLA's
+    elsewhere (tests/models/test_tpu_attention.py checks the splash path's values)."""
     from lasad_jax.models import mixers
 
     bf16 = jnp.zeros((1, 8, 2, 64), jnp.bfloat16)
@@ -140,3 +141,6 @@ def test_softmax_baseline_uses_fused_attention_on_gpu(monkeypatch):
     assert mixers.attention_impl(bf16.astype(jnp.float32)) is None
     assert mixers.attention_impl(jnp.zeros((1, 8, 2, 160), jnp.bfloat16)) is None
     assert mixers.attention_impl(jnp.zeros((1, 8, 2, 36), jnp.bfloat16)) is None
+    monkeypatch.setattr(mixers, "target_platform", lambda: "tpu")
+    for q in (bf16, bf16.astype(jnp.float32), jnp.zeros((1, 8, 2, 36), jnp.bfloat16)):
+        assert mixers.attention_impl(q) == "splash"

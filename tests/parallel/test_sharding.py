@@ -222,6 +222,21 @@ def test_pallas_kernels_run_per_shard_on_a_mesh(measured):
 @pytest.mark.slow
 @pytest.mark.multidevice
 @pytest.mark.xdist_group("multidevice")
+def test_splash_attention_runs_per_shard_on_a_mesh(measured):
+    """The softmax baseline with splash attention (its TPU kernel; interpreted on CPU) on a
+    2x2x2 mesh equals one device, and lowers for TPU as three Mosaic kernels (forward, dq,
+    dkv) run per shard."""
+    r = measured["splash_mesh"]
+    assert r["tpu_lowering"]["error"] is None, r["tpu_lowering"]["error"]
+    assert r["tpu_lowering"]["kernels"] == 3
+    assert r["output"] < 1e-5
+    assert "['qkv']['kernel'].value" in r["grads"]
+    assert max(r["grads"].values()) < 1e-5, r["grads"]
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 def test_fused_decoding_step_runs_per_shard_on_a_mesh(measured):
     """`decode_impl="pallas"` (the fused step, interpreted on CPU) samples the same tokens
     on 2x4x1 and 2x2x2 meshes as on one device."""

@@ -9,6 +9,7 @@ Writes one JSON object of measured values; the test asserts on them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -161,20 +162,29 @@ def sampling_checks(out: dict) -> None:
                                        temperature=1.0, top_k=8, top_p=0.95)
 
 
-def pallas_checks(out: dict) -> None:
-    """The LASAD mixer with `impl="pallas"` (Pallas' interpreter on CPU) on a 2x2x2 mesh:
-    output and every gradient against one device, and whether the same program lowers
-    for TPU, where Mosaic refuses a kernel XLA's partitioner would have to split
-    (`parallel.rules.per_shard` runs it per shard instead)."""
+@contextlib.contextmanager
+def patched(*switches):
+    """Sets each `(module, name, value)` for the block, then puts the old values back."""
+    saved = [(module, name, getattr(module, name)) for module, name, _ in switches]
+    for module, name, value in switches:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def mixer_on_mesh(cfg, on_tpu) -> dict:
+    """One mixer of `cfg` (its Pallas kernels interpreted on CPU) on a 2x2x2 mesh: the
+    output and every gradient against one device, and whether the same program lowers for
+    TPU with the `on_tpu` switches set, where Mosaic refuses a kernel XLA's partitioner
+    would have to split (`parallel.rules.per_shard` runs it per shard instead)."""
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    import lasad_jax.ops.pallas as ops_pallas
-    from lasad_jax.models import ModelConfig
     from lasad_jax.models.mixers import make_mixer
 
-    cfg = ModelConfig(vocab_size=16, num_classes=4, grid=(5, 6), num_layers=1, num_heads=4,
-                      dim=64, gate_rank=16, mixer="lasad", impl="pallas", chunk_size=12)
     graphdef, state = nnx.split(make_mixer(cfg, jnp.float32, nnx.Rngs(0)))
     state = noisy(state, 5, 0.2)  # decays and gates away from their symmetric start
     x = jax.random.normal(jax.random.key(1), (4, cfg.num_tokens, cfg.dim))
@@ -194,24 +204,42 @@ def pallas_checks(out: dict) -> None:
         def rel(a, b):
             return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
 
-        out["pallas_mesh"] = {
+        result = {
             "output": rel(y1, y2),
             "grads": {jax.tree_util.keystr(p): rel(a, b) for (p, a), b in zip(
                 jax.tree_util.tree_flatten_with_path(g1)[0], jax.tree.leaves(g2))}}
-        choose = ops_pallas.target_platform
-        ops_pallas.target_platform = lambda: "tpu"  # lower the Mosaic kernels, not the interpreter
         try:
-            shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-            x_shape = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=xs.sharding)
-            fresh = jax.jit(jax.value_and_grad(loss, has_aux=True))  # not yet run on CPU
-            text = fresh.trace(shapes, x_shape).lower(lowering_platforms=("tpu",)).as_text()
-            out["pallas_mesh"]["tpu_lowering"] = {"kernels": text.count("tpu_custom_call"),
-                                                  "error": None}
+            with patched(*on_tpu):  # lower the Mosaic kernels, not the interpreter
+                shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+                x_shape = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=xs.sharding)
+                fresh = jax.jit(jax.value_and_grad(loss, has_aux=True))  # not yet run on CPU
+                text = fresh.trace(shapes, x_shape).lower(lowering_platforms=("tpu",)).as_text()
+            result["tpu_lowering"] = {"kernels": text.count("tpu_custom_call"), "error": None}
         except Exception as err:  # what Mosaic says of a kernel left to the partitioner
-            out["pallas_mesh"]["tpu_lowering"] = {"kernels": 0,
-                                                  "error": f"{type(err).__name__}: {err}"[:300]}
-        finally:
-            ops_pallas.target_platform = choose
+            result["tpu_lowering"] = {"kernels": 0, "error": f"{type(err).__name__}: {err}"[:300]}
+    return result
+
+
+def pallas_checks(out: dict) -> None:
+    """The LASAD mixer with `impl="pallas"` on a mesh (`mixer_on_mesh`)."""
+    import lasad_jax.ops.pallas as ops_pallas
+    from lasad_jax.models import ModelConfig
+
+    cfg = ModelConfig(vocab_size=16, num_classes=4, grid=(5, 6), num_layers=1, num_heads=4,
+                      dim=64, gate_rank=16, mixer="lasad", impl="pallas", chunk_size=12)
+    out["pallas_mesh"] = mixer_on_mesh(cfg, [(ops_pallas, "target_platform", lambda: "tpu")])
+
+
+def splash_checks(out: dict) -> None:
+    """The softmax mixer with splash attention, its kernel on TPU, on a mesh
+    (`mixer_on_mesh`): chosen here as a TPU would choose it, interpreted on CPU."""
+    from lasad_jax.models import ModelConfig, mixers, tpu_attention
+
+    cfg = ModelConfig(vocab_size=16, num_classes=4, grid=(5, 6), num_layers=1, num_heads=4,
+                      dim=64, mixer="softmax")
+    with patched((mixers, "attention_impl", lambda q: "splash")):
+        out["splash_mesh"] = mixer_on_mesh(
+            cfg, [(tpu_attention, "target_platform", lambda: "tpu")])
 
 
 def pallas_decode_checks(out: dict) -> None:
@@ -231,6 +259,7 @@ def pallas_decode_checks(out: dict) -> None:
 def main(path: str) -> None:
     out: dict = {"devices": jax.device_count()}
     pallas_checks(out)
+    splash_checks(out)
     pallas_decode_checks(out)
     one_step_checks(out)
     sampling_checks(out)
