@@ -14,8 +14,9 @@ Layout and the choices made here (none timed on a TPU yet):
   the kernel is vmapped over the batch between two transposes;
 * `T` is padded at the end to a multiple of `BLOCK`, splash's default block of 128
   tokens. Under the causal mask no real query sees a padded key, and the padded queries'
-  rows are dropped, so the result is exact; the padding costs at most 127 rows and
-  columns of work (257 -> 384 tokens at 256 px, 1025 -> 1152 at 512 px);
+  rows are dropped, so the result is exact. Training never pads at the usual sizes: it
+  feeds the class slot and every token but the last, 256 slots at 256 px and 1024 at
+  512 px (`training.step`), whole blocks; other grids pay at most 127 slots of work;
 * splash applies no scale, so `q` is multiplied by `1 / sqrt(D)` first, in its dtype (exact
   for D = 64, LASADGen's head size: a power of two).
 

@@ -36,7 +36,7 @@ def test_padded_length_is_whole_blocks():
     assert [padded_length(t) for t in (1, 128, 129, 257, 1025)] == [128, 128, 256, 384, 1152]
 
 
-@pytest.mark.parametrize("tokens", [128, 257])  # whole blocks; 257 (256 px) padded to 384
+@pytest.mark.parametrize("tokens", [128, 257])  # whole blocks; 257 padded to 384
 def test_splash_equals_xla_attention_float32(tokens):
     q, k, v = _qkv(tokens)
     out = jax.jit(splash_causal)(q, k, v)
