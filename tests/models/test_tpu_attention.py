@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from lasad_jax.models import mixers
 from lasad_jax.models.tpu_attention import BLOCK, padded_length, splash_causal
@@ -64,8 +65,6 @@ def test_splash_in_bfloat16_is_as_close_to_float32_as_xla_attention():
 def test_softmax_model_with_splash_attention_equals_xla(monkeypatch):
     """The softmax model's logits and gradients with splash attention (as on a TPU) equal
     those with XLA's attention: a 12-slot sequence, padded to one block inside."""
-    import flax.nnx as nnx
-
     model = perturbed_model(small_config("softmax", dim=32))
     graphdef, params = nnx.split(model)
 

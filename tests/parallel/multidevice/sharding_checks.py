@@ -9,7 +9,6 @@ Writes one JSON object of measured values; the test asserts on them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -17,6 +16,7 @@ import pathlib
 import runpy
 import sys
 import tempfile
+from unittest import mock
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -162,24 +162,12 @@ def sampling_checks(out: dict) -> None:
                                        temperature=1.0, top_k=8, top_p=0.95)
 
 
-@contextlib.contextmanager
-def patched(*switches):
-    """Sets each `(module, name, value)` for the block, then puts the old values back."""
-    saved = [(module, name, getattr(module, name)) for module, name, _ in switches]
-    for module, name, value in switches:
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
-
-
-def mixer_on_mesh(cfg, on_tpu) -> dict:
+def mixer_on_mesh(cfg, chooser) -> dict:
     """One mixer of `cfg` (its Pallas kernels interpreted on CPU) on a 2x2x2 mesh: the
     output and every gradient against one device, and whether the same program lowers for
-    TPU with the `on_tpu` switches set, where Mosaic refuses a kernel XLA's partitioner
-    would have to split (`parallel.rules.per_shard` runs it per shard instead)."""
+    TPU with `chooser`, the `(module, "target_platform")` that picks its kernels, saying
+    "tpu": Mosaic refuses a kernel XLA's partitioner would have to split
+    (`parallel.rules.per_shard` runs it per shard instead)."""
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
@@ -209,7 +197,7 @@ def mixer_on_mesh(cfg, on_tpu) -> dict:
             "grads": {jax.tree_util.keystr(p): rel(a, b) for (p, a), b in zip(
                 jax.tree_util.tree_flatten_with_path(g1)[0], jax.tree.leaves(g2))}}
         try:
-            with patched(*on_tpu):  # lower the Mosaic kernels, not the interpreter
+            with mock.patch.object(*chooser, lambda: "tpu"):  # Mosaic, not the interpreter
                 shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
                 x_shape = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=xs.sharding)
                 fresh = jax.jit(jax.value_and_grad(loss, has_aux=True))  # not yet run on CPU
@@ -227,7 +215,7 @@ def pallas_checks(out: dict) -> None:
 
     cfg = ModelConfig(vocab_size=16, num_classes=4, grid=(5, 6), num_layers=1, num_heads=4,
                       dim=64, gate_rank=16, mixer="lasad", impl="pallas", chunk_size=12)
-    out["pallas_mesh"] = mixer_on_mesh(cfg, [(ops_pallas, "target_platform", lambda: "tpu")])
+    out["pallas_mesh"] = mixer_on_mesh(cfg, (ops_pallas, "target_platform"))
 
 
 def splash_checks(out: dict) -> None:
@@ -237,9 +225,8 @@ def splash_checks(out: dict) -> None:
 
     cfg = ModelConfig(vocab_size=16, num_classes=4, grid=(5, 6), num_layers=1, num_heads=4,
                       dim=64, mixer="softmax")
-    with patched((mixers, "attention_impl", lambda q: "splash")):
-        out["splash_mesh"] = mixer_on_mesh(
-            cfg, [(tpu_attention, "target_platform", lambda: "tpu")])
+    with mock.patch.object(mixers, "attention_impl", lambda q: "splash"):
+        out["splash_mesh"] = mixer_on_mesh(cfg, (tpu_attention, "target_platform"))
 
 
 def pallas_decode_checks(out: dict) -> None:
