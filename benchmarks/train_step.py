@@ -144,12 +144,13 @@ class Program:
     compile_s: float = 0.0
 
 
-def abstract_step(args, mixer: str, grid: int, batch: int, impl: str = "auto"
-                  ) -> tuple[ModelConfig, Any, Any, Any]:
+def abstract_step(args, mixer: str, grid: int, batch: int, impl: str = "auto",
+                  grad_accum_steps: int = 1) -> tuple[ModelConfig, Any, Any, Any]:
     """`(cfg, tx, step, state shapes)` of a row, with no weights made: the trainer's step
     and state (`make_train_step`, `create_train_state`) as
     `training.generator.state_factory` builds them, whose module this script cannot import
-    (it reads grain). benchmarks/gpu_aot.py compiles the same for a described GPU."""
+    (it reads grain). benchmarks/gpu_aot.py compiles the same for a described GPU, with
+    `grad_accum_steps` micro-batches in its `accum` stage."""
     cfg = model_config(args, mixer, grid, impl)
     schedule = make_schedule(OPTIMIZER, batch_size=batch, total_steps=1000)
     tx = make_optimizer(OPTIMIZER, schedule)
@@ -157,7 +158,8 @@ def abstract_step(args, mixer: str, grid: int, batch: int, impl: str = "auto"
     state = jax.eval_shape(lambda: create_train_state(LASADGen(cfg, rngs=nnx.Rngs(0)), tx,
                                                       seed=0)[1])
     step = make_train_step(graphdef, tx, schedule, class_dropout=CLASS_DROPOUT,
-                           null_class=cfg.num_classes, ema_decay=EMA_DECAY)
+                           null_class=cfg.num_classes, ema_decay=EMA_DECAY,
+                           grad_accum_steps=grad_accum_steps)
     return cfg, tx, step, state
 
 

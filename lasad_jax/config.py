@@ -52,7 +52,7 @@ from lasad_jax.data.config import (
 from lasad_jax.evaluation.config import EvalConfig, run_problems as eval_problems
 from lasad_jax.models import ModelConfig
 from lasad_jax.models.config import PRESET_FIELDS
-from lasad_jax.parallel.mesh import ALL_DATA, MeshConfig, batch_problems
+from lasad_jax.parallel.mesh import ALL_DATA, MeshConfig, batch_problems, data_parallel_size
 from lasad_jax.parallel.rules import split_problems
 from lasad_jax.sampling.config import SampleConfig, class_problems
 from lasad_jax.tokenizers.config import TokenizerConfig, checkpoint_problems
@@ -62,6 +62,7 @@ from lasad_jax.training.config import (
     OptimizerConfig,
     TokenizerTrainConfig,
     TrainConfig,
+    accumulation_problems,
     schedule_problems,
 )
 from lasad_jax.training.vq.losses import VQLossConfig
@@ -445,6 +446,9 @@ def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
         batches["batch_size"] = top["batch_size"]
         if train:
             batches["train.eval_batch_size"] = train.eval_batch_size
+            shards = data_parallel_size(mesh, jax.device_count()) if mesh else None
+            problems.owner(accumulation_problems(top["batch_size"], train.grad_accum_steps,
+                                                 shards))
     if samples and sample:
         batches["sample.batch_size"] = sample.batch_size
     if mesh and mode != "extract":  # extraction runs on one device per process

@@ -75,6 +75,10 @@ BAD_CONFIGS = [
     ("no run length", {"num_steps": 0}, "train", ["config.num_steps", "num_epochs"]),
     ("unknown nonfinite policy", {"train__nonfinite": "ignore"}, "train",
      ["config.train.nonfinite", "skip"]),
+    ("no micro-batch", {"train__grad_accum_steps": 0}, "train",
+     ["config.train.grad_accum_steps", ">= 1"]),
+    ("micro-batches of unequal size", {"train__grad_accum_steps": 3}, "train",
+     ["config.train.grad_accum_steps=3", "divide batch_size=64"]),
     ("keep no checkpoint", {"train__keep_checkpoints": 0}, "train",
      ["config.train.keep_checkpoints", ">= 1"]),
     ("missing Inception weights", {"eval__inception": "/no/inception.npz"}, "evaluate",
@@ -101,6 +105,18 @@ def test_batch_not_divisible_by_devices(monkeypatch):
     config = demo(batch_size=20)
     with pytest.raises(ValueError, match=r"config.batch_size=20 must be a multiple of 8"):
         parse(config, "train")
+
+
+def test_micro_batches_must_split_over_the_devices(monkeypatch):
+    """Each micro-batch is split over the data-parallel devices, as a batch is."""
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    config = demo(batch_size=64, train__grad_accum_steps=16)
+    with pytest.raises(ValueError, match=r"config.train.grad_accum_steps=16 leaves "
+                       r"micro-batches of 4 examples \(batch_size=64\), which must be a "
+                       r"multiple of 8"):
+        parse(config, "train")
+    run = parse(demo(batch_size=64, train__grad_accum_steps=8), "train")
+    assert run.train.grad_accum_steps == 8
 
 
 def test_every_problem_of_every_block_at_once():

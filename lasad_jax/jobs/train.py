@@ -64,16 +64,20 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("mesh %s over %d devices in %d processes (%s)", describe(mesh), mesh.size,
                  jax.process_count(), jax.devices()[0].platform)
+    accum = config.train.grad_accum_steps
     logging.info("model: %s mixer, %.2fM parameters, grid %s, vocab %d; %d train / %s val "
-                 "examples; %d steps of batch %d, peak lr %.3g", config.model.mixer,
+                 "examples; %d steps of batch %d%s, peak lr %.3g", config.model.mixer,
                  n_params / 1e6, config.model.grid, config.model.vocab_size, len(train_source),
                  len(val_source) if val_source is not None else "no", steps,
-                 config.batch_size, peak_learning_rate(config.optimizer, config.batch_size))
+                 config.batch_size,
+                 f" ({accum} micro-batches of {config.batch_size // accum})" if accum > 1 else "",
+                 peak_learning_rate(config.optimizer, config.batch_size))
 
     train_step = make_train_step(graphdef, tx, schedule, class_dropout=config.train.class_dropout,
                                  null_class=config.data.num_classes,
                                  ema_decay=config.train.ema_decay, state_shardings=shardings,
-                                 nonfinite=config.train.nonfinite)
+                                 nonfinite=config.train.nonfinite,
+                                 grad_accum_steps=config.train.grad_accum_steps)
     eval_step = make_eval_step(graphdef)
 
     def model_of(state) -> nnx.Module:

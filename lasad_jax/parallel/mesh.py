@@ -68,15 +68,25 @@ def mesh_shape(mesh: MeshConfig | None, num_devices: int) -> tuple[int, ...]:
     return tuple(sizes[axis] for axis in AXES)
 
 
+def data_parallel_size(mesh: MeshConfig, num_devices: int) -> int | None:
+    """The devices a batch is split over (data x fsdp), None where the mesh does not fit
+    `num_devices` (`batch_problems` says why)."""
+    try:
+        shape = dict(zip(AXES, mesh_shape(mesh, num_devices)))
+    except ConfigError:
+        return None
+    return math.prod(shape[axis] for axis in BATCH_AXES)
+
+
 def batch_problems(mesh: MeshConfig, num_devices: int,
                    batches: Mapping[str, int]) -> list[str]:
     """Whether the mesh fits `num_devices` and every batch (field name -> global size)
     splits evenly over its data-parallel devices; one line per problem."""
     try:
-        shape = dict(zip(AXES, mesh_shape(mesh, num_devices)))
+        mesh_shape(mesh, num_devices)
     except ConfigError as err:
         return list(err.problems)
-    shards = math.prod(shape[axis] for axis in BATCH_AXES)
+    shards = data_parallel_size(mesh, num_devices)
     return [f"{field}={size} must be a multiple of {shards}, the data-parallel devices "
             f"(mesh data x fsdp over {num_devices} devices)"
             for field, size in batches.items() if is_int(size) and size >= 1 and size % shards]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from lasad_jax.training.step import NONFINITE_POLICIES
-from lasad_jax.validation import Problems
+from lasad_jax.validation import Problems, is_int
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -61,6 +61,24 @@ def schedule_problems(optimizer: OptimizerConfig, num_steps: int) -> list[str]:
     return []
 
 
+def accumulation_problems(batch_size: object, grad_accum_steps: int,
+                          shards: int | None) -> list[str]:
+    """A step's batch must split into `grad_accum_steps` equal micro-batches, each split
+    evenly over the `shards` data-parallel devices (None: unknown, not checked)."""
+    if not (is_int(batch_size) and batch_size >= 1) or grad_accum_steps == 1:
+        return []
+    if batch_size % grad_accum_steps:
+        return [f"train.grad_accum_steps={grad_accum_steps} must divide batch_size="
+                f"{batch_size}: each step's batch is split into that many equal "
+                "micro-batches"]
+    micro = batch_size // grad_accum_steps
+    if shards and micro % shards:
+        return [f"train.grad_accum_steps={grad_accum_steps} leaves micro-batches of {micro} "
+                f"examples (batch_size={batch_size}), which must be a multiple of {shards}, "
+                "the data-parallel devices (mesh data x fsdp); lower grad_accum_steps"]
+    return []
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     """What the host loop reads. `eval_every`: -1 never evaluates, 0 only at the end, n
@@ -91,13 +109,17 @@ class LoopConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(LoopConfig):
     """The generator's training: class dropout (the null class that classifier-free
-    guidance needs), the EMA, samples at the end, and what a non-finite update does
-    ("halt" stops before anything is saved; "skip" drops that update and goes on)."""
+    guidance needs), the EMA, samples at the end, what a non-finite update does ("halt"
+    stops before anything is saved; "skip" drops that update and goes on), and gradient
+    accumulation: `grad_accum_steps` micro-batches of `batch_size / grad_accum_steps`
+    examples per step, one update from their averaged gradients
+    (`training.step.accumulate`), for a batch whose activations do not fit at once."""
 
     class_dropout: float = 0.1
     ema_decay: float = 0.9999
     sample_at_end: bool = False
     nonfinite: str = "halt"
+    grad_accum_steps: int = 1
 
     def _check(self, p: Problems) -> None:
         super()._check(p)
@@ -106,6 +128,7 @@ class TrainConfig(LoopConfig):
         p.check(isinstance(self.sample_at_end, bool), "sample_at_end",
                 f"must be True or False, got {self.sample_at_end!r}")
         p.one_of("nonfinite", self.nonfinite, NONFINITE_POLICIES)
+        p.int_at_least("grad_accum_steps", self.grad_accum_steps, 1)
 
 
 @dataclasses.dataclass(frozen=True)

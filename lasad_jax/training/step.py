@@ -16,6 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lasad_jax.parallel.mesh import BATCH_AXES
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +78,63 @@ def all_finite(tree: Any) -> jax.Array:
 NONFINITE_POLICIES = ("halt", "skip")
 
 
+def micro_batches(batch: dict[str, jax.Array], steps: int,
+                  mesh: jax.sharding.Mesh | None = None) -> dict[str, jax.Array]:
+    """Splits every `[B, ...]` array of `batch` into `steps` micro-batches, `[steps, B /
+    steps, ...]`: micro-batch `i` takes rows `i, i + steps, i + 2 steps, ...`.
+
+    Why strided rather than contiguous: the batch is split over the data-parallel devices
+    in contiguous blocks, and a strided split takes the same number of rows from every
+    device's block, so each micro-batch stays spread over all of them and the split moves
+    nothing between devices (`mesh`: pins that layout; tests/parallel checks the
+    partitioned program exchanges no example between devices)."""
+
+    def split(x: jax.Array) -> jax.Array:
+        x = jnp.moveaxis(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 1, 0)
+        if mesh is None:
+            return x
+        spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 2)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return {name: split(x) for name, x in batch.items()}
+
+
+def accumulate(loss_fn: Callable, params: Any, batch: dict[str, jax.Array], steps: int,
+               state_shardings: Any | None = None) -> tuple[jax.Array, Any]:
+    """`loss_fn(params, labels, tokens)`'s value and gradients, averaged over `steps`
+    micro-batches of `batch` run one after another (a `lax.scan`), summed in float32.
+    With `state_shardings`, the sums are laid out as the parameters and the micro-batches
+    as the batch."""
+    mesh = None if state_shardings is None else jax.tree.leaves(state_shardings)[0].mesh
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if state_shardings is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, state_shardings.params)
+
+    def add(carry, micro):
+        loss, grads = jax.value_and_grad(loss_fn)(params, micro["label"], micro["tokens"])
+        total, sums = carry
+        sums = jax.tree.map(lambda s, g: s + g.astype(jnp.float32), sums, grads)
+        return (total + loss.astype(jnp.float32), sums), None
+
+    (total, sums), _ = jax.lax.scan(add, (jnp.zeros((), jnp.float32), zeros),
+                                    micro_batches(batch, steps, mesh))
+    grads = jax.tree.map(lambda s, p: (s / steps).astype(p.dtype), sums, params)
+    return total / steps, grads
+
+
 def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     *, class_dropout: float, null_class: int, ema_decay: float,
-                    state_shardings: Any | None = None, nonfinite: str = "halt") -> Callable:
+                    state_shardings: Any | None = None, nonfinite: str = "halt",
+                    grad_accum_steps: int = 1) -> Callable:
     """Returns `train_step(state, batch) -> (state, metrics)`, jitted, donating `state`.
+
+    `grad_accum_steps` > 1: the batch goes through the model in that many equal
+    micro-batches (`micro_batches`), one after another in a `lax.scan`, their loss and
+    gradients summed in float32 and averaged into one update. The objective is the
+    batch's mean loss either way and the class-dropout draws are made for the whole batch
+    first, so the update equals the one without accumulation up to float rounding, while
+    the activations alive at once are those of one micro-batch: a step of a batch that
+    does not fit in memory (docs/configuration.md, `train.grad_accum_steps`).
 
     `nonfinite="skip"`: a step whose loss or gradients are not finite leaves parameters,
     optimizer state and EMA as they were (the step counter and the data still advance)
@@ -109,10 +164,15 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         labels = drop_classes(key, batch["label"], class_dropout, null_class)
 
-        def loss_fn(params):
-            return token_loss(graphdef, params, labels, batch["tokens"]).mean()
+        def loss_fn(params, labels, tokens):
+            return token_loss(graphdef, params, labels, tokens).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        if grad_accum_steps == 1:
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, labels, batch["tokens"])
+        else:
+            loss, grads = accumulate(loss_fn, state.params,
+                                     {"label": labels, "tokens": batch["tokens"]},
+                                     grad_accum_steps, state_shardings)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -144,6 +204,9 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"train.nonfinite must be one of {NONFINITE_POLICIES}, got "
                          f"{nonfinite!r}")
+    if not (isinstance(grad_accum_steps, int) and grad_accum_steps >= 1):
+        raise ValueError(f"train.grad_accum_steps must be an int >= 1, got "
+                         f"{grad_accum_steps!r}")
     if state_shardings is None:
         return jax.jit(train_step, donate_argnums=0)
     mesh = jax.tree.leaves(state_shardings)[0].mesh

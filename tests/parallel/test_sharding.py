@@ -168,6 +168,24 @@ def test_one_step_on_a_mesh_equals_one_device(measured, mesh):
 @pytest.mark.slow
 @pytest.mark.multidevice
 @pytest.mark.xdist_group("multidevice")
+@pytest.mark.parametrize("run", ["8x1x1/2", "2x2x2/2"])
+def test_gradient_accumulation_on_a_mesh_moves_no_example(measured, run):
+    """The batch in 2 micro-batches on a mesh: the one-device step's update, and no
+    collective on the tokens or labels (int32) in the partitioned program. Splitting the
+    batch into contiguous halves instead makes XLA exchange examples between devices
+    (all-to-all and collective-permute of s32 arrays on both meshes), and this fails."""
+    r = measured["accumulation"][run]
+    np.testing.assert_allclose(r["loss"], r["base_loss"], rtol=1e-6)
+    np.testing.assert_allclose(r["grad_norm"], r["base_grad_norm"], rtol=1e-5)
+    assert r["max_param_diff"] < 1e-5
+    moved = [t for types in r["collectives"].values() for t in types if t[0] in "su"]
+    assert not moved and not r["collectives"]["all-to-all"], r["collectives"]
+    assert r["collectives"]["all-reduce"]  # gradients are reduced: the scan was partitioned
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+@pytest.mark.xdist_group("multidevice")
 def test_fsdp_and_tensor_axes_really_split_the_state(measured):
     steps = measured["one_step"]
     assert steps["8x1x1"]["w_gate_spec"] == "P(None, None)"  # pure data parallel

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import runpy
 import sys
 import tempfile
@@ -118,6 +119,60 @@ def one_step_checks(out: dict) -> None:
             w_gate_spec=r["w_gate_spec"], w_gate_shard=r["w_gate_shard"],
             opt_leaves_sharded=r["opt_leaves_sharded"])
         for shape, r in results.items()}
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def collectives(hlo: str) -> dict[str, list[str]]:
+    """The result types of each kind of collective in an optimized, partitioned HLO
+    program (`f32[64,128]`), each type once."""
+    return {op: sorted(set(re.findall(rf"= \(?([a-z0-9]+\[[0-9,]*\])[^=]*? {op}(?:-start)?\(",
+                                      hlo)))
+            for op in COLLECTIVES}
+
+
+def accumulation_checks(out: dict) -> None:
+    """One train step with the batch of 16 in 2 micro-batches on two meshes against the
+    same step without accumulation on one device, and the collectives of the partitioned
+    programs: the strided split (`training.step.micro_batches`) must move no example
+    between devices."""
+    config = demo_config()
+    config.optimizer.warmup_steps = 0
+    run = parse(config, "train")
+    graphdef, init0, tx, schedule = state_factory(run.model, run.optimizer,
+                                                  batch_size=run.batch_size, seed=run.seed,
+                                                  total_steps=10)
+
+    def init():
+        state = init0()
+        params = noisy(state.params, 1, 0.05)
+        return dataclasses.replace(state, params=params, ema_params=params)
+
+    rng = np.random.default_rng(0)
+    batch = {"tokens": rng.integers(0, 17, (16, 64)).astype(np.int32),
+             "label": rng.integers(0, 10, (16,)).astype(np.int32)}
+    results, ops = {}, {}
+    for shape, accum in (((1, 1, 1), 1), ((8, 1, 1), 2), ((2, 2, 2), 2)):
+        mesh = mesh_of(shape)
+        state, shardings = sharded_init(init, mesh)
+        step = make_train_step(graphdef, tx, schedule, class_dropout=0.5, null_class=10,
+                               ema_decay=0.9, state_shardings=shardings,
+                               grad_accum_steps=accum)
+        name = "x".join(map(str, shape)) + f"/{accum}"
+        with jax.set_mesh(mesh):
+            data = global_batch(batch, mesh)
+            ops[name] = collectives(step.lower(state, data).compile().as_text())
+            new_state, metrics = step(state, data)
+        results[name] = (float(metrics["loss"]), float(metrics["grad_norm"]),
+                         [np.asarray(x) for x in jax.tree.leaves(new_state.params)])
+    base = results["1x1x1/1"]
+    out["accumulation"] = {
+        name: dict(loss=r[0], base_loss=base[0], grad_norm=r[1], base_grad_norm=base[1],
+                   max_param_diff=max(float(np.max(np.abs(a - b)))
+                                      for a, b in zip(r[2], base[2])),
+                   collectives=ops[name])
+        for name, r in results.items()}
 
 
 def metric(workdir: str, name: str) -> dict[int, float]:
@@ -249,6 +304,7 @@ def main(path: str) -> None:
     splash_checks(out)
     pallas_decode_checks(out)
     one_step_checks(out)
+    accumulation_checks(out)
     sampling_checks(out)
     with tempfile.TemporaryDirectory() as tmp:
         resume_checks(out, tmp)
