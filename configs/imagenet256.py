@@ -28,7 +28,9 @@ the field, when the codes are missing, or when the tokenizer weights
 mode that encodes or decodes images: extract, sample, evaluate, or training with
 `train.sample_at_end`. Training alone reads only the codes. With
 `data.image_source="imagefolder"` and `data.image_dir=ROOT` (`ROOT/train/<class>/*.JPEG`)
-extraction reads a folder instead.
+extraction reads a folder instead. On fewer or smaller devices than batch 256 needs
+(one 80 GB GPU, say), `--config.train.grad_accum_steps=4` keeps the batch and the recipe
+and runs each step as four micro-batches of 64 (docs/training_imagenet.md).
 """
 
 from ml_collections import config_dict
