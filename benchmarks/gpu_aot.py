@@ -31,11 +31,13 @@ Stages (`--stages`):
   GPU), `lasad` with `impl="pallas"`, and `softmax` (`jax.nn.dot_product_attention`,
   whose choice of XLA or cuDNN attention the row records). Per row: bytes, launches,
   the floor and XLA's temporary buffer; matmul time is not in a byte floor.
-* `accum` (named, not run by default): LlamaGen's batch on one GPU, the case
-  `train.grad_accum_steps` is for: LASADGen-L's step at 256 px with batch 256 and at
-  512 px with batch 64, `lasad` (`auto`) and `softmax`, in one batch and in 4
-  micro-batches (`training.step.accumulate`). Per row: peak and temporaries against the
-  usable memory (a row that does not fit is what this stage shows, not a failure), bytes.
+* `memory` (named, not run by default): the two memory settings of a training run, on
+  LASADGen-L's step. LlamaGen's batch on one GPU, the case `train.grad_accum_steps` is
+  for: 256 px with batch 256 and 512 px with batch 64, `lasad` (`auto`) and `softmax`,
+  in one batch and in 4 micro-batches (`training.step.accumulate`); then activation
+  checkpointing (`model.remat`: "none", "dots", "full") at 256 px with batch 64.
+  Per row: peak and temporaries against the usable memory (a row that does not fit is
+  what this stage shows, not a failure), bytes moved.
 * `node` (named, not run by default: it reads a config file, so it needs the trainer's
   packages): the trainer's step and the sampler of `--config` (configs/imagenet256.py:
   LASADGen-L, FSDP over every GPU, batch 256) on `--node_hosts` hosts (default 1) of
@@ -66,7 +68,11 @@ from generation import memory_row  # noqa: E402
 from hlo_traffic import summary, traffic  # noqa: E402
 from sampling import tree_bytes  # noqa: E402
 
-STAGES = ("decode", "ops", "train", "accum", "node")
+STAGES = ("decode", "ops", "train", "memory", "node")
+# `memory` stage rows: (grid, batch, grad_accum_steps, remat), each for lasad and softmax.
+MEMORY_ROWS = ((16, 256, 1, "none"), (16, 256, 4, "none"), (32, 64, 1, "none"),
+               (32, 64, 4, "none"), (16, 64, 1, "none"), (16, 64, 1, "dots"),
+               (16, 64, 1, "full"))
 DEFAULT_STAGES = ("decode", "ops", "train")  # `node` reads a config file: the trainer's packages
 SHORT = {"float32": "f32", "bfloat16": "bf16"}
 # (mixer, state dtype, decode_impl) of each decode row, per preset and grid.
@@ -219,12 +225,14 @@ def ops_row(device, tokens: int, impl: str, chunk: int, bw: float, usable: float
 
 
 def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float, usable: float,
-              hlo_dir: str | None = None, grad_accum_steps: int = 1) -> dict:
+              hlo_dir: str | None = None, grad_accum_steps: int = 1, remat: str = "none"
+              ) -> dict:
     """One jitted training step of LASADGen-L as benchmarks/train_step.py builds it (the
     trainer's step, AdamW, EMA, bf16), compiled for the device."""
     import train_step
 
-    settings = argparse.Namespace(preset="L", vocab=16384, classes=1000, chunk_size=None)
+    settings = argparse.Namespace(preset="L", vocab=16384, classes=1000, chunk_size=None,
+                                  remat=remat)
     cfg, _, step, state = train_step.abstract_step(settings, mixer, grid, batch, impl,
                                                    grad_accum_steps)
     batch_arrays = {"label": jax.ShapeDtypeStruct((batch,), jnp.int32),
@@ -234,10 +242,11 @@ def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float, u
     compile_s = time.perf_counter() - t0
     text = compiled.as_text()
     accum = f"_accum{grad_accum_steps}" if grad_accum_steps > 1 else ""
+    accum += f"_remat_{remat}" if remat != "none" else ""
     _save(hlo_dir, f"train_{mixer}_{impl}_{grid}_{batch}{accum}", text)
     total = summary(traffic(text))
     return dict(mixer=mixer, impl=impl, grid=grid, pixels=16 * grid, batch=batch,
-                grad_accum_steps=grad_accum_steps,
+                grad_accum_steps=grad_accum_steps, remat=remat,
                 compile_s=compile_s, bytes=total["bytes"], launches=total["launches"],
                 floor_ms=1e3 * total["bytes"] / bw, cudnn_attention="__cudnn$fmha" in text,
                 **memory_row(compiled, usable))
@@ -322,7 +331,7 @@ def main() -> None:
                                 memory_fraction=args.memory_fraction,
                                 note="compiled only: bytes and launches of the GPU program, "
                                      "its peak memory, no timings"),
-                  decode=[], ops=[], train=[], accum=[], node=[])
+                  decode=[], ops=[], train=[], memory=[], node=[])
     problems = 0
     too_big = []
 
@@ -384,19 +393,19 @@ def main() -> None:
                       f"{gb(row['peak_bytes']):8.1f}  {attention}"
                       f"{fit(row, 'train ' + label)}", flush=True)
                 write_json(args.out, result, quiet=True)
-    if "accum" in stages:
-        print(f"\n{'LASADGen-L step, one GPU':34s} {'GB':>8s} {'temp GB':>8s} {'peak GB':>8s}")
-        for grid, batch in ((16, 256), (32, 64)):
+    if "memory" in stages:
+        print(f"\n{'LASADGen-L step, one GPU':40s} {'GB':>8s} {'temp GB':>8s} {'peak GB':>8s}")
+        for grid, batch, accum, remat in MEMORY_ROWS:
             for mixer in ("lasad", "softmax"):
-                for accum in (1, 4):
-                    row = train_row(device, mixer, "auto", grid, batch, bw, usable,
-                                    args.hlo_dir, grad_accum_steps=accum)
-                    result["accum"].append(row)
-                    label = f"{16 * grid}px/{batch} {mixer}, {accum} x {batch // accum}"
-                    print(f"{label:34s} {row['bytes'] / 1e9:8.1f} {gb(row['temp_bytes']):8.1f} "
-                          f"{gb(row['peak_bytes']):8.1f}"
-                          f"{'  DOES NOT FIT' if row['fits'] is False else ''}", flush=True)
-                    write_json(args.out, result, quiet=True)
+                row = train_row(device, mixer, "auto", grid, batch, bw, usable, args.hlo_dir,
+                                grad_accum_steps=accum, remat=remat)
+                result["memory"].append(row)
+                label = f"{16 * grid}px/{batch} {mixer}, {accum} x {batch // accum}" + (
+                    f", remat {remat}" if remat != "none" else "")
+                print(f"{label:40s} {row['bytes'] / 1e9:8.1f} {gb(row['temp_bytes']):8.1f} "
+                      f"{gb(row['peak_bytes']):8.1f}"
+                      f"{'  DOES NOT FIT' if row['fits'] is False else ''}", flush=True)
+                write_json(args.out, result, quiet=True)
     node_failed = node_rows(args, usable, result) if "node" in stages else 0
     write_json(args.out, result)
     failures = []

@@ -64,7 +64,7 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from lasad_jax.models import LASADGen, ModelConfig  # noqa: E402
-from lasad_jax.models.config import PRESETS  # noqa: E402
+from lasad_jax.models.config import PRESETS, REMAT  # noqa: E402
 from lasad_jax.models.mixers import attention_impl  # noqa: E402
 from lasad_jax.ops.chunked import defaults  # noqa: E402
 from lasad_jax.ops.pallas.chunked import chunk_rows  # noqa: E402
@@ -96,7 +96,7 @@ def model_config(args, mixer: str, grid: int, impl: str = "auto") -> ModelConfig
     return ModelConfig(vocab_size=args.vocab, num_classes=args.classes, grid=(grid, grid),
                        num_layers=layers, num_heads=heads, dim=dim, mixer=mixer,
                        dtype="bfloat16", impl=impl, chunk_size=args.chunk_size,
-                       gate_rank=min(64, dim))
+                       gate_rank=min(64, dim), remat=args.remat)
 
 
 def attention_impl_of(cfg: ModelConfig) -> str | None:
@@ -216,7 +216,8 @@ def measure(args, program: Program, peak: float | None) -> tuple[dict, Callable[
     attn = attn_flops_per_token(cfg, args.chunk_size)
     row = dict(mixer=mixer, grid=program.grid, image_px=16 * program.grid, batch=batch,
                tokens=tokens, layers=cfg.num_layers, dim=cfg.dim, heads=cfg.num_heads,
-               impl=cfg.impl, chunk_size=cfg.chunk_size, step_ms=1e3 * step_s,
+               impl=cfg.impl, chunk_size=cfg.chunk_size, remat=cfg.remat,
+               step_ms=1e3 * step_s,
                tokens_per_s=tokens / step_s, compile_s=program.compile_s,
                matmul_params=n_matmul, flops_6n_per_token=6.0 * n_matmul,
                attn_flops_per_token=attn, loss=float(metrics["loss"]), mfu=None,
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pallas", action="store_true",
                    help="also LASAD with impl='pallas', after the other rows")
     p.add_argument("--chunk_size", type=int, default=None)
+    p.add_argument("--remat", default="none", choices=REMAT,
+                   help="activation checkpointing per block (ModelConfig.remat)")
     p.add_argument("--profile", action="store_true",
                    help="run one more step of each row under JAX's profiler: where the time "
                         "goes (benchmarks/device_profile.py)")

@@ -40,6 +40,7 @@ BAD_CONFIGS = [
     ("heads do not divide dim", {"model__dim": 90}, "train", ["config.model.dim", "num_heads"]),
     ("unknown dtype", {"model__dtype": "fp8"}, "train", ["config.model.dtype", "bfloat16"]),
     ("unknown impl", {"model__impl": "triton"}, "train", ["config.model.impl", "chunked"]),
+    ("unknown remat policy", {"model__remat": "all"}, "train", ["config.model.remat", "'dots'"]),
     ("pallas for softmax", {"model__mixer": "softmax", "model__impl": "pallas"}, "train",
      ["config.model.impl", "lasad"]),
     ("image size vs tokenizer stride", {"data__name": "codes", "data__codes_dir": "/x",

@@ -18,6 +18,11 @@ FEATURE_MAPS = ("identity", "silu", "elu1", "relu")
 GATES = ("sigmoid", "silu", "none")
 POS_ENCODINGS = ("rope2d", "none")
 DTYPES = ("float32", "bfloat16")
+# What a block keeps for the backward pass (`LASADGen.__call__`): "none" leaves it to XLA
+# (everything the backward pass reads), "dots" keeps the outputs of its weight matmuls and
+# recomputes the rest (norms, activations, RoPE, the token mixer), "full" keeps only the
+# block's input and recomputes the whole block.
+REMAT = ("none", "dots", "full")
 
 # name -> (layers, heads, dim). B..3B are LlamaGen's GPT presets (docs/model.md); `tiny`
 # is ours, for CPU tests, the demo and benchmarks.
@@ -65,6 +70,8 @@ class ModelConfig:
     # The `lasad` decoding step (ops.DECODE_IMPLS): "xla", the fused GPU kernel "pallas",
     # or "auto" (ops.select_decode_impl: what was measured faster).
     decode_impl: str = "auto"
+    # Activation checkpointing per block (`REMAT`): memory for recomputation in training.
+    remat: str = "none"
 
     num_prefix: int = dataclasses.field(default=1, init=False)
 
@@ -110,6 +117,7 @@ class ModelConfig:
                 f"='pallas' has a kernel for mixer 'lasad' only, got mixer {self.mixer!r}; "
                 "use 'auto'")
         p.one_of("impl", self.impl, ops.IMPLS)
+        p.one_of("remat", self.remat, REMAT)
         p.check(self.impl != "pallas" or self.mixer == "lasad", "impl",
                 f"='pallas' has kernels for mixer 'lasad' only, got mixer {self.mixer!r}; "
                 "use 'auto'")

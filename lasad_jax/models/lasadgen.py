@@ -21,6 +21,10 @@ from lasad_jax.parallel.rules import constrain
 
 Cache = dict[str, Any]
 RESIDUAL = ("batch", None, None)
+# `ModelConfig.remat` -> what `jax.checkpoint` saves of a block (None: no checkpoint).
+REMAT_POLICIES = {"none": None,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 
 
 class Block(nnx.Module):
@@ -86,10 +90,20 @@ class LASADGen(nnx.Module):
         x = jnp.concatenate([self._lookup(self.class_embed, labels)[:, None],
                              self._lookup(self.token_embed, tokens)], 1)
         slots = jnp.arange(x.shape[1])
+
+        def apply(block: Block, x: jax.Array) -> jax.Array:
+            return block(x, slots)
+
+        if cfg.remat != "none":
+            # Why "dots" saves matmuls without batch dimensions: those are the weight
+            # projections, the costly part to recompute; the mixer's own products (batched
+            # over heads, or inside the Pallas kernels) and everything elementwise are
+            # recomputed from them.
+            apply = nnx.remat(apply, policy=REMAT_POLICIES[cfg.remat])
         for block in self.blocks:
             # Keep the residual stream split by batch only (weights are gathered to it,
             # never the other way round); a no-op without a mesh.
-            x = constrain(block(constrain(x, RESIDUAL), slots), RESIDUAL)
+            x = constrain(apply(block, constrain(x, RESIDUAL)), RESIDUAL)
         return constrain(self._logits(x), ("batch", None, "vocab"))
 
     # -- decoding, one slot at a time

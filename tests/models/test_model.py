@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from lasad_jax.models import MIXERS, LASADGen, ModelConfig, param_count
+from lasad_jax.models.lasadgen import REMAT_POLICIES
 from lasad_jax.models.presets import LLAMAGEN_PARAMS, preset_config
 from tests.models.helpers import LABELS, TOKENS, decode_logits, perturbed_model, small_config
 
@@ -144,3 +146,32 @@ def test_softmax_baseline_uses_fused_attention_on_gpu_and_tpu(monkeypatch):
     monkeypatch.setattr(mixers, "target_platform", lambda: "tpu")
     for q in (bf16, bf16.astype(jnp.float32), jnp.zeros((1, 8, 2, 36), jnp.bfloat16)):
         assert mixers.attention_impl(q) == "splash"
+
+
+@pytest.mark.parametrize("mixer", ["lasad", "softmax"])
+def test_remat_keeps_logits_and_gradients_and_checkpoints_every_block(mixer):
+    """`remat` changes what the backward pass keeps, not what it computes: logits and
+    every parameter gradient as without it (float32), and each block is one
+    `jax.checkpoint` with the configured policy. What it saves in memory shows only in
+    a compile for an accelerator (XLA's CPU pipeline keeps everything either way):
+    benchmarks/gpu_aot.py --stages memory."""
+    tokens = TOKENS[:, :-1]
+
+    def loss_and_grads(remat):
+        graphdef, params = nnx.split(perturbed_model(small_config(mixer, remat=remat)), nnx.Param)
+
+        def loss(p):
+            return jnp.mean(nnx.merge(graphdef, p)(LABELS, tokens) ** 2)
+
+        jaxpr = jax.make_jaxpr(loss)(params).jaxpr
+        policies = [e.params["policy"] for e in jaxpr.eqns if e.primitive.name == "remat2"]
+        return jax.jit(jax.value_and_grad(loss))(params), policies
+
+    (want, want_grads), none = loss_and_grads("none")
+    assert none == []
+    for remat in ("dots", "full"):
+        (got, grads), policies = loss_and_grads(remat)
+        assert policies == [REMAT_POLICIES[remat]] * 2  # one per block
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

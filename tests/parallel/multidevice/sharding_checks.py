@@ -70,10 +70,12 @@ def noisy(tree, seed: int, scale: float):
         for x, k in zip(leaves, keys)])
 
 
-def one_step_checks(out: dict) -> None:
-    """One train step on each mesh against the same step on one device."""
+def step_setup():
+    """The train step's pieces for the step checks: `(graphdef, init, tx, schedule,
+    batch)`, the parameters perturbed and no warmup (a real update from the first step),
+    a batch of 16 random sequences."""
     config = demo_config()
-    config.optimizer.warmup_steps = 0  # a real update from the first step
+    config.optimizer.warmup_steps = 0
     run = parse(config, "train")
     graphdef, init0, tx, schedule = state_factory(run.model, run.optimizer,
                                                   batch_size=run.batch_size, seed=run.seed,
@@ -87,6 +89,12 @@ def one_step_checks(out: dict) -> None:
     rng = np.random.default_rng(0)
     batch = {"tokens": rng.integers(0, 17, (16, 64)).astype(np.int32),
              "label": rng.integers(0, 10, (16,)).astype(np.int32)}
+    return graphdef, init, tx, schedule, batch
+
+
+def one_step_checks(out: dict) -> None:
+    """One train step on each mesh against the same step on one device."""
+    graphdef, init, tx, schedule, batch = step_setup()
     results = {}
     for shape in ((1, 1, 1),) + MESHES:
         mesh = mesh_of(shape)
@@ -137,21 +145,7 @@ def accumulation_checks(out: dict) -> None:
     same step without accumulation on one device, and the collectives of the partitioned
     programs: the strided split (`training.step.micro_batches`) must move no example
     between devices."""
-    config = demo_config()
-    config.optimizer.warmup_steps = 0
-    run = parse(config, "train")
-    graphdef, init0, tx, schedule = state_factory(run.model, run.optimizer,
-                                                  batch_size=run.batch_size, seed=run.seed,
-                                                  total_steps=10)
-
-    def init():
-        state = init0()
-        params = noisy(state.params, 1, 0.05)
-        return dataclasses.replace(state, params=params, ema_params=params)
-
-    rng = np.random.default_rng(0)
-    batch = {"tokens": rng.integers(0, 17, (16, 64)).astype(np.int32),
-             "label": rng.integers(0, 10, (16,)).astype(np.int32)}
+    graphdef, init, tx, schedule, batch = step_setup()
     results, ops = {}, {}
     for shape, accum in (((1, 1, 1), 1), ((8, 1, 1), 2), ((2, 2, 2), 2)):
         mesh = mesh_of(shape)
