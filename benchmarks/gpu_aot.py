@@ -241,9 +241,9 @@ def train_row(device, mixer: str, impl: str, grid: int, batch: int, bw: float, u
     compiled = step.lower(abstract(state, device), abstract(batch_arrays, device)).compile()
     compile_s = time.perf_counter() - t0
     text = compiled.as_text()
-    accum = f"_accum{grad_accum_steps}" if grad_accum_steps > 1 else ""
-    accum += f"_remat_{remat}" if remat != "none" else ""
-    _save(hlo_dir, f"train_{mixer}_{impl}_{grid}_{batch}{accum}", text)
+    suffix = (f"_accum{grad_accum_steps}" if grad_accum_steps > 1 else "") + (
+        f"_remat_{remat}" if remat != "none" else "")
+    _save(hlo_dir, f"train_{mixer}_{impl}_{grid}_{batch}{suffix}", text)
     total = summary(traffic(text))
     return dict(mixer=mixer, impl=impl, grid=grid, pixels=16 * grid, batch=batch,
                 grad_accum_steps=grad_accum_steps, remat=remat,

@@ -150,7 +150,7 @@ def abstract_step(args, mixer: str, grid: int, batch: int, impl: str = "auto",
     and state (`make_train_step`, `create_train_state`) as
     `training.generator.state_factory` builds them, whose module this script cannot import
     (it reads grain). benchmarks/gpu_aot.py compiles the same for a described GPU, with
-    `grad_accum_steps` micro-batches in its `accum` stage."""
+    `grad_accum_steps` micro-batches in its `memory` stage."""
     cfg = model_config(args, mixer, grid, impl)
     schedule = make_schedule(OPTIMIZER, batch_size=batch, total_steps=1000)
     tx = make_optimizer(OPTIMIZER, schedule)

@@ -21,9 +21,8 @@ from lasad_jax.parallel.rules import constrain
 
 Cache = dict[str, Any]
 RESIDUAL = ("batch", None, None)
-# `ModelConfig.remat` -> what `jax.checkpoint` saves of a block (None: no checkpoint).
-REMAT_POLICIES = {"none": None,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+# `ModelConfig.remat` -> what `jax.checkpoint` saves of a block ("none": no checkpoint).
+REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
                   "full": jax.checkpoint_policies.nothing_saveable}
 
 
