@@ -9,8 +9,8 @@ CUDA device; skipped elsewhere).
 On CPU the run shares one JAX compilation cache between its workers and every
 subprocess they start, so a program that several tests compile (the demo's training
 step, by each job test that runs it) is compiled once; see `_share_compilation_cache`.
-It also compiles without LLVM's optimisations, which the suite's tiny programs do not
-repay; see `_quick_cpu_codegen`.
+It also compiles without LLVM's optimisations and without XLA's CPU fusion emitters,
+which the suite's tiny programs do not repay; see `_quick_cpu_codegen`.
 """
 
 from __future__ import annotations
@@ -56,22 +56,32 @@ def _share_compilation_cache() -> None:
 
 
 def _quick_cpu_codegen() -> None:
-    """Adds `--xla_backend_optimization_level=0` to XLA_FLAGS for this run on a CPU host.
+    """Adds `--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false` to
+    XLA_FLAGS for this run on a CPU host.
 
     Why: the suite's programs are tiny and run once or a few times, so most of its time
-    is XLA compiling them, and on CPU much of a compile is LLVM optimising the machine
-    code. The flag turns that optimisation off and nothing else: the optimized HLO
-    (fusion, layouts, copies, what the HLO tests read) is the same text with and without
-    it (the demo's training step, compared 2026-12-07), and results may differ only in
-    the last bits where LLVM would have fused a multiply and an add. Measured on 2 cores,
-    2026-12-07: the demo's `init` compiled in 2.2 s instead of 4.2 s, and the multidevice
-    checks (tests/parallel/multidevice) took 160 s instead of 260 s. Subprocesses inherit
-    it. Left alone, as for the cache: a flag the caller already set, and GPU or TPU hosts.
+    is XLA compiling them (about half of the fast tier's CPU time, 2026-12-07). The first
+    flag turns LLVM's optimisation of the machine code off and nothing else: the
+    optimized HLO is the same text with and without it. Measured on 2 cores, 2026-12-07:
+    the demo's `init` compiled in 2.2 s instead of 4.2 s, and the multidevice checks
+    (tests/parallel/multidevice) took 160 s instead of 260 s. The second turns XLA's CPU
+    fusion emitters off, which halves the compile time again (a small LASADGen's and a
+    softmax model's training steps and samplers: 7.0 s -> 3.7 s; the whole suite 25:13
+    -> 20:50) but changes the optimized HLO (scatters become loops, a few more copies).
+    The tests that read a compiled program's HLO therefore compile it with
+    `tests.helpers.DEFAULT_PIPELINE`, which gives back the default pipeline's text
+    exactly (tests/repo/test_compilation_cache.py). Values may differ from the default
+    pipeline's in rounding; the suite passes with either (2026-12-07). Subprocesses
+    inherit both flags. Left alone, as for the cache: flags the caller already set, and
+    GPU or TPU hosts.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" in flags or _ACCELERATOR_HOST:
+    if _ACCELERATOR_HOST:
         return
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+    for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+        if flag.split("=")[0] not in flags:
+            flags = f"{flags} {flag}".strip()
+    os.environ["XLA_FLAGS"] = flags
 
 
 _share_compilation_cache()

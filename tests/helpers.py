@@ -13,6 +13,13 @@ from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# `compiler_options` that give a test reading a compiled program's optimized HLO the
+# default CPU pipeline back: the suite compiles without XLA's CPU fusion emitters, which
+# halves its compile time and changes the optimized HLO (tests/conftest.py,
+# `_quick_cpu_codegen`; tests/repo/test_compilation_cache.py checks the text comes back
+# exactly). Elsewhere the option is the default already.
+DEFAULT_PIPELINE = {"xla_cpu_use_fusion_emitters": True}
+
 
 def load_config(name: str) -> config_dict.ConfigDict:
     """`configs/{name}.py`'s config, as `--config=configs/{name}.py` loads it."""

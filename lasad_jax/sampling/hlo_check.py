@@ -276,9 +276,12 @@ def guarded_arrays(cache: Any, batch_axes: Any, column: int) -> dict[str, tuple[
     return guarded
 
 
-def sampler_problems(model: Any, batch: int, *, cfg_scale: float = 2.0) -> tuple[list[str], str]:
+def sampler_problems(model: Any, batch: int, *, cfg_scale: float = 2.0,
+                     compiler_options: dict | None = None) -> tuple[list[str], str]:
     """Compiles `generate`'s program for `model` and `batch` labels on the default backend
-    (nothing runs) and returns (`loop_problems` of its cache, the HLO text)."""
+    (nothing runs) and returns (`loop_problems` of its cache, the HLO text).
+    `compiler_options`: XLA options for this compile (`Lowered.compile`), for a caller
+    whose process runs a pipeline other than the one it wants to check."""
     from flax import nnx
     import jax.numpy as jnp
 
@@ -289,7 +292,7 @@ def sampler_problems(model: Any, batch: int, *, cfg_scale: float = 2.0) -> tuple
     graphdef, params = nnx.split(model)
     labels = jnp.zeros((batch,), jnp.int32)
     text = _generate.lower(graphdef, params, labels, jax.random.key(0), cfg_scale=cfg_scale,
-                           temperature=1.0, top_k=0, top_p=1.0).compile().as_text()
+                           temperature=1.0, top_k=0, top_p=1.0).compile(compiler_options).as_text()
     cache = jax.eval_shape(lambda: model.init_cache(rows))
     axes = cache_batch_axes(model.init_cache, rows)
     column = rows * cfg.num_heads * cfg.head_dim * cfg.head_dim

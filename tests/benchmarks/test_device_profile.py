@@ -11,6 +11,7 @@ from device_profile import Event, busy_ns, format_profile, profile_call, summari
 
 from lasad_jax.sampling.hlo_check import called, parse_hlo
 from tests.benchmarks.helpers import LOOP_HLO
+from tests.helpers import DEFAULT_PIPELINE
 
 
 def test_busy_time_counts_overlapping_kernels_once():
@@ -63,7 +64,7 @@ def test_profile_of_a_compiled_program_finds_its_matmul():
     instruction of the profile is the one that multiplies."""
     f = jax.jit(lambda x, y: jnp.tanh(x @ y) + 1.0)
     x = jnp.ones((1024, 1024), jnp.float32)
-    compiled = f.lower(x, x).compile()
+    compiled = f.lower(x, x).compile(DEFAULT_PIPELINE)
     jax.block_until_ready(compiled(x, x))
     p = profile_call(lambda: compiled(x, x), compiled.as_text())
     assert "error" not in p, p

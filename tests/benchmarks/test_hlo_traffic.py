@@ -16,6 +16,7 @@ import pytest
 from hlo_traffic import nbytes, summary, traffic  # benchmarks/ (conftest puts it on the path)
 
 from tests.benchmarks.helpers import LOOP_HLO
+from tests.helpers import DEFAULT_PIPELINE
 
 
 def test_shape_bytes():
@@ -83,7 +84,7 @@ def test_a_slice_of_a_slice_reads_the_inner_one():
 def test_a_compiled_elementwise_program():
     """One fused elementwise kernel over 1024 float32 numbers: 4 KiB in, 4 KiB out."""
     text = jax.jit(lambda x: jnp.tanh(x) * 2.0 + 1.0).lower(
-        jnp.zeros((1024,), jnp.float32)).compile().as_text()
+        jnp.zeros((1024,), jnp.float32)).compile(DEFAULT_PIPELINE).as_text()
     total = summary(traffic(text))
     assert total["launches"] == 1 and total["bytes"] == 2 * 4096, total
 
@@ -145,8 +146,9 @@ def test_bytes_by_source_function():
     def outer(x, y):
         return _inner_square(x).sum() + (y * 3.0).sum()
 
-    text = jax.jit(outer).lower(jnp.zeros((4096,), jnp.float32),
-                                jnp.zeros((1024,), jnp.float32)).compile().as_text()
+    lowered = jax.jit(outer).lower(jnp.zeros((4096,), jnp.float32),
+                                   jnp.zeros((1024,), jnp.float32))
+    text = lowered.compile(DEFAULT_PIPELINE).as_text()
     kernels = traffic(text)
     sources = by_source(text, kernels, package="tests/benchmarks/")
     assert sum(sources.values()) == summary(kernels)["bytes"]

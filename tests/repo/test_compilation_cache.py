@@ -3,6 +3,7 @@ share, and XLA's CPU code generation without LLVM's optimisations."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -38,24 +39,35 @@ def test_a_program_one_process_compiled_is_a_hit_in_the_next():
 
 
 _HLO = """
-import re, jax, jax.numpy as jnp
-f = lambda x, w: jnp.tanh(x @ w).sum(0) + jnp.cumsum(x, 1)[-1]
+import json, re, sys, jax, jax.numpy as jnp
+def f(x, w):  # a matmul, a reduction, a scan and a scatter
+    out = jnp.tanh(x @ w).sum(0) + jnp.cumsum(x, 1)[-1]
+    return out.at[x[0, :3].astype(jnp.int32)].add(x[1, :3])
 x = jnp.ones((16, 8))
-text = jax.jit(f).lower(x, jnp.ones((8, 8))).compile().as_text()
+text = jax.jit(f).lower(x, jnp.ones((8, 8))).compile(json.loads(sys.argv[1])).as_text()
 print(re.sub(r", metadata=\\{[^}]*\\}", "", text))
 """
 
 
-def test_quick_codegen_changes_the_machine_code_not_the_program():
+def test_quick_codegen_changes_the_machine_code_not_what_hlo_tests_read():
+    """Without LLVM's optimisations the optimized HLO is the same text; without XLA's
+    fusion emitters it is not, but `DEFAULT_PIPELINE` (what the tests that read HLO
+    compile with) gives the default pipeline's text back."""
+    from tests.helpers import DEFAULT_PIPELINE
+
     flags = os.environ.get("XLA_FLAGS", "")
-    if jax.default_backend() != "cpu" or "xla_backend_optimization_level=0" not in flags:
-        pytest.skip("no code generation flag on this host (tests/conftest.py)")
+    quick = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+    if jax.default_backend() != "cpu" or not all(f in flags for f in quick):
+        pytest.skip("no code generation flags on this host (tests/conftest.py)")
 
-    def optimized_hlo(xla_flags: str) -> str:
+    def optimized_hlo(xla_flags: str, options: dict) -> str:
         env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_COMPILATION_CACHE_DIR="")
-        return subprocess.run([sys.executable, "-c", _HLO], env=env, capture_output=True,
-                              text=True, check=True).stdout
+        return subprocess.run([sys.executable, "-c", _HLO, json.dumps(options)], env=env,
+                              capture_output=True, text=True, check=True).stdout
 
-    quick = optimized_hlo(flags)
-    assert "fusion" in quick  # XLA's HLO passes ran
-    assert quick == optimized_hlo(flags.replace("--xla_backend_optimization_level=0", ""))
+    default = optimized_hlo(" ".join(f for f in flags.split() if f not in quick), {})
+    assert "fusion" in default  # XLA's HLO passes ran
+    assert optimized_hlo(flags, {}) != default  # the emitters' flag changes the program
+    assert optimized_hlo(flags, DEFAULT_PIPELINE) == default
+    no_llvm_opt = flags.replace("--xla_cpu_use_fusion_emitters=false", "")
+    assert optimized_hlo(no_llvm_opt, {}) == default

@@ -17,6 +17,7 @@ from flax import nnx
 from lasad_jax.models import MIXERS, LASADGen, ModelConfig
 from lasad_jax.sampling.hlo_check import (called, check_loops, guarded_arrays, loop_problems,
                                           parse_hlo, sampler_problems)
+from tests.helpers import DEFAULT_PIPELINE
 
 # w = 8 columns and head dim 16: every multi-slot array of the lasad state (9 column
 # states, 16 ring slots) and the softmax KV cache (41 slots) is larger than one 16 x 16
@@ -31,7 +32,8 @@ def test_sampler_loop_updates_the_cache_in_place(mixer, batch, cfg_scale):
     """Guided batches, and one image without guidance: a batch axis of size one changed
     XLA's layout decisions (a [B, H, slot, D] KV cache was copied there, not at B >= 2)."""
     model = LASADGen(ModelConfig(mixer=mixer, **CFG), rngs=nnx.Rngs(0))
-    problems, text = sampler_problems(model, batch, cfg_scale=cfg_scale)
+    problems, text = sampler_problems(model, batch, cfg_scale=cfg_scale,
+                                      compiler_options=DEFAULT_PIPELINE)
     assert problems == []
     assert " while(" in text
     if mixer in ("lasad", "softmax"):  # the check is not vacuous: it guards their arrays
@@ -68,7 +70,7 @@ def test_fused_projection_kernel_is_built_before_the_loop(gate_rank):
     every loop (with it, the product that feeds it)."""
     cfg = ModelConfig(mixer="lasad", **{**CFG, "gate_rank": gate_rank})
     model = LASADGen(cfg, rngs=nnx.Rngs(0))
-    _, text = sampler_problems(model, 3, cfg_scale=2.0)
+    _, text = sampler_problems(model, 3, cfg_scale=2.0, compiler_options=DEFAULT_PIPELINE)
     comps = parse_hlo(text)
     fused = f"[{cfg.dim},{4 * cfg.dim}]"
     where = [name for name, instrs in comps.items() for i in instrs
@@ -90,7 +92,7 @@ def _compiled_scan(step, state):
     def run(state, xs):
         return jax.lax.scan(lambda s, x: step(s, x), state, xs)
 
-    text = jax.jit(run, donate_argnums=0).lower(state, xs).compile().as_text()
+    text = jax.jit(run, donate_argnums=0).lower(state, xs).compile(DEFAULT_PIPELINE).as_text()
     return text, {"cache.grid": state[1].shape}
 
 

@@ -35,6 +35,9 @@ from lasad_jax.training.generator import state_factory  # noqa: E402
 from lasad_jax.training.step import make_train_step  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))  # for tests.helpers: this file runs as a script
+from tests.helpers import DEFAULT_PIPELINE  # noqa: E402
+
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 
 
@@ -156,7 +159,7 @@ def accumulation_checks(out: dict) -> None:
         name = "x".join(map(str, shape)) + f"/{accum}"
         with jax.set_mesh(mesh):
             data = global_batch(batch, mesh)
-            ops[name] = collectives(step.lower(state, data).compile().as_text())
+            ops[name] = collectives(step.lower(state, data).compile(DEFAULT_PIPELINE).as_text())
             new_state, metrics = step(state, data)
         results[name] = (float(metrics["loss"]), float(metrics["grad_norm"]),
                          [np.asarray(x) for x in jax.tree.leaves(new_state.params)])
