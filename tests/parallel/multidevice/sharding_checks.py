@@ -159,8 +159,10 @@ def accumulation_checks(out: dict) -> None:
         name = "x".join(map(str, shape)) + f"/{accum}"
         with jax.set_mesh(mesh):
             data = global_batch(batch, mesh)
-            ops[name] = collectives(step.lower(state, data).compile(DEFAULT_PIPELINE).as_text())
-            new_state, metrics = step(state, data)
+            # The program whose HLO is read is the one that runs: one compile per mesh.
+            compiled = step.lower(state, data).compile(DEFAULT_PIPELINE)
+            ops[name] = collectives(compiled.as_text())
+            new_state, metrics = compiled(state, data)
         results[name] = (float(metrics["loss"]), float(metrics["grad_norm"]),
                          [np.asarray(x) for x in jax.tree.leaves(new_state.params)])
     base = results["1x1x1/1"]
