@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -36,24 +37,22 @@ def decoder(variant: str, batch: int, heads: int, dim: int, width: int,
             state_dtype=jnp.float32):
     row, col = jnp.full((heads,), 0.9), jnp.full((heads,), 0.8)
     if variant == "lasad":
-        init = lambda: ops.lasad_decode_init(batch, heads, dim, dim, width, state_dtype)
-        step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
-                                                  num_prefix=1)
+        init = partial(ops.lasad_decode_init, batch, heads, dim, dim, width, state_dtype)
+        step = partial(ops.lasad_decode_step, row_decay=row, col_decay=col, num_prefix=1)
     elif variant == "lasad_row":
-        init = lambda: ops.lasad_row_decode_init(batch, heads, dim, dim, width, state_dtype)
-        step = lambda s, x: ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,
-                                                      num_prefix=1)
+        init = partial(ops.lasad_row_decode_init, batch, heads, dim, dim, width, state_dtype)
+        step = partial(ops.lasad_row_decode_step, row_decay=row, col_decay=col, num_prefix=1)
     elif variant == "linear_1d":
-        init = lambda: ops.linear_1d_decode_init(batch, heads, dim, dim, state_dtype)
-        step = lambda s, x: ops.linear_1d_decode_step(s, *x, decay=col, num_prefix=1)
+        init = partial(ops.linear_1d_decode_init, batch, heads, dim, dim, state_dtype)
+        step = partial(ops.linear_1d_decode_step, decay=col, num_prefix=1)
     else:
-        init = lambda: ops.linear_decode_init(batch, heads, dim, dim, state_dtype)
-        step = lambda s, x: ops.linear_decode_step(s, *x, num_prefix=1)
+        init = partial(ops.linear_decode_init, batch, heads, dim, dim, state_dtype)
+        step = partial(ops.linear_decode_step, num_prefix=1)
 
     @jax.jit
     def run(q, k, v):
         def body(s, x):
-            o, s = step(s, x)
+            o, s = step(s, *x)
             return s, o
 
         # The empty state is built inside the program: made outside, it would be captured

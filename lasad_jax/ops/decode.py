@@ -11,12 +11,12 @@ q's dtype. docs/decoding.md explains the states and derives the `lasad` one.
 State per batch element and head (`D = Dk x Dv` matrices, `w` the grid width, `P` the
 prefix slots the `lasad` state has room for):
 
-| variant     | arrays                                                  | numbers                   |
-|-------------|---------------------------------------------------------|---------------------------|
-| `lasad`     | `cols` (one `D` per column), `keys` and `values` (two grid rows + `P` prefix slots) | `w D + (2 w + P)(Dk + Dv)` |
-| `lasad_row` | prefix, above, row_sum, row                             | `4 D`                     |
-| `linear_1d` | prefix, run                                             | `2 D`                     |
-| `linear`    | prefix, run                                             | `2 D`                     |
+| variant     | arrays                                                      | numbers              |
+|-------------|-------------------------------------------------------------|----------------------|
+| `lasad`     | `cols` (a `D` per column); `keys`, `values` (`2w + P` rows) | `wD + (2w+P)(Dk+Dv)` |
+| `lasad_row` | prefix, above, row_sum, row                                 | `4D`                 |
+| `linear_1d` | prefix, run                                                 | `2D`                 |
+| `linear`    | prefix, run                                                 | `2D`                 |
 
 Rules every step keeps, because XLA copies a whole loop-carried array at every token
 when they are broken (measured on GPU; jax-ml/jax issue 38145): no `lax.cond` or

@@ -36,9 +36,11 @@ def test_digits_splits_are_disjoint_cover_everything_and_are_stratified():
     from sklearn.datasets import load_digits as sklearn_digits
 
     full = sklearn_digits()
-    key = lambda x, y: bytes(x.astype(np.uint8)) + bytes([y])
+    def key(x, y):
+        return bytes(x.astype(np.uint8)) + bytes([y])
     expected = sorted(key(x, y) for x, y in zip(full.images, full.target))
-    ink = lambda images: (images.astype(np.int32) * 32 + 255) // 510
+    def ink(images):
+        return (images.astype(np.int32) * 32 + 255) // 510
     got = sorted(key(x, y) for x, y in zip(ink(np.concatenate([train_x, val_x]))[..., 0],
                                            np.concatenate([train_y, val_y])))
     assert got == expected
@@ -204,7 +206,8 @@ def test_eval_batches_count_every_example_once():
         assert b["mask"].shape == (bs,) and b["mask"].dtype == np.float32
     np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 1, 0])
     assert sum(b["mask"].sum() for b in batches) == n
-    real = lambda key: np.concatenate([b[key][b["mask"] == 1] for b in batches])
+    def real(key):
+        return np.concatenate([b[key][b["mask"] == 1] for b in batches])
     np.testing.assert_array_equal(real("tokens"), codes.reshape(n, -1))
     np.testing.assert_array_equal(real("label"), labels)
     exact = list(eval_batches(TokenSource(codes[:8], labels[:8]), batch_size=bs))

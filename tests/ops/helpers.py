@@ -52,19 +52,23 @@ def decode_all(variant: str, q, k, v, *, width: int, num_prefix: int, row=ROW_DE
     row, col = jnp.asarray(row), jnp.asarray(col)
     if variant == "lasad":
         state = ops.lasad_decode_init(b, h, dk, dv, width, prefix_slots=num_prefix)
-        step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
-                                                  num_prefix=num_prefix, impl=impl,
-                                                  norm_eps=norm_eps, out_scale=out_scale)
+        def step(s, x):
+            return ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
+                                         num_prefix=num_prefix, impl=impl,
+                                         norm_eps=norm_eps, out_scale=out_scale)
     elif variant == "lasad_row":
         state = ops.lasad_row_decode_init(b, h, dk, dv, width)
-        step = lambda s, x: ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,
-                                                      num_prefix=num_prefix)
+        def step(s, x):
+            return ops.lasad_row_decode_step(s, *x, row_decay=row, col_decay=col,
+                                             num_prefix=num_prefix)
     elif variant == "linear_1d":
         state = ops.linear_1d_decode_init(b, h, dk, dv)
-        step = lambda s, x: ops.linear_1d_decode_step(s, *x, decay=col, num_prefix=num_prefix)
+        def step(s, x):
+            return ops.linear_1d_decode_step(s, *x, decay=col, num_prefix=num_prefix)
     else:
         state = ops.linear_decode_init(b, h, dk, dv)
-        step = lambda s, x: ops.linear_decode_step(s, *x, num_prefix=num_prefix)
+        def step(s, x):
+            return ops.linear_decode_step(s, *x, num_prefix=num_prefix)
 
     state = state if initial is None else initial
 

@@ -90,8 +90,9 @@ def test_bfloat16_keys_and_values_are_stored_exactly():
 
     def run(kv_dtype):
         state = ops.lasad_decode_init(2, HEADS, DK, DV, 4, kv_dtype=kv_dtype)
-        step = lambda s, x: ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
-                                                  num_prefix=1)[::-1]
+        def step(s, x):
+            return ops.lasad_decode_step(s, *x, row_decay=row, col_decay=col,
+                                         num_prefix=1)[::-1]
         final, o = jax.lax.scan(step, state, tuple(x.swapaxes(0, 1) for x in (q, k, v)))
         return o, final
 

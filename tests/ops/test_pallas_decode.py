@@ -103,7 +103,8 @@ def test_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
     step = functools.partial(decode.lasad_step, num_prefix=1, norm_eps=1e-5,
                              token_update=functools.partial(token_update, interpret=False))
     logs = jnp.log(jnp.full((h,), 0.5))
-    fn = lambda s, q: step(s, q, q, q, log_row=logs, log_col=logs, out_scale=q)
+    def fn(s, q):
+        return step(s, q, q, q, log_row=logs, log_col=logs, out_scale=q)
     texts: list[str] = []
     assert triton_lowering(fn, (state, x), monkeypatch, texts) == 1
     assert "tt.dot" in texts[0]  # the previous row's product runs as one on-chip matmul

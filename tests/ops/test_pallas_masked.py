@@ -178,13 +178,14 @@ def test_gpu_products_and_tiles_follow_the_input_dtype(monkeypatch):
     texts = {}
     for dtype in (jnp.float32, jnp.bfloat16):
         q = jnp.zeros((1, 256, 2, 16), dtype)
-        f = lambda q, k, v: intra_attention(q, k, v, width=16, log_row=LOG_ROW[:2],
-                                            log_col=LOG_COL[:2], rows_per_chunk=4,
-                                            backend="gpu")
+        def f(q, k, v):
+            return intra_attention(q, k, v, width=16, log_row=LOG_ROW[:2],
+                                   log_col=LOG_COL[:2], rows_per_chunk=4, backend="gpu")
         texts[dtype] = []
         assert triton_lowering(f, (q, q, q), monkeypatch, texts[dtype]) == 1
     f32, bf16 = texts[jnp.float32][0], texts[jnp.bfloat16][0]
-    dots = lambda text: [line for line in text.splitlines() if "tt.dot" in line]
+    def dots(text):
+        return [line for line in text.splitlines() if "tt.dot" in line]
     assert len(dots(f32)) == len(dots(bf16)) == 2
     assert all("inputPrecision" not in d and "tensor<32x32xf32>" in d for d in dots(f32))
     assert all("tensor<64x64xbf16> * tensor<64x16xbf16>" in d

@@ -42,7 +42,8 @@ _PATH = re.compile(
 _DESIGN = re.compile(r"DESIGN(?:\.md|\s*§)")
 # A README section cited by name: `README "Scaling out"`, `"Evaluation" in the top-level README`.
 _SECTION = re.compile(
-    r"README[,:]?\s*\(?[\"'“]([^\"'”\n]{3,60})[\"'”]|[\"'“]([^\"'”\n]{3,60})[\"'”] in the (?:top-level )?README"
+    r"README[,:]?\s*\(?[\"'“]([^\"'”\n]{3,60})[\"'”]"
+    r"|[\"'“]([^\"'”\n]{3,60})[\"'”] in the (?:top-level )?README"
 )
 
 
@@ -110,7 +111,8 @@ def test_the_citation_check_can_fail(tmp_path, monkeypatch):
     page = tmp_path / "docs" / "page.md"
     page.write_text("See DESIGN.md §1, [ok](here.md), [gone](gone.md), `tests/nope.py`,\n"
                     "`docs/here.md`, `ops/missing.py`, https://x.org/lasad_jax/blob/a.py,\n"
-                    "`checkpoints/<step>/` and `docs/*.md`; README \"Old section\", README \"Top\".\n")
+                    "`checkpoints/<step>/` and `docs/*.md`;\n"
+                    "README \"Old section\", README \"Top\".\n")
     (tmp_path / "README.md").write_text("# Top\n")
     found = _missing_citations(page)
     assert [f.split(": ", 1)[1] for f in found] == [

@@ -49,7 +49,8 @@ def test_top_k_hand_cases():
 def test_top_p_hand_cases():
     probs = np.array([0.05, 0.5, 0.15, 0.3])
     logits = jnp.log(jnp.asarray(probs))[None]
-    keep = lambda p: np.isfinite(np.asarray(filter_logits(logits, top_p=p)))[0].tolist()
+    def keep(p):
+        return np.isfinite(np.asarray(filter_logits(logits, top_p=p)))[0].tolist()
     # Sorted: 0.5, 0.3, 0.15, 0.05; mass before each: 0, 0.5, 0.8, 0.95.
     assert keep(0.5) == [False, True, False, False]
     assert keep(0.7) == [False, True, False, True]

@@ -126,7 +126,8 @@ def test_loss_config_errors(tmp_path):
     assert block_from_mapping(VQLossConfig, "loss", {"disc_start": 5}).disc_start == 5
     assert build_perceptual(0.0, "") is None
     for path in ("", None):
-        with pytest.raises(ValueError, match=r"loss\.perceptual_weights.*lasad_jax\.convert\.lpips"):
+        with pytest.raises(ValueError,
+                           match=r"loss\.perceptual_weights.*lasad_jax\.convert\.lpips"):
             build_perceptual(1.0, path)
     with pytest.raises(ValueError, match="does not exist.*lasad_jax.convert.lpips"):
         build_perceptual(1.0, str(tmp_path / "missing.npz"))
@@ -238,7 +239,8 @@ def test_lpips_matches_torch():
 
     model = tiny_lpips(1)
     a, b = images(4), images(5)
-    to_t = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).double()
+    def to_t(x):
+        return torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).double()
     kernels = [torch.from_numpy(np.array(c.kernel[...])).permute(3, 2, 0, 1).double()
                for c in model.convs]
     biases = [torch.from_numpy(np.array(c.bias[...])).double() for c in model.convs]
@@ -276,7 +278,8 @@ def test_lpips_matches_torch():
 @pytest.mark.slow
 def test_discriminator_shape_size_and_gradients():
     real, fake = images(6, 4), images(7, 4)
-    shape = lambda **kw: nnx.eval_shape(lambda: PatchGANDiscriminator(rngs=nnx.Rngs(0), **kw)(real))
+    def shape(**kw):
+        return nnx.eval_shape(lambda: PatchGANDiscriminator(rngs=nnx.Rngs(0), **kw)(real))
     assert shape(ndf=8, n_layers=2).shape == (4, 6, 6, 1)
     full = nnx.eval_shape(lambda: PatchGANDiscriminator(rngs=nnx.Rngs(0)))  # LlamaGen's 64, 3
     assert sum(p.size for p in jax.tree.leaves(nnx.state(full, nnx.Param))) == 2_765_633
