@@ -41,7 +41,8 @@ class Reference:
     """What one reference file offers. `mu`... are None only when the file holds just
     images (`images_shape` set); `pool` is None unless the file carries pool features.
     `preprocess` is the Inception preprocessing its statistics were made with: recorded in
-    our files, "adm" for ADM batches (made by the TF graph), None when unknown."""
+    our files, "adm" for ADM batches (made by the TF graph), None when unknown or when the
+    file holds no statistics (images alone are scored with the run's own network)."""
 
     path: str
     mu: np.ndarray | None = None
@@ -139,7 +140,10 @@ def load_reference(path: str | os.PathLike) -> Reference:
         if len(images_shape) != 4 or images_shape[-1] != 3:
             raise ValueError(f"{path}: {IMAGES_KEY!r} has shape {images_shape}, expected "
                              "images [N, H, W, 3]")
-    preprocess = recorded if recorded is not None else ("adm" if has_images else None)
+    # A file with images and statistics but no record is an ADM batch (the TF graph's
+    # preprocessing); images alone carry no statistics, so no preprocessing to agree with.
+    preprocess = recorded if recorded is not None else (
+        "adm" if present and has_images else None)
     return Reference(path=path, images_shape=images_shape, preprocess=preprocess,
                      inception=network, settings=settings,
                      **{k: stats.get(k) for k in (*STATS_KEYS, "pool")})

@@ -9,9 +9,9 @@ Inception Score, precision and recall, saved to `workdir/eval/{eval.name}.json`.
 from the same random network.
 
 The parts and the results record what made them (checkpoint step, tokenizer
-fingerprint, sampling settings, model numerics, reference, network): another evaluation
-under the same `eval.name` is refused, naming what differs, and the same one again writes
-nothing.
+fingerprint, sampling settings, model numerics, reference, network and its
+preprocessing): another evaluation under the same `eval.name` is refused, naming what
+differs, and the same one again writes nothing.
 
 A `gs://` workdir (or reference) works as a local one: the reference is read from a
 local copy (`files.local_file`), the parts and results through `lasad_jax.files`, and
@@ -81,7 +81,10 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     results = os.path.join(out_dir, f"{ev.name}.json")
     settings = batch_settings(ev, config.sample, step=step, mixer=config.model.mixer,
                               tokenizer=tokenizer.fingerprint, model_cfg=config.model)
-    scored = {**settings, "reference": ref_path, "inception": described}
+    # What turns the batch into scores: a record without `preprocess` (made before it was
+    # recorded) no longer matches, so its scores are not passed off as this evaluation's.
+    scored = {**settings, "reference": ref_path, "inception": described,
+              "preprocess": ev.preprocess}
     if files.exists(results):
         old = json.loads(files.read_bytes(results))
         if {k: old.get(k) for k in comparable(old, scored)} != comparable(old, scored):
@@ -121,17 +124,21 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
 
 def _check_reference(reference: Reference, ref_path: str, config: GeneratorRun,
                      tokenizer: Tokenizer) -> None:
-    """Samples must be compared with images of the same size and grey levels. An ADM
+    """Samples must be scored as the reference was (the same Inception preprocessing) and
+    compared with images of the same size and grey levels. An ADM
     batch shows its size in `arr_0`; statistics made by `--mode=reference_stats` record
     theirs and, for the embedded datasets (whose images pass through the tokenizer), the
     tokenizer. The size compared is the one samples are scored at (`eval.image_size`,
     else the tokenizer's). Files of bare statistics say nothing and pass. The messages
     name `ref_path`, the file as configured (a remote one is read from a local copy)."""
     made = reference.settings or {}
-    if made.get("preprocess") not in (None, config.eval.preprocess):
-        raise ValueError(f"{ref_path} was made with Inception preprocessing "
-                         f"{made['preprocess']!r}, but config.eval.preprocess is "
-                         f"{config.eval.preprocess!r}; make them agree")
+    made_with = reference.preprocess or made.get("preprocess")  # "adm" for ADM's batches
+    if made_with not in (None, config.eval.preprocess):
+        raise ValueError(f"{ref_path} holds statistics made with Inception preprocessing "
+                         f"{made_with!r}, but config.eval.preprocess is "
+                         f"{config.eval.preprocess!r}; set config.eval.preprocess="
+                         f"{made_with}, or use a reference made with "
+                         f"{config.eval.preprocess!r} (--mode=reference_stats)")
     size = list(scored_size(config.eval.image_size, tuple(tokenizer.image_shape[:2])))
     scored = f"the samples are {size} (" + (
         "config.eval.image_size)" if config.eval.image_size

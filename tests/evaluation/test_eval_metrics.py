@@ -192,6 +192,7 @@ def test_adm_reference_batch_and_streaming(tmp_path):
     np.testing.assert_array_equal(np.concatenate(list(iter_npz_batches(compressed, 3))), images)
     only_images = load_reference(compressed)
     assert not only_images.has_stats and only_images.images_shape == (5, 8, 8, 3)
+    assert only_images.preprocess is None  # no statistics, so no mode to agree with
 
 
 def test_reference_errors_name_file_and_keys(tmp_path):

@@ -122,6 +122,16 @@ def test_reference_stats_then_evaluate_then_resume(trained):
     with pytest.raises(ValueError, match="cfg_scale"):
         run_evaluation(changed, trained)
 
+    # Nor are these scores passed off as those of another preprocessing (here against
+    # images alone, which any preprocessing may score): the results file names it.
+    assert result["preprocess"] == "adm"
+    images_only = os.path.join(trained, "images_only.npz")
+    np.savez(images_only, arr_0=images)
+    changed = eval_config(reference=images_only, preprocess="pytorch_fid")
+    with pytest.raises(ValueError, match="preprocess: 'adm' -> 'pytorch_fid'"):
+        run_evaluation(changed, trained)
+    os.remove(images_only)
+
     # Nor those of another dtype, which the checkpoint does not fix but which changes the
     # images: an interrupted batch resumed in bfloat16 is refused before any part is made.
     os.remove(os.path.join(out, "eval", "part_00002.npz"))
@@ -186,6 +196,27 @@ def test_a_reference_of_another_image_size_is_refused_naming_both(tmp_path):
         f"{ours} holds statistics of [8, 8] images, but the samples are [16, 16] "
         "(config.eval.image_size); make the reference again (--mode=reference_stats) with "
         "the same config.eval.image_size, or set config.eval.reference")
+
+
+def test_a_reference_of_another_preprocessing_is_refused_before_sampling(tmp_path):
+    """ADM's batch records no mode, but its statistics come from the TF graph ("adm"):
+    with `eval.preprocess="pytorch_fid"` it is refused before any model is restored (the
+    workdir has none), naming the field. Images alone carry no statistics and pass."""
+    adm = str(tmp_path / "adm.npz")
+    np.savez(adm, arr_0=np.zeros((5, 8, 8, 3), np.uint8), mu=np.zeros(POOL_DIM),
+             sigma=np.eye(POOL_DIM), mu_s=np.zeros(SPATIAL_DIM), sigma_s=np.eye(SPATIAL_DIM))
+    config = eval_config(reference=adm, preprocess="pytorch_fid")
+    with pytest.raises(ValueError) as err:
+        run_evaluation(config, str(tmp_path))
+    assert str(err.value) == (
+        f"{adm} holds statistics made with Inception preprocessing 'adm', but "
+        "config.eval.preprocess is 'pytorch_fid'; set config.eval.preprocess=adm, or use a "
+        "reference made with 'pytorch_fid' (--mode=reference_stats)")
+    images = str(tmp_path / "images.npz")
+    np.savez(images, arr_0=np.zeros((5, 8, 8, 3), np.uint8))
+    run = parse(eval_config(reference=images, preprocess="pytorch_fid"), "evaluate")
+    evaluate._check_reference(load_reference(images), images, run,
+                              evaluate.build_tokenizer(run.tokenizer))  # passes
 
 
 @pytest.mark.slow
