@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from lasad_jax import files
 from lasad_jax.evaluation.inception import PREPROCESS_MODES
 from lasad_jax.evaluation.metrics import NEIGHBOURS_K
 from lasad_jax.evaluation.weights import CONVERT_COMMAND, RANDOM_INCEPTION, WEIGHTS_URL
@@ -58,7 +59,7 @@ class EvalConfig:
                 f"{self.image_size!r}")
         p.check(isinstance(self.seed, int), "seed", f"must be an int, got {self.seed!r}")
         p.string("inception", self.inception)
-        p.string("reference", self.reference)
+        p.location("reference", self.reference)
         p.one_of("preprocess", self.preprocess, PREPROCESS_MODES)
         p.one_of("reference_split", self.reference_split, REFERENCE_SPLITS)
         p.raise_if_any()
@@ -72,6 +73,8 @@ def run_problems(ev: EvalConfig, mode: str) -> list[str]:
         problems.append(f"eval.inception={ev.inception!r} is not a file: download "
                         f"{WEIGHTS_URL} and convert it with `{CONVERT_COMMAND}`, or use "
                         "'random' to test the pipeline")
-    if mode == "evaluate" and ev.reference and not os.path.isfile(ev.reference):
+    # A gs:// reference is read from a local copy when the job starts (files.local_file).
+    if mode == "evaluate" and ev.reference and (not files.exists(ev.reference)
+                                                or files.isdir(ev.reference)):
         problems.append(f"eval.reference={ev.reference!r} is not a file")
     return problems

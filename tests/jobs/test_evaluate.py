@@ -154,6 +154,20 @@ def test_eval_config_errors_name_the_field(tmp_path):
     assert any("reference_split" in p for p in problems(config, "reference_stats"))
 
 
+def test_a_bucket_reference_is_checked_in_the_bucket(ram, tmp_path):
+    """`eval.reference` may be a bucket URL (the job reads a local copy): parsing looks
+    for it there rather than on the local disk."""
+    local = tmp_path / "ref.npz"
+    np.savez(local, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    gfile().copy(str(local), f"{ram}/ref.npz")
+    parse(eval_config(reference=f"{ram}/ref.npz"), "evaluate")  # accepted
+    found = problems(eval_config(reference=f"{ram}/gone.npz"), "evaluate")
+    assert f"config.eval.reference='{ram}/gone.npz' is not a file" in found
+    found = problems(eval_config(reference="s3://b/ref.npz"), "evaluate")
+    assert any(p.startswith("config.eval.reference='s3://b/ref.npz' uses the unsupported")
+               for p in found)
+
+
 @pytest.mark.slow
 @TRAINED
 def test_eval_image_size_resizes_the_batch_and_its_reference(trained, tmp_path):
