@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import jax
 from absl import logging
 
 from lasad_jax.config import GeneratorRun
@@ -13,15 +12,8 @@ from lasad_jax.tokenizers import build_tokenizer
 
 
 def run(config: GeneratorRun, workdir: str | None = None) -> list[dict]:
-    """Extracts each split; returns the manifests.
-
-    One process only: extraction walks every image itself, so N processes (a TPU pod's
-    workers, a multi-node SLURM job) would each do the whole job, and write the same
-    shared manifest in turn."""
-    if jax.process_count() > 1:
-        raise ValueError(f"--mode=extract runs in one process, not {jax.process_count()}: "
-                         "start it on one host without LASAD_MULTIHOST (or on a one-node "
-                         "job), then copy data.codes_dir where the training hosts read it")
+    """Extracts each split; returns the manifests. One process only
+    (`lasad_jax.jobs.ONE_PROCESS`: each would encode every image)."""
     tokenizer = build_tokenizer(config.tokenizer)
     manifests = []
     for split in config.data.extract_splits:

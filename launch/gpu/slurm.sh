@@ -35,7 +35,8 @@ Optional:
   --job-name=NAME        default: lasad
   --account=A            SLURM account
   --cpus-per-task=C      CPUs per node task (data loading)
-  --mode=M               train (default), sample or extract
+  --mode=M               train (default), sample, evaluate; extract or reference_stats
+                         (these run in one process: --nodes=1 --gpus-per-node=1)
   --setup=CMD            shell line run before training, e.g. 'source /shared/venv/bin/activate'
   --python=BIN           default: python
   --port=PORT            coordinator port (default: JAX's choice, 61440 + job id mod 4096)
@@ -115,7 +116,10 @@ done
 [[ "${gpus_per_node}" =~ ^[1-9][0-9]*$ ]] ||
   die "--gpus-per-node must be a positive integer (got '${gpus_per_node}')"
 [[ -z "${port}" || "${port}" =~ ^[0-9]+$ ]] || die "--port must be a number (got '${port}')"
-case "${mode}" in train | sample | extract) ;; *) die "--mode must be train, sample or extract" ;; esac
+case "${mode}" in
+  train | sample | evaluate | extract | reference_stats) ;;
+  *) die "--mode must be train, sample, evaluate, extract or reference_stats (got '${mode}')" ;;
+esac
 [[ -n "${script}" ]] || script="${TMPDIR:-/tmp}/${job_name}.sbatch"
 
 # ---------------------------------------------------------------- the batch script

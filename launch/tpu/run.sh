@@ -28,7 +28,8 @@ Subcommands:
            `python -m lasad_jax.main --config=... --workdir=gs://...` plus any overrides
            after `--`. Output streams back and is also appended to ~/lasad_train.log.
            Required: --name --zone --config --workdir (gs://..., shared by all workers)
-           Optional: --mode (train|sample|extract, default train)
+           Optional: --mode (train|sample|evaluate, default train; extract and
+                     reference_stats run in one process: a single-host slice only)
                      --detach (run under nohup and return; follow with `logs`)
   logs     Follow ~/lasad_train.log on --worker (default 0; `all` for every worker).
            Required: --name --zone
@@ -194,7 +195,10 @@ cmd_train() {
   require config workdir
   [[ "${workdir}" == gs://* ]] ||
     die "--workdir must be a gs:// path that every worker can write (got '${workdir}')"
-  case "${mode}" in train | sample | extract) ;; *) die "--mode must be train, sample or extract" ;; esac
+  case "${mode}" in
+    train | sample | evaluate | extract | reference_stats) ;;
+    *) die "--mode must be train, sample, evaluate, extract or reference_stats (got '${mode}')" ;;
+  esac
   local main_cmd remote
   main_cmd="$(join_quoted "${python}" -m lasad_jax.main --config="${config}" \
     --workdir="${workdir}" --mode="${mode}" ${overrides[@]+"${overrides[@]}"})"

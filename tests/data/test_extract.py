@@ -287,10 +287,14 @@ def test_processes_read_disjoint_slices_that_cover_the_data(extracted, monkeypat
     assert seen == [{0, 2, 4, 6}, {1, 3, 5}]
 
 
-def test_extract_job_refuses_several_processes(monkeypatch):
-    """Every process would encode every image, and overwrite one shared manifest."""
-    from lasad_jax.jobs import extract as extract_job
+@pytest.mark.parametrize("mode", ["extract", "reference_stats"])
+def test_dataset_jobs_refuse_several_processes(monkeypatch, mode):
+    """Every process would walk the whole dataset, and write one shared file in turn.
+    Refused before the job is imported; the other modes pass this check."""
+    import lasad_jax.jobs as jobs
 
-    monkeypatch.setattr(extract_job.jax, "process_count", lambda: 4)
-    with pytest.raises(ValueError, match="--mode=extract runs in one process, not 4"):
-        extract_job.run(None)
+    monkeypatch.setattr(jobs.jax, "process_count", lambda: 4)
+    with pytest.raises(ValueError, match=f"--mode={mode} runs in one process, not 4: start"):
+        jobs.run_job(None, mode, "/tmp/unused")
+    with pytest.raises(ValueError, match="unknown mode"):  # past the check
+        jobs.run_job(None, "nope", "/tmp/unused")

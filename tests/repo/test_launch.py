@@ -252,6 +252,68 @@ def test_slurm_missing_flag_is_named(flag):
     assert f"missing required flag {flag}=" in proc.stderr
 
 
+# ---------------------------------------------------------------- the README's examples
+
+def _readme_blocks() -> list[list[str]]:
+    """launch/README.md's indented blocks, each as its lines without the indent (blank
+    lines inside a block kept, none at its end)."""
+    blocks: list[list[str]] = [[]]
+    for line in (ROOT / "launch" / "README.md").read_text().splitlines():
+        if line.startswith("    ") or (blocks[-1] and not line.strip()):
+            blocks[-1].append(line[4:])
+        elif blocks[-1]:
+            blocks.append([])
+    while blocks and not blocks[-1]:
+        blocks.pop()
+    for block in blocks:
+        while not block[-1].strip():
+            block.pop()
+    return blocks
+
+
+def _commands(block: list[str]) -> list[list[str]]:
+    """The shell commands of a block (continuation lines joined), split into argv."""
+    joined = "\n".join(block).replace("\\\n", " ")
+    return [shlex.split(cmd) for cmd in joined.splitlines() if cmd.strip()]
+
+
+def test_the_readme_examples_print_what_the_readme_shows():
+    """The documented `--dry-run` outputs are what the scripts print today."""
+    blocks = _readme_blocks()
+    tpu = next(b for b in blocks if b[0].startswith("launch/tpu/run.sh create"))
+    shown = blocks[blocks.index(tpu) + 1]
+    printed = []
+    for argv in _commands(tpu):
+        if argv[1] in ("create", "train"):
+            printed += _lines(TPU, argv[1], "--dry-run", *argv[2:])  # before any `--`
+    assert printed == shown
+
+    slurm = next(b for b in blocks if b[0].startswith("launch/gpu/slurm.sh"))
+    shown = blocks[blocks.index(slurm) + 1]
+    (argv,) = _commands(slurm)
+    cut = argv.index("--")
+    env = {**os.environ, "TMPDIR": "/tmp"}
+    proc = _run(SLURM, *argv[1:cut], "--repo-dir=/shared/lasad_jax", "--dry-run",
+                *argv[cut:], env=env)
+    assert proc.stdout.splitlines() == shown
+
+
+@pytest.mark.parametrize("script", ["tpu", "slurm"])
+def test_every_mode_is_accepted_and_others_are_named(script):
+    """The program itself refuses several processes for extract and reference_stats."""
+    args = ([TPU, "train", *POD, "--workdir=gs://b/run"] if script == "tpu"
+            else [SLURM, *GPU_JOB])
+    for mode in ("train", "sample", "evaluate", "extract", "reference_stats"):
+        out = "\n".join(_lines(*args, "--config=configs/imagenet256.py", f"--mode={mode}",
+                               "--dry-run"))
+        assert f"--mode={mode}" in out
+    proc = _run(*args, "--config=configs/imagenet256.py", "--mode=eval", "--dry-run",
+                check=False)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert ("--mode must be train, sample, evaluate, extract or reference_stats "
+            "(got 'eval')") in proc.stderr
+
+
 def test_help():
     for script in SCRIPTS:
         proc = _run(script, "--help")
