@@ -60,7 +60,8 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
     checkpointer, state, start, shardings = resume_or_start(
         workdir, config.train, init, mesh, train_iter,
         identity=generator_identity(config.model, fingerprint, data_order(
-            batch_size=config.batch_size, seed=config.seed, train_examples=len(train_source))))
+            batch_size=config.batch_size, seed=config.seed, train_examples=len(train_source),
+            split_seed=config.data.seed if config.data.name in EMBEDDED else None)))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("mesh %s over %d devices in %d processes (%s)", describe(mesh), mesh.size,
                  jax.process_count(), jax.devices()[0].platform)

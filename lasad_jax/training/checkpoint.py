@@ -51,16 +51,24 @@ DERIVED_FROM = {"model.vocab_size": "the tokenizer's vocabulary",
                 "model.num_classes": "data.num_classes",
                 "data_order.batch_size": "config.batch_size",
                 "data_order.seed": "config.seed",
-                "data_order.train_examples": "the training split's size"}
+                "data_order.train_examples": "the training split's size",
+                "data_order.split_seed": "config.data.seed"}
 
 
-def data_order(*, batch_size: int, seed: int, train_examples: int) -> dict[str, int]:
+def data_order(*, batch_size: int, seed: int, train_examples: int,
+               split_seed: int | None = None) -> dict[str, int]:
     """What the saved data position means, recorded by training runs beside their model's
     identity: grain saves how far the iterator got, in batches of a shuffle drawn from
     the seed over the dataset, so a run resumed with another batch size, seed or
-    dataset would silently continue from another point of another order. Readers
-    (sampling, evaluation) record none, so they are never refused for it."""
-    return {"batch_size": batch_size, "seed": seed, "train_examples": train_examples}
+    dataset would silently continue from another point of another order. `split_seed`
+    (`data.seed`, for the datasets that draw their train/val split from it) too: the
+    same size of split, other images, validation images among them. Readers (sampling,
+    evaluation) record none, so they are never refused for it; checkpoints made before
+    a field was recorded are not compared on it."""
+    order = {"batch_size": batch_size, "seed": seed, "train_examples": train_examples}
+    if split_seed is not None:
+        order["split_seed"] = split_seed
+    return order
 
 
 # grain's file per process in a step's `data` item; the group is the process count.
