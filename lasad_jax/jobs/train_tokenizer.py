@@ -78,8 +78,12 @@ def run(config: TokenizerRun, workdir: str) -> dict[str, float]:
     picture = os.path.join(workdir, "reconstructions.png")
     outputs = []
     # A finished run started again changes nothing, unless it died before its export.
+    # Only a finished run exports: not a preempted one, nor a chunk that
+    # `train.stop_after` ends early (codes made from such an export would stop matching
+    # when the next chunk wrote over it).
     missing = not (exists(os.path.join(export, "vq_config.json")) and exists(picture))
-    if not result.preempted and (result.trained or process_0_decides(missing)):
+    finished = not result.preempted and result.step >= steps
+    if finished and (result.trained or process_0_decides(missing)):
         if not pairs:  # nothing was trained here: evaluate the restored state once
             evaluate(result.state, result.step)
         if jax.process_index() == 0:

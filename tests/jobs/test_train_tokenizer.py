@@ -58,7 +58,9 @@ def test_tokenizer_training_logs_resumes_and_exports(tmp_path):
 
     split = tmp_path / "split"
     train_tokenizer(tiny_vq_config(stop_after=2), str(split))
+    assert not (split / "tokenizer").exists()  # half a run exports nothing
     train_tokenizer(tiny_vq_config(), str(split))
+    assert (split / "tokenizer" / "vq_config.json").is_file()
     a, b = final_state(straight), final_state(split)
     assert int(a.step) == int(b.step) == 4
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
