@@ -49,6 +49,10 @@ class OptimizerConfig:
                     "end_lr_fraction", f"must be below 1 for schedule={self.schedule!r}, "
                     "which would otherwise never decay (0 decays to zero); or use "
                     "schedule='constant'")
+            p.check(self.schedule != "constant" or self.end_lr_fraction == 1.0,
+                    "end_lr_fraction", f"({self.end_lr_fraction!r}) has no effect with "
+                    "schedule='constant'; set schedule='cosine' or 'linear' to decay to it, "
+                    "or leave it at 1.0")
         p.raise_if_any()
 
 

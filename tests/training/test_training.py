@@ -205,8 +205,13 @@ def test_bfloat16_training_step_tracks_float32():
 
 
 def test_a_decaying_schedule_must_decay():
-    """cosine or linear with end_lr_fraction=1 (the default) would hold the peak."""
+    """cosine or linear with end_lr_fraction=1 (the default) would hold the peak; constant
+    with another end_lr_fraction would ignore it."""
     with pytest.raises(ValueError, match="end_lr_fraction must be below 1 for schedule='cosine'"):
         OptimizerConfig(schedule="cosine")
     OptimizerConfig(schedule="cosine", end_lr_fraction=0.0)
     OptimizerConfig(schedule="constant")
+    # A constant schedule never reads it: a decay asked for with it is refused, not dropped.
+    with pytest.raises(ValueError, match=r"end_lr_fraction \(0.1\) has no effect with "
+                                         r"schedule='constant'; set schedule='cosine'"):
+        OptimizerConfig(schedule="constant", end_lr_fraction=0.1)
