@@ -67,7 +67,14 @@ from lasad_jax.training.config import (
 )
 from lasad_jax.training.vq.losses import VQLossConfig
 from lasad_jax.training.vq.perceptual import perceptual_problems
-from lasad_jax.validation import ConfigError, block_from_mapping, is_int, is_number, problems_of
+from lasad_jax.validation import (
+    ConfigError,
+    block_from_mapping,
+    is_int,
+    is_number,
+    is_seed,
+    problems_of,
+)
 
 MODES = ("train", "sample", "extract", "evaluate", "reference_stats")
 TASKS = ("generator", "tokenizer")
@@ -402,8 +409,8 @@ def parse(config: config_dict.ConfigDict | Mapping[str, Any], mode: str) -> RunC
 
 def _top_problems(top: dict[str, Any], mode: str) -> list[str]:
     problems = []
-    if not is_int(top["seed"]):
-        problems.append(f"seed must be an int, got {top['seed']!r}")
+    if not is_seed(top["seed"]):
+        problems.append(f"seed must be an int in [0, 2**32), got {top['seed']!r}")
     if not (is_int(top["batch_size"]) and top["batch_size"] >= 1):
         problems.append(f"batch_size must be >= 1, got {top['batch_size']!r}")
     if not (is_int(top["num_steps"]) and top["num_steps"] >= 0):

@@ -11,9 +11,10 @@ per-mode checks, and reports the whole list at once, so a config is fixed in one
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -67,6 +68,10 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_seed(value: Any) -> bool:
+    return is_int(value) and 0 <= value < 2**32
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -108,8 +113,10 @@ class Problems:
     def number(self, field: str, value: Any, *, low: float | None = None,
                high: float | None = None, low_open: bool = False,
                high_open: bool = False) -> bool:
-        """A number in the interval given by `low`/`high` (closed unless `*_open`)."""
-        ok = is_number(value)
+        """A finite number in the interval given by `low`/`high` (closed unless `*_open`):
+        an infinite learning rate or epsilon passes any lower bound and fails only later,
+        as a diverged run."""
+        ok = is_number(value) and math.isfinite(value)
         if ok and low is not None:
             ok = value > low if low_open else value >= low
         if ok and high is not None:
@@ -123,6 +130,10 @@ class Problems:
         else:
             want = "a number"
         return self.check(ok, field, f"must be {want}, got {value!r}")
+
+    def seed(self, field: str, value: Any) -> bool:
+        """A seed every consumer takes: grain's shuffle and numpy want [0, 2**32)."""
+        return self.check(is_seed(value), field, f"must be an int in [0, 2**32), got {value!r}")
 
     def string(self, field: str, value: Any) -> bool:
         return self.check(isinstance(value, str), field, f"must be a string, got {value!r}")

@@ -86,7 +86,22 @@ BAD_CONFIGS = [
      ["config.eval.inception", "pt_inception-2015-12-05"]),
     ("no samples", {"eval__num_samples": 0}, "evaluate",
      ["config.eval.num_samples", "positive int"]),
+    ("infinite learning rate", {"optimizer__lr": float("inf")}, "train",
+     ["config.optimizer.lr must be > 0, got inf"]),
+    # Every seed takes what grain's shuffle and numpy take; jax.random.key overflows
+    # past 2**63, and grain refuses a negative seed only when the data is first read.
+    ("negative seed", {"seed": -1}, "train", ["config.seed must be an int in [0, 2**32)"]),
+    ("seed past 32 bits", {"seed": 2**32}, "train", ["config.seed", "[0, 2**32)"]),
+    ("negative data seed", {"data__seed": -1}, "train", ["config.data.seed", "[0, 2**32)"]),
+    ("sampling seed past 64 bits", {"sample__seed": 2**63}, "sample",
+     ["config.sample.seed", "[0, 2**32)"]),
+    ("negative evaluation seed", {"eval__seed": -1}, "evaluate",
+     ["config.eval.seed", "[0, 2**32)"]),
 ]
+
+
+def test_the_largest_seed_is_accepted():
+    parse(demo(seed=2**32 - 1, data__seed=2**32 - 1, sample__seed=2**32 - 1), "sample")
 
 
 @pytest.mark.parametrize("what, fields, mode, words", BAD_CONFIGS,

@@ -29,7 +29,7 @@ SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def _common_problems(problems: Problems, name: str, val_fraction: float, seed: int) -> None:
-    problems.check(isinstance(seed, int), "seed", f"must be an int, got {seed!r}")
+    problems.seed("seed", seed)
     if name == "digits":
         problems.number("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True,
                         high_open=True)

@@ -57,7 +57,7 @@ class EvalConfig:
         p.check(is_int(self.image_size) and self.image_size >= 0, "image_size",
                 f"must be 0 (the samples' own size) or a positive int, got "
                 f"{self.image_size!r}")
-        p.check(isinstance(self.seed, int), "seed", f"must be an int, got {self.seed!r}")
+        p.seed("seed", self.seed)
         p.string("inception", self.inception)
         p.location("reference", self.reference)
         p.one_of("preprocess", self.preprocess, PREPROCESS_MODES)

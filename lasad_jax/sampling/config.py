@@ -43,7 +43,7 @@ class SampleConfig:
         p.lines += [f"sample.{line}" for line in sampling_problems(
             cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k,
             top_p=self.top_p)]
-        p.check(is_int(self.seed), "seed", f"must be an int, got {self.seed!r}")
+        p.seed("seed", self.seed)
         p.check(isinstance(self.use_ema, bool), "use_ema",
                 f"must be True or False, got {self.use_ema!r}")
         p.raise_if_any()
