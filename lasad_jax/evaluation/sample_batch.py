@@ -45,7 +45,7 @@ from lasad_jax import files
 from lasad_jax.files import as_output_error, require_space, save_json, save_npz, write_atomically
 from lasad_jax.sampling.config import SampleConfig
 from lasad_jax.sampling.generate import generate
-from lasad_jax.sampling.sampler import NUMERICS, model_numerics
+from lasad_jax.sampling.sampler import NUMERICS, model_numerics, weights_fingerprint
 from lasad_jax.tokenizers import Tokenizer
 
 
@@ -55,12 +55,14 @@ def eval_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 
 def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str,
-                   tokenizer: str, model_cfg: Any = None) -> dict[str, Any]:
+                   tokenizer: str, model_cfg: Any = None,
+                   weights: str | None = None) -> dict[str, Any]:
     """What makes a sample batch: the generator's checkpoint step, the fingerprint of the
     tokenizer that decodes it, the sampling settings and `eval.image_size` (the resize
-    changes what the parts hold); with `model_cfg`, also the
-    model's numerics (`sampling.sampler.NUMERICS`), so the results file records them. A
-    run with other settings must not add to it."""
+    changes what the parts hold); with `model_cfg`, also the model's numerics
+    (`sampling.sampler.NUMERICS`), and with `weights` the weights' fingerprint
+    (`sampling.sampler.weights_fingerprint`), so the results file records them. A run
+    with other settings must not add to it."""
     settings = {"checkpoint_step": int(step), "num_samples": int(ev.num_samples),
                 "seed": int(ev.seed), "batch_size": int(s.batch_size),
                 "cfg_scale": float(s.cfg_scale), "temperature": float(s.temperature),
@@ -70,6 +72,8 @@ def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str,
         settings["image_size"] = int(ev.image_size)
     if model_cfg is not None:
         settings.update(model_numerics(model_cfg))
+    if weights is not None:
+        settings["weights"] = weights
     return settings
 
 
@@ -90,11 +94,15 @@ def read_settings(part_dir: str) -> dict[str, Any] | None:
     return json.loads(files.read_bytes(path))
 
 
+# Fields records made before them lack: such a record is taken to have the current ones,
+# as `generate_parts` does, rather than refused for lacking them.
+RECORDED_LATER = (*NUMERICS, "weights")
+
+
 def comparable(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The fields of `new` to compare with the record `old`: all but the model's numerics
-    when `old` predates them (such a record is taken to have the current ones, as
-    `generate_parts` does, rather than refused for lacking them)."""
-    return {k: v for k, v in new.items() if k in old or k not in NUMERICS}
+    """The fields of `new` to compare with the record `old`: all but those of
+    `RECORDED_LATER` that `old` predates."""
+    return {k: v for k, v in new.items() if k in old or k not in RECORDED_LATER}
 
 
 def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
@@ -120,12 +128,15 @@ def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: Sam
                    num_classes: int, part_dir: str, mesh: Any) -> int:
     """Generates the missing parts of the sample batch; returns how many were made.
 
-    Before anything is generated, the model's numerics and `ev.part_size` are checked
-    against those the directory's settings recorded, and recorded where missing: parts
-    of another dtype hold other images, and parts of another size other sample ranges
-    (a resumed run would overlap them). A directory written before they were recorded
-    takes the current ones; `assemble` still counts its samples."""
-    own = {**model_numerics(model.cfg), "part_size": int(ev.part_size)}
+    Before anything is generated, the model's numerics, its weights' fingerprint and
+    `ev.part_size` are checked against those the directory's settings recorded, and
+    recorded where missing: parts of another dtype or of another run's weights (a new
+    run in a workdir whose checkpoints were moved away) hold other images, and parts of
+    another size other sample ranges (a resumed run would overlap them). A directory
+    written before they were recorded takes the current ones; `assemble` still counts
+    its samples."""
+    own = {**model_numerics(model.cfg), "weights": weights_fingerprint(model),
+           "part_size": int(ev.part_size)}
     old = read_settings(part_dir) or {}
     check_settings(part_dir, {k: v for k, v in own.items() if k in old})
     if jax.process_index() == 0 and any(k not in old for k in own):

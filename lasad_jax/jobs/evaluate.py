@@ -8,10 +8,10 @@ Inception Score, precision and recall, saved to `workdir/eval/{eval.name}.json`.
 `eval.inception="random"` the numbers test the pipeline and compare only with numbers
 from the same random network.
 
-The parts and the results record what made them (checkpoint step, tokenizer
-fingerprint, sampling settings, model numerics, reference, network and its
-preprocessing): another evaluation under the same `eval.name` is refused, naming what
-differs, and the same one again writes nothing.
+The parts and the results record what made them (checkpoint step, the weights'
+fingerprint, tokenizer fingerprint, sampling settings, model numerics, reference,
+network and its preprocessing): another evaluation under the same `eval.name` is
+refused, naming what differs, and the same one again writes nothing.
 
 A `gs://` workdir (or reference) works as a local one: the reference is read from a
 local copy (`files.local_file`), the parts and results through `lasad_jax.files`, and
@@ -50,6 +50,7 @@ from lasad_jax.evaluation.resize import scored_size
 from lasad_jax.evaluation.weights import describe_network, load_network
 from lasad_jax.files import require_writable, save_json
 from lasad_jax.jobs.sample import restore_model
+from lasad_jax.sampling.sampler import weights_fingerprint
 from lasad_jax.tokenizers import Tokenizer, build_tokenizer
 from lasad_jax.tokenizers.base import short
 
@@ -80,7 +81,8 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     samples = os.path.join(out_dir, f"{ev.name}.npz")
     results = os.path.join(out_dir, f"{ev.name}.json")
     settings = batch_settings(ev, config.sample, step=step, mixer=config.model.mixer,
-                              tokenizer=tokenizer.fingerprint, model_cfg=config.model)
+                              tokenizer=tokenizer.fingerprint, model_cfg=config.model,
+                              weights=weights_fingerprint(model))
     # What turns the batch into scores: a record without `preprocess` (made before it was
     # recorded) no longer matches, so its scores are not passed off as this evaluation's.
     scored = {**settings, "reference": ref_path, "inception": described,

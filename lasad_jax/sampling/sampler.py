@@ -81,12 +81,45 @@ def model_numerics(model_cfg: Any) -> dict[str, str]:
     return {name: str(getattr(model_cfg, name)) for name in NUMERICS}
 
 
+_HASH_MULTIPLIER = 0x9E3779B1  # odd: every index gets its own weight modulo 2**32
+_UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+
+
+@jax.jit
+def _checksums(leaves: list[jax.Array]) -> jax.Array:
+    """A position-weighted sum of each array's bit patterns, modulo 2**32. Integer sums
+    are exact in any order, so the value does not depend on how the array is sharded or
+    reduced (a float sum would change with the mesh)."""
+    sums = []
+    for x in leaves:
+        bits = jax.lax.bitcast_convert_type(x, _UNSIGNED[x.dtype.itemsize])
+        bits = bits.reshape(-1).astype(jnp.uint32)
+        index = jnp.arange(bits.size, dtype=jnp.uint32)
+        sums.append(jnp.sum(bits * (index * jnp.uint32(_HASH_MULTIPLIER) + 1),
+                            dtype=jnp.uint32))
+    return jnp.stack(sums)
+
+
+def weights_fingerprint(model: nnx.Module) -> str:
+    """`sha256:...` of the model's parameters: which weights drew a set of images. The
+    checkpoint step and the config do not tell two runs apart (another seed, or a new
+    run in a workdir whose checkpoints were moved away), so sample files and evaluation
+    parts record this too, and another run's files are never taken for this one's. One
+    pass over the weights on their devices; only a number per array reaches the host."""
+    params = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    sums = np.asarray(_checksums([x for _, x in params])) if params else []
+    record = [[jax.tree_util.keystr(path), x.dtype.name, list(x.shape), int(total)]
+              for (path, x), total in zip(params, sums)]
+    return "sha256:" + hashlib.sha256(json.dumps(record).encode()).hexdigest()
+
+
 def sample_settings(cfg: SampleConfig, *, step: int, num_classes: int,
-                    tokenizer: Tokenizer, model_cfg: Any) -> dict[str, Any]:
+                    tokenizer: Tokenizer, model_cfg: Any, weights: str) -> dict[str, Any]:
     """Everything that decides the images of `sample_to_files` (and their grid): the
     checkpoint step, the `sample` block, the model's numerics (`NUMERICS`: not part of
-    the checkpoint, yet they change the tokens) and the tokenizer that decodes them."""
-    return {"checkpoint_step": int(step),
+    the checkpoint, yet they change the tokens), the weights (`weights_fingerprint`)
+    and the tokenizer that decodes them."""
+    return {"checkpoint_step": int(step), "weights": weights,
             "classes": [int(c) for c in (cfg.classes or range(num_classes))],
             "per_class": cfg.per_class, "batch_size": cfg.batch_size,
             "cfg_scale": float(cfg.cfg_scale), "temperature": float(cfg.temperature),
@@ -111,16 +144,17 @@ def sample_to_files(model: nnx.Module, tokenizer: Tokenizer, cfg: SampleConfig, 
     `step`; writes `{cfg.name}-step{step}-{digest}.png` (one row per class) and `.npz`
     into `out_dir` (`sample_paths`) and returns their paths.
 
-    Files that already exist are the same draw (same step, settings, model numerics and
-    tokenizer): nothing is generated or written, and their paths are returned. With
+    Files that already exist are the same draw (same step, weights, settings, model
+    numerics and tokenizer): nothing is generated or written, and their paths are
+    returned. With
     several processes all of them generate and process 0 alone writes (the others
     return {}).
     """
     settings = sample_settings(cfg, step=step, num_classes=num_classes, tokenizer=tokenizer,
-                               model_cfg=model.cfg)
+                               model_cfg=model.cfg, weights=weights_fingerprint(model))
     paths = sample_paths(out_dir, cfg.name, settings)
     if process_0_decides(all(exists(p) for p in paths.values())):
-        logging.info("%s exists (the same checkpoint step and settings): nothing to draw",
+        logging.info("%s exists (the same weights and settings): nothing to draw",
                      paths["png"])
         return paths if jax.process_index() == 0 else {}
     labels = class_list(cfg.classes, cfg.per_class, num_classes)

@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -28,6 +29,7 @@ from lasad_jax.evaluation.sample_batch import (
 from lasad_jax.evaluation.weights import CONVERT_COMMAND, load_inception
 from lasad_jax.models import LASADGen
 from lasad_jax.sampling.config import SampleConfig
+from lasad_jax.sampling.sampler import weights_fingerprint
 from lasad_jax.tokenizers import IntensityTokenizer, TokenizerConfig
 from lasad_jax.validation import ConfigError
 from tests.models.helpers import perturbed_model, small_config
@@ -78,6 +80,19 @@ def test_a_resume_with_another_dtype_is_refused(model, tmp_path):
     assert parts(part_dir) == ["part_00000.npz", "part_00001.npz"]
 
 
+def test_a_resume_with_another_runs_weights_is_refused(model, tmp_path):
+    """Another run's checkpoint at the same step (a new run in a workdir whose
+    checkpoints were moved away) must not add its images to these parts."""
+    part_dir = tmp_path / "parts"
+    run_parts(model, part_dir, part_size=8)
+    os.remove(part_dir / "part_00002.npz")
+    other = perturbed_model(small_config("lasad"))
+    nnx.update(other, jax.tree.map(lambda p: -p, nnx.state(other, nnx.Param)))
+    with pytest.raises(ValueError, match=r"other settings \(weights: sha256:\w{12} -> "):
+        run_parts(other, part_dir, part_size=8)
+    assert parts(part_dir) == ["part_00000.npz", "part_00001.npz"]
+
+
 def test_the_job_settings_and_those_of_generate_parts_share_a_file(model, tmp_path):
     # The job records its settings first; generate_parts adds the numerics and part size,
     # and the job's own check on a rerun is not upset by them.
@@ -89,7 +104,8 @@ def test_the_job_settings_and_those_of_generate_parts_share_a_file(model, tmp_pa
     with open(os.path.join(part_dir, "settings.json")) as f:
         recorded = json.load(f)
     assert recorded == {**settings, "dtype": "float32", "decode_state_dtype": "float32",
-                        "decode_impl": "auto", "part_size": 8}
+                        "decode_impl": "auto", "weights": weights_fingerprint(model),
+                        "part_size": 8}
     check_settings(part_dir, settings)
     with pytest.raises(ValueError, match=r"checkpoint_step: 4 -> 5"):
         check_settings(part_dir, {**settings, "checkpoint_step": 5})

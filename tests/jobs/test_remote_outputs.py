@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from lasad_jax import files
 from lasad_jax.config import parse
@@ -26,6 +27,7 @@ from lasad_jax.evaluation.reference import write_reference
 from lasad_jax.evaluation.sample_batch import assemble, batch_settings, generate_parts
 from lasad_jax.evaluation.weights import describe_network
 from lasad_jax.jobs import evaluate, reference_stats
+from lasad_jax.models import LASADGen
 from lasad_jax.sampling import sampler
 from lasad_jax.sampling.config import SampleConfig
 from lasad_jax.tokenizers import IntensityTokenizer, build_tokenizer
@@ -134,17 +136,19 @@ def test_remote_reference_statistics_are_found(ram, monkeypatch):
 def test_remote_evaluation_results_are_read(ram, monkeypatch):
     # A finished evaluation: the reference, the batch and its scores are in the bucket.
     monkeypatch.setattr(evaluate, "load_network", _no_network)
-    monkeypatch.setattr(evaluate, "restore_model", lambda *_: (None, 4, None))
     config = parse(_config(), "evaluate")
+    model = LASADGen(config.model, rngs=nnx.Rngs(0))
+    monkeypatch.setattr(evaluate, "restore_model", lambda *_: (model, 4, None))
     workdir = f"{ram}/run"
     ref = f"{workdir}/reference_stats.npz"
     _write_reference(ref, config)
     tokenizer = build_tokenizer(config.tokenizer)
     settings = batch_settings(config.eval, config.sample, step=4, mixer=config.model.mixer,
-                              tokenizer=tokenizer.fingerprint, model_cfg=config.model)
+                              tokenizer=tokenizer.fingerprint, model_cfg=config.model,
+                              weights=sampler.weights_fingerprint(model))
     scores = {"fid": 1.0, "sfid": 2.0, "inception_score": 3.0, "precision": 0.5,
               "recall": 0.5}
-    done = {**scores, **settings, "reference": ref,
+    done = {**scores, **settings, "reference": ref, "preprocess": config.eval.preprocess,
             "inception": describe_network(config.eval.inception)}
     files.save_json(f"{workdir}/eval/eval.json", done)
     files.write_atomically(f"{workdir}/eval/eval.npz", b"the batch")

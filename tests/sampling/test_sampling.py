@@ -19,7 +19,13 @@ from lasad_jax.sampling import filter_logits, generate, guide, sample_logits
 from lasad_jax.sampling.generate import cast_weights, start
 from lasad_jax.sampling.images import make_grid
 from lasad_jax.sampling.config import SampleConfig
-from lasad_jax.sampling.sampler import class_list, sample_images, sample_to_files
+from lasad_jax.sampling.sampler import (
+    _checksums,
+    class_list,
+    sample_images,
+    sample_to_files,
+    weights_fingerprint,
+)
 from lasad_jax.tokenizers import IntensityTokenizer
 from tests.models.helpers import perturbed_model, small_config
 
@@ -233,3 +239,34 @@ def test_another_dtype_is_another_draw_with_its_own_files(tmp_path):
     assert sample_to_files(m16, tokenizer, cfg, num_classes=3, out_dir=str(tmp_path),
                            step=5) == p16
     assert os.stat(p16["npz"]).st_mtime_ns == before
+
+
+def test_the_weights_checksum_matches_numpy_and_sees_every_element():
+    """The position-weighted sum of bit patterns modulo 2**32, recomputed in numpy; it
+    changes when one element changes or two are swapped, in float32 and bfloat16."""
+    x = jax.random.normal(jax.random.key(0), (37, 5))
+    bits = np.asarray(x).view(np.uint32).reshape(-1).astype(np.uint64)
+    index = np.arange(bits.size, dtype=np.uint64)
+    want = int(np.sum(bits * ((index * 0x9E3779B1 + 1) % 2**32) % 2**32) % 2**32)
+    assert int(_checksums([x])[0]) == want
+    for y in (x, x.astype(jnp.bfloat16)):
+        base = int(_checksums([y])[0])
+        assert int(_checksums([y.at[3, 1].add(1e-2)])[0]) != base
+        assert int(_checksums([y.at[0, 0].set(y[0, 1]).at[0, 1].set(y[0, 0])])[0]) != base
+
+
+def test_another_runs_weights_are_another_draw_with_its_own_files(tmp_path):
+    """Same step and settings, other weights (another seed, or a new run in a workdir
+    whose checkpoints were moved away): its own files, not the other run's back."""
+    tokenizer = IntensityTokenizer(levels=11, image_size=(3, 4), channels=1)
+    a = perturbed_model(small_config("lasad"))
+    b = perturbed_model(small_config("lasad"))
+    nnx.update(b, jax.tree.map(lambda p: p * 1.01, nnx.state(b, nnx.Param)))
+    assert weights_fingerprint(a) == weights_fingerprint(perturbed_model(small_config("lasad")))
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+    cfg = SampleConfig(per_class=1, batch_size=3)
+    pa = sample_to_files(a, tokenizer, cfg, num_classes=3, out_dir=str(tmp_path), step=5)
+    pb = sample_to_files(b, tokenizer, cfg, num_classes=3, out_dir=str(tmp_path), step=5)
+    assert pa["npz"] != pb["npz"] and len(list(tmp_path.glob("*.npz"))) == 2
+    with np.load(pb["npz"]) as f:
+        assert json.loads(str(f["settings"]))["weights"] == weights_fingerprint(b)
