@@ -219,6 +219,10 @@ def test_sharded_sampling_draws_the_same_images(measured):
     sampling = measured["sampling"]
     assert sampling["distinct_tokens"] > 5  # not a degenerate model
     assert sampling["8x1x1"] == sampling["2x4x1"] == sampling["2x2x2"] == 0
+    # The weights' fingerprint is the same however the weights are sharded.
+    for shape, found in sampling["fingerprint"].items():
+        assert found["same"], shape
+    assert max(f["sharded_arrays"] for f in sampling["fingerprint"].values()) > 0
 
 
 @pytest.mark.slow

@@ -30,7 +30,9 @@ from lasad_jax.config import parse  # noqa: E402
 from lasad_jax.jobs import train  # noqa: E402
 from lasad_jax.models import LASADGen  # noqa: E402
 from lasad_jax.parallel import MeshConfig, build_mesh, global_batch, sharded_init  # noqa: E402
+from lasad_jax.parallel.state import place_state  # noqa: E402
 from lasad_jax.sampling.generate import generate  # noqa: E402
+from lasad_jax.sampling.sampler import weights_fingerprint  # noqa: E402
 from lasad_jax.training.generator import state_factory  # noqa: E402
 from lasad_jax.training.step import make_train_step  # noqa: E402
 
@@ -214,6 +216,18 @@ def sampling_checks(out: dict) -> None:
     model = nnx.merge(graphdef, noisy(state, 3, 0.3))
     out["sampling"] = tokens_on_meshes(model, np.arange(16) % 10, 7, MESHES, cfg_scale=2.0,
                                        temperature=1.0, top_k=8, top_p=0.95)
+    # The weights' fingerprint, which names sample files and guards evaluation parts,
+    # does not depend on how the weights lie over the devices.
+    params = nnx.state(model, nnx.Param)
+    single = weights_fingerprint(model)
+    out["sampling"]["fingerprint"] = {}
+    for shape in MESHES:
+        placed, _ = place_state(params, mesh_of(shape))
+        sharded = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(placed))
+        copy = nnx.merge(graphdef, noisy(state, 3, 0.3))
+        nnx.update(copy, placed)
+        out["sampling"]["fingerprint"]["x".join(map(str, shape))] = {
+            "sharded_arrays": int(sharded), "same": weights_fingerprint(copy) == single}
 
 
 def mixer_on_mesh(cfg, chooser) -> dict:
