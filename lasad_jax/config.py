@@ -438,7 +438,7 @@ def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
                                                  train.sample_at_end)
     problems.best_effort(data_problems, seen["data"], mode)
     if data and tok:
-        problems.owner(tokenizer_fit_problems(data, tok.image_size, tok.channels))
+        problems.owner(tokenizer_fit_problems(data, tok.name, tok.image_size, tok.channels))
     if mode == "extract" or samples:
         why = "encoding images" if mode == "extract" else "decoding samples"
         problems.best_effort(checkpoint_problems, seen["tokenizer"], why)

@@ -49,6 +49,10 @@ BAD_CONFIGS = [
      "train", ["config.tokenizer.image_size", "multiple of 16"]),
     ("digits need 8x8", {"tokenizer__image_size": (16, 16)}, "train",
      ["config.tokenizer.image_size", "(8, 8)"]),
+    # Not "set channels=1" for a tokenizer whose channels come from its weights.
+    ("a VQ tokenizer on grey digits", {"tokenizer": {"name": "vq16", "image_size": (16, 16),
+                                                     "checkpoint": "", "codebook_size": 64}},
+     "train", ["config.tokenizer.name='vq16' reads RGB images", "tokenizer.name='intensity'"]),
     ("unknown dataset", {"data__name": "mnist"}, "train", ["config.data.name", "extracted"]),
     ("missing data directory", {"data__name": "extracted", "data__codes_dir": "/no/such"},
      "train", ["config.data.codes_dir", "--mode=extract"]),

@@ -171,11 +171,18 @@ def embedded_image_shape(data: DataConfig) -> tuple[int, int, int] | None:
     return None
 
 
-def tokenizer_fit_problems(data: DataConfig, image_size: tuple[int, ...],
+def tokenizer_fit_problems(data: DataConfig, tokenizer_name: str, image_size: tuple[int, ...],
                            channels: int) -> list[str]:
-    """An embedded dataset is tokenized on the fly: the tokenizer must read its images."""
+    """An embedded dataset is tokenized on the fly: the tokenizer must read its images,
+    which are grey, so only the intensity tokenizer can (a VQ tokenizer reads RGB)."""
     shape = embedded_image_shape(data)
-    if shape is None or (tuple(image_size), channels) == (shape[:2], shape[2]):
+    if shape is None:
+        return []
+    if tokenizer_name != "intensity":
+        return [f"tokenizer.name={tokenizer_name!r} reads RGB images, but the {data.name} "
+                f"images (data.name={data.name!r}) are grey and tokenized on the fly; set "
+                f"tokenizer.name='intensity' with image_size={shape[:2]} and channels=1"]
+    if (tuple(image_size), channels) == (shape[:2], shape[2]):
         return []
     return [f"tokenizer.image_size must be {shape[:2]} with channels=1 for the grey "
             f"{data.name} (data.name={data.name!r}), got {tuple(image_size)} with "

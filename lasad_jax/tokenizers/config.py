@@ -23,7 +23,7 @@ class TokenizerConfig:
     image_size: tuple[int, int] = (256, 256)  # (height, width) of the images it reads
     levels: int = 17             # intensity: grey levels (= vocabulary)
     channels: int = 3            # intensity: 1 (grey) or 3 (RGB averaged to grey)
-    codebook_size: int = 16384   # vq16: the vocabulary while `checkpoint` does not exist yet
+    codebook_size: int = 16384   # vq16: the vocabulary; must equal the weights' once they exist
     checkpoint: str = ""         # vq16: the directory of vq_params.npz and vq_config.json
 
     def __post_init__(self) -> None:

@@ -52,6 +52,10 @@ def code_geometry(tokenizer: TokenizerConfig) -> CodeGeometry:
     stride, vocab = _vq_checkpoint_geometry(tokenizer.checkpoint)
     if stride is None:  # no weights yet: LlamaGen's VQ-16 and the configured codebook
         stride, vocab = VQ16_STRIDE, tokenizer.codebook_size
+    elif vocab != tokenizer.codebook_size:  # refused now, not when the job builds it
+        raise ValueError(f"tokenizer.codebook_size={tokenizer.codebook_size}, but the "
+                         f"weights in {tokenizer.checkpoint!r} have {vocab} codes; set "
+                         f"tokenizer.codebook_size={vocab}")
     if size[0] % stride or size[1] % stride:
         raise ValueError(f"tokenizer.image_size must be a multiple of {stride} (the "
                          f"tokenizer's downsampling factor), got {size}")

@@ -91,9 +91,15 @@ def test_a_tokenizer_in_a_bucket_is_checked_remotely_and_copied_to_build(ram, tm
 
     url = f"{ram}/vq_narrow"
     save_vq(url, convert(random_state_dict(NARROW16, seed=1), NARROW16), NARROW16)
-    config = TokenizerConfig(image_size=(32, 48), checkpoint=url)
+    config = TokenizerConfig(image_size=(32, 48), checkpoint=url, codebook_size=64)
     geometry = code_geometry(config)  # reads the small JSON where it is, copies nothing
     assert (geometry.vocab_size, geometry.grid_shape) == (64, (2, 3))
+    # A configured vocabulary the weights do not have is refused here, when the config
+    # is parsed, rather than when a job builds the tokenizer.
+    with pytest.raises(ValueError, match=r"tokenizer.codebook_size=16384, but the weights "
+                                         rf"in '{url}' have 64 codes; set "
+                                         r"tokenizer.codebook_size=64"):
+        code_geometry(TokenizerConfig(image_size=(32, 48), checkpoint=url))
     assert checkpoint_problems(config, "decoding samples") == []
     assert not (tmp_path / "cache").exists()
     missing = TokenizerConfig(checkpoint=f"{ram}/nothing")
