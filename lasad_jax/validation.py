@@ -131,6 +131,14 @@ class Problems:
             want = "a number"
         return self.check(ok, field, f"must be {want}, got {value!r}")
 
+    def file_name(self, field: str, value: Any) -> bool:
+        """A name that files are made from inside one directory: no separator and no
+        `..`, which would write outside it (or into a folder it would create)."""
+        ok = (isinstance(value, str) and value not in ("", ".", "..")
+              and not any(c in value for c in "/\\\0"))
+        return self.check(ok, field, "must be a non-empty file name without '/', '\\' or "
+                          f"'..', got {value!r}")
+
     def seed(self, field: str, value: Any) -> bool:
         """A seed every consumer takes: grain's shuffle and numpy want [0, 2**32)."""
         return self.check(is_seed(value), field, f"must be an int in [0, 2**32), got {value!r}")

@@ -94,6 +94,10 @@ BAD_CONFIGS = [
      ["config.optimizer.lr must be > 0, got inf"]),
     # Every seed takes what grain's shuffle and numpy take; jax.random.key overflows
     # past 2**63, and grain refuses a negative seed only when the data is first read.
+    ("samples named into another directory", {"sample__name": "../elsewhere"}, "sample",
+     ["config.sample.name must be a non-empty file name without '/'", "'../elsewhere'"]),
+    ("an evaluation named as a path", {"eval__name": "a/b"}, "evaluate",
+     ["config.eval.name", "'a/b'"]),
     ("negative seed", {"seed": -1}, "train", ["config.seed must be an int in [0, 2**32)"]),
     ("seed past 32 bits", {"seed": 2**32}, "train", ["config.seed", "[0, 2**32)"]),
     ("negative data seed", {"data__seed": -1}, "train", ["config.data.seed", "[0, 2**32)"]),

@@ -40,8 +40,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         p = Problems("eval")
-        p.check(isinstance(self.name, str) and bool(self.name), "name",
-                f"must be a non-empty file name, got {self.name!r}")
+        p.file_name("name", self.name)
         for name in ("num_samples", "part_size", "inception_batch_size"):
             p.positive_int(name, getattr(self, name))
         # Checked here, not after all the sampling: precision and recall take each

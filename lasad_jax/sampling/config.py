@@ -32,8 +32,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         p = Problems("sample")
-        p.check(isinstance(self.name, str) and bool(self.name), "name",
-                f"must be a non-empty file name, got {self.name!r}")
+        p.file_name("name", self.name)
         p.check(isinstance(self.classes, tuple) and all(
             is_int(c) and c >= 0 for c in self.classes), "classes",
             f"must be a tuple of class ids >= 0 (empty: all classes), got {self.classes!r}")
