@@ -41,7 +41,15 @@ from lasad_jax.ops import decode
 from lasad_jax.ops.chunked import chunked_attention, defaults
 from lasad_jax.ops.platform import target_platform
 from lasad_jax.ops.reference import masked_attention
-from lasad_jax.ops.validation import check_choice, check_decay, check_int, check_qkv
+from lasad_jax.ops.validation import (
+    check_choice,
+    check_decay,
+    check_float_array,
+    check_float_dtype,
+    check_int,
+    check_positive_float,
+    check_qkv,
+)
 
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
@@ -211,8 +219,7 @@ def _check_step(state: Any, kind: type, init: str, q, k, v, num_prefix) -> tuple
 def _check_init(batch, heads, dk, dv, dtype, width=1):
     for name, val in (("batch", batch), ("heads", heads), ("dk", dk), ("dv", dv), ("width", width)):
         check_int(name, val, minimum=1)
-    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype (float32 recommended), got {dtype}")
+    check_float_dtype("dtype", dtype)
 
 
 def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
@@ -229,9 +236,7 @@ def lasad_decode_init(batch: int, heads: int, dk: int, dv: int, width: int,
     """
     _check_init(batch, heads, dk, dv, dtype, width)
     check_int("prefix_slots", prefix_slots, minimum=0)
-    kv_dtype = dtype if kv_dtype is None else kv_dtype
-    if not jnp.issubdtype(jnp.dtype(kv_dtype), jnp.floating):
-        raise ValueError(f"kv_dtype must be a floating dtype, got {kv_dtype}")
+    kv_dtype = dtype if kv_dtype is None else check_float_dtype("kv_dtype", kv_dtype)
     return decode.lasad_init(batch, heads, dk, dv, width, dtype, prefix_slots=prefix_slots,
                              kv_dtype=kv_dtype)
 
@@ -273,13 +278,14 @@ def lasad_decode_step(state: decode.LasadState, q: jax.Array, k: jax.Array, v: j
     kernel per layer and token for each."""
     h, num_prefix = _check_step(state, decode.LasadState, "lasad_decode_init", q, k, v,
                                 num_prefix)
-    if norm_eps is not None and (isinstance(norm_eps, bool)
-                                 or not isinstance(norm_eps, (int, float)) or not norm_eps > 0):
-        raise ValueError(f"norm_eps must be a positive float or None, got {norm_eps!r}")
+    if norm_eps is not None:
+        norm_eps = check_positive_float("norm_eps", norm_eps)
     if num_prefix > state.prefix_slots:
         raise ValueError(f"num_prefix={num_prefix} is more than the state has room for "
                          f"(prefix_slots={state.prefix_slots}); pass "
                          f"prefix_slots={num_prefix} to lasad_decode_init")
+    if out_scale is not None:
+        check_float_array("out_scale", out_scale, 3, "[batch, heads, Dv]")
     if out_scale is not None and tuple(out_scale.shape) != tuple(v.shape):
         raise ValueError(f"out_scale must have v's shape [batch, heads, Dv] = "
                          f"{tuple(v.shape)}, got {tuple(out_scale.shape)}")

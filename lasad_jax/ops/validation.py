@@ -8,6 +8,7 @@ So `check_decay` also makes a traced decay of exactly 0 safe (`decay.LOG_ZERO`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -23,6 +24,26 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_float_dtype(name: str, dtype: Any) -> jnp.dtype:
+    """A floating dtype, given as a dtype, a type or a name ("bfloat16")."""
+    try:
+        found = jnp.dtype(dtype)
+    except TypeError:
+        found = None
+    if found is None or not jnp.issubdtype(found, jnp.floating):
+        raise ValueError(f"{name} must be a floating dtype such as float32 or bfloat16, "
+                         f"got {dtype!r}")
+    return found
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    """A finite number > 0 (a Python or numpy scalar, not a bool)."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number))
+            or not math.isfinite(value) or not value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def check_float_array(name: str, x: Any, ndim: int, layout: str) -> jax.Array:

@@ -129,7 +129,7 @@ def test_norm_eps_returns_the_head_normalized_output(impl):
 
     _, o = jax.lax.scan(body, state, tuple(x.swapaxes(0, 1) for x in (q, k, v)))
     assert rel_err(o.swapaxes(0, 1), ref) < 1e-5
-    with pytest.raises(ValueError, match="norm_eps must be a positive float or None"):
+    with pytest.raises(ValueError, match="norm_eps must be a finite number > 0"):
         ops.lasad_decode_step(state, q[:, 0], k[:, 0], v[:, 0], row_decay=ROW_DECAY,
                               col_decay=COL_DECAY, norm_eps=0.0)
 
@@ -160,13 +160,38 @@ def test_out_scale_multiplies_the_normalized_output(impl):
                               col_decay=COL_DECAY, out_scale=scale[:, :, :2])
 
 
-@pytest.mark.parametrize("bad", [0.0, -1e-5, True, "1e-5"])
+@pytest.mark.parametrize("bad", [0.0, -1e-5, True, "1e-5", float("inf"), float("nan")])
 def test_norm_eps_rejects_what_is_not_a_positive_number(bad):
     state = ops.lasad_decode_init(1, HEADS, DK, DV, 4)
     x = jnp.ones((1, HEADS, DK))
-    with pytest.raises(ValueError, match="norm_eps must be a positive float or None"):
+    with pytest.raises(ValueError, match="norm_eps must be a finite number > 0"):
         ops.lasad_decode_step(state, x, x, jnp.ones((1, HEADS, DV)), row_decay=ROW_DECAY,
                               col_decay=COL_DECAY, norm_eps=bad)
+
+
+def test_numpy_scalars_and_arrays_are_checked_as_such():
+    """A numpy float is a valid norm_eps (it was refused as "not a positive float"); an
+    out_scale that is not an array, or not a float one, is named rather than failing on
+    `.shape`; dtypes are given by name too, and a name that is none is named."""
+    state = ops.lasad_decode_init(1, HEADS, DK, DV, 4)
+    x, v = jnp.ones((1, HEADS, DK)), jnp.ones((1, HEADS, DV))
+    kw = dict(row_decay=ROW_DECAY, col_decay=COL_DECAY)
+    o32, _ = ops.lasad_decode_step(state, x, x, v, norm_eps=np.float32(1e-5), **kw)
+    o, _ = ops.lasad_decode_step(state, x, x, v, norm_eps=1e-5, **kw)
+    np.testing.assert_array_equal(o32, o)
+    with pytest.raises(ValueError, match=r"out_scale must be an array of shape \[batch, heads"):
+        ops.lasad_decode_step(state, x, x, v, out_scale=[1.0], **kw)
+    with pytest.raises(ValueError, match="out_scale must have a floating dtype"):
+        ops.lasad_decode_step(state, x, x, v, out_scale=jnp.ones((1, HEADS, DV), int), **kw)
+    assert ops.lasad_decode_init(1, HEADS, DK, DV, 4, "bfloat16").cols.dtype == jnp.bfloat16
+    for init, kw in ((ops.lasad_decode_init, dict(dtype="foo")),
+                     (ops.lasad_decode_init, dict(kv_dtype="foo")),
+                     (ops.linear_decode_init, dict(dtype="int32"))):
+        args = (1, HEADS, DK, DV, 4) if init is ops.lasad_decode_init else (1, HEADS, DK, DV)
+        name = next(iter(kw))
+        with pytest.raises(ValueError, match=f"{name} must be a floating dtype such as "
+                                             f"float32 or bfloat16, got '{kw[name]}'"):
+            init(*args, **kw)
 
 
 def test_gpu_kernel_needs_power_of_two_heads():
