@@ -390,3 +390,22 @@ def test_a_malformed_split_name_is_refused_before_extraction():
         assert "data.extract_splits must be a non-empty tuple of split names" in line, line
         assert repr(bad) in line
     assert DataConfig(extract_splits=("train", "val", "test-2")).extract_splits[-1] == "test-2"
+
+
+def test_a_split_the_source_lacks_is_refused_before_extraction(tmp_path):
+    """Found when the config is read, not after the splits before it are extracted."""
+    from lasad_jax.data.config import DataConfig, run_problems
+
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    folder = DataConfig(name="extracted", codes_dir=str(tmp_path / "codes"),
+                        image_source="imagefolder", image_dir=str(tmp_path),
+                        extract_splits=("train", "valid"))
+    assert run_problems(folder, "extract") == [
+        f"data.extract_splits names ['valid'], which data.image_dir={str(tmp_path)!r} has "
+        "no folder for (each split is <image_dir>/<split>/<class>/<image>)"]
+    assert run_problems(dataclasses.replace(folder, extract_splits=("train",)), "extract") == []
+    tfds = DataConfig(name="extracted", codes_dir=str(tmp_path / "codes"),
+                      tfds_data_dir=str(tmp_path), extract_splits=("train", "test"))
+    assert run_problems(tfds, "extract") == [
+        "data.extract_splits names ['test'], which tfds imagenet2012 does not have; its "
+        "splits are 'train', 'val', 'validation'"]

@@ -19,6 +19,9 @@ from lasad_jax.data.extracted import manifest_path
 from lasad_jax.files import exists, is_remote
 from lasad_jax.validation import Problems
 
+# Our split names -> tfds imagenet2012's; "val" is what the codes directory and trainer use.
+TFDS_SPLITS = {"train": "train", "val": "validation", "validation": "validation"}
+
 TOKEN_DATASETS = ("digits", "shapes", "codes", "extracted")
 EMBEDDED = ("digits", "shapes")  # image datasets that ship with (or are drawn by) the code
 IMAGE_DATASETS = ("digits", "imagefolder", "tfds")
@@ -155,10 +158,23 @@ def run_problems(data: DataConfig | ImageDataConfig, mode: str) -> list[str]:
                         "<split>/<class>/<image> files")
     elif source == "imagefolder" and not os.path.isdir(data.image_dir):
         problems.append(f"data.image_dir={data.image_dir!r} is not a directory")
+    elif source == "imagefolder" and mode == "extract":
+        # Found now, not after the splits before it are extracted.
+        missing = [s for s in data.extract_splits
+                   if not os.path.isdir(os.path.join(data.image_dir, s))]
+        if missing:
+            problems.append(f"data.extract_splits names {missing}, which data.image_dir="
+                            f"{data.image_dir!r} has no folder for (each split is "
+                            "<image_dir>/<split>/<class>/<image>)")
     if source == "tfds" and not data.tfds_data_dir:
         problems.append("data.tfds_data_dir is empty: name the tfds data_dir of "
                         "imagenet2012 (with data.manual_dir holding the ImageNet tars when "
                         "it is not prepared yet)")
+    if source == "tfds" and mode == "extract":
+        unknown = [s for s in data.extract_splits if s not in TFDS_SPLITS]
+        if unknown:
+            problems.append(f"data.extract_splits names {unknown}, which tfds imagenet2012 "
+                            f"does not have; its splits are {', '.join(map(repr, TFDS_SPLITS))}")
     return problems
 
 

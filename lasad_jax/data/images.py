@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lasad_jax.data.config import IMAGE_SOURCES
+from lasad_jax.data.config import IMAGE_SOURCES, TFDS_SPLITS
 from lasad_jax.files import tensorflow
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
-# Our split names -> tfds split names; "val" is what the codes directory and trainer use.
-_TFDS_SPLITS = {"train": "train", "val": "validation", "validation": "validation"}
 
 Item = dict[str, Any]
 
@@ -146,12 +144,12 @@ class TfdsImagenetSource:
         tensorflow()  # tfds runs TensorFlow: kept off the GPUs before it does
         import tensorflow_datasets as tfds  # heavy: only this source needs TensorFlow
 
-        if split not in _TFDS_SPLITS:
-            raise ValueError(f"split must be one of {', '.join(_TFDS_SPLITS)}; got {split!r}")
+        if split not in TFDS_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(TFDS_SPLITS)}; got {split!r}")
         if not data_dir:
             raise ValueError("data_dir (config.data.tfds_data_dir) must name the tfds data "
                              "directory, e.g. ~/tensorflow_datasets; got an empty value")
-        self.split = _TFDS_SPLITS[split]
+        self.split = TFDS_SPLITS[split]
         data_dir = os.path.expanduser(str(data_dir))
         manual_dir = os.path.expanduser(str(manual_dir or os.path.join(data_dir, "downloads",
                                                                        "manual")))
