@@ -11,7 +11,9 @@ trainer later draws one view per image per epoch. A split becomes, in `out_dir`:
 
 Shards are written atomically (tmp + rename) and the manifest is updated after each one,
 so a killed job re-run with the same arguments resumes after the last finished shard and
-produces identical files. View 0 is always the plain centre crop, which evaluation uses.
+produces identical files. View 0, which evaluation reads, is a centre crop: the plain ADM
+one for "none" and "flip", the centre of the 1.1x crop for "tencrop" (so validation codes
+are extracted with `data.val_augment`, "none" by default).
 
 The manifest's config records the tokenizer by its content fingerprint (settings and
 weights, `Tokenizer.fingerprint`), not by its class or path: a resumed or repeated

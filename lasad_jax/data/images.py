@@ -39,8 +39,9 @@ def _decode(data: bytes | str | os.PathLike, name: str) -> np.ndarray:
             return np.asarray(img.convert("RGB"), np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise CorruptImageError(
-            f"cannot decode image {name}: {type(e).__name__}: {e}; replace or delete the file, "
-            "or extract with skip_corrupt=True to skip it and count it in the manifest"
+            f"cannot decode image {name}: {type(e).__name__}: {e}; replace or delete the file "
+            "(--mode=extract can skip such files and count them in its manifest: "
+            "data.skip_corrupt=True)"
         ) from e
 
 
