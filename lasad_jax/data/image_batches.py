@@ -82,13 +82,24 @@ def image_train_iterator(source: Any, *, image_size: int, batch_size: int, seed:
     return iter(ds.to_iter_dataset())
 
 
+def uniform_subset(n: int, k: int, seed: int) -> np.ndarray:
+    """`k` of the indices `0..n-1` (all if `k >= n`), drawn uniformly without replacement
+    from `seed` and sorted, so that reading them stays sequential. Not a prefix: an image
+    folder is ordered by class, so its first images cover only the first classes."""
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
 def image_eval_batches(source: Any, *, image_size: int, batch_size: int,
                        limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One ordered pass (the first `limit` images), centre-cropped, no flip; the last
-    batch is padded and carries `mask`."""
-    n = len(source) if limit is None else min(limit, len(source))
+    """One pass in dataset order over `limit` images (a uniform subset, seed 0, the same
+    at every evaluation; all when None), centre-cropped, no flip; the last batch is
+    padded and carries `mask`."""
+    chosen = uniform_subset(len(source), len(source) if limit is None else limit, seed=0)
+    n = len(chosen)
     for start in range(0, n, batch_size):
-        idx = list(range(start, min(start + batch_size, n)))
+        idx = [int(i) for i in chosen[start:start + batch_size]]
         images = np.stack([adm_center_crop(source[i]["image"], image_size) for i in idx])
         mask = np.ones(batch_size, np.float32)
         if len(idx) < batch_size:

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from lasad_jax.data.image_batches import uniform_subset
 from lasad_jax.evaluation import metrics
 from lasad_jax.evaluation.inception import InceptionV3
 from lasad_jax.evaluation.reference import (
@@ -178,14 +179,6 @@ def _stats(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     mu, sigma = metrics.feature_stats(features["pool"])
     mu_s, sigma_s = metrics.feature_stats(features["spatial"])
     return {"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s}
-
-
-def uniform_subset(n: int, k: int, seed: int) -> np.ndarray:
-    """`k` of the indices `0..n-1` (all if `k >= n`), drawn uniformly without replacement
-    from `seed` and sorted, so that reading them stays sequential."""
-    if k >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
 def reference_statistics(images: Images, inception_model: InceptionV3, *,

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from lasad_jax.data.config import EMBEDDED, DataConfig
+from lasad_jax.data.image_batches import uniform_subset
 from lasad_jax.data.images import adm_center_crop, build_image_source
 from lasad_jax.data.pipeline import load_embedded
-from lasad_jax.evaluation.evaluator import uniform_subset
 from lasad_jax.evaluation.resize import resize_bicubic, scored_size
 from lasad_jax.tokenizers import Tokenizer, TokenizerConfig, build_tokenizer
 

@@ -254,3 +254,28 @@ def test_build_source_for_codes_checks_against_the_tokenizer(tmp_path):
     with pytest.raises(ValueError, match=r"data\.name must be one of \('digits', 'shapes', "
                                          r"'codes', 'extracted'\), got 'imagenet"):
         _data_config(name="imagenet")
+
+
+def test_tokenizer_validation_scores_a_uniform_subset_not_a_prefix():
+    """An image folder lists its images class by class: the first `eval_images` would be
+    the first classes only. The subset is uniform, in dataset order, the same each time,
+    and every chosen image appears once (the last batch padded and masked)."""
+    from lasad_jax.data.image_batches import image_eval_batches, uniform_subset
+
+    class Ordered:  # image i is a flat 16 x 16 image of value i
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return {"image": np.full((16, 16, 3), i, np.uint8)}
+
+    def seen(limit):
+        batches = list(image_eval_batches(Ordered(), image_size=8, batch_size=3, limit=limit))
+        return [int(b["image"][j, 0, 0, 0]) for b in batches
+                for j in np.flatnonzero(b["mask"])]
+
+    chosen = seen(10)
+    assert chosen == sorted(set(chosen)) and len(chosen) == 10
+    assert chosen == uniform_subset(40, 10, seed=0).tolist() == seen(10)
+    assert chosen != list(range(10)) and max(chosen) >= 20  # not the first classes
+    assert seen(None) == seen(100) == list(range(40))

@@ -134,7 +134,8 @@ def make_vq_train_step(defs, tx, schedule, loss_cfg: VQLossConfig, lpips,
 def evaluate_vq(vq_def, params, source, cfg: TokenizerTrainConfig,
                 mesh: Mesh) -> tuple[dict[str, float], np.ndarray]:
     """PSNR (dB, over [-1, 1] pixels), L2 and the share of the codebook used over the
-    first `cfg.eval_images` validation images; also returns the first batch's pairs.
+    `cfg.eval_images` validation images (a uniform subset, the same each time); also
+    returns the first batch's pairs.
     Each batch is split over the mesh's data axes and gathered back on every host."""
     model = nnx.merge(vq_def, params)
 
