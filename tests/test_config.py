@@ -98,6 +98,8 @@ BAD_CONFIGS = [
      ["config.sample.name must be a non-empty file name without '/'", "'../elsewhere'"]),
     ("an evaluation named as a path", {"eval__name": "a/b"}, "evaluate",
      ["config.eval.name", "'a/b'"]),
+    ("fewer classes than the digits have", {"data__num_classes": 5}, "train",
+     ["config.data.num_classes must be at least 10, the classes of the digits dataset"]),
     ("negative seed", {"seed": -1}, "train", ["config.seed must be an int in [0, 2**32)"]),
     ("seed past 32 bits", {"seed": 2**32}, "train", ["config.seed", "[0, 2**32)"]),
     ("negative data seed", {"data__seed": -1}, "train", ["config.data.seed", "[0, 2**32)"]),
@@ -222,6 +224,8 @@ def test_default_config_holds_every_field_at_its_typed_default(task):
 def test_none_fields_are_placeholders_set_from_the_command_line(tmp_path):
     """`model.chunk_size` and the preset's `num_layers` default to None; the flags still
     set them, with their type checked."""
+    for split in ("train", "val"):  # the folders --mode=extract reads
+        (tmp_path / split).mkdir()
     imagenet = f"--config={ROOT / 'configs' / 'imagenet256.py'}"
     config = flag_config(imagenet, "--config.model.chunk_size=64",
                          "--config.model.num_layers=2", f"--config.data.codes_dir={tmp_path}",

@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 
+from lasad_jax.data import digits, shapes
 from lasad_jax.data.codes import code_paths
 from lasad_jax.data.extracted import manifest_path
 from lasad_jax.files import exists, is_remote
@@ -24,6 +25,7 @@ TFDS_SPLITS = {"train": "train", "val": "validation", "validation": "validation"
 
 TOKEN_DATASETS = ("digits", "shapes", "codes", "extracted")
 EMBEDDED = ("digits", "shapes")  # image datasets that ship with (or are drawn by) the code
+EMBEDDED_CLASSES = {"digits": digits.NUM_CLASSES, "shapes": shapes.NUM_CLASSES}
 IMAGE_DATASETS = ("digits", "imagefolder", "tfds")
 IMAGE_SOURCES = ("imagefolder", "tfds")
 AUGMENTS = ("none", "flip", "tencrop")
@@ -68,7 +70,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         p = Problems("data")
         p.one_of("name", self.name, TOKEN_DATASETS)
-        p.positive_int("num_classes", self.num_classes)
+        if p.positive_int("num_classes", self.num_classes) and self.name in EMBEDDED:
+            has = EMBEDDED_CLASSES[self.name]
+            p.check(self.num_classes >= has, "num_classes", f"must be at least {has}, the "
+                    f"classes of the {self.name} dataset (data.name={self.name!r}); got "
+                    f"{self.num_classes}")
         _common_problems(p, self.name, self.val_fraction, self.seed)
         for field in ("codes_dir", "image_dir", "tfds_data_dir", "manual_dir"):
             p.location(field, getattr(self, field))
