@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -107,7 +108,9 @@ def weights_fingerprint(model: nnx.Module) -> str:
     parts record this too, and another run's files are never taken for this one's. One
     pass over the weights on their devices; only a number per array reaches the host."""
     params = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
-    sums = np.asarray(_checksums([x for _, x in params])) if params else []
+    # Gathered rather than read: on several hosts the result need not be addressable.
+    sums = (multihost_utils.process_allgather(_checksums([x for _, x in params]), tiled=True)
+            if params else [])
     record = [[jax.tree_util.keystr(path), x.dtype.name, list(x.shape), int(total)]
               for (path, x), total in zip(params, sums)]
     return "sha256:" + hashlib.sha256(json.dumps(record).encode()).hexdigest()
