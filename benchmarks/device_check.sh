@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Every accelerator check, in two calls of the device tool (10 minutes each at most; a
 # lent task has 15 minutes of device time in all, and starting the machine took from 30 s
-# to 5 min on 2026-12-04). From the repository root, on the GPU:
+# to 5 min on 2026-12-04). The first call (under 10 min) fits after any start; the second
+# (about 3 min) only after a start of about 2 min or less, issued at once (a warm machine
+# is given back after 30 s idle; a fresh start needs 4 min of budget): check the device
+# tool's `status` (budget_left_s) first. Each call's $OUT starts empty, so the report that
+# combines both is `python benchmarks/report.py CALL1_FILES CALL2_FILES`, run here
+# afterwards on the two folders of files that came back. From the repository root, on
+# the GPU:
 #
 #   bash benchmarks/device_check.sh "$OUT"          # first call: what decides the code
 #   bash benchmarks/device_check.sh "$OUT" --stages pallas_tests,chunk_sweep,rest  # second
@@ -47,11 +53,12 @@
 #    bfloat16 column states (model.decode_state_dtype). The limit cuts the last rows
 #    (384 px, bf16 states): name the stage in a later call for them.
 # Where the time goes, in the same call: once a stage has timed and saved its rows (so a
-# limit cuts profiles, not rows; train_step profiles each row after it), the rows that a
-# missed target's note would need run once more under JAX's profiler (kernels.py
-# --profile_tokens: LASAD forward+backward at T = 16384 in stage 1, 4096 and 16384 in
-# stage 3; train_step.py --profile: every row; sampling.py --profile_grids 16: the 256 px
-# rows, where launches may cost as much as bytes). Each row keeps the device's busy time
+# limit cuts profiles, not rows), the rows that a missed target's note would need run
+# once more under JAX's profiler (kernels.py --profile_tokens: LASAD forward+backward at
+# T = 16384 in stage 1, 4096 and 16384 in stage 3; train_step.py --profile: every row,
+# after both sizes; sampling.py --profile_grids 16: the 256 px rows, where launches may
+# cost as much as bytes, as soon as the loop leaves 256 px, since the stage's limit falls
+# among its last rows). Each row keeps the device's busy time
 # against the call's wall time and its heaviest kernels with their bytes and source
 # (benchmarks/device_profile.py); the report prints them. A second visit to the device
 # only to profile would not fit a lent session's 15 minutes.
@@ -62,8 +69,9 @@
 #    (The timed stages check every row's values themselves.)
 # 7. chunk_sweep (90 s): kernels.py, chunk size x remat policy of the XLA form,
 #    forward+backward at T = 16384 then 4096 (the data for ops.chunked's defaults on GPU);
-#    then the Pallas split with float32 column states at the same chunks, against stage
-#    3's rows with the default bf16 states (ops.pallas.chunked.state_storage).
+#    then the Pallas split with float32 column states at stage 3's chunks of 1024 and 2048
+#    tokens, against its rows with the default bf16 states (ops.pallas.chunked
+#    .state_storage; the report must read both calls' folders for this, below).
 # 8. rest (25 s): kernels.py, batch 8 and D = 128, chunked form and cuDNN.
 # Then benchmarks/report.py (20 s at most, on the CPU) prints into the log each target of
 # issues 17 and 18, met or missed, and the defaults the rows support.
@@ -135,8 +143,10 @@ else
     core+=(--batch 1 --dims 64 --profile_tokens 16384 "${timing[@]}")
     pallas+=(--batch 1 --dims 64 --tokens 4096 16384 256 1024 --chunk_sizes 1024 2048 4096
              --profile_tokens 4096 16384 "${timing[@]}")
+    # The Pallas float32-state rows at the chunks the pallas stage times its default
+    # (bf16) states at, so that each has a twin (ops.pallas.chunked.state_storage).
     sweep+=(--batch 1 --dims 64 --tokens 16384 4096 --chunk_sizes 512 1024 2048
-            "${timing[@]}")
+            --pallas_chunk_sizes 1024 2048 "${timing[@]}")
     rest+=(--shapes 8:64 1:128 8:128 --tokens 1024 4096 16384 "${timing[@]}")
     train=(--steps 5 --min_seconds 1 --pallas --profile)
     tiles=()
@@ -172,8 +182,10 @@ stage core "${limits[0]}" "${kernels[@]}" "${core[@]}" --out "$out/kernels_core_
 stage train_step "${limits[1]}" "$py" benchmarks/train_step.py "${train[@]}" \
     --out "$out/train_step_$backend.json"
 # One process (`-o addopts=` drops pyproject's `-n auto`): the device has no pytest-xdist.
+# -v: each test's verdict is in the log as it ends, so a stage cut by its limit still
+# shows which passed and which was running.
 JAX_DEFAULT_MATMUL_PRECISION=highest stage pallas_tests "${limits[2]}" \
-    "$py" -m pytest -q -o addopts= -p no:cacheprovider tests/ops/test_pallas_api.py \
+    "$py" -m pytest -v -o addopts= -p no:cacheprovider tests/ops/test_pallas_api.py \
     tests/ops/test_pallas_decode.py::test_pallas_step_at_kernel_head_sizes "${tests[@]}"
 if [[ -f $out/kernels_core_$backend.json ]]; then  # the core stage's cuDNN rows
     pallas_ops=(--ops lasad_pallas --baseline "$out/kernels_core_$backend.json")

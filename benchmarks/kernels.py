@@ -11,8 +11,8 @@ Shapes: bf16 inputs, `--heads` heads (16), a square grid (width = sqrt(T)), T in
   `impl="chunked"` runs), for each `--chunk_sizes` x `--remats` x `--state_passes`
   (default: the library's defaults), so one run can sweep its design choices;
 - `lasad_pallas`: `impl="pallas"` (`ops.pallas.lasad_pallas`), for each `--chunk_sizes`
-  x `--state_dtypes` (storage of its column states; default: the library's, bf16 for
-  these bf16 inputs, `ops.pallas.chunked.state_storage`);
+  (or `--pallas_chunk_sizes`) x `--state_dtypes` (storage of its column states;
+  default: the library's, bf16 for these bf16 inputs, `ops.pallas.chunked.state_storage`);
 - `softmax`: `jax.nn.dot_product_attention(is_causal=True, implementation=...)`, cuDNN's
   flash attention on NVIDIA GPUs (`--softmax_impl cudnn`), XLA elsewhere.
 
@@ -60,10 +60,12 @@ from device_profile import format_profile, profile_call  # noqa: E402
 from op_scaling import compiled_bytes, programs  # noqa: E402
 
 # Dense bf16 tensor-core peak (TFLOP/s) and HBM bandwidth (TB/s), vendor figures.
+# (dense bf16 TFLOP/s, HBM TB/s) by JAX's device_kind, matched whole: the PCIe and NVL
+# variants ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", ...) have lower peaks, and a prefix
+# would give them the SXM ones.
 PEAKS = {
-    "NVIDIA H100 80GB HBM3": (989.0, 3.35),
-    "NVIDIA H100": (989.0, 3.35),
-    "NVIDIA H200": (989.0, 4.8),
+    "NVIDIA H100 80GB HBM3": (989.0, 3.35),  # SXM5
+    "NVIDIA H200": (989.0, 4.8),  # SXM, as the H200 of 2026-12-04 reported itself
 }
 OPS = ("lasad_chunked", "lasad_pallas", "softmax")
 # Issue 18's targets: LASAD forward+backward time over cuDNN flash attention's, by T, at
@@ -80,11 +82,8 @@ CHECK_TOL = 3e-2
 
 
 def device_peaks() -> tuple[float | None, float | None]:
-    kind = getattr(jax.devices()[0], "device_kind", "")
-    for name, peaks in PEAKS.items():
-        if kind.startswith(name):
-            return peaks
-    return None, None
+    """The peaks of the device JAX runs on (`PEAKS`; None, None for another)."""
+    return PEAKS.get(getattr(jax.devices()[0], "device_kind", ""), (None, None))
 
 
 def make_inputs(batch: int, tokens: int, heads: int, dim: int, dtype):
@@ -178,7 +177,9 @@ def variants(args) -> list[tuple[str, str, dict]]:
         if op == "softmax":
             out.append((op, args.softmax_impl, {}))
             continue
-        for c in args.chunk_sizes:
+        chunks = (args.pallas_chunk_sizes or args.chunk_sizes if op == "lasad_pallas"
+                  else args.chunk_sizes)
+        for c in chunks:
             for remat in (args.remats if op == "lasad_chunked" else [None]):
                 for sp in (args.state_passes if op == "lasad_chunked" else [None]):
                     for sd in (args.state_dtypes if op == "lasad_pallas" else ["default"]):
@@ -357,6 +358,10 @@ def main(argv: list[str] | None = None) -> dict:
                         choices=["fwd", "fwd_bwd"])
     parser.add_argument("--chunk_sizes", type=int, nargs="+", default=[0],
                         help="tokens per chunk of the LASAD forms (0: the default)")
+    parser.add_argument("--pallas_chunk_sizes", type=int, nargs="+", default=None,
+                        help="lasad_pallas only (default: --chunk_sizes): a sweep of the XLA "
+                             "form's chunks can give the Pallas rows the chunks another "
+                             "run timed them at, so that rows compare")
     parser.add_argument("--remats", nargs="+", default=[chunked.DEFAULT_REMAT],
                         choices=chunked.REMAT_POLICIES)
     parser.add_argument("--state_passes", nargs="+", default=[chunked.DEFAULT_STATE_PASS],

@@ -2,7 +2,12 @@
 met or missed, and the library defaults its measurements support.
 
     python benchmarks/report.py OUT                   # the folder device_check.sh wrote
-    python benchmarks/report.py OUT --out report.json
+    python benchmarks/report.py OUT1 OUT2 --out report.json   # both calls' folders
+
+Each call of the device tool starts with an empty $OUT, so the report at the end of the
+second call sees only that call's stages; the verdicts and defaults that combine stages
+of both calls (the Pallas states against the XLA form, `AUTO_TABLE`) come from running
+this script here on every call's folder (a stage found in several: the last folder's).
 
 Why: a lent GPU session has about 15 minutes of device time, and reading seven JSON files
 by hand afterwards is where figures get mixed up. `device_check.sh` runs this script last,
@@ -48,12 +53,14 @@ STAGES = ("kernels_core", "kernels_pallas", "kernels_tiles", "kernels_sweep", "k
 KERNEL_STAGES = ("kernels_core", "kernels_pallas", "kernels_sweep", "kernels_rest")
 
 
-def load(folder: str) -> tuple[str, dict[str, dict]]:
-    """The backend and each stage's result JSON, by stage name. Files of several backends
-    are refused: a verdict compares rows of one device."""
+def load(folders: list[str]) -> tuple[str, dict[str, dict]]:
+    """The backend and each stage's result JSON, by stage name, from the folders in order
+    (a later folder's stage replaces an earlier one's: a stage run again after a change).
+    Files of several backends are refused: a verdict compares rows of one device."""
     found: dict[str, dict] = {}
     backends = set()
-    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+    paths = [p for folder in folders for p in sorted(glob.glob(os.path.join(folder, "*.json")))]
+    for path in paths:
         m = re.fullmatch(r"(.+)_([a-z]+)\.json", os.path.basename(path))
         if not m or m.group(1) not in STAGES:
             continue
@@ -67,11 +74,12 @@ def load(folder: str) -> tuple[str, dict[str, dict]]:
             raise SystemExit(f"{path}: 'rows' is not a list")
         found[m.group(1)] = result
         backends.add(m.group(2))
+    where = ", ".join(folders)
     if not found:
-        raise SystemExit(f"{folder}: no stage JSON of benchmarks/device_check.sh "
+        raise SystemExit(f"{where}: no stage JSON of benchmarks/device_check.sh "
                          f"({', '.join(s + '_<backend>.json' for s in STAGES)})")
     if len(backends) != 1:
-        raise SystemExit(f"{folder}: files of backends {sorted(backends)}; give one's")
+        raise SystemExit(f"{where}: files of backends {sorted(backends)}; give one's")
     return backends.pop(), found
 
 
@@ -314,14 +322,15 @@ def limit(x: float | None, relation: str, suffix: str = "x") -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="the OUT folder of benchmarks/device_check.sh")
+    p.add_argument("folders", nargs="+", help="the OUT folders of benchmarks/device_check.sh's "
+                                              "calls (a stage in several: the last one's)")
     p.add_argument("--out", default=None, help="JSON of every verdict and suggestion")
     p.add_argument("--aot", default=AOT,
                    help="benchmarks/gpu_aot.py's JSON, for the byte floors (default: %(default)s)")
     args = p.parse_args(argv)
     if args.aot != AOT and not os.path.isfile(args.aot):  # the default may be absent
         raise SystemExit(f"--aot: no such file {args.aot!r} (benchmarks/gpu_aot.py's JSON)")
-    backend, found = load(args.folder)
+    backend, found = load(args.folders)
     info = next(iter(found.values())).get("info", {})
     print(f"# device_check report: {info.get('device', backend)}, {info.get('date', '?')}, "
           f"jax {info.get('jax', '?')}")
@@ -391,10 +400,16 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n".join(format_profile(entry["profile"])))
 
     print("\n## Defaults the measurements support (printed, not applied)")
+    # The table ranks every form at each length: from one form's stage alone it would
+    # crown that form (the second call's chunk sweep holds the XLA form only).
     ranked = auto_table.candidates(kernel_rows, **{**kernels.TARGET_SHAPE, "mode": "fwd_bwd"})
-    report["auto_table"] = auto_table.table_rows(backend, {t: rs[0] for t, rs in ranked.items()})
+    both = "kernels_core" in found and "kernels_pallas" in found
+    report["auto_table"] = (auto_table.table_rows(backend, {t: rs[0] for t, rs in ranked.items()})
+                            if both else [])
     print("ops.api.AUTO_TABLE rows:" if report["auto_table"] else
-          "ops.api.AUTO_TABLE: no checked LASAD rows at the target shape")
+          "ops.api.AUTO_TABLE: no checked LASAD rows at the target shape" if both else
+          "ops.api.AUTO_TABLE: not suggested without both the core and the pallas stage "
+          "(run this script on every call's folder)")
     for row in report["auto_table"]:
         bound = 'float("inf")' if row["max_tokens"] is None else row["max_tokens"]
         print(f"    Auto({row['platform']!r}, {bound}, {row['impl']!r}, {row['chunk_size']}),")

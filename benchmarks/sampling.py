@@ -344,8 +344,24 @@ def main(argv: list[str] | None = None) -> dict:
     cases = [(grid, preset, *run) for runs in passes for grid in args.grids
              for preset in args.presets for run in runs]
     quartered = set()
-    profiles = []  # (row, profile) run once every row is timed: a limit cuts these first
+    # (row, profile): run once the loop leaves the profiled grids (the 256 px rows come
+    # first, and the stage's limit falls among the last rows, which the profiles would
+    # never outlast if they waited for them), and at the end.
+    profiles = []
+
+    def run_profiles() -> None:
+        for row, profile in profiles:
+            state = "" if row["mixer"] == "softmax" else f", {row['decode_impl']} step"
+            print(f"profile: {row['preset']} {row['grid']}x{row['grid']} {row['mixer']}{state}",
+                  flush=True)
+            row["profile"] = profile()
+            save()
+            print("\n".join(format_profile(row["profile"])), flush=True)
+        profiles.clear()
+
     for grid, preset, mixer, state_dtype, decode_impl in cases:
+        if profiles and grid not in args.profile_grids:
+            run_profiles()
         try:
             row, model, labels, profile = measure(args, preset, grid, mixer, state_dtype,
                                                   decode_impl)
@@ -383,14 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{hlo} |", flush=True)
         for problem in row.get("hlo_problems", []):
             print(f"    HLO: {problem}", flush=True)
-    for row, profile in profiles:
-        state = "" if row["mixer"] == "softmax" else f", {row['decode_impl']} step"
-        print(f"profile: {row['preset']} {row['grid']}x{row['grid']} {row['mixer']}{state}",
-              flush=True)
-        row["profile"] = profile()
-        save()
-        print("\n".join(format_profile(row["profile"])), flush=True)
-    profiles.clear()
+    run_profiles()
     result = save(complete=True)
     for v in result["verdict"]:
         speed = f"{v['speedup']:.2f}x softmax" if "speedup" in v else "no softmax row"

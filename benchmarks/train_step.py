@@ -32,9 +32,9 @@ causality); LASAD the chunkwise-parallel form's matmuls: the intra-chunk scores 
 `C` tokens of a chunk (`12 * layers * dim * C`, the same count with `T -> C`), plus per
 head the chunk sums and state reads (`2 * 2 * Dk * Dv`) and the smoothing
 (`2 * w * Dk * Dv / R`) times 3. `mfu_with_attn` adds it. Peaks as benchmarks/kernels.py.
-Each row is printed as it finishes and the JSON is rewritten per row. `--profile`: after a
-row is saved, one more step runs under JAX's profiler and the row keeps the kernels its
-time went to (`benchmarks/device_profile.py`).
+Each row is printed as it finishes and the JSON is rewritten per row. `--profile`: once
+every row is saved, one more step of each runs under JAX's profiler (from a state built
+again) and the row keeps the kernels its time went to (`benchmarks/device_profile.py`).
 
 Compiling. The rows of one size are lowered from shapes (no weights), then compiled at
 once, a thread each, before the first of them runs: LASADGen-L's step takes 20 to 90 s to
@@ -183,6 +183,9 @@ def compile_together(programs: list[Program]) -> list[Exception | None]:
     returns each one's error or None. Before any row of a size runs: a compile running
     beside a timed step would share the device (the GPU autotuner times its candidates
     there) and the host. One size's rows at a time, so a time limit leaves whole sizes."""
+    if not programs:  # every lowering of the size failed: nothing to compile
+        return []
+
     def build(program: Program) -> None:
         t0 = time.perf_counter()
         program.compiled = program.lowered.compile()
@@ -195,7 +198,9 @@ def compile_together(programs: list[Program]) -> list[Exception | None]:
 
 def measure(args, program: Program, peak: float | None) -> tuple[dict, Callable[[], dict]]:
     """The row of a compiled `program`, and a function that profiles one more step of it
-    (`device_profile.profile_call`), for the caller to run once the row is saved."""
+    (`device_profile.profile_call`), for the caller to run once every row is timed. The
+    function builds its own state when called, so the rows' states are not held until
+    then (LASADGen-L's weights and Adam moments are gigabytes a row)."""
     cfg, compiled, batch_arrays = program.cfg, program.compiled, program.batch_arrays
     model = LASADGen(cfg, rngs=nnx.Rngs(0))
     n_matmul = matmul_params(model)
@@ -227,12 +232,21 @@ def measure(args, program: Program, peak: float | None) -> tuple[dict, Callable[
         row["mfu"] = 6.0 * n_matmul * tokens / step_s / (peak * 1e12)
         row["mfu_with_attn"] = (6.0 * n_matmul + attn) * tokens / step_s / (peak * 1e12)
 
-    def one_step():
-        nonlocal state  # donated: each step hands the next its state
-        state, out = compiled(state, batch_arrays)
-        return out
+    del state
 
-    return row, lambda: profile_call(one_step, compiled.as_text())
+    def profile() -> dict:
+        fresh = create_train_state(LASADGen(cfg, rngs=nnx.Rngs(0)), program.tx, seed=0)[1]
+        fresh, out = compiled(fresh, batch_arrays)  # one step first, outside the trace
+        jax.block_until_ready(out)
+
+        def one_step():
+            nonlocal fresh  # donated: each step hands the next its state
+            fresh, out = compiled(fresh, batch_arrays)
+            return out
+
+        return profile_call(one_step, compiled.as_text())
+
+    return row, profile
 
 
 def print_row(r: dict) -> None:
@@ -274,8 +288,9 @@ def ratios(rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny model and batch (CPU check)")
-    p.add_argument("--rows", nargs="+", default=["16:64", "32:16"],
-                   help="grid:batch pairs (grid 16 = 256 px, 32 = 512 px)")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="grid:batch pairs (grid 16 = 256 px, 32 = 512 px; default 16:64 "
+                        "32:16, with --smoke 4:2)")
     p.add_argument("--mixers", nargs="+", default=["lasad", "softmax"])
     p.add_argument("--preset", default="L")
     p.add_argument("--layers", type=int, default=1)
@@ -298,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.smoke:
         args.preset, args.vocab, args.classes = "custom", 32, 4
-        args.rows, args.steps, args.min_seconds = ["4:2"], 2, 0.0
+        args.rows, args.steps, args.min_seconds = args.rows or ["4:2"], 2, 0.0
+    args.rows = args.rows or ["16:64", "32:16"]
     peak, _ = device_peaks()
     info = run_info(preset=args.preset, dtype="bfloat16", optimizer=dict(OPTIMIZER),
                     peak_tflops=peak)
@@ -307,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     def result(complete: bool) -> dict:
         return dict(info=info, complete=complete, rows=rows, ratios=ratios(rows))
 
+    profiles: list[tuple[dict, Callable[[], dict]]] = []
     order = [(m, "auto") for m in args.mixers if m != "lasad"]
     order += [("lasad", "pallas")] if args.pallas else []
     order += [("lasad", "auto")] if "lasad" in args.mixers else []
@@ -326,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
             if error is not None:  # out of memory, or a compile this device refuses
                 errors.append((program.mixer, program.impl, error))
         failed = {(m, i): e for m, i, e in errors}
-        for mixer, impl in order:
+        for mixer, impl in order:  # every row of the size, then the next size
             program = next((p for p in programs if (p.mixer, p.impl) == (mixer, impl)
                             and (mixer, impl) not in failed), None)
             profile = None
@@ -342,13 +359,19 @@ def main(argv: list[str] | None = None) -> dict:
                 print_row(row)
             rows.append(row)
             write_json(args.out, result(False), quiet=True)
-            if profile and args.profile:  # after the row is saved: a failure costs only this
-                row["profile"] = profile()
-                print("\n".join(format_profile(row["profile"])), flush=True)
-                write_json(args.out, result(False), quiet=True)
-            del profile  # frees the row's state before the next row
-            if program is not None:
-                program.compiled = None  # and its executable
+            if profile and args.profile:  # kept (an executable, not a state) for the end
+                profiles.append((row, profile))
+            elif program is not None:
+                program.compiled = None  # frees its executable
+    # Profiles once every size's rows are saved: a time limit then cuts profiles, not the
+    # 512 px rows that carry their own target. Each builds its row's state afresh.
+    for row, profile in profiles:
+        print(f"profile: {row['mixer']} ({row['impl']}) {row['image_px']} px batch "
+              f"{row['batch']}", flush=True)
+        row["profile"] = profile()
+        print("\n".join(format_profile(row["profile"])), flush=True)
+        write_json(args.out, result(False), quiet=True)
+    profiles.clear()
     final = result(True)
     print_table(rows)
     for r in final["ratios"]:

@@ -126,6 +126,21 @@ def test_train_step_smoke_times_both_mixers(tmp_path, capsys):
     assert "| lasad | auto | 64 | 2 |" in capsys.readouterr().out
 
 
+def test_train_step_profiles_after_every_size_is_timed(tmp_path, capsys):
+    """A time limit must cut profiles, not the 512 px rows: each row is profiled (from a
+    state built again) only once all sizes are timed. And a size whose every lowering
+    failed compiles nothing instead of stopping the stage."""
+    import train_step
+
+    assert train_step.compile_together([]) == []
+    result = train_step.main(["--smoke", "--mixers", "softmax", "--rows", "4:2", "4:1",
+                              "--profile", "--out", str(tmp_path / "t.json")])
+    assert [(r["batch"], r["status"]) for r in result["rows"]] == [(2, "ok"), (1, "ok")]
+    assert all(r["profile"].get("ops") for r in result["rows"]), result["rows"]
+    out = capsys.readouterr().out
+    assert out.index("softmax  auto     64 px batch   1") < out.index("profile: softmax")
+
+
 def test_device_scripts_import_no_package_the_gpu_image_lacks():
     """The GPU machine has no clu, grain, ml_collections or tensorflow: the scripts that
     device_check.sh runs there must not need them."""

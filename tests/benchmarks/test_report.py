@@ -122,6 +122,28 @@ def test_report_gives_each_target_its_verdict(run, capsys):
     assert section.index("custom-call.7") < section.index("fusion.3")
 
 
+def test_the_calls_folders_are_read_together(run, tmp_path, capsys):
+    """Each device call starts with an empty $OUT: the second call's folder alone cannot
+    rank the forms for AUTO_TABLE, both calls' folders together give the one-folder
+    report, and a stage found in both is the later folder's."""
+    first, second = tmp_path / "call1", tmp_path / "call2"
+    first.mkdir()
+    second.mkdir()
+    whole = report.main([str(run)])
+    for path in run.glob("*.json"):
+        (second if "pallas" in path.name else first).joinpath(path.name).write_text(
+            path.read_text())
+    alone = report.main([str(second)])
+    assert alone["auto_table"] == []
+    assert "AUTO_TABLE: not suggested without both the core and the pallas stage" in (
+        capsys.readouterr().out)
+    together = report.main([str(first), str(second)])
+    assert together["auto_table"] == whole["auto_table"] != []
+    assert together["operator"] == whole["operator"]
+    _write(second, "train_step_gpu.json", [])  # run again in the second call: it counts
+    assert report.main([str(first), str(second)])["train_step"] == []
+
+
 def test_report_names_what_it_cannot_read(tmp_path):
     with pytest.raises(SystemExit, match="no stage JSON"):
         report.main([str(tmp_path)])
