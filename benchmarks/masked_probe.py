@@ -13,7 +13,8 @@ For each shape (`--shapes B:T`, default the training steps of `benchmarks/train_
 batch 64 at 256 tokens and batch 16 at 1024, one class slot, square grids, 16 heads,
 D = 64, bf16) and each tile setting (`--tiles BQ:BK:WARPS:STAGES`, default first), it
 times forward+backward of `masked.intra_attention` (gradients of q, k, v and both log
-decays, as in training), after checking its output against the chunked XLA form. A
+decays, as in training), after checking its output and those five gradients against the
+chunked XLA form. A
 setting that Triton refuses (shared memory, registers) is recorded as unavailable.
 Settings run one after another, each at every shape, so a time limit cuts whole settings
 (`benchmarks/report.py` compares the settings that ran at every shape). On CPU
@@ -42,8 +43,16 @@ from op_scaling import make_inputs  # noqa: E402
 # attention kernels are 64-128 tokens, with 4-8 warps), then smaller ones.
 TILES = ["64:64:4:2", "128:64:4:2", "128:64:8:3", "64:64:4:3", "128:128:8:2", "32:32:4:2"]
 SHAPES = ["64:256", "16:1024"]
-# Forward+backward outputs whose error against the XLA form a bf16 run may show.
+# Forward+backward outputs whose error against the XLA form a bf16 run may show (the
+# H200's forward errors were 2e-4 to 6e-3 on 2026-12-04). The five gradients, each of a
+# bf16 loss, get a looser bound: a tile bug (a wrong mask or a skipped block) is O(1).
 MAX_ERR = 2e-2
+MAX_GRAD_ERR = 5e-2
+
+
+def _loss(o: jax.Array) -> jax.Array:
+    o = o.astype(jnp.float32)
+    return 0.5 * jnp.sum(o * o)  # the output is its own cotangent, as in training
 
 
 def parse(spec: str, names: tuple[str, ...], flag: str) -> dict[str, int]:
@@ -92,15 +101,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              f"one class slot), got {t}")
         q, k, v, row, col = make_inputs(t, args.heads, args.dim, jnp.bfloat16)
         q, k, v = (jnp.tile(x, (b, 1, 1, 1)) for x in (q, k, v))
-        want = jax.jit(lambda q, k, v, width=width, t=t, row=row, col=col: ops.lasad_attention(
-            q, k, v, width=width, row_decay=row, col_decay=col, num_prefix=1, impl="chunked",
-            chunk_size=t))(q, k, v)
-        cases.append((b, t, width, (q, k, v, jnp.log(row), jnp.log(col)), want))
+
+        def chunked(q, k, v, lr, lc, width=width, t=t):
+            return ops.lasad_attention(q, k, v, width=width, row_decay=jnp.exp(lr),
+                                       col_decay=jnp.exp(lc), num_prefix=1, impl="chunked",
+                                       chunk_size=t)
+
+        inputs = (q, k, v, jnp.log(row), jnp.log(col))
+        want = jax.jit(chunked)(*inputs)
+        # The tiles drive the backward kernels too: their five gradients are checked.
+        want_grads = jax.jit(jax.grad(lambda *x, f=chunked: _loss(f(*x)),
+                                      argnums=(0, 1, 2, 3, 4)))(*inputs)
+        cases.append((b, t, width, inputs, want, want_grads))
     # Setting by setting, every shape inside: a time limit leaves whole settings, which
     # `report.fastest_tiles` compares (it needs a setting's time at every shape).
     base_ms: dict[tuple, float] = {}  # per shape, the first setting that ran: the default
     for tile in tiles:
-        for b, t, width, inputs, want in cases:
+        for b, t, width, inputs, want, want_grads in cases:
             def fwd(q, k, v, lr, lc, tile=tile, width=width):
                 return masked.intra_attention(q, k, v, width=width, log_row=lr, log_col=lc,
                                               num_prefix=1, backend=backend,
@@ -108,15 +125,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                               **tile)
 
             def loss(q, k, v, lr, lc, fwd=fwd):
-                o = fwd(q, k, v, lr, lc).astype(jnp.float32)
-                return 0.5 * jnp.sum(o * o)  # the output is its own cotangent, as in training
+                return _loss(fwd(q, k, v, lr, lc))
 
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
             r = dict(batch=b, tokens=t, **tile)
             try:
                 r["err_vs_chunked"] = max_rel_diff(jax.jit(fwd)(*inputs), want)
+                _, grads = step(*inputs)  # the timed program, checked before it is timed
+                r["grad_err_vs_chunked"] = max(max_rel_diff(g, w)
+                                               for g, w in zip(grads, want_grads))
                 r["ms"] = median_ms(step, *inputs, repeats=5, min_seconds=args.min_seconds)
-                r["status"] = "ok" if r["err_vs_chunked"] < MAX_ERR else "wrong"
+                r["status"] = ("ok" if r["err_vs_chunked"] < MAX_ERR
+                               and r["grad_err_vs_chunked"] < MAX_GRAD_ERR else "wrong")
             except Exception as e:  # a setting this lowering refuses
                 r["status"] = f"unavailable: {type(e).__name__}: {str(e)[:200]}"
             if r["status"] == "ok":

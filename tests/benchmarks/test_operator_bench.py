@@ -202,11 +202,31 @@ def test_masked_probe_runs(tmp_path):
                               "--out", str(tmp_path / "probe.json")])
     assert [(r["num_warps"], r["num_stages"]) for r in rows] == [(4, 2), (8, 3), (3, 2)]
     assert [r["status"] for r in rows[:2]] == ["ok", "ok"]
-    assert all(r["err_vs_chunked"] < 1e-2 and r["ms"] > 0 for r in rows[:2])
+    assert all(r["err_vs_chunked"] < 1e-2 and r["grad_err_vs_chunked"] < 2e-2 and r["ms"] > 0
+               for r in rows[:2])
     assert rows[0]["vs_first"] == 1.0
     assert rows[2]["status"].startswith("unavailable: ValueError: num_warps must be one of")
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["complete"] and saved["rows"] == rows
+
+
+def test_masked_probe_checks_the_gradients_the_tiles_also_drive(tmp_path, monkeypatch):
+    """A setting whose forward is right and whose backward is not is "wrong", never a
+    default: here the kernel's gradients come out 1.5 times too large."""
+    import jax
+    import masked_probe
+
+    right = masked_probe.masked.intra_attention
+
+    def wrong_backward(*args, **kwargs):
+        o = right(*args, **kwargs)
+        return o + 0.5 * (o - jax.lax.stop_gradient(o))  # the same values, other gradients
+
+    monkeypatch.setattr(masked_probe.masked, "intra_attention", wrong_backward)
+    (row,) = masked_probe.main(["--smoke", "--tiles", "16:16:4:2",
+                                "--out", str(tmp_path / "probe.json")])
+    assert row["err_vs_chunked"] < 1e-2 and row["grad_err_vs_chunked"] > 0.3
+    assert row["status"] == "wrong"
 
 
 def test_masked_probe_smoke_keeps_explicit_flags(tmp_path):
