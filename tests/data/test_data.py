@@ -236,8 +236,10 @@ def test_build_source_for_digits_uses_the_tokenizer():
     np.testing.assert_array_equal(source[5]["tokens"], tok.encode(images[5:6]).reshape(-1))
     with pytest.raises(ValueError, match=r"tokenizer expects \(16, 16, 1\)"):
         build_source(_data_config(), "val", IntensityTokenizer(17, (16, 16)))
-    with pytest.raises(ValueError, match=r"10 classes, but num_classes=5"):
-        build_source(_data_config(num_classes=5), "val", tok)
+    # Too few classes for the labels: refused with the config, before any source is built.
+    with pytest.raises(ValueError, match=r"data.num_classes must be at least 10, the classes "
+                                         r"of the digits dataset \(data.name='digits'\); got 5"):
+        _data_config(num_classes=5)
 
 
 def test_build_source_for_codes_checks_against_the_tokenizer(tmp_path):

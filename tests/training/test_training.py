@@ -56,7 +56,8 @@ def test_weight_decay_only_on_matrices():
     """With zero gradients AdamW only decays: >= 2-D parameters shrink by lr * wd, norm
     scales and decay logits (1-D) stay put."""
     config = tiny_demo_config()
-    config.optimizer.update(warmup_steps=0, schedule="constant", lr=0.256, weight_decay=0.5)
+    config.optimizer.update(warmup_steps=0, schedule="constant", end_lr_fraction=1.0, lr=0.256,
+                            weight_decay=0.5)
     graphdef, state, tx, _ = make_state(config, total_steps=10)  # lr = 0.256 * 16/256
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     updates, _ = tx.update(zeros, state.opt_state, state.params)
@@ -79,7 +80,8 @@ def test_overfits_a_fixed_batch():
     config.model.update(num_layers=2, dim=64, num_heads=4)
     config.train.class_dropout = 0.0
     config.num_steps = 150
-    config.optimizer.update(lr=0.048, warmup_steps=10, schedule="constant")  # 3e-3 at batch 16
+    config.optimizer.update(lr=0.048, warmup_steps=10, schedule="constant",  # 3e-3 at batch 16
+                            end_lr_fraction=1.0)
     parts = make_state(config, total_steps=150)
     state, step = parts[1], step_fn(config, parts)
     batch = fixed_batch(config)
