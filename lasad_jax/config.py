@@ -52,6 +52,8 @@ from lasad_jax.data.config import (
 from lasad_jax.evaluation.config import EvalConfig, run_problems as eval_problems
 from lasad_jax.models import ModelConfig
 from lasad_jax.models.config import PRESET_FIELDS
+from lasad_jax.ops.platform import target_platform
+from lasad_jax.ops.validation import fused_decode_head_problem
 from lasad_jax.parallel.mesh import ALL_DATA, MeshConfig, batch_problems, data_parallel_size
 from lasad_jax.parallel.rules import split_problems
 from lasad_jax.sampling.config import SampleConfig, class_problems
@@ -444,6 +446,8 @@ def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
         problems.best_effort(checkpoint_problems, seen["tokenizer"], why)
     if samples and sample and data and geometry:
         problems.owner(class_problems(sample, data.num_classes, geometry.vocab_size))
+    if model and mode not in ("extract", "reference_stats"):  # the modes that decode
+        problems.owner(fused_decode_problems(model))
     if mode in ("evaluate", "reference_stats"):
         problems.best_effort(eval_problems, seen["eval"], mode)
     if opt and mode == "train" and is_int(top["num_steps"]):
@@ -465,6 +469,17 @@ def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
                                           num_heads=model.num_heads,
                                           mlp_hidden=model.mlp_hidden))
     return model if geometry and data else None
+
+
+def fused_decode_problems(model: ModelConfig) -> list[str]:
+    """The fused decoding step compiles for a GPU at some head sizes only: a model that
+    asks for it there is refused now, not when it first draws (after training, with
+    `train.sample_at_end`). Pallas' CPU interpreter takes any size."""
+    if model.decode_impl != "pallas" or target_platform() != "gpu":
+        return []
+    problem = fused_decode_head_problem(model.head_dim, model.head_dim)
+    return [f"model.decode_impl='pallas' {problem} (model.dim / model.num_heads); use "
+            "'auto' or 'xla'"] if problem else []
 
 
 def _tokenizer_checks(problems: _Problems, blocks: dict[str, Any], seen: dict[str, Any],

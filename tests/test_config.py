@@ -413,3 +413,20 @@ def test_a_split_the_source_lacks_is_refused_before_extraction(tmp_path):
     assert run_problems(tfds, "extract") == [
         "data.extract_splits names ['test'], which tfds imagenet2012 does not have; its "
         "splits are 'train', 'val', 'validation'"]
+
+
+def test_the_fused_decoding_step_on_a_gpu_needs_its_head_sizes(monkeypatch):
+    """Triton tiles have power-of-two sides of 16 or more: a model whose heads do not
+    fit (the 3B preset's head dim is 100) is refused for a GPU when the config is read,
+    not when it first draws. Pallas' CPU interpreter takes any size."""
+    import lasad_jax.config as config_module
+
+    config = demo(model__decode_impl="pallas", model__dim=96, model__num_heads=4)  # heads of 24
+    parse(config, "sample")  # CPU: interpreted, fine
+    monkeypatch.setattr(config_module, "target_platform", lambda: "gpu")
+    with pytest.raises(ValueError) as err:
+        parse(config, "sample")
+    assert ("config.model.decode_impl='pallas' needs Dk a power of two >= 16 on GPU (Triton "
+            "tiles), got 24 (model.dim / model.num_heads); use 'auto' or 'xla'") in str(err.value)
+    parse(demo(model__decode_impl="pallas", model__dim=64, model__num_heads=4), "sample")
+    parse(demo(model__dim=96, model__num_heads=4), "sample")  # the XLA step takes any size

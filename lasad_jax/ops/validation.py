@@ -46,6 +46,16 @@ def check_positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def fused_decode_head_problem(dk: int, dv: int) -> str | None:
+    """Why the fused Pallas decoding step (`decode_impl="pallas"`) cannot compile for a
+    GPU with these head sizes (Triton tiles have power-of-two sides of 16 or more), or
+    None. The one rule, for the kernel and for the config check that finds it early."""
+    for name, d in (("Dk", dk), ("Dv", dv)):
+        if d < 16 or d & (d - 1):
+            return f"needs {name} a power of two >= 16 on GPU (Triton tiles), got {d}"
+    return None
+
+
 def check_float_array(name: str, x: Any, ndim: int, layout: str) -> jax.Array:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise ValueError(f"{name} must be an array of shape {layout}, got {type(x).__name__}")

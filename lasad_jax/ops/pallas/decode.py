@@ -43,6 +43,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from lasad_jax.ops.decode import rms_normalize
+from lasad_jax.ops.validation import fused_decode_head_problem
 
 F32 = jnp.float32
 
@@ -147,12 +148,9 @@ def token_update(cols: jax.Array, keys: jax.Array, values: jax.Array, q: jax.Arr
     decays exact and costs a few hundred bytes per (batch row, head).
     """
     w, b, h, dk, dv = cols.shape
-    if not interpret:
-        for name, d in (("Dk", dk), ("Dv", dv)):
-            if d < 16 or d & (d - 1):
-                raise ValueError(f"impl='pallas' (the model's decode_impl) needs {name} a "
-                                 f"power of two >= 16 on GPU (Triton tiles), got {d}; use "
-                                 f"'xla'")
+    problem = None if interpret else fused_decode_head_problem(dk, dv)
+    if problem:
+        raise ValueError(f"impl='pallas' (the model's decode_impl) {problem}; use 'xla'")
     rows, window = b * h, _pow2(w, 16)
     ring_slots = keys.shape[0]
     prefix = ring_slots - 2 * w
