@@ -125,8 +125,10 @@ def record_settings(part_dir: str, settings: dict[str, Any]) -> None:
 
 
 def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: SampleConfig, *,
-                   num_classes: int, part_dir: str, mesh: Any) -> int:
+                   num_classes: int, part_dir: str, mesh: Any,
+                   weights: str | None = None) -> int:
     """Generates the missing parts of the sample batch; returns how many were made.
+    `weights`: the model's `weights_fingerprint` when the caller has it already.
 
     Before anything is generated, the model's numerics, its weights' fingerprint and
     `ev.part_size` are checked against those the directory's settings recorded, and
@@ -135,7 +137,7 @@ def generate_parts(model: Any, tokenizer: Tokenizer, ev: EvalConfig, sample: Sam
     another size other sample ranges (a resumed run would overlap them). A directory
     written before they were recorded takes the current ones; `assemble` still counts
     its samples."""
-    own = {**model_numerics(model.cfg), "weights": weights_fingerprint(model),
+    own = {**model_numerics(model.cfg), "weights": weights or weights_fingerprint(model),
            "part_size": int(ev.part_size)}
     old = read_settings(part_dir) or {}
     check_settings(part_dir, {k: v for k, v in own.items() if k in old})

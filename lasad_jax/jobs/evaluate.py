@@ -80,9 +80,10 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     part_dir = os.path.join(out_dir, ev.name)
     samples = os.path.join(out_dir, f"{ev.name}.npz")
     results = os.path.join(out_dir, f"{ev.name}.json")
+    weights = weights_fingerprint(model)  # one pass over the weights, for both records
     settings = batch_settings(ev, config.sample, step=step, mixer=config.model.mixer,
                               tokenizer=tokenizer.fingerprint, model_cfg=config.model,
-                              weights=weights_fingerprint(model))
+                              weights=weights)
     # What turns the batch into scores: a record without `preprocess` (made before it was
     # recorded) no longer matches, so its scores are not passed off as this evaluation's.
     scored = {**settings, "reference": ref_path, "inception": described,
@@ -102,7 +103,7 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     require_writable(part_dir)
     record_settings(part_dir, settings)
     generate_parts(model, tokenizer, ev, config.sample, num_classes=config.data.num_classes,
-                   part_dir=part_dir, mesh=mesh)
+                   part_dir=part_dir, mesh=mesh, weights=weights)
     if jax.process_index() != 0:
         return {}
     # A remote batch is assembled and scored locally (the scorer reads zip members by
