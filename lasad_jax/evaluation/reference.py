@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -56,6 +57,9 @@ class Reference:
     # What made our statistics (`--mode=reference_stats`: dataset, split, image size,
     # tokenizer fingerprint, network); None for other files.
     settings: dict[str, Any] | None = None
+    # The file's content (`content_digest`): results scored against it record it, so a
+    # file replaced under the same path does not pass for the one they were scored with.
+    digest: str | None = None
 
     @property
     def has_stats(self) -> bool:
@@ -89,6 +93,15 @@ def reference_path(reference: str, workdir: str) -> str:
     """The reference a run scores against: `eval.reference`, or the statistics
     `--mode=reference_stats` wrote into the workdir when that is empty."""
     return reference or os.path.join(workdir, "reference_stats.npz")
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """`sha256:` of an `.npz`'s members as its zip directory lists them: each member's name,
+    size and CRC-32. Any change to an array changes it, yet nothing is read beyond the
+    directory (ADM's 256 px batch is 2 GB)."""
+    with zipfile.ZipFile(os.fspath(path)) as zf:
+        members = sorted((i.filename, i.file_size, i.CRC) for i in zf.infolist())
+    return "sha256:" + hashlib.sha256(json.dumps(members).encode()).hexdigest()
 
 
 def load_reference(path: str | os.PathLike) -> Reference:
@@ -145,7 +158,7 @@ def load_reference(path: str | os.PathLike) -> Reference:
     preprocess = recorded if recorded is not None else (
         "adm" if present and has_images else None)
     return Reference(path=path, images_shape=images_shape, preprocess=preprocess,
-                     inception=network, settings=settings,
+                     inception=network, settings=settings, digest=content_digest(path),
                      **{k: stats.get(k) for k in (*STATS_KEYS, "pool")})
 
 

@@ -9,8 +9,8 @@ Inception Score, precision and recall, saved to `workdir/eval/{eval.name}.json`.
 from the same random network.
 
 The parts and the results record what made them (checkpoint step, the weights'
-fingerprint, tokenizer fingerprint, sampling settings, model numerics, reference,
-network and its preprocessing): another evaluation under the same `eval.name` is
+fingerprint, tokenizer fingerprint, sampling settings, model numerics, reference
+path and content, network and its preprocessing): another evaluation under the same `eval.name` is
 refused, naming what differs, and the same one again writes nothing.
 
 A `gs://` workdir (or reference) works as a local one: the reference is read from a
@@ -86,8 +86,10 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
                               weights=weights)
     # What turns the batch into scores: a record without `preprocess` (made before it was
     # recorded) no longer matches, so its scores are not passed off as this evaluation's.
-    scored = {**settings, "reference": ref_path, "inception": described,
-              "preprocess": ev.preprocess}
+    # The reference's content counts, not only its path: statistics made again, or another
+    # file copied over the old one, give other scores.
+    scored = {**settings, "reference": ref_path, "reference_digest": reference.digest,
+              "inception": described, "preprocess": ev.preprocess}
     if files.exists(results):
         old = json.loads(files.read_bytes(results))
         if {k: old.get(k) for k in comparable(old, scored)} != comparable(old, scored):

@@ -16,6 +16,7 @@ from lasad_jax.evaluation import metrics
 from lasad_jax.evaluation.inception import POOL_DIM, SPATIAL_DIM
 from lasad_jax.evaluation.reference import (
     ADM_REFERENCE_URL,
+    content_digest,
     iter_npz_batches,
     load_reference,
     write_reference,
@@ -174,6 +175,24 @@ def test_reference_round_trip(tmp_path):
     assert ref.has_stats and ref.images_shape is None and ref.preprocess == "adm"
     with pytest.raises(ValueError, match="statistics only"):
         ref.image_batches(2)
+
+
+def test_the_content_digest_follows_the_arrays_not_the_file(tmp_path):
+    """Results record the reference's digest: it must change with any element, and stay
+    the same for the same arrays written again, elsewhere, later or compressed."""
+    rng = np.random.default_rng(3)
+    stats, images = _stats(rng), rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=images, **stats)
+    digest = load_reference(tmp_path / "a.npz").digest
+    assert digest == content_digest(tmp_path / "a.npz") and digest.startswith("sha256:")
+    np.savez_compressed(tmp_path / "b.npz", arr_0=images, **stats)
+    assert content_digest(tmp_path / "b.npz") == digest
+    changed = images.copy()
+    changed[3, 7, 7, 2] ^= 1  # one bit of the last image
+    np.savez(tmp_path / "c.npz", arr_0=changed, **stats)
+    assert content_digest(tmp_path / "c.npz") != digest
+    np.savez(tmp_path / "d.npz", arr_0=images, **{**stats, "mu": stats["mu"] + 1e-12})
+    assert content_digest(tmp_path / "d.npz") != digest
 
 
 def test_adm_reference_batch_and_streaming(tmp_path):

@@ -122,6 +122,17 @@ def test_reference_stats_then_evaluate_then_resume(trained):
     with pytest.raises(ValueError, match="cfg_scale"):
         run_evaluation(changed, trained)
 
+    # Nor as scores against other statistics written to the same path: the results
+    # record the reference's content, not only its name.
+    kept = open(path, "rb").read()
+    write_reference(path, {k: getattr(ref, k) + (k == "mu") for k in
+                           ("mu", "sigma", "mu_s", "sigma_s", "pool")})
+    with pytest.raises(ValueError, match="reference_digest: sha256:"):
+        run_evaluation(config, trained)
+    with open(path, "wb") as f:
+        f.write(kept)
+    assert run_evaluation(config, trained) == again
+
     # Nor are these scores passed off as those of another preprocessing (here against
     # images alone, which any preprocessing may score): the results file names it.
     assert result["preprocess"] == "adm"
