@@ -74,12 +74,35 @@ def rows(workdir):
         return [json.loads(line) for line in f]
 
 
+def tensorboard_series(workdir, tag):
+    """`[(step, value)]` of scalar `tag` as TensorBoard's default loader shows it: the
+    event files in name order (their names begin with the time they were opened), and a
+    record at step s preempting every earlier record at a step >= s, as its Rust data
+    server's reservoir does with the steps a job logs again after a restart."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    series = []
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    series = [(s, v) for s, v in series if s < event.step]
+                    series.append((event.step, float(tensor_util.make_ndarray(value.tensor))))
+    return series
+
+
 def assert_same_run(workdir, reference):
     got, want = rows(workdir), rows(reference)
     assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
     for a, b in zip(got, want):
         for key in COMPARED:
             assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(b[key])), (a["step"], key)
+    # TensorBoard's files keep the rows the resumed run logged again (they cannot be cut
+    # like metrics.jsonl); its loader shows the later ones, so the same curve.
+    got, want = tensorboard_series(workdir, "loss"), tensorboard_series(reference, "loss")
+    assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
 
 
 # The tests that compare against it are one `xdist_group`: a module fixture runs once per
