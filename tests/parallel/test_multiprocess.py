@@ -1,0 +1,152 @@
+"""Training in two real processes joined by `jax.distributed`, as on a TPU pod or under
+SLURM: the command is `launch/`'s (`LASAD_MULTIHOST=1`), the cluster is SLURM's
+environment variables on one machine, with one CPU device per process. Every other test
+runs one process, so only these reach the multi-host code paths: JAX's preemption sync
+service (the `PreemptionGuard` asks it, and Orbax asks it again from its save thread),
+Orbax's collective save and restore, grain's per-process data slices and position files,
+and the writers of process 0.
+
+The runs are the demo config shrunk to one small layer; the pair of processes shares the
+machine's two cores, about 25 s a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import ROOT
+
+STEPS = 30
+RUN = ["--config.batch_size=16", "--config.model.num_layers=1", "--config.model.dim=32",
+       "--config.model.num_heads=2", "--config.model.gate_rank=8",
+       "--config.optimizer.warmup_steps=2", "--config.train.log_every=1",
+       "--config.train.eval_every=-1", "--config.train.sample_at_end=False",
+       "--config.train.progress_every_secs=0", "--config.train.checkpoint_every=1000",
+       f"--config.num_steps={STEPS}"]
+COMPARED = ("loss", "grad_norm", "param_norm", "learning_rate")
+TIMEOUT = 300  # seconds for a whole run; a hung collective fails the test, not CI
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start(workdir, logs, *extra, processes=2):
+    """Starts the processes of one job (SLURM's variables, as `launch/slurm.sh` runs it);
+    process i writes its log to `logs/<i>.log`."""
+    port, procs = free_port(), []
+    os.makedirs(logs, exist_ok=True)
+    for i in range(processes):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", LASAD_MULTIHOST="1",
+                   SLURM_JOB_ID="1", SLURM_STEP_NODELIST="localhost",
+                   SLURM_NTASKS=str(processes), SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
+                   JAX_COORDINATOR_PORT=str(port))
+        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        with open(os.path.join(logs, f"{i}.log"), "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "lasad_jax.main",
+                 f"--config={ROOT / 'configs' / 'demo.py'}", f"--workdir={workdir}", *RUN,
+                 *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env))
+    return procs
+
+
+def finish(procs, logs):
+    """Waits for every process; returns their exit statuses and logs."""
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = []
+    for i in range(len(procs)):
+        with open(os.path.join(logs, f"{i}.log")) as f:
+            texts.append(f.read())
+    return codes, texts
+
+
+def run(workdir, logs, *extra):
+    codes, texts = finish(start(workdir, logs, *extra), logs)
+    assert codes == [0, 0], "\n".join(t[-2000:] for t in texts)
+    return texts
+
+
+def rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("two_processes")
+    run(workdir, workdir / "logs")
+    return workdir
+
+
+# One xdist group: the module fixture (a two-process run) then runs once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
+
+
+def test_two_processes_train_as_one_job(uninterrupted):
+    with open(uninterrupted / "logs" / "0.log") as f:
+        log = f.read()
+    assert "over 2 devices in 2 processes" in log
+    # Process 0 alone writes the metrics, once per step; the checkpoint holds each
+    # process's data position.
+    assert [r["step"] for r in rows(uninterrupted)] == list(range(1, STEPS + 1))
+    data = sorted(os.listdir(uninterrupted / "checkpoints" / str(STEPS) / "data"))
+    assert [f for f in data if f.endswith(".json")] == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_sigterm_to_one_process_saves_one_step_on_both_and_the_rerun_is_exact(
+        tmp_path, uninterrupted):
+    """A maintenance event reaches one host: JAX's sync service makes every process stop
+    after the same step, both save it and exit 0; the same command resumes and logs what
+    an uninterrupted run logs. A single process cannot resume it (its data positions are
+    per process)."""
+    logs = tmp_path / "logs"
+    procs = start(tmp_path, logs)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        with open(logs / "0.log") as f:
+            if "] [7] " in f.read():
+                break
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    codes, texts = finish(procs, logs)
+    assert codes == [0, 0], "\n".join(t[-2000:] for t in texts)
+    saved = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+    assert len(saved) == 1 and 7 <= saved[0] < STEPS, saved
+    for text in texts:
+        assert f"preempted: saved step {saved[0]}" in text
+
+    texts = run(tmp_path, logs)
+    for text in texts:
+        assert f"resumed from {tmp_path / 'checkpoints'} at step {saved[0]}" in text
+    got, want = rows(tmp_path), rows(uninterrupted)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
+    for a, b in zip(got, want):
+        for key in COMPARED:
+            assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(b[key])), (a["step"], key)
+
+    one = subprocess.run(
+        [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
+         f"--workdir={tmp_path}", *RUN, f"--config.num_steps={STEPS + 5}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+        env={k: v for k, v in dict(os.environ, JAX_PLATFORMS="cpu").items()
+             if k != "XLA_FLAGS"})
+    assert one.returncode == 1, one.stderr[-2000:]
+    assert "saved by 2 process(es)" in one.stderr, one.stderr[-2000:]
