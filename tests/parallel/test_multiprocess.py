@@ -4,7 +4,7 @@ environment variables on one machine, with one CPU device per process. Every oth
 runs one process, so only these reach the multi-host code paths: JAX's preemption sync
 service (the `PreemptionGuard` asks it, and Orbax asks it again from its save thread),
 Orbax's collective save and restore, grain's per-process data slices and position files,
-and the writers of process 0.
+the writers of process 0, and sampling's gathers (the batch, the weights' fingerprint).
 
 The runs are the demo config shrunk to one small layer; the pair of processes shares the
 machine's two cores, about 25 s a run.
@@ -12,14 +12,17 @@ machine's two cores, about 25 s a run.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT
@@ -83,6 +86,15 @@ def run(workdir, logs, *extra):
     return texts
 
 
+def one_process(workdir, *extra):
+    """The same command as a single process (one CPU device)."""
+    return subprocess.run(
+        [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
+         f"--workdir={workdir}", *RUN, *extra], cwd=ROOT, capture_output=True, text=True,
+        timeout=TIMEOUT, env={k: v for k, v in dict(os.environ, JAX_PLATFORMS="cpu").items()
+                              if k != "XLA_FLAGS"})
+
+
 def rows(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -142,11 +154,27 @@ def test_sigterm_to_one_process_saves_one_step_on_both_and_the_rerun_is_exact(
         for key in COMPARED:
             assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(b[key])), (a["step"], key)
 
-    one = subprocess.run(
-        [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
-         f"--workdir={tmp_path}", *RUN, f"--config.num_steps={STEPS + 5}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-        env={k: v for k, v in dict(os.environ, JAX_PLATFORMS="cpu").items()
-             if k != "XLA_FLAGS"})
+    one = one_process(tmp_path, f"--config.num_steps={STEPS + 5}")
     assert one.returncode == 1, one.stderr[-2000:]
     assert "saved by 2 process(es)" in one.stderr, one.stderr[-2000:]
+
+
+def test_sampling_in_two_processes_draws_what_one_process_draws(tmp_path, uninterrupted):
+    """`--mode=sample` over two processes (the batch split between them, the weights'
+    fingerprint gathered from both) names its files with the same digest and draws the
+    same images as one process restoring the same checkpoint."""
+    sample = ["--mode=sample", "--config.sample.per_class=2", "--config.sample.batch_size=10"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    for workdir in (two, one):
+        shutil.copytree(uninterrupted / "checkpoints", workdir / "checkpoints")
+    run(two, tmp_path / "logs", *sample)
+    proc = one_process(one, *sample)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = [sorted(os.path.basename(p) for p in glob.glob(str(w / "samples-*")))
+             for w in (two, one)]
+    assert names[0] == names[1] and len(names[0]) == 2, names
+    npz = names[0][0] if names[0][0].endswith(".npz") else names[0][1]
+    with np.load(two / npz) as a, np.load(one / npz) as b:
+        assert a["arr_0"].shape == (20, 8, 8, 3)
+        for key in ("arr_0", "labels", "settings"):
+            np.testing.assert_array_equal(a[key], b[key])
