@@ -23,7 +23,7 @@ from lasad_jax.config import parse
 from lasad_jax.data.config import DataConfig, run_problems
 from lasad_jax.evaluation.config import EvalConfig
 from lasad_jax.evaluation.inception import POOL_DIM, SPATIAL_DIM
-from lasad_jax.evaluation.reference import write_reference
+from lasad_jax.evaluation.reference import content_digest, write_reference
 from lasad_jax.evaluation.sample_batch import assemble, batch_settings, generate_parts
 from lasad_jax.evaluation.weights import describe_network
 from lasad_jax.jobs import evaluate, reference_stats
@@ -149,6 +149,7 @@ def test_remote_evaluation_results_are_read(ram, monkeypatch):
     scores = {"fid": 1.0, "sfid": 2.0, "inception_score": 3.0, "precision": 0.5,
               "recall": 0.5}
     done = {**scores, **settings, "reference": ref, "preprocess": config.eval.preprocess,
+            "reference_digest": content_digest(files.local_file(ref, "reference")),
             "inception": describe_network(config.eval.inception)}
     files.save_json(f"{workdir}/eval/eval.json", done)
     files.write_atomically(f"{workdir}/eval/eval.npz", b"the batch")

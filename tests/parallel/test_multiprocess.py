@@ -131,17 +131,19 @@ def test_sigterm_to_one_process_saves_one_step_on_both_and_the_rerun_is_exact(
     per process)."""
     logs = tmp_path / "logs"
     procs = start(tmp_path, logs)
+    # Early: the hosts agree on a step some way after the signal (16 steps in one run
+    # here), and it must come before the last.
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and all(p.poll() is None for p in procs):
         with open(logs / "0.log") as f:
-            if "] [7] " in f.read():
+            if "] [3] " in f.read():
                 break
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)
     codes, texts = finish(procs, logs)
     assert codes == [0, 0], "\n".join(t[-2000:] for t in texts)
     saved = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
-    assert len(saved) == 1 and 7 <= saved[0] < STEPS, saved
+    assert len(saved) == 1 and 3 <= saved[0] < STEPS, saved
     for text in texts:
         assert f"preempted: saved step {saved[0]}" in text
 
