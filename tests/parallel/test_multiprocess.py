@@ -4,7 +4,8 @@ environment variables on one machine, with one CPU device per process. Every oth
 runs one process, so only these reach the multi-host code paths: JAX's preemption sync
 service (the `PreemptionGuard` asks it, and Orbax asks it again from its save thread),
 Orbax's collective save and restore, grain's per-process data slices and position files,
-the writers of process 0, and sampling's gathers (the batch, the weights' fingerprint).
+the writers of process 0, sampling's gathers (the batch, the weights' fingerprint), and
+the tokenizer's trainer (its validation gathers, its export).
 
 The runs are the demo config shrunk to one small layer; the pair of processes shares the
 machine's two cores, about 25 s a run.
@@ -34,6 +35,17 @@ RUN = ["--config.batch_size=16", "--config.model.num_layers=1", "--config.model.
        "--config.train.eval_every=-1", "--config.train.sample_at_end=False",
        "--config.train.progress_every_secs=0", "--config.train.checkpoint_every=1000",
        f"--config.num_steps={STEPS}"]
+GENERATOR = [f"--config={ROOT / 'configs' / 'demo.py'}", *RUN]
+# The tokenizer demo shrunk as `tests.helpers.tiny_vq_config`, validated at the end.
+TOKENIZER = [f"--config={ROOT / 'configs' / 'vq_demo.py'}", "--config.vq.ch=16",
+             "--config.vq.ch_mult=(1,2)", "--config.vq.z_channels=16",
+             "--config.vq.codebook_size=32", "--config.vq.norm_groups=8",
+             "--config.loss.disc_start=3", "--config.loss.disc_channels=8",
+             "--config.loss.disc_layers=1", "--config.batch_size=8", "--config.num_steps=4",
+             "--config.optimizer.warmup_steps=1", "--config.train.image_size=16",
+             "--config.train.log_every=1", "--config.train.eval_every=0",
+             "--config.train.eval_batch_size=16", "--config.train.eval_images=16",
+             "--config.train.checkpoint_every=2", "--config.train.progress_every_secs=0"]
 COMPARED = ("loss", "grad_norm", "param_norm", "learning_rate")
 TIMEOUT = 300  # seconds for a whole run; a hung collective fails the test, not CI
 
@@ -44,9 +56,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(workdir, logs, *extra, processes=2):
-    """Starts the processes of one job (SLURM's variables, as `launch/slurm.sh` runs it);
-    process i writes its log to `logs/<i>.log`."""
+def one_device_flags() -> str:
+    """This run's XLA_FLAGS (the suite's quick CPU code generation, tests/conftest.py)
+    without a simulated device count: one CPU device per process."""
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                    if not f.startswith("--xla_force_host_platform_device_count"))
+
+
+def start(workdir, logs, *flags, processes=2):
+    """Starts the processes of one job (SLURM's variables, as `launch/slurm.sh` runs it)
+    with `flags` (default: the generator's); process i writes its log to `logs/<i>.log`."""
+    flags = flags or GENERATOR
     port, procs = free_port(), []
     os.makedirs(logs, exist_ok=True)
     for i in range(processes):
@@ -54,12 +74,11 @@ def start(workdir, logs, *extra, processes=2):
                    SLURM_JOB_ID="1", SLURM_STEP_NODELIST="localhost",
                    SLURM_NTASKS=str(processes), SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
                    JAX_COORDINATOR_PORT=str(port))
-        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        env["XLA_FLAGS"] = one_device_flags()
         with open(os.path.join(logs, f"{i}.log"), "w") as log:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "lasad_jax.main",
-                 f"--config={ROOT / 'configs' / 'demo.py'}", f"--workdir={workdir}", *RUN,
-                 *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env))
+                [sys.executable, "-m", "lasad_jax.main", f"--workdir={workdir}", *flags],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env))
     return procs
 
 
@@ -80,8 +99,8 @@ def finish(procs, logs):
     return codes, texts
 
 
-def run(workdir, logs, *extra):
-    codes, texts = finish(start(workdir, logs, *extra), logs)
+def run(workdir, logs, *flags):
+    codes, texts = finish(start(workdir, logs, *flags), logs)
     assert codes == [0, 0], "\n".join(t[-2000:] for t in texts)
     return texts
 
@@ -89,10 +108,9 @@ def run(workdir, logs, *extra):
 def one_process(workdir, *extra):
     """The same command as a single process (one CPU device)."""
     return subprocess.run(
-        [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
-         f"--workdir={workdir}", *RUN, *extra], cwd=ROOT, capture_output=True, text=True,
-        timeout=TIMEOUT, env={k: v for k, v in dict(os.environ, JAX_PLATFORMS="cpu").items()
-                              if k != "XLA_FLAGS"})
+        [sys.executable, "-m", "lasad_jax.main", f"--workdir={workdir}", *GENERATOR, *extra],
+        cwd=ROOT, capture_output=True, text=True,
+        timeout=TIMEOUT, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=one_device_flags()))
 
 
 def rows(workdir):
@@ -169,7 +187,7 @@ def test_sampling_in_two_processes_draws_what_one_process_draws(tmp_path, uninte
     two, one = tmp_path / "two", tmp_path / "one"
     for workdir in (two, one):
         shutil.copytree(uninterrupted / "checkpoints", workdir / "checkpoints")
-    run(two, tmp_path / "logs", *sample)
+    run(two, tmp_path / "logs", *GENERATOR, *sample)
     proc = one_process(one, *sample)
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = [sorted(os.path.basename(p) for p in glob.glob(str(w / "samples-*")))
@@ -180,3 +198,16 @@ def test_sampling_in_two_processes_draws_what_one_process_draws(tmp_path, uninte
         assert a["arr_0"].shape == (20, 8, 8, 3)
         for key in ("arr_0", "labels", "settings"):
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_the_tokenizer_trains_in_two_processes_and_process_0_exports(tmp_path):
+    """The tokenizer's trainer over the same engine: its validation gathers each batch
+    from both processes, so both report the same figures; process 0 alone writes the
+    metrics, the reconstructions and the exported tokenizer."""
+    texts = run(tmp_path, tmp_path / "logs", *TOKENIZER)
+    found = [[line.split("] ", 1)[1] for line in text.splitlines()
+              if "validation PSNR" in line] for text in texts]
+    assert found[0] == found[1] and len(found[0]) == 1, found
+    assert [r["step"] for r in rows(tmp_path)] == [1, 2, 3, 4]
+    assert sorted(os.listdir(tmp_path / "tokenizer")) == ["vq_config.json", "vq_params.npz"]
+    assert (tmp_path / "reconstructions.png").is_file()
