@@ -3,6 +3,8 @@ shrunk to seconds, and a small class-per-folder image dataset."""
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import runpy
 from typing import Any
@@ -19,6 +21,33 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # `_quick_cpu_codegen`; tests/repo/test_compilation_cache.py checks the text comes back
 # exactly). Elsewhere the option is the default already.
 DEFAULT_PIPELINE = {"xla_cpu_use_fusion_emitters": True}
+
+
+# The demo shrunk to one small layer, as flags for the command in a subprocess (seconds a
+# run): the runs of tests/training/test_reliability.py and tests/parallel/test_multiprocess.py.
+TINY_STEPS = 30
+TINY_RUN = ["--config.batch_size=16", "--config.model.num_layers=1", "--config.model.dim=32",
+            "--config.model.num_heads=2", "--config.model.gate_rank=8",
+            "--config.optimizer.warmup_steps=2", "--config.train.log_every=1",
+            "--config.train.eval_every=-1", "--config.train.sample_at_end=False",
+            "--config.train.progress_every_secs=0", f"--config.num_steps={TINY_STEPS}"]
+# What two runs of the same training must log alike (a resumed one and an uninterrupted).
+COMPARED = ("loss", "grad_norm", "param_norm", "learning_rate")
+
+
+def metrics_rows(workdir) -> list[dict[str, float]]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_same_rows(workdir, reference, steps: int = TINY_STEPS) -> None:
+    """`workdir`'s metrics.jsonl logs steps 1..`steps` once each, as `reference`'s does,
+    with the `COMPARED` values within 1e-6 (relative above 1)."""
+    got, want = metrics_rows(workdir), metrics_rows(reference)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, steps + 1))
+    for a, b in zip(got, want):
+        for key in COMPARED:
+            assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(b[key])), (a["step"], key)
 
 
 def load_config(name: str) -> config_dict.ConfigDict:

@@ -9,7 +9,6 @@ subprocesses where a signal has to reach a real process.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import shutil
@@ -28,20 +27,22 @@ from lasad_jax.jobs.sample import load_or_train
 from lasad_jax.main import cli
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.generator import make_state
-from tests.helpers import ROOT, flag_config, tiny_demo_config, train
-
-STEPS = 30
-RUN = ["--config.batch_size=16", "--config.model.num_layers=1", "--config.model.dim=32",
-       "--config.model.num_heads=2", "--config.model.gate_rank=8",
-       "--config.optimizer.warmup_steps=2", "--config.train.log_every=1",
-       "--config.train.eval_every=-1", "--config.train.sample_at_end=False",
-       "--config.train.progress_every_secs=0", f"--config.num_steps={STEPS}"]
-COMPARED = ("loss", "grad_norm", "param_norm", "learning_rate")
+from tests.helpers import (
+    ROOT,
+    TINY_RUN,
+    TINY_STEPS,
+    assert_same_rows,
+    flag_config,
+    metrics_rows,
+    tensorboard,
+    tiny_demo_config,
+    train,
+)
 
 
 def command(workdir, *extra):
     return [sys.executable, "-m", "lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
-            f"--workdir={workdir}", *RUN, *extra]
+            f"--workdir={workdir}", *TINY_RUN, *extra]
 
 
 def env():
@@ -69,39 +70,25 @@ def interrupt(workdir, sig, after_step, *extra):
     return proc.returncode, "".join(log)
 
 
-def rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def tensorboard_series(workdir, tag):
-    """`[(step, value)]` of scalar `tag` as TensorBoard's default loader shows it: the
-    event files in name order (their names begin with the time they were opened), and a
-    record at step s preempting every earlier record at a step >= s, as its Rust data
-    server's reservoir does with the steps a job logs again after a restart."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.util import tensor_util
-
-    series = []
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-        for event in EventFileLoader(path).Load():
-            for value in event.summary.value:
-                if value.tag == tag:
-                    series = [(s, v) for s, v in series if s < event.step]
-                    series.append((event.step, float(tensor_util.make_ndarray(value.tensor))))
-    return series
+def as_tensorboard_shows(series):
+    """`[(step, value)]` in the order the event files hold them (`tests.helpers.tensorboard`
+    reads them in name order, which begins with the time each was opened), as TensorBoard's
+    default loader shows them: a record at step s preempts every earlier record at a step
+    >= s, as its Rust data server's reservoir does with the steps a job logs again after
+    a restart."""
+    shown = []
+    for step, value in series:
+        shown = [(s, v) for s, v in shown if s < step]
+        shown.append((step, value))
+    return shown
 
 
 def assert_same_run(workdir, reference):
-    got, want = rows(workdir), rows(reference)
-    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
-    for a, b in zip(got, want):
-        for key in COMPARED:
-            assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(b[key])), (a["step"], key)
+    assert_same_rows(workdir, reference)
     # TensorBoard's files keep the rows the resumed run logged again (they cannot be cut
     # like metrics.jsonl); its loader shows the later ones, so the same curve.
-    got, want = tensorboard_series(workdir, "loss"), tensorboard_series(reference, "loss")
-    assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, STEPS + 1))
+    got, want = (as_tensorboard_shows(tensorboard(w)["loss"]) for w in (workdir, reference))
+    assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, TINY_STEPS + 1))
     np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
 
 
@@ -124,7 +111,7 @@ def test_sigterm_checkpoints_exits_0_and_the_resumed_run_continues_exactly(
     code, log = interrupt(tmp_path, signal.SIGTERM, 7, "--config.train.checkpoint_every=1000")
     assert code == 0, log[-3000:]
     saved = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
-    assert len(saved) == 1 and 7 <= saved[0] < STEPS, saved
+    assert len(saved) == 1 and 7 <= saved[0] < TINY_STEPS, saved
     assert f"preempted: saved step {saved[0]}" in log
     run(tmp_path, "--config.train.checkpoint_every=1000")
     assert_same_run(tmp_path, uninterrupted)
@@ -165,7 +152,7 @@ def test_a_half_written_checkpoint_is_never_picked(tmp_path, uninterrupted):
     reader = ckpt_lib.Checkpointer(str(ckpts), read_only=True)
     assert reader.latest_step() == newest
     reader.close()
-    out = run(workdir, f"--config.num_steps={STEPS + 2}")
+    out = run(workdir, f"--config.num_steps={TINY_STEPS + 2}")
     assert f"resumed from {ckpts} at step {newest}" in out.stderr
     assert not partial.exists()
 
@@ -197,7 +184,7 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, capl
     model, step = load_or_train(parse(flag_config(*sample), "sample"), str(workdir),
                                 str(tmp_path / "unused"))
     assert step == 20 and sorted(os.listdir(ckpts)) == ["20", "30"]
-    out = run(workdir, f"--config.num_steps={STEPS + 1}",
+    out = run(workdir, f"--config.num_steps={TINY_STEPS + 1}",
               "--config.train.checkpoint_every=1000", "--config.train.keep_checkpoints=2")
     assert "checkpoint step 30 in" in out.stderr and "cannot be restored" in out.stderr
     assert f"resumed from {ckpts} at step 20" in out.stderr
@@ -209,7 +196,7 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, capl
     for name in ("20", "31"):
         corrupt(ckpts / name)
     before = sorted(os.listdir(ckpts))
-    proc = subprocess.run(command(workdir, f"--config.num_steps={STEPS + 2}"), cwd=ROOT,
+    proc = subprocess.run(command(workdir, f"--config.num_steps={TINY_STEPS + 2}"), cwd=ROOT,
                           capture_output=True, text=True, env=env(), timeout=600)
     assert proc.returncode == 1
     assert "error: no checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
@@ -237,7 +224,7 @@ def nan_at_step_3(monkeypatch):
 def test_nonfinite_update_is_skipped_and_logged(tmp_path, nan_at_step_3, caplog):
     config = tiny_demo_config(nonfinite="skip", checkpoint_every=2)
     train(config, str(tmp_path))
-    got = rows(tmp_path)
+    got = metrics_rows(tmp_path)
     assert [r["skipped_updates"] for r in got] == [0, 0, 1, 1, 1, 1]
     assert np.isnan(got[2]["loss"]) and all(np.isfinite(r["loss"]) for i, r in enumerate(got)
                                             if i != 2)
