@@ -16,9 +16,12 @@ one for "none" and "flip", the centre of the 1.1x crop for "tencrop" (so validat
 are extracted with `data.val_augment`, "none" by default).
 
 The manifest's config records the tokenizer by its content fingerprint (settings and
-weights, `Tokenizer.fingerprint`), not by its class or path: a resumed or repeated
-extraction with other weights is refused, naming both, instead of mixing the codes of
-two tokenizers under one manifest.
+weights, `Tokenizer.fingerprint`), not by its class or path, and the images by the
+source's fingerprint (which files, in which order, and their sizes; for tfds its version,
+split and size): a resumed or repeated extraction with other weights or other images is
+refused, naming both, instead of mixing two tokenizers' or two datasets' codes under one
+manifest. The splits of one directory must share a tokenizer and class names, since
+training validates on one with a model learnt on the other.
 """
 
 from __future__ import annotations
@@ -82,12 +85,29 @@ def make_views(image: Image.Image | np.ndarray, image_size: int, augment: str) -
     return np.stack(five + [v[:, ::-1] for v in five])
 
 
+def _brief(fingerprint: str | None) -> str:
+    """A source's fingerprint as messages show it (a digest cut to 12 hex digits)."""
+    if fingerprint and fingerprint.startswith("sha256:"):
+        return short(fingerprint)
+    return str(fingerprint)
+
+
 def _refusal(mpath: pathlib.Path, old: dict, config: dict, out_dir: pathlib.Path,
-             split: str, description: str) -> ValueError:
+             split: str, description: str, source: str) -> ValueError:
     """One line naming what the manifest records and what this run would write."""
     fix = (f"extract into an empty directory (config.data.codes_dir), or delete the "
            f"{split}-* files in {out_dir} to start this split over")
     recorded = old.get("config", {})
+    if "source" not in recorded:
+        return ValueError(
+            f"{mpath} is an unfinished extraction made before manifests recorded which "
+            f"images they hold ({old.get('source')}), so resuming it could mix two "
+            f"datasets: {fix}")
+    if recorded.get("source") != config["source"]:
+        return ValueError(
+            f"{mpath} holds codes of the images {_brief(recorded.get('source'))} "
+            f"({old.get('source')}), but this run reads {_brief(config['source'])} ({source}); "
+            f"codes of two datasets must not be mixed: {fix}")
     if recorded.get("tokenizer") != config["tokenizer"]:
         was = old.get("tokenizer_description", "")
         return ValueError(
@@ -100,18 +120,29 @@ def _refusal(mpath: pathlib.Path, old: dict, config: dict, out_dir: pathlib.Path
                       f"requested)) {diff}; {fix}")
 
 
-def _check_classes(out_dir: pathlib.Path, split: str, classes: Any) -> None:
-    """Refuses a split whose classes differ from those of a split already extracted into
-    `out_dir`. A label is a class's position among the sorted class folders of its own
-    split, so a class missing from one split would shift every later label there:
-    `val` would then call class 2 what `train` calls class 3, and nothing else notices."""
-    if classes is None:
-        return
+def _check_other_splits(out_dir: pathlib.Path, split: str, classes: Any,
+                        tokenizer: Tokenizer) -> None:
+    """Refuses a split whose classes or tokenizer differ from those of a split already
+    extracted into `out_dir`. A label is a class's position among the sorted class
+    folders of its own split, so a class missing from one split would shift every later
+    label there: `val` would then call class 2 what `train` calls class 3, and nothing
+    else notices. Codes of another tokenizer are another vocabulary: validation on them
+    would score a model on tokens it never learnt."""
     for other in sorted(out_dir.glob("*-manifest.json")):
         if other.name == f"{split}-manifest.json":
             continue
-        recorded = json.loads(other.read_text()).get("class_names")
-        if recorded is None or recorded == list(classes):
+        manifest = json.loads(other.read_text())
+        recorded = manifest.get("config", {}).get("tokenizer")
+        if recorded is not None and recorded != tokenizer.fingerprint:
+            was = manifest.get("tokenizer_description", "")
+            raise ValueError(
+                f"{other} holds codes of tokenizer {short(recorded)}{f' ({was})' if was else ''}"
+                f", but this run's tokenizer for the {split!r} split is "
+                f"{short(tokenizer.fingerprint)} ({tokenizer.describe()}); the splits of one "
+                "directory must come from one tokenizer: extract into another directory "
+                "(config.data.codes_dir), or with the same tokenizer")
+        recorded = manifest.get("class_names")
+        if classes is None or recorded is None or recorded == list(classes):
             continue
         only_here = sorted(set(classes) - set(recorded))[:3]
         only_there = sorted(set(recorded) - set(classes))[:3]
@@ -170,6 +201,8 @@ def extract_codes(
         "grid": list(tokenizer.grid_shape), "vocab_size": int(tokenizer.vocab_size),
         "tokenizer": tokenizer.fingerprint, "shard_size": shard_size,
         "num_source_images": len(source),
+        # Sources without a fingerprint (a caller's own) record None: not checked.
+        "source": getattr(source, "fingerprint", None),
         "dtype": "int16" if tokenizer.vocab_size <= np.iinfo(np.int16).max + 1 else "int32",
     }
     mpath = manifest_path(out_dir, split)
@@ -178,11 +211,16 @@ def extract_codes(
                 "tokenizer_description": tokenizer.describe(), "shards": [],
                 "num_images": 0, "num_skipped": 0, "skipped": [], "complete": False,
                 "class_names": list(classes) if classes is not None else None}
-    _check_classes(out_dir, split, classes)
+    _check_other_splits(out_dir, split, classes, tokenizer)
     if mpath.is_file():
         old = json.loads(mpath.read_text())
+        if "source" not in old.get("config", {}) and old.get("complete"):
+            # Finished before sources were recorded: nothing will be written, so nothing
+            # can be mixed (an unfinished one is refused below: its images are unknown).
+            old["config"]["source"] = config["source"]
         if old.get("config") != config:
-            raise _refusal(mpath, old, config, out_dir, split, tokenizer.describe())
+            raise _refusal(mpath, old, config, out_dir, split, tokenizer.describe(),
+                           repr(source))
         manifest = old
         if manifest["complete"]:
             return manifest  # nothing to add: the files stay as they are

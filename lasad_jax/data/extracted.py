@@ -73,6 +73,18 @@ class ExtractedSource:
         return {"tokens": np.concatenate(tokens), "label": np.concatenate(labels)}
 
 
+def require_one_tokenizer(train: ExtractedSource, val: ExtractedSource, codes_dir: str) -> None:
+    """Refuses a validation split whose codes another tokenizer wrote than the training
+    split's (each manifest records its own, and extraction refuses the mix, but two
+    directories can be merged by hand): the model would be scored on tokens of a
+    vocabulary it never learnt."""
+    if train.tokenizer and val.tokenizer and train.tokenizer != val.tokenizer:
+        raise ValueError(
+            f"config.data.codes_dir={codes_dir!r} holds train codes of tokenizer "
+            f"{train.tokenizer[:19]} and val codes of tokenizer {val.tokenizer[:19]}; "
+            "validation needs the training split's tokenizer: extract both splits with one")
+
+
 def load_extracted(out_dir: str | os.PathLike, split: str, *, grid_shape: tuple[int, int],
                    vocab_size: int, num_classes: int,
                    allow_incomplete: bool = False) -> ExtractedSource:

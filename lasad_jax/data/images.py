@@ -10,6 +10,8 @@ decides whether to stop or to skip and count it, so a label is never silently sh
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import os
 import pathlib
@@ -109,6 +111,19 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Which images, in which order: a digest of each file's path below the root
+        and its size in bytes. Extraction records it, so a resumed or repeated run over
+        another tree (or a tree whose files changed) is refused instead of mixing two
+        datasets' codes; the same tree moved to another disk keeps it. One `stat` per
+        file, no pixels read."""
+        digest = hashlib.sha256()
+        for path in self.paths:
+            digest.update(f"{path.relative_to(self.root).as_posix()}\0"
+                          f"{path.stat().st_size}\n".encode())
+        return "sha256:" + digest.hexdigest()
+
     def __repr__(self) -> str:
         return (f"ImageFolderSource(root={str(self.root)!r}, images={len(self)}, "
                 f"classes={len(self.class_names)})")
@@ -176,6 +191,10 @@ class TfdsImagenetSource:
         self._data = builder.as_data_source(
             self.split, decoders={"image": tfds.decode.SkipDecoding()})
         self.data_dir = data_dir
+        # Which images, for extraction's manifest: the prepared dataset's version, split
+        # and size (the records themselves are fixed by the version).
+        self.fingerprint = (f"tfds:imagenet2012/{builder.info.version}/{self.split}/"
+                            f"{len(self._data)}")
 
     def __len__(self) -> int:
         return len(self._data)

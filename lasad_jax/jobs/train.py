@@ -19,6 +19,7 @@ from flax import nnx
 from lasad_jax.config import GeneratorRun
 from lasad_jax.data import build_source, train_iterator
 from lasad_jax.data.config import EMBEDDED
+from lasad_jax.data.extracted import ExtractedSource, require_one_tokenizer
 from lasad_jax.parallel import build_mesh, local_batch_size
 from lasad_jax.parallel.rules import describe
 from lasad_jax.files import require_writable
@@ -42,6 +43,8 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
     train_source = build_source(config.data, "train", tokenizer)
     val_source = (build_source(config.data, "val", tokenizer)
                   if config.train.eval_every >= 0 else None)
+    if isinstance(val_source, ExtractedSource):
+        require_one_tokenizer(train_source, val_source, config.data.codes_dir)
     steps = run_length(num_steps=config.num_steps, num_epochs=config.num_epochs,
                        batch_size=config.batch_size, num_examples=len(train_source))
     mesh = build_mesh(config.mesh)

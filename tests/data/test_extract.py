@@ -11,7 +11,8 @@ from PIL import Image
 
 from lasad_jax.data import DataConfig, build_source, eval_batches, train_iterator
 from lasad_jax.data.extract import extract_codes, extract_split, make_views, shard_paths
-from lasad_jax.data.extracted import ExtractedSource, load_extracted, manifest_path
+from lasad_jax.data.extracted import (ExtractedSource, load_extracted, manifest_path,
+                                      require_one_tokenizer)
 from lasad_jax.data.images import CorruptImageError, ImageFolderSource, adm_center_crop
 from lasad_jax.tokenizers import IntensityTokenizer
 
@@ -168,6 +169,69 @@ def test_codes_of_another_tokenizer_are_never_mixed_in(image_dir, tmp_path):
         extract_codes(source, other, out, split="train", image_size=8, augment="flip",
                       shard_size=3, batch_size=2)
     assert _files(out) == before
+
+
+def test_codes_of_other_images_are_never_mixed_in(image_dir, tmp_path):
+    """The manifest records which images it holds (paths below the root and sizes):
+    resuming over another tree with as many images, or over this one after a file
+    changed, is refused and writes nothing; the same tree moved elsewhere resumes."""
+    source, out = ImageFolderSource(image_dir), tmp_path / "codes"
+    _extract(source, out, max_shards=1)
+    before = _files(out)
+    assert json.loads(manifest_path(out, "train").read_text())["config"]["source"] == (
+        source.fingerprint)
+    other = tmp_path / "other" / "train"
+    for i, path in enumerate(source.paths):  # 7 images in 3 classes, other pixels
+        (other / path.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8 + i, 9, 3), i, np.uint8)).save(other / path.parent.name
+                                                                   / f"x{i}.png")
+    assert len(ImageFolderSource(other)) == len(source)
+    with pytest.raises(ValueError, match=r"holds codes of the images sha256:[0-9a-f]{12} "
+                                         r"\(ImageFolderSource\(root=.*, but this run reads "
+                                         r"sha256:[0-9a-f]{12} .*two datasets must not be mixed"):
+        _extract(ImageFolderSource(other), out)
+    with open(source.paths[-1], "ab") as f:  # one file grows: the same names, other bytes
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="two datasets must not be mixed"):
+        _extract(ImageFolderSource(image_dir), out)
+    assert _files(out) == before
+    with open(source.paths[-1], "r+b") as f:
+        f.truncate(source.paths[-1].stat().st_size - 1)
+    moved = tmp_path / "moved"
+    image_dir.rename(moved)
+    assert _extract(ImageFolderSource(moved), out)["complete"]
+
+
+def test_the_splits_of_one_directory_share_a_tokenizer(image_dir, tmp_path):
+    """Extraction refuses a split of another tokenizer beside one already there, and
+    training refuses a directory whose splits were merged by hand from two."""
+    out = tmp_path / "codes"
+    _extract(ImageFolderSource(image_dir), out)
+    other = IntensityTokenizer(levels=15, image_size=(8, 8), channels=3)
+    with pytest.raises(ValueError, match=r"train-manifest.json holds codes of tokenizer "
+                                         r"sha256:[0-9a-f]{12} \(IntensityTokenizer\(levels=16"
+                                         r".*tokenizer for the 'val' split is sha256:"
+                                         r".*must come from one tokenizer"):
+        extract_codes(ImageFolderSource(image_dir), other, out, split="val", image_size=8,
+                      augment="none")
+    assert not manifest_path(out, "val").exists()
+    # Val extracted apart by a tokenizer of the same geometry (as two VQ weights would
+    # be), then moved in beside train.
+    apart = tmp_path / "apart"
+    extract_codes(ImageFolderSource(image_dir), _tok(), apart, split="val", image_size=8,
+                  augment="none")
+    manifest = json.loads(manifest_path(apart, "val").read_text())
+    manifest["config"]["tokenizer"] = "sha256:" + "0" * 64
+    manifest_path(apart, "val").write_text(json.dumps(manifest))
+    for path in apart.iterdir():
+        path.rename(out / path.name)
+    data = DataConfig(name="extracted", num_classes=3, codes_dir=str(out))
+    train, val = (build_source(data, split, _tok()) for split in ("train", "val"))
+    with pytest.raises(ValueError, match=r"holds train codes of tokenizer sha256:[0-9a-f]{12} "
+                                         r"and val codes of tokenizer sha256:[0-9a-f]{12}; "
+                                         r"validation needs the training split's tokenizer"):
+        require_one_tokenizer(train, val, str(out))
+    require_one_tokenizer(train, train, str(out))
 
 
 def test_corrupt_images_stop_or_are_skipped_and_counted(image_dir, tmp_path):
