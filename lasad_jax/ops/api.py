@@ -109,10 +109,15 @@ def _parallel(variant, q, k, v, *, width, num_prefix, impl, chunk_size, **decays
                          f"impl='chunked' (or 'auto') for {variant!r}")
     if impl == "auto":
         auto = select_impl(target_platform(), t)
-        # The table's rows are timings of `lasad`; the kernels compute its mask only, so
-        # the other variants take the chunked form where a row says "pallas".
-        impl = "chunked" if auto.impl == "pallas" and variant != "lasad" else auto.impl
-        chunk_size = auto.chunk_size if chunk_size is None else chunk_size
+        if auto.impl == "pallas" and variant != "lasad":
+            # The table's rows are timings of `lasad`; the kernels compute its mask only,
+            # so the other variants take the chunked form, at the caller's chunk or the
+            # form's own default: the row's chunk was tuned for the kernels, which hold no
+            # C x C scores, and could be too long for the XLA form.
+            impl = "chunked"
+        else:
+            impl = auto.impl
+            chunk_size = auto.chunk_size if chunk_size is None else chunk_size
     kw = dict(width=width, num_prefix=num_prefix, log_row=log_row, log_col=log_col)
     if impl == "reference":
         out = masked_attention(variant, q, k, v, **kw)

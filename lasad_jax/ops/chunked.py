@@ -44,7 +44,8 @@ match `reference.masked_attention` to float32 rounding.
 
 Memory: autodiff would keep each chunk's `C x C` scores and the `w x Dk x Dv`
 chunk-boundary states for the backward pass (for `lasad` the states alone are
-`Dk Dv / R` numbers per token and head, eight times q, k and v at `R = 8`, `D = 64`).
+`Dk Dv / R` numbers per token and head at `R = 8`, `D = 64`: eight times q, 2.7 times
+q, k and v together).
 `REMAT_POLICIES` chooses what the backward keeps of each step (docs/operator.md,
 "Memory").
 """

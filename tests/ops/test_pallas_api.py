@@ -308,10 +308,18 @@ def test_auto_does_not_pick_pallas_where_it_was_not_timed_faster():
 
 def test_auto_pallas_row_runs_only_lasad_on_the_kernels(monkeypatch):
     """The kernels compute `lasad`'s mask: where a row says "pallas", the other variants
-    run the chunked form and stay exact (the row is a timing of `lasad`)."""
+    run the chunked form and stay exact (the row is a timing of `lasad`), at the XLA
+    form's default chunk, not the row's (tuned for kernels that hold no C x C scores)."""
     from lasad_jax.ops import api
 
     monkeypatch.setattr(api, "AUTO_TABLE", (api.Auto("*", float("inf"), "pallas", 8),))
+    seen, original = [], api.chunked_attention
+
+    def chunked(variant, *args, chunk_size, **kwargs):
+        seen.append((variant, chunk_size))
+        return original(variant, *args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(api, "chunked_attention", chunked)
     q, k, v = random_qkv(0, batch=1, tokens=1 + 19)
     for variant in ("lasad", "lasad_row", "linear_1d", "linear"):
         fn = getattr(ops, f"{variant}_attention")
@@ -319,6 +327,9 @@ def test_auto_pallas_row_runs_only_lasad_on_the_kernels(monkeypatch):
         got = fn(q, k, v, num_prefix=1, **kw)  # impl="auto"
         want = fn(q, k, v, num_prefix=1, impl="reference", **kw)
         assert rel_err(got, want) < 1e-5, variant
+    assert seen == [(name, None) for name in ("lasad_row", "linear_1d", "linear")]
+    ops.linear_attention(q, k, v, num_prefix=1, chunk_size=6)  # the caller's chunk stays
+    assert seen[-1] == ("linear", 6)
 
 
 def test_auto_follows_the_first_matching_row_and_its_chunk(monkeypatch):

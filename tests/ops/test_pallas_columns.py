@@ -181,3 +181,9 @@ def test_tokens_layout_reads_chunks_where_they_lie():
     fn = jax.jit(lambda x, mat, la: columns.column_apply(cfg, "start", x, mat, la, 1))
     ct = jnp.asarray(rng.normal(size=(b, n - 1, rows, w, h, d)), jnp.float32)
     _assert_vjps_agree(fn, apply_want, dict(x=x, mat=mat, log_a=la), ct)
+
+    # The TPU kernels read columns only: their backward transposes the token-side arrays,
+    # which a view of the sequence is not. The layout is refused in one line.
+    tpu = dataclasses.replace(cfg, backend="tpu")
+    with pytest.raises(ValueError, match=r"layout='tokens' needs backend='gpu', got 'tpu'"):
+        columns.column_apply(tpu, "start", x, mat, la, 1)

@@ -97,6 +97,10 @@ class _Blocks:
         heads, come from the token-side array `x`."""
         if cfg.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {cfg.layout!r}")
+        if cfg.layout == "tokens" and cfg.backend != "gpu":
+            # The TPU backward transposes its operands, which the sequence views are not.
+            raise ValueError(f"layout='tokens' needs backend='gpu', got {cfg.backend!r}; "
+                             "use layout='columns'")
         self.cfg, self.m = cfg, la.shape[0]
         self.tokens = cfg.layout == "tokens"
         if self.tokens:
@@ -431,16 +435,13 @@ def _apply_bwd(cfg, clock, offset, res, do):
     if cfg.backend == "gpu":  # one kernel: x, do and each state read once
         dx, dmat, dla = _apply_grads_call(cfg, clock, x, do_in, mat, la, offset)
         return (_fill_chunks(dx, x.shape[1], offset) if tokens else dx), dmat, dla
-    # dx_r = e_r do_r @ mat^T (the transposed product of the same kernel).
+    # TPU ("columns" only, `_Blocks`). dx_r = e_r do_r @ mat^T (the transposed product of
+    # the same kernel).
     dx, dla = _apply_call(cfg, clock, True, do_in, mat, la, log_with=x,
                           out_dtype=x.dtype, log_off=offset)
     # d mat = sum_r e_r x_r^T do_r: a column_outer over the rows, written in the state's
     # dtype (a state's cotangent is stored as the state is).
-    if tokens:
-        dmat = _outer_call(cfg, clock, x, do_in, la, mat.dtype, offset, 0)
-        dx = _fill_chunks(dx, x.shape[1], offset)
-    else:
-        dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la, mat.dtype)
+    dmat = _outer_call(cfg, clock, x.swapaxes(-1, -2), do_in, la, mat.dtype)
     return dx, dmat, dla
 
 
