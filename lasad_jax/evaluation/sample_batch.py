@@ -68,8 +68,7 @@ def batch_settings(ev: EvalConfig, s: SampleConfig, *, step: int, mixer: str,
                 "cfg_scale": float(s.cfg_scale), "temperature": float(s.temperature),
                 "top_k": int(s.top_k), "top_p": float(s.top_p), "use_ema": bool(s.use_ema),
                 "mixer": mixer, "tokenizer": tokenizer}
-    if ev.image_size:  # recorded only when set: batches made before it still resume
-        settings["image_size"] = int(ev.image_size)
+    settings["image_size"] = int(ev.image_size)  # 0: the tokenizer's size (`IMPLIED`)
     if model_cfg is not None:
         settings.update(model_numerics(model_cfg))
     if weights is not None:
@@ -86,12 +85,22 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
                      if old.get(k) != v)
 
 
+# What a record made before a field was recorded meant by leaving it out: samples at the
+# tokenizer's size were all there was before `eval.image_size`.
+IMPLIED = {"image_size": 0}
+
+
+def with_implied(record: dict[str, Any]) -> dict[str, Any]:
+    """A settings or results record with the fields it predates (`IMPLIED`) filled in."""
+    return {**IMPLIED, **record}
+
+
 def read_settings(part_dir: str) -> dict[str, Any] | None:
     """The settings a part directory recorded (None for a new one)."""
     path = os.path.join(part_dir, "settings.json")
     if not files.exists(path):
         return None
-    return json.loads(files.read_bytes(path))
+    return with_implied(json.loads(files.read_bytes(path)))
 
 
 # Fields records made before them lack: such a record is taken to have the current ones,
@@ -241,8 +250,15 @@ def assemble(part_dir: str, out_path: str, num_samples: int) -> None:
     at = 0
     for name in parts:
         with _load_part(os.path.join(part_dir, name)) as part:
-            k = len(part["labels"])
-            images[at:at + k] = part["images"]
+            k, held = len(part["labels"]), part["images"]
+            if held.shape[1:] != shape[1:]:  # a part copied in by hand (settings guard the rest)
+                del images
+                os.remove(npy)
+                raise ValueError(
+                    f"{part_dir}: {name} holds images of shape {held.shape[1:]}, {parts[0]} "
+                    f"of {shape[1:]} (parts of another eval.image_size or tokenizer are mixed "
+                    "in); delete the directory, or set another config.eval.name")
+            images[at:at + k] = held
             labels[at:at + k] = part["labels"]
             at += k
     images.flush()

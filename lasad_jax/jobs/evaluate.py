@@ -45,6 +45,7 @@ from lasad_jax.evaluation.sample_batch import (
     record_settings,
     settings_differences,
     staging_path,
+    with_implied,
 )
 from lasad_jax.evaluation.resize import scored_size
 from lasad_jax.evaluation.weights import describe_network, load_network
@@ -91,7 +92,7 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     scored = {**settings, "reference": ref_path, "reference_digest": reference.digest,
               "inception": described, "preprocess": ev.preprocess}
     if files.exists(results):
-        old = json.loads(files.read_bytes(results))
+        old = with_implied(json.loads(files.read_bytes(results)))
         if {k: old.get(k) for k in comparable(old, scored)} != comparable(old, scored):
             raise ValueError(f"{results} holds the scores of another evaluation "
                              f"({settings_differences(old, scored)}); set another "

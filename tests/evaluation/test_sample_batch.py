@@ -118,6 +118,30 @@ def test_the_job_settings_and_those_of_generate_parts_share_a_file(model, tmp_pa
         check_settings(part_dir, full)
 
 
+def test_parts_of_another_image_size_are_refused_both_ways(tmp_path):
+    """`eval.image_size` is recorded even when 0 (the tokenizer's size): parts resized to
+    16 px must not be scored as, or completed by, a run at the tokenizer's size, nor the
+    other way round. A record made before the field was recorded meant 0."""
+    def settings(image_size):
+        return batch_settings(EvalConfig(num_samples=20, part_size=8, image_size=image_size),
+                              SAMPLE, step=4, mixer="lasad", tokenizer="sha256:x")
+
+    assert settings(0)["image_size"] == 0
+    for made, asked in ((16, 0), (0, 16)):
+        part_dir = str(tmp_path / f"made_{made}")
+        record_settings(part_dir, settings(made))
+        check_settings(part_dir, settings(made))
+        with pytest.raises(ValueError, match=rf"other settings \(image_size: {made} -> {asked}\)"):
+            check_settings(part_dir, settings(asked))
+    old = tmp_path / "old"  # written before image_size was recorded
+    old.mkdir()
+    (old / "settings.json").write_text(json.dumps(
+        {k: v for k, v in settings(0).items() if k != "image_size"}))
+    check_settings(str(old), settings(0))
+    with pytest.raises(ValueError, match=r"image_size: 0 -> 16"):
+        check_settings(str(old), settings(16))
+
+
 def _write_part(part_dir, index: int, first: int, count: int) -> None:
     np.savez(os.path.join(part_dir, f"part_{index:05d}.npz"),
              images=np.full((count, 2, 2, 3), index, np.uint8),
@@ -142,6 +166,13 @@ def test_assemble_counts_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"hold 8 samples, expected 12 \(some parts are "
                                          r"missing\)"):
         assemble(str(part_dir), str(out), 12)
+    # A part of other images (copied in by hand from a run at another size) is named.
+    np.savez(part_dir / "part_00001.npz", images=np.zeros((4, 3, 3, 3), np.uint8),
+             labels=np.arange(8, 12, dtype=np.int32))
+    with pytest.raises(ValueError, match=r"part_00001.npz holds images of shape \(3, 3, 3\), "
+                                         r"part_00000.npz of \(2, 2, 3\)"):
+        assemble(str(part_dir), str(out), 12)
+    assert sorted(os.listdir(tmp_path)) == ["parts"]  # the memmap is gone
     _write_part(part_dir, 1, 8, 4)
     assemble(str(part_dir), str(out), 12)
     with np.load(out) as batch:
@@ -229,8 +260,8 @@ def test_parts_hold_the_resized_images_and_the_settings_record_the_size(model, t
             np.testing.assert_array_equal(resized["images"],
                                           resize_bicubic(native["images"], 6))
             np.testing.assert_array_equal(resized["labels"], native["labels"])
-    # Recorded only when set, so batches made before the field existed still resume.
+    # Recorded also when 0 (test_parts_of_another_image_size_are_refused_both_ways).
     plain = batch_settings(EvalConfig(), SAMPLE, step=1, mixer="lasad", tokenizer="t")
     sized = batch_settings(EvalConfig(image_size=6), SAMPLE, step=1, mixer="lasad",
                            tokenizer="t")
-    assert "image_size" not in plain and sized == {**plain, "image_size": 6}
+    assert plain["image_size"] == 0 and sized == {**plain, "image_size": 6}
