@@ -65,6 +65,17 @@ def write_codes(
     return codes_path, labels_path
 
 
+def open_npy(path: str | os.PathLike, fix: str) -> np.ndarray:
+    """`path` memory-mapped; a file that is not a plain `.npy` array (truncated, pickled,
+    of another format) is one error naming it and `fix`, not numpy's bare message."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        # numpy reads any unknown bytes as a pickle, then refuses it as one.
+        why = "not an array of numbers" if "pickle" in str(err) else str(err)
+        raise ValueError(f"{path} is not a readable .npy array ({why}); {fix}") from err
+
+
 def _check_range(name: str, sample: np.ndarray, high: int, what: str) -> None:
     if sample.size:
         lo, hi = int(sample.min()), int(sample.max())
@@ -104,8 +115,8 @@ def load_codes(
             raise FileNotFoundError(
                 f"missing {str(path)!r} for split {split!r}; {_EXTRACTION_HINT}"
             )
-    codes = np.load(codes_path, mmap_mode="r")
-    labels = np.load(labels_path, mmap_mode="r")
+    codes, labels = (open_npy(path, f"write it again ({_EXTRACTION_HINT})")
+                     for path in (codes_path, labels_path))
     h, w = grid_shape
     if codes.ndim != 3 or codes.shape[1:] != (h, w):
         raise ValueError(

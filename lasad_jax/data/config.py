@@ -50,7 +50,7 @@ class DataConfig:
 
     name: str = "extracted"
     num_classes: int = 1000
-    val_fraction: float = 0.0  # digits: the share of each class held out for validation
+    val_fraction: float = 0.0  # digits only: the share of each class held out for validation
     seed: int = 0              # the digits' split and the shapes' drawing
     codes_dir: str = ""        # codes / extracted: the directory of the code files
     size: int = 16             # shapes: image side in pixels

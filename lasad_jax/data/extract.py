@@ -26,7 +26,6 @@ training validates on one with a model learnt on the other.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Any
@@ -37,7 +36,7 @@ from tqdm import tqdm
 
 from lasad_jax.data.codes import _check_split
 from lasad_jax.data.config import AUGMENTS, DataConfig
-from lasad_jax.data.extracted import FORMAT, manifest_path
+from lasad_jax.data.extracted import FORMAT, manifest_path, read_manifest
 from lasad_jax.data.images import CorruptImageError, adm_center_crop, build_image_source
 from lasad_jax.files import require_writable, save_json, save_npy
 from lasad_jax.tokenizers import Tokenizer
@@ -131,8 +130,8 @@ def _check_other_splits(out_dir: pathlib.Path, split: str, classes: Any,
     for other in sorted(out_dir.glob("*-manifest.json")):
         if other.name == f"{split}-manifest.json":
             continue
-        manifest = json.loads(other.read_text())
-        recorded = manifest.get("config", {}).get("tokenizer")
+        manifest = read_manifest(other)
+        recorded = manifest["config"].get("tokenizer")
         if recorded is not None and recorded != tokenizer.fingerprint:
             was = manifest.get("tokenizer_description", "")
             raise ValueError(
@@ -213,8 +212,8 @@ def extract_codes(
                 "class_names": list(classes) if classes is not None else None}
     _check_other_splits(out_dir, split, classes, tokenizer)
     if mpath.is_file():
-        old = json.loads(mpath.read_text())
-        if "source" not in old.get("config", {}) and old.get("complete"):
+        old = read_manifest(mpath)
+        if "source" not in old["config"] and old["complete"]:
             # Finished before sources were recorded: nothing will be written, so nothing
             # can be mixed (an unfinished one is refused below: its images are unknown).
             old["config"]["source"] = config["source"]

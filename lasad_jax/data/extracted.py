@@ -9,7 +9,7 @@ import pathlib
 
 import numpy as np
 
-from lasad_jax.data.codes import RANGE_CHECK_ROWS, _check_range
+from lasad_jax.data.codes import RANGE_CHECK_ROWS, _check_range, open_npy
 from lasad_jax.files import local_copy
 
 FORMAT = "lasad_jax.extracted_codes/1"
@@ -18,6 +18,23 @@ FORMAT = "lasad_jax.extracted_codes/1"
 def manifest_path(out_dir: str | os.PathLike, split: str) -> pathlib.Path:
     """Where the manifest of an extracted split lives (written last, after each shard)."""
     return pathlib.Path(out_dir) / f"{split}-manifest.json"
+
+
+def read_manifest(mpath: pathlib.Path) -> dict:
+    """A split's manifest, or one error naming the file when it is not one (truncated,
+    not JSON, of another format, lacking the fields every manifest has)."""
+    try:
+        manifest = json.loads(mpath.read_text())
+        form = manifest.get("format")
+    except (ValueError, AttributeError) as err:  # not JSON, or not a JSON object
+        raise ValueError(f"{mpath} is not a manifest of extracted codes ({err}); delete it "
+                         "and extract the split again") from err
+    if form != FORMAT:
+        raise ValueError(f"{mpath} has format {form!r}, expected {FORMAT!r}")
+    missing = [key for key in ("config", "shards", "complete") if key not in manifest]
+    if missing:
+        raise ValueError(f"{mpath} lacks {missing}; delete it and extract the split again")
+    return manifest
 
 
 class ExtractedSource:
@@ -106,9 +123,7 @@ def load_extracted(out_dir: str | os.PathLike, split: str, *, grid_shape: tuple[
             f"{str(mpath)!r} does not exist: no codes were extracted for split {split!r} in "
             f"{str(out_dir)!r}; run the extraction first (python -m lasad_jax.main "
             "--mode=extract, or lasad_jax.data.extract.extract_codes)")
-    manifest = json.loads(mpath.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{mpath} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = read_manifest(mpath)
     cfg = manifest["config"]
     if tuple(cfg["grid"]) != tuple(grid_shape):
         raise ValueError(f"{mpath} holds codes on a {tuple(cfg['grid'])} grid, but the "
@@ -127,8 +142,8 @@ def load_extracted(out_dir: str | os.PathLike, split: str, *, grid_shape: tuple[
             if not (pathlib.Path(out_dir) / name).is_file():
                 raise FileNotFoundError(f"{mpath} lists {name}, which is missing from "
                                         f"{str(out_dir)!r}; delete the manifest and extract again")
-        c = np.load(pathlib.Path(out_dir) / shard["codes"], mmap_mode="r")
-        y = np.load(pathlib.Path(out_dir) / shard["labels"], mmap_mode="r")
+        fix = f"delete {mpath.name} and the split's shards, and extract it again"
+        c, y = (open_npy(pathlib.Path(out_dir) / shard[key], fix) for key in ("codes", "labels"))
         expected = (shard["num_images"], cfg["views"], *cfg["grid"])
         if c.shape != expected or y.shape != (shard["num_images"],):
             raise ValueError(f"{shard['codes']} / {shard['labels']} have shapes {c.shape} / "

@@ -125,6 +125,12 @@ def test_load_codes_failure_modes(tmp_path):
         load_codes(tmp_path, "train", **kwargs)
     with pytest.raises(ValueError, match=r"codes and labels must have the same N, got 7 and 5"):
         write_codes(tmp_path, "val", codes, labels[:5])
+    # A damaged file is named, not numpy's bare message (which speaks of pickles).
+    for damaged in (b"garbage", np.lib.format.MAGIC_PREFIX + b"\x01\x00"):
+        (tmp_path / "train_labels.npy").write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"train_labels\.npy is not a readable \.npy array "
+                                             r"\(.*\); write it again"):
+            load_codes(tmp_path, "train", **kwargs)
 
 
 def test_range_check_reads_only_the_leading_rows(tmp_path):

@@ -263,9 +263,26 @@ def test_load_extracted_fails_fast(image_dir, tmp_path):
         load_extracted(tmp_path, "train", **{**kwargs, "vocab_size": 17})
     with pytest.raises(ValueError, match=r"labels in .* must lie in \[0, 2\)"):
         load_extracted(tmp_path, "train", **{**kwargs, "num_classes": 2})
+    # Damaged files: one error naming the file and what to do, in extraction and training.
+    shard_paths(tmp_path, "train", 2)[0].write_bytes(b"not an array")
+    with pytest.raises(ValueError, match=r"train-00002-codes\.npy is not a readable \.npy array "
+                                         r"\(not an array of numbers\); delete train-manifest"):
+        load_extracted(tmp_path, "train", **kwargs)
     shard_paths(tmp_path, "train", 1)[0].unlink()
     with pytest.raises(FileNotFoundError, match=r"lists train-00001-codes\.npy, which is missing"):
         load_extracted(tmp_path, "train", **kwargs)
+    mpath = manifest_path(tmp_path, "train")
+    text = mpath.read_text()
+    for damaged, match in ((text[:40], r"is not a manifest of extracted codes \(.*\); delete it"),
+                           ("[]", r"is not a manifest of extracted codes"),
+                           (json.dumps({"format": "lasad_jax.extracted_codes/1"}),
+                            r"lacks \['config', 'shards', 'complete'\]; delete it")):
+        mpath.write_text(damaged)
+        for read in (lambda: load_extracted(tmp_path, "train", **kwargs),
+                     lambda: _extract(ImageFolderSource(image_dir), tmp_path),
+                     lambda: _extract(ImageFolderSource(image_dir), tmp_path, split="val")):
+            with pytest.raises(ValueError, match=rf"train-manifest\.json {match}"):
+                read()
 
 # ---------------------------------------------------------------- training on extracted codes
 
