@@ -3,6 +3,7 @@ memory-mapped, random-access source, with the same fail-fast checks as `codes.py
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -47,8 +48,11 @@ class ExtractedSource:
     """
 
     def __init__(self, codes: list[np.ndarray], labels: list[np.ndarray], num_views: int,
-                 grid: tuple[int, int], tokenizer: str | None = None):
+                 grid: tuple[int, int], tokenizer: str | None = None,
+                 identity: str | None = None):
         self._codes, self._labels = codes, labels
+        # A digest of the manifest's config: which extraction (`dataset_identity`).
+        self.identity = identity
         self.num_views, self.grid = num_views, grid
         # The fingerprint of the tokenizer that wrote the codes (None: not recorded, an
         # extraction made before fingerprints); checkpoints trained on them record it.
@@ -164,4 +168,5 @@ def load_extracted(out_dir: str | os.PathLike, split: str, *, grid_shape: tuple[
                              f"[{lo}, {hi}]")
     recorded = cfg.get("tokenizer")
     fingerprint = recorded if isinstance(recorded, str) and recorded.startswith("sha256:") else None
-    return ExtractedSource(codes, labels, cfg["views"], tuple(cfg["grid"]), fingerprint)
+    identity = "sha256:" + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    return ExtractedSource(codes, labels, cfg["views"], tuple(cfg["grid"]), fingerprint, identity)

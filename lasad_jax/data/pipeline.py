@@ -8,6 +8,7 @@ therefore never branch on the dataset.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,6 +151,25 @@ def eval_batches(source: TokenSource | ExtractedSource, *, batch_size: int) -> I
         batch["label"] = np.pad(batch["label"], (0, pad))
         batch["mask"] = (np.arange(batch_size) < real).astype(np.float32)
         yield batch
+
+
+# Token rows a dataset's identity reads beside all its labels: enough to tell two
+# datasets apart, cheap for a million-row memmap.
+IDENTITY_ROWS = 256
+
+
+def dataset_identity(source: TokenSource | ExtractedSource) -> str:
+    """Which training examples a checkpoint's data position counts through
+    (`training.checkpoint.data_order`): for extracted codes, a digest of the manifest's
+    config (the images' and the tokenizer's fingerprints, the views, the sizes), so the
+    same extraction re-run or moved keeps it; for the others, a digest of every label and
+    the first `IDENTITY_ROWS` token rows."""
+    if isinstance(source, ExtractedSource):
+        return source.identity
+    digest = hashlib.sha256(np.ascontiguousarray(source.labels, np.int32).tobytes())
+    head = np.asarray(source.tokens[:IDENTITY_ROWS], np.int32)
+    digest.update(np.ascontiguousarray(head).tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def load_embedded(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from flax import nnx
 
 from lasad_jax.config import GeneratorRun
 from lasad_jax.data import build_source, train_iterator
+from lasad_jax.data.pipeline import dataset_identity
 from lasad_jax.data.config import EMBEDDED
 from lasad_jax.data.extracted import ExtractedSource, require_one_tokenizer
 from lasad_jax.parallel import build_mesh, local_batch_size
@@ -64,7 +65,8 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, float]:
         workdir, config.train, init, mesh, train_iter,
         identity=generator_identity(config.model, fingerprint, data_order(
             batch_size=config.batch_size, seed=config.seed, train_examples=len(train_source),
-            split_seed=config.data.seed if config.data.name in EMBEDDED else None)))
+            split_seed=config.data.seed if config.data.name in EMBEDDED else None,
+            dataset=dataset_identity(train_source))))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("mesh %s over %d devices in %d processes (%s)", describe(mesh), mesh.size,
                  jax.process_count(), jax.devices()[0].platform)

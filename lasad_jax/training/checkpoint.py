@@ -52,22 +52,29 @@ DERIVED_FROM = {"model.vocab_size": "the tokenizer's vocabulary",
                 "data_order.batch_size": "config.batch_size",
                 "data_order.seed": "config.seed",
                 "data_order.train_examples": "the training split's size",
-                "data_order.split_seed": "config.data.seed"}
+                "data_order.split_seed": "config.data.seed",
+                "data_order.dataset": "the training examples, config.data"}
 
 
 def data_order(*, batch_size: int, seed: int, train_examples: int,
-               split_seed: int | None = None) -> dict[str, int]:
+               split_seed: int | None = None,
+               dataset: str | None = None) -> dict[str, int | str]:
     """What the saved data position means, recorded by training runs beside their model's
     identity: grain saves how far the iterator got, in batches of a shuffle drawn from
     the seed over the dataset, so a run resumed with another batch size, seed or
     dataset would silently continue from another point of another order. `split_seed`
     (`data.seed`, for the datasets that draw their train/val split from it) too: the
-    same size of split, other images, validation images among them. Readers (sampling,
-    evaluation) record none, so they are never refused for it; checkpoints made before
-    a field was recorded are not compared on it."""
-    order = {"batch_size": batch_size, "seed": seed, "train_examples": train_examples}
+    same size of split, other images, validation images among them. `dataset`: which
+    training examples (`data.pipeline.dataset_identity`), so that another dataset of
+    the same size is not taken for this one. Readers (sampling, evaluation) record none,
+    so they are never refused for it; checkpoints made before a field was recorded are
+    not compared on it."""
+    order: dict[str, int | str] = {"batch_size": batch_size, "seed": seed,
+                                   "train_examples": train_examples}
     if split_seed is not None:
         order["split_seed"] = split_seed
+    if dataset is not None:
+        order["dataset"] = dataset
     return order
 
 

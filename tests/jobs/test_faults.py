@@ -375,6 +375,13 @@ CASES = [
     Case("resume with another train/val split", trained("--config.num_steps=9",
                                                         "--config.data.seed=1"),
          ("data_order.split_seed (from config.data.seed) is 0 there, 1 here",)),
+    # As many examples of 8 x 8 grey images as the digits' training split: only which
+    # examples they are tells them apart.
+    Case("resume on another dataset of the same size", trained(
+        "--config.num_steps=9", "--config.data.name=shapes", "--config.data.size=8",
+        "--config.data.num_train=1618"),
+         ("checkpoint at step 6", "data_order.dataset (from the training examples, config.data) "
+          "is sha256:", "use the config it was trained with")),
     Case("resume an old checkpoint with another model size", old("--config.num_steps=6",
                                                                  "--config.model.dim=16"),
          ("checkpoint at step 2", "does not fit this model:", "is (8, 2) there, (16, 2) here",
