@@ -17,13 +17,14 @@ from absl import logging
 
 from lasad_jax.config import TokenizerRun
 from lasad_jax.data.image_batches import build_image_dataset, image_train_iterator
-from lasad_jax.files import exists, require_writable
+from lasad_jax.files import exists, move, require_writable
 from lasad_jax.parallel import build_mesh, local_batch_size, process_0_decides
 from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq.weights import save_vq
 from lasad_jax.training.checkpoint import data_order, resume_or_start
 from lasad_jax.training.host_loop import Evaluation, run_length, summary, train_loop
 from lasad_jax.training.optimizer import peak_learning_rate
+from lasad_jax.training.writers import free_name
 from lasad_jax.training.vq.step import (
     evaluate_vq,
     make_vq_state,
@@ -87,6 +88,16 @@ def run(config: TokenizerRun, workdir: str) -> dict[str, float]:
         if not pairs:  # nothing was trained here: evaluate the restored state once
             evaluate(result.state, result.step)
         if jax.process_index() == 0:
+            for path in (export, picture):
+                # Trained here, so an export already there holds other weights (this run's
+                # before it trained further, or an earlier run's whose checkpoints were
+                # moved away): codes may have been extracted with it, so it is kept,
+                # renamed, not written over. (Untrained, the export is redone with the
+                # same weights after a crash in it.)
+                if result.trained and exists(path):
+                    kept = free_name(path)
+                    move(path, kept)
+                    logging.warning("%s holds an earlier export: renamed to %s", path, kept)
             save_vq(export, result.state.params, config.vq, source="trained by lasad_jax")
             save_png(picture, grid(pairs[0]))
             logging.info("reconstructions.png: top row inputs, bottom row reconstructions")

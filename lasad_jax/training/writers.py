@@ -42,7 +42,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     def __init__(self, path: str, resume_step: int | None = None):
         self.path = path
         if resume_step == 0 and exists(path) and read_bytes(path).strip():
-            kept = _free_name(path)
+            kept = free_name(path)
             move(path, kept)
             logging.warning("%s holds an earlier run's metrics and this run starts at step "
                             "0: renamed to %s", path, kept)
@@ -85,7 +85,7 @@ class JsonlWriter(metric_writers.MetricWriter):
         self._file.close()
 
 
-def _free_name(path: str) -> str:
+def free_name(path: str) -> str:
     """`path.1`, `path.2`, ...: the first that does not exist."""
     number = 1
     while exists(f"{path}.{number}"):

@@ -72,3 +72,18 @@ def test_tokenizer_training_logs_resumes_and_exports(tmp_path):
     codes = tokenizer.encode(images)
     assert codes.shape == (5, 8, 8) and codes.min() >= 0 and codes.max() < 32
     assert tokenizer.decode(codes).shape == (5, 16, 16, 3)
+
+    # Trained one step further, the run exports again; the export codes may have been
+    # extracted with is kept aside, renamed, with its picture.
+    def contents(path):  # a file's bytes, or a directory's {name: bytes}
+        if path.is_file():
+            return path.read_bytes()
+        return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+    before = {name: contents(split / name) for name in ("tokenizer", "reconstructions.png")}
+    config = tiny_vq_config()
+    config.num_steps = 5
+    train_tokenizer(config, str(split))
+    for name, old in before.items():
+        assert contents(split / f"{name}.1") == old
+        assert contents(split / name) != old
