@@ -373,22 +373,37 @@ def cache_name(url: str) -> str:
     return f"{url.rsplit('/', 1)[-1] or 'root'}-{digest}"
 
 
-def _remote_files(url: str) -> Iterator[tuple[str, str, int]]:
-    """`(relative directory, file name, bytes)` of every file under the URL `url`."""
+def _remote_files(url: str) -> Iterator[tuple[str, str, int, int]]:
+    """`(relative directory, file name, bytes, modification time in ns)` of every file
+    under the URL `url`."""
     gfile = tf_gfile()
     for directory, _, names in gfile.walk(url):
         rel = directory[len(url):].strip("/")
         if not names:
-            yield rel, "", 0  # an empty directory is copied too
+            yield rel, "", 0, 0  # an empty directory is copied too
         for name in names:
-            yield rel, name, gfile.stat(f"{directory.rstrip('/')}/{name}").length
+            stat = gfile.stat(f"{directory.rstrip('/')}/{name}")
+            yield rel, name, stat.length, stat.mtime_nsec
+
+
+def _copied_listing(marker: str) -> list | None:
+    """The remote listing a complete copy was made from (None: a marker written before
+    listings were recorded, which only held the URL)."""
+    try:
+        with open(marker) as f:
+            return json.load(f)["files"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def local_copy(url: str, what: str, *, part: str = "", cache: str | None = None) -> str:
     """A local directory holding the remote directory `url` (or only its subdirectory
     `part`, copied to the same place under the result); a local `url` is returned as it
     is. The copy is made once per machine under `cache` (default `cache_root()`),
-    in a folder named by `cache_name(url)`, and reused while complete.
+    in a folder named by `cache_name(url)`, and reused while complete and while the
+    remote directory lists the same files with the same sizes and modification times;
+    one that changed (codes extracted again, a newer checkpoint) is copied again. When
+    the bucket cannot be listed, a complete copy is used, with a warning.
 
     Readers memory-map codes and open weights with plain file calls, which a bucket
     does not serve: copying once keeps every reader local and tested. The marker file
@@ -402,40 +417,55 @@ def local_copy(url: str, what: str, *, part: str = "", cache: str | None = None)
     root = cache or cache_root()
     dst = os.path.join(root, cache_name(url))
     marker = os.path.join(dst, COMPLETE)
-    if os.path.exists(marker):
-        logging.info("reading %s from its local copy %s", url, dst)
-        return dst
-    os.makedirs(root, exist_ok=True)
-    with open(dst + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
-        if os.path.exists(marker):  # another process of this machine copied it meanwhile
-            return dst
-        src = f"{url}/{part.strip('/')}" if part else url
+    src = f"{url}/{part.strip('/')}" if part else url
+
+    def remote_listing() -> list[list]:
         try:
             if not tf_gfile().isdir(src):
                 raise FileNotFoundError(f"{what}={url!r}: {src} is not a directory (or is "
                                         "not readable with this machine's credentials)")
-            listing = list(_remote_files(src))
+            return [list(item) for item in _remote_files(src)]
         except _remote_errors() as err:
             raise _remote_failure(err, src, f"list {what}") from err
-        if os.path.exists(dst):
+
+    if os.path.exists(marker):
+        try:
+            listing = remote_listing()
+        except (FileNotFoundError, RemoteError) as err:
+            logging.warning("cannot list %s (%s); reading the local copy %s made earlier",
+                            src, err, dst)
+            return dst
+        if _copied_listing(marker) == listing:
+            logging.info("reading %s from its local copy %s", url, dst)
+            return dst
+    os.makedirs(root, exist_ok=True)
+    with open(dst + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+        listing = remote_listing()
+        if os.path.exists(marker) and _copied_listing(marker) == listing:
+            return dst  # another process of this machine copied it meanwhile
+        if os.path.exists(marker):
+            logging.warning("%s changed since it was copied to %s (files added, removed or "
+                            "rewritten): copying it again", src, dst)
+            shutil.rmtree(dst)
+        elif os.path.exists(dst):
             logging.warning("removing the interrupted copy %s of %s; copying again", dst, url)
             shutil.rmtree(dst)
-        total = sum(size for _, _, size in listing)
+        total = sum(item[2] for item in listing)
         require_space(root, total, f"the local copy of {what} ({url})")
         _copy_files(src, os.path.join(dst, part.strip("/")) if part else dst, listing, total)
         with open(marker, "w") as f:
-            f.write(url + "\n")
+            json.dump({"url": url, "files": listing}, f)
     return dst
 
 
-def _copy_files(src: str, dst: str, listing: list[tuple[str, str, int]], total: int) -> None:
+def _copy_files(src: str, dst: str, listing: list[list], total: int) -> None:
     """Copies the files of `listing` from `src` to `dst`, logging progress every 30 s."""
     gfile = tf_gfile()
     logging.info("copying %s (%d files, %s) to %s", src, len(listing), human_bytes(total), dst)
     start = last = time.monotonic()
     done = 0
-    for rel, name, size in listing:
+    for rel, name, size, _ in listing:
         os.makedirs(os.path.join(dst, rel), exist_ok=True)
         if not name:
             continue

@@ -183,11 +183,40 @@ def test_local_copy_copies_once_then_reuses(ram, tmp_path, monkeypatch):
     assert pathlib.Path(local, "a.txt").read_text() == "one"
     assert pathlib.Path(local, "sub", "b.bin").read_bytes() == b"\x00" * 100
     assert os.path.exists(os.path.join(local, files.COMPLETE))
-    # A complete copy is reused without reading the bucket again.
+    # A complete copy is reused while the bucket lists the same files: nothing copied.
+    copy = gfile().copy
     monkeypatch.setattr(gfile(), "copy", lambda *a, **k: pytest.fail("copied again"))
     assert files.local_copy(f"{ram}/x/codes", "data.codes_dir") == local
+    monkeypatch.setattr(gfile(), "copy", copy)
     # Local paths pass through unchanged.
     assert files.local_copy(str(tmp_path / "src"), "data.codes_dir") == str(tmp_path / "src")
+
+
+def test_local_copy_follows_the_bucket(ram, tmp_path, monkeypatch):
+    """A copy of a directory that changed since (codes extracted again, a file added, one
+    rewritten in place: another size or modification time) is made again; a bucket that
+    cannot be listed leaves the complete copy in use."""
+    import types
+
+    cache, url = str(tmp_path / "cache"), f"{ram}/codes"
+    upload(_tree(tmp_path / "src", "one"), url)
+    local = pathlib.Path(files.local_copy(url, "data.codes_dir", cache=cache))
+    with gfile().GFile(f"{url}/a.txt", "w") as f:
+        f.write("three")
+    with gfile().GFile(f"{url}/new.txt", "w") as f:
+        f.write("new")
+    assert files.local_copy(url, "data.codes_dir", cache=cache) == str(local)
+    assert (local / "a.txt").read_text() == "three" and (local / "new.txt").is_file()
+    with gfile().GFile(f"{url}/a.txt", "w") as f:  # the same size, rewritten later
+        f.write("four!")
+    stat = gfile().stat
+    monkeypatch.setattr(gfile(), "stat", lambda path: types.SimpleNamespace(
+        length=stat(path).length, mtime_nsec=stat(path).mtime_nsec + 1))
+    files.local_copy(url, "data.codes_dir", cache=cache)
+    assert (local / "a.txt").read_text() == "four!"
+    gfile().rmtree(url)  # gone, or no network: the copy made earlier is read
+    assert files.local_copy(url, "data.codes_dir", cache=cache) == str(local)
+    assert (local / "a.txt").read_text() == "four!"
 
 
 def test_local_copy_redoes_an_interrupted_copy(ram, tmp_path):

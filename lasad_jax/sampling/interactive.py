@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import logging
 from flax import nnx
 
-from lasad_jax.files import COMPLETE, cache_name, is_remote, local_copy, tf_gfile
+from lasad_jax.files import is_remote, local_copy, tf_gfile
 from lasad_jax.ops.decay import decay_mask
 from lasad_jax.validation import check_location
 
@@ -27,31 +26,19 @@ def fetch_workdir(src: str, cache_dir: str) -> str:
     `google.colab.auth.authenticate_user()` first).
 
     The copy is `files.local_copy`'s, named by the URL's last part and hash, so two runs
-    whose paths end alike never share one. A complete copy is reused only while the
-    remote `checkpoints/` lists the same entries (one listing): a run that has saved
-    newer steps since is copied again, so the notebook samples what the run holds now."""
+    whose paths end alike never share one, and reused only while the remote
+    `checkpoints/` lists the same files, sizes and modification times: a run that has
+    saved newer steps since is copied again, so the notebook samples what the run holds
+    now."""
     if not is_remote(check_location("checkpoint", src)):
         if not os.path.isdir(os.path.join(src, "checkpoints")):
             raise FileNotFoundError(f"no checkpoints/ under {src!r}: give the --workdir of a "
                                     f"training run (local path or gs:// URL), or leave it "
                                     f"empty to train the demo model")
         return src
-    gfile = tf_gfile()
     src = src.rstrip("/")
-    root = f"{src}/checkpoints"
-    if not gfile.isdir(root):
+    if not tf_gfile().isdir(f"{src}/checkpoints"):
         raise FileNotFoundError(f"no checkpoints/ under {src!r}")
-    dst = os.path.join(cache_dir, cache_name(src))
-    if os.path.exists(os.path.join(dst, COMPLETE)):
-        remote = sorted(name.rstrip("/") for name in gfile.listdir(root))
-        here = os.path.join(dst, "checkpoints")
-        local = sorted(os.listdir(here)) if os.path.isdir(here) else []
-        if remote == local:
-            logging.info("reusing %s, the copy of %s (same checkpoints: %s)", dst, root, remote)
-            return dst
-        logging.info("%s lists %s but the copy %s holds %s: copying again", root, remote,
-                     dst, local)
-        os.remove(os.path.join(dst, COMPLETE))  # local_copy then removes the old copy
     return local_copy(src, "checkpoint", part="checkpoints", cache=cache_dir)
 
 
