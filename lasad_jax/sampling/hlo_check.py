@@ -266,7 +266,11 @@ def guarded_arrays(cache: Any, batch_axes: Any, column: int) -> dict[str, tuple[
     in place: those larger than one column. An array whose batch axis is not its first
     leads with a slot axis, one slot written per token, so it is guarded when it has more
     than one slot; any other array when it has more than `column` elements (one
-    `Dk x Dv` state for every row and head: what each step may rewrite whole)."""
+    `Dk x Dv` state for every row and head: what each step may rewrite whole). So a
+    softmax KV cache (`[B H, slots, D]`, the batch first) of at most `D` slots is not
+    guarded: a copy of it per token moves no more than the column a LASAD token rewrites,
+    which the per-token budget allows (issue 17); the presets' grids have 256 slots and
+    more, where it is guarded."""
     guarded = {}
     leaves = jax.tree_util.tree_flatten_with_path(cache)[0]
     for (path, x), axis in zip(leaves, jax.tree.leaves(batch_axes)):
