@@ -37,6 +37,12 @@ def sampling_problems(*, cfg_scale: Any, temperature: Any, top_k: Any, top_p: An
     """One line per bad sampling argument (all of them, not the first only). numpy
     scalars count as numbers: callers convert with int()/float()."""
     problems = []
+    arrays = {name: value for name, value in (("cfg_scale", cfg_scale), ("temperature",
+              temperature), ("top_k", top_k), ("top_p", top_p))
+              if hasattr(value, "shape") and not isinstance(value, np.generic)}
+    if arrays:  # a jax scalar: the settings are static arguments of the compiled sampler
+        return [f"{name} must be a Python or numpy number, not an array; got {value!r} (use "
+                "float() or int())" for name, value in arrays.items()]
     if not (is_real(temperature) and temperature > 0):
         problems.append(f"temperature must be > 0 (use top_k=1 for greedy), got {temperature!r}")
     elif not math.isfinite(temperature):
@@ -86,6 +92,8 @@ def check_generate_args(model_cfg: Any, labels: Any, *, cfg_scale: Any, temperat
     shape = np.shape(labels)
     if len(shape) != 1:
         problems.append(f"labels must be a 1-D array of class ids, got shape {shape}")
+    elif shape[0] == 0:
+        problems.append("labels must hold at least one class id, got an empty array")
     else:
         problems += class_problems(labels, model_cfg.num_classes, "labels")
     problems += sampling_problems(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,

@@ -183,11 +183,15 @@ def test_generate_seeds_and_classes():
     (dict(top_k=-1), "top_k must be an int >= 0"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(cfg_scale=-1.0), "cfg_scale must be finite and >= 0"),
+    (dict(cfg_scale=jnp.float32(2.0)), r"cfg_scale must be a Python or numpy number, not an "
+                                       r"array; got Array\(2\., dtype=float32\) \(use float\(\)"),
+    (dict(labels=jnp.zeros((0,), jnp.int32)), "labels must hold at least one class id"),
 ])
 def test_generate_rejects_bad_settings(kwargs, match):
     model = perturbed_model(small_config("linear"))
+    labels = kwargs.pop("labels", jnp.array([0]))
     with pytest.raises(ValueError, match=match):
-        generate(model, jnp.array([0]), jax.random.key(0), **kwargs)
+        generate(model, labels, jax.random.key(0), **kwargs)
 
 
 def test_make_grid_layout():
