@@ -86,7 +86,8 @@ def accumulation_problems(batch_size: object, grad_accum_steps: int,
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     """What the host loop reads. `eval_every`: -1 never evaluates, 0 only at the end, n
-    every n steps and at the end. `stop_after` > 0 ends this process at that step (a
+    every n steps and at the end, which a `stop_after` stop is too (each time-limited
+    chunk reports its validation). `stop_after` > 0 ends this process at that step (a
     time-limited job) without changing the schedule."""
 
     log_every: int = 100
