@@ -158,6 +158,15 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         raise _remote_failure(err, path, "read") from err
 
 
+def free_name(path: str) -> str:
+    """`path.1`, `path.2`, ...: the first that does not exist (where an earlier run's
+    output is kept aside instead of written over)."""
+    number = 1
+    while exists(f"{path}.{number}"):
+        number += 1
+    return f"{path}.{number}"
+
+
 def move(src: str, dst: str) -> None:
     """Renames the file or directory `src` to `dst`. A remote directory is moved file by
     file (a bucket has no directories to rename; Cloud Storage renames by copying)."""

@@ -210,7 +210,6 @@ def extract_codes(
                 "tokenizer_description": tokenizer.describe(), "shards": [],
                 "num_images": 0, "num_skipped": 0, "skipped": [], "complete": False,
                 "class_names": list(classes) if classes is not None else None}
-    _check_other_splits(out_dir, split, classes, tokenizer)
     if mpath.is_file():
         old = read_manifest(mpath)
         if "source" not in old["config"] and old["complete"]:
@@ -223,6 +222,7 @@ def extract_codes(
         manifest = old
         if manifest["complete"]:
             return manifest  # nothing to add: the files stay as they are
+    _check_other_splits(out_dir, split, classes, tokenizer)
     require_writable(out_dir)
     num_shards = -(-len(source) // shard_size)
     first = len(manifest["shards"])

@@ -17,14 +17,13 @@ from absl import logging
 
 from lasad_jax.config import TokenizerRun
 from lasad_jax.data.image_batches import build_image_dataset, image_train_iterator
-from lasad_jax.files import exists, move, require_writable
+from lasad_jax.files import exists, free_name, move, require_writable
 from lasad_jax.parallel import build_mesh, local_batch_size, process_0_decides
 from lasad_jax.sampling.images import make_grid, save_png
 from lasad_jax.tokenizers.vq.weights import save_vq
 from lasad_jax.training.checkpoint import data_order, resume_or_start
 from lasad_jax.training.host_loop import Evaluation, run_length, summary, train_loop
 from lasad_jax.training.optimizer import peak_learning_rate
-from lasad_jax.training.writers import free_name
 from lasad_jax.training.vq.step import (
     evaluate_vq,
     make_vq_state,

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from lasad_jax.files import (
-    exists, is_remote, move, read_bytes, tensorflow, tf_gfile, write_atomically)
+    exists, free_name, is_remote, move, read_bytes, tensorflow, tf_gfile, write_atomically)
 
 tensorflow()  # before clu imports it
 from clu import metric_writers  # noqa: E402
@@ -83,14 +83,6 @@ class JsonlWriter(metric_writers.MetricWriter):
 
     def close(self) -> None:
         self._file.close()
-
-
-def free_name(path: str) -> str:
-    """`path.1`, `path.2`, ...: the first that does not exist."""
-    number = 1
-    while exists(f"{path}.{number}"):
-        number += 1
-    return f"{path}.{number}"
 
 
 def _truncate_after(path: str, step: int) -> None:
