@@ -84,13 +84,6 @@ def make_views(image: Image.Image | np.ndarray, image_size: int, augment: str) -
     return np.stack(five + [v[:, ::-1] for v in five])
 
 
-def _brief(fingerprint: str | None) -> str:
-    """A source's fingerprint as messages show it (a digest cut to 12 hex digits)."""
-    if fingerprint and fingerprint.startswith("sha256:"):
-        return short(fingerprint)
-    return str(fingerprint)
-
-
 def _refusal(mpath: pathlib.Path, old: dict, config: dict, out_dir: pathlib.Path,
              split: str, description: str, source: str) -> ValueError:
     """One line naming what the manifest records and what this run would write."""
@@ -104,8 +97,8 @@ def _refusal(mpath: pathlib.Path, old: dict, config: dict, out_dir: pathlib.Path
             f"datasets: {fix}")
     if recorded.get("source") != config["source"]:
         return ValueError(
-            f"{mpath} holds codes of the images {_brief(recorded.get('source'))} "
-            f"({old.get('source')}), but this run reads {_brief(config['source'])} ({source}); "
+            f"{mpath} holds codes of the images {short(recorded.get('source'))} "
+            f"({old.get('source')}), but this run reads {short(config['source'])} ({source}); "
             f"codes of two datasets must not be mixed: {fix}")
     if recorded.get("tokenizer") != config["tokenizer"]:
         was = old.get("tokenizer_description", "")

@@ -12,6 +12,7 @@ import numpy as np
 
 from lasad_jax.data.codes import RANGE_CHECK_ROWS, _check_range, open_npy
 from lasad_jax.files import local_copy
+from lasad_jax.tokenizers.base import short
 
 FORMAT = "lasad_jax.extracted_codes/1"
 
@@ -102,7 +103,7 @@ def require_one_tokenizer(train: ExtractedSource, val: ExtractedSource, codes_di
     if train.tokenizer and val.tokenizer and train.tokenizer != val.tokenizer:
         raise ValueError(
             f"config.data.codes_dir={codes_dir!r} holds train codes of tokenizer "
-            f"{train.tokenizer[:19]} and val codes of tokenizer {val.tokenizer[:19]}; "
+            f"{short(train.tokenizer)} and val codes of tokenizer {short(val.tokenizer)}; "
             "validation needs the training split's tokenizer: extract both splits with one")
 
 

@@ -93,12 +93,14 @@ class ImageFolderSource:
             )
         self.class_names: list[str] = [p.name for p in class_dirs]
         self.paths: list[pathlib.Path] = []
+        self._sizes: list[int] = []  # bytes per file, from the listing's one stat each
         labels: list[int] = []
         for label, class_dir in enumerate(class_dirs):
-            files = sorted(
-                p for p in class_dir.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            found = sorted((entry.name, entry.stat().st_size) for entry in os.scandir(class_dir)
+                           if entry.is_file()
+                           and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+            files = [class_dir / name for name, _ in found]
+            self._sizes.extend(size for _, size in found)
             if not files:
                 raise FileNotFoundError(
                     f"class directory {str(class_dir)!r} holds no images with extensions "
@@ -116,12 +118,11 @@ class ImageFolderSource:
         """Which images, in which order: a digest of each file's path below the root
         and its size in bytes. Extraction records it, so a resumed or repeated run over
         another tree (or a tree whose files changed) is refused instead of mixing two
-        datasets' codes; the same tree moved to another disk keeps it. One `stat` per
-        file, no pixels read."""
+        datasets' codes; the same tree moved to another disk keeps it. The sizes come
+        from the listing: no file is read or stat'ed again."""
         digest = hashlib.sha256()
-        for path in self.paths:
-            digest.update(f"{path.relative_to(self.root).as_posix()}\0"
-                          f"{path.stat().st_size}\n".encode())
+        for path, size in zip(self.paths, self._sizes):
+            digest.update(f"{path.relative_to(self.root).as_posix()}\0{size}\n".encode())
         return "sha256:" + digest.hexdigest()
 
     def __repr__(self) -> str:

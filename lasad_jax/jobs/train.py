@@ -18,9 +18,9 @@ from flax import nnx
 
 from lasad_jax.config import GeneratorRun
 from lasad_jax.data import build_source, train_iterator
-from lasad_jax.data.pipeline import dataset_identity
 from lasad_jax.data.config import EMBEDDED
 from lasad_jax.data.extracted import ExtractedSource, require_one_tokenizer
+from lasad_jax.data.pipeline import dataset_identity
 from lasad_jax.parallel import build_mesh, local_batch_size
 from lasad_jax.parallel.rules import describe
 from lasad_jax.files import require_writable

@@ -34,8 +34,13 @@ def content_fingerprint(settings: dict[str, Any],
 
 
 def short(fingerprint: str | None) -> str:
-    """A fingerprint as messages show it: the prefix and 12 hex digits."""
-    return "unknown" if not fingerprint else fingerprint[:len(FINGERPRINT_PREFIX) + 12]
+    """A fingerprint as messages show it: a digest as its prefix and 12 hex digits, any
+    other (a tfds source's `name/version/split/size`) whole."""
+    if not fingerprint:
+        return "unknown"
+    if fingerprint.startswith(FINGERPRINT_PREFIX):
+        return fingerprint[:len(FINGERPRINT_PREFIX) + 12]
+    return fingerprint
 
 
 class Tokenizer(abc.ABC):
