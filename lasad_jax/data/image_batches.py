@@ -12,6 +12,7 @@ CPU demo of the tokenizer needs no download.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator
 
 import grain
@@ -30,6 +31,11 @@ class DigitImages:
         images, labels = load_digits(split, val_fraction=val_fraction, seed=seed)
         self.images = np.repeat(images.repeat(scale, axis=1).repeat(scale, axis=2), 3, axis=-1)
         self.labels = labels
+        # Which images, as the other image sources say it (a checkpoint's data order
+        # records it): the 8 x 8 originals and their labels, in order.
+        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+        digest.update(np.ascontiguousarray(labels, np.int32).tobytes())
+        self.fingerprint = "sha256:" + digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -39,7 +45,8 @@ class DigitImages:
 
 
 def build_image_dataset(data: ImageDataConfig, split: str, image_size: int) -> Any:
-    """The pixel source of `data.name` ("digits", "imagefolder", "tfds") for `split`."""
+    """The pixel source of `data.name` ("digits", "imagefolder", "tfds") for `split`.
+    Each has a `fingerprint` string naming which images it holds."""
     if data.name == "digits":
         if image_size % 8:
             raise ValueError(f"digits are 8x8: the tokenizer's image_size must be a multiple "

@@ -50,7 +50,8 @@ def run(config: TokenizerRun, workdir: str) -> dict[str, float]:
         workdir, config.train, state, mesh, train_iter,
         identity=dict(tokenizer_identity(config.vq, config.loss), data_order=data_order(
             batch_size=config.batch_size, seed=config.seed, train_examples=len(train_source),
-            split_seed=config.data.seed if config.data.name == "digits" else None)))
+            split_seed=config.data.seed if config.data.name == "digits" else None,
+            dataset=train_source.fingerprint)))
     codes = size // config.vq.downsample_factor
     logging.info("tokenizer: %.2fM parameters, %d px -> %d x %d codes, codebook %d; %d train "
                  "/ %d val images; %d steps of batch %d, peak lr %.3g, GAN from step %d",

@@ -65,8 +65,9 @@ def data_order(*, batch_size: int, seed: int, train_examples: int,
     dataset would silently continue from another point of another order. `split_seed`
     (`data.seed`, for the datasets that draw their train/val split from it) too: the
     same size of split, other images, validation images among them. `dataset`: which
-    training examples (`data.pipeline.dataset_identity`), so that another dataset of
-    the same size is not taken for this one. Readers (sampling, evaluation) record none,
+    training examples (the generator's `data.pipeline.dataset_identity`, the tokenizer's
+    image source's `fingerprint`), so that another dataset of the same size is not
+    taken for this one. Readers (sampling, evaluation) record none,
     so they are never refused for it; checkpoints made before a field was recorded are
     not compared on it."""
     order: dict[str, int | str] = {"batch_size": batch_size, "seed": seed,

@@ -8,6 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from lasad_jax.config import parse
 from lasad_jax.data.image_batches import DigitImages
@@ -15,7 +16,7 @@ from lasad_jax.jobs import train_tokenizer as job
 from lasad_jax.tokenizers.vq16 import VQ16Tokenizer
 from lasad_jax.training import checkpoint as ckpt_lib
 from lasad_jax.training.vq.step import make_vq_state
-from tests.helpers import hash_tree, tensorboard, tiny_vq_config
+from tests.helpers import hash_tree, tensorboard, tiny_vq_config, write_image_folder
 
 
 def train_tokenizer(config, workdir):
@@ -87,3 +88,34 @@ def test_tokenizer_training_logs_resumes_and_exports(tmp_path):
     for name, old in before.items():
         assert contents(split / f"{name}.1") == old
         assert contents(split / name) != old
+
+
+@pytest.mark.slow
+def test_a_run_resumed_on_other_images_is_refused(tmp_path):
+    """A checkpoint's data position counts through one set of images: resumed on
+    another of as many images, grain would continue another shuffle silently."""
+    first, other = tmp_path / "first", tmp_path / "other"
+    for root in (first, other):
+        for split in ("train", "val"):
+            write_image_folder(root, split, per_class=4)
+    # The same names and count; one training image holds other pixels.
+    Image.fromarray(np.zeros((12, 10, 3), np.uint8)).save(other / "train" / "ant" / "0.png")
+    # The step and evaluation of the test above (compiled once in a run of the suite),
+    # stopped after one step.
+    config = tiny_vq_config(checkpoint_every=1, stop_after=1)
+    config.data.update(name="imagefolder", image_dir=str(first))
+    run = tmp_path / "run"
+    train_tokenizer(config, str(run))
+    config.data.image_dir = str(other)
+    with pytest.raises(ckpt_lib.CheckpointMismatch,
+                       match=r"data_order\.dataset \(from the training examples"):
+        train_tokenizer(config, str(run))
+    # The same images elsewhere resume (`ImageFolderSource.fingerprint` reads paths
+    # below the root); `tests/data/test_extract.py` moves a tree the same way.
+
+
+def test_the_digits_fingerprint_names_their_images():
+    one = DigitImages("train", scale=2, val_fraction=0.1, seed=0)
+    assert one.fingerprint == DigitImages("train", scale=2, val_fraction=0.1, seed=0).fingerprint
+    assert one.fingerprint != DigitImages("train", scale=2, val_fraction=0.1, seed=1).fingerprint
+    assert one.fingerprint != DigitImages("val", scale=2, val_fraction=0.1, seed=0).fingerprint
