@@ -17,7 +17,8 @@ In the job every task gets LASAD_MULTIHOST=1, so the program calls
 jax.distributed.initialize(). JAX reads the process count and rank from SLURM's
 environment (SLURM_NTASKS, SLURM_PROCID, ...) by itself; the script also exports
 JAX_COORDINATOR_ADDRESS=<first node of $SLURM_JOB_NODELIST>:<port>, which
-jax.distributed.initialize() uses as the coordinator.
+jax.distributed.initialize() uses as the coordinator, and JAX_LOCAL_DEVICE_IDS=0,...,G-1
+(without it JAX takes SLURM_LOCALID, 0 for every task, as the index of the task's one GPU).
 
 The job installs nothing. Prepare, on a filesystem every node sees, a Python 3.11+
 environment with `pip install -r requirements.txt -e . "jax[cuda13]"` in this repository,
@@ -148,6 +149,9 @@ generate() {
 # from JAX_COORDINATOR_ADDRESS: the first node of the allocation.
 export LASAD_MULTIHOST=1
 EOS
+  echo '# One task per node: each uses every GPU of its node (JAX would take SLURM_LOCALID,'
+  echo '# 0 here, as its one GPU).'
+  echo "export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((gpus_per_node - 1)))"
   if [[ -n "${port}" ]]; then
     echo "coordinator_port=${port}"
   else

@@ -224,6 +224,7 @@ def test_slurm_job_script_runs(tmp_path):
     (bin_dir / "srun").write_text(
         '#!/usr/bin/env bash\necho "LASAD_MULTIHOST=$LASAD_MULTIHOST"\n'
         'echo "JAX_COORDINATOR_ADDRESS=$JAX_COORDINATOR_ADDRESS"\n'
+        'echo "JAX_LOCAL_DEVICE_IDS=$JAX_LOCAL_DEVICE_IDS"\n'
         'for a in "$@"; do echo "ARG<$a>"; done\n'
     )
     for exe in bin_dir.iterdir():
@@ -235,12 +236,47 @@ def test_slurm_job_script_runs(tmp_path):
     out = _run(script, env=env).stdout
     assert "LASAD_MULTIHOST=1" in out
     assert "JAX_COORDINATOR_ADDRESS=gpu17:61441" in out
+    assert "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7" in out
     args = [line[4:-1] for line in out.splitlines() if line.startswith("ARG<")]
     assert args[:4] == ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=8",
                         "--kill-on-bad-exit=1"]
     assert args[4:] == ["python", "-m", "lasad_jax.main", "--config=configs/imagenet256.py",
                         "--workdir=/shared/ckpt/lasad_l", "--mode=train",
                         "--config.sample.classes=(3, 8)"]
+
+
+# One task of the job on its node, as srun starts it, then the program's
+# `jax.distributed.initialize()` (one process here, so that it returns); it prints the
+# GPUs JAX will open.
+_ONE_TASK = """
+import os, socket
+with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+os.environ.update(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="1",
+                  SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_STEP_NUM_NODES="1",
+                  JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
+import jax
+jax.distributed.initialize()
+print("visible:", jax.config.values["jax_cuda_visible_devices"])
+jax.distributed.shutdown()
+"""
+
+
+def test_each_task_uses_every_gpu_of_its_node():
+    """With one task per node SLURM_LOCALID is 0 everywhere, which JAX alone takes for
+    the index of the task's one GPU: the job's JAX_LOCAL_DEVICE_IDS lists them all."""
+    text = "\n".join(_batch_script())
+    ids = text.split("export JAX_LOCAL_DEVICE_IDS=")[1].split()[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_"))}
+    env["JAX_PLATFORMS"] = "cpu"
+    seen = {}
+    for name, extra in (("job", {"JAX_LOCAL_DEVICE_IDS": ids}), ("bare", {})):
+        proc = subprocess.run(["python", "-c", _ONE_TASK], capture_output=True, text=True,
+                              timeout=120, env=dict(env, **extra), cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        seen[name] = proc.stdout.split("visible:")[1].strip()
+    assert seen == {"job": "0,1,2,3,4,5,6,7", "bare": "0"}
 
 
 @pytest.mark.parametrize("flag", ["--nodes", "--gpus-per-node", "--partition", "--time",
