@@ -112,11 +112,19 @@ def make_vq_train_step(defs, tx, schedule, loss_cfg: VQLossConfig, lpips,
         disc_params = optax.apply_updates(state.disc_params, d_updates)
         # Before `disc_start` D's loss weight is 0, so its gradients are zero, yet AdamW's
         # weight decay would shrink it (about 10% over LlamaGen's 20k steps): D and its
-        # optimizer state are held as they are until D starts to learn.
+        # Adam moments and count are held as they are until D starts to learn. The
+        # schedule's count runs on, so that D learns at the logged rate of each step (held,
+        # it would warm up again from 0 at `disc_start` and trail a decay to the end).
         started = count >= loss_cfg.disc_start
-        disc_params, d_opt = jax.tree.map(
-            lambda new, old: jnp.where(started, new, old), (disc_params, d_opt),
-            (state.disc_params, state.disc_opt_state))
+
+        def hold(new: Any, old: Any) -> Any:
+            if isinstance(new, optax.ScaleByScheduleState):
+                return new
+            return jax.tree.map(lambda a, b: jnp.where(started, a, b), new, old)
+
+        disc_params = hold(disc_params, state.disc_params)
+        d_opt = jax.tree.map(hold, d_opt, state.disc_opt_state,
+                             is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
         mse = jnp.mean(jnp.square(recon - x))
         metrics = dict(metrics, **d_metrics, grad_norm=optax.tree.norm(grads),
                        param_norm=optax.tree.norm(params), learning_rate=schedule(state.step),
