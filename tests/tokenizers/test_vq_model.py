@@ -135,6 +135,30 @@ def test_quantizer_uses_l2_normalised_codebook_and_inputs(converted):
     np.testing.assert_allclose(float(aux["commitment_loss"]), 0.25 * mse, **TOL)
     assert float(aux["codebook_usage"]) == len(np.unique(want_codes)) / SMALL.codebook_size
     np.testing.assert_allclose(np.asarray(model.quantize.lookup(codes)), e[want_codes], **TOL)
+    assert "entropy_loss" not in aux  # only when asked for: a softmax over the codebook
+
+    # The entropy term, from numpy: soft assignments at temperature 0.01 of the negative
+    # squared distances; their mean entropy minus the entropy of their average.
+    _, _, aux = model.quantize(jnp.asarray(z, jnp.float32), entropy=True)
+    logits = -((zn.reshape(-1, 1, 8) - e) ** 2).sum(-1) / 0.01
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    mean_p = p.mean(0)
+    want = (-np.mean(np.sum(p * np.log(np.maximum(p, 1e-300)), 1))
+            + np.sum(mean_p * np.log(mean_p + 1e-5)))
+    np.testing.assert_allclose(float(aux["entropy_loss"]), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("affinity, want", [
+    (np.zeros((6, 8)), 0.0),  # every vector undecided: both entropies log 8
+    (np.tile(np.eye(8)[2] * 100.0, (6, 1)), 0.0),  # all sure of one code: both 0
+    (np.eye(8) * 100.0, np.log(1 / 8 + 1e-5)),  # each sure of its own code: 0 - log 8
+])
+def test_codebook_entropy_loss_identities(affinity, want):
+    from lasad_jax.tokenizers.vq.quantizer import codebook_entropy_loss
+
+    got = float(codebook_entropy_loss(jnp.asarray(affinity, jnp.float32), temperature=1.0))
+    np.testing.assert_allclose(got, want, atol=2e-4)
 
 
 def test_training_pass_losses_and_straight_through_gradient():

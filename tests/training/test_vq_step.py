@@ -72,3 +72,22 @@ def test_the_discriminator_starts_at_the_logged_learning_rate():
     rate = float(metrics["learning_rate"])
     assert 0.0 < rate < peak_learning_rate(run.optimizer, run.batch_size)  # warming up
     np.testing.assert_allclose(max(float(m.max()) for m in moves), rate, rtol=1e-3)
+
+
+def test_the_entropy_term_reaches_the_loss_and_the_weights():
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), np.uint8)
+    out = {}
+    for weight in (0.0, 10.0):
+        config = tiny_vq_config()
+        config.loss.update(perceptual_weight=0.0, entropy_weight=weight)
+        run = parse(config, "train")
+        defs, state, tx, schedule, lpips = make_vq_state(
+            run.vq, run.loss, run.optimizer, batch_size=run.batch_size, seed=run.seed,
+            total_steps=4)
+        state, metrics = make_vq_train_step(defs, tx, schedule, run.loss, lpips)(
+            state, {"image": images})
+        out[weight] = [float(metrics[k]) for k in ("loss", "entropy_loss", "grad_norm")]
+    (loss0, entropy0, grad0), (loss10, entropy10, grad10) = out[0.0], out[10.0]
+    assert entropy0 == 0.0 and entropy10 != 0.0  # computed only when weighted
+    np.testing.assert_allclose(loss10 - loss0, 10.0 * entropy10, rtol=1e-4, atol=1e-6)
+    assert abs(grad10 - grad0) > 1e-3 * grad0  # and it is differentiated

@@ -39,12 +39,13 @@ class VQModel(nnx.Module):
             raise ValueError(f"images must be float [N, H, W, {c}] with H and W multiples of "
                              f"{f} (the downsampling factor), got shape {images.shape}")
 
-    def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    def encode(self, images: jax.Array, entropy: bool = False,
+               ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         """Float images `[N, H, W, C]` in [-1, 1] -> `(quant [N, h, w, codebook_dim],
-        codes int32 [N, h, w], aux losses and usage)`."""
+        codes int32 [N, h, w], aux losses and usage)`; `entropy`: the quantizer's."""
         self._check_images(images)
         h = self.quant_conv(self.encoder(images))
-        return self.quantize(h)
+        return self.quantize(h, entropy=entropy)
 
     def decode(self, quant: jax.Array) -> jax.Array:
         """Quantized latents `[N, h, w, codebook_dim]` -> images `[N, H, W, C]` (about [-1, 1],
@@ -57,11 +58,13 @@ class VQModel(nnx.Module):
             raise ValueError(f"codes must have shape [N, h, w], got {codes.shape}")
         return self.decode(self.quantize.lookup(codes))
 
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def __call__(self, images: jax.Array, entropy: bool = False,
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Training pass: `(reconstruction, losses)`, where `losses` holds the mean squared
         reconstruction error `reconstruction_loss`, `codebook_loss`, `commitment_loss` and
-        `codebook_usage` (perceptual and GAN terms belong to the training loop)."""
-        quant, _, aux = self.encode(images)
+        `codebook_usage`, and with `entropy` the quantizer's `entropy_loss` (perceptual
+        and GAN terms belong to the training loop)."""
+        quant, _, aux = self.encode(images, entropy=entropy)
         recon = self.decode(quant)
         losses = {**aux, "reconstruction_loss": jnp.mean((recon - images) ** 2)}
         return recon, losses

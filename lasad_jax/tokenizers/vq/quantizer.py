@@ -41,23 +41,27 @@ class VectorQuantizer(nnx.Module):
         """The codebook as used for lookup: every row l2-normalised."""
         return l2_normalize(self.embedding[...])
 
-    def nearest(self, z: jax.Array) -> jax.Array:
-        """Indices `[...]` of the nearest codebook rows to normalised vectors `z [..., dim]`.
-
-        Uses the expanded squared distance |z|^2 + |e|^2 - 2 z.e, as the original does, so
-        that near-ties resolve the same way (argmin keeps the lowest index on exact ties).
-        """
+    def distances(self, z: jax.Array) -> jax.Array:
+        """Squared distances `[M, codebook_size]` from the `M` vectors of `z [..., dim]` to
+        the normalised codebook rows, as the expanded |z|^2 + |e|^2 - 2 z.e the original
+        uses, so that near-ties resolve the same way."""
         e = self.codebook()
         flat = z.reshape(-1, self.dim)
-        d = (jnp.sum(flat * flat, axis=1, keepdims=True) + jnp.sum(e * e, axis=1)[None, :]
-             - 2.0 * flat @ e.T)
+        return (jnp.sum(flat * flat, axis=1, keepdims=True) + jnp.sum(e * e, axis=1)[None, :]
+                - 2.0 * flat @ e.T)
+
+    def nearest(self, z: jax.Array) -> jax.Array:
+        """Indices `[...]` of the nearest codebook rows to normalised vectors `z [..., dim]`
+        (argmin keeps the lowest index on exact ties)."""
+        d = self.distances(z)
         return jnp.argmin(d, axis=1).astype(jnp.int32).reshape(z.shape[:-1])
 
     def lookup(self, codes: jax.Array) -> jax.Array:
         """Codes `[...]` -> normalised codebook vectors `[..., dim]`."""
         return jnp.take(self.codebook(), codes, axis=0)
 
-    def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    def __call__(self, z: jax.Array, entropy: bool = False,
+                 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         """Quantizes `z [N, h, w, dim]`.
 
         Returns `(quantized, codes, aux)`: `quantized` has the value of the normalised
@@ -67,13 +71,16 @@ class VectorQuantizer(nnx.Module):
         `codebook_usage`, the fraction of codebook rows chosen at least once in this batch.
         LlamaGen tracks usage over a rolling window of its last 65,536 codes instead; a
         per-batch fraction needs no mutable buffer inside a jitted step, and a caller can
-        average it over steps.
+        average it over steps. With `entropy`, `aux` also holds `entropy_loss`
+        (`codebook_entropy_loss` of the negative distances); it costs a softmax over the
+        whole codebook per vector, so it is computed only when asked for.
         """
         if z.shape[-1] != self.dim:
             raise ValueError(f"quantizer input must have last dimension {self.dim} "
                              f"(codebook_dim), got shape {z.shape}")
         z = l2_normalize(z)
-        codes = self.nearest(z)
+        d = self.distances(z)
+        codes = jnp.argmin(d, axis=1).astype(jnp.int32).reshape(z.shape[:-1])
         zq = self.lookup(codes)
         sg = jax.lax.stop_gradient
         codebook_loss = jnp.mean((zq - sg(z)) ** 2)
@@ -81,4 +88,26 @@ class VectorQuantizer(nnx.Module):
         hit = jnp.zeros((self.codebook_size,), jnp.float32).at[codes.reshape(-1)].set(1.0)
         aux = {"codebook_loss": codebook_loss, "commitment_loss": commitment_loss,
                "codebook_usage": jnp.sum(hit) / self.codebook_size}
+        if entropy:
+            aux["entropy_loss"] = codebook_entropy_loss(-d)
         return z + sg(zq - z), codes, aux
+
+
+# LlamaGen's temperature for the soft assignment of the entropy term.
+ENTROPY_TEMPERATURE = 0.01
+
+
+def codebook_entropy_loss(affinity: jax.Array,
+                          temperature: float = ENTROPY_TEMPERATURE) -> jax.Array:
+    """LlamaGen's codebook entropy term (`--entropy-loss-ratio`, weighted by
+    `loss.entropy_weight`): with `p = softmax(affinity / temperature)` per vector
+    (`affinity [M, K]`, negative distances), the mean entropy of each `p` minus the
+    entropy of their average. Lowering it makes each vector pick one code firmly while the
+    batch as a whole spreads over the codebook. As in LlamaGen, the average's entropy
+    takes `log(p + 1e-5)`. Scalar float32."""
+    logits = affinity.astype(jnp.float32) / temperature
+    probs = jax.nn.softmax(logits, axis=-1)
+    sample_entropy = -jnp.mean(jnp.sum(probs * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+    average = jnp.mean(probs, axis=0)
+    average_entropy = -jnp.sum(average * jnp.log(average + 1e-5))
+    return sample_entropy - average_entropy

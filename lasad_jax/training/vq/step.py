@@ -1,7 +1,8 @@
 """The VQ tokenizer's train state, its jitted step and its validation pass.
 
 One jitted step updates the VQ model on L2 + LPIPS + codebook + commitment (+ the
-PatchGAN generator term from `loss.disc_start`), then the discriminator on the hinge
+codebook entropy term when `loss.entropy_weight` > 0, + the PatchGAN generator term from
+`loss.disc_start`), then the discriminator on the hinge
 loss, both with optax and donated state. The host loop, checkpoints and metrics are the
 generator's (`lasad_jax.training.host_loop`); the job is `lasad_jax.jobs.train_tokenizer`.
 """
@@ -90,12 +91,13 @@ def make_vq_train_step(defs, tx, schedule, loss_cfg: VQLossConfig, lpips,
         perceptual_net = nnx.merge(lpips_def, lpips_state) if lpips_def is not None else None
 
         def gen_loss(params):
-            recon, aux = nnx.merge(vq_def, params)(x)
+            recon, aux = nnx.merge(vq_def, params)(x, entropy=loss_cfg.entropy_weight > 0)
             perceptual = perceptual_net(x, recon) if perceptual_net is not None else None
             total, metrics = generator_loss(
                 loss_cfg, count, x, recon, codebook_loss=aux["codebook_loss"],
                 commitment_loss=aux["commitment_loss"], perceptual=perceptual,
-                logits_fake=disc_fixed(recon), codebook_usage=aux["codebook_usage"])
+                logits_fake=disc_fixed(recon), codebook_usage=aux["codebook_usage"],
+                entropy_loss=aux.get("entropy_loss", 0.0))
             return total, (metrics, recon)
 
         (_, (metrics, recon)), grads = jax.value_and_grad(gen_loss, has_aux=True)(state.params)
