@@ -54,7 +54,14 @@ from lasad_jax.models import ModelConfig
 from lasad_jax.models.config import PRESET_FIELDS
 from lasad_jax.ops.platform import target_platform
 from lasad_jax.ops.validation import fused_decode_head_problem
-from lasad_jax.parallel.mesh import ALL_DATA, MeshConfig, batch_problems, data_parallel_size
+from lasad_jax.parallel.mesh import (
+    ALL_DATA,
+    AXES,
+    MeshConfig,
+    batch_problems,
+    data_parallel_size,
+    mesh_shape,
+)
 from lasad_jax.parallel.rules import split_problems
 from lasad_jax.sampling.config import SampleConfig, class_problems
 from lasad_jax.tokenizers.config import TokenizerConfig, checkpoint_problems
@@ -489,11 +496,52 @@ def _tokenizer_checks(problems: _Problems, blocks: dict[str, Any], seen: dict[st
         loss.perceptual_weight, loss.perceptual_weights), seen["loss"])
     problems.best_effort(data_problems, seen["data"], mode)
     problems.best_effort(_image_size_problems, seen["train"], seen["vq"], seen["data"])
+    problems.best_effort(_discriminator_problems, seen["train"], seen["loss"])
+    problems.best_effort(_rgb_problems, seen["vq"])
     if opt and is_int(top["num_steps"]):
         problems.owner(schedule_problems(opt, top["num_steps"]))
     if mesh and train:
         problems.owner(batch_problems(mesh, jax.device_count(), {
             "batch_size": top["batch_size"], "train.eval_batch_size": train.eval_batch_size}))
+        problems.owner(_tokenizer_mesh_problems(mesh, jax.device_count()))
+
+
+def _discriminator_problems(train: TokenizerTrainConfig, loss: VQLossConfig) -> list[str]:
+    """The PatchGAN halves the image `loss.disc_layers` times and its two stride-1 4x4
+    convs take 2 more pixels: at least 3 must be left, or its logits are empty and every
+    loss is NaN from the first step (its weight is 0 before `disc_start`, 0 x NaN is
+    still NaN)."""
+    size, layers = train.image_size, loss.disc_layers
+    if size >> layers >= 3:
+        return []
+    most = max(size // 3, 1).bit_length() - 1
+    fewer = f"disc_layers <= {most} or " if most >= 1 else ""
+    return [f"loss.disc_layers={layers} leaves the PatchGAN no output at "
+            f"train.image_size={size} (its map is image_size / 2**disc_layers - 2 = "
+            f"{(size >> layers) - 2} pixels wide); use {fewer}an image_size of at least "
+            f"{3 << layers}"]
+
+
+def _rgb_problems(vq: VQConfig) -> list[str]:
+    """Tokenizer training reads RGB images, and its LPIPS and PatchGAN take 3 channels."""
+    return [f"vq.{field} must be 3 to train a tokenizer (the image pipeline, LPIPS and "
+            f"the PatchGAN are RGB), got {getattr(vq, field)}"
+            for field in ("in_channels", "out_channels") if getattr(vq, field) != 3]
+
+
+def _tokenizer_mesh_problems(mesh: MeshConfig, num_devices: int) -> list[str]:
+    """The tokenizer's weights are replicated (72M parameters for VQ-16): `data` and
+    `fsdp` both split its batch, but a `tensor` axis would have its devices compute the
+    same batch shard again."""
+    try:
+        tensor = dict(zip(AXES, mesh_shape(mesh, num_devices)))["tensor"]
+    except ConfigError:
+        return []  # batch_problems names the mesh's own problem
+    if tensor == 1:
+        return []
+    return [f"mesh.tensor={mesh.tensor} gives a tensor axis of {tensor} devices, but the "
+            "tokenizer is data-parallel only (its weights are replicated); set "
+            "mesh.tensor=1 and give the devices to mesh.data or mesh.fsdp"]
 
 
 def _image_size_problems(train: TokenizerTrainConfig, vq: VQConfig,

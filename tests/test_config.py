@@ -182,6 +182,40 @@ def test_the_tokenizer_task_is_checked_as_fully_as_the_generator():
         assert any(all(w in p for w in words) for p in found), (words, found)
     with pytest.raises(ConfigError, match="does not apply to a tokenizer config"):
         parse(tiny_vq_config(), "sample")
+
+
+def test_tokenizer_fields_that_fail_only_inside_the_step_are_refused():
+    """Each of these parsed, then gave NaN losses or an XLA shape error in the first step."""
+    config = tiny_vq_config()  # 16 px, disc_layers 1
+    config.loss.disc_layers = 3  # 16 / 8 - 2 = 0: empty logits, NaN from step 1
+    config.vq.update(in_channels=1, out_channels=4)
+    with pytest.raises(ConfigError) as err:
+        parse(config, "train")
+    found = err.value.problems
+    for words in (["config.loss.disc_layers=3", "train.image_size=16", "0 pixels wide",
+                   "disc_layers <= 2", "at least 24"],
+                  ["config.vq.in_channels must be 3", "got 1"],
+                  ["config.vq.out_channels must be 3", "got 4"]):
+        assert any(all(w in p for w in words) for p in found), (words, found)
+    config.loss.disc_layers = 2  # 16 / 4 - 2 = 2 pixels
+    config.vq.update(in_channels=3, out_channels=3)
+    assert parse(config, "train").loss.disc_layers == 2
+
+
+@pytest.mark.parametrize("mesh, refused", [({"data": 2, "tensor": 4}, True),
+                                           ({"data": 1, "tensor": -1}, True),
+                                           ({"data": 2, "fsdp": 4}, False)])
+def test_the_tokenizer_mesh_is_data_parallel(monkeypatch, mesh, refused):
+    """Its weights are replicated: fsdp splits only its batch, tensor nothing at all."""
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    config = tiny_vq_config()
+    config.mesh.update(mesh)
+    if not refused:
+        assert parse(config, "train").mesh.fsdp == 4
+        return
+    with pytest.raises(ConfigError, match=r"config\.mesh\.tensor=-?\d gives a tensor axis of "
+                       r"\d devices, but the tokenizer is data-parallel only"):
+        parse(config, "train")
     config = tiny_vq_config()
     config.task = "classifier"
     with pytest.raises(ConfigError, match=r"config.task must be one of \('generator', "):

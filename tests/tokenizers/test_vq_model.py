@@ -197,6 +197,7 @@ def test_training_pass_losses_and_straight_through_gradient():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"ch": 30}, r"divisible by norm_groups=32; got widths \[30, 60, 120\]"),
+    ({"ch": 48, "ch_mult": (2, 4)}, r"got widths \[48\]"),  # the first block's width
     ({"ch_mult": ()}, r"vq\.ch_mult must be a non-empty tuple"),
     ({"codebook_size": 0}, r"vq\.codebook_size must be a positive int, got 0"),
 ])

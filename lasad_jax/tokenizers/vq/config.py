@@ -37,10 +37,12 @@ class VQConfig:
                        "ch_mult", f"must be a non-empty tuple of positive ints, got "
                        f"{self.ch_mult!r}")
         if ints and mult:
-            bad = sorted({self.ch * m for m in self.ch_mult if (self.ch * m) % self.norm_groups})
-            p.check(not bad, "ch", f"* ch_mult[i] (every normalised width) must be divisible "
-                    f"by norm_groups={self.norm_groups}; got widths {bad} (ch={self.ch}, "
-                    f"ch_mult={self.ch_mult})")
+            # The encoder's first block normalises `ch` itself, whatever ch_mult holds.
+            widths = {self.ch} | {self.ch * m for m in self.ch_mult}
+            bad = sorted(w for w in widths if w % self.norm_groups)
+            p.check(not bad, "ch", f"and ch * ch_mult[i] (every normalised width) must be "
+                    f"divisible by norm_groups={self.norm_groups}; got widths {bad} "
+                    f"(ch={self.ch}, ch_mult={self.ch_mult})")
         p.number("norm_eps", self.norm_eps, low=0.0, low_open=True)
         p.number("commit_beta", self.commit_beta, low=0.0)
         p.raise_if_any()
