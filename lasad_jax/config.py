@@ -469,9 +469,11 @@ def _generator_checks(problems: _Problems, model_fields: Mapping[str, Any],
                                                  shards))
     if samples and sample:
         batches["sample.batch_size"] = sample.batch_size
-    if mesh and mode != "extract":  # extraction runs on one device per process
+    # Extraction and reference statistics run in one process on its first device; the
+    # other modes place the model on the mesh.
+    if mesh and mode not in ("extract", "reference_stats"):
         problems.owner(batch_problems(mesh, jax.device_count(), batches))
-        if model and mode != "reference_stats":  # the modes that place the model on it
+        if model:
             problems.owner(split_problems(mesh, jax.device_count(), dim=model.dim,
                                           num_heads=model.num_heads,
                                           mlp_hidden=model.mlp_hidden))

@@ -201,15 +201,27 @@ def _disk_error(err: BaseException) -> str | None:
     return None
 
 
+def start_processes() -> None:
+    """`jax.distributed.initialize()`: coordinator address, process count and index come
+    from the TPU pod's or the SLURM job's environment (on one host nothing calls this,
+    and JAX runs as a single process). Outside both, JAX's own message names nothing the
+    user set."""
+    try:
+        jax.distributed.initialize()
+    except ValueError as err:
+        raise ValueError(f"LASAD_MULTIHOST=1 asks for a multi-host start, but JAX found no "
+                         f"TPU pod or SLURM job to take the processes from ({err}); start "
+                         "through launch/tpu/run.sh or launch/gpu/slurm.sh, or unset "
+                         "LASAD_MULTIHOST to run on this host alone") from err
+
+
 def run(config: Any, mode: str, workdir: str) -> None:
     """Everything after flag parsing: multi-host start-up, the typed config, the job."""
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
         handler.addFilter(_QuietLibraries())
     if os.environ.get("LASAD_MULTIHOST") == "1":  # set by launch/ for TPU pods and SLURM
-        # Coordinator address, process count and index come from the TPU or SLURM
-        # environment; on one host this is skipped and JAX runs as a single process.
-        jax.distributed.initialize()
+        start_processes()
     run_config = parse(config, mode)  # every problem at once, before anything is built
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
                  mode, workdir)

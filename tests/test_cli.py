@@ -76,6 +76,19 @@ def test_cli_rejects_bad_override(tmp_path):
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
 
 
+def test_a_multi_host_start_outside_a_cluster_says_so(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "JAX_COORDINATOR", "TPU_", "OMPI_", "PMI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LASAD_MULTIHOST", "1")
+    out = run_main(tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: LASAD_MULTIHOST=1 asks for a multi-host start, but JAX found no TPU pod or "
+        "SLURM job")
+    assert "unset LASAD_MULTIHOST" in out.stderr
+
+
 @pytest.mark.slow
 def test_sample_without_checkpoint_says_so(tmp_path):
     out = run_main(tmp_path, "--mode=sample")

@@ -464,3 +464,13 @@ def test_the_fused_decoding_step_on_a_gpu_needs_its_head_sizes(monkeypatch):
             "tiles), got 24 (model.dim / model.num_heads); use 'auto' or 'xla'") in str(err.value)
     parse(demo(model__decode_impl="pallas", model__dim=64, model__num_heads=4), "sample")
     parse(demo(model__dim=96, model__num_heads=4), "sample")  # the XLA step takes any size
+
+
+def test_the_single_process_modes_ignore_the_mesh():
+    """Reference statistics (as extraction) run on one device of one process: a pod's
+    mesh carried over to them is not refused for devices they never use."""
+    config = tiny_demo_config()
+    config.mesh.update(data=2)  # one device here
+    assert parse(config, "reference_stats").mesh.data == 2
+    with pytest.raises(ConfigError, match=r"config\.mesh .* has 2 devices, but JAX sees 1"):
+        parse(config, "evaluate")
