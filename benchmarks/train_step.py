@@ -96,7 +96,7 @@ def model_config(args, mixer: str, grid: int, impl: str = "auto") -> ModelConfig
     return ModelConfig(vocab_size=args.vocab, num_classes=args.classes, grid=(grid, grid),
                        num_layers=layers, num_heads=heads, dim=dim, mixer=mixer,
                        dtype="bfloat16", impl=impl, chunk_size=args.chunk_size,
-                       gate_rank=min(64, dim), remat=args.remat)
+                       remat=args.remat)
 
 
 def attention_impl_of(cfg: ModelConfig) -> str | None:

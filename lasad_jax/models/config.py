@@ -44,7 +44,10 @@ class ModelConfig:
     `grid` is the (rows, columns) of the token grid; `num_prefix` is fixed at 1 (the
     class slot). `gate_rank` > 0 makes the output gate a rank-`gate_rank` projection
     (0: full `dim x dim`): a full gate would add `dim^2` parameters per layer (+6% on B)
-    and break the parameter match with LlamaGen, a rank-64 one adds about 1%.
+    and break the parameter match with LlamaGen, a rank-64 one adds about 1%. A rank
+    of `dim` or more limits nothing (a `dim x dim` matrix has no higher rank), so such a
+    gate is built full (`gate_factor_rank` 0): the default 64 on a small test model would
+    otherwise factor it into two matrices larger than the full one.
     """
 
     vocab_size: int = 16384
@@ -74,6 +77,12 @@ class ModelConfig:
     remat: str = "none"
 
     num_prefix: int = dataclasses.field(default=1, init=False)
+
+    @property
+    def gate_factor_rank(self) -> int:
+        """The rank of the gate's two factors; 0 for one full `dim x dim` matrix (asked
+        for with `gate_rank=0`, or a `gate_rank` of at least `dim`)."""
+        return self.gate_rank if self.gate_rank < self.dim else 0
 
     @property
     def head_dim(self) -> int:

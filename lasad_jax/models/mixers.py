@@ -81,9 +81,10 @@ class LinearAttentionMixer(nnx.Module):
         self.qkv = linear(d, 3 * d, dtype, rngs, axes=("embed", "heads"))
         self.out = linear(d, d, dtype, rngs, axes=("heads", "embed"))
         if cfg.gate != "none":
-            if cfg.gate_rank:
-                self.gate_down = linear(d, cfg.gate_rank, dtype, rngs, axes=("embed", None))
-                self.gate_up = linear(cfg.gate_rank, d, dtype, rngs, axes=(None, "heads"))
+            if cfg.gate_factor_rank:
+                rank = cfg.gate_factor_rank
+                self.gate_down = linear(d, rank, dtype, rngs, axes=("embed", None))
+                self.gate_up = linear(rank, d, dtype, rngs, axes=(None, "heads"))
             else:
                 self.gate_up = linear(d, d, dtype, rngs, axes=("embed", "heads"))
         norm = {"logical_axes": ("norm",)}
@@ -123,7 +124,7 @@ class LinearAttentionMixer(nnx.Module):
         if cfg.gate == "none":
             return self.qkv(x), None
         if not fused:
-            pre = self.gate_up(self.gate_down(x) if cfg.gate_rank else x)
+            pre = self.gate_up(self.gate_down(x) if cfg.gate_factor_rank else x)
             return self.qkv(x), pre
         kernel = getattr(self, "decode_kernel", None)
         kernel = self.decode_projection() if kernel is None else kernel[...]
@@ -143,7 +144,7 @@ class LinearAttentionMixer(nnx.Module):
         if cfg.gate == "none":
             return None
         gate = self.gate_up.kernel[...]
-        if cfg.gate_rank:
+        if cfg.gate_factor_rank:
             down, up = (w.astype(self.dtype).astype(jnp.float32)
                         for w in (self.gate_down.kernel[...], gate))
             gate = jnp.dot(down, up, precision=jax.lax.Precision.HIGHEST)

@@ -78,6 +78,19 @@ def test_param_count_matches_formula():
     assert param_count(softmax) == expected - cfg.num_layers * (2 * d * r + d + 2 * heads)
 
 
+def test_a_gate_rank_of_dim_or_more_builds_the_full_gate():
+    """Rank `dim` limits nothing: two factors would only add parameters."""
+    dim = small_config("lasad").dim
+    full = param_count(small_config("lasad", gate_rank=0))
+    for rank in (dim, 4 * dim):
+        cfg = small_config("lasad", gate_rank=rank)
+        assert cfg.gate_factor_rank == 0 and param_count(cfg) == full
+        mixer = LASADGen(cfg, rngs=nnx.Rngs(0)).blocks[0].mixer
+        assert not hasattr(mixer, "gate_down") and mixer.gate_up.kernel.shape == (dim, dim)
+    low = small_config("lasad", gate_rank=dim // 4)
+    assert param_count(low) == full - low.num_layers * (dim * dim - 2 * dim * (dim // 4))
+
+
 @pytest.mark.parametrize("preset", sorted(LLAMAGEN_PARAMS))
 def test_presets_within_three_percent_of_llamagen(preset):
     for mixer in ("lasad", "softmax"):
