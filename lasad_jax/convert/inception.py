@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lasad_jax.convert import torch_io
+from lasad_jax.convert.cli import refuse_existing, run
 from lasad_jax.evaluation.inception import Path, expected_shapes
 from lasad_jax.evaluation.weights import WEIGHTS_FILE, WEIGHTS_URL, save_inception
 
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--torch_weights", required=True, help=f"path to {WEIGHTS_FILE}")
     parser.add_argument("--out", required=True, help="output .npz (e.g. inception_fid.npz)")
     args = parser.parse_args(argv)
+    refuse_existing(args.out)
     state = read_torch_state_dict(args.torch_weights)
     params = convert_state_dict(state, source=args.torch_weights)
     save_inception(args.out, params)
@@ -124,4 +126,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

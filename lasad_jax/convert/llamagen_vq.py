@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from lasad_jax.convert import torch_io
+from lasad_jax.convert.cli import refuse_existing, run
 from lasad_jax.tokenizers.vq import VQConfig, abstract_model
 from lasad_jax.tokenizers.vq.weights import (
     CONFIG_FILE,
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--entry", default="model", help="checkpoint sub-dict (default: model)")
     args = parser.parse_args(argv)
+    refuse_existing(*(os.path.join(args.out, name) for name in (PARAMS_FILE, CONFIG_FILE)))
     cfg = VQConfig()
     print(f"reading {args.checkpoint} ...", flush=True)
     sd = read_torch_state_dict(args.checkpoint, args.entry)
@@ -140,4 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

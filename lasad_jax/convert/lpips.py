@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from lasad_jax.convert import torch_io
+from lasad_jax.convert.cli import refuse_existing, run
 from lasad_jax.files import save_npz
 from lasad_jax.training.vq.perceptual import LPIPS_LAYOUT, VGG16_STAGES
 
@@ -83,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True,
                         help="output .npz for config.loss.perceptual_weights")
     args = parser.parse_args(argv)
+    refuse_existing(args.out)
     arrays = convert_lpips(read_torch_state_dict(args.vgg16), read_torch_state_dict(args.lin),
                            vgg_source=args.vgg16, lin_source=args.lin)
     save_lpips_npz(arrays, args.out)
@@ -91,4 +94,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))
