@@ -105,7 +105,7 @@ def read_settings(part_dir: str) -> dict[str, Any] | None:
 
 # Fields records made before them lack: such a record is taken to have the current ones,
 # as `generate_parts` does, rather than refused for lacking them.
-RECORDED_LATER = (*NUMERICS, "weights")
+RECORDED_LATER = (*NUMERICS, "weights", "inception_digest")
 
 
 def comparable(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

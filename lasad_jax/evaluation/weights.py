@@ -23,6 +23,7 @@ from lasad_jax.evaluation.inception import (
     inception_from_arrays,
     random_inception,
 )
+from lasad_jax.evaluation.reference import content_digest
 from lasad_jax.files import save_npz
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -98,6 +99,13 @@ def describe_network(path: str) -> str:
     if path == RANDOM_INCEPTION:
         return "random weights (seed 0): not comparable"
     return os.path.abspath(path)
+
+
+def network_digest(path: str) -> str | None:
+    """The content of the network file of `eval.inception` (`content_digest`), None for
+    random weights. Reference statistics and scores record it beside the path, which
+    alone cannot tell two weight files apart (nor one replaced by another)."""
+    return None if path == RANDOM_INCEPTION else content_digest(path)
 
 
 def load_network(path: str, preprocess: PreprocessMode = "adm") -> tuple[InceptionV3, str]:

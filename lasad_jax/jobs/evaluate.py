@@ -48,7 +48,7 @@ from lasad_jax.evaluation.sample_batch import (
     with_implied,
 )
 from lasad_jax.evaluation.resize import scored_size
-from lasad_jax.evaluation.weights import describe_network, load_network
+from lasad_jax.evaluation.weights import describe_network, load_network, network_digest
 from lasad_jax.files import require_writable, save_json
 from lasad_jax.jobs.sample import restore_model
 from lasad_jax.sampling.sampler import weights_fingerprint
@@ -68,12 +68,19 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
             f"VIRTUAL_imagenet256_labeled.npz ({ADM_REFERENCE_URL}) or make statistics of "
             "the training images first with --mode=reference_stats and the same --workdir")
     reference = load_reference(files.local_file(ref_path, "config.eval.reference"))
-    described = describe_network(ev.inception)
+    described, digest = describe_network(ev.inception), network_digest(ev.inception)
+    made_digest = (reference.settings or {}).get("inception_digest")
     if reference.inception is not None and (
             reference.inception.startswith("random") != described.startswith("random")):
         raise ValueError(f"{ref_path} was made with Inception {reference.inception!r} "
                          f"but config.eval.inception gives {described!r}; make the reference "
                          "with the same network (--mode=reference_stats)")
+    if made_digest is not None and digest is not None and made_digest != digest:
+        raise ValueError(f"{ref_path} was made with other Inception weights "
+                         f"({reference.inception}, {short(made_digest)}) than "
+                         f"config.eval.inception={ev.inception!r} ({short(digest)}); point "
+                         "it at the weights the reference was made with, or make the "
+                         "reference again with these (--mode=reference_stats)")
     _check_reference(reference, ref_path, config, tokenizer)
     model, step, mesh = restore_model(config, workdir, tokenizer)
 
@@ -90,7 +97,7 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
     # The reference's content counts, not only its path: statistics made again, or another
     # file copied over the old one, give other scores.
     scored = {**settings, "reference": ref_path, "reference_digest": reference.digest,
-              "inception": described, "preprocess": ev.preprocess}
+              "inception": described, "inception_digest": digest, "preprocess": ev.preprocess}
     if files.exists(results):
         old = with_implied(json.loads(files.read_bytes(results)))
         if {k: old.get(k) for k in comparable(old, scored)} != comparable(old, scored):

@@ -21,8 +21,8 @@ from lasad_jax.evaluation.evaluator import reference_statistics
 from lasad_jax.evaluation.real_images import SUBSET_SEED, dataset_images
 from lasad_jax.evaluation.reference import load_reference, reference_path, write_reference
 from lasad_jax.evaluation.resize import scored_size
-from lasad_jax.evaluation.sample_batch import settings_differences
-from lasad_jax.evaluation.weights import describe_network, load_network
+from lasad_jax.evaluation.sample_batch import comparable, settings_differences
+from lasad_jax.evaluation.weights import describe_network, load_network, network_digest
 from lasad_jax import files
 from lasad_jax.files import require_writable
 from lasad_jax.tokenizers import Tokenizer, build_tokenizer
@@ -46,7 +46,8 @@ def reference_settings(config: GeneratorRun, tokenizer: Tokenizer | None) -> dic
                 "image_size": list(scored_size(ev.image_size,
                                                tuple(config.tokenizer.image_size))),
                 "tokenizer": tokenizer.fingerprint if tokenizer is not None else None,
-                "inception": describe_network(ev.inception), "preprocess": ev.preprocess}
+                "inception": describe_network(ev.inception),
+                "inception_digest": network_digest(ev.inception), "preprocess": ev.preprocess}
     if ev.reference_limit:
         settings["subset"] = f"uniform random, seed {SUBSET_SEED}"
     return settings
@@ -62,7 +63,9 @@ def run(config: GeneratorRun, workdir: str) -> str:
     if files.exists(path):  # a remote one is read from a local copy
         existing = load_reference(files.local_file(path, "config.eval.reference")).settings
         existing = existing or {}
-        if existing == settings:
+        # Files made before a field was recorded are compared without it.
+        compared = comparable(existing, settings)
+        if {k: existing.get(k) for k in compared} == compared:
             logging.info("%s holds these reference statistics already: nothing to do", path)
             return path
         raise ValueError(f"{path} holds other reference statistics ("

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from lasad_jax.config import parse
 from lasad_jax.evaluation import metrics as eval_metrics
-from lasad_jax.evaluation.inception import POOL_DIM, SPATIAL_DIM
-from lasad_jax.evaluation.reference import load_reference, write_reference
+from lasad_jax.evaluation.inception import POOL_DIM, SPATIAL_DIM, random_arrays
+from lasad_jax.evaluation.reference import content_digest, load_reference, write_reference
+from lasad_jax.evaluation.weights import save_inception
 from lasad_jax.jobs import evaluate, reference_stats, train
 from tests.helpers import hash_tree, tiny_demo_config
 from tests.remote_helpers import gfile, ram_fixture  # noqa: F401 - a fixture
@@ -274,3 +276,35 @@ def test_a_bucket_workdir_evaluates_as_a_local_one(trained, ram, monkeypatch):
     staging = os.path.join(os.environ["LASAD_CACHE"], "staging")
     assert not os.path.isdir(staging) or os.listdir(staging) == []
     assert run_evaluation(config, url) == remote  # done: read back, not made again
+
+
+def test_a_reference_of_other_inception_weights_is_refused(tmp_path):
+    """Two weight files, or one replaced by another at the same path: the path alone
+    cannot tell them apart; the recorded content digest does, before any sampling (the
+    workdir has no model). The same weights moved elsewhere pass."""
+    first, other, moved = (str(tmp_path / name) for name in ("a.npz", "b.npz", "c.npz"))
+    save_inception(first, random_arrays(1))
+    save_inception(other, random_arrays(2))
+    shutil.copy(first, moved)
+    run = parse(eval_config(inception=first), "reference_stats")
+    made = reference_stats.reference_settings(run, reference_stats.build_tokenizer(run.tokenizer))
+    assert made["inception_digest"] == content_digest(first)
+    ours = str(tmp_path / "ref.npz")
+    write_reference(ours, {"mu": np.zeros(POOL_DIM), "sigma": np.eye(POOL_DIM),
+                           "mu_s": np.zeros(SPATIAL_DIM), "sigma_s": np.eye(SPATIAL_DIM),
+                           "inception": made["inception"], "settings": made})
+    with pytest.raises(ValueError) as err:
+        run_evaluation(eval_config(reference=ours, inception=other), str(tmp_path))
+    assert str(err.value).startswith(f"{ours} was made with other Inception weights ({first}, "
+                                     "sha256:")
+    assert f"than config.eval.inception='{other}' (sha256:" in str(err.value)
+    # The same weights elsewhere get past the check, to the missing model.
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run_evaluation(eval_config(reference=ours, inception=moved), str(tmp_path))
+    # --mode=reference_stats keeps the file for the same settings and network, and
+    # refuses it once other weights lie at the network's path.
+    same = parse(eval_config(reference=ours, inception=first), "reference_stats")
+    assert reference_stats.run(same, str(tmp_path)) == ours
+    shutil.copy(other, first)
+    with pytest.raises(ValueError, match=r"holds other reference statistics \(inception_digest"):
+        reference_stats.run(same, str(tmp_path))
