@@ -215,10 +215,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in table:
         print(f"| {row['dataset']} | {row['mixer']} | {row['mean']:.4f} +- {row['std']:.4f} | "
               f"{row['seeds']} |")
-    write_json(str(out_dir / "summary.json"), {"info": run_info(steps=steps), "table": table})
+    write_json(str(out_dir / "summary.json"), {"info": measured_by(runs, steps), "table": table})
     plot_curves(runs, out_dir / "curves.png")
     plot_grids(out_dir, out_dir / "grids.png")
     return table
+
+
+def measured_by(runs: list[dict], steps: dict[str, int]) -> dict:
+    """The summary's date, device and software: those the runs recorded (the newest
+    date), not the machine that summarises them, so that `--report_only` restamps
+    nothing; a field the runs disagree on lists their values."""
+    info = run_info(steps=steps)
+    recorded = [r["info"] for r in runs if "info" in r]
+    for key in ("date", "backend", "device", "machine", "cores", "jax"):
+        values = [json.loads(v) for v in sorted({json.dumps(i[key]) for i in recorded
+                                                  if key in i})]
+        if values:
+            info[key] = values[-1] if key == "date" or len(values) == 1 else values
+    return info
 
 
 if __name__ == "__main__":

@@ -363,3 +363,15 @@ def test_ablation_summary_keeps_only_seeds_every_mixer_finished(capsys):
     table = {r["mixer"]: r for r in ablation.summarise(kept)}
     assert table["lasad"]["mean"] == 3.0 and table["linear"]["mean"] == 3.0
     assert abs(table["lasad"]["std"] - 2 ** 0.5 * 2) < 1e-12  # sd of (1, 5)
+
+
+def test_ablation_summary_dates_what_measured_the_runs():
+    """`--report_only` summarises cached runs: their date and device, not today's."""
+    import ablation
+
+    runs = [{"info": {"date": d, "device": "cpu", "cores": 2, "jax": j}}
+            for d, j in (("2026-12-01", "0.10.2"), ("2026-12-03", "0.10.1"))]
+    info = ablation.measured_by(runs, {"digits": 600})
+    assert (info["date"], info["device"], info["cores"], info["jax"]) == (
+        "2026-12-03", "cpu", 2, ["0.10.1", "0.10.2"])
+    assert info["steps"] == {"digits": 600}
