@@ -105,7 +105,13 @@ def network_digest(path: str) -> str | None:
     """The content of the network file of `eval.inception` (`content_digest`), None for
     random weights. Reference statistics and scores record it beside the path, which
     alone cannot tell two weight files apart (nor one replaced by another)."""
-    return None if path == RANDOM_INCEPTION else content_digest(path)
+    if path == RANDOM_INCEPTION:
+        return None
+    try:
+        return content_digest(path)
+    except (OSError, zipfile.BadZipFile):
+        load_inception(path)  # says what the file is instead (no zip, a .pth, ...)
+        raise
 
 
 def load_network(path: str, preprocess: PreprocessMode = "adm") -> tuple[InceptionV3, str]:
