@@ -235,6 +235,37 @@ def require_space(directory: str | os.PathLike, needed: int, what: str) -> None:
                           "are free; free space on that disk or use a --workdir on another one")
 
 
+def missing_directories(path: str | os.PathLike) -> list[str]:
+    """The directories of `path` that do not exist yet, deepest first (none for a remote
+    path): what making it would create, and so what `remove_if_empty` may take back."""
+    path = os.path.abspath(os.fspath(path))
+    if is_remote(path):
+        return []
+    missing = []
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def remove_if_empty(directories: list[str]) -> None:
+    """Removes each of `directories` (deepest first) that exists and is empty, stopping at
+    the first that is not: a job that failed before it wrote anything leaves no empty
+    workdir behind, and nothing else is touched."""
+    for directory in directories:
+        try:
+            if os.listdir(directory):
+                return
+            os.rmdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
 def require_writable(directory: str | os.PathLike) -> None:
     """Creates `directory` if needed and proves it takes a file (one created and removed
     at once, so nothing in it changes); `OutputError` naming it otherwise."""

@@ -43,7 +43,14 @@ from lasad_jax.config import (
     parse,
 )
 from lasad_jax.files import (
-    NO_SPACE, NOT_WRITABLE, OutputError, RemoteError, as_output_error)
+    NO_SPACE,
+    NOT_WRITABLE,
+    OutputError,
+    RemoteError,
+    as_output_error,
+    missing_directories,
+    remove_if_empty,
+)
 from lasad_jax.jobs import run_job
 from lasad_jax.training.checkpoint import CheckpointError
 from lasad_jax.validation import ConfigError
@@ -225,7 +232,12 @@ def run(config: Any, mode: str, workdir: str) -> None:
     run_config = parse(config, mode)  # every problem at once, before anything is built
     logging.info("JAX %s on %s; mode %s; workdir %s", jax.__version__, jax.devices(),
                  mode, workdir)
-    run_job(run_config, mode, workdir)
+    made = missing_directories(workdir)  # the job makes them before it checks its data
+    try:
+        run_job(run_config, mode, workdir)
+    except BaseException:
+        remove_if_empty(made)
+        raise
 
 
 def _parse_flags_or_exit(argv: Sequence[str]) -> list[str]:

@@ -181,3 +181,24 @@ def test_a_flag_after_a_bare_override_is_not_taken_as_its_value():
                                        "--config.train.sample_at_end", "--"])
     assert rest == ["--mode=sample", "-v", "--"]
     assert overrides == [("train.sample_at_end", None)] * 3
+
+
+def test_a_run_that_fails_before_writing_leaves_no_workdir(tmp_path):
+    """The job makes its workdir before it reads its data: a damaged manifest then
+    fails the run, which takes back the directories it made (and only those)."""
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    for split in ("train", "val"):
+        (codes / f"{split}-manifest.json").write_text("{broken")
+
+    def train(workdir) -> int:
+        return cli(["lasad_jax.main", f"--config={ROOT / 'configs' / 'demo.py'}",
+                    f"--workdir={workdir}", "--config.data.name=extracted",
+                    f"--config.data.codes_dir={codes}"])
+
+    (tmp_path / "runs").mkdir()  # there before: kept, though empty
+    assert train(tmp_path / "runs" / "a" / "b") == 1
+    assert (tmp_path / "runs").is_dir() and not any((tmp_path / "runs").iterdir())
+    (tmp_path / "old").mkdir()
+    assert train(tmp_path / "old") == 1
+    assert (tmp_path / "old").is_dir()
