@@ -114,14 +114,18 @@ def comparable(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in new.items() if k in old or k not in RECORDED_LATER}
 
 
+def matches(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether the record `old` agrees with `new` on every field it can be compared on
+    (`comparable`)."""
+    return all(old.get(k) == v for k, v in comparable(old, new).items())
+
+
 def check_settings(part_dir: str, settings: dict[str, Any]) -> None:
     """Refuses a part directory made with other settings (reads only). Only the fields of
     `settings` are compared: the ones `generate_parts` records are its own to check."""
     old = read_settings(part_dir)
-    if old is not None:
-        settings = comparable(old, settings)
-    if old is not None and {k: old.get(k) for k in settings} != settings:
-        diff = settings_differences(old, settings)
+    if old is not None and not matches(old, settings):
+        diff = settings_differences(old, comparable(old, settings))
         raise ValueError(f"{part_dir} holds samples made with other settings ({diff}); "
                          "set another config.eval.name, or delete the directory")
 

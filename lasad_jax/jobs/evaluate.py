@@ -40,8 +40,8 @@ from lasad_jax.evaluation.sample_batch import (
     assemble,
     batch_settings,
     check_settings,
-    comparable,
     generate_parts,
+    matches,
     record_settings,
     settings_differences,
     staging_path,
@@ -100,7 +100,7 @@ def run(config: GeneratorRun, workdir: str) -> dict[str, Any]:
               "inception": described, "inception_digest": digest, "preprocess": ev.preprocess}
     if files.exists(results):
         old = with_implied(json.loads(files.read_bytes(results)))
-        if {k: old.get(k) for k in comparable(old, scored)} != comparable(old, scored):
+        if not matches(old, scored):
             raise ValueError(f"{results} holds the scores of another evaluation "
                              f"({settings_differences(old, scored)}); set another "
                              "config.eval.name, or move it away")

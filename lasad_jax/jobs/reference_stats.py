@@ -21,7 +21,7 @@ from lasad_jax.evaluation.evaluator import reference_statistics
 from lasad_jax.evaluation.real_images import SUBSET_SEED, dataset_images
 from lasad_jax.evaluation.reference import load_reference, reference_path, write_reference
 from lasad_jax.evaluation.resize import scored_size
-from lasad_jax.evaluation.sample_batch import comparable, settings_differences
+from lasad_jax.evaluation.sample_batch import matches, settings_differences
 from lasad_jax.evaluation.weights import describe_network, load_network, network_digest
 from lasad_jax import files
 from lasad_jax.files import require_writable
@@ -64,8 +64,7 @@ def run(config: GeneratorRun, workdir: str) -> str:
         existing = load_reference(files.local_file(path, "config.eval.reference")).settings
         existing = existing or {}
         # Files made before a field was recorded are compared without it.
-        compared = comparable(existing, settings)
-        if {k: existing.get(k) for k in compared} == compared:
+        if matches(existing, settings):
             logging.info("%s holds these reference statistics already: nothing to do", path)
             return path
         raise ValueError(f"{path} holds other reference statistics ("

@@ -53,8 +53,7 @@ class VectorQuantizer(nnx.Module):
     def nearest(self, z: jax.Array) -> jax.Array:
         """Indices `[...]` of the nearest codebook rows to normalised vectors `z [..., dim]`
         (argmin keeps the lowest index on exact ties)."""
-        d = self.distances(z)
-        return jnp.argmin(d, axis=1).astype(jnp.int32).reshape(z.shape[:-1])
+        return _nearest(self.distances(z), z.shape[:-1])
 
     def lookup(self, codes: jax.Array) -> jax.Array:
         """Codes `[...]` -> normalised codebook vectors `[..., dim]`."""
@@ -80,7 +79,7 @@ class VectorQuantizer(nnx.Module):
                              f"(codebook_dim), got shape {z.shape}")
         z = l2_normalize(z)
         d = self.distances(z)
-        codes = jnp.argmin(d, axis=1).astype(jnp.int32).reshape(z.shape[:-1])
+        codes = _nearest(d, z.shape[:-1])
         zq = self.lookup(codes)
         sg = jax.lax.stop_gradient
         codebook_loss = jnp.mean((zq - sg(z)) ** 2)
@@ -91,6 +90,12 @@ class VectorQuantizer(nnx.Module):
         if entropy:
             aux["entropy_loss"] = codebook_entropy_loss(-d)
         return z + sg(zq - z), codes, aux
+
+
+def _nearest(distances: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """int32 codes of `shape` from `[M, codebook_size]` distances (the lowest index on an
+    exact tie)."""
+    return jnp.argmin(distances, axis=1).astype(jnp.int32).reshape(shape)
 
 
 # LlamaGen's temperature for the soft assignment of the entropy term.
